@@ -1,0 +1,17 @@
+//! Tugboat's domain: the types every other crate speaks in and the rules that
+//! need no I/O. Digests, validated names, artifacts, builds, canonical
+//! manifests, roles and the derivation graph live here.
+//!
+//! This crate does no I/O, spawns nothing and depends on no runtime, database
+//! or HTTP crate, so every rule in it is tested with plain unit tests.
+
+pub mod digest;
+pub mod graph;
+pub mod manifest;
+pub mod names;
+pub mod role;
+
+pub use digest::{Digest, DigestError, Hasher};
+pub use manifest::{ArtifactKind, ArtifactSpec, BuildManifest, BuildSource, CiRun, DerivedFrom};
+pub use names::{ArtifactName, BuildId, NameError, Platform, ServiceName, TokenName, Version};
+pub use role::{Action, Role};

@@ -1,0 +1,100 @@
+//! Roles and what each may do. The server asks [`Role::allows`] before every
+//! use case; nothing else decides access.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Everything, including tokens, services and maintenance.
+    Admin,
+    /// Create, fill and seal builds (of one service when the token is scoped).
+    Ci,
+    /// Release and promote builds.
+    Deployer,
+    /// Approve deployments that a policy holds.
+    Approver,
+    /// Follow a channel and report what runs.
+    Agent,
+    /// Read everything, change nothing.
+    Viewer,
+}
+
+/// What a request wants to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Read builds, artifacts, blobs and services.
+    Read,
+    /// Create builds, upload blobs, register artifacts, seal.
+    WriteBuilds,
+    /// Create and list services.
+    ManageServices,
+    /// Create, list and revoke tokens.
+    ManageTokens,
+    /// fsck and gc.
+    Maintain,
+}
+
+impl Role {
+    pub const ALL: [Role; 6] = [Role::Admin, Role::Ci, Role::Deployer, Role::Approver, Role::Agent, Role::Viewer];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Ci => "ci",
+            Role::Deployer => "deployer",
+            Role::Approver => "approver",
+            Role::Agent => "agent",
+            Role::Viewer => "viewer",
+        }
+    }
+
+    pub fn allows(self, action: Action) -> bool {
+        match (self, action) {
+            (Role::Admin, _) => true,
+            (_, Action::Read) => true,
+            (Role::Ci, Action::WriteBuilds) => true,
+            (Role::Ci | Role::Deployer | Role::Approver | Role::Agent | Role::Viewer, _) => false,
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Role, String> {
+        Role::ALL.into_iter().find(|r| r.as_str() == s).ok_or_else(|| {
+            format!("unknown role {s:?}: use one of admin, ci, deployer, approver, agent, viewer")
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_admin_and_ci_write_builds() {
+        let writers: Vec<Role> = Role::ALL.into_iter().filter(|r| r.allows(Action::WriteBuilds)).collect();
+        assert_eq!(writers, vec![Role::Admin, Role::Ci]);
+        assert!(Role::ALL.iter().all(|r| r.allows(Action::Read)));
+        for a in [Action::ManageTokens, Action::ManageServices, Action::Maintain] {
+            let allowed: Vec<Role> = Role::ALL.into_iter().filter(|r| r.allows(a)).collect();
+            assert_eq!(allowed, vec![Role::Admin], "{a:?}");
+        }
+    }
+
+    #[test]
+    fn roles_parse() {
+        assert_eq!("ci".parse::<Role>().unwrap(), Role::Ci);
+        assert!("root".parse::<Role>().unwrap_err().contains("use one of"));
+    }
+}
