@@ -12,6 +12,9 @@ pub mod names;
 pub mod role;
 
 pub use digest::{Digest, DigestError, Hasher};
-pub use manifest::{ArtifactKind, ArtifactSpec, BuildManifest, BuildSource, CiRun, DerivedFrom};
+pub use manifest::{
+    ArtifactKind, ArtifactSpec, BuildManifest, BuildSource, BuildState, CiRun, DerivedFrom, Draft, ManifestArtifact,
+    SealError,
+};
 pub use names::{ArtifactName, BuildId, NameError, Platform, ServiceName, TokenName, Version};
 pub use role::{Action, Role};

@@ -93,6 +93,38 @@ impl FromStr for ArtifactKind {
     }
 }
 
+/// Where a build is in its life: drafts are filled, sealed builds never
+/// change, abandoned drafts were given up by `tug gc` and hold no artifacts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BuildState {
+    Draft,
+    Sealed,
+    Abandoned,
+}
+
+impl BuildState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BuildState::Draft => "draft",
+            BuildState::Sealed => "sealed",
+            BuildState::Abandoned => "abandoned",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<BuildState> {
+        [BuildState::Draft, BuildState::Sealed, BuildState::Abandoned]
+            .into_iter()
+            .find(|st| st.as_str() == s)
+    }
+}
+
+impl fmt::Display for BuildState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What an artifact was made from: another artifact of the same build, by
 /// name, or any content, by digest (a source tarball, a base image).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

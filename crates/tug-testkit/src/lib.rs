@@ -24,3 +24,55 @@ pub fn unique_suffix() -> String {
     let mut rng = rand::thread_rng();
     (0..12).map(|_| (b'a' + rng.gen_range(0..26)) as char).collect()
 }
+
+/// Where the test command's S3-compatible server is, with a fresh prefix
+/// for this test so tests never see each other's blobs.
+#[derive(Debug, Clone)]
+pub struct S3Env {
+    pub endpoint: String,
+    pub bucket: String,
+    pub region: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub prefix: String,
+}
+
+impl S3Env {
+    /// The `--blob-store` address for this bucket and prefix.
+    pub fn address(&self) -> String {
+        format!(
+            "s3://{}/{}?endpoint={}&region={}",
+            self.bucket, self.prefix, self.endpoint, self.region
+        )
+    }
+}
+
+/// The S3 server the test command started (`TUG_TEST_S3_*`), with a new
+/// prefix.
+pub fn s3_env() -> S3Env {
+    S3Env {
+        endpoint: required_env("TUG_TEST_S3_ENDPOINT"),
+        bucket: required_env("TUG_TEST_S3_BUCKET"),
+        region: env::var("TUG_TEST_S3_REGION").unwrap_or_else(|_| "us-east-1".into()),
+        access_key_id: required_env("TUG_TEST_S3_ACCESS_KEY"),
+        secret_access_key: required_env("TUG_TEST_S3_SECRET_KEY"),
+        prefix: format!("t-{}", unique_suffix()),
+    }
+}
+
+/// Creates a fresh, empty database on the PostgreSQL server the test command
+/// started (`TUG_TEST_POSTGRES_URL`) and returns its URL.
+pub async fn postgres_database() -> String {
+    use sqlx::Connection;
+    let admin_url = required_env("TUG_TEST_POSTGRES_URL");
+    let name = format!("tug_{}", unique_suffix());
+    let mut conn = sqlx::PgConnection::connect(&admin_url)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to TUG_TEST_POSTGRES_URL {admin_url}: {e}"));
+    sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str())
+        .await
+        .unwrap_or_else(|e| panic!("cannot create database {name}: {e}"));
+    let mut url = url::Url::parse(&admin_url).expect("TUG_TEST_POSTGRES_URL is a URL");
+    url.set_path(&format!("/{name}"));
+    url.to_string()
+}

@@ -1,0 +1,394 @@
+//! Builds and their artifacts: drafts filled by many CI jobs at once, sealed
+//! once, abandoned by gc when left too long.
+
+use std::collections::{BTreeMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+use tug_core::{
+    ArtifactName, ArtifactSpec, BuildId, BuildManifest, BuildSource, BuildState, CiRun, Digest, ServiceName, Version,
+};
+
+use crate::{artifact_from_row, millis, opt_millis, opt_parse, parse, Db, Error, Result};
+
+/// A draft to create.
+#[derive(Debug, Clone)]
+pub struct NewBuild {
+    pub id: BuildId,
+    pub service: ServiceName,
+    pub version: Version,
+    pub source: BuildSource,
+    pub ci: CiRun,
+    pub expected: Vec<ArtifactName>,
+    pub created_at: DateTime<Utc>,
+    pub created_by: Option<String>,
+}
+
+/// A stored build, without its artifacts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildRow {
+    pub id: BuildId,
+    pub service: ServiceName,
+    pub version: Version,
+    pub state: BuildState,
+    pub source: BuildSource,
+    pub ci: CiRun,
+    pub expected: Vec<ArtifactName>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub created_by: Option<String>,
+    pub sealed_at: Option<DateTime<Utc>>,
+    pub manifest_digest: Option<Digest>,
+    /// The canonical manifest bytes, as text, once sealed.
+    pub manifest: Option<String>,
+    pub artifact_count: u64,
+}
+
+/// Which builds to list. Empty fields match everything.
+#[derive(Debug, Clone, Default)]
+pub struct BuildFilter {
+    pub service: Option<ServiceName>,
+    pub branch: Option<String>,
+    pub version: Option<Version>,
+    pub state: Option<BuildState>,
+    pub limit: u32,
+}
+
+const COLUMNS: &str = "b.id, b.service, b.version, b.state, b.repo, b.branch, b.commit_sha, b.tag, b.author, \
+     b.message, b.ci_url, b.builder_image, b.expected, b.created_at, b.updated_at, b.created_by, b.sealed_at, \
+     b.manifest_digest, b.manifest, (SELECT COUNT(*) FROM artifacts a WHERE a.build_id = b.id) AS artifact_count";
+
+fn build_from_row(r: &AnyRow) -> Result<BuildRow> {
+    let expected: Vec<String> =
+        serde_json::from_str(&r.try_get::<String, _>("expected")?).map_err(|e| Error::Corrupt(e.to_string()))?;
+    let state: String = r.try_get("state")?;
+    Ok(BuildRow {
+        id: parse(&r.try_get::<String, _>("id")?, BuildId::parse)?,
+        service: parse(&r.try_get::<String, _>("service")?, ServiceName::parse)?,
+        version: parse(&r.try_get::<String, _>("version")?, Version::parse)?,
+        state: BuildState::parse(&state).ok_or_else(|| Error::Corrupt(format!("unknown build state {state:?}")))?,
+        source: BuildSource {
+            author: r.try_get("author")?,
+            branch: r.try_get("branch")?,
+            commit: r.try_get("commit_sha")?,
+            message: r.try_get("message")?,
+            repo: r.try_get("repo")?,
+            tag: r.try_get("tag")?,
+        },
+        ci: CiRun { builder_image: opt_parse(r.try_get("builder_image")?, Digest::parse)?, url: r.try_get("ci_url")? },
+        expected: expected.iter().map(|e| parse(e, ArtifactName::parse)).collect::<Result<_>>()?,
+        created_at: millis(r.try_get("created_at")?)?,
+        updated_at: millis(r.try_get("updated_at")?)?,
+        created_by: r.try_get("created_by")?,
+        sealed_at: opt_millis(r.try_get("sealed_at")?)?,
+        manifest_digest: opt_parse(r.try_get("manifest_digest")?, Digest::parse)?,
+        manifest: r.try_get("manifest")?,
+        artifact_count: u64::try_from(r.try_get::<i64, _>("artifact_count")?).unwrap_or(0),
+    })
+}
+
+/// Rows per multi-row INSERT: well under both dialects' parameter limits.
+const INSERT_CHUNK: usize = 100;
+
+impl Db {
+    pub async fn insert_build(&self, b: &NewBuild) -> Result<()> {
+        let expected: Vec<&str> = b.expected.iter().map(|e| e.as_str()).collect();
+        let res = sqlx::query(
+            "INSERT INTO builds (id, service, version, state, repo, branch, commit_sha, tag, author, message, \
+             ci_url, builder_image, expected, created_at, updated_at, created_by) \
+             VALUES ($1, $2, $3, 'draft', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $14)",
+        )
+        .bind(b.id.as_str())
+        .bind(b.service.as_str())
+        .bind(b.version.to_string())
+        .bind(b.source.repo.clone())
+        .bind(b.source.branch.clone())
+        .bind(b.source.commit.clone())
+        .bind(b.source.tag.clone())
+        .bind(b.source.author.clone())
+        .bind(b.source.message.clone())
+        .bind(b.ci.url.clone())
+        .bind(b.ci.builder_image.map(|d| d.to_string()))
+        .bind(serde_json::to_string(&expected).map_err(|e| Error::Corrupt(e.to_string()))?)
+        .bind(b.created_at.timestamp_millis())
+        .bind(b.created_by.clone())
+        .execute(&self.pool)
+        .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => Err(Error::ServiceNotFound(b.service.clone())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn build(&self, id: &BuildId) -> Result<Option<BuildRow>> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM builds b WHERE b.id = $1"))
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(build_from_row).transpose()
+    }
+
+    /// The sealed build whose manifest has this digest.
+    pub async fn build_by_manifest(&self, digest: &Digest) -> Result<Option<BuildRow>> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM builds b WHERE b.manifest_digest = $1"))
+            .bind(digest.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(build_from_row).transpose()
+    }
+
+    /// Builds matching `filter`, newest first.
+    pub async fn list_builds(&self, filter: &BuildFilter) -> Result<Vec<BuildRow>> {
+        let mut sql = format!("SELECT {COLUMNS} FROM builds b WHERE 1 = 1");
+        let mut args: Vec<String> = Vec::new();
+        let mut add = |col: &str, value: String, sql: &mut String| {
+            args.push(value);
+            sql.push_str(&format!(" AND b.{col} = ${}", args.len()));
+        };
+        if let Some(s) = &filter.service {
+            add("service", s.to_string(), &mut sql);
+        }
+        if let Some(b) = &filter.branch {
+            add("branch", b.clone(), &mut sql);
+        }
+        if let Some(v) = &filter.version {
+            add("version", v.to_string(), &mut sql);
+        }
+        if let Some(s) = filter.state {
+            add("state", s.as_str().to_string(), &mut sql);
+        }
+        sql.push_str(&format!(" ORDER BY b.created_at DESC, b.id DESC LIMIT {}", filter.limit.max(1)));
+        let mut q = sqlx::query(&sql);
+        for a in &args {
+            q = q.bind(a.as_str());
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        rows.iter().map(build_from_row).collect()
+    }
+
+    /// A build's artifacts, by name.
+    pub async fn artifacts(&self, id: &BuildId) -> Result<Vec<ArtifactSpec>> {
+        let rows = sqlx::query(
+            "SELECT name, kind, platform, size, digest, derived_from FROM artifacts WHERE build_id = $1 ORDER BY name",
+        )
+        .bind(id.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(artifact_from_row).collect()
+    }
+
+    /// Adds artifacts to a draft in one transaction: all or none. An
+    /// artifact identical to one already registered is accepted again (a
+    /// retried push); the same name with other content is refused. Returns
+    /// how many were new.
+    pub async fn add_artifacts(&self, id: &BuildId, specs: &[ArtifactSpec], now: DateTime<Utc>) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        self.lock_draft(&mut tx, id, now).await?;
+        let existing: BTreeMap<ArtifactName, ArtifactSpec> = {
+            let rows = sqlx::query(
+                "SELECT name, kind, platform, size, digest, derived_from FROM artifacts WHERE build_id = $1",
+            )
+            .bind(id.as_str())
+            .fetch_all(&mut *tx)
+            .await?;
+            rows.iter().map(artifact_from_row).map(|a| a.map(|a| (a.name.clone(), a))).collect::<Result<_>>()?
+        };
+        let mut fresh = Vec::new();
+        for s in specs {
+            match existing.get(&s.name) {
+                Some(e) if e == s => {}
+                Some(e) => return Err(Error::DuplicateArtifact { id: id.clone(), name: s.name.clone(), existing: e.digest }),
+                None => fresh.push(s),
+            }
+        }
+        for chunk in fresh.chunks(INSERT_CHUNK) {
+            let mut sql = String::from(
+                "INSERT INTO artifacts (build_id, name, kind, platform, size, digest, derived_from, created_at) VALUES ",
+            );
+            for i in 0..chunk.len() {
+                let b = i * 8;
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5,
+                    b + 6,
+                    b + 7,
+                    b + 8
+                ));
+            }
+            let mut q = sqlx::query(&sql);
+            for s in chunk {
+                let derived: Vec<String> = s.derived_from.iter().map(|d| d.to_string()).collect();
+                q = q
+                    .bind(id.as_str())
+                    .bind(s.name.as_str())
+                    .bind(s.kind.as_str())
+                    .bind(s.platform.as_ref().map(|p| p.to_string()))
+                    .bind(i64::try_from(s.size).map_err(|e| Error::Corrupt(e.to_string()))?)
+                    .bind(s.digest.to_string())
+                    .bind(serde_json::to_string(&derived).map_err(|e| Error::Corrupt(e.to_string()))?)
+                    .bind(now.timestamp_millis());
+            }
+            q.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(fresh.len() as u64)
+    }
+
+    /// Seals a draft: under the build's lock, `make` turns the draft and its
+    /// artifacts into a manifest (or refuses), and the manifest is stored.
+    /// The outer error is the database's; the inner one is `make`'s.
+    pub async fn seal_build<E>(
+        &self,
+        id: &BuildId,
+        now: DateTime<Utc>,
+        make: impl FnOnce(&BuildRow, &[ArtifactSpec]) -> Result<BuildManifest, E>,
+    ) -> Result<Result<BuildRow, E>> {
+        let mut tx = self.pool.begin().await?;
+        self.lock_draft(&mut tx, id, now).await?;
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM builds b WHERE b.id = $1"))
+            .bind(id.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+        let build = build_from_row(&row)?;
+        let rows = sqlx::query(
+            "SELECT name, kind, platform, size, digest, derived_from FROM artifacts WHERE build_id = $1 ORDER BY name",
+        )
+        .bind(id.as_str())
+        .fetch_all(&mut *tx)
+        .await?;
+        let artifacts: Vec<ArtifactSpec> = rows.iter().map(artifact_from_row).collect::<Result<_>>()?;
+        let manifest = match make(&build, &artifacts) {
+            Ok(m) => m,
+            Err(e) => return Ok(Err(e)),
+        };
+        let bytes = manifest.canonical_bytes();
+        let text = String::from_utf8(bytes).map_err(|e| Error::Corrupt(e.to_string()))?;
+        sqlx::query(
+            "UPDATE builds SET state = 'sealed', sealed_at = $1, manifest_digest = $2, manifest = $3 WHERE id = $4",
+        )
+        .bind(now.timestamp_millis())
+        .bind(manifest.digest().to_string())
+        .bind(text)
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let sealed = self.build(id).await?.ok_or_else(|| Error::BuildNotFound(id.clone()))?;
+        Ok(Ok(sealed))
+    }
+
+    /// Takes the build's row lock if it is a draft (the first statement of
+    /// the transaction is a write, so SQLite takes its write lock at once
+    /// instead of failing to upgrade a read lock later).
+    async fn lock_draft(&self, tx: &mut sqlx::Transaction<'_, sqlx::Any>, id: &BuildId, now: DateTime<Utc>) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE builds SET revision = revision + 1, updated_at = $1 WHERE id = $2 AND state = 'draft'",
+        )
+        .bind(now.timestamp_millis())
+        .bind(id.as_str())
+        .execute(&mut **tx)
+        .await?;
+        if done.rows_affected() == 1 {
+            return Ok(());
+        }
+        let row = sqlx::query("SELECT state FROM builds WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_optional(&mut **tx)
+            .await?;
+        match row {
+            None => Err(Error::BuildNotFound(id.clone())),
+            Some(r) => {
+                let state: String = r.try_get("state")?;
+                let state =
+                    BuildState::parse(&state).ok_or_else(|| Error::Corrupt(format!("unknown build state {state:?}")))?;
+                Err(Error::NotDraft { id: id.clone(), state })
+            }
+        }
+    }
+
+    /// Abandons drafts not touched since `cutoff` and drops their artifacts,
+    /// so their blobs become garbage. Returns the abandoned ids.
+    pub async fn abandon_stale_drafts(&self, cutoff: DateTime<Utc>) -> Result<Vec<BuildId>> {
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query(
+            "UPDATE builds SET state = 'abandoned', updated_at = $1 WHERE state = 'draft' AND updated_at < $2 RETURNING id",
+        )
+        .bind(Utc::now().timestamp_millis())
+        .bind(cutoff.timestamp_millis())
+        .fetch_all(&mut *tx)
+        .await?;
+        let ids: Vec<BuildId> =
+            rows.iter().map(|r| parse(&r.try_get::<String, _>("id")?, BuildId::parse)).collect::<Result<_>>()?;
+        sqlx::query("DELETE FROM artifacts WHERE build_id IN (SELECT id FROM builds WHERE state = 'abandoned')")
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(ids)
+    }
+
+    /// Every digest some draft or sealed build refers to.
+    pub async fn referenced_digests(&self) -> Result<HashSet<Digest>> {
+        let rows = sqlx::query("SELECT DISTINCT digest FROM artifacts").fetch_all(&self.pool).await?;
+        rows.iter().map(|r| parse(&r.try_get::<String, _>("digest")?, Digest::parse)).collect()
+    }
+
+    /// Whether any build refers to `digest` now (checked again by gc right
+    /// before it deletes a blob).
+    pub async fn is_referenced(&self, digest: &Digest) -> Result<bool> {
+        let row = sqlx::query("SELECT 1 AS one FROM artifacts WHERE digest = $1 LIMIT 1")
+            .bind(digest.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+
+    /// Records that a client uploaded `digest` or found it present and is
+    /// about to register it.
+    pub async fn claim_blobs(&self, digests: &[Digest], now: DateTime<Utc>) -> Result<()> {
+        if digests.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for chunk in digests.chunks(INSERT_CHUNK) {
+            let mut sql = String::from("INSERT INTO blob_claims (digest, claimed_at) VALUES ");
+            for i in 0..chunk.len() {
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!("(${}, ${})", i * 2 + 1, i * 2 + 2));
+            }
+            sql.push_str(" ON CONFLICT (digest) DO UPDATE SET claimed_at = excluded.claimed_at");
+            let mut q = sqlx::query(&sql);
+            for d in chunk {
+                q = q.bind(d.to_string()).bind(now.timestamp_millis());
+            }
+            q.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Digests claimed at or after `since`.
+    pub async fn claimed_since(&self, since: DateTime<Utc>) -> Result<HashSet<Digest>> {
+        let rows = sqlx::query("SELECT digest FROM blob_claims WHERE claimed_at >= $1")
+            .bind(since.timestamp_millis())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| parse(&r.try_get::<String, _>("digest")?, Digest::parse)).collect()
+    }
+
+    /// Forgets claims of blobs that are gone.
+    pub async fn forget_claim(&self, digest: &Digest) -> Result<()> {
+        sqlx::query("DELETE FROM blob_claims WHERE digest = $1").bind(digest.to_string()).execute(&self.pool).await?;
+        Ok(())
+    }
+}

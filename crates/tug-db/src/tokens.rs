@@ -1,0 +1,123 @@
+//! API tokens. Only the sha256 of a token's secret is stored; the secret
+//! itself is shown once, when the token is created.
+
+use chrono::{DateTime, Utc};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+use tug_core::{Role, ServiceName, TokenName};
+
+use crate::{millis, opt_millis, opt_parse, parse, Db, Error, Result};
+
+/// A token to store.
+#[derive(Debug, Clone)]
+pub struct NewToken {
+    pub id: String,
+    pub name: TokenName,
+    pub role: Role,
+    pub service: Option<ServiceName>,
+    /// Hex sha256 of the secret.
+    pub secret_hash: String,
+    pub created_at: DateTime<Utc>,
+    pub created_by: Option<String>,
+}
+
+/// A stored token (without its secret, which is never stored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRow {
+    pub id: String,
+    pub name: TokenName,
+    pub role: Role,
+    pub service: Option<ServiceName>,
+    pub created_at: DateTime<Utc>,
+    pub created_by: Option<String>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+const COLUMNS: &str = "id, name, role, service, created_at, created_by, revoked_at";
+
+fn token_from_row(r: &AnyRow) -> Result<TokenRow> {
+    Ok(TokenRow {
+        id: r.try_get("id")?,
+        name: parse(&r.try_get::<String, _>("name")?, TokenName::parse)?,
+        role: parse(&r.try_get::<String, _>("role")?, |s| s.parse::<Role>())?,
+        service: opt_parse(r.try_get("service")?, ServiceName::parse)?,
+        created_at: millis(r.try_get("created_at")?)?,
+        created_by: r.try_get("created_by")?,
+        revoked_at: opt_millis(r.try_get("revoked_at")?)?,
+    })
+}
+
+impl Db {
+    /// Stores a token. Names are unique among tokens that are not revoked.
+    pub async fn insert_token(&self, t: &NewToken) -> Result<()> {
+        let res = sqlx::query(
+            "INSERT INTO tokens (id, name, role, service, secret_hash, created_at, created_by) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&t.id)
+        .bind(t.name.as_str())
+        .bind(t.role.as_str())
+        .bind(t.service.as_ref().map(|s| s.as_str().to_string()))
+        .bind(&t.secret_hash)
+        .bind(t.created_at.timestamp_millis())
+        .bind(t.created_by.clone())
+        .execute(&self.pool)
+        .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(Error::TokenNameTaken(t.name.clone())),
+            Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => {
+                Err(Error::ServiceNotFound(t.service.clone().ok_or_else(|| Error::Corrupt(e.to_string()))?))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The token whose secret hashes to `secret_hash`, revoked or not.
+    pub async fn token_by_hash(&self, secret_hash: &str) -> Result<Option<TokenRow>> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM tokens WHERE secret_hash = $1"))
+            .bind(secret_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(token_from_row).transpose()
+    }
+
+    /// Every token, oldest first.
+    pub async fn list_tokens(&self) -> Result<Vec<TokenRow>> {
+        let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM tokens ORDER BY created_at, id"))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(token_from_row).collect()
+    }
+
+    /// Revokes the active token with this name or id. Returns it, or `None`
+    /// if no active token matches.
+    pub async fn revoke_token(&self, name_or_id: &str, now: DateTime<Utc>) -> Result<Option<TokenRow>> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE (name = $2 OR id = $2) AND revoked_at IS NULL")
+            .bind(now.timestamp_millis())
+            .bind(name_or_id)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Ok(None);
+        }
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM tokens WHERE (name = $1 OR id = $1) AND revoked_at = $2"
+        ))
+        .bind(name_or_id)
+        .bind(now.timestamp_millis())
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        token_from_row(&row).map(Some)
+    }
+
+    /// How many admin tokens are active (zero on a new database).
+    pub async fn count_active_admin_tokens(&self) -> Result<i64> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM tokens WHERE role = 'admin' AND revoked_at IS NULL")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("n")?)
+    }
+}
