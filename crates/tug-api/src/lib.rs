@@ -1,1 +1,202 @@
-//! placeholder
+//! The wire types of Tugboat's HTTP API, shared by the server and the
+//! client so both sides agree by construction. Requests refuse unknown
+//! fields; every error is an [`ErrorBody`].
+//!
+//! Routes (all under `/v1` need `Authorization: Bearer <token>`):
+//! - `GET /healthz`
+//! - `GET|POST /v1/services`
+//! - `GET|POST /v1/tokens`, `DELETE /v1/tokens/{name-or-id}`
+//! - `POST /v1/blobs/missing`, `HEAD|GET|PUT /v1/blobs/{digest}`
+//! - `GET|POST /v1/builds`, `GET /v1/builds/{id-or-digest}`,
+//!   `GET /v1/builds/{id}/manifest`, `POST /v1/builds/{id}/artifacts`,
+//!   `POST /v1/builds/{id}/seal`
+//! - `POST /v1/admin/fsck`, `POST /v1/admin/gc`
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tug_core::{
+    ArtifactName, ArtifactSpec, BuildId, BuildSource, BuildState, CiRun, Digest, Role, ServiceName, TokenName, Version,
+};
+
+/// The body of every 4xx and 5xx response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorBody {
+    /// Stable, machine-readable: `build_not_found`, `digest_mismatch`, …
+    pub code: String,
+    /// What went wrong and what to do about it.
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateService {
+    pub name: ServiceName,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    pub name: ServiceName,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceList {
+    pub services: Vec<Service>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    pub name: TokenName,
+    pub role: Role,
+    /// Limits a `ci` token to one service's builds.
+    #[serde(default)]
+    pub service: Option<ServiceName>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Token {
+    pub id: String,
+    pub name: TokenName,
+    pub role: Role,
+    pub service: Option<ServiceName>,
+    pub created_at: DateTime<Utc>,
+    pub created_by: Option<String>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// A new token with its secret, shown only in this response.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreatedToken {
+    pub token: Token,
+    pub secret: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenList {
+    pub tokens: Vec<Token>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MissingBlobs {
+    pub digests: Vec<Digest>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MissingBlobsResponse {
+    /// The asked-for digests the store does not have, in the order asked.
+    pub missing: Vec<Digest>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobStored {
+    pub digest: Digest,
+    pub size: u64,
+    /// `false` when the blob was already stored and no body was read.
+    pub created: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateBuild {
+    pub service: ServiceName,
+    pub version: Version,
+    #[serde(default)]
+    pub source: BuildSource,
+    #[serde(default)]
+    pub ci: CiRun,
+    /// Artifacts that must be present before the build may be sealed.
+    #[serde(default)]
+    pub expected: Vec<ArtifactName>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Build {
+    pub id: BuildId,
+    pub service: ServiceName,
+    pub version: Version,
+    pub state: BuildState,
+    pub source: BuildSource,
+    pub ci: CiRun,
+    pub expected: Vec<ArtifactName>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub created_by: Option<String>,
+    pub sealed_at: Option<DateTime<Utc>>,
+    /// The digest of the canonical manifest, once sealed.
+    pub manifest_digest: Option<Digest>,
+    pub artifact_count: u64,
+    /// Present when one build is shown, absent in lists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifacts: Option<Vec<ArtifactSpec>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BuildList {
+    pub builds: Vec<Build>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterArtifacts {
+    pub artifacts: Vec<ArtifactSpec>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ArtifactsRegistered {
+    /// How many were new (a retried push re-registers nothing).
+    pub added: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CorruptBlob {
+    pub digest: Digest,
+    /// What the stored bytes hash to now.
+    pub actual: Digest,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FsckReport {
+    pub checked: u64,
+    pub bytes: u64,
+    pub corrupt: Vec<CorruptBlob>,
+    /// Digests that builds refer to but the store lacks.
+    pub missing: Vec<Digest>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GcRequest {
+    /// Report what would be removed, remove nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Overrides the server's `draft_max_age` (seconds).
+    #[serde(default)]
+    pub draft_max_age_secs: Option<u64>,
+    /// Overrides the server's `gc_grace` (seconds).
+    #[serde(default)]
+    pub grace_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GcReport {
+    pub dry_run: bool,
+    pub abandoned_drafts: Vec<BuildId>,
+    pub deleted: Vec<Digest>,
+    pub freed_bytes: u64,
+    pub kept: u64,
+}
+
+/// Query of `GET /v1/builds`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildQuery {
+    pub service: Option<String>,
+    pub branch: Option<String>,
+    pub version: Option<String>,
+    pub state: Option<String>,
+    pub limit: Option<u32>,
+}

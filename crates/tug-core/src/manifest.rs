@@ -175,12 +175,16 @@ impl<'de> Deserialize<'de> for DerivedFrom {
 
 /// One artifact as registered in a build.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ArtifactSpec {
     pub name: ArtifactName,
+    #[serde(default)]
     pub kind: ArtifactKind,
+    #[serde(default)]
     pub platform: Option<Platform>,
     pub size: u64,
     pub digest: Digest,
+    #[serde(default)]
     pub derived_from: Vec<DerivedFrom>,
 }
 

@@ -1,1 +1,171 @@
-//! placeholder
+//! Tugboat's HTTP server: routes, authentication, the JSON error body and
+//! the configuration. Handlers parse and authenticate, call one use case of
+//! `tug-service` and shape the answer; rules live in the service and core.
+//!
+//! Only this crate knows about axum.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{delete, get, post};
+use axum::Router;
+use tug_service::{Settings, Tugboat};
+
+pub mod config;
+mod error;
+mod extract;
+mod routes;
+
+pub use config::{Config, Layer};
+pub use error::ApiError;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub tugboat: Tugboat,
+    pub max_json_body: usize,
+}
+
+/// The API's routes over `state`.
+pub fn router(state: AppState) -> Router {
+    let blobs = Router::new()
+        .route(
+            "/v1/blobs/{digest}",
+            get(routes::blobs::get).head(routes::blobs::head).put(routes::blobs::put),
+        )
+        // Blob bodies stream to the store and are limited by max_blob_size
+        // there, not by the JSON limit.
+        .layer(DefaultBodyLimit::disable());
+    Router::new()
+        .route("/healthz", get(routes::health))
+        .route("/v1/services", get(routes::services::list).post(routes::services::create))
+        .route("/v1/tokens", get(routes::tokens::list).post(routes::tokens::create))
+        .route("/v1/tokens/{name}", delete(routes::tokens::revoke))
+        .route("/v1/blobs/missing", post(routes::blobs::missing))
+        .route("/v1/builds", get(routes::builds::list).post(routes::builds::create))
+        .route("/v1/builds/{build}", get(routes::builds::show))
+        .route("/v1/builds/{build}/manifest", get(routes::builds::manifest))
+        .route("/v1/builds/{build}/artifacts", post(routes::builds::register))
+        .route("/v1/builds/{build}/seal", post(routes::builds::seal))
+        .route("/v1/admin/fsck", post(routes::admin::fsck))
+        .route("/v1/admin/gc", post(routes::admin::gc))
+        .layer(DefaultBodyLimit::max(state.max_json_body))
+        .merge(blobs)
+        .fallback(routes::not_found)
+        .with_state(state)
+}
+
+/// A started server.
+pub struct Started {
+    pub addr: SocketAddr,
+    /// Set when this start created the first admin token.
+    pub admin_token_path: Option<PathBuf>,
+    listener: tokio::net::TcpListener,
+    router: Router,
+    tugboat: Tugboat,
+}
+
+/// Opens the database and the store (running migrations and removing what
+/// interrupted uploads left), creates the first admin token on a new
+/// installation, and binds the listener. `env` holds the variables the
+/// binary read (`AWS_*` credentials for an S3 store).
+pub async fn start(
+    config: &Config,
+    env: &std::collections::HashMap<String, String>,
+) -> anyhow::Result<Started> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    let db_url = config.database_url();
+    let db = tug_db::Db::connect(&db_url)
+        .await
+        .with_context(|| format!("cannot open database {}", config::redact(&db_url)))?;
+    let store_address = config.blob_store_address();
+    let store = tug_store::open(&store_address, s3_credentials_from(env))
+        .with_context(|| format!("cannot open blob store {store_address}"))?;
+    start_with(config, db, store).await
+}
+
+/// S3 credentials from the usual `AWS_*` variables, if set.
+pub fn s3_credentials_from(env: &std::collections::HashMap<String, String>) -> Option<tug_store::s3::Credentials> {
+    Some(tug_store::s3::Credentials {
+        access_key_id: env.get("AWS_ACCESS_KEY_ID")?.clone(),
+        secret_access_key: env.get("AWS_SECRET_ACCESS_KEY")?.clone(),
+        session_token: env.get("AWS_SESSION_TOKEN").cloned(),
+    })
+}
+
+async fn start_with(config: &Config, db: tug_db::Db, store: Arc<dyn tug_store::BlobStore>) -> anyhow::Result<Started> {
+    let cleaned = store.clean_temporary().await.context("cannot clean the blob store's temporary files")?;
+    if cleaned > 0 {
+        tracing::info!(cleaned, "removed leftovers of interrupted uploads");
+    }
+    let settings = Settings {
+        max_blob_size: config.max_blob_size,
+        draft_max_age: Duration::from_secs(config.draft_max_age_secs),
+        gc_grace: Duration::from_secs(config.gc_grace_secs),
+    };
+    let tugboat = Tugboat::new(db, store, settings);
+    let mut admin_token_path = None;
+    if let Some(secret) = tugboat.bootstrap_admin().await.context("cannot create the first admin token")? {
+        let path = config.admin_token_path();
+        write_secret(&path, &secret).with_context(|| format!("cannot write {}", path.display()))?;
+        admin_token_path = Some(path);
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let router = router(AppState { tugboat: tugboat.clone(), max_json_body: config.max_json_body });
+    Ok(Started { addr, admin_token_path, listener, router, tugboat })
+}
+
+impl Started {
+    pub fn tugboat(&self) -> &Tugboat {
+        &self.tugboat
+    }
+
+    /// Serves until `shutdown` resolves, then finishes requests in flight.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown).await?;
+        self.tugboat.db().close().await;
+        Ok(())
+    }
+}
+
+/// Writes a secret readable by its owner only (mode 0600), atomically.
+fn write_secret(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("token.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+    f.write_all(secret.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}

@@ -1,1 +1,588 @@
-//! placeholder
+//! Tugboat's use cases over the blob store and the metadata database:
+//! authenticate a token, manage tokens and services, store and read blobs,
+//! create, fill and seal builds, check and collect the store.
+//!
+//! Every use case takes the caller's [`Principal`] and checks its role here,
+//! so no transport can forget to. This crate knows nothing about HTTP: the
+//! server maps [`Error`] to status codes.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use futures::StreamExt;
+use rand::RngCore;
+use tug_core::{
+    Action, ArtifactName, ArtifactSpec, BuildId, BuildManifest, BuildSource, BuildState, CiRun, Digest, Draft, Hasher,
+    Role, ServiceName, TokenName, Version,
+};
+use tug_db::{BuildFilter, BuildRow, Db, NewBuild, NewToken, TokenRow};
+use tug_store::{Blob, BlobInfo, BlobStore, ByteStream};
+
+mod error;
+
+pub use error::Error;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Limits and ages the use cases enforce.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The largest blob accepted, in bytes.
+    pub max_blob_size: u64,
+    /// Drafts not touched for this long are abandoned by gc.
+    pub draft_max_age: Duration,
+    /// Blobs younger than this (or claimed this recently) are never
+    /// collected, so a push racing a gc keeps its blobs.
+    pub gc_grace: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            max_blob_size: 64 << 30,
+            draft_max_age: Duration::from_secs(7 * 24 * 3600),
+            gc_grace: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Who is calling: the token that authenticated the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub token_id: String,
+    pub name: TokenName,
+    pub role: Role,
+    /// A token scoped to one service may write only that service's builds.
+    pub service: Option<ServiceName>,
+}
+
+/// The source of the current time, injectable for tests.
+pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+
+/// A build and, when shown alone, its artifacts.
+#[derive(Debug, Clone)]
+pub struct BuildView {
+    pub build: BuildRow,
+    pub artifacts: Option<Vec<ArtifactSpec>>,
+}
+
+/// The outcome of a blob upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    pub size: u64,
+    /// `false` when the blob was already there and no body was read.
+    pub created: bool,
+}
+
+/// What `fsck` found.
+#[derive(Debug, Clone, Default)]
+pub struct FsckReport {
+    pub checked: u64,
+    pub bytes: u64,
+    /// (expected digest, actual digest, size)
+    pub corrupt: Vec<(Digest, Digest, u64)>,
+    pub missing: Vec<Digest>,
+}
+
+/// What `gc` did (or would do, in a dry run).
+#[derive(Debug, Clone, Default)]
+pub struct GcReport {
+    pub abandoned_drafts: Vec<BuildId>,
+    pub deleted: Vec<Digest>,
+    pub freed_bytes: u64,
+    pub kept: u64,
+}
+
+/// Options of one gc run; `None` takes the server's setting.
+#[derive(Debug, Clone, Default)]
+pub struct GcOptions {
+    pub dry_run: bool,
+    pub draft_max_age: Option<Duration>,
+    pub grace: Option<Duration>,
+}
+
+/// A new token and its secret (shown once).
+#[derive(Debug, Clone)]
+pub struct CreatedToken {
+    pub token: TokenRow,
+    pub secret: String,
+}
+
+/// The prefix of every token secret, so a leaked one is easy to recognise.
+pub const TOKEN_PREFIX: &str = "tug_";
+
+/// The use cases. Cheap to clone.
+#[derive(Clone)]
+pub struct Tugboat {
+    db: Db,
+    store: Arc<dyn BlobStore>,
+    settings: Settings,
+    clock: Clock,
+}
+
+/// What a build reference on the command line or in a URL names.
+fn parse_build_ref(reference: &str) -> Result<BuildRef> {
+    if reference.starts_with(tug_core::digest::PREFIX) {
+        Digest::parse(reference).map(BuildRef::Manifest).map_err(|e| Error::Invalid(e.to_string()))
+    } else {
+        BuildId::parse(reference).map(BuildRef::Id).map_err(|e| Error::Invalid(e.to_string()))
+    }
+}
+
+enum BuildRef {
+    Id(BuildId),
+    Manifest(Digest),
+}
+
+fn hash_secret(secret: &str) -> String {
+    Digest::of(secret.as_bytes()).hex()
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+impl Tugboat {
+    pub fn new(db: Db, store: Arc<dyn BlobStore>, settings: Settings) -> Tugboat {
+        Tugboat { db, store, settings, clock: Arc::new(Utc::now) }
+    }
+
+    /// Replaces the clock (tests).
+    pub fn with_clock(mut self, clock: Clock) -> Tugboat {
+        self.clock = clock;
+        self
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    pub fn store(&self) -> &Arc<dyn BlobStore> {
+        &self.store
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        (self.clock)()
+    }
+
+    // ---- authentication and tokens ----
+
+    /// Finds the token a request presented. Unknown and revoked tokens are
+    /// refused; the lookup goes to the database every time, so a revocation
+    /// takes effect at once on every server.
+    pub async fn authenticate(&self, secret: &str) -> Result<Principal> {
+        let Some(row) = self.db.token_by_hash(&hash_secret(secret)).await? else {
+            return Err(Error::InvalidToken);
+        };
+        if row.revoked_at.is_some() {
+            return Err(Error::TokenRevoked(row.name));
+        }
+        Ok(Principal { token_id: row.id, name: row.name, role: row.role, service: row.service })
+    }
+
+    fn require(&self, who: &Principal, action: Action) -> Result<()> {
+        if who.role.allows(action) {
+            Ok(())
+        } else {
+            Err(Error::Forbidden { role: who.role, action })
+        }
+    }
+
+    fn require_service(&self, who: &Principal, service: &ServiceName) -> Result<()> {
+        self.require(who, Action::WriteBuilds)?;
+        match &who.service {
+            Some(scope) if scope != service => {
+                Err(Error::OutOfScope { token: who.name.clone(), scope: scope.clone(), service: service.clone() })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Creates the first admin token if the database has none (a new
+    /// installation). Returns its secret when one was made.
+    pub async fn bootstrap_admin(&self) -> Result<Option<String>> {
+        if self.db.count_active_admin_tokens().await? > 0 {
+            return Ok(None);
+        }
+        let name = TokenName::parse("admin").map_err(|e| Error::Invalid(e.to_string()))?;
+        match self.insert_token(name, Role::Admin, None, None).await {
+            Ok(created) => Ok(Some(created.secret)),
+            // Another server sharing the database won the race.
+            Err(Error::TokenNameTaken(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn insert_token(
+        &self,
+        name: TokenName,
+        role: Role,
+        service: Option<ServiceName>,
+        created_by: Option<String>,
+    ) -> Result<CreatedToken> {
+        let mut raw = [0u8; 32];
+        rand::thread_rng().fill_bytes(&mut raw);
+        let secret = format!("{TOKEN_PREFIX}{}", hex::encode(raw));
+        let token = NewToken {
+            id: uuid::Uuid::now_v7().to_string(),
+            name,
+            role,
+            service,
+            secret_hash: hash_secret(&secret),
+            created_at: self.now(),
+            created_by,
+        };
+        self.db.insert_token(&token).await?;
+        let row = self.db.token_by_hash(&token.secret_hash).await?.ok_or(Error::InvalidToken)?;
+        Ok(CreatedToken { token: row, secret })
+    }
+
+    pub async fn create_token(
+        &self,
+        who: &Principal,
+        name: TokenName,
+        role: Role,
+        service: Option<ServiceName>,
+    ) -> Result<CreatedToken> {
+        self.require(who, Action::ManageTokens)?;
+        self.insert_token(name, role, service, Some(who.name.to_string())).await
+    }
+
+    pub async fn list_tokens(&self, who: &Principal) -> Result<Vec<TokenRow>> {
+        self.require(who, Action::ManageTokens)?;
+        Ok(self.db.list_tokens().await?)
+    }
+
+    /// Revokes a token by name or id. The last active admin token cannot be
+    /// revoked: nobody could create another.
+    pub async fn revoke_token(&self, who: &Principal, name_or_id: &str) -> Result<TokenRow> {
+        self.require(who, Action::ManageTokens)?;
+        let target = self
+            .db
+            .list_tokens()
+            .await?
+            .into_iter()
+            .find(|t| t.revoked_at.is_none() && (t.name.as_str() == name_or_id || t.id == name_or_id))
+            .ok_or_else(|| Error::TokenNotFound(name_or_id.chars().take(80).collect()))?;
+        if target.role == Role::Admin && self.db.count_active_admin_tokens().await? <= 1 {
+            return Err(Error::LastAdmin);
+        }
+        self.db
+            .revoke_token(&target.id, self.now())
+            .await?
+            .ok_or_else(|| Error::TokenNotFound(name_or_id.chars().take(80).collect()))
+    }
+
+    // ---- services ----
+
+    /// Creates a service; `false` if it existed already.
+    pub async fn create_service(&self, who: &Principal, name: &ServiceName) -> Result<bool> {
+        self.require(who, Action::ManageServices)?;
+        Ok(self.db.create_service(name, self.now()).await?)
+    }
+
+    pub async fn list_services(&self, who: &Principal) -> Result<Vec<(ServiceName, DateTime<Utc>)>> {
+        self.require(who, Action::Read)?;
+        Ok(self.db.list_services().await?)
+    }
+
+    // ---- blobs ----
+
+    /// Which of `digests` the store lacks. Those it has are claimed, so gc
+    /// leaves them alone while the client registers them.
+    pub async fn missing_blobs(&self, who: &Principal, digests: &[Digest]) -> Result<Vec<Digest>> {
+        self.require(who, Action::WriteBuilds)?;
+        let mut missing = Vec::new();
+        let mut present = Vec::new();
+        let mut seen = HashSet::new();
+        let unique: Vec<Digest> = digests.iter().filter(|d| seen.insert(**d)).copied().collect();
+        for (d, stat) in self.stat_all(unique).await {
+            match stat? {
+                Some(_) => present.push(d),
+                None => missing.push(d),
+            }
+        }
+        self.db.claim_blobs(&present, self.now()).await?;
+        Ok(missing)
+    }
+
+    /// Stores a blob from a stream. When the store already has it the body
+    /// is not read at all (an `Expect: 100-continue` client then sends
+    /// nothing). `declared_size` is the request's Content-Length, checked
+    /// against the limit before a byte is read.
+    pub async fn put_blob(
+        &self,
+        who: &Principal,
+        digest: &Digest,
+        declared_size: Option<u64>,
+        body: ByteStream,
+    ) -> Result<Stored> {
+        self.require(who, Action::WriteBuilds)?;
+        let limit = self.settings.max_blob_size;
+        if let Some(size) = declared_size {
+            if size > limit {
+                return Err(Error::from(tug_store::Error::TooLarge { limit }));
+            }
+        }
+        if let Some(size) = self.store.stat(digest).await? {
+            self.db.claim_blobs(&[*digest], self.now()).await?;
+            return Ok(Stored { size, created: false });
+        }
+        let size = self.store.put(digest, body, limit).await?;
+        self.db.claim_blobs(&[*digest], self.now()).await?;
+        Ok(Stored { size, created: true })
+    }
+
+    /// Stats many blobs, a few at a time, in order.
+    async fn stat_all(&self, digests: Vec<Digest>) -> Vec<(Digest, tug_store::Result<Option<u64>>)> {
+        let store = self.store.clone();
+        futures::stream::iter(digests)
+            .map(move |d| {
+                let store = store.clone();
+                async move { (d, store.stat(&d).await) }
+            })
+            .buffered(16)
+            .collect()
+            .await
+    }
+
+    pub async fn stat_blob(&self, who: &Principal, digest: &Digest) -> Result<Option<u64>> {
+        self.require(who, Action::Read)?;
+        Ok(self.store.stat(digest).await?)
+    }
+
+    pub async fn get_blob(&self, who: &Principal, digest: &Digest, start: u64, end: Option<u64>) -> Result<Blob> {
+        self.require(who, Action::Read)?;
+        self.store.get(digest, start, end).await?.ok_or(Error::BlobNotFound(*digest))
+    }
+
+    // ---- builds ----
+
+    pub async fn create_build(
+        &self,
+        who: &Principal,
+        service: ServiceName,
+        version: Version,
+        source: BuildSource,
+        ci: CiRun,
+        expected: Vec<ArtifactName>,
+    ) -> Result<BuildRow> {
+        self.require_service(who, &service)?;
+        check_text("source.commit", source.commit.as_deref(), 200)?;
+        check_text("source.branch", source.branch.as_deref(), 255)?;
+        check_text("source.tag", source.tag.as_deref(), 255)?;
+        check_text("source.repo", source.repo.as_deref(), 2048)?;
+        check_text("source.author", source.author.as_deref(), 512)?;
+        check_text("ci.url", ci.url.as_deref(), 2048)?;
+        if source.message.as_ref().is_some_and(|m| m.len() > 64 * 1024) {
+            return Err(Error::Invalid("source.message is longer than 64 KiB; shorten it".into()));
+        }
+        let mut unique = HashSet::new();
+        if let Some(dup) = expected.iter().find(|e| !unique.insert(*e)) {
+            return Err(Error::Invalid(format!("expected artifact {dup} is listed twice; list each name once")));
+        }
+        let id = BuildId::parse(&uuid::Uuid::now_v7().to_string()).map_err(|e| Error::Invalid(e.to_string()))?;
+        let now = self.now();
+        self.db
+            .insert_build(&NewBuild {
+                id: id.clone(),
+                service,
+                version,
+                source,
+                ci,
+                expected,
+                created_at: now,
+                created_by: Some(who.name.to_string()),
+            })
+            .await?;
+        self.db.build(&id).await?.ok_or(Error::BuildNotFound(id.to_string()))
+    }
+
+    async fn resolve(&self, reference: &str) -> Result<BuildRow> {
+        let found = match parse_build_ref(reference)? {
+            BuildRef::Id(id) => self.db.build(&id).await?,
+            BuildRef::Manifest(d) => self.db.build_by_manifest(&d).await?,
+        };
+        found.ok_or_else(|| Error::BuildNotFound(reference.chars().take(80).collect()))
+    }
+
+    /// A build by id or manifest digest, with its artifacts.
+    pub async fn show_build(&self, who: &Principal, reference: &str) -> Result<BuildView> {
+        self.require(who, Action::Read)?;
+        let build = self.resolve(reference).await?;
+        let artifacts = self.db.artifacts(&build.id).await?;
+        Ok(BuildView { build, artifacts: Some(artifacts) })
+    }
+
+    /// The canonical manifest bytes of a sealed build.
+    pub async fn manifest(&self, who: &Principal, reference: &str) -> Result<(Digest, String)> {
+        self.require(who, Action::Read)?;
+        let build = self.resolve(reference).await?;
+        match (build.manifest_digest, build.manifest) {
+            (Some(d), Some(m)) => Ok((d, m)),
+            _ => Err(Error::NotSealed(build.id)),
+        }
+    }
+
+    pub async fn list_builds(&self, who: &Principal, filter: BuildFilter) -> Result<Vec<BuildRow>> {
+        self.require(who, Action::Read)?;
+        if let Some(s) = &filter.service {
+            if !self.db.service_exists(s).await? {
+                return Err(Error::ServiceNotFound(s.clone()));
+            }
+        }
+        Ok(self.db.list_builds(&filter).await?)
+    }
+
+    /// Registers artifacts whose blobs are already stored. All or nothing.
+    pub async fn register_artifacts(&self, who: &Principal, reference: &str, specs: Vec<ArtifactSpec>) -> Result<u64> {
+        self.require(who, Action::WriteBuilds)?;
+        let build = self.resolve(reference).await?;
+        self.require_service(who, &build.service)?;
+        if specs.is_empty() {
+            return Err(Error::Invalid("no artifacts given; send at least one".into()));
+        }
+        let mut names = HashSet::new();
+        if let Some(dup) = specs.iter().find(|s| !names.insert(&s.name)) {
+            return Err(Error::Invalid(format!(
+                "artifact name {} appears twice in this request; each name may appear once per build",
+                dup.name
+            )));
+        }
+        // Every blob must be stored, with the size the artifact claims.
+        let stats = self.stat_all(specs.iter().map(|s| s.digest).collect()).await;
+        for (spec, (_, stat)) in specs.iter().zip(stats) {
+            match stat? {
+                None => return Err(Error::BlobMissing { name: spec.name.clone(), digest: spec.digest }),
+                Some(size) if size != spec.size => {
+                    return Err(Error::SizeMismatch { name: spec.name.clone(), claimed: spec.size, stored: size })
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(self.db.add_artifacts(&build.id, &specs, self.now()).await?)
+    }
+
+    /// Seals a draft: checks the expected artifacts and derivations, stores
+    /// the canonical manifest. Sealing a sealed build returns it unchanged.
+    pub async fn seal_build(&self, who: &Principal, reference: &str) -> Result<BuildRow> {
+        self.require(who, Action::WriteBuilds)?;
+        let build = self.resolve(reference).await?;
+        self.require_service(who, &build.service)?;
+        let sealed = self
+            .db
+            .seal_build(&build.id, self.now(), |b, artifacts| {
+                BuildManifest::seal(Draft {
+                    id: &b.id,
+                    service: &b.service,
+                    version: &b.version,
+                    source: &b.source,
+                    ci: &b.ci,
+                    created_at: &rfc3339(b.created_at),
+                    expected: &b.expected,
+                    artifacts,
+                })
+            })
+            .await;
+        match sealed {
+            Ok(Ok(row)) => Ok(row),
+            Ok(Err(e)) => Err(Error::Seal(e)),
+            Err(tug_db::Error::NotDraft { state: BuildState::Sealed, .. }) => {
+                self.db.build(&build.id).await?.ok_or(Error::BuildNotFound(build.id.to_string()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    // ---- maintenance ----
+
+    /// Re-hashes every stored blob and lists those whose bytes no longer
+    /// match their name, and digests builds refer to that are gone.
+    pub async fn fsck(&self, who: &Principal) -> Result<FsckReport> {
+        self.require(who, Action::Maintain)?;
+        let mut report = FsckReport::default();
+        let blobs = self.store.list().await?;
+        let present: HashSet<Digest> = blobs.iter().map(|b| b.digest).collect();
+        for BlobInfo { digest, .. } in blobs {
+            let Some(mut blob) = self.store.get(&digest, 0, None).await? else {
+                continue; // deleted since it was listed
+            };
+            let mut hasher = Hasher::new();
+            while let Some(chunk) = blob.body.next().await {
+                hasher.update(&chunk.map_err(tug_store::Error::Io)?);
+            }
+            let size = hasher.len();
+            let actual = hasher.finish();
+            report.checked += 1;
+            report.bytes += size;
+            if actual != digest {
+                tracing::error!(%digest, %actual, size, "stored blob does not match its digest");
+                report.corrupt.push((digest, actual, size));
+            }
+        }
+        let mut missing: Vec<Digest> =
+            self.db.referenced_digests().await?.into_iter().filter(|d| !present.contains(d)).collect();
+        missing.sort();
+        report.missing = missing;
+        Ok(report)
+    }
+
+    /// Abandons stale drafts, then deletes blobs no build refers to. A blob
+    /// of a sealed build is never deleted; blobs younger than the grace
+    /// period, or claimed by a push within it, are kept.
+    pub async fn gc(&self, who: &Principal, options: GcOptions) -> Result<GcReport> {
+        self.require(who, Action::Maintain)?;
+        let now = self.now();
+        let max_age = options.draft_max_age.unwrap_or(self.settings.draft_max_age);
+        let grace = options.grace.unwrap_or(self.settings.gc_grace);
+        let draft_cutoff = now - chrono::Duration::from_std(max_age).map_err(|e| Error::Invalid(e.to_string()))?;
+        let blob_cutoff = now - chrono::Duration::from_std(grace).map_err(|e| Error::Invalid(e.to_string()))?;
+        let mut report = GcReport::default();
+        if !options.dry_run {
+            report.abandoned_drafts = self.db.abandon_stale_drafts(draft_cutoff).await?;
+        }
+        let referenced = self.db.referenced_digests().await?;
+        let claimed = self.db.claimed_since(blob_cutoff).await?;
+        for blob in self.store.list().await? {
+            let young = blob.modified > blob_cutoff;
+            if referenced.contains(&blob.digest) || claimed.contains(&blob.digest) || young {
+                report.kept += 1;
+                continue;
+            }
+            if options.dry_run {
+                report.deleted.push(blob.digest);
+                report.freed_bytes += blob.size;
+                continue;
+            }
+            // A registration may have landed since the set was read.
+            if self.db.is_referenced(&blob.digest).await? {
+                report.kept += 1;
+                continue;
+            }
+            if self.store.delete(&blob.digest).await? {
+                self.db.forget_claim(&blob.digest).await?;
+                report.deleted.push(blob.digest);
+                report.freed_bytes += blob.size;
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// Refuses over-long or control-character-laden metadata fields.
+fn check_text(field: &str, value: Option<&str>, max: usize) -> Result<()> {
+    let Some(v) = value else { return Ok(()) };
+    if v.len() > max {
+        return Err(Error::Invalid(format!("{field} is longer than {max} bytes; shorten it")));
+    }
+    if v.chars().any(|c| c.is_control()) {
+        return Err(Error::Invalid(format!("{field} contains a control character; remove it")));
+    }
+    Ok(())
+}

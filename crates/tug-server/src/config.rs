@@ -1,0 +1,210 @@
+//! The server's one typed configuration, layered: built-in defaults <
+//! `tug.toml` < `TUG_*` environment variables < command-line flags. The
+//! caller hands in the file's text and the environment, so this module reads
+//! nothing itself and tests build configurations in code.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// A complete configuration.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// `sqlite://…` or `postgres://…`; `None` means `<data_dir>/tug.db`.
+    pub database: Option<String>,
+    /// A path or `s3://…`; `None` means `<data_dir>/blobs`.
+    pub blob_store: Option<String>,
+    pub max_blob_size: u64,
+    pub max_json_body: usize,
+    pub draft_max_age_secs: u64,
+    pub gc_grace_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7700)),
+            data_dir: PathBuf::from("tug-data"),
+            database: None,
+            blob_store: None,
+            max_blob_size: 64 << 30,
+            max_json_body: 16 << 20,
+            draft_max_age_secs: 7 * 24 * 3600,
+            gc_grace_secs: 3600,
+        }
+    }
+}
+
+/// Secrets (a database password) never reach logs through `Debug`.
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field("database", &self.database.as_deref().map(redact))
+            .field("blob_store", &self.blob_store)
+            .field("max_blob_size", &self.max_blob_size)
+            .field("max_json_body", &self.max_json_body)
+            .field("draft_max_age_secs", &self.draft_max_age_secs)
+            .field("gc_grace_secs", &self.gc_grace_secs)
+            .finish()
+    }
+}
+
+/// The database URL with any password replaced, for logs and messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!("{}{}:***{}", &url[..scheme + 3], &userinfo[..colon], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// One layer: every field optional. Also the shape of `tug.toml`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Layer {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub database: Option<String>,
+    pub blob_store: Option<String>,
+    pub max_blob_size: Option<u64>,
+    pub max_json_body: Option<usize>,
+    pub draft_max_age_secs: Option<u64>,
+    pub gc_grace_secs: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    File { path: String, source: toml::de::Error },
+    #[error("environment variable {var}={value:?} is invalid: {why}")]
+    Env { var: String, value: String, why: String },
+}
+
+impl Layer {
+    /// Parses `tug.toml`; unknown keys are refused.
+    pub fn from_toml(path: &str, text: &str) -> Result<Layer, ConfigError> {
+        toml::from_str(text).map_err(|source| ConfigError::File { path: path.to_string(), source })
+    }
+
+    /// Reads the `TUG_*` variables out of `env`.
+    pub fn from_env(env: &HashMap<String, String>) -> Result<Layer, ConfigError> {
+        fn num<T: std::str::FromStr>(env: &HashMap<String, String>, var: &str) -> Result<Option<T>, ConfigError>
+        where
+            T::Err: std::fmt::Display,
+        {
+            env.get(var)
+                .map(|v| {
+                    v.parse::<T>().map_err(|e| ConfigError::Env {
+                        var: var.into(),
+                        value: v.clone(),
+                        why: e.to_string(),
+                    })
+                })
+                .transpose()
+        }
+        Ok(Layer {
+            listen: num(env, "TUG_LISTEN")?,
+            data_dir: env.get("TUG_DATA_DIR").map(PathBuf::from),
+            database: env.get("TUG_DATABASE").cloned(),
+            blob_store: env.get("TUG_BLOB_STORE").cloned(),
+            max_blob_size: num(env, "TUG_MAX_BLOB_SIZE")?,
+            max_json_body: num(env, "TUG_MAX_JSON_BODY")?,
+            draft_max_age_secs: num(env, "TUG_DRAFT_MAX_AGE_SECS")?,
+            gc_grace_secs: num(env, "TUG_GC_GRACE_SECS")?,
+        })
+    }
+}
+
+impl Config {
+    /// Applies a layer on top: its set fields win.
+    pub fn apply(mut self, l: Layer) -> Config {
+        if let Some(v) = l.listen {
+            self.listen = v;
+        }
+        if let Some(v) = l.data_dir {
+            self.data_dir = v;
+        }
+        if let Some(v) = l.database {
+            self.database = Some(v);
+        }
+        if let Some(v) = l.blob_store {
+            self.blob_store = Some(v);
+        }
+        if let Some(v) = l.max_blob_size {
+            self.max_blob_size = v;
+        }
+        if let Some(v) = l.max_json_body {
+            self.max_json_body = v;
+        }
+        if let Some(v) = l.draft_max_age_secs {
+            self.draft_max_age_secs = v;
+        }
+        if let Some(v) = l.gc_grace_secs {
+            self.gc_grace_secs = v;
+        }
+        self
+    }
+
+    /// The database URL in force.
+    pub fn database_url(&self) -> String {
+        self.database.clone().unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("tug.db").display()))
+    }
+
+    /// The blob store address in force.
+    pub fn blob_store_address(&self) -> String {
+        self.blob_store.clone().unwrap_or_else(|| self.data_dir.join("blobs").display().to_string())
+    }
+
+    /// Where the first admin token is written.
+    pub fn admin_token_path(&self) -> PathBuf {
+        self.data_dir.join("admin.token")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_apply_in_order() {
+        let file = Layer::from_toml("tug.toml", "listen = \"127.0.0.1:8000\"\ndata_dir = \"/srv/tug\"\nmax_blob_size = 10").unwrap();
+        let env: HashMap<String, String> =
+            [("TUG_LISTEN".to_string(), "127.0.0.1:9000".to_string())].into_iter().collect();
+        let flags = Layer { max_blob_size: Some(20), ..Default::default() };
+        let c = Config::default().apply(file).apply(Layer::from_env(&env).unwrap()).apply(flags);
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9000");
+        assert_eq!(c.data_dir, PathBuf::from("/srv/tug"));
+        assert_eq!(c.max_blob_size, 20);
+        assert_eq!(c.database_url(), "sqlite:///srv/tug/tug.db");
+        assert_eq!(c.blob_store_address(), "/srv/tug/blobs");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        let err = Layer::from_toml("tug.toml", "lisen = \"x\"").unwrap_err();
+        assert!(err.to_string().contains("unknown field `lisen`"), "{err}");
+        let env: HashMap<String, String> =
+            [("TUG_MAX_BLOB_SIZE".to_string(), "lots".to_string())].into_iter().collect();
+        let err = Layer::from_env(&env).unwrap_err();
+        assert!(err.to_string().contains("TUG_MAX_BLOB_SIZE"), "{err}");
+    }
+
+    #[test]
+    fn passwords_stay_out_of_debug_output() {
+        let c = Config { database: Some("postgres://tug:hunter2@db/tug".into()), ..Default::default() };
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("postgres://tug:***@db/tug"), "{shown}");
+    }
+}

@@ -1,0 +1,179 @@
+//! `ApiError`: the one error type of the HTTP layer. Every use-case error
+//! maps to a status and a stable `code` through one exhaustive `match`, so a
+//! new error cannot reach a client unmapped. 5xx bodies are generic; the
+//! cause is logged once, here.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use tug_api::ErrorBody;
+use tug_core::SealError;
+use tug_service::Error;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, code, message: message.into() }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    fn internal(cause: &dyn std::error::Error) -> ApiError {
+        tracing::error!(error = %cause, source = ?cause.source(), "request failed");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the server failed to handle the request; the cause is in its log; retry later",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody { code: self.code.to_string(), message: self.message };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> ApiError {
+        use StatusCode as S;
+        match e {
+            Error::InvalidToken => ApiError::new(
+                S::UNAUTHORIZED,
+                "invalid_token",
+                "the bearer token is not valid; check TUG_TOKEN or --token",
+            ),
+            Error::TokenRevoked(name) => ApiError::new(
+                S::UNAUTHORIZED,
+                "token_revoked",
+                format!("token {name} was revoked; ask an admin for a new one (tug token create)"),
+            ),
+            Error::Forbidden { role, action } => ApiError::new(
+                S::FORBIDDEN,
+                "forbidden",
+                format!("role {role} may not {}; use a token with a role that may", describe(action)),
+            ),
+            e @ Error::OutOfScope { .. } => ApiError::new(S::FORBIDDEN, "out_of_scope", e.to_string()),
+            Error::TokenNotFound(name) => ApiError::new(
+                S::NOT_FOUND,
+                "token_not_found",
+                format!("no active token is named {name:?}; see tug token list"),
+            ),
+            Error::TokenNameTaken(name) => ApiError::new(
+                S::CONFLICT,
+                "token_exists",
+                format!("an active token named {name} already exists; pick another name or revoke it first"),
+            ),
+            e @ Error::LastAdmin => ApiError::new(S::CONFLICT, "last_admin", e.to_string()),
+            Error::Invalid(message) => ApiError::bad_request("invalid_request", message),
+            Error::ServiceNotFound(s) => ApiError::new(
+                S::NOT_FOUND,
+                "service_not_found",
+                format!("service {s} does not exist; an admin creates it with tug service create {s}"),
+            ),
+            Error::BuildNotFound(b) => ApiError::new(
+                S::NOT_FOUND,
+                "build_not_found",
+                format!("build {b} does not exist; see tug build list --service <service>"),
+            ),
+            Error::NotSealed(b) => ApiError::new(
+                S::CONFLICT,
+                "build_not_sealed",
+                format!("build {b} is a draft and has no manifest yet; seal it with tug build seal {b}"),
+            ),
+            Error::BlobNotFound(d) => ApiError::new(
+                S::NOT_FOUND,
+                "blob_not_found",
+                format!("blob {d} is not stored; push it first"),
+            ),
+            Error::BlobMissing { name, digest } => ApiError::new(
+                S::UNPROCESSABLE_ENTITY,
+                "blob_missing",
+                format!("artifact {name}: blob {digest} is not stored; upload it (PUT /v1/blobs/{digest}, as tug push does) before registering the artifact"),
+            ),
+            e @ Error::SizeMismatch { .. } => ApiError::new(
+                S::UNPROCESSABLE_ENTITY,
+                "size_mismatch",
+                format!("{e}; register the size of the stored blob"),
+            ),
+            Error::Seal(e) => {
+                let code = match e {
+                    SealError::MissingExpected(_) => "missing_artifacts",
+                    SealError::UnknownDerivation { .. } => "unknown_derivation",
+                    SealError::Empty => "empty_build",
+                };
+                ApiError::new(S::CONFLICT, code, e.to_string())
+            }
+            Error::Store(e) => match e {
+                e @ tug_store::Error::DigestMismatch { .. } => {
+                    ApiError::bad_request("digest_mismatch", format!("{e}; upload the bytes under their real digest"))
+                }
+                tug_store::Error::TooLarge { limit } => ApiError::new(
+                    S::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    format!("the body is larger than this server's max_blob_size of {limit} bytes; nothing was stored"),
+                ),
+                e @ tug_store::Error::Interrupted { .. } => {
+                    ApiError::bad_request("upload_interrupted", format!("{e}; upload the blob again"))
+                }
+                e @ tug_store::Error::RangeNotSatisfiable { .. } => {
+                    ApiError::new(S::RANGE_NOT_SATISFIABLE, "range_not_satisfiable", e.to_string())
+                }
+                e @ (tug_store::Error::Config { .. } | tug_store::Error::Io(_) | tug_store::Error::ObjectStore(_)) => {
+                    ApiError::internal(&e)
+                }
+            },
+            Error::Db(e) => match e {
+                tug_db::Error::NotDraft { id, state } => ApiError::new(
+                    S::CONFLICT,
+                    "build_not_draft",
+                    format!("build {id} is {state} and can no longer change; create a new build"),
+                ),
+                tug_db::Error::DuplicateArtifact { id, name, existing } => ApiError::new(
+                    S::CONFLICT,
+                    "duplicate_artifact",
+                    format!("build {id} already has an artifact named {name} with other content ({existing}); use another name"),
+                ),
+                tug_db::Error::BuildNotFound(id) => ApiError::new(
+                    S::NOT_FOUND,
+                    "build_not_found",
+                    format!("build {id} does not exist; see tug build list --service <service>"),
+                ),
+                tug_db::Error::ServiceNotFound(s) => ApiError::new(
+                    S::NOT_FOUND,
+                    "service_not_found",
+                    format!("service {s} does not exist; an admin creates it with tug service create {s}"),
+                ),
+                tug_db::Error::TokenNameTaken(name) => ApiError::new(
+                    S::CONFLICT,
+                    "token_exists",
+                    format!("an active token named {name} already exists; pick another name or revoke it first"),
+                ),
+                e @ (tug_db::Error::Sqlx(_)
+                | tug_db::Error::Migrate(_)
+                | tug_db::Error::UnsupportedUrl(_)
+                | tug_db::Error::Corrupt(_)) => ApiError::internal(&e),
+            },
+        }
+    }
+}
+
+fn describe(action: tug_core::Action) -> &'static str {
+    use tug_core::Action;
+    match action {
+        Action::Read => "read",
+        Action::WriteBuilds => "create or change builds and upload blobs",
+        Action::ManageServices => "manage services",
+        Action::ManageTokens => "manage tokens",
+        Action::Maintain => "run store maintenance (fsck, gc)",
+    }
+}

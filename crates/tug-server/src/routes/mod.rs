@@ -1,0 +1,25 @@
+//! One module per resource. Handlers only translate between HTTP and the
+//! use cases.
+
+pub mod admin;
+pub mod blobs;
+pub mod builds;
+pub mod services;
+pub mod tokens;
+
+use axum::http::{StatusCode, Uri};
+
+use crate::error::ApiError;
+
+/// `GET /healthz`: answers without a token once the server is serving.
+pub async fn health() -> &'static str {
+    "ok\n"
+}
+
+pub async fn not_found(uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no route for {}; the API lives under /v1", uri.path()),
+    )
+}

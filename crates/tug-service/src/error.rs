@@ -1,0 +1,60 @@
+//! The errors of the use cases: each carries the facts a caller needs to
+//! act (which build, which digest, which role), and converts from the store's
+//! and the database's errors without losing them.
+
+use tug_core::{Action, ArtifactName, BuildId, Digest, Role, SealError, ServiceName, TokenName};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the token is not valid")]
+    InvalidToken,
+    #[error("token {0} was revoked")]
+    TokenRevoked(TokenName),
+    #[error("role {role} may not {action:?}")]
+    Forbidden { role: Role, action: Action },
+    #[error("token {token} may only write builds of service {scope}, not {service}")]
+    OutOfScope { token: TokenName, scope: ServiceName, service: ServiceName },
+    #[error("no active token is named {0}")]
+    TokenNotFound(String),
+    #[error("an active token named {0} already exists")]
+    TokenNameTaken(TokenName),
+    #[error("this is the last active admin token; create another admin token before revoking it")]
+    LastAdmin,
+    #[error("{0}")]
+    Invalid(String),
+    #[error("service {0} does not exist")]
+    ServiceNotFound(ServiceName),
+    #[error("build {0} does not exist")]
+    BuildNotFound(String),
+    #[error("build {0} is not sealed")]
+    NotSealed(BuildId),
+    #[error("blob {0} is not stored")]
+    BlobNotFound(Digest),
+    #[error("artifact {name}: blob {digest} is not stored")]
+    BlobMissing { name: ArtifactName, digest: Digest },
+    #[error("artifact {name} claims {claimed} bytes but its blob has {stored}")]
+    SizeMismatch { name: ArtifactName, claimed: u64, stored: u64 },
+    #[error(transparent)]
+    Seal(SealError),
+    #[error(transparent)]
+    Store(tug_store::Error),
+    #[error(transparent)]
+    Db(tug_db::Error),
+}
+
+impl From<tug_store::Error> for Error {
+    fn from(e: tug_store::Error) -> Self {
+        Error::Store(e)
+    }
+}
+
+impl From<tug_db::Error> for Error {
+    fn from(e: tug_db::Error) -> Self {
+        match e {
+            tug_db::Error::TokenNameTaken(n) => Error::TokenNameTaken(n),
+            tug_db::Error::ServiceNotFound(s) => Error::ServiceNotFound(s),
+            tug_db::Error::BuildNotFound(id) => Error::BuildNotFound(id.to_string()),
+            other => Error::Db(other),
+        }
+    }
+}
