@@ -1,1 +1,496 @@
-//! placeholder
+//! A typed client for Tugboat's HTTP API, used by the CLI, the agent and the
+//! tests. Besides one method per route it carries the two transfers that
+//! need care: [`Client::push`] (hash, ask which blobs are missing, upload
+//! only those, register) and [`Client::pull`] (download, resume with
+//! `Range`, verify every digest before a file takes its final name).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use futures::{StreamExt, TryStreamExt};
+use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RANGE};
+use reqwest::{Method, RequestBuilder, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::io::AsyncWriteExt;
+use tug_api::{
+    ArtifactsRegistered, BlobStored, Build, BuildList, BuildQuery, CreateBuild, CreateService, CreateToken,
+    CreatedToken, ErrorBody, FsckReport, GcReport, GcRequest, MissingBlobs, MissingBlobsResponse, RegisterArtifacts,
+    Service, ServiceList, Token, TokenList,
+};
+use tug_core::{ArtifactKind, ArtifactName, ArtifactSpec, DerivedFrom, Digest, Hasher, Platform, Role, ServiceName, TokenName};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The server answered with an error body.
+    #[error("{message} ({code}, HTTP {status})")]
+    Api { status: u16, code: String, message: String },
+    #[error("cannot reach the Tugboat server at {url}: {source}")]
+    Connect { url: String, source: reqwest::Error },
+    #[error("HTTP request failed: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("invalid server URL {0:?}: use http://HOST:PORT")]
+    Url(String),
+    #[error("{name}: downloaded bytes hash to {actual}, not {expected}; the partial file was removed, pull again")]
+    DigestMismatch { name: String, expected: Digest, actual: Digest },
+    #[error("unexpected answer from the server: {0}")]
+    Protocol(String),
+}
+
+impl Error {
+    /// The API error code, if the server answered with one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Error::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Error::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Called with the number of bytes just moved.
+pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
+
+/// One file to push into a build.
+#[derive(Debug, Clone)]
+pub struct PushItem {
+    pub path: PathBuf,
+    pub name: ArtifactName,
+    pub kind: ArtifactKind,
+    pub platform: Option<Platform>,
+    pub derived_from: Vec<DerivedFrom>,
+}
+
+/// What a push did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PushReport {
+    pub artifacts: usize,
+    /// Blobs whose bytes travelled.
+    pub uploaded_blobs: usize,
+    pub uploaded_bytes: u64,
+    /// Blobs the server already had: no byte of them was sent.
+    pub skipped_blobs: usize,
+    pub skipped_bytes: u64,
+    /// Artifacts that were new to the build.
+    pub registered: u64,
+}
+
+/// What a pull did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PullReport {
+    pub files: usize,
+    pub downloaded_bytes: u64,
+    /// Files already present with the right digest.
+    pub up_to_date: usize,
+}
+
+/// Progress callbacks for transfers.
+#[derive(Clone, Default)]
+pub struct Hooks {
+    /// Called once with the total bytes about to move.
+    pub total: Option<Arc<dyn Fn(u64) + Send + Sync>>,
+    pub progress: Option<Progress>,
+}
+
+/// Blobs uploaded at once by a push.
+pub const DEFAULT_CONCURRENCY: usize = 4;
+/// Digests asked about per `missing` request (the server's limit).
+const MISSING_BATCH: usize = 10_000;
+/// Artifacts registered per request.
+const REGISTER_BATCH: usize = 5_000;
+
+#[derive(Clone)]
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// A client for the server at `base` (`http://127.0.0.1:7700`).
+    pub fn new(base: &str, token: Option<String>) -> Result<Client> {
+        let url = url::Url::parse(base).map_err(|_| Error::Url(base.to_string()))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+            return Err(Error::Url(base.to_string()));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .build()
+            .map_err(Error::Http)?;
+        Ok(Client { base: base.trim_end_matches('/').to_string(), token, http })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.header(AUTHORIZATION, format!("Bearer {t}"));
+        }
+        req
+    }
+
+    async fn send(&self, req: RequestBuilder) -> Result<reqwest::Response> {
+        let res = req.send().await.map_err(|e| {
+            if e.is_connect() {
+                Error::Connect { url: self.base.clone(), source: e }
+            } else {
+                Error::Http(e)
+            }
+        })?;
+        if res.status().is_success() {
+            return Ok(res);
+        }
+        let status = res.status().as_u16();
+        let text = res.text().await.unwrap_or_default();
+        Err(match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(body) => Error::Api { status, code: body.code, message: body.message },
+            Err(_) => Error::Api {
+                status,
+                code: "http_error".into(),
+                message: format!("the server answered HTTP {status}: {}", text.chars().take(200).collect::<String>()),
+            },
+        })
+    }
+
+    async fn json<T: DeserializeOwned>(&self, req: RequestBuilder) -> Result<T> {
+        let res = self.send(req).await?;
+        let bytes = res.bytes().await?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::Protocol(e.to_string()))
+    }
+
+    fn with_json(&self, method: Method, path: &str, body: &impl Serialize) -> RequestBuilder {
+        self.request(method, path).json(body)
+    }
+
+    // ---- health, services, tokens ----
+
+    pub async fn health(&self) -> Result<()> {
+        self.send(self.request(Method::GET, "/healthz")).await.map(|_| ())
+    }
+
+    pub async fn create_service(&self, name: &ServiceName) -> Result<Service> {
+        self.json(self.with_json(Method::POST, "/v1/services", &CreateService { name: name.clone() })).await
+    }
+
+    pub async fn list_services(&self) -> Result<Vec<Service>> {
+        Ok(self.json::<ServiceList>(self.request(Method::GET, "/v1/services")).await?.services)
+    }
+
+    pub async fn create_token(&self, name: TokenName, role: Role, service: Option<ServiceName>) -> Result<CreatedToken> {
+        self.json(self.with_json(Method::POST, "/v1/tokens", &CreateToken { name, role, service })).await
+    }
+
+    pub async fn list_tokens(&self) -> Result<Vec<Token>> {
+        Ok(self.json::<TokenList>(self.request(Method::GET, "/v1/tokens")).await?.tokens)
+    }
+
+    pub async fn revoke_token(&self, name_or_id: &str) -> Result<Token> {
+        self.json(self.request(Method::DELETE, &format!("/v1/tokens/{}", encode(name_or_id)))).await
+    }
+
+    // ---- builds ----
+
+    pub async fn create_build(&self, req: &CreateBuild) -> Result<Build> {
+        self.json(self.with_json(Method::POST, "/v1/builds", req)).await
+    }
+
+    /// A build by id or manifest digest, with its artifacts.
+    pub async fn build(&self, reference: &str) -> Result<Build> {
+        self.json(self.request(Method::GET, &format!("/v1/builds/{}", encode(reference)))).await
+    }
+
+    pub async fn list_builds(&self, query: &BuildQuery) -> Result<Vec<Build>> {
+        Ok(self.json::<BuildList>(self.request(Method::GET, "/v1/builds").query(query)).await?.builds)
+    }
+
+    /// The canonical manifest bytes of a sealed build.
+    pub async fn manifest(&self, reference: &str) -> Result<Vec<u8>> {
+        let res = self.send(self.request(Method::GET, &format!("/v1/builds/{}/manifest", encode(reference)))).await?;
+        Ok(res.bytes().await?.to_vec())
+    }
+
+    pub async fn register_artifacts(&self, reference: &str, artifacts: Vec<ArtifactSpec>) -> Result<ArtifactsRegistered> {
+        let path = format!("/v1/builds/{}/artifacts", encode(reference));
+        self.json(self.with_json(Method::POST, &path, &RegisterArtifacts { artifacts })).await
+    }
+
+    pub async fn seal(&self, reference: &str) -> Result<Build> {
+        self.json(self.request(Method::POST, &format!("/v1/builds/{}/seal", encode(reference)))).await
+    }
+
+    // ---- maintenance ----
+
+    pub async fn fsck(&self) -> Result<FsckReport> {
+        self.json(self.request(Method::POST, "/v1/admin/fsck")).await
+    }
+
+    pub async fn gc(&self, req: &GcRequest) -> Result<GcReport> {
+        self.json(self.with_json(Method::POST, "/v1/admin/gc", req)).await
+    }
+
+    // ---- blobs ----
+
+    /// Which of `digests` the server lacks.
+    pub async fn missing_blobs(&self, digests: &[Digest]) -> Result<Vec<Digest>> {
+        let mut missing = Vec::new();
+        for chunk in digests.chunks(MISSING_BATCH) {
+            let res: MissingBlobsResponse = self
+                .json(self.with_json(Method::POST, "/v1/blobs/missing", &MissingBlobs { digests: chunk.to_vec() }))
+                .await?;
+            missing.extend(res.missing);
+        }
+        Ok(missing)
+    }
+
+    /// The size of a stored blob, or `None`.
+    pub async fn head_blob(&self, digest: &Digest) -> Result<Option<u64>> {
+        match self.send(self.request(Method::HEAD, &format!("/v1/blobs/{digest}"))).await {
+            Ok(res) => Ok(res.content_length()),
+            Err(Error::Api { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Uploads a file as the blob `digest`, streaming it from disk.
+    pub async fn put_blob_file(&self, digest: &Digest, path: &Path, progress: Option<Progress>) -> Result<BlobStored> {
+        let file = tokio::fs::File::open(path).await.map_err(|source| Error::Io { path: path.into(), source })?;
+        let size = file.metadata().await.map_err(|source| Error::Io { path: path.into(), source })?.len();
+        let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024).inspect_ok(move |chunk| {
+            if let Some(p) = &progress {
+                p(chunk.len() as u64);
+            }
+        });
+        self.put_blob_body(digest, size, reqwest::Body::wrap_stream(stream)).await
+    }
+
+    /// Uploads bytes as the blob `digest`.
+    pub async fn put_blob_bytes(&self, digest: &Digest, bytes: Vec<u8>) -> Result<BlobStored> {
+        let size = bytes.len() as u64;
+        self.put_blob_body(digest, size, reqwest::Body::from(bytes)).await
+    }
+
+    async fn put_blob_body(&self, digest: &Digest, size: u64, body: reqwest::Body) -> Result<BlobStored> {
+        let req = self
+            .request(Method::PUT, &format!("/v1/blobs/{digest}"))
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .header(CONTENT_LENGTH, size)
+            .body(body);
+        self.json(req).await
+    }
+
+    /// Pushes files into a draft: hashes them, asks which blobs the server
+    /// lacks, uploads only those (`concurrency` at once), then registers the
+    /// artifacts. Many pushes may fill one draft at the same time.
+    pub async fn push(&self, build: &str, items: Vec<PushItem>, concurrency: usize, hooks: Hooks) -> Result<PushReport> {
+        let hashed = hash_files(items.iter().map(|i| i.path.clone()).collect()).await?;
+        let mut unique: Vec<(Digest, u64, PathBuf)> = Vec::new();
+        for (item, (digest, size)) in items.iter().zip(&hashed) {
+            if !unique.iter().any(|(d, _, _)| d == digest) {
+                unique.push((*digest, *size, item.path.clone()));
+            }
+        }
+        let digests: Vec<Digest> = unique.iter().map(|(d, _, _)| *d).collect();
+        let missing = self.missing_blobs(&digests).await?;
+        let mut report = PushReport { artifacts: items.len(), ..Default::default() };
+        let to_send: Vec<(Digest, u64, PathBuf)> = unique.into_iter().filter(|(d, _, _)| missing.contains(d)).collect();
+        report.uploaded_blobs = to_send.len();
+        report.uploaded_bytes = to_send.iter().map(|(_, s, _)| s).sum();
+        report.skipped_blobs = digests.len() - to_send.len();
+        report.skipped_bytes = hashed.iter().map(|(_, s)| s).sum::<u64>().saturating_sub(report.uploaded_bytes);
+        if let Some(total) = &hooks.total {
+            total(report.uploaded_bytes);
+        }
+        futures::stream::iter(to_send)
+            .map(|(digest, _, path)| {
+                let progress = hooks.progress.clone();
+                async move { self.put_blob_file(&digest, &path, progress).await }
+            })
+            .buffer_unordered(concurrency.max(1))
+            .try_collect::<Vec<_>>()
+            .await?;
+        let specs: Vec<ArtifactSpec> = items
+            .into_iter()
+            .zip(hashed)
+            .map(|(item, (digest, size))| ArtifactSpec {
+                name: item.name,
+                kind: item.kind,
+                platform: item.platform,
+                size,
+                digest,
+                derived_from: item.derived_from,
+            })
+            .collect();
+        for chunk in specs.chunks(REGISTER_BATCH) {
+            report.registered += self.register_artifacts(build, chunk.to_vec()).await?.added;
+        }
+        Ok(report)
+    }
+
+    /// Downloads a build's artifacts (or those named in `only`) into `dir`,
+    /// verifying every digest. An interrupted download resumes from its
+    /// `.part` file with a `Range` request; a file already present with the
+    /// right digest is left alone.
+    pub async fn pull(&self, build: &Build, only: &[ArtifactName], dir: &Path, hooks: Hooks) -> Result<PullReport> {
+        let artifacts = build.artifacts.clone().unwrap_or_default();
+        for name in only {
+            if !artifacts.iter().any(|a| &a.name == name) {
+                return Err(Error::Api {
+                    status: 404,
+                    code: "artifact_not_found".into(),
+                    message: format!("build {} has no artifact named {name}; see tug build show {}", build.id, build.id),
+                });
+            }
+        }
+        let chosen: Vec<ArtifactSpec> =
+            artifacts.into_iter().filter(|a| only.is_empty() || only.contains(&a.name)).collect();
+        if let Some(total) = &hooks.total {
+            total(chosen.iter().map(|a| a.size).sum());
+        }
+        let results = futures::stream::iter(chosen)
+            .map(|a| {
+                let progress = hooks.progress.clone();
+                async move { self.pull_one(&a, dir, progress).await }
+            })
+            .buffer_unordered(DEFAULT_CONCURRENCY)
+            .try_collect::<Vec<_>>()
+            .await?;
+        let mut report = PullReport::default();
+        for downloaded in results {
+            report.files += 1;
+            match downloaded {
+                Some(n) => report.downloaded_bytes += n,
+                None => report.up_to_date += 1,
+            }
+        }
+        Ok(report)
+    }
+
+    /// Returns the bytes downloaded, or `None` if the file was up to date.
+    async fn pull_one(&self, a: &ArtifactSpec, dir: &Path, progress: Option<Progress>) -> Result<Option<u64>> {
+        // ArtifactName is a validated relative path without `..`, so the
+        // join stays inside `dir`.
+        let dest = dir.join(a.name.as_str());
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| Error::Io { path, source }
+        };
+        if let Some(parent) = dest.parent() {
+            tokio::fs::create_dir_all(parent).await.map_err(io(parent))?;
+        }
+        if tokio::fs::metadata(&dest).await.map(|m| m.len() == a.size).unwrap_or(false)
+            && hash_file(&dest).await?.0 == a.digest
+        {
+            if let Some(p) = &progress {
+                p(a.size);
+            }
+            return Ok(None);
+        }
+        let part = PathBuf::from(format!("{}.part", dest.display()));
+        let mut have = tokio::fs::metadata(&part).await.map(|m| m.len()).unwrap_or(0);
+        if have > a.size {
+            tokio::fs::remove_file(&part).await.map_err(io(&part))?;
+            have = 0;
+        }
+        let mut hasher = Hasher::new();
+        if have > 0 {
+            // Hash what is already there, then continue after it.
+            let (_, n, h) = hash_file_with(&part).await?;
+            hasher = h;
+            have = n;
+            if let Some(p) = &progress {
+                p(have);
+            }
+        }
+        let mut downloaded = 0u64;
+        if have < a.size {
+            let mut req = self.request(Method::GET, &format!("/v1/blobs/{}", a.digest));
+            if have > 0 {
+                req = req.header(RANGE, format!("bytes={have}-"));
+            }
+            let res = self.send(req).await?;
+            let mut file = tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&part)
+                .await
+                .map_err(io(&part))?;
+            if have > 0 && res.status() != StatusCode::PARTIAL_CONTENT {
+                // The server sent the whole blob: start over.
+                file.set_len(0).await.map_err(io(&part))?;
+                hasher = Hasher::new();
+            }
+            let mut body = res.bytes_stream();
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk?;
+                hasher.update(&chunk);
+                file.write_all(&chunk).await.map_err(io(&part))?;
+                downloaded += chunk.len() as u64;
+                if let Some(p) = &progress {
+                    p(chunk.len() as u64);
+                }
+            }
+            file.sync_all().await.map_err(io(&part))?;
+        }
+        let actual = hasher.finish();
+        if actual != a.digest {
+            let _ = tokio::fs::remove_file(&part).await;
+            return Err(Error::DigestMismatch { name: a.name.to_string(), expected: a.digest, actual });
+        }
+        tokio::fs::rename(&part, &dest).await.map_err(io(&dest))?;
+        Ok(Some(downloaded))
+    }
+}
+
+/// Percent-encodes a path segment.
+fn encode(segment: &str) -> String {
+    url::form_urlencoded::byte_serialize(segment.as_bytes()).collect::<String>().replace('+', "%20")
+}
+
+/// Hashes a file: its digest and size.
+pub async fn hash_file(path: &Path) -> Result<(Digest, u64)> {
+    let (d, n, _) = hash_file_with(path).await?;
+    Ok((d, n))
+}
+
+async fn hash_file_with(path: &Path) -> Result<(Digest, u64, Hasher)> {
+    let p = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut f = std::fs::File::open(&p).map_err(|source| Error::Io { path: p.clone(), source })?;
+        let mut h = Hasher::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f.read(&mut buf).map_err(|source| Error::Io { path: p.clone(), source })?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+        let n = h.len();
+        Ok((h.clone().finish(), n, h))
+    })
+    .await
+    .map_err(|e| Error::Protocol(format!("hashing task failed: {e}")))?
+}
+
+/// Hashes many files, two at a time (the machine's disks and cores).
+async fn hash_files(paths: Vec<PathBuf>) -> Result<Vec<(Digest, u64)>> {
+    futures::stream::iter(paths)
+        .map(|p| async move { hash_file(&p).await })
+        .buffered(2)
+        .try_collect()
+        .await
+}

@@ -17,6 +17,7 @@ use tug_core::Digest;
 
 pub mod fs;
 pub mod s3;
+mod verify;
 
 pub use fs::FsStore;
 pub use s3::{S3Config, S3Store};
@@ -28,11 +29,18 @@ pub type ByteStream = BoxStream<'static, std::io::Result<Bytes>>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("the content hashes to {actual} ({size} bytes), not {expected}; nothing was stored")]
-    DigestMismatch { expected: Digest, actual: Digest, size: u64 },
+    DigestMismatch {
+        expected: Digest,
+        actual: Digest,
+        size: u64,
+    },
     #[error("the body is larger than the {limit}-byte limit; nothing was stored")]
     TooLarge { limit: u64 },
     #[error("the upload was cut short after {received} bytes: {source}; nothing was stored")]
-    Interrupted { received: u64, source: std::io::Error },
+    Interrupted {
+        received: u64,
+        source: std::io::Error,
+    },
     #[error("range starts at {start}, past the end of the {size}-byte blob")]
     RangeNotSatisfiable { start: u64, size: u64 },
     #[error("invalid blob store address {url:?}: {why}")]
@@ -103,7 +111,10 @@ pub fn open(address: &str, s3_credentials: Option<s3::Credentials>) -> Result<Ar
     } else {
         let path = address.strip_prefix("file://").unwrap_or(address);
         if path.is_empty() {
-            return Err(Error::Config { url: address.into(), why: "the path is empty".into() });
+            return Err(Error::Config {
+                url: address.into(),
+                why: "the path is empty".into(),
+            });
         }
         Ok(Arc::new(FsStore::new(path)?))
     }

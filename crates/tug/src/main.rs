@@ -1,1 +1,70 @@
-fn main() {}
+//! `tug`: the one binary. `tug server` runs the server; every other
+//! subcommand is a client of its HTTP API through `tug-client`.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+
+mod cli;
+mod commands;
+mod output;
+
+use cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Server(args) = cli.command {
+        return commands::server::run(args).await.map(|()| ExitCode::SUCCESS);
+    }
+    let client = client(&cli.global)?;
+    let out = cli.global.output;
+    match cli.command {
+        Command::Server(_) => unreachable!("handled above"),
+        Command::Token(c) => commands::admin::token(&client, out, c).await,
+        Command::Service(c) => commands::admin::service(&client, out, c).await,
+        Command::Build(c) => commands::build::run(&client, out, c).await,
+        Command::Push(a) => commands::transfer::push(&client, out, a).await,
+        Command::Pull(a) => commands::transfer::pull(&client, out, a).await,
+        Command::Fsck => commands::admin::fsck(&client, out).await,
+        Command::Gc(a) => commands::admin::gc(&client, out, a).await,
+    }
+}
+
+/// The client for `--server`, with `--token`, `TUG_TOKEN`, or the local
+/// admin token a first `tug server` run wrote into ./tug-data.
+fn client(global: &cli::Global) -> anyhow::Result<tug_client::Client> {
+    let token = match &global.token {
+        Some(t) => Some(t.trim().to_string()),
+        None => {
+            let dir = std::env::var_os("TUG_DATA_DIR").unwrap_or_else(|| "tug-data".into());
+            let path = std::path::Path::new(&dir).join("admin.token");
+            match std::fs::read_to_string(&path) {
+                Ok(t) => Some(t.trim().to_string()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+            }
+        }
+    };
+    Ok(tug_client::Client::new(&global.server, token)?)
+}

@@ -1,0 +1,217 @@
+//! The command line: every subcommand and flag, as clap derives them.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "tug", version, about = "Tugboat: builds in a content-addressed store, moved through environments")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// The Tugboat server to talk to.
+    #[arg(long, global = true, env = "TUG_SERVER", default_value = "http://127.0.0.1:7700")]
+    pub server: String,
+    /// API token; defaults to the local admin token in ./tug-data/admin.token.
+    #[arg(long, global = true, env = "TUG_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// How to print results.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the Tugboat server.
+    Server(ServerArgs),
+    /// Manage API tokens (admin).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Manage services (admin).
+    #[command(subcommand)]
+    Service(ServiceCommand),
+    /// Create, seal, show and list builds.
+    #[command(subcommand)]
+    Build(BuildCommand),
+    /// Upload files into a draft build (only blobs the server lacks travel).
+    Push(PushArgs),
+    /// Download a build's artifacts, verifying every digest.
+    Pull(PullArgs),
+    /// Re-hash every stored blob and report those that no longer match.
+    Fsck,
+    /// Abandon stale drafts and delete blobs no build refers to.
+    Gc(GcArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Configuration file (default: ./tug.toml when it exists).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Where the SQLite database, the blobs and the admin token live.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long)]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Database URL: sqlite://PATH or postgres://USER@HOST/DB.
+    #[arg(long)]
+    pub database: Option<String>,
+    /// Blob store: a directory, or s3://BUCKET[/PREFIX]?endpoint=URL&region=REGION (credentials from AWS_*).
+    #[arg(long)]
+    pub blob_store: Option<String>,
+    /// The largest blob accepted, in bytes.
+    #[arg(long)]
+    pub max_blob_size: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print its secret (shown only once).
+    Create {
+        #[arg(long)]
+        name: String,
+        /// admin, ci, deployer, approver, agent or viewer.
+        #[arg(long)]
+        role: String,
+        /// Limit the token to one service's builds.
+        #[arg(long)]
+        service: Option<String>,
+    },
+    /// List tokens (never their secrets).
+    List,
+    /// Revoke a token by name or id; it is refused at once.
+    Revoke { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// Create a service.
+    Create { name: String },
+    /// List services.
+    List,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct BuildMeta {
+    /// The service this build belongs to.
+    #[arg(long)]
+    pub service: Option<String>,
+    /// Semantic version (default: 0.0.0-g<commit> when --commit is given).
+    #[arg(long)]
+    pub version: Option<String>,
+    #[arg(long)]
+    pub branch: Option<String>,
+    #[arg(long)]
+    pub commit: Option<String>,
+    #[arg(long)]
+    pub tag: Option<String>,
+    #[arg(long)]
+    pub repo: Option<String>,
+    #[arg(long)]
+    pub author: Option<String>,
+    #[arg(long)]
+    pub message: Option<String>,
+    #[arg(long)]
+    pub ci_url: Option<String>,
+    /// Digest of the image the build ran in.
+    #[arg(long)]
+    pub builder_image: Option<String>,
+    /// An artifact that must be present before sealing (repeatable).
+    #[arg(long = "expect", value_name = "NAME")]
+    pub expect: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BuildCommand {
+    /// Create a draft build and print its id.
+    Create(BuildMeta),
+    /// Seal a draft: it gets its manifest digest and never changes again.
+    Seal { build: String },
+    /// Show a build (by id or manifest digest) and its artifacts.
+    Show {
+        build: String,
+        /// Print the derivation graph (source → tarball → deb → image).
+        #[arg(long)]
+        graph: bool,
+    },
+    /// List builds of a service, newest first.
+    List {
+        #[arg(long)]
+        service: String,
+        #[arg(long)]
+        branch: Option<String>,
+        #[arg(long)]
+        version: Option<String>,
+        /// draft, sealed or abandoned.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// The draft build, then files or directories. With --service, all
+    /// arguments are files and a new build is created first.
+    #[arg(required = true, value_name = "BUILD|PATH")]
+    pub args: Vec<String>,
+    #[command(flatten)]
+    pub meta: BuildMeta,
+    /// Seal the build after the push.
+    #[arg(long)]
+    pub seal: bool,
+    /// Artifact kind for every file (default: guessed from the name).
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Platform for every file, e.g. linux/amd64.
+    #[arg(long)]
+    pub platform: Option<String>,
+    /// What these files were made from: an artifact name or a digest (repeatable).
+    #[arg(long = "derived-from", value_name = "NAME|DIGEST")]
+    pub derived_from: Vec<String>,
+    /// Artifact name for a single file (default: its file name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Blobs uploaded at once.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// Build id or manifest digest.
+    pub build: String,
+    /// Only this artifact (repeatable).
+    #[arg(long)]
+    pub artifact: Vec<String>,
+    /// Directory to write into.
+    #[arg(short = 'o', long = "out", default_value = ".")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Show what would be removed, remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Keep blobs younger than this many seconds (default: the server's gc_grace_secs).
+    #[arg(long)]
+    pub grace: Option<u64>,
+    /// Abandon drafts untouched for this many seconds (default: the server's draft_max_age_secs).
+    #[arg(long)]
+    pub draft_max_age: Option<u64>,
+}

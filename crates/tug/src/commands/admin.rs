@@ -1,0 +1,115 @@
+//! `tug token`, `tug service`, `tug fsck`, `tug gc`.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use tug_api::GcRequest;
+use tug_client::Client;
+use tug_core::{Role, ServiceName, TokenName};
+
+use crate::cli::{GcArgs, Output, ServiceCommand, TokenCommand};
+use crate::output::{self, opt, print, table, time};
+
+pub async fn token(client: &Client, out: Output, c: TokenCommand) -> anyhow::Result<ExitCode> {
+    match c {
+        TokenCommand::Create { name, role, service } => {
+            let name = TokenName::parse(&name)?;
+            let role: Role = role.parse().map_err(anyhow::Error::msg)?;
+            let service = service.as_deref().map(ServiceName::parse).transpose()?;
+            let created = client.create_token(name, role, service).await?;
+            print(out, &created, |c| {
+                format!(
+                    "{}\n\nToken {} ({}) created. The secret above is shown only once: store it now (e.g. as TUG_TOKEN in CI).",
+                    c.secret, c.token.name, c.token.role
+                )
+            })?;
+        }
+        TokenCommand::List => {
+            let tokens = client.list_tokens().await?;
+            print(out, &tokens, |tokens| {
+                let mut t = table(&["NAME", "ROLE", "SERVICE", "CREATED", "BY", "REVOKED"]);
+                for tok in tokens {
+                    t.add_row(vec![
+                        tok.name.to_string(),
+                        tok.role.to_string(),
+                        opt(&tok.service),
+                        time(&tok.created_at),
+                        opt(&tok.created_by),
+                        tok.revoked_at.as_ref().map(time).unwrap_or_else(|| "-".into()),
+                    ]);
+                }
+                t.to_string()
+            })?;
+        }
+        TokenCommand::Revoke { name } => {
+            let token = client.revoke_token(&name).await?;
+            print(out, &token, |t| format!("Token {} revoked; requests with it are refused from now on.", t.name))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn service(client: &Client, out: Output, c: ServiceCommand) -> anyhow::Result<ExitCode> {
+    match c {
+        ServiceCommand::Create { name } => {
+            let name = ServiceName::parse(&name)?;
+            let s = client.create_service(&name).await?;
+            print(out, &s, |s| format!("Service {} is ready.", s.name))?;
+        }
+        ServiceCommand::List => {
+            let services = client.list_services().await?;
+            print(out, &services, |services| {
+                let mut t = table(&["SERVICE", "CREATED"]);
+                for s in services {
+                    t.add_row(vec![s.name.to_string(), time(&s.created_at)]);
+                }
+                t.to_string()
+            })?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn fsck(client: &Client, out: Output) -> anyhow::Result<ExitCode> {
+    let report = client.fsck().await.context("fsck failed")?;
+    let healthy = report.corrupt.is_empty() && report.missing.is_empty();
+    print(out, &report, |r| {
+        let mut s = format!("Checked {} blobs ({}).\n", r.checked, output::bytes(r.bytes));
+        for c in &r.corrupt {
+            s.push_str(&format!("CORRUPT {} ({} bytes) now hashes to {}\n", c.digest, c.size, c.actual));
+        }
+        for m in &r.missing {
+            s.push_str(&format!("MISSING {} is referenced by a build but not stored\n", m));
+        }
+        if healthy {
+            s.push_str("Every blob matches its digest.");
+        } else {
+            s.push_str("Push the affected builds' files again to repair the store.");
+        }
+        s
+    })?;
+    Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+pub async fn gc(client: &Client, out: Output, a: GcArgs) -> anyhow::Result<ExitCode> {
+    let req = GcRequest { dry_run: a.dry_run, draft_max_age_secs: a.draft_max_age, grace_secs: a.grace };
+    let report = client.gc(&req).await.context("gc failed")?;
+    print(out, &report, |r| {
+        let verb = if r.dry_run { "Would delete" } else { "Deleted" };
+        let mut s = String::new();
+        for b in &r.abandoned_drafts {
+            s.push_str(&format!("abandoned stale draft {b}\n"));
+        }
+        for d in &r.deleted {
+            s.push_str(&format!("{} {d}\n", if r.dry_run { "would delete" } else { "deleted" }));
+        }
+        s.push_str(&format!(
+            "{verb} {} blobs ({}); kept {}.",
+            r.deleted.len(),
+            output::bytes(r.freed_bytes),
+            r.kept
+        ));
+        s
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

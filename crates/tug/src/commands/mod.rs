@@ -1,0 +1,6 @@
+//! One module per group of subcommands.
+
+pub mod admin;
+pub mod build;
+pub mod server;
+pub mod transfer;

@@ -1,0 +1,49 @@
+//! `tug server`: layers the configuration (defaults < tug.toml < TUG_*
+//! environment < flags), starts the server and serves until SIGTERM/SIGINT.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use tug_server::{Config, Layer};
+
+use crate::cli::ServerArgs;
+
+pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,sqlx=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let mut config = Config::default();
+    let file = args.config.clone().or_else(|| {
+        let default = PathBuf::from("tug.toml");
+        default.exists().then_some(default)
+    });
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        config = config.apply(Layer::from_toml(&path.display().to_string(), &text)?);
+    }
+    config = config.apply(Layer::from_env(&env)?);
+    config = config.apply(Layer {
+        listen: args.listen,
+        data_dir: args.data_dir,
+        database: args.database,
+        blob_store: args.blob_store,
+        max_blob_size: args.max_blob_size,
+        ..Default::default()
+    });
+    tracing::debug!(?config, "configuration");
+
+    let started = tug_server::start(&config, &env).await?;
+    println!("Tugboat listening on http://{}", started.addr);
+    println!("  database:   {}", tug_server::config::redact(&config.database_url()));
+    println!("  blob store: {}", started.tugboat().store().describe());
+    match &started.admin_token_path {
+        Some(path) => println!("  admin token written to {} (mode 0600); tug reads it from there", path.display()),
+        None => println!("  admin token: in {} (created on first start)", config.admin_token_path().display()),
+    }
+    started.serve(tug_server::shutdown_signal()).await
+}

@@ -1,0 +1,200 @@
+//! `tug push` and `tug pull`: the transfers, with a progress bar on a
+//! terminal and a summary (or JSON) at the end.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+use tug_api::Build;
+use tug_client::{Client, Hooks, PullReport, PushItem, PushReport};
+use tug_core::{ArtifactKind, ArtifactName, DerivedFrom, Platform};
+
+use crate::cli::{Output, PullArgs, PushArgs};
+use crate::output::{self, print};
+
+/// A byte progress bar on stderr, hidden when stderr is not a terminal.
+fn progress_bar() -> (ProgressBar, Hooks) {
+    let bar = if std::io::stderr().is_terminal() {
+        ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr())
+    } else {
+        ProgressBar::hidden()
+    };
+    if let Ok(style) = ProgressStyle::with_template(
+        "{spinner} [{elapsed_precise}] [{wide_bar}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    let total_bar = bar.clone();
+    let inc_bar = bar.clone();
+    let hooks = Hooks {
+        total: Some(Arc::new(move |n| total_bar.set_length(n))),
+        progress: Some(Arc::new(move |n| inc_bar.inc(n))),
+    };
+    (bar, hooks)
+}
+
+#[derive(Serialize)]
+struct PushOutput {
+    build: String,
+    #[serde(flatten)]
+    report: PushReport,
+    sealed: Option<Build>,
+}
+
+pub async fn push(client: &Client, out: Output, a: PushArgs) -> anyhow::Result<ExitCode> {
+    let (build, paths): (String, &[String]) = if a.meta.service.is_some() {
+        // One-shot: create the build from the flags; every argument is a file.
+        let b = super::build::create(client, &a.meta).await?;
+        (b.id.to_string(), &a.args[..])
+    } else {
+        if a.meta.version.is_some() || a.meta.branch.is_some() || a.meta.commit.is_some() || !a.meta.expect.is_empty() {
+            bail!("build metadata flags (--version, --branch, --commit, --expect) need --service, which creates a new build");
+        }
+        (a.args[0].clone(), &a.args[1..])
+    };
+    if paths.is_empty() {
+        bail!("give files or directories to push after the build id");
+    }
+    let kind = a.kind.as_deref().map(|k| k.parse::<ArtifactKind>()).transpose().map_err(anyhow::Error::msg)?;
+    let platform = a.platform.as_deref().map(Platform::parse).transpose()?;
+    let derived_from = a.derived_from.iter().map(|d| DerivedFrom::parse(d)).collect::<Result<Vec<_>, _>>()?;
+    let files = collect(paths, a.name.as_deref())?;
+    let items: Vec<PushItem> = files
+        .into_iter()
+        .map(|(path, name)| PushItem {
+            kind: kind.unwrap_or_else(|| ArtifactKind::guess(name.as_str())),
+            path,
+            name,
+            platform: platform.clone(),
+            derived_from: derived_from.clone(),
+        })
+        .collect();
+
+    let (bar, hooks) = progress_bar();
+    let report = client.push(&build, items, a.concurrency, hooks).await;
+    bar.finish_and_clear();
+    let report = report.with_context(|| format!("push into build {build} failed"))?;
+    let sealed = if a.seal { Some(client.seal(&build).await.with_context(|| format!("cannot seal build {build}"))?) } else { None };
+    let result = PushOutput { build, report, sealed };
+    print(out, &result, |r| {
+        let p = &r.report;
+        let mut s = format!(
+            "Pushed {} artifacts into build {}: uploaded {} blobs ({}), {} already stored ({} not sent); {} newly registered.",
+            p.artifacts,
+            r.build,
+            p.uploaded_blobs,
+            output::bytes(p.uploaded_bytes),
+            p.skipped_blobs,
+            output::bytes(p.skipped_bytes),
+            p.registered
+        );
+        if let Some(b) = &r.sealed {
+            s.push_str(&format!(
+                "\nBuild {} sealed: {}",
+                b.id,
+                b.manifest_digest.map(|d| d.to_string()).unwrap_or_default()
+            ));
+        }
+        s
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Expands the arguments into (file, artifact name) pairs: a file is named
+/// by its file name (or `--name`), a directory's files by their path inside
+/// it. Two files with one name are refused before anything is sent.
+fn collect(paths: &[String], name: Option<&str>) -> anyhow::Result<Vec<(PathBuf, ArtifactName)>> {
+    let mut files = Vec::new();
+    for p in paths {
+        let path = PathBuf::from(p);
+        let meta = std::fs::metadata(&path).with_context(|| format!("cannot read {p}"))?;
+        if meta.is_dir() {
+            if name.is_some() {
+                bail!("--name applies to a single file, and {p} is a directory");
+            }
+            walk(&path, &path, &mut files)?;
+        } else if meta.is_file() {
+            let n = match name {
+                Some(n) => n.to_string(),
+                None => path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .with_context(|| format!("{p}: the file name is not UTF-8"))?
+                    .to_string(),
+            };
+            files.push((path, ArtifactName::parse(&n)?));
+        } else {
+            bail!("{p} is neither a file nor a directory");
+        }
+    }
+    if name.is_some() && files.len() > 1 {
+        bail!("--name applies to a single file, and {} were given", files.len());
+    }
+    files.sort_by(|a, b| a.1.cmp(&b.1));
+    for w in files.windows(2) {
+        if w[0].1 == w[1].1 {
+            bail!(
+                "{} and {} would both be artifact {}; rename one or push them into different builds",
+                w[0].0.display(),
+                w[1].0.display(),
+                w[0].1
+            );
+        }
+    }
+    Ok(files)
+}
+
+fn walk(root: &Path, dir: &Path, files: &mut Vec<(PathBuf, ArtifactName)>) -> anyhow::Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("cannot list {}", dir.display()))?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let path = e.path();
+        let meta = std::fs::metadata(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        if meta.is_dir() {
+            walk(root, &path, files)?;
+        } else if meta.is_file() {
+            let rel = path.strip_prefix(root).with_context(|| format!("{} is outside {}", path.display(), root.display()))?;
+            let parts: Option<Vec<&str>> = rel.components().map(|c| c.as_os_str().to_str()).collect();
+            let parts = parts.with_context(|| format!("{}: the path is not UTF-8", path.display()))?;
+            files.push((path.clone(), ArtifactName::parse(&parts.join("/"))?));
+        }
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct PullOutput {
+    build: String,
+    out: String,
+    #[serde(flatten)]
+    report: PullReport,
+}
+
+pub async fn pull(client: &Client, out: Output, a: PullArgs) -> anyhow::Result<ExitCode> {
+    let build = client.build(&a.build).await?;
+    let only = a.artifact.iter().map(|n| ArtifactName::parse(n)).collect::<Result<Vec<_>, _>>()?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
+    let (bar, hooks) = progress_bar();
+    let report = client.pull(&build, &only, &a.out, hooks).await;
+    bar.finish_and_clear();
+    let report = report.with_context(|| format!("pull of build {} failed", build.id))?;
+    let result = PullOutput { build: build.id.to_string(), out: a.out.display().to_string(), report };
+    print(out, &result, |r| {
+        format!(
+            "Pulled {} files of build {} into {} ({} downloaded, {} already up to date); every digest verified.",
+            r.report.files,
+            r.build,
+            r.out,
+            output::bytes(r.report.downloaded_bytes),
+            r.report.up_to_date
+        )
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
