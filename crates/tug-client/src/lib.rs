@@ -258,7 +258,13 @@ impl Client {
     /// The size of a stored blob, or `None`.
     pub async fn head_blob(&self, digest: &Digest) -> Result<Option<u64>> {
         match self.send(self.request(Method::HEAD, &format!("/v1/blobs/{digest}"))).await {
-            Ok(res) => Ok(res.content_length()),
+            // A HEAD response has no body, so the size is read off the
+            // header rather than the (empty) body.
+            Ok(res) => Ok(res
+                .headers()
+                .get(CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())),
             Err(Error::Api { status: 404, .. }) => Ok(None),
             Err(e) => Err(e),
         }

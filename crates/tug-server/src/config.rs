@@ -16,7 +16,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// `sqlite://…` or `postgres://…`; `None` means `<data_dir>/tug.db`.
     pub database: Option<String>,
-    /// A path or `s3://…`; `None` means `<data_dir>/blobs`.
+    /// A path or `s3://…`; `None` means the data directory itself
+    /// (blobs under `<data_dir>/blobs/sha256/`).
     pub blob_store: Option<String>,
     pub max_blob_size: u64,
     pub max_json_body: usize,
@@ -163,7 +164,7 @@ impl Config {
 
     /// The blob store address in force.
     pub fn blob_store_address(&self) -> String {
-        self.blob_store.clone().unwrap_or_else(|| self.data_dir.join("blobs").display().to_string())
+        self.blob_store.clone().unwrap_or_else(|| self.data_dir.display().to_string())
     }
 
     /// Where the first admin token is written.
@@ -187,7 +188,7 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("/srv/tug"));
         assert_eq!(c.max_blob_size, 20);
         assert_eq!(c.database_url(), "sqlite:///srv/tug/tug.db");
-        assert_eq!(c.blob_store_address(), "/srv/tug/blobs");
+        assert_eq!(c.blob_store_address(), "/srv/tug");
     }
 
     #[test]

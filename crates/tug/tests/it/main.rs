@@ -1,0 +1,11 @@
+//! End-to-end tests: the real `tug` binary as server and CLI, on the
+//! embedded defaults (SQLite and a local directory) and on PostgreSQL with
+//! an S3 store (SeaweedFS), both started by the test command.
+
+mod auth;
+mod bad_input;
+mod crash;
+mod flow;
+mod maintenance;
+mod shared;
+mod support;
