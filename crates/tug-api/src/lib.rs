@@ -15,7 +15,8 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tug_core::{
-    ArtifactName, ArtifactSpec, BuildId, BuildSource, BuildState, CiRun, Digest, Role, ServiceName, TokenName, Version,
+    ArtifactName, ArtifactSpec, BuildId, BuildSource, BuildState, CiRun, Digest, Role, ServiceName,
+    TokenName, Version,
 };
 
 /// The body of every 4xx and 5xx response.

@@ -14,27 +14,41 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 use tug_api::{
-    ArtifactsRegistered, BlobStored, Build, BuildList, BuildQuery, CreateBuild, CreateService, CreateToken,
-    CreatedToken, ErrorBody, FsckReport, GcReport, GcRequest, MissingBlobs, MissingBlobsResponse, RegisterArtifacts,
-    Service, ServiceList, Token, TokenList,
+    ArtifactsRegistered, BlobStored, Build, BuildList, BuildQuery, CreateBuild, CreateService,
+    CreateToken, CreatedToken, ErrorBody, FsckReport, GcReport, GcRequest, MissingBlobs,
+    MissingBlobsResponse, RegisterArtifacts, Service, ServiceList, Token, TokenList,
 };
-use tug_core::{ArtifactKind, ArtifactName, ArtifactSpec, DerivedFrom, Digest, Hasher, Platform, Role, ServiceName, TokenName};
+use tug_core::{
+    ArtifactKind, ArtifactName, ArtifactSpec, DerivedFrom, Digest, Hasher, Platform, Role,
+    ServiceName, TokenName,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The server answered with an error body.
     #[error("{message} ({code}, HTTP {status})")]
-    Api { status: u16, code: String, message: String },
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
     #[error("cannot reach the Tugboat server at {url}: {source}")]
     Connect { url: String, source: reqwest::Error },
     #[error("HTTP request failed: {0}")]
     Http(#[from] reqwest::Error),
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid server URL {0:?}: use http://HOST:PORT")]
     Url(String),
     #[error("{name}: downloaded bytes hash to {actual}, not {expected}; the partial file was removed, pull again")]
-    DigestMismatch { name: String, expected: Digest, actual: Digest },
+    DigestMismatch {
+        name: String,
+        expected: Digest,
+        actual: Digest,
+    },
     #[error("unexpected answer from the server: {0}")]
     Protocol(String),
 }
@@ -127,7 +141,11 @@ impl Client {
             .connect_timeout(std::time::Duration::from_secs(10))
             .build()
             .map_err(Error::Http)?;
-        Ok(Client { base: base.trim_end_matches('/').to_string(), token, http })
+        Ok(Client {
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            http,
+        })
     }
 
     pub fn base(&self) -> &str {
@@ -145,7 +163,10 @@ impl Client {
     async fn send(&self, req: RequestBuilder) -> Result<reqwest::Response> {
         let res = req.send().await.map_err(|e| {
             if e.is_connect() {
-                Error::Connect { url: self.base.clone(), source: e }
+                Error::Connect {
+                    url: self.base.clone(),
+                    source: e,
+                }
             } else {
                 Error::Http(e)
             }
@@ -156,11 +177,18 @@ impl Client {
         let status = res.status().as_u16();
         let text = res.text().await.unwrap_or_default();
         Err(match serde_json::from_str::<ErrorBody>(&text) {
-            Ok(body) => Error::Api { status, code: body.code, message: body.message },
+            Ok(body) => Error::Api {
+                status,
+                code: body.code,
+                message: body.message,
+            },
             Err(_) => Error::Api {
                 status,
                 code: "http_error".into(),
-                message: format!("the server answered HTTP {status}: {}", text.chars().take(200).collect::<String>()),
+                message: format!(
+                    "the server answered HTTP {status}: {}",
+                    text.chars().take(200).collect::<String>()
+                ),
             },
         })
     }
@@ -178,67 +206,119 @@ impl Client {
     // ---- health, services, tokens ----
 
     pub async fn health(&self) -> Result<()> {
-        self.send(self.request(Method::GET, "/healthz")).await.map(|_| ())
+        self.send(self.request(Method::GET, "/healthz"))
+            .await
+            .map(|_| ())
     }
 
     pub async fn create_service(&self, name: &ServiceName) -> Result<Service> {
-        self.json(self.with_json(Method::POST, "/v1/services", &CreateService { name: name.clone() })).await
+        self.json(self.with_json(
+            Method::POST,
+            "/v1/services",
+            &CreateService { name: name.clone() },
+        ))
+        .await
     }
 
     pub async fn list_services(&self) -> Result<Vec<Service>> {
-        Ok(self.json::<ServiceList>(self.request(Method::GET, "/v1/services")).await?.services)
+        Ok(self
+            .json::<ServiceList>(self.request(Method::GET, "/v1/services"))
+            .await?
+            .services)
     }
 
-    pub async fn create_token(&self, name: TokenName, role: Role, service: Option<ServiceName>) -> Result<CreatedToken> {
-        self.json(self.with_json(Method::POST, "/v1/tokens", &CreateToken { name, role, service })).await
+    pub async fn create_token(
+        &self,
+        name: TokenName,
+        role: Role,
+        service: Option<ServiceName>,
+    ) -> Result<CreatedToken> {
+        self.json(self.with_json(
+            Method::POST,
+            "/v1/tokens",
+            &CreateToken {
+                name,
+                role,
+                service,
+            },
+        ))
+        .await
     }
 
     pub async fn list_tokens(&self) -> Result<Vec<Token>> {
-        Ok(self.json::<TokenList>(self.request(Method::GET, "/v1/tokens")).await?.tokens)
+        Ok(self
+            .json::<TokenList>(self.request(Method::GET, "/v1/tokens"))
+            .await?
+            .tokens)
     }
 
     pub async fn revoke_token(&self, name_or_id: &str) -> Result<Token> {
-        self.json(self.request(Method::DELETE, &format!("/v1/tokens/{}", encode(name_or_id)))).await
+        self.json(self.request(
+            Method::DELETE,
+            &format!("/v1/tokens/{}", encode(name_or_id)),
+        ))
+        .await
     }
 
     // ---- builds ----
 
     pub async fn create_build(&self, req: &CreateBuild) -> Result<Build> {
-        self.json(self.with_json(Method::POST, "/v1/builds", req)).await
+        self.json(self.with_json(Method::POST, "/v1/builds", req))
+            .await
     }
 
     /// A build by id or manifest digest, with its artifacts.
     pub async fn build(&self, reference: &str) -> Result<Build> {
-        self.json(self.request(Method::GET, &format!("/v1/builds/{}", encode(reference)))).await
+        self.json(self.request(Method::GET, &format!("/v1/builds/{}", encode(reference))))
+            .await
     }
 
     pub async fn list_builds(&self, query: &BuildQuery) -> Result<Vec<Build>> {
-        Ok(self.json::<BuildList>(self.request(Method::GET, "/v1/builds").query(query)).await?.builds)
+        Ok(self
+            .json::<BuildList>(self.request(Method::GET, "/v1/builds").query(query))
+            .await?
+            .builds)
     }
 
     /// The canonical manifest bytes of a sealed build.
     pub async fn manifest(&self, reference: &str) -> Result<Vec<u8>> {
-        let res = self.send(self.request(Method::GET, &format!("/v1/builds/{}/manifest", encode(reference)))).await?;
+        let res = self
+            .send(self.request(
+                Method::GET,
+                &format!("/v1/builds/{}/manifest", encode(reference)),
+            ))
+            .await?;
         Ok(res.bytes().await?.to_vec())
     }
 
-    pub async fn register_artifacts(&self, reference: &str, artifacts: Vec<ArtifactSpec>) -> Result<ArtifactsRegistered> {
+    pub async fn register_artifacts(
+        &self,
+        reference: &str,
+        artifacts: Vec<ArtifactSpec>,
+    ) -> Result<ArtifactsRegistered> {
         let path = format!("/v1/builds/{}/artifacts", encode(reference));
-        self.json(self.with_json(Method::POST, &path, &RegisterArtifacts { artifacts })).await
+        self.json(self.with_json(Method::POST, &path, &RegisterArtifacts { artifacts }))
+            .await
     }
 
     pub async fn seal(&self, reference: &str) -> Result<Build> {
-        self.json(self.request(Method::POST, &format!("/v1/builds/{}/seal", encode(reference)))).await
+        self.json(self.request(
+            Method::POST,
+            &format!("/v1/builds/{}/seal", encode(reference)),
+        ))
+        .await
     }
 
     // ---- maintenance ----
 
     pub async fn fsck(&self) -> Result<FsckReport> {
-        self.json(self.request(Method::POST, "/v1/admin/fsck")).await
+        self.json(self.request(Method::POST, "/v1/admin/fsck"))
+            .await
     }
 
     pub async fn gc(&self, req: &GcRequest) -> Result<GcReport> {
-        self.json(self.with_json(Method::POST, "/v1/admin/gc", req)).await
+        self.json(self.with_json(Method::POST, "/v1/admin/gc", req))
+            .await
     }
 
     // ---- blobs ----
@@ -248,7 +328,13 @@ impl Client {
         let mut missing = Vec::new();
         for chunk in digests.chunks(MISSING_BATCH) {
             let res: MissingBlobsResponse = self
-                .json(self.with_json(Method::POST, "/v1/blobs/missing", &MissingBlobs { digests: chunk.to_vec() }))
+                .json(self.with_json(
+                    Method::POST,
+                    "/v1/blobs/missing",
+                    &MissingBlobs {
+                        digests: chunk.to_vec(),
+                    },
+                ))
                 .await?;
             missing.extend(res.missing);
         }
@@ -257,7 +343,10 @@ impl Client {
 
     /// The size of a stored blob, or `None`.
     pub async fn head_blob(&self, digest: &Digest) -> Result<Option<u64>> {
-        match self.send(self.request(Method::HEAD, &format!("/v1/blobs/{digest}"))).await {
+        match self
+            .send(self.request(Method::HEAD, &format!("/v1/blobs/{digest}")))
+            .await
+        {
             // A HEAD response has no body, so the size is read off the
             // header rather than the (empty) body.
             Ok(res) => Ok(res
@@ -271,24 +360,50 @@ impl Client {
     }
 
     /// Uploads a file as the blob `digest`, streaming it from disk.
-    pub async fn put_blob_file(&self, digest: &Digest, path: &Path, progress: Option<Progress>) -> Result<BlobStored> {
-        let file = tokio::fs::File::open(path).await.map_err(|source| Error::Io { path: path.into(), source })?;
-        let size = file.metadata().await.map_err(|source| Error::Io { path: path.into(), source })?.len();
-        let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024).inspect_ok(move |chunk| {
-            if let Some(p) = &progress {
-                p(chunk.len() as u64);
-            }
-        });
-        self.put_blob_body(digest, size, reqwest::Body::wrap_stream(stream)).await
+    pub async fn put_blob_file(
+        &self,
+        digest: &Digest,
+        path: &Path,
+        progress: Option<Progress>,
+    ) -> Result<BlobStored> {
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(|source| Error::Io {
+                path: path.into(),
+                source,
+            })?;
+        let size = file
+            .metadata()
+            .await
+            .map_err(|source| Error::Io {
+                path: path.into(),
+                source,
+            })?
+            .len();
+        let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024).inspect_ok(
+            move |chunk| {
+                if let Some(p) = &progress {
+                    p(chunk.len() as u64);
+                }
+            },
+        );
+        self.put_blob_body(digest, size, reqwest::Body::wrap_stream(stream))
+            .await
     }
 
     /// Uploads bytes as the blob `digest`.
     pub async fn put_blob_bytes(&self, digest: &Digest, bytes: Vec<u8>) -> Result<BlobStored> {
         let size = bytes.len() as u64;
-        self.put_blob_body(digest, size, reqwest::Body::from(bytes)).await
+        self.put_blob_body(digest, size, reqwest::Body::from(bytes))
+            .await
     }
 
-    async fn put_blob_body(&self, digest: &Digest, size: u64, body: reqwest::Body) -> Result<BlobStored> {
+    async fn put_blob_body(
+        &self,
+        digest: &Digest,
+        size: u64,
+        body: reqwest::Body,
+    ) -> Result<BlobStored> {
         let req = self
             .request(Method::PUT, &format!("/v1/blobs/{digest}"))
             .header(CONTENT_TYPE, "application/octet-stream")
@@ -300,7 +415,13 @@ impl Client {
     /// Pushes files into a draft: hashes them, asks which blobs the server
     /// lacks, uploads only those (`concurrency` at once), then registers the
     /// artifacts. Many pushes may fill one draft at the same time.
-    pub async fn push(&self, build: &str, items: Vec<PushItem>, concurrency: usize, hooks: Hooks) -> Result<PushReport> {
+    pub async fn push(
+        &self,
+        build: &str,
+        items: Vec<PushItem>,
+        concurrency: usize,
+        hooks: Hooks,
+    ) -> Result<PushReport> {
         let hashed = hash_files(items.iter().map(|i| i.path.clone()).collect()).await?;
         let mut unique: Vec<(Digest, u64, PathBuf)> = Vec::new();
         for (item, (digest, size)) in items.iter().zip(&hashed) {
@@ -310,12 +431,22 @@ impl Client {
         }
         let digests: Vec<Digest> = unique.iter().map(|(d, _, _)| *d).collect();
         let missing = self.missing_blobs(&digests).await?;
-        let mut report = PushReport { artifacts: items.len(), ..Default::default() };
-        let to_send: Vec<(Digest, u64, PathBuf)> = unique.into_iter().filter(|(d, _, _)| missing.contains(d)).collect();
+        let mut report = PushReport {
+            artifacts: items.len(),
+            ..Default::default()
+        };
+        let to_send: Vec<(Digest, u64, PathBuf)> = unique
+            .into_iter()
+            .filter(|(d, _, _)| missing.contains(d))
+            .collect();
         report.uploaded_blobs = to_send.len();
         report.uploaded_bytes = to_send.iter().map(|(_, s, _)| s).sum();
         report.skipped_blobs = digests.len() - to_send.len();
-        report.skipped_bytes = hashed.iter().map(|(_, s)| s).sum::<u64>().saturating_sub(report.uploaded_bytes);
+        report.skipped_bytes = hashed
+            .iter()
+            .map(|(_, s)| s)
+            .sum::<u64>()
+            .saturating_sub(report.uploaded_bytes);
         if let Some(total) = &hooks.total {
             total(report.uploaded_bytes);
         }
@@ -349,19 +480,30 @@ impl Client {
     /// verifying every digest. An interrupted download resumes from its
     /// `.part` file with a `Range` request; a file already present with the
     /// right digest is left alone.
-    pub async fn pull(&self, build: &Build, only: &[ArtifactName], dir: &Path, hooks: Hooks) -> Result<PullReport> {
+    pub async fn pull(
+        &self,
+        build: &Build,
+        only: &[ArtifactName],
+        dir: &Path,
+        hooks: Hooks,
+    ) -> Result<PullReport> {
         let artifacts = build.artifacts.clone().unwrap_or_default();
         for name in only {
             if !artifacts.iter().any(|a| &a.name == name) {
                 return Err(Error::Api {
                     status: 404,
                     code: "artifact_not_found".into(),
-                    message: format!("build {} has no artifact named {name}; see tug build show {}", build.id, build.id),
+                    message: format!(
+                        "build {} has no artifact named {name}; see tug build show {}",
+                        build.id, build.id
+                    ),
                 });
             }
         }
-        let chosen: Vec<ArtifactSpec> =
-            artifacts.into_iter().filter(|a| only.is_empty() || only.contains(&a.name)).collect();
+        let chosen: Vec<ArtifactSpec> = artifacts
+            .into_iter()
+            .filter(|a| only.is_empty() || only.contains(&a.name))
+            .collect();
         if let Some(total) = &hooks.total {
             total(chosen.iter().map(|a| a.size).sum());
         }
@@ -385,7 +527,12 @@ impl Client {
     }
 
     /// Returns the bytes downloaded, or `None` if the file was up to date.
-    async fn pull_one(&self, a: &ArtifactSpec, dir: &Path, progress: Option<Progress>) -> Result<Option<u64>> {
+    async fn pull_one(
+        &self,
+        a: &ArtifactSpec,
+        dir: &Path,
+        progress: Option<Progress>,
+    ) -> Result<Option<u64>> {
         // ArtifactName is a validated relative path without `..`, so the
         // join stays inside `dir`.
         let dest = dir.join(a.name.as_str());
@@ -394,9 +541,14 @@ impl Client {
             move |source| Error::Io { path, source }
         };
         if let Some(parent) = dest.parent() {
-            tokio::fs::create_dir_all(parent).await.map_err(io(parent))?;
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(io(parent))?;
         }
-        if tokio::fs::metadata(&dest).await.map(|m| m.len() == a.size).unwrap_or(false)
+        if tokio::fs::metadata(&dest)
+            .await
+            .map(|m| m.len() == a.size)
+            .unwrap_or(false)
             && hash_file(&dest).await?.0 == a.digest
         {
             if let Some(p) = &progress {
@@ -405,7 +557,10 @@ impl Client {
             return Ok(None);
         }
         let part = PathBuf::from(format!("{}.part", dest.display()));
-        let mut have = tokio::fs::metadata(&part).await.map(|m| m.len()).unwrap_or(0);
+        let mut have = tokio::fs::metadata(&part)
+            .await
+            .map(|m| m.len())
+            .unwrap_or(0);
         if have > a.size {
             tokio::fs::remove_file(&part).await.map_err(io(&part))?;
             have = 0;
@@ -453,7 +608,11 @@ impl Client {
         let actual = hasher.finish();
         if actual != a.digest {
             let _ = tokio::fs::remove_file(&part).await;
-            return Err(Error::DigestMismatch { name: a.name.to_string(), expected: a.digest, actual });
+            return Err(Error::DigestMismatch {
+                name: a.name.to_string(),
+                expected: a.digest,
+                actual,
+            });
         }
         tokio::fs::rename(&part, &dest).await.map_err(io(&dest))?;
         Ok(Some(downloaded))
@@ -462,7 +621,9 @@ impl Client {
 
 /// Percent-encodes a path segment.
 fn encode(segment: &str) -> String {
-    url::form_urlencoded::byte_serialize(segment.as_bytes()).collect::<String>().replace('+', "%20")
+    url::form_urlencoded::byte_serialize(segment.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
 }
 
 /// Hashes a file: its digest and size.
@@ -475,11 +636,17 @@ async fn hash_file_with(path: &Path) -> Result<(Digest, u64, Hasher)> {
     let p = path.to_path_buf();
     tokio::task::spawn_blocking(move || {
         use std::io::Read;
-        let mut f = std::fs::File::open(&p).map_err(|source| Error::Io { path: p.clone(), source })?;
+        let mut f = std::fs::File::open(&p).map_err(|source| Error::Io {
+            path: p.clone(),
+            source,
+        })?;
         let mut h = Hasher::new();
         let mut buf = vec![0u8; 1 << 20];
         loop {
-            let n = f.read(&mut buf).map_err(|source| Error::Io { path: p.clone(), source })?;
+            let n = f.read(&mut buf).map_err(|source| Error::Io {
+                path: p.clone(),
+                source,
+            })?;
             if n == 0 {
                 break;
             }

@@ -16,8 +16,16 @@ enum Node<'a> {
 pub fn render(source: &str, artifacts: &[ArtifactSpec]) -> Vec<String> {
     let mut sorted: Vec<&ArtifactSpec> = artifacts.iter().collect();
     sorted.sort_by(|a, b| a.name.cmp(&b.name));
-    let by_digest: BTreeMap<Digest, usize> = sorted.iter().enumerate().map(|(i, a)| (a.digest, i)).collect();
-    let by_name: BTreeMap<&str, usize> = sorted.iter().enumerate().map(|(i, a)| (a.name.as_str(), i)).collect();
+    let by_digest: BTreeMap<Digest, usize> = sorted
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (a.digest, i))
+        .collect();
+    let by_name: BTreeMap<&str, usize> = sorted
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (a.name.as_str(), i))
+        .collect();
 
     // children[parent] = artifact indices; parents are artifact indices or
     // external digests; artifacts with no known parent hang off the source.
@@ -58,11 +66,27 @@ pub fn render(source: &str, artifacts: &[ArtifactSpec]) -> Vec<String> {
     let n = top.len();
     for (k, (node, idx)) in top.into_iter().enumerate() {
         let kids: Vec<usize> = match (&node, idx) {
-            (Node::Artifact(_), Some(i)) => children.get(&i).map(|s| s.iter().copied().collect()).unwrap_or_default(),
-            (Node::External(d), _) => external.get(d).map(|s| s.iter().copied().collect()).unwrap_or_default(),
+            (Node::Artifact(_), Some(i)) => children
+                .get(&i)
+                .map(|s| s.iter().copied().collect())
+                .unwrap_or_default(),
+            (Node::External(d), _) => external
+                .get(d)
+                .map(|s| s.iter().copied().collect())
+                .unwrap_or_default(),
             _ => Vec::new(),
         };
-        draw(&mut out, "", k + 1 == n, &node, idx, &kids, &sorted, &children, &mut drawn);
+        draw(
+            &mut out,
+            "",
+            k + 1 == n,
+            &node,
+            idx,
+            &kids,
+            &sorted,
+            &children,
+            &mut drawn,
+        );
     }
     out
 }
@@ -82,7 +106,11 @@ fn draw(
     let branch = if last { "└── " } else { "├── " };
     let label = match node {
         Node::Artifact(a) => {
-            let platform = a.platform.as_ref().map(|p| format!(", {p}")).unwrap_or_default();
+            let platform = a
+                .platform
+                .as_ref()
+                .map(|p| format!(", {p}"))
+                .unwrap_or_default();
             format!("{} ({}{platform}, {})", a.name, a.kind, a.digest.short())
         }
         Node::External(d) => format!("{d} (external)"),
@@ -96,8 +124,21 @@ fn draw(
     out.push(format!("{prefix}{branch}{label}"));
     let child_prefix = format!("{prefix}{}", if last { "    " } else { "│   " });
     for (k, &c) in kids.iter().enumerate() {
-        let grand: Vec<usize> = children.get(&c).map(|s| s.iter().copied().collect()).unwrap_or_default();
-        draw(out, &child_prefix, k + 1 == kids.len(), &Node::Artifact(sorted[c]), Some(c), &grand, sorted, children, drawn);
+        let grand: Vec<usize> = children
+            .get(&c)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default();
+        draw(
+            out,
+            &child_prefix,
+            k + 1 == kids.len(),
+            &Node::Artifact(sorted[c]),
+            Some(c),
+            &grand,
+            sorted,
+            children,
+            drawn,
+        );
     }
 }
 
@@ -113,7 +154,10 @@ mod tests {
             platform: Some(Platform::parse("linux/amd64").unwrap()),
             size: 1,
             digest: Digest::of(name.as_bytes()),
-            derived_from: from.iter().map(|f| DerivedFrom::parse(f).unwrap()).collect(),
+            derived_from: from
+                .iter()
+                .map(|f| DerivedFrom::parse(f).unwrap())
+                .collect(),
         }
     }
 
@@ -121,7 +165,11 @@ mod tests {
     fn draws_source_to_tarball_to_deb_to_image() {
         let base = Digest::of(b"base image");
         let artifacts = vec![
-            spec("teleport.oci", ArtifactKind::Oci, &["teleport.deb", "teleport-arm.deb", &base.to_string()]),
+            spec(
+                "teleport.oci",
+                ArtifactKind::Oci,
+                &["teleport.deb", "teleport-arm.deb", &base.to_string()],
+            ),
             spec("teleport.deb", ArtifactKind::Deb, &["teleport.tar.gz"]),
             spec("teleport-arm.deb", ArtifactKind::Deb, &[]),
             spec("teleport.tar.gz", ArtifactKind::Tarball, &[]),

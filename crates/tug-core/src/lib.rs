@@ -13,8 +13,8 @@ pub mod role;
 
 pub use digest::{Digest, DigestError, Hasher};
 pub use manifest::{
-    ArtifactKind, ArtifactSpec, BuildManifest, BuildSource, BuildState, CiRun, DerivedFrom, Draft, ManifestArtifact,
-    SealError,
+    ArtifactKind, ArtifactSpec, BuildManifest, BuildSource, BuildState, CiRun, DerivedFrom, Draft,
+    ManifestArtifact, SealError,
 };
 pub use names::{ArtifactName, BuildId, NameError, Platform, ServiceName, TokenName, Version};
 pub use role::{Action, Role};

@@ -16,7 +16,9 @@ use crate::{ArtifactName, BuildId, Digest, Platform, ServiceName, Version};
 /// The manifest format; bumped only with a migration of stored manifests.
 pub const MANIFEST_SCHEMA: u32 = 1;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ArtifactKind {
     Binary,
@@ -62,7 +64,13 @@ impl ArtifactKind {
             ArtifactKind::Deb
         } else if n.ends_with(".rpm") {
             ArtifactKind::Rpm
-        } else if n.ends_with(".tar.gz") || n.ends_with(".tgz") || n.ends_with(".tar") || n.ends_with(".tar.xz") || n.ends_with(".tar.zst") || n.ends_with(".zip") {
+        } else if n.ends_with(".tar.gz")
+            || n.ends_with(".tgz")
+            || n.ends_with(".tar")
+            || n.ends_with(".tar.xz")
+            || n.ends_with(".tar.zst")
+            || n.ends_with(".zip")
+        {
             ArtifactKind::Tarball
         } else if n.ends_with(".oci") || n.ends_with(".oci.tar") {
             ArtifactKind::Oci
@@ -140,7 +148,10 @@ impl DerivedFrom {
         if s.starts_with(crate::digest::PREFIX) {
             Digest::parse(s)
                 .map(DerivedFrom::Digest)
-                .map_err(|e| crate::NameError::Artifact { name: s.chars().take(80).collect(), why: digest_why(&e) })
+                .map_err(|e| crate::NameError::Artifact {
+                    name: s.chars().take(80).collect(),
+                    why: digest_why(&e),
+                })
         } else {
             ArtifactName::parse(s).map(DerivedFrom::Name)
         }
@@ -241,13 +252,20 @@ pub enum SealError {
     #[error("expected artifacts are missing: {}; push them, then seal again", join(.0))]
     MissingExpected(Vec<ArtifactName>),
     #[error("artifact {artifact} is derived from {missing}, which is not an artifact of this build; push it or name it by digest")]
-    UnknownDerivation { artifact: ArtifactName, missing: ArtifactName },
+    UnknownDerivation {
+        artifact: ArtifactName,
+        missing: ArtifactName,
+    },
     #[error("a build needs at least one artifact before it is sealed; push files into it first")]
     Empty,
 }
 
 fn join(names: &[ArtifactName]) -> String {
-    names.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", ")
+    names
+        .iter()
+        .map(|n| n.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Everything a draft holds when it is sealed.
@@ -294,7 +312,10 @@ impl BuildManifest {
                             derived.insert(parent.digest);
                         }
                         None => {
-                            return Err(SealError::UnknownDerivation { artifact: a.name.clone(), missing: n.clone() })
+                            return Err(SealError::UnknownDerivation {
+                                artifact: a.name.clone(),
+                                missing: n.clone(),
+                            })
                         }
                     },
                 }
@@ -342,7 +363,10 @@ mod tests {
             platform: Some(Platform::parse("linux/amd64").unwrap()),
             size: body.len() as u64,
             digest: Digest::of(body),
-            derived_from: from.iter().map(|f| DerivedFrom::parse(f).unwrap()).collect(),
+            derived_from: from
+                .iter()
+                .map(|f| DerivedFrom::parse(f).unwrap())
+                .collect(),
         }
     }
 
@@ -350,12 +374,18 @@ mod tests {
         let id = BuildId::parse("0190c3f2-6a2b-7d4e-9f10-2b3c4d5e6f70").unwrap();
         let service = ServiceName::parse("api").unwrap();
         let version = Version::parse("1.4.0").unwrap();
-        let expected: Vec<ArtifactName> = expected.iter().map(|e| ArtifactName::parse(e).unwrap()).collect();
+        let expected: Vec<ArtifactName> = expected
+            .iter()
+            .map(|e| ArtifactName::parse(e).unwrap())
+            .collect();
         BuildManifest::seal(Draft {
             id: &id,
             service: &service,
             version: &version,
-            source: &BuildSource { branch: Some("master".into()), ..Default::default() },
+            source: &BuildSource {
+                branch: Some("master".into()),
+                ..Default::default()
+            },
             ci: &CiRun::default(),
             created_at: "2026-11-22T00:00:00Z",
             expected: &expected,
@@ -387,7 +417,10 @@ mod tests {
     #[test]
     fn seal_names_missing_expected_artifacts() {
         let err = seal(&[spec("a.bin", b"a", &[])], &["b.deb", "a.bin", "c.rpm"]).unwrap_err();
-        assert_eq!(err.to_string(), "expected artifacts are missing: b.deb, c.rpm; push them, then seal again");
+        assert_eq!(
+            err.to_string(),
+            "expected artifacts are missing: b.deb, c.rpm; push them, then seal again"
+        );
     }
 
     #[test]
@@ -400,7 +433,13 @@ mod tests {
     #[test]
     fn kinds_parse_and_guess() {
         assert_eq!("deb".parse::<ArtifactKind>().unwrap(), ArtifactKind::Deb);
-        assert!("zip".parse::<ArtifactKind>().unwrap_err().contains("binary, tarball"));
-        assert_eq!(ArtifactKind::guess("x/teleport-v1.tar.gz"), ArtifactKind::Tarball);
+        assert!("zip"
+            .parse::<ArtifactKind>()
+            .unwrap_err()
+            .contains("binary, tarball"));
+        assert_eq!(
+            ArtifactKind::guess("x/teleport-v1.tar.gz"),
+            ArtifactKind::Tarball
+        );
     }
 }

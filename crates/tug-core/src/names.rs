@@ -18,7 +18,9 @@ pub enum NameError {
     Artifact { name: String, why: &'static str },
     #[error("platform {0:?} is invalid: write it as os/arch or os/arch/variant, e.g. linux/amd64")]
     Platform(String),
-    #[error("build id {0:?} is invalid: a build id looks like 0190c3f2-6a2b-7d4e-9f10-2b3c4d5e6f70")]
+    #[error(
+        "build id {0:?} is invalid: a build id looks like 0190c3f2-6a2b-7d4e-9f10-2b3c4d5e6f70"
+    )]
     BuildId(String),
     #[error("version {0:?} is not a semantic version: write it as MAJOR.MINOR.PATCH, e.g. 1.4.0 or 1.4.0-rc.1")]
     Version(String),
@@ -84,9 +86,10 @@ pub struct ServiceName(String);
 string_newtype!(ServiceName, |s| {
     let ok = !s.is_empty()
         && s.len() <= 63
-        && s.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        && s
-            .bytes()
+        && s.bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
     if ok {
         Ok(())
@@ -101,8 +104,7 @@ pub struct TokenName(String);
 string_newtype!(TokenName, |s| {
     let ok = !s.is_empty()
         && s.len() <= 63
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
     if ok {
         Ok(())
@@ -125,7 +127,9 @@ string_newtype!(ArtifactName, |s| {
     } else if s.len() > MAX_ARTIFACT_NAME {
         Some("it is longer than 255 bytes")
     } else if s.starts_with('/') {
-        Some("it is an absolute path; use a path relative to the build, like linux-amd64/app.tar.gz")
+        Some(
+            "it is an absolute path; use a path relative to the build, like linux-amd64/app.tar.gz",
+        )
     } else if s.chars().any(|c| c.is_control()) {
         Some("it contains a control character")
     } else if s.contains('\\') {
@@ -141,7 +145,10 @@ string_newtype!(ArtifactName, |s| {
     };
     match why {
         None => Ok(()),
-        Some(why) => Err(NameError::Artifact { name: shown(s), why }),
+        Some(why) => Err(NameError::Artifact {
+            name: shown(s),
+            why,
+        }),
     }
 });
 
@@ -154,7 +161,8 @@ string_newtype!(Platform, |s| {
         && parts.iter().all(|p| {
             !p.is_empty()
                 && p.len() <= 32
-                && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+                && p.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
         });
     if ok {
         Ok(())
@@ -241,7 +249,13 @@ mod tests {
 
     #[test]
     fn artifact_names_are_relative_paths() {
-        for good in ["teleport.tar.gz", "linux-amd64/teleport.tar.gz", "a/b/c.deb", "..hidden", "a/.b"] {
+        for good in [
+            "teleport.tar.gz",
+            "linux-amd64/teleport.tar.gz",
+            "a/b/c.deb",
+            "..hidden",
+            "a/.b",
+        ] {
             ArtifactName::parse(good).unwrap();
         }
         let long = "a".repeat(256);
@@ -297,7 +311,12 @@ mod tests {
     #[test]
     fn build_ids() {
         BuildId::parse("0190c3f2-6a2b-7d4e-9f10-2b3c4d5e6f70").unwrap();
-        for bad in ["", "../../etc/passwd", "0190C3F2-6A2B-7D4E-9F10-2B3C4D5E6F70", "0190c3f26a2b7d4e9f102b3c4d5e6f70"] {
+        for bad in [
+            "",
+            "../../etc/passwd",
+            "0190C3F2-6A2B-7D4E-9F10-2B3C4D5E6F70",
+            "0190c3f26a2b7d4e9f102b3c4d5e6f70",
+        ] {
             assert!(BuildId::parse(bad).is_err(), "{bad:?}");
         }
     }

@@ -39,7 +39,14 @@ pub enum Action {
 }
 
 impl Role {
-    pub const ALL: [Role; 6] = [Role::Admin, Role::Ci, Role::Deployer, Role::Approver, Role::Agent, Role::Viewer];
+    pub const ALL: [Role; 6] = [
+        Role::Admin,
+        Role::Ci,
+        Role::Deployer,
+        Role::Approver,
+        Role::Agent,
+        Role::Viewer,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -71,9 +78,14 @@ impl fmt::Display for Role {
 impl FromStr for Role {
     type Err = String;
     fn from_str(s: &str) -> Result<Role, String> {
-        Role::ALL.into_iter().find(|r| r.as_str() == s).ok_or_else(|| {
-            format!("unknown role {s:?}: use one of admin, ci, deployer, approver, agent, viewer")
-        })
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown role {s:?}: use one of admin, ci, deployer, approver, agent, viewer"
+                )
+            })
     }
 }
 
@@ -83,10 +95,17 @@ mod tests {
 
     #[test]
     fn only_admin_and_ci_write_builds() {
-        let writers: Vec<Role> = Role::ALL.into_iter().filter(|r| r.allows(Action::WriteBuilds)).collect();
+        let writers: Vec<Role> = Role::ALL
+            .into_iter()
+            .filter(|r| r.allows(Action::WriteBuilds))
+            .collect();
         assert_eq!(writers, vec![Role::Admin, Role::Ci]);
         assert!(Role::ALL.iter().all(|r| r.allows(Action::Read)));
-        for a in [Action::ManageTokens, Action::ManageServices, Action::Maintain] {
+        for a in [
+            Action::ManageTokens,
+            Action::ManageServices,
+            Action::Maintain,
+        ] {
             let allowed: Vec<Role> = Role::ALL.into_iter().filter(|r| r.allows(a)).collect();
             assert_eq!(allowed, vec![Role::Admin], "{a:?}");
         }

@@ -7,7 +7,8 @@ use chrono::{DateTime, Utc};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 use tug_core::{
-    ArtifactName, ArtifactSpec, BuildId, BuildManifest, BuildSource, BuildState, CiRun, Digest, ServiceName, Version,
+    ArtifactName, ArtifactSpec, BuildId, BuildManifest, BuildSource, BuildState, CiRun, Digest,
+    ServiceName, Version,
 };
 
 use crate::{artifact_from_row, millis, opt_millis, opt_parse, parse, Db, Error, Result};
@@ -60,14 +61,15 @@ const COLUMNS: &str = "b.id, b.service, b.version, b.state, b.repo, b.branch, b.
      b.manifest_digest, b.manifest, (SELECT COUNT(*) FROM artifacts a WHERE a.build_id = b.id) AS artifact_count";
 
 fn build_from_row(r: &AnyRow) -> Result<BuildRow> {
-    let expected: Vec<String> =
-        serde_json::from_str(&r.try_get::<String, _>("expected")?).map_err(|e| Error::Corrupt(e.to_string()))?;
+    let expected: Vec<String> = serde_json::from_str(&r.try_get::<String, _>("expected")?)
+        .map_err(|e| Error::Corrupt(e.to_string()))?;
     let state: String = r.try_get("state")?;
     Ok(BuildRow {
         id: parse(&r.try_get::<String, _>("id")?, BuildId::parse)?,
         service: parse(&r.try_get::<String, _>("service")?, ServiceName::parse)?,
         version: parse(&r.try_get::<String, _>("version")?, Version::parse)?,
-        state: BuildState::parse(&state).ok_or_else(|| Error::Corrupt(format!("unknown build state {state:?}")))?,
+        state: BuildState::parse(&state)
+            .ok_or_else(|| Error::Corrupt(format!("unknown build state {state:?}")))?,
         source: BuildSource {
             author: r.try_get("author")?,
             branch: r.try_get("branch")?,
@@ -76,8 +78,14 @@ fn build_from_row(r: &AnyRow) -> Result<BuildRow> {
             repo: r.try_get("repo")?,
             tag: r.try_get("tag")?,
         },
-        ci: CiRun { builder_image: opt_parse(r.try_get("builder_image")?, Digest::parse)?, url: r.try_get("ci_url")? },
-        expected: expected.iter().map(|e| parse(e, ArtifactName::parse)).collect::<Result<_>>()?,
+        ci: CiRun {
+            builder_image: opt_parse(r.try_get("builder_image")?, Digest::parse)?,
+            url: r.try_get("ci_url")?,
+        },
+        expected: expected
+            .iter()
+            .map(|e| parse(e, ArtifactName::parse))
+            .collect::<Result<_>>()?,
         created_at: millis(r.try_get("created_at")?)?,
         updated_at: millis(r.try_get("updated_at")?)?,
         created_by: r.try_get("created_by")?,
@@ -117,7 +125,9 @@ impl Db {
         .await;
         match res {
             Ok(_) => Ok(()),
-            Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => Err(Error::ServiceNotFound(b.service.clone())),
+            Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => {
+                Err(Error::ServiceNotFound(b.service.clone()))
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -132,10 +142,12 @@ impl Db {
 
     /// The sealed build whose manifest has this digest.
     pub async fn build_by_manifest(&self, digest: &Digest) -> Result<Option<BuildRow>> {
-        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM builds b WHERE b.manifest_digest = $1"))
-            .bind(digest.to_string())
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM builds b WHERE b.manifest_digest = $1"
+        ))
+        .bind(digest.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(build_from_row).transpose()
     }
 
@@ -159,7 +171,10 @@ impl Db {
         if let Some(s) = filter.state {
             add("state", s.as_str().to_string(), &mut sql);
         }
-        sql.push_str(&format!(" ORDER BY b.created_at DESC, b.id DESC LIMIT {}", filter.limit.max(1)));
+        sql.push_str(&format!(
+            " ORDER BY b.created_at DESC, b.id DESC LIMIT {}",
+            filter.limit.max(1)
+        ));
         let mut q = sqlx::query(&sql);
         for a in &args {
             q = q.bind(a.as_str());
@@ -183,7 +198,12 @@ impl Db {
     /// artifact identical to one already registered is accepted again (a
     /// retried push); the same name with other content is refused. Returns
     /// how many were new.
-    pub async fn add_artifacts(&self, id: &BuildId, specs: &[ArtifactSpec], now: DateTime<Utc>) -> Result<u64> {
+    pub async fn add_artifacts(
+        &self,
+        id: &BuildId,
+        specs: &[ArtifactSpec],
+        now: DateTime<Utc>,
+    ) -> Result<u64> {
         let mut tx = self.pool.begin().await?;
         self.lock_draft(&mut tx, id, now).await?;
         let existing: BTreeMap<ArtifactName, ArtifactSpec> = {
@@ -193,13 +213,22 @@ impl Db {
             .bind(id.as_str())
             .fetch_all(&mut *tx)
             .await?;
-            rows.iter().map(artifact_from_row).map(|a| a.map(|a| (a.name.clone(), a))).collect::<Result<_>>()?
+            rows.iter()
+                .map(artifact_from_row)
+                .map(|a| a.map(|a| (a.name.clone(), a)))
+                .collect::<Result<_>>()?
         };
         let mut fresh = Vec::new();
         for s in specs {
             match existing.get(&s.name) {
                 Some(e) if e == s => {}
-                Some(e) => return Err(Error::DuplicateArtifact { id: id.clone(), name: s.name.clone(), existing: e.digest }),
+                Some(e) => {
+                    return Err(Error::DuplicateArtifact {
+                        id: id.clone(),
+                        name: s.name.clone(),
+                        existing: e.digest,
+                    })
+                }
                 None => fresh.push(s),
             }
         }
@@ -234,7 +263,10 @@ impl Db {
                     .bind(s.platform.as_ref().map(|p| p.to_string()))
                     .bind(i64::try_from(s.size).map_err(|e| Error::Corrupt(e.to_string()))?)
                     .bind(s.digest.to_string())
-                    .bind(serde_json::to_string(&derived).map_err(|e| Error::Corrupt(e.to_string()))?)
+                    .bind(
+                        serde_json::to_string(&derived)
+                            .map_err(|e| Error::Corrupt(e.to_string()))?,
+                    )
                     .bind(now.timestamp_millis());
             }
             q.execute(&mut *tx).await?;
@@ -265,7 +297,8 @@ impl Db {
         .bind(id.as_str())
         .fetch_all(&mut *tx)
         .await?;
-        let artifacts: Vec<ArtifactSpec> = rows.iter().map(artifact_from_row).collect::<Result<_>>()?;
+        let artifacts: Vec<ArtifactSpec> =
+            rows.iter().map(artifact_from_row).collect::<Result<_>>()?;
         let manifest = match make(&build, &artifacts) {
             Ok(m) => m,
             Err(e) => return Ok(Err(e)),
@@ -282,14 +315,22 @@ impl Db {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        let sealed = self.build(id).await?.ok_or_else(|| Error::BuildNotFound(id.clone()))?;
+        let sealed = self
+            .build(id)
+            .await?
+            .ok_or_else(|| Error::BuildNotFound(id.clone()))?;
         Ok(Ok(sealed))
     }
 
     /// Takes the build's row lock if it is a draft (the first statement of
     /// the transaction is a write, so SQLite takes its write lock at once
     /// instead of failing to upgrade a read lock later).
-    async fn lock_draft(&self, tx: &mut sqlx::Transaction<'_, sqlx::Any>, id: &BuildId, now: DateTime<Utc>) -> Result<()> {
+    async fn lock_draft(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        id: &BuildId,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
         let done = sqlx::query(
             "UPDATE builds SET revision = revision + 1, updated_at = $1 WHERE id = $2 AND state = 'draft'",
         )
@@ -308,9 +349,12 @@ impl Db {
             None => Err(Error::BuildNotFound(id.clone())),
             Some(r) => {
                 let state: String = r.try_get("state")?;
-                let state =
-                    BuildState::parse(&state).ok_or_else(|| Error::Corrupt(format!("unknown build state {state:?}")))?;
-                Err(Error::NotDraft { id: id.clone(), state })
+                let state = BuildState::parse(&state)
+                    .ok_or_else(|| Error::Corrupt(format!("unknown build state {state:?}")))?;
+                Err(Error::NotDraft {
+                    id: id.clone(),
+                    state,
+                })
             }
         }
     }
@@ -326,8 +370,10 @@ impl Db {
         .bind(cutoff.timestamp_millis())
         .fetch_all(&mut *tx)
         .await?;
-        let ids: Vec<BuildId> =
-            rows.iter().map(|r| parse(&r.try_get::<String, _>("id")?, BuildId::parse)).collect::<Result<_>>()?;
+        let ids: Vec<BuildId> = rows
+            .iter()
+            .map(|r| parse(&r.try_get::<String, _>("id")?, BuildId::parse))
+            .collect::<Result<_>>()?;
         sqlx::query("DELETE FROM artifacts WHERE build_id IN (SELECT id FROM builds WHERE state = 'abandoned')")
             .execute(&mut *tx)
             .await?;
@@ -337,8 +383,12 @@ impl Db {
 
     /// Every digest some draft or sealed build refers to.
     pub async fn referenced_digests(&self) -> Result<HashSet<Digest>> {
-        let rows = sqlx::query("SELECT DISTINCT digest FROM artifacts").fetch_all(&self.pool).await?;
-        rows.iter().map(|r| parse(&r.try_get::<String, _>("digest")?, Digest::parse)).collect()
+        let rows = sqlx::query("SELECT DISTINCT digest FROM artifacts")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| parse(&r.try_get::<String, _>("digest")?, Digest::parse))
+            .collect()
     }
 
     /// Whether any build refers to `digest` now (checked again by gc right
@@ -383,12 +433,17 @@ impl Db {
             .bind(since.timestamp_millis())
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(|r| parse(&r.try_get::<String, _>("digest")?, Digest::parse)).collect()
+        rows.iter()
+            .map(|r| parse(&r.try_get::<String, _>("digest")?, Digest::parse))
+            .collect()
     }
 
     /// Forgets claims of blobs that are gone.
     pub async fn forget_claim(&self, digest: &Digest) -> Result<()> {
-        sqlx::query("DELETE FROM blob_claims WHERE digest = $1").bind(digest.to_string()).execute(&self.pool).await?;
+        sqlx::query("DELETE FROM blob_claims WHERE digest = $1")
+            .bind(digest.to_string())
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 }

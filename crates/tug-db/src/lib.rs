@@ -18,7 +18,8 @@ use chrono::{DateTime, TimeZone, Utc};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 use tug_core::{
-    ArtifactKind, ArtifactName, ArtifactSpec, BuildId, BuildState, DerivedFrom, Digest, Platform, ServiceName, TokenName,
+    ArtifactKind, ArtifactName, ArtifactSpec, BuildId, BuildState, DerivedFrom, Digest, Platform,
+    ServiceName, TokenName,
 };
 
 mod builds;
@@ -40,7 +41,11 @@ pub enum Error {
     #[error("build {id} is {state}, not a draft")]
     NotDraft { id: BuildId, state: BuildState },
     #[error("build {id} already has an artifact named {name} with other content ({existing})")]
-    DuplicateArtifact { id: BuildId, name: ArtifactName, existing: Digest },
+    DuplicateArtifact {
+        id: BuildId,
+        name: ArtifactName,
+        existing: Digest,
+    },
     #[error("an active token named {0} already exists")]
     TokenNameTaken(TokenName),
     #[error("service {0} does not exist")]
@@ -84,7 +89,11 @@ impl Db {
         let options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(30));
         let pool = match dialect {
             Dialect::Sqlite => {
-                let url = if url.contains('?') { url.to_string() } else { format!("{url}?mode=rwc") };
+                let url = if url.contains('?') {
+                    url.to_string()
+                } else {
+                    format!("{url}?mode=rwc")
+                };
                 options
                     .max_connections(8)
                     .after_connect(|conn, _| {
@@ -122,11 +131,13 @@ impl Db {
 
     /// Creates a service; `false` if it already existed.
     pub async fn create_service(&self, name: &ServiceName, now: DateTime<Utc>) -> Result<bool> {
-        let done = sqlx::query("INSERT INTO services (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
-            .bind(name.as_str())
-            .bind(now.timestamp_millis())
-            .execute(&self.pool)
-            .await?;
+        let done = sqlx::query(
+            "INSERT INTO services (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name.as_str())
+        .bind(now.timestamp_millis())
+        .execute(&self.pool)
+        .await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -144,7 +155,12 @@ impl Db {
             .fetch_all(&self.pool)
             .await?;
         rows.iter()
-            .map(|r| Ok((parse(&r.try_get::<String, _>("name")?, ServiceName::parse)?, millis(r.try_get("created_at")?)?)))
+            .map(|r| {
+                Ok((
+                    parse(&r.try_get::<String, _>("name")?, ServiceName::parse)?,
+                    millis(r.try_get("created_at")?)?,
+                ))
+            })
             .collect()
     }
 }
@@ -161,7 +177,9 @@ fn redact(url: &str) -> String {
 }
 
 pub(crate) fn millis(ms: i64) -> Result<DateTime<Utc>> {
-    Utc.timestamp_millis_opt(ms).single().ok_or_else(|| Error::Corrupt(format!("timestamp {ms} out of range")))
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .ok_or_else(|| Error::Corrupt(format!("timestamp {ms} out of range")))
 }
 
 pub(crate) fn opt_millis(ms: Option<i64>) -> Result<Option<DateTime<Utc>>> {
@@ -170,7 +188,10 @@ pub(crate) fn opt_millis(ms: Option<i64>) -> Result<Option<DateTime<Utc>>> {
 
 /// Parses a stored value with the type's own validation; a failure means
 /// the row was written by something other than Tugboat.
-pub(crate) fn parse<T, E: std::fmt::Display>(s: &str, f: impl FnOnce(&str) -> Result<T, E>) -> Result<T> {
+pub(crate) fn parse<T, E: std::fmt::Display>(
+    s: &str,
+    f: impl FnOnce(&str) -> Result<T, E>,
+) -> Result<T> {
     f(s).map_err(|e| Error::Corrupt(e.to_string()))
 }
 
@@ -188,9 +209,12 @@ pub(crate) fn artifact_from_row(r: &AnyRow) -> Result<ArtifactSpec> {
         name: parse(&r.try_get::<String, _>("name")?, ArtifactName::parse)?,
         kind: parse(&r.try_get::<String, _>("kind")?, ArtifactKind::from_str)?,
         platform: opt_parse(r.try_get("platform")?, Platform::parse)?,
-        size: u64::try_from(r.try_get::<i64, _>("size")?).map_err(|e| Error::Corrupt(e.to_string()))?,
+        size: u64::try_from(r.try_get::<i64, _>("size")?)
+            .map_err(|e| Error::Corrupt(e.to_string()))?,
         digest: parse(&r.try_get::<String, _>("digest")?, Digest::parse)?,
-        derived_from: derived.iter().map(|d| parse(d, DerivedFrom::parse)).collect::<Result<_>>()?,
+        derived_from: derived
+            .iter()
+            .map(|d| parse(d, DerivedFrom::parse))
+            .collect::<Result<_>>()?,
     })
 }
-

@@ -62,7 +62,12 @@ pub fn redact(url: &str) -> String {
         (Some(scheme), Some(at)) if at > scheme => {
             let userinfo = &url[scheme + 3..at];
             match userinfo.find(':') {
-                Some(colon) => format!("{}{}:***{}", &url[..scheme + 3], &userinfo[..colon], &url[at..]),
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme + 3],
+                    &userinfo[..colon],
+                    &url[at..]
+                ),
                 None => url.to_string(),
             }
         }
@@ -87,20 +92,33 @@ pub struct Layer {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{path}: {source}")]
-    File { path: String, source: toml::de::Error },
+    File {
+        path: String,
+        source: toml::de::Error,
+    },
     #[error("environment variable {var}={value:?} is invalid: {why}")]
-    Env { var: String, value: String, why: String },
+    Env {
+        var: String,
+        value: String,
+        why: String,
+    },
 }
 
 impl Layer {
     /// Parses `tug.toml`; unknown keys are refused.
     pub fn from_toml(path: &str, text: &str) -> Result<Layer, ConfigError> {
-        toml::from_str(text).map_err(|source| ConfigError::File { path: path.to_string(), source })
+        toml::from_str(text).map_err(|source| ConfigError::File {
+            path: path.to_string(),
+            source,
+        })
     }
 
     /// Reads the `TUG_*` variables out of `env`.
     pub fn from_env(env: &HashMap<String, String>) -> Result<Layer, ConfigError> {
-        fn num<T: std::str::FromStr>(env: &HashMap<String, String>, var: &str) -> Result<Option<T>, ConfigError>
+        fn num<T: std::str::FromStr>(
+            env: &HashMap<String, String>,
+            var: &str,
+        ) -> Result<Option<T>, ConfigError>
         where
             T::Err: std::fmt::Display,
         {
@@ -159,12 +177,16 @@ impl Config {
 
     /// The database URL in force.
     pub fn database_url(&self) -> String {
-        self.database.clone().unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("tug.db").display()))
+        self.database
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("tug.db").display()))
     }
 
     /// The blob store address in force.
     pub fn blob_store_address(&self) -> String {
-        self.blob_store.clone().unwrap_or_else(|| self.data_dir.display().to_string())
+        self.blob_store
+            .clone()
+            .unwrap_or_else(|| self.data_dir.display().to_string())
     }
 
     /// Where the first admin token is written.
@@ -179,11 +201,23 @@ mod tests {
 
     #[test]
     fn layers_apply_in_order() {
-        let file = Layer::from_toml("tug.toml", "listen = \"127.0.0.1:8000\"\ndata_dir = \"/srv/tug\"\nmax_blob_size = 10").unwrap();
+        let file = Layer::from_toml(
+            "tug.toml",
+            "listen = \"127.0.0.1:8000\"\ndata_dir = \"/srv/tug\"\nmax_blob_size = 10",
+        )
+        .unwrap();
         let env: HashMap<String, String> =
-            [("TUG_LISTEN".to_string(), "127.0.0.1:9000".to_string())].into_iter().collect();
-        let flags = Layer { max_blob_size: Some(20), ..Default::default() };
-        let c = Config::default().apply(file).apply(Layer::from_env(&env).unwrap()).apply(flags);
+            [("TUG_LISTEN".to_string(), "127.0.0.1:9000".to_string())]
+                .into_iter()
+                .collect();
+        let flags = Layer {
+            max_blob_size: Some(20),
+            ..Default::default()
+        };
+        let c = Config::default()
+            .apply(file)
+            .apply(Layer::from_env(&env).unwrap())
+            .apply(flags);
         assert_eq!(c.listen.to_string(), "127.0.0.1:9000");
         assert_eq!(c.data_dir, PathBuf::from("/srv/tug"));
         assert_eq!(c.max_blob_size, 20);
@@ -195,15 +229,19 @@ mod tests {
     fn unknown_keys_and_bad_values_are_refused() {
         let err = Layer::from_toml("tug.toml", "lisen = \"x\"").unwrap_err();
         assert!(err.to_string().contains("unknown field `lisen`"), "{err}");
-        let env: HashMap<String, String> =
-            [("TUG_MAX_BLOB_SIZE".to_string(), "lots".to_string())].into_iter().collect();
+        let env: HashMap<String, String> = [("TUG_MAX_BLOB_SIZE".to_string(), "lots".to_string())]
+            .into_iter()
+            .collect();
         let err = Layer::from_env(&env).unwrap_err();
         assert!(err.to_string().contains("TUG_MAX_BLOB_SIZE"), "{err}");
     }
 
     #[test]
     fn passwords_stay_out_of_debug_output() {
-        let c = Config { database: Some("postgres://tug:hunter2@db/tug".into()), ..Default::default() };
+        let c = Config {
+            database: Some("postgres://tug:hunter2@db/tug".into()),
+            ..Default::default()
+        };
         let shown = format!("{c:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("postgres://tug:***@db/tug"), "{shown}");

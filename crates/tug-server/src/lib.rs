@@ -36,21 +36,35 @@ pub fn router(state: AppState) -> Router {
     let blobs = Router::new()
         .route(
             "/v1/blobs/{digest}",
-            get(routes::blobs::get).head(routes::blobs::head).put(routes::blobs::put),
+            get(routes::blobs::get)
+                .head(routes::blobs::head)
+                .put(routes::blobs::put),
         )
         // Blob bodies stream to the store and are limited by max_blob_size
         // there, not by the JSON limit.
         .layer(DefaultBodyLimit::disable());
     Router::new()
         .route("/healthz", get(routes::health))
-        .route("/v1/services", get(routes::services::list).post(routes::services::create))
-        .route("/v1/tokens", get(routes::tokens::list).post(routes::tokens::create))
+        .route(
+            "/v1/services",
+            get(routes::services::list).post(routes::services::create),
+        )
+        .route(
+            "/v1/tokens",
+            get(routes::tokens::list).post(routes::tokens::create),
+        )
         .route("/v1/tokens/{name}", delete(routes::tokens::revoke))
         .route("/v1/blobs/missing", post(routes::blobs::missing))
-        .route("/v1/builds", get(routes::builds::list).post(routes::builds::create))
+        .route(
+            "/v1/builds",
+            get(routes::builds::list).post(routes::builds::create),
+        )
         .route("/v1/builds/{build}", get(routes::builds::show))
         .route("/v1/builds/{build}/manifest", get(routes::builds::manifest))
-        .route("/v1/builds/{build}/artifacts", post(routes::builds::register))
+        .route(
+            "/v1/builds/{build}/artifacts",
+            post(routes::builds::register),
+        )
         .route("/v1/builds/{build}/seal", post(routes::builds::seal))
         .route("/v1/admin/fsck", post(routes::admin::fsck))
         .route("/v1/admin/gc", post(routes::admin::gc))
@@ -91,7 +105,9 @@ pub async fn start(
 }
 
 /// S3 credentials from the usual `AWS_*` variables, if set.
-pub fn s3_credentials_from(env: &std::collections::HashMap<String, String>) -> Option<tug_store::s3::Credentials> {
+pub fn s3_credentials_from(
+    env: &std::collections::HashMap<String, String>,
+) -> Option<tug_store::s3::Credentials> {
     Some(tug_store::s3::Credentials {
         access_key_id: env.get("AWS_ACCESS_KEY_ID")?.clone(),
         secret_access_key: env.get("AWS_SECRET_ACCESS_KEY")?.clone(),
@@ -99,8 +115,15 @@ pub fn s3_credentials_from(env: &std::collections::HashMap<String, String>) -> O
     })
 }
 
-async fn start_with(config: &Config, db: tug_db::Db, store: Arc<dyn tug_store::BlobStore>) -> anyhow::Result<Started> {
-    let cleaned = store.clean_temporary().await.context("cannot clean the blob store's temporary files")?;
+async fn start_with(
+    config: &Config,
+    db: tug_db::Db,
+    store: Arc<dyn tug_store::BlobStore>,
+) -> anyhow::Result<Started> {
+    let cleaned = store
+        .clean_temporary()
+        .await
+        .context("cannot clean the blob store's temporary files")?;
     if cleaned > 0 {
         tracing::info!(cleaned, "removed leftovers of interrupted uploads");
     }
@@ -111,7 +134,11 @@ async fn start_with(config: &Config, db: tug_db::Db, store: Arc<dyn tug_store::B
     };
     let tugboat = Tugboat::new(db, store, settings);
     let mut admin_token_path = None;
-    if let Some(secret) = tugboat.bootstrap_admin().await.context("cannot create the first admin token")? {
+    if let Some(secret) = tugboat
+        .bootstrap_admin()
+        .await
+        .context("cannot create the first admin token")?
+    {
         let path = config.admin_token_path();
         write_secret(&path, &secret).with_context(|| format!("cannot write {}", path.display()))?;
         admin_token_path = Some(path);
@@ -120,8 +147,17 @@ async fn start_with(config: &Config, db: tug_db::Db, store: Arc<dyn tug_store::B
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
-    let router = router(AppState { tugboat: tugboat.clone(), max_json_body: config.max_json_body });
-    Ok(Started { addr, admin_token_path, listener, router, tugboat })
+    let router = router(AppState {
+        tugboat: tugboat.clone(),
+        max_json_body: config.max_json_body,
+    });
+    Ok(Started {
+        addr,
+        admin_token_path,
+        listener,
+        router,
+        tugboat,
+    })
 }
 
 impl Started {
@@ -130,8 +166,13 @@ impl Started {
     }
 
     /// Serves until `shutdown` resolves, then finishes requests in flight.
-    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown).await?;
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await?;
         self.tugboat.db().close().await;
         Ok(())
     }
@@ -143,7 +184,11 @@ fn write_secret(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("token.tmp");
     let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
     f.write_all(secret.as_bytes())?;
     f.write_all(b"\n")?;
     f.sync_all()?;

@@ -13,7 +13,11 @@ pub enum Error {
     #[error("role {role} may not {action:?}")]
     Forbidden { role: Role, action: Action },
     #[error("token {token} may only write builds of service {scope}, not {service}")]
-    OutOfScope { token: TokenName, scope: ServiceName, service: ServiceName },
+    OutOfScope {
+        token: TokenName,
+        scope: ServiceName,
+        service: ServiceName,
+    },
     #[error("no active token is named {0}")]
     TokenNotFound(String),
     #[error("an active token named {0} already exists")]
@@ -33,7 +37,11 @@ pub enum Error {
     #[error("artifact {name}: blob {digest} is not stored")]
     BlobMissing { name: ArtifactName, digest: Digest },
     #[error("artifact {name} claims {claimed} bytes but its blob has {stored}")]
-    SizeMismatch { name: ArtifactName, claimed: u64, stored: u64 },
+    SizeMismatch {
+        name: ArtifactName,
+        claimed: u64,
+        stored: u64,
+    },
     #[error(transparent)]
     Seal(SealError),
     #[error(transparent)]

@@ -14,8 +14,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use futures::StreamExt;
 use rand::RngCore;
 use tug_core::{
-    Action, ArtifactName, ArtifactSpec, BuildId, BuildManifest, BuildSource, BuildState, CiRun, Digest, Draft, Hasher,
-    Role, ServiceName, TokenName, Version,
+    Action, ArtifactName, ArtifactSpec, BuildId, BuildManifest, BuildSource, BuildState, CiRun,
+    Digest, Draft, Hasher, Role, ServiceName, TokenName, Version,
 };
 use tug_db::{BuildFilter, BuildRow, Db, NewBuild, NewToken, TokenRow};
 use tug_store::{Blob, BlobInfo, BlobStore, ByteStream};
@@ -125,9 +125,13 @@ pub struct Tugboat {
 /// What a build reference on the command line or in a URL names.
 fn parse_build_ref(reference: &str) -> Result<BuildRef> {
     if reference.starts_with(tug_core::digest::PREFIX) {
-        Digest::parse(reference).map(BuildRef::Manifest).map_err(|e| Error::Invalid(e.to_string()))
+        Digest::parse(reference)
+            .map(BuildRef::Manifest)
+            .map_err(|e| Error::Invalid(e.to_string()))
     } else {
-        BuildId::parse(reference).map(BuildRef::Id).map_err(|e| Error::Invalid(e.to_string()))
+        BuildId::parse(reference)
+            .map(BuildRef::Id)
+            .map_err(|e| Error::Invalid(e.to_string()))
     }
 }
 
@@ -146,7 +150,12 @@ fn rfc3339(t: DateTime<Utc>) -> String {
 
 impl Tugboat {
     pub fn new(db: Db, store: Arc<dyn BlobStore>, settings: Settings) -> Tugboat {
-        Tugboat { db, store, settings, clock: Arc::new(Utc::now) }
+        Tugboat {
+            db,
+            store,
+            settings,
+            clock: Arc::new(Utc::now),
+        }
     }
 
     /// Replaces the clock (tests).
@@ -183,23 +192,33 @@ impl Tugboat {
         if row.revoked_at.is_some() {
             return Err(Error::TokenRevoked(row.name));
         }
-        Ok(Principal { token_id: row.id, name: row.name, role: row.role, service: row.service })
+        Ok(Principal {
+            token_id: row.id,
+            name: row.name,
+            role: row.role,
+            service: row.service,
+        })
     }
 
     fn require(&self, who: &Principal, action: Action) -> Result<()> {
         if who.role.allows(action) {
             Ok(())
         } else {
-            Err(Error::Forbidden { role: who.role, action })
+            Err(Error::Forbidden {
+                role: who.role,
+                action,
+            })
         }
     }
 
     fn require_service(&self, who: &Principal, service: &ServiceName) -> Result<()> {
         self.require(who, Action::WriteBuilds)?;
         match &who.service {
-            Some(scope) if scope != service => {
-                Err(Error::OutOfScope { token: who.name.clone(), scope: scope.clone(), service: service.clone() })
-            }
+            Some(scope) if scope != service => Err(Error::OutOfScope {
+                token: who.name.clone(),
+                scope: scope.clone(),
+                service: service.clone(),
+            }),
             _ => Ok(()),
         }
     }
@@ -239,7 +258,11 @@ impl Tugboat {
             created_by,
         };
         self.db.insert_token(&token).await?;
-        let row = self.db.token_by_hash(&token.secret_hash).await?.ok_or(Error::InvalidToken)?;
+        let row = self
+            .db
+            .token_by_hash(&token.secret_hash)
+            .await?
+            .ok_or(Error::InvalidToken)?;
         Ok(CreatedToken { token: row, secret })
     }
 
@@ -251,7 +274,8 @@ impl Tugboat {
         service: Option<ServiceName>,
     ) -> Result<CreatedToken> {
         self.require(who, Action::ManageTokens)?;
-        self.insert_token(name, role, service, Some(who.name.to_string())).await
+        self.insert_token(name, role, service, Some(who.name.to_string()))
+            .await
     }
 
     pub async fn list_tokens(&self, who: &Principal) -> Result<Vec<TokenRow>> {
@@ -268,7 +292,9 @@ impl Tugboat {
             .list_tokens()
             .await?
             .into_iter()
-            .find(|t| t.revoked_at.is_none() && (t.name.as_str() == name_or_id || t.id == name_or_id))
+            .find(|t| {
+                t.revoked_at.is_none() && (t.name.as_str() == name_or_id || t.id == name_or_id)
+            })
             .ok_or_else(|| Error::TokenNotFound(name_or_id.chars().take(80).collect()))?;
         if target.role == Role::Admin && self.db.count_active_admin_tokens().await? <= 1 {
             return Err(Error::LastAdmin);
@@ -287,7 +313,10 @@ impl Tugboat {
         Ok(self.db.create_service(name, self.now()).await?)
     }
 
-    pub async fn list_services(&self, who: &Principal) -> Result<Vec<(ServiceName, DateTime<Utc>)>> {
+    pub async fn list_services(
+        &self,
+        who: &Principal,
+    ) -> Result<Vec<(ServiceName, DateTime<Utc>)>> {
         self.require(who, Action::Read)?;
         Ok(self.db.list_services().await?)
     }
@@ -301,7 +330,11 @@ impl Tugboat {
         let mut missing = Vec::new();
         let mut present = Vec::new();
         let mut seen = HashSet::new();
-        let unique: Vec<Digest> = digests.iter().filter(|d| seen.insert(**d)).copied().collect();
+        let unique: Vec<Digest> = digests
+            .iter()
+            .filter(|d| seen.insert(**d))
+            .copied()
+            .collect();
         for (d, stat) in self.stat_all(unique).await {
             match stat? {
                 Some(_) => present.push(d),
@@ -332,15 +365,24 @@ impl Tugboat {
         }
         if let Some(size) = self.store.stat(digest).await? {
             self.db.claim_blobs(&[*digest], self.now()).await?;
-            return Ok(Stored { size, created: false });
+            return Ok(Stored {
+                size,
+                created: false,
+            });
         }
         let size = self.store.put(digest, body, limit).await?;
         self.db.claim_blobs(&[*digest], self.now()).await?;
-        Ok(Stored { size, created: true })
+        Ok(Stored {
+            size,
+            created: true,
+        })
     }
 
     /// Stats many blobs, a few at a time, in order.
-    async fn stat_all(&self, digests: Vec<Digest>) -> Vec<(Digest, tug_store::Result<Option<u64>>)> {
+    async fn stat_all(
+        &self,
+        digests: Vec<Digest>,
+    ) -> Vec<(Digest, tug_store::Result<Option<u64>>)> {
         let store = self.store.clone();
         futures::stream::iter(digests)
             .map(move |d| {
@@ -357,9 +399,18 @@ impl Tugboat {
         Ok(self.store.stat(digest).await?)
     }
 
-    pub async fn get_blob(&self, who: &Principal, digest: &Digest, start: u64, end: Option<u64>) -> Result<Blob> {
+    pub async fn get_blob(
+        &self,
+        who: &Principal,
+        digest: &Digest,
+        start: u64,
+        end: Option<u64>,
+    ) -> Result<Blob> {
         self.require(who, Action::Read)?;
-        self.store.get(digest, start, end).await?.ok_or(Error::BlobNotFound(*digest))
+        self.store
+            .get(digest, start, end)
+            .await?
+            .ok_or(Error::BlobNotFound(*digest))
     }
 
     // ---- builds ----
@@ -381,13 +432,18 @@ impl Tugboat {
         check_text("source.author", source.author.as_deref(), 512)?;
         check_text("ci.url", ci.url.as_deref(), 2048)?;
         if source.message.as_ref().is_some_and(|m| m.len() > 64 * 1024) {
-            return Err(Error::Invalid("source.message is longer than 64 KiB; shorten it".into()));
+            return Err(Error::Invalid(
+                "source.message is longer than 64 KiB; shorten it".into(),
+            ));
         }
         let mut unique = HashSet::new();
         if let Some(dup) = expected.iter().find(|e| !unique.insert(*e)) {
-            return Err(Error::Invalid(format!("expected artifact {dup} is listed twice; list each name once")));
+            return Err(Error::Invalid(format!(
+                "expected artifact {dup} is listed twice; list each name once"
+            )));
         }
-        let id = BuildId::parse(&uuid::Uuid::now_v7().to_string()).map_err(|e| Error::Invalid(e.to_string()))?;
+        let id = BuildId::parse(&uuid::Uuid::now_v7().to_string())
+            .map_err(|e| Error::Invalid(e.to_string()))?;
         let now = self.now();
         self.db
             .insert_build(&NewBuild {
@@ -401,7 +457,10 @@ impl Tugboat {
                 created_by: Some(who.name.to_string()),
             })
             .await?;
-        self.db.build(&id).await?.ok_or(Error::BuildNotFound(id.to_string()))
+        self.db
+            .build(&id)
+            .await?
+            .ok_or(Error::BuildNotFound(id.to_string()))
     }
 
     async fn resolve(&self, reference: &str) -> Result<BuildRow> {
@@ -417,7 +476,10 @@ impl Tugboat {
         self.require(who, Action::Read)?;
         let build = self.resolve(reference).await?;
         let artifacts = self.db.artifacts(&build.id).await?;
-        Ok(BuildView { build, artifacts: Some(artifacts) })
+        Ok(BuildView {
+            build,
+            artifacts: Some(artifacts),
+        })
     }
 
     /// The canonical manifest bytes of a sealed build.
@@ -441,12 +503,19 @@ impl Tugboat {
     }
 
     /// Registers artifacts whose blobs are already stored. All or nothing.
-    pub async fn register_artifacts(&self, who: &Principal, reference: &str, specs: Vec<ArtifactSpec>) -> Result<u64> {
+    pub async fn register_artifacts(
+        &self,
+        who: &Principal,
+        reference: &str,
+        specs: Vec<ArtifactSpec>,
+    ) -> Result<u64> {
         self.require(who, Action::WriteBuilds)?;
         let build = self.resolve(reference).await?;
         self.require_service(who, &build.service)?;
         if specs.is_empty() {
-            return Err(Error::Invalid("no artifacts given; send at least one".into()));
+            return Err(Error::Invalid(
+                "no artifacts given; send at least one".into(),
+            ));
         }
         let mut names = HashSet::new();
         if let Some(dup) = specs.iter().find(|s| !names.insert(&s.name)) {
@@ -456,12 +525,23 @@ impl Tugboat {
             )));
         }
         // Every blob must be stored, with the size the artifact claims.
-        let stats = self.stat_all(specs.iter().map(|s| s.digest).collect()).await;
+        let stats = self
+            .stat_all(specs.iter().map(|s| s.digest).collect())
+            .await;
         for (spec, (_, stat)) in specs.iter().zip(stats) {
             match stat? {
-                None => return Err(Error::BlobMissing { name: spec.name.clone(), digest: spec.digest }),
+                None => {
+                    return Err(Error::BlobMissing {
+                        name: spec.name.clone(),
+                        digest: spec.digest,
+                    })
+                }
                 Some(size) if size != spec.size => {
-                    return Err(Error::SizeMismatch { name: spec.name.clone(), claimed: spec.size, stored: size })
+                    return Err(Error::SizeMismatch {
+                        name: spec.name.clone(),
+                        claimed: spec.size,
+                        stored: size,
+                    })
                 }
                 Some(_) => {}
             }
@@ -493,9 +573,14 @@ impl Tugboat {
         match sealed {
             Ok(Ok(row)) => Ok(row),
             Ok(Err(e)) => Err(Error::Seal(e)),
-            Err(tug_db::Error::NotDraft { state: BuildState::Sealed, .. }) => {
-                self.db.build(&build.id).await?.ok_or(Error::BuildNotFound(build.id.to_string()))
-            }
+            Err(tug_db::Error::NotDraft {
+                state: BuildState::Sealed,
+                ..
+            }) => self
+                .db
+                .build(&build.id)
+                .await?
+                .ok_or(Error::BuildNotFound(build.id.to_string())),
             Err(e) => Err(e.into()),
         }
     }
@@ -526,8 +611,13 @@ impl Tugboat {
                 report.corrupt.push((digest, actual, size));
             }
         }
-        let mut missing: Vec<Digest> =
-            self.db.referenced_digests().await?.into_iter().filter(|d| !present.contains(d)).collect();
+        let mut missing: Vec<Digest> = self
+            .db
+            .referenced_digests()
+            .await?
+            .into_iter()
+            .filter(|d| !present.contains(d))
+            .collect();
         missing.sort();
         report.missing = missing;
         Ok(report)
@@ -541,8 +631,10 @@ impl Tugboat {
         let now = self.now();
         let max_age = options.draft_max_age.unwrap_or(self.settings.draft_max_age);
         let grace = options.grace.unwrap_or(self.settings.gc_grace);
-        let draft_cutoff = now - chrono::Duration::from_std(max_age).map_err(|e| Error::Invalid(e.to_string()))?;
-        let blob_cutoff = now - chrono::Duration::from_std(grace).map_err(|e| Error::Invalid(e.to_string()))?;
+        let draft_cutoff =
+            now - chrono::Duration::from_std(max_age).map_err(|e| Error::Invalid(e.to_string()))?;
+        let blob_cutoff =
+            now - chrono::Duration::from_std(grace).map_err(|e| Error::Invalid(e.to_string()))?;
         let mut report = GcReport::default();
         if !options.dry_run {
             report.abandoned_drafts = self.db.abandon_stale_drafts(draft_cutoff).await?;
@@ -579,10 +671,14 @@ impl Tugboat {
 fn check_text(field: &str, value: Option<&str>, max: usize) -> Result<()> {
     let Some(v) = value else { return Ok(()) };
     if v.len() > max {
-        return Err(Error::Invalid(format!("{field} is longer than {max} bytes; shorten it")));
+        return Err(Error::Invalid(format!(
+            "{field} is longer than {max} bytes; shorten it"
+        )));
     }
     if v.chars().any(|c| c.is_control()) {
-        return Err(Error::Invalid(format!("{field} contains a control character; remove it")));
+        return Err(Error::Invalid(format!(
+            "{field} contains a control character; remove it"
+        )));
     }
     Ok(())
 }

@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "tug", version, about = "Tugboat: builds in a content-addressed store, moved through environments")]
+#[command(
+    name = "tug",
+    version,
+    about = "Tugboat: builds in a content-addressed store, moved through environments"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
@@ -16,7 +20,12 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct Global {
     /// The Tugboat server to talk to.
-    #[arg(long, global = true, env = "TUG_SERVER", default_value = "http://127.0.0.1:7700")]
+    #[arg(
+        long,
+        global = true,
+        env = "TUG_SERVER",
+        default_value = "http://127.0.0.1:7700"
+    )]
     pub server: String,
     /// API token; defaults to the local admin token in ./tug-data/admin.token.
     #[arg(long, global = true, env = "TUG_TOKEN", hide_env_values = true)]

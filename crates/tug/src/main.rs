@@ -35,7 +35,9 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Server(args) = cli.command {
-        return commands::server::run(args).await.map(|()| ExitCode::SUCCESS);
+        return commands::server::run(args)
+            .await
+            .map(|()| ExitCode::SUCCESS);
     }
     let client = client(&cli.global)?;
     let out = cli.global.output;

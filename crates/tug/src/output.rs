@@ -15,12 +15,18 @@ pub fn json(value: &impl Serialize) -> anyhow::Result<()> {
 /// A table with a header row.
 pub fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
-    t.load_preset(UTF8_BORDERS_ONLY).set_content_arrangement(ContentArrangement::Dynamic).set_header(header.to_vec());
+    t.load_preset(UTF8_BORDERS_ONLY)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_header(header.to_vec());
     t
 }
 
 /// Prints either the JSON value or what `table` draws.
-pub fn print<T: Serialize>(out: Output, value: &T, table: impl FnOnce(&T) -> String) -> anyhow::Result<()> {
+pub fn print<T: Serialize>(
+    out: Output,
+    value: &T,
+    table: impl FnOnce(&T) -> String,
+) -> anyhow::Result<()> {
     match out {
         Output::Json => json(value),
         Output::Table => {
@@ -36,7 +42,9 @@ pub fn time(t: &chrono::DateTime<chrono::Utc>) -> String {
 }
 
 pub fn opt(v: &Option<impl ToString>) -> String {
-    v.as_ref().map(|v| v.to_string()).unwrap_or_else(|| "-".into())
+    v.as_ref()
+        .map(|v| v.to_string())
+        .unwrap_or_else(|| "-".into())
 }
 
 /// Bytes for humans: `1.5 GiB`.

@@ -16,12 +16,18 @@ pub struct TestDb {
 pub async fn sqlite() -> TestDb {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/tug.db", dir.path().display());
-    TestDb { db: Db::connect(&url).await.unwrap(), _dir: Some(dir) }
+    TestDb {
+        db: Db::connect(&url).await.unwrap(),
+        _dir: Some(dir),
+    }
 }
 
 pub async fn postgres() -> TestDb {
     let url = tug_testkit::postgres_database().await;
-    TestDb { db: Db::connect(&url).await.unwrap(), _dir: None }
+    TestDb {
+        db: Db::connect(&url).await.unwrap(),
+        _dir: None,
+    }
 }
 
 /// Defines `$name::sqlite` and `$name::postgres` running the same body.

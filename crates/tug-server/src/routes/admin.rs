@@ -10,12 +10,23 @@ use crate::error::ApiError;
 use crate::extract::{Caller, Json};
 use crate::AppState;
 
-pub async fn fsck(State(state): State<AppState>, Caller(who): Caller) -> Result<axum::Json<FsckReport>, ApiError> {
+pub async fn fsck(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+) -> Result<axum::Json<FsckReport>, ApiError> {
     let r = state.tugboat.fsck(&who).await?;
     Ok(axum::Json(FsckReport {
         checked: r.checked,
         bytes: r.bytes,
-        corrupt: r.corrupt.into_iter().map(|(digest, actual, size)| CorruptBlob { digest, actual, size }).collect(),
+        corrupt: r
+            .corrupt
+            .into_iter()
+            .map(|(digest, actual, size)| CorruptBlob {
+                digest,
+                actual,
+                size,
+            })
+            .collect(),
         missing: r.missing,
     }))
 }

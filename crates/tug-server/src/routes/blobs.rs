@@ -40,14 +40,37 @@ pub async fn put(
     let digest = digest(&segment)?;
     let declared = match headers.get(header::CONTENT_LENGTH) {
         None => None,
-        Some(v) => Some(v.to_str().ok().and_then(|v| v.parse::<u64>().ok()).ok_or_else(|| {
-            ApiError::bad_request("invalid_request", "Content-Length must be a number of bytes")
-        })?),
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_request",
+                        "Content-Length must be a number of bytes",
+                    )
+                })?,
+        ),
     };
     let stream = body.into_data_stream().map_err(std::io::Error::other);
-    let stored = state.tugboat.put_blob(&who, &digest, declared, Box::pin(stream)).await?;
-    let status = if stored.created { StatusCode::CREATED } else { StatusCode::OK };
-    let mut res = (status, axum::Json(BlobStored { digest, size: stored.size, created: stored.created })).into_response();
+    let stored = state
+        .tugboat
+        .put_blob(&who, &digest, declared, Box::pin(stream))
+        .await?;
+    let status = if stored.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let mut res = (
+        status,
+        axum::Json(BlobStored {
+            digest,
+            size: stored.size,
+            created: stored.created,
+        }),
+    )
+        .into_response();
     if let Ok(v) = HeaderValue::from_str(&format!("/v1/blobs/{digest}")) {
         res.headers_mut().insert(header::LOCATION, v);
     }
@@ -109,7 +132,10 @@ pub async fn get(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let digest = digest(&segment)?;
-    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).and_then(parse_range);
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_range);
     let (start, end) = match range {
         None => (0, None),
         Some(ByteRange::From(s)) => (s, None),
@@ -129,7 +155,10 @@ pub async fn get(
         let mut res = ApiError::new(
             StatusCode::RANGE_NOT_SATISFIABLE,
             "range_not_satisfiable",
-            format!("range starts at {start}, past the end of the {}-byte blob", blob.size),
+            format!(
+                "range starts at {start}, past the end of the {}-byte blob",
+                blob.size
+            ),
         )
         .into_response();
         if let Ok(v) = HeaderValue::from_str(&format!("bytes */{}", blob.size)) {
@@ -139,16 +168,30 @@ pub async fn get(
     }
     let partial = range.is_some() && blob.size > 0;
     let mut res = Response::new(Body::from_stream(blob.body));
-    *res.status_mut() = if partial { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
+    *res.status_mut() = if partial {
+        StatusCode::PARTIAL_CONTENT
+    } else {
+        StatusCode::OK
+    };
     let h = res.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(end.saturating_sub(start)));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(
+        header::CONTENT_LENGTH,
+        HeaderValue::from(end.saturating_sub(start)),
+    );
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     if let Ok(v) = HeaderValue::from_str(&format!("\"{digest}\"")) {
         h.insert(header::ETAG, v);
     }
     if partial {
-        if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{}", end.saturating_sub(1), blob.size)) {
+        if let Ok(v) = HeaderValue::from_str(&format!(
+            "bytes {start}-{}/{}",
+            end.saturating_sub(1),
+            blob.size
+        )) {
             h.insert(header::CONTENT_RANGE, v);
         }
     }

@@ -39,8 +39,21 @@ pub async fn create(
     Caller(who): Caller,
     Json(req): Json<CreateBuild>,
 ) -> Result<(StatusCode, axum::Json<Build>), ApiError> {
-    let row = state.tugboat.create_build(&who, req.service, req.version, req.source, req.ci, req.expected).await?;
-    Ok((StatusCode::CREATED, axum::Json(build(row, Some(Vec::new())))))
+    let row = state
+        .tugboat
+        .create_build(
+            &who,
+            req.service,
+            req.version,
+            req.source,
+            req.ci,
+            req.expected,
+        )
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(build(row, Some(Vec::new()))),
+    ))
 }
 
 pub async fn list(
@@ -52,25 +65,43 @@ pub async fn list(
     let bad = |e: tug_core::NameError| ApiError::bad_request("invalid_query", e.to_string());
     let limit = q.limit.unwrap_or(50);
     if limit == 0 || limit > MAX_LIST {
-        return Err(ApiError::bad_request("invalid_query", format!("limit must be between 1 and {MAX_LIST}")));
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("limit must be between 1 and {MAX_LIST}"),
+        ));
     }
     let filter = BuildFilter {
-        service: q.service.as_deref().map(ServiceName::parse).transpose().map_err(bad)?,
+        service: q
+            .service
+            .as_deref()
+            .map(ServiceName::parse)
+            .transpose()
+            .map_err(bad)?,
         branch: q.branch,
-        version: q.version.as_deref().map(Version::parse).transpose().map_err(bad)?,
+        version: q
+            .version
+            .as_deref()
+            .map(Version::parse)
+            .transpose()
+            .map_err(bad)?,
         state: q
             .state
             .as_deref()
             .map(|s| {
                 BuildState::parse(s).ok_or_else(|| {
-                    ApiError::bad_request("invalid_query", format!("unknown state {s:?}: use draft, sealed or abandoned"))
+                    ApiError::bad_request(
+                        "invalid_query",
+                        format!("unknown state {s:?}: use draft, sealed or abandoned"),
+                    )
                 })
             })
             .transpose()?,
         limit,
     };
     let rows = state.tugboat.list_builds(&who, filter).await?;
-    Ok(axum::Json(BuildList { builds: rows.into_iter().map(|r| build(r, None)).collect() }))
+    Ok(axum::Json(BuildList {
+        builds: rows.into_iter().map(|r| build(r, None)).collect(),
+    }))
 }
 
 pub async fn show(
@@ -90,7 +121,10 @@ pub async fn manifest(
 ) -> Result<Response, ApiError> {
     let (digest, text) = state.tugboat.manifest(&who, &reference).await?;
     let mut res = text.into_response();
-    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     if let Ok(v) = HeaderValue::from_str(&format!("\"{digest}\"")) {
         res.headers_mut().insert(header::ETAG, v);
     }
@@ -103,8 +137,15 @@ pub async fn register(
     Path(reference): Path<String>,
     Json(req): Json<RegisterArtifacts>,
 ) -> Result<(StatusCode, axum::Json<ArtifactsRegistered>), ApiError> {
-    let added = state.tugboat.register_artifacts(&who, &reference, req.artifacts).await?;
-    let status = if added > 0 { StatusCode::CREATED } else { StatusCode::OK };
+    let added = state
+        .tugboat
+        .register_artifacts(&who, &reference, req.artifacts)
+        .await?;
+    let status = if added > 0 {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, axum::Json(ArtifactsRegistered { added })))
 }
 

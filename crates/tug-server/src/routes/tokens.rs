@@ -26,13 +26,27 @@ pub async fn create(
     Caller(who): Caller,
     Json(req): Json<CreateToken>,
 ) -> Result<(StatusCode, axum::Json<CreatedToken>), ApiError> {
-    let created = state.tugboat.create_token(&who, req.name, req.role, req.service).await?;
-    Ok((StatusCode::CREATED, axum::Json(CreatedToken { token: token(created.token), secret: created.secret })))
+    let created = state
+        .tugboat
+        .create_token(&who, req.name, req.role, req.service)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(CreatedToken {
+            token: token(created.token),
+            secret: created.secret,
+        }),
+    ))
 }
 
-pub async fn list(State(state): State<AppState>, Caller(who): Caller) -> Result<axum::Json<TokenList>, ApiError> {
+pub async fn list(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+) -> Result<axum::Json<TokenList>, ApiError> {
     let tokens = state.tugboat.list_tokens(&who).await?;
-    Ok(axum::Json(TokenList { tokens: tokens.into_iter().map(token).collect() }))
+    Ok(axum::Json(TokenList {
+        tokens: tokens.into_iter().map(token).collect(),
+    }))
 }
 
 pub async fn revoke(
@@ -40,5 +54,7 @@ pub async fn revoke(
     Caller(who): Caller,
     Path(name): Path<String>,
 ) -> Result<axum::Json<Token>, ApiError> {
-    Ok(axum::Json(token(state.tugboat.revoke_token(&who, &name).await?)))
+    Ok(axum::Json(token(
+        state.tugboat.revoke_token(&who, &name).await?,
+    )))
 }

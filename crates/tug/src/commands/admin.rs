@@ -12,7 +12,11 @@ use crate::output::{self, opt, print, table, time};
 
 pub async fn token(client: &Client, out: Output, c: TokenCommand) -> anyhow::Result<ExitCode> {
     match c {
-        TokenCommand::Create { name, role, service } => {
+        TokenCommand::Create {
+            name,
+            role,
+            service,
+        } => {
             let name = TokenName::parse(&name)?;
             let role: Role = role.parse().map_err(anyhow::Error::msg)?;
             let service = service.as_deref().map(ServiceName::parse).transpose()?;
@@ -35,7 +39,10 @@ pub async fn token(client: &Client, out: Output, c: TokenCommand) -> anyhow::Res
                         opt(&tok.service),
                         time(&tok.created_at),
                         opt(&tok.created_by),
-                        tok.revoked_at.as_ref().map(time).unwrap_or_else(|| "-".into()),
+                        tok.revoked_at
+                            .as_ref()
+                            .map(time)
+                            .unwrap_or_else(|| "-".into()),
                     ]);
                 }
                 t.to_string()
@@ -43,7 +50,12 @@ pub async fn token(client: &Client, out: Output, c: TokenCommand) -> anyhow::Res
         }
         TokenCommand::Revoke { name } => {
             let token = client.revoke_token(&name).await?;
-            print(out, &token, |t| format!("Token {} revoked; requests with it are refused from now on.", t.name))?;
+            print(out, &token, |t| {
+                format!(
+                    "Token {} revoked; requests with it are refused from now on.",
+                    t.name
+                )
+            })?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -74,12 +86,22 @@ pub async fn fsck(client: &Client, out: Output) -> anyhow::Result<ExitCode> {
     let report = client.fsck().await.context("fsck failed")?;
     let healthy = report.corrupt.is_empty() && report.missing.is_empty();
     print(out, &report, |r| {
-        let mut s = format!("Checked {} blobs ({}).\n", r.checked, output::bytes(r.bytes));
+        let mut s = format!(
+            "Checked {} blobs ({}).\n",
+            r.checked,
+            output::bytes(r.bytes)
+        );
         for c in &r.corrupt {
-            s.push_str(&format!("CORRUPT {} ({} bytes) now hashes to {}\n", c.digest, c.size, c.actual));
+            s.push_str(&format!(
+                "CORRUPT {} ({} bytes) now hashes to {}\n",
+                c.digest, c.size, c.actual
+            ));
         }
         for m in &r.missing {
-            s.push_str(&format!("MISSING {} is referenced by a build but not stored\n", m));
+            s.push_str(&format!(
+                "MISSING {} is referenced by a build but not stored\n",
+                m
+            ));
         }
         if healthy {
             s.push_str("Every blob matches its digest.");
@@ -88,11 +110,19 @@ pub async fn fsck(client: &Client, out: Output) -> anyhow::Result<ExitCode> {
         }
         s
     })?;
-    Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 pub async fn gc(client: &Client, out: Output, a: GcArgs) -> anyhow::Result<ExitCode> {
-    let req = GcRequest { dry_run: a.dry_run, draft_max_age_secs: a.draft_max_age, grace_secs: a.grace };
+    let req = GcRequest {
+        dry_run: a.dry_run,
+        draft_max_age_secs: a.draft_max_age,
+        grace_secs: a.grace,
+    };
     let report = client.gc(&req).await.context("gc failed")?;
     print(out, &report, |r| {
         let verb = if r.dry_run { "Would delete" } else { "Deleted" };
@@ -101,7 +131,10 @@ pub async fn gc(client: &Client, out: Output, a: GcArgs) -> anyhow::Result<ExitC
             s.push_str(&format!("abandoned stale draft {b}\n"));
         }
         for d in &r.deleted {
-            s.push_str(&format!("{} {d}\n", if r.dry_run { "would delete" } else { "deleted" }));
+            s.push_str(&format!(
+                "{} {d}\n",
+                if r.dry_run { "would delete" } else { "deleted" }
+            ));
         }
         s.push_str(&format!(
             "{verb} {} blobs ({}); kept {}.",

@@ -19,7 +19,11 @@ pub async fn run(client: &Client, out: Output, c: BuildCommand) -> anyhow::Resul
         BuildCommand::Seal { build } => {
             let b = client.seal(&build).await?;
             print(out, &b, |b| {
-                format!("Build {} sealed: {}", b.id, b.manifest_digest.map(|d| d.to_string()).unwrap_or_default())
+                format!(
+                    "Build {} sealed: {}",
+                    b.id,
+                    b.manifest_digest.map(|d| d.to_string()).unwrap_or_default()
+                )
             })?;
         }
         BuildCommand::Show { build, graph } => {
@@ -32,21 +36,48 @@ pub async fn run(client: &Client, out: Output, c: BuildCommand) -> anyhow::Resul
                 print(out, &b, show)?;
             }
         }
-        BuildCommand::List { service, branch, version, state, limit } => {
-            let q = BuildQuery { service: Some(service), branch, version, state, limit: Some(limit) };
+        BuildCommand::List {
+            service,
+            branch,
+            version,
+            state,
+            limit,
+        } => {
+            let q = BuildQuery {
+                service: Some(service),
+                branch,
+                version,
+                state,
+                limit: Some(limit),
+            };
             let builds = client.list_builds(&q).await?;
             print(out, &builds, |builds| {
-                let mut t = table(&["ID", "VERSION", "STATE", "BRANCH", "COMMIT", "ARTIFACTS", "CREATED", "MANIFEST"]);
+                let mut t = table(&[
+                    "ID",
+                    "VERSION",
+                    "STATE",
+                    "BRANCH",
+                    "COMMIT",
+                    "ARTIFACTS",
+                    "CREATED",
+                    "MANIFEST",
+                ]);
                 for b in builds {
                     t.add_row(vec![
                         b.id.to_string(),
                         b.version.to_string(),
                         b.state.to_string(),
                         opt(&b.source.branch),
-                        b.source.commit.as_deref().map(|c| c.chars().take(12).collect()).unwrap_or_else(|| "-".into()),
+                        b.source
+                            .commit
+                            .as_deref()
+                            .map(|c| c.chars().take(12).collect())
+                            .unwrap_or_else(|| "-".into()),
                         b.artifact_count.to_string(),
                         time(&b.created_at),
-                        b.manifest_digest.map(|d| d.short()).unwrap_or_else(|| "-".into()),
+                        b.manifest_digest
+                            .map(|d| d.short())
+                            .unwrap_or_else(|| "-".into()),
                     ]);
                 }
                 t.to_string()
@@ -64,8 +95,13 @@ pub async fn create(client: &Client, meta: &BuildMeta) -> anyhow::Result<Build> 
     let version = match (&meta.version, &meta.commit) {
         (Some(v), _) => Version::parse(v)?,
         (None, Some(commit)) => {
-            let short: String = commit.chars().filter(|c| c.is_ascii_alphanumeric()).take(12).collect();
-            Version::parse(&format!("0.0.0-g{short}")).context("cannot derive a version from --commit; pass --version")?
+            let short: String = commit
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric())
+                .take(12)
+                .collect();
+            Version::parse(&format!("0.0.0-g{short}"))
+                .context("cannot derive a version from --commit; pass --version")?
         }
         (None, None) => bail!("--version is required (or --commit, to use 0.0.0-g<commit>)"),
     };
@@ -81,10 +117,19 @@ pub async fn create(client: &Client, meta: &BuildMeta) -> anyhow::Result<Build> 
             tag: meta.tag.clone(),
         },
         ci: CiRun {
-            builder_image: meta.builder_image.as_deref().map(Digest::parse).transpose().context("--builder-image")?,
+            builder_image: meta
+                .builder_image
+                .as_deref()
+                .map(Digest::parse)
+                .transpose()
+                .context("--builder-image")?,
             url: meta.ci_url.clone(),
         },
-        expected: meta.expect.iter().map(|e| ArtifactName::parse(e)).collect::<Result<_, _>>()?,
+        expected: meta
+            .expect
+            .iter()
+            .map(|e| ArtifactName::parse(e))
+            .collect::<Result<_, _>>()?,
     };
     Ok(client.create_build(&req).await?)
 }
@@ -111,7 +156,10 @@ fn show(b: &Build) -> String {
     if b.ci.builder_image.is_some() {
         kv("builder", opt(&b.ci.builder_image));
     }
-    kv("created", format!("{} by {}", time(&b.created_at), opt(&b.created_by)));
+    kv(
+        "created",
+        format!("{} by {}", time(&b.created_at), opt(&b.created_by)),
+    );
     if let Some(t) = &b.sealed_at {
         kv("sealed", time(t));
     }

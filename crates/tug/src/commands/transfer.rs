@@ -51,7 +51,11 @@ pub async fn push(client: &Client, out: Output, a: PushArgs) -> anyhow::Result<E
         let b = super::build::create(client, &a.meta).await?;
         (b.id.to_string(), &a.args[..])
     } else {
-        if a.meta.version.is_some() || a.meta.branch.is_some() || a.meta.commit.is_some() || !a.meta.expect.is_empty() {
+        if a.meta.version.is_some()
+            || a.meta.branch.is_some()
+            || a.meta.commit.is_some()
+            || !a.meta.expect.is_empty()
+        {
             bail!("build metadata flags (--version, --branch, --commit, --expect) need --service, which creates a new build");
         }
         (a.args[0].clone(), &a.args[1..])
@@ -59,9 +63,18 @@ pub async fn push(client: &Client, out: Output, a: PushArgs) -> anyhow::Result<E
     if paths.is_empty() {
         bail!("give files or directories to push after the build id");
     }
-    let kind = a.kind.as_deref().map(|k| k.parse::<ArtifactKind>()).transpose().map_err(anyhow::Error::msg)?;
+    let kind = a
+        .kind
+        .as_deref()
+        .map(|k| k.parse::<ArtifactKind>())
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
     let platform = a.platform.as_deref().map(Platform::parse).transpose()?;
-    let derived_from = a.derived_from.iter().map(|d| DerivedFrom::parse(d)).collect::<Result<Vec<_>, _>>()?;
+    let derived_from = a
+        .derived_from
+        .iter()
+        .map(|d| DerivedFrom::parse(d))
+        .collect::<Result<Vec<_>, _>>()?;
     let files = collect(paths, a.name.as_deref())?;
     let items: Vec<PushItem> = files
         .into_iter()
@@ -78,8 +91,21 @@ pub async fn push(client: &Client, out: Output, a: PushArgs) -> anyhow::Result<E
     let report = client.push(&build, items, a.concurrency, hooks).await;
     bar.finish_and_clear();
     let report = report.with_context(|| format!("push into build {build} failed"))?;
-    let sealed = if a.seal { Some(client.seal(&build).await.with_context(|| format!("cannot seal build {build}"))?) } else { None };
-    let result = PushOutput { build, report, sealed };
+    let sealed = if a.seal {
+        Some(
+            client
+                .seal(&build)
+                .await
+                .with_context(|| format!("cannot seal build {build}"))?,
+        )
+    } else {
+        None
+    };
+    let result = PushOutput {
+        build,
+        report,
+        sealed,
+    };
     print(out, &result, |r| {
         let p = &r.report;
         let mut s = format!(
@@ -132,7 +158,10 @@ fn collect(paths: &[String], name: Option<&str>) -> anyhow::Result<Vec<(PathBuf,
         }
     }
     if name.is_some() && files.len() > 1 {
-        bail!("--name applies to a single file, and {} were given", files.len());
+        bail!(
+            "--name applies to a single file, and {} were given",
+            files.len()
+        );
     }
     files.sort_by(|a, b| a.1.cmp(&b.1));
     for w in files.windows(2) {
@@ -156,13 +185,18 @@ fn walk(root: &Path, dir: &Path, files: &mut Vec<(PathBuf, ArtifactName)>) -> an
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let path = e.path();
-        let meta = std::fs::metadata(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let meta =
+            std::fs::metadata(&path).with_context(|| format!("cannot read {}", path.display()))?;
         if meta.is_dir() {
             walk(root, &path, files)?;
         } else if meta.is_file() {
-            let rel = path.strip_prefix(root).with_context(|| format!("{} is outside {}", path.display(), root.display()))?;
-            let parts: Option<Vec<&str>> = rel.components().map(|c| c.as_os_str().to_str()).collect();
-            let parts = parts.with_context(|| format!("{}: the path is not UTF-8", path.display()))?;
+            let rel = path
+                .strip_prefix(root)
+                .with_context(|| format!("{} is outside {}", path.display(), root.display()))?;
+            let parts: Option<Vec<&str>> =
+                rel.components().map(|c| c.as_os_str().to_str()).collect();
+            let parts =
+                parts.with_context(|| format!("{}: the path is not UTF-8", path.display()))?;
             files.push((path.clone(), ArtifactName::parse(&parts.join("/"))?));
         }
     }
@@ -179,13 +213,22 @@ struct PullOutput {
 
 pub async fn pull(client: &Client, out: Output, a: PullArgs) -> anyhow::Result<ExitCode> {
     let build = client.build(&a.build).await?;
-    let only = a.artifact.iter().map(|n| ArtifactName::parse(n)).collect::<Result<Vec<_>, _>>()?;
-    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
+    let only = a
+        .artifact
+        .iter()
+        .map(|n| ArtifactName::parse(n))
+        .collect::<Result<Vec<_>, _>>()?;
+    std::fs::create_dir_all(&a.out)
+        .with_context(|| format!("cannot create {}", a.out.display()))?;
     let (bar, hooks) = progress_bar();
     let report = client.pull(&build, &only, &a.out, hooks).await;
     bar.finish_and_clear();
     let report = report.with_context(|| format!("pull of build {} failed", build.id))?;
-    let result = PullOutput { build: build.id.to_string(), out: a.out.display().to_string(), report };
+    let result = PullOutput {
+        build: build.id.to_string(),
+        out: a.out.display().to_string(),
+        report,
+    };
     print(out, &result, |r| {
         format!(
             "Pulled {} files of build {} into {} ({} downloaded, {} already up to date); every digest verified.",

@@ -11,11 +11,19 @@ use crate::support::{digest_of, write_files, TestServer};
 async fn error(res: reqwest::Response) -> (u16, String, String) {
     let status = res.status().as_u16();
     let body: serde_json::Value = res.json().await.expect("error bodies are JSON");
-    (status, body["code"].as_str().unwrap().to_string(), body["message"].as_str().unwrap().to_string())
+    (
+        status,
+        body["code"].as_str().unwrap().to_string(),
+        body["message"].as_str().unwrap().to_string(),
+    )
 }
 
 async fn new_draft(server: &TestServer) -> String {
-    server.client().create_service(&tug_core::ServiceName::parse("api").unwrap()).await.unwrap();
+    server
+        .client()
+        .create_service(&tug_core::ServiceName::parse("api").unwrap())
+        .await
+        .unwrap();
     let res = server
         .http(Method::POST, "/v1/builds")
         .json(&json!({"service": "api", "version": "1.0.0", "source": {"branch": "master"}}))
@@ -23,7 +31,10 @@ async fn new_draft(server: &TestServer) -> String {
         .await
         .unwrap();
     assert_eq!(res.status(), 201);
-    res.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_string()
+    res.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -31,30 +42,95 @@ async fn malformed_json_unknown_fields_and_bad_values() {
     let server = TestServer::start().await;
     new_draft(&server).await;
     let post = |path: &str, body: &str| {
-        server.http(Method::POST, path).header("content-type", "application/json").body(body.to_string()).send()
+        server
+            .http(Method::POST, path)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
     };
     let (s, code, msg) = error(post("/v1/builds", "{\"service\": ").await.unwrap()).await;
     assert_eq!((s, code.as_str()), (400, "malformed_json"), "{msg}");
-    let (s, code, msg) = error(post("/v1/builds", r#"{"service":"api","version":"1.0.0","colour":"red"}"#).await.unwrap()).await;
+    let (s, code, msg) = error(
+        post(
+            "/v1/builds",
+            r#"{"service":"api","version":"1.0.0","colour":"red"}"#,
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
     assert_eq!((s, code.as_str()), (400, "invalid_request"));
     assert!(msg.contains("unknown field `colour`"), "{msg}");
-    let (s, _, msg) = error(post("/v1/builds", r#"{"service":"api","version":"one"}"#).await.unwrap()).await;
+    let (s, _, msg) = error(
+        post("/v1/builds", r#"{"service":"api","version":"one"}"#)
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(s, 400);
     assert!(msg.contains("not a semantic version"), "{msg}");
-    let (s, code, msg) = error(post("/v1/builds", r#"{"service":"nope","version":"1.0.0"}"#).await.unwrap()).await;
+    let (s, code, msg) = error(
+        post("/v1/builds", r#"{"service":"nope","version":"1.0.0"}"#)
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!((s, code.as_str()), (404, "service_not_found"));
     assert!(msg.contains("tug service create nope"), "{msg}");
-    let (s, code, _) = error(post("/v1/builds", r#"{"service":"API!","version":"1.0.0"}"#).await.unwrap()).await;
+    let (s, code, _) = error(
+        post("/v1/builds", r#"{"service":"API!","version":"1.0.0"}"#)
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!((s, code.as_str()), (400, "invalid_request"));
-    let (s, code, _) = error(server.http(Method::GET, "/v1/builds?service=nope").send().await.unwrap()).await;
+    let (s, code, _) = error(
+        server
+            .http(Method::GET, "/v1/builds?service=nope")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!((s, code.as_str()), (404, "service_not_found"));
-    let (s, code, _) = error(server.http(Method::GET, "/v1/builds?limit=lots").send().await.unwrap()).await;
+    let (s, code, _) = error(
+        server
+            .http(Method::GET, "/v1/builds?limit=lots")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!((s, code.as_str()), (400, "invalid_query"));
-    let (s, code, _) = error(server.http(Method::GET, "/v1/builds/0190c3f2-6a2b-7d4e-9f10-2b3c4d5e6f70").send().await.unwrap()).await;
+    let (s, code, _) = error(
+        server
+            .http(
+                Method::GET,
+                "/v1/builds/0190c3f2-6a2b-7d4e-9f10-2b3c4d5e6f70",
+            )
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!((s, code.as_str()), (404, "build_not_found"));
-    let (s, code, _) = error(server.http(Method::GET, "/v1/builds/..%2F..%2Fetc%2Fpasswd").send().await.unwrap()).await;
+    let (s, code, _) = error(
+        server
+            .http(Method::GET, "/v1/builds/..%2F..%2Fetc%2Fpasswd")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!((s, code.as_str()), (400, "invalid_request"));
-    let (s, code, _) = error(server.http(Method::GET, "/v2/nothing").send().await.unwrap()).await;
+    let (s, code, _) = error(
+        server
+            .http(Method::GET, "/v2/nothing")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!((s, code.as_str()), (404, "not_found"));
     // A JSON body over the limit.
     let huge = format!(r#"{{"digests":["{}"]}}"#, "a".repeat(20 << 20));
@@ -67,7 +143,10 @@ async fn artifact_names_are_checked_and_nothing_partial_is_registered() {
     let server = TestServer::start().await;
     let id = new_draft(&server).await;
     let client = server.client();
-    client.put_blob_bytes(&digest_of(b"ok"), b"ok".to_vec()).await.unwrap();
+    client
+        .put_blob_bytes(&digest_of(b"ok"), b"ok".to_vec())
+        .await
+        .unwrap();
     let spec = |name: &str| json!({"name": name, "kind": "binary", "size": 2, "digest": digest_of(b"ok").to_string()});
     let long = "a".repeat(256);
     for (name, why) in [
@@ -119,47 +198,102 @@ async fn artifact_names_are_checked_and_nothing_partial_is_registered() {
     // The CLI refuses bad names before uploading.
     let w = tempfile::tempdir().unwrap();
     write_files(w.path(), &[("f.bin", b"f")]);
-    let err = server.tug(w.path(), &["push", &id, "f.bin", "--name", "../f.bin"]).fails().to_string();
+    let err = server
+        .tug(w.path(), &["push", &id, "f.bin", "--name", "../f.bin"])
+        .fails()
+        .to_string();
     assert!(err.contains("'..'"), "{err}");
-    let err = server.tug(w.path(), &["push", &id, "f.bin", "--platform", "linux"]).fails().to_string();
+    let err = server
+        .tug(w.path(), &["push", &id, "f.bin", "--platform", "linux"])
+        .fails()
+        .to_string();
     assert!(err.contains("os/arch"), "{err}");
 
     // A same-name artifact with other content is a conflict; the same one is fine.
-    client.register_artifacts(&id, vec![serde_json::from_value(spec("good.bin")).unwrap()]).await.unwrap();
-    let again = client.register_artifacts(&id, vec![serde_json::from_value(spec("good.bin")).unwrap()]).await.unwrap();
+    client
+        .register_artifacts(&id, vec![serde_json::from_value(spec("good.bin")).unwrap()])
+        .await
+        .unwrap();
+    let again = client
+        .register_artifacts(&id, vec![serde_json::from_value(spec("good.bin")).unwrap()])
+        .await
+        .unwrap();
     assert_eq!(again.added, 0);
-    client.put_blob_bytes(&digest_of(b"no"), b"no".to_vec()).await.unwrap();
+    client
+        .put_blob_bytes(&digest_of(b"no"), b"no".to_vec())
+        .await
+        .unwrap();
     let other = json!({"name": "good.bin", "size": 2, "digest": digest_of(b"no").to_string()});
-    let err = client.register_artifacts(&id, vec![serde_json::from_value(other).unwrap()]).await.unwrap_err();
+    let err = client
+        .register_artifacts(&id, vec![serde_json::from_value(other).unwrap()])
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Some("duplicate_artifact"));
 
     // Once sealed, nothing changes.
     client.seal(&id).await.unwrap();
-    let err = client.register_artifacts(&id, vec![serde_json::from_value(spec("late.bin")).unwrap()]).await.unwrap_err();
-    assert_eq!((err.status(), err.code()), (Some(409), Some("build_not_draft")));
+    let err = client
+        .register_artifacts(&id, vec![serde_json::from_value(spec("late.bin")).unwrap()])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.status(), err.code()),
+        (Some(409), Some("build_not_draft"))
+    );
     let resealed = client.seal(&id).await.unwrap();
-    assert_eq!(resealed.state, tug_core::BuildState::Sealed, "sealing twice returns the sealed build");
+    assert_eq!(
+        resealed.state,
+        tug_core::BuildState::Sealed,
+        "sealing twice returns the sealed build"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_digests_oversized_and_truncated_uploads_store_nothing() {
-    let server = TestServer::start_with(crate::support::Backend::Embedded, &["--max-blob-size", "1000"]).await;
+    let server = TestServer::start_with(
+        crate::support::Backend::Embedded,
+        &["--max-blob-size", "1000"],
+    )
+    .await;
     let client = server.client();
     let claimed = digest_of(b"what I promised");
-    let res = server.http(Method::PUT, &format!("/v1/blobs/{claimed}")).body("what I sent").send().await.unwrap();
+    let res = server
+        .http(Method::PUT, &format!("/v1/blobs/{claimed}"))
+        .body("what I sent")
+        .send()
+        .await
+        .unwrap();
     let (s, code, msg) = error(res).await;
     assert_eq!((s, code.as_str()), (400, "digest_mismatch"));
-    assert!(msg.contains(&digest_of(b"what I sent").to_string()), "{msg}");
+    assert!(
+        msg.contains(&digest_of(b"what I sent").to_string()),
+        "{msg}"
+    );
     assert_eq!(client.head_blob(&claimed).await.unwrap(), None);
 
-    let res = server.http(Method::PUT, "/v1/blobs/sha256:1234").body("x").send().await.unwrap();
+    let res = server
+        .http(Method::PUT, "/v1/blobs/sha256:1234")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error(res).await.1, "invalid_digest");
-    let res = server.http(Method::PUT, "/v1/blobs/..%2F..%2Fetc%2Fpasswd").body("x").send().await.unwrap();
+    let res = server
+        .http(Method::PUT, "/v1/blobs/..%2F..%2Fetc%2Fpasswd")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error(res).await.1, "invalid_digest");
 
     // Over the limit by Content-Length, and by a chunked body with none.
     let big = vec![1u8; 1001];
-    let res = server.http(Method::PUT, &format!("/v1/blobs/{}", digest_of(&big))).body(big.clone()).send().await.unwrap();
+    let res = server
+        .http(Method::PUT, &format!("/v1/blobs/{}", digest_of(&big)))
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
     let (s, code, msg) = error(res).await;
     assert_eq!((s, code.as_str()), (413, "body_too_large"));
     assert!(msg.contains("1000"), "{msg}");
@@ -188,9 +322,15 @@ async fn wrong_digests_oversized_and_truncated_uploads_store_nothing() {
     sock.shutdown(std::net::Shutdown::Write).unwrap();
     let mut answer = String::new();
     let _ = sock.read_to_string(&mut answer);
-    assert_eq!(client.head_blob(&digest).await.unwrap(), None, "a truncated upload is not visible");
+    assert_eq!(
+        client.head_blob(&digest).await.unwrap(),
+        None,
+        "a truncated upload is not visible"
+    );
     let tmp = server.data_dir().join("tmp");
-    crate::support::eventually(10, || (std::fs::read_dir(&tmp).map(|d| d.count()).unwrap_or(0) == 0).then_some(()));
+    crate::support::eventually(10, || {
+        (std::fs::read_dir(&tmp).map(|d| d.count()).unwrap_or(0) == 0).then_some(())
+    });
     // The whole body afterwards is accepted.
     assert!(client.put_blob_bytes(&digest, body).await.unwrap().created);
 }

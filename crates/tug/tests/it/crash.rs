@@ -9,7 +9,10 @@ use crate::support::{digest_of, TestServer};
 async fn kill_9_during_an_upload_leaves_nothing_visible() {
     let mut server = TestServer::start().await;
     let client = server.client();
-    client.create_service(&tug_core::ServiceName::parse("api").unwrap()).await.unwrap();
+    client
+        .create_service(&tug_core::ServiceName::parse("api").unwrap())
+        .await
+        .unwrap();
     let body = vec![5u8; 4 << 20];
     let digest = digest_of(&body);
 
@@ -32,19 +35,43 @@ async fn kill_9_during_an_upload_leaves_nothing_visible() {
         (n > 0).then_some(())
     });
     server.kill9();
-    assert!(std::fs::read_dir(&tmp).unwrap().count() > 0, "the killed upload left a temporary file behind");
+    assert!(
+        std::fs::read_dir(&tmp).unwrap().count() > 0,
+        "the killed upload left a temporary file behind"
+    );
     drop(sock);
 
     server.restart();
     let client = server.client();
-    assert_eq!(client.head_blob(&digest).await.unwrap(), None, "no half-written blob is visible");
-    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "leftovers are removed at start");
-    assert!(server.log().contains("removed leftovers of interrupted uploads"), "{}", server.log());
+    assert_eq!(
+        client.head_blob(&digest).await.unwrap(),
+        None,
+        "no half-written blob is visible"
+    );
+    assert_eq!(
+        std::fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "leftovers are removed at start"
+    );
+    assert!(
+        server
+            .log()
+            .contains("removed leftovers of interrupted uploads"),
+        "{}",
+        server.log()
+    );
 
     // Registering the artifact whose blob never landed is refused, so the
     // draft holds nothing half-done; a fresh push then works.
     let w = tempfile::tempdir().unwrap();
-    let id = server.tug(w.path(), &["build", "create", "--service", "api", "--version", "1.0.0"]).ok().trim().to_string();
+    let id = server
+        .tug(
+            w.path(),
+            &["build", "create", "--service", "api", "--version", "1.0.0"],
+        )
+        .ok()
+        .trim()
+        .to_string();
     let err = client
         .register_artifacts(
             &id,
@@ -63,5 +90,8 @@ async fn kill_9_during_an_upload_leaves_nothing_visible() {
     assert_eq!(client.build(&id).await.unwrap().artifact_count, 0);
     std::fs::write(w.path().join("big.bin"), &body).unwrap();
     server.tug(w.path(), &["push", &id, "big.bin"]).ok();
-    assert_eq!(client.head_blob(&digest).await.unwrap(), Some(body.len() as u64));
+    assert_eq!(
+        client.head_blob(&digest).await.unwrap(),
+        Some(body.len() as u64)
+    );
 }

@@ -23,18 +23,50 @@ async fn two_servers_share_one_database_and_bucket() {
     a.tug(w, &["service", "create", "api"]).ok();
     let body: Vec<u8> = (0..(12u32 << 20)).map(|i| (i % 253) as u8).collect();
     write_files(w, &[("big.bin", &body)]);
-    let out = a.tug(w, &["push", "--service", "api", "--version", "3.0.0", "--seal", "big.bin", "--output", "json"]).json();
+    let out = a
+        .tug(
+            w,
+            &[
+                "push",
+                "--service",
+                "api",
+                "--version",
+                "3.0.0",
+                "--seal",
+                "big.bin",
+                "--output",
+                "json",
+            ],
+        )
+        .json();
     let id = out["build"].as_str().unwrap();
     let pulled = w.join("pulled");
     b.tug(w, &["pull", id, "-o", pulled.to_str().unwrap()]).ok();
     assert_eq!(std::fs::read(pulled.join("big.bin")).unwrap(), body);
 
     // A token revoked through one server is refused by the other at once.
-    let t = a.tug(w, &["token", "create", "--name", "short-lived", "--role", "viewer", "--output", "json"]).json();
+    let t = a
+        .tug(
+            w,
+            &[
+                "token",
+                "create",
+                "--name",
+                "short-lived",
+                "--role",
+                "viewer",
+                "--output",
+                "json",
+            ],
+        )
+        .json();
     let secret = t["secret"].as_str().unwrap();
     b.tug_as(secret, w, &["service", "list"]).ok();
     a.tug(w, &["token", "revoke", "short-lived"]).ok();
-    assert!(b.tug_as(secret, w, &["service", "list"]).fails().contains("token_revoked"));
+    assert!(b
+        .tug_as(secret, w, &["service", "list"])
+        .fails()
+        .contains("token_revoked"));
 
     // fsck through either server sees the S3 blobs.
     let report = b.tug(w, &["fsck", "--output", "json"]).json();

@@ -14,12 +14,18 @@ pub enum Backend {
     /// The embedded defaults: SQLite and a directory under the data dir.
     Embedded,
     /// PostgreSQL and S3 (SeaweedFS) from the test command.
-    Shared { database: String, s3: tug_testkit::S3Env },
+    Shared {
+        database: String,
+        s3: tug_testkit::S3Env,
+    },
 }
 
 impl Backend {
     pub async fn postgres_s3() -> Backend {
-        Backend::Shared { database: tug_testkit::postgres_database().await, s3: tug_testkit::s3_env() }
+        Backend::Shared {
+            database: tug_testkit::postgres_database().await,
+            s3: tug_testkit::s3_env(),
+        }
     }
 }
 
@@ -44,20 +50,29 @@ impl Run {
     /// Asserts success and returns stdout.
     #[track_caller]
     pub fn ok(&self) -> &str {
-        assert_eq!(self.code, 0, "command failed:\nstdout: {}\nstderr: {}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, 0,
+            "command failed:\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
         &self.stdout
     }
 
     /// Asserts failure and returns stderr.
     #[track_caller]
     pub fn fails(&self) -> &str {
-        assert_ne!(self.code, 0, "command should have failed:\nstdout: {}\nstderr: {}", self.stdout, self.stderr);
+        assert_ne!(
+            self.code, 0,
+            "command should have failed:\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
         &self.stderr
     }
 
     #[track_caller]
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(self.ok()).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
+        serde_json::from_str(self.ok())
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
     }
 }
 
@@ -98,15 +113,27 @@ impl TestServer {
 
     fn spawn(&mut self) {
         let mut cmd = Command::new(TUG);
-        cmd.arg("server").arg("--listen").arg("127.0.0.1:0").arg("--data-dir").arg(self.data_dir());
+        cmd.arg("server")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(self.data_dir());
         cmd.args(&self.extra);
         clean_env(&mut cmd, self.dir.path());
         if let Backend::Shared { database, s3 } = &self.backend {
-            cmd.arg("--database").arg(database).arg("--blob-store").arg(s3.address());
-            cmd.env("AWS_ACCESS_KEY_ID", &s3.access_key_id).env("AWS_SECRET_ACCESS_KEY", &s3.secret_access_key);
+            cmd.arg("--database")
+                .arg(database)
+                .arg("--blob-store")
+                .arg(s3.address());
+            cmd.env("AWS_ACCESS_KEY_ID", &s3.access_key_id)
+                .env("AWS_SECRET_ACCESS_KEY", &s3.secret_access_key);
         }
         std::fs::create_dir_all(self.dir.path()).unwrap();
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("server.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("server.log"))
+            .unwrap();
         cmd.stdout(Stdio::piped()).stderr(log);
         let mut child = cmd.spawn().expect("spawn tug server");
         let stdout = child.stdout.take().unwrap();
@@ -119,10 +146,12 @@ impl TestServer {
             // Keep draining so the server never blocks on a full pipe.
             for _ in lines {}
         });
-        let first = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
-            let _ = child.kill();
-            panic!("tug server did not start; log:\n{}", self.log())
-        });
+        let first = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| {
+                let _ = child.kill();
+                panic!("tug server did not start; log:\n{}", self.log())
+            });
         let url = first
             .strip_prefix("Tugboat listening on ")
             .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
@@ -147,7 +176,11 @@ impl TestServer {
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut c = self.child.take().expect("server running");
         let pid = c.id().to_string();
-        Command::new("kill").arg("-TERM").arg(&pid).status().unwrap();
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(&pid)
+            .status()
+            .unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = c.try_wait().unwrap() {
@@ -225,7 +258,10 @@ pub fn eventually<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < deadline, "condition not reached within {secs}s");
+        assert!(
+            Instant::now() < deadline,
+            "condition not reached within {secs}s"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
