@@ -422,6 +422,19 @@ impl Client {
         concurrency: usize,
         hooks: Hooks,
     ) -> Result<PushReport> {
+        // Fail before hashing and uploading gigabytes into a build that can
+        // no longer change (the server checks again when registering).
+        let target = self.build(build).await?;
+        if target.state != tug_core::BuildState::Draft {
+            return Err(Error::Api {
+                status: 409,
+                code: "build_not_draft".into(),
+                message: format!(
+                    "build {} is {} and can no longer change; create a new build",
+                    target.id, target.state
+                ),
+            });
+        }
         let hashed = hash_files(items.iter().map(|i| i.path.clone()).collect()).await?;
         let mut unique: Vec<(Digest, u64, PathBuf)> = Vec::new();
         for (item, (digest, size)) in items.iter().zip(&hashed) {
