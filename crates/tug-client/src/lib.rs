@@ -436,14 +436,16 @@ impl Client {
             });
         }
         let hashed = hash_files(items.iter().map(|i| i.path.clone()).collect()).await?;
+        let mut seen = std::collections::HashSet::new();
         let mut unique: Vec<(Digest, u64, PathBuf)> = Vec::new();
         for (item, (digest, size)) in items.iter().zip(&hashed) {
-            if !unique.iter().any(|(d, _, _)| d == digest) {
+            if seen.insert(*digest) {
                 unique.push((*digest, *size, item.path.clone()));
             }
         }
         let digests: Vec<Digest> = unique.iter().map(|(d, _, _)| *d).collect();
-        let missing = self.missing_blobs(&digests).await?;
+        let missing: std::collections::HashSet<Digest> =
+            self.missing_blobs(&digests).await?.into_iter().collect();
         let mut report = PushReport {
             artifacts: items.len(),
             ..Default::default()
