@@ -150,21 +150,11 @@ impl From<Error> for ApiError {
                     "duplicate_artifact",
                     format!("build {id} already has an artifact named {name} with other content ({existing}); use another name"),
                 ),
-                tug_db::Error::BuildNotFound(id) => ApiError::new(
-                    S::NOT_FOUND,
-                    "build_not_found",
-                    format!("build {id} does not exist; see tug build list --service <service>"),
-                ),
-                tug_db::Error::ServiceNotFound(s) => ApiError::new(
-                    S::NOT_FOUND,
-                    "service_not_found",
-                    format!("service {s} does not exist; an admin creates it with tug service create {s}"),
-                ),
-                tug_db::Error::TokenNameTaken(name) => ApiError::new(
-                    S::CONFLICT,
-                    "token_exists",
-                    format!("an active token named {name} already exists; pick another name or revoke it first"),
-                ),
+                // The service turns these into its own variants; map them
+                // the same way if one arrives wrapped.
+                e @ (tug_db::Error::BuildNotFound(_)
+                | tug_db::Error::ServiceNotFound(_)
+                | tug_db::Error::TokenNameTaken(_)) => ApiError::from(Error::from(e)),
                 e @ (tug_db::Error::Sqlx(_)
                 | tug_db::Error::Migrate(_)
                 | tug_db::Error::UnsupportedUrl(_)
@@ -182,5 +172,26 @@ fn describe(action: tug_core::Action) -> &'static str {
         Action::ManageServices => "manage services",
         Action::ManageTokens => "manage tokens",
         Action::Maintain => "run store maintenance (fsck, gc)",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrapped_database_errors_map_like_the_service_ones() {
+        let service = tug_core::ServiceName::parse("api").unwrap();
+        let wrapped = ApiError::from(Error::Db(tug_db::Error::ServiceNotFound(service.clone())));
+        let direct = ApiError::from(Error::ServiceNotFound(service));
+        assert_eq!((wrapped.status, wrapped.code, &wrapped.message), (direct.status, direct.code, &direct.message));
+        assert_eq!(wrapped.status, StatusCode::NOT_FOUND);
+    }
+
+    #[test]
+    fn internal_errors_do_not_leak_their_cause() {
+        let e = ApiError::from(Error::Db(tug_db::Error::Corrupt("secret detail".into())));
+        assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!e.message.contains("secret detail"));
     }
 }
