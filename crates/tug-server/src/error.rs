@@ -184,7 +184,10 @@ mod tests {
         let service = tug_core::ServiceName::parse("api").unwrap();
         let wrapped = ApiError::from(Error::Db(tug_db::Error::ServiceNotFound(service.clone())));
         let direct = ApiError::from(Error::ServiceNotFound(service));
-        assert_eq!((wrapped.status, wrapped.code, &wrapped.message), (direct.status, direct.code, &direct.message));
+        assert_eq!(
+            (wrapped.status, wrapped.code, &wrapped.message),
+            (direct.status, direct.code, &direct.message)
+        );
         assert_eq!(wrapped.status, StatusCode::NOT_FOUND);
     }
 

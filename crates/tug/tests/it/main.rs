@@ -4,6 +4,7 @@
 
 mod auth;
 mod bad_input;
+mod config;
 mod crash;
 mod flow;
 mod maintenance;

@@ -35,6 +35,7 @@ pub struct TestServer {
     pub admin_token: String,
     backend: Backend,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -82,13 +83,27 @@ impl TestServer {
     }
 
     pub async fn start_with(backend: Backend, extra: &[&str]) -> TestServer {
-        let dir = tempfile::tempdir().unwrap();
+        TestServer::start_in(tempfile::tempdir().unwrap(), backend, extra, &[])
+    }
+
+    /// Starts in `dir` (where a `tug.toml` is read), with extra flags and
+    /// environment variables.
+    pub fn start_in(
+        dir: tempfile::TempDir,
+        backend: Backend,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> TestServer {
         let mut s = TestServer {
             url: String::new(),
             dir,
             admin_token: String::new(),
             backend,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             child: None,
         };
         s.spawn();
@@ -118,8 +133,11 @@ impl TestServer {
             .arg("127.0.0.1:0")
             .arg("--data-dir")
             .arg(self.data_dir());
-        cmd.args(&self.extra);
+        cmd.args(&self.extra).current_dir(self.dir.path());
         clean_env(&mut cmd, self.dir.path());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
         if let Backend::Shared { database, s3 } = &self.backend {
             cmd.arg("--database")
                 .arg(database)
