@@ -1,3 +1,6 @@
+//! Repository tests of builds and artifacts: drafts, idempotent and
+//! conflicting registrations, sealing, concurrency, listing, abandonment.
+
 use chrono::{Duration, Utc};
 use tug_core::{
     ArtifactKind, ArtifactName, ArtifactSpec, BuildId, BuildManifest, BuildSource, BuildState,

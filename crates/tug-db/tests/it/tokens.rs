@@ -1,3 +1,6 @@
+//! Repository tests of tokens: lookup by hash, unique active names,
+//! revocation, service scope.
+
 use chrono::Utc;
 use tug_core::{Role, ServiceName, TokenName};
 use tug_db::{Db, Error, NewToken};
