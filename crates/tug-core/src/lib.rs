@@ -1,6 +1,7 @@
 //! Tugboat's domain: the types every other crate speaks in and the rules that
 //! need no I/O. Digests, validated names, artifacts, builds, canonical
-//! manifests, roles and the derivation graph live here.
+//! manifests, roles, the derivation graph, pipelines with their policies and
+//! version numbering live here.
 //!
 //! This crate does no I/O, spawns nothing and depends on no runtime, database
 //! or HTTP crate, so every rule in it is tested with plain unit tests.
@@ -9,7 +10,10 @@ pub mod digest;
 pub mod graph;
 pub mod manifest;
 pub mod names;
+pub mod pipeline;
+pub mod policy;
 pub mod role;
+pub mod versioning;
 
 pub use digest::{Digest, DigestError, Hasher};
 pub use manifest::{
@@ -17,4 +21,10 @@ pub use manifest::{
     ManifestArtifact, SealError,
 };
 pub use names::{ArtifactName, BuildId, NameError, Platform, ServiceName, TokenName, Version};
+pub use pipeline::{
+    format_duration, parse_duration, BranchRestriction, EnvName, Environment, FreezeWindow,
+    Pipeline, PipelineError, PipelineSpec, ServerRule,
+};
+pub use policy::{evaluate, BuildFacts, DeployKind, Proposal, Verdict, Violation};
 pub use role::{Action, Role};
+pub use versioning::{bump, next_cloud_version, Part, VersionError};

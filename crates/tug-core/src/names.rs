@@ -12,6 +12,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub enum NameError {
     #[error("service name {0:?} is invalid: use 1 to 63 lowercase letters, digits, '-' or '_', starting with a letter or digit")]
     Service(String),
+    #[error("environment name {0:?} is invalid: use 1 to 63 lowercase letters, digits, '-' or '_', starting with a letter or digit")]
+    Environment(String),
     #[error("token name {0:?} is invalid: use 1 to 63 letters, digits, '-', '_' or '.'")]
     Token(String),
     #[error("artifact name {name:?} is invalid: {why}")]
@@ -26,10 +28,14 @@ pub enum NameError {
     Version(String),
 }
 
-fn shown(s: &str) -> String {
+pub(crate) fn shown(s: &str) -> String {
     s.chars().take(80).collect()
 }
 
+/// Implements `as_str`, `Display`, `FromStr`, `AsRef<str>` and serde (as a
+/// plain string, validated on the way in) for a `struct Name(String)`, with
+/// `parse` running `$check`. Paths are absolute so other modules of the
+/// crate (`pipeline::EnvName`) can use it too.
 macro_rules! string_newtype {
     ($name:ident, $check:expr) => {
         impl $name {
@@ -38,15 +44,15 @@ macro_rules! string_newtype {
             }
         }
 
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
                 f.write_str(&self.0)
             }
         }
 
-        impl FromStr for $name {
-            type Err = NameError;
-            fn from_str(s: &str) -> Result<Self, NameError> {
+        impl ::std::str::FromStr for $name {
+            type Err = $crate::names::NameError;
+            fn from_str(s: &str) -> Result<Self, $crate::names::NameError> {
                 $name::parse(s)
             }
         }
@@ -57,41 +63,49 @@ macro_rules! string_newtype {
             }
         }
 
-        impl Serialize for $name {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        impl ::serde::Serialize for $name {
+            fn serialize<S: ::serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 s.serialize_str(&self.0)
             }
         }
 
-        impl<'de> Deserialize<'de> for $name {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let s = String::deserialize(d)?;
-                $name::parse(&s).map_err(serde::de::Error::custom)
+        impl<'de> ::serde::Deserialize<'de> for $name {
+            fn deserialize<D: ::serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <String as ::serde::Deserialize>::deserialize(d)?;
+                $name::parse(&s).map_err(::serde::de::Error::custom)
             }
         }
 
         impl $name {
-            pub fn parse(s: &str) -> Result<$name, NameError> {
-                let check: fn(&str) -> Result<(), NameError> = $check;
+            pub fn parse(s: &str) -> Result<$name, $crate::names::NameError> {
+                let check: fn(&str) -> Result<(), $crate::names::NameError> = $check;
                 check(s)?;
                 Ok($name(s.to_string()))
             }
         }
     };
 }
+pub(crate) use string_newtype;
 
-/// What is released: `teleport`, `api`, …
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ServiceName(String);
-string_newtype!(ServiceName, |s| {
-    let ok = !s.is_empty()
+/// Whether `s` is a short lowercase identifier: 1 to 63 lowercase letters,
+/// digits, '-' or '_', starting with a letter or digit. Services and
+/// environments are named this way so they fit in URLs, file names and
+/// labels without escaping.
+pub(crate) fn is_slug(s: &str) -> bool {
+    !s.is_empty()
         && s.len() <= 63
         && s.bytes()
             .next()
             .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
         && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-    if ok {
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// What is released: `teleport`, `api`, …
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceName(String);
+string_newtype!(ServiceName, |s| {
+    if is_slug(s) {
         Ok(())
     } else {
         Err(NameError::Service(shown(s)))
@@ -202,6 +216,12 @@ impl Version {
 
     pub fn semver(&self) -> &semver::Version {
         &self.0
+    }
+}
+
+impl From<semver::Version> for Version {
+    fn from(v: semver::Version) -> Version {
+        Version(v)
     }
 }
 
