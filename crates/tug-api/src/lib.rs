@@ -201,3 +201,123 @@ pub struct BuildQuery {
     pub state: Option<String>,
     pub limit: Option<u32>,
 }
+
+/// Body of `PUT /v1/services/{service}/pipeline`: the pipeline file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplyPipeline {
+    /// The pipeline as TOML (the format of `pipeline.toml`).
+    pub spec: String,
+}
+
+/// A service's pipeline as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PipelineView {
+    pub service: ServiceName,
+    pub revision: i64,
+    pub changed_at: DateTime<Utc>,
+    pub changed_by: Option<String>,
+    /// The pipeline as canonical TOML.
+    pub spec: String,
+    pub pipeline: tug_core::Pipeline,
+}
+
+/// Options shared by release, promote and rollback.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployFlags {
+    /// Deploy through a freeze window (admin only; needs a reason).
+    #[serde(default)]
+    pub override_freeze: bool,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// Body of `POST /v1/services/{service}/release`: exactly one of build,
+/// branch or version.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Release {
+    pub environment: tug_core::EnvName,
+    #[serde(default)]
+    pub build: Option<String>,
+    #[serde(default)]
+    pub branch: Option<String>,
+    #[serde(default)]
+    pub version: Option<Version>,
+    #[serde(default, flatten)]
+    pub flags: DeployFlags,
+}
+
+/// Body of `POST /v1/services/{service}/promote`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Promote {
+    pub to: tug_core::EnvName,
+    #[serde(default, flatten)]
+    pub flags: DeployFlags,
+}
+
+/// Body of `POST /v1/services/{service}/rollback`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rollback {
+    pub environment: tug_core::EnvName,
+    /// An earlier build of the environment (default: the previous one).
+    #[serde(default)]
+    pub to: Option<String>,
+    #[serde(default, flatten)]
+    pub flags: DeployFlags,
+}
+
+/// What a build is, in one line of status or history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildSummary {
+    pub id: BuildId,
+    pub version: Version,
+    pub manifest_digest: Option<Digest>,
+    pub source: BuildSource,
+}
+
+/// One recorded deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deployment {
+    pub id: String,
+    pub service: ServiceName,
+    pub environment: tug_core::EnvName,
+    pub seq: i64,
+    pub kind: tug_core::DeployKind,
+    pub build: BuildId,
+    /// The build's version and source, when it is known.
+    pub summary: Option<BuildSummary>,
+    pub requested_by: Option<String>,
+    pub deployed_at: DateTime<Utc>,
+    /// The build that ran before.
+    pub replaced: Option<BuildId>,
+    pub reason: Option<String>,
+    pub override_freeze: bool,
+}
+
+/// One environment in `GET /v1/services/{service}/status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnvironmentStatus {
+    pub environment: tug_core::EnvName,
+    pub upstream: Option<tug_core::EnvName>,
+    pub auto_release: Option<String>,
+    pub auto_release_held: bool,
+    pub approvals: u32,
+    pub private: bool,
+    pub current: Option<Deployment>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub service: ServiceName,
+    pub pipeline_revision: i64,
+    pub environments: Vec<EnvironmentStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct History {
+    pub deployments: Vec<Deployment>,
+}

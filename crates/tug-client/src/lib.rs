@@ -309,6 +309,94 @@ impl Client {
         .await
     }
 
+    // ---- pipelines and deployments ----
+
+    pub async fn apply_pipeline(
+        &self,
+        service: &ServiceName,
+        spec: &str,
+    ) -> Result<tug_api::PipelineView> {
+        let path = format!("/v1/services/{service}/pipeline");
+        self.json(self.with_json(
+            Method::PUT,
+            &path,
+            &tug_api::ApplyPipeline {
+                spec: spec.to_string(),
+            },
+        ))
+        .await
+    }
+
+    pub async fn pipeline(&self, service: &ServiceName) -> Result<tug_api::PipelineView> {
+        self.json(self.request(Method::GET, &format!("/v1/services/{service}/pipeline")))
+            .await
+    }
+
+    pub async fn release(
+        &self,
+        service: &ServiceName,
+        req: &tug_api::Release,
+    ) -> Result<tug_api::Deployment> {
+        self.json(self.with_json(
+            Method::POST,
+            &format!("/v1/services/{service}/release"),
+            req,
+        ))
+        .await
+    }
+
+    pub async fn promote(
+        &self,
+        service: &ServiceName,
+        req: &tug_api::Promote,
+    ) -> Result<tug_api::Deployment> {
+        self.json(self.with_json(
+            Method::POST,
+            &format!("/v1/services/{service}/promote"),
+            req,
+        ))
+        .await
+    }
+
+    pub async fn rollback(
+        &self,
+        service: &ServiceName,
+        req: &tug_api::Rollback,
+    ) -> Result<tug_api::Deployment> {
+        self.json(self.with_json(
+            Method::POST,
+            &format!("/v1/services/{service}/rollback"),
+            req,
+        ))
+        .await
+    }
+
+    pub async fn status(&self, service: &ServiceName) -> Result<tug_api::Status> {
+        self.json(self.request(Method::GET, &format!("/v1/services/{service}/status")))
+            .await
+    }
+
+    pub async fn history(
+        &self,
+        service: &ServiceName,
+        env: &tug_core::EnvName,
+        limit: u32,
+    ) -> Result<tug_api::History> {
+        let path = format!("/v1/services/{service}/environments/{env}/history?limit={limit}");
+        self.json(self.request(Method::GET, &path)).await
+    }
+
+    pub async fn resume_auto_release(
+        &self,
+        service: &ServiceName,
+        env: &tug_core::EnvName,
+    ) -> Result<()> {
+        let path = format!("/v1/services/{service}/environments/{env}/resume");
+        self.send(self.request(Method::POST, &path))
+            .await
+            .map(|_| ())
+    }
+
     // ---- maintenance ----
 
     pub async fn fsck(&self) -> Result<FsckReport> {

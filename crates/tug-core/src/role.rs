@@ -36,6 +36,12 @@ pub enum Action {
     ManageTokens,
     /// fsck and gc.
     Maintain,
+    /// Apply pipelines and policies.
+    ManagePipelines,
+    /// Release, promote and roll back builds.
+    Deploy,
+    /// Approve or reject deployments that wait for approval.
+    Approve,
 }
 
 impl Role {
@@ -64,6 +70,8 @@ impl Role {
             (Role::Admin, _) => true,
             (_, Action::Read) => true,
             (Role::Ci, Action::WriteBuilds) => true,
+            (Role::Deployer, Action::Deploy) => true,
+            (Role::Approver, Action::Approve) => true,
             (Role::Ci | Role::Deployer | Role::Approver | Role::Agent | Role::Viewer, _) => false,
         }
     }
@@ -109,6 +117,20 @@ mod tests {
             let allowed: Vec<Role> = Role::ALL.into_iter().filter(|r| r.allows(a)).collect();
             assert_eq!(allowed, vec![Role::Admin], "{a:?}");
         }
+    }
+
+    #[test]
+    fn deployers_deploy_and_approvers_approve() {
+        let deployers: Vec<Role> = Role::ALL
+            .into_iter()
+            .filter(|r| r.allows(Action::Deploy))
+            .collect();
+        assert_eq!(deployers, vec![Role::Admin, Role::Deployer]);
+        let approvers: Vec<Role> = Role::ALL
+            .into_iter()
+            .filter(|r| r.allows(Action::Approve))
+            .collect();
+        assert_eq!(approvers, vec![Role::Admin, Role::Approver]);
     }
 
     #[test]

@@ -23,9 +23,11 @@ use tug_core::{
 };
 
 mod builds;
+mod deployments;
 mod tokens;
 
 pub use builds::{BuildFilter, BuildRow, NewBuild};
+pub use deployments::{DeploymentRow, EnvState, NewDeployment, PipelineRow};
 pub use tokens::{NewToken, TokenRow};
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +52,8 @@ pub enum Error {
     TokenNameTaken(TokenName),
     #[error("service {0} does not exist")]
     ServiceNotFound(ServiceName),
+    #[error("{0}")]
+    Conflict(String),
     #[error("stored row is not valid: {0}")]
     Corrupt(String),
 }

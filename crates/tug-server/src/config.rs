@@ -23,6 +23,9 @@ pub struct Config {
     pub max_json_body: usize,
     pub draft_max_age_secs: u64,
     pub gc_grace_secs: u64,
+    /// Server-wide branch restrictions (`production=^master$`) that no
+    /// service's pipeline can override.
+    pub server_rules: Vec<tug_core::ServerRule>,
 }
 
 impl Default for Config {
@@ -36,6 +39,7 @@ impl Default for Config {
             max_json_body: 16 << 20,
             draft_max_age_secs: 7 * 24 * 3600,
             gc_grace_secs: 3600,
+            server_rules: Vec::new(),
         }
     }
 }
@@ -52,6 +56,7 @@ impl std::fmt::Debug for Config {
             .field("max_json_body", &self.max_json_body)
             .field("draft_max_age_secs", &self.draft_max_age_secs)
             .field("gc_grace_secs", &self.gc_grace_secs)
+            .field("server_rules", &self.server_rules)
             .finish()
     }
 }
@@ -87,6 +92,7 @@ pub struct Layer {
     pub max_json_body: Option<usize>,
     pub draft_max_age_secs: Option<u64>,
     pub gc_grace_secs: Option<u64>,
+    pub server_rules: Option<Vec<tug_core::ServerRule>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -141,6 +147,22 @@ impl Layer {
             max_json_body: num(env, "TUG_MAX_JSON_BODY")?,
             draft_max_age_secs: num(env, "TUG_DRAFT_MAX_AGE_SECS")?,
             gc_grace_secs: num(env, "TUG_GC_GRACE_SECS")?,
+            server_rules: env
+                .get("TUG_SERVER_RULES")
+                .map(|v| {
+                    v.split(',')
+                        .map(str::trim)
+                        .filter(|r| !r.is_empty())
+                        .map(|r| {
+                            tug_core::ServerRule::parse(r).map_err(|e| ConfigError::Env {
+                                var: "TUG_SERVER_RULES".into(),
+                                value: v.clone(),
+                                why: e.to_string(),
+                            })
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .transpose()?,
         })
     }
 }
@@ -171,6 +193,9 @@ impl Config {
         }
         if let Some(v) = l.gc_grace_secs {
             self.gc_grace_secs = v;
+        }
+        if let Some(v) = l.server_rules {
+            self.server_rules = v;
         }
         self
     }

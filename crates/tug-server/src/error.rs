@@ -120,6 +120,29 @@ impl From<Error> for ApiError {
                 };
                 ApiError::new(S::CONFLICT, code, e.to_string())
             }
+            Error::Pipeline(e) => ApiError::bad_request("invalid_pipeline", format!("{e}; fix the pipeline file and apply it again")),
+            Error::NoPipeline(s) => ApiError::new(
+                S::NOT_FOUND,
+                "pipeline_not_found",
+                format!("service {s} has no pipeline yet; apply one with tug pipeline apply -f pipeline.toml"),
+            ),
+            Error::EnvironmentNotFound { service, environment, known } => ApiError::new(
+                S::NOT_FOUND,
+                "environment_not_found",
+                format!("service {service} has no environment {environment}; its environments are {known}"),
+            ),
+            Error::Policy(violations) => ApiError::new(
+                S::CONFLICT,
+                "policy_violation",
+                violations.iter().map(|v| v.to_string()).collect::<Vec<_>>().join("; "),
+            ),
+            Error::ApprovalRequired { environment, have, need } => ApiError::new(
+                S::CONFLICT,
+                "approval_required",
+                format!("{environment} needs {need} approvals and has {have}; deployments waiting for approval are not supported yet, lower `approvals` to deploy"),
+            ),
+            Error::NothingToDeploy(m) => ApiError::new(S::CONFLICT, "nothing_to_deploy", m),
+            Error::Conflict(m) => ApiError::new(S::CONFLICT, "conflict", m),
             Error::Store(e) => match e {
                 e @ tug_store::Error::DigestMismatch { .. } => {
                     ApiError::bad_request("digest_mismatch", format!("{e}; upload the bytes under their real digest"))
@@ -154,7 +177,8 @@ impl From<Error> for ApiError {
                 // the same way if one arrives wrapped.
                 e @ (tug_db::Error::BuildNotFound(_)
                 | tug_db::Error::ServiceNotFound(_)
-                | tug_db::Error::TokenNameTaken(_)) => ApiError::from(Error::from(e)),
+                | tug_db::Error::TokenNameTaken(_)
+                | tug_db::Error::Conflict(_)) => ApiError::from(Error::from(e)),
                 e @ (tug_db::Error::Sqlx(_)
                 | tug_db::Error::Migrate(_)
                 | tug_db::Error::UnsupportedUrl(_)
@@ -172,6 +196,9 @@ fn describe(action: tug_core::Action) -> &'static str {
         Action::ManageServices => "manage services",
         Action::ManageTokens => "manage tokens",
         Action::Maintain => "run store maintenance (fsck, gc)",
+        Action::ManagePipelines => "change pipelines or policies",
+        Action::Deploy => "release, promote or roll back builds",
+        Action::Approve => "approve or reject deployments",
     }
 }
 

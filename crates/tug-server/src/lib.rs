@@ -66,6 +66,31 @@ pub fn router(state: AppState) -> Router {
             post(routes::builds::register),
         )
         .route("/v1/builds/{build}/seal", post(routes::builds::seal))
+        .route(
+            "/v1/services/{service}/pipeline",
+            get(routes::deploy::show_pipeline).put(routes::deploy::apply_pipeline),
+        )
+        .route(
+            "/v1/services/{service}/release",
+            post(routes::deploy::release),
+        )
+        .route(
+            "/v1/services/{service}/promote",
+            post(routes::deploy::promote),
+        )
+        .route(
+            "/v1/services/{service}/rollback",
+            post(routes::deploy::rollback),
+        )
+        .route("/v1/services/{service}/status", get(routes::deploy::status))
+        .route(
+            "/v1/services/{service}/environments/{env}/history",
+            get(routes::deploy::history),
+        )
+        .route(
+            "/v1/services/{service}/environments/{env}/resume",
+            post(routes::deploy::resume),
+        )
         .route("/v1/admin/fsck", post(routes::admin::fsck))
         .route("/v1/admin/gc", post(routes::admin::gc))
         .layer(DefaultBodyLimit::max(state.max_json_body))
@@ -131,6 +156,7 @@ async fn start_with(
         max_blob_size: config.max_blob_size,
         draft_max_age: Duration::from_secs(config.draft_max_age_secs),
         gc_grace: Duration::from_secs(config.gc_grace_secs),
+        server_rules: config.server_rules.clone(),
     };
     let tugboat = Tugboat::new(db, store, settings);
     let mut admin_token_path = None;

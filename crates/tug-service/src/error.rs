@@ -45,6 +45,28 @@ pub enum Error {
     #[error(transparent)]
     Seal(SealError),
     #[error(transparent)]
+    Pipeline(tug_core::PipelineError),
+    #[error("service {0} has no pipeline yet")]
+    NoPipeline(ServiceName),
+    #[error("service {service} has no environment {environment}")]
+    EnvironmentNotFound {
+        service: ServiceName,
+        environment: tug_core::EnvName,
+        known: String,
+    },
+    #[error("{}", .0.iter().map(|v| v.message.as_str()).collect::<Vec<_>>().join("; "))]
+    Policy(Vec<tug_core::Violation>),
+    #[error("{environment} needs {need} approvals, has {have}")]
+    ApprovalRequired {
+        environment: tug_core::EnvName,
+        have: u32,
+        need: u32,
+    },
+    #[error("{0}")]
+    NothingToDeploy(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
     Store(tug_store::Error),
     #[error(transparent)]
     Db(tug_db::Error),
@@ -62,6 +84,7 @@ impl From<tug_db::Error> for Error {
             tug_db::Error::TokenNameTaken(n) => Error::TokenNameTaken(n),
             tug_db::Error::ServiceNotFound(s) => Error::ServiceNotFound(s),
             tug_db::Error::BuildNotFound(id) => Error::BuildNotFound(id.to_string()),
+            tug_db::Error::Conflict(m) => Error::Conflict(m),
             other => Error::Db(other),
         }
     }

@@ -20,8 +20,10 @@ use tug_core::{
 use tug_db::{BuildFilter, BuildRow, Db, NewBuild, NewToken, TokenRow};
 use tug_store::{Blob, BlobInfo, BlobStore, ByteStream};
 
+mod deploy;
 mod error;
 
+pub use deploy::{BuildSelector, DeployOptions, EnvStatus, PipelineView};
 pub use error::Error;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -36,6 +38,9 @@ pub struct Settings {
     /// Blobs younger than this (or claimed this recently) are never
     /// collected, so a push racing a gc keeps its blobs.
     pub gc_grace: Duration,
+    /// Server-wide branch restrictions no pipeline can override
+    /// (`production=^master$`).
+    pub server_rules: Vec<tug_core::ServerRule>,
 }
 
 impl Default for Settings {
@@ -44,6 +49,7 @@ impl Default for Settings {
             max_blob_size: 64 << 30,
             draft_max_age: Duration::from_secs(7 * 24 * 3600),
             gc_grace: Duration::from_secs(3600),
+            server_rules: Vec::new(),
         }
     }
 }
@@ -176,7 +182,7 @@ impl Tugboat {
         &self.store
     }
 
-    fn now(&self) -> DateTime<Utc> {
+    pub(crate) fn now(&self) -> DateTime<Utc> {
         (self.clock)()
     }
 
@@ -200,7 +206,7 @@ impl Tugboat {
         })
     }
 
-    fn require(&self, who: &Principal, action: Action) -> Result<()> {
+    pub(crate) fn require(&self, who: &Principal, action: Action) -> Result<()> {
         if who.role.allows(action) {
             Ok(())
         } else {
@@ -463,7 +469,7 @@ impl Tugboat {
             .ok_or(Error::BuildNotFound(id.to_string()))
     }
 
-    async fn resolve(&self, reference: &str) -> Result<BuildRow> {
+    pub(crate) async fn resolve(&self, reference: &str) -> Result<BuildRow> {
         let found = match parse_build_ref(reference)? {
             BuildRef::Id(id) => self.db.build(&id).await?,
             BuildRef::Manifest(d) => self.db.build_by_manifest(&d).await?,
@@ -571,7 +577,10 @@ impl Tugboat {
             })
             .await;
         match sealed {
-            Ok(Ok(row)) => Ok(row),
+            Ok(Ok(row)) => {
+                self.auto_release(&row).await;
+                Ok(row)
+            }
             Ok(Err(e)) => Err(Error::Seal(e)),
             Err(tug_db::Error::NotDraft {
                 state: BuildState::Sealed,

@@ -58,6 +58,28 @@ pub enum Command {
     Push(PushArgs),
     /// Download a build's artifacts, verifying every digest.
     Pull(PullArgs),
+    /// Apply and show a service's pipeline of environments.
+    #[command(subcommand)]
+    Pipeline(PipelineCommand),
+    /// Put a build into an environment.
+    Release(ReleaseArgs),
+    /// Take what runs upstream into an environment (no byte is copied).
+    Promote(PromoteArgs),
+    /// Put the previous (or a named earlier) build back into an environment.
+    Rollback(RollbackArgs),
+    /// What every environment of a service runs.
+    Status { service: String },
+    /// The deployment log of an environment, newest first.
+    History {
+        service: String,
+        #[arg(long = "env")]
+        env: String,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Policy actions.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Re-hash every stored blob and report those that no longer match.
     Fsck,
     /// Abandon stale drafts and delete blobs no build refers to.
@@ -84,6 +106,10 @@ pub struct ServerArgs {
     /// The largest blob accepted, in bytes.
     #[arg(long)]
     pub max_blob_size: Option<u64>,
+    /// A server-wide branch restriction no pipeline can override, e.g.
+    /// production=^master$ (repeatable).
+    #[arg(long = "server-rule", value_name = "ENV=REGEX")]
+    pub server_rules: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -223,4 +249,74 @@ pub struct GcArgs {
     /// Abandon drafts untouched for this many seconds (default: the server's draft_max_age_secs).
     #[arg(long)]
     pub draft_max_age: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PipelineCommand {
+    /// Validate and store a pipeline file; the service is named inside it.
+    Apply {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// Print a service's pipeline.
+    Show { service: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Lift the auto-release hold a manual release put on an environment.
+    Resume {
+        service: String,
+        #[arg(long = "env")]
+        env: String,
+    },
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct OverrideArgs {
+    /// Deploy through a freeze window (admin only; needs --reason).
+    #[arg(long = "override")]
+    pub override_freeze: bool,
+    /// Why: recorded with the deployment.
+    #[arg(long)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReleaseArgs {
+    pub service: String,
+    #[arg(long = "env")]
+    pub env: String,
+    /// A build id or manifest digest.
+    #[arg(long, group = "which")]
+    pub build: Option<String>,
+    /// The newest sealed build of this branch.
+    #[arg(long, group = "which")]
+    pub branch: Option<String>,
+    /// The newest sealed build with this version.
+    #[arg(long, group = "which")]
+    pub version: Option<String>,
+    #[command(flatten)]
+    pub flags: OverrideArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct PromoteArgs {
+    pub service: String,
+    #[arg(long)]
+    pub to: String,
+    #[command(flatten)]
+    pub flags: OverrideArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    pub service: String,
+    #[arg(long = "env")]
+    pub env: String,
+    /// An earlier build of the environment (default: the previous one).
+    #[arg(long)]
+    pub to: Option<String>,
+    #[command(flatten)]
+    pub flags: OverrideArgs,
 }

@@ -48,6 +48,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Build(c) => commands::build::run(&client, out, c).await,
         Command::Push(a) => commands::transfer::push(&client, out, a).await,
         Command::Pull(a) => commands::transfer::pull(&client, out, a).await,
+        Command::Pipeline(c) => commands::deploy::pipeline(&client, out, c).await,
+        Command::Release(a) => commands::deploy::release(&client, out, a).await,
+        Command::Promote(a) => commands::deploy::promote(&client, out, a).await,
+        Command::Rollback(a) => commands::deploy::rollback(&client, out, a).await,
+        Command::Status { service } => commands::deploy::status(&client, out, &service).await,
+        Command::History {
+            service,
+            env,
+            limit,
+        } => commands::deploy::history(&client, out, &service, &env, limit).await,
+        Command::Policy(c) => commands::deploy::policy(&client, out, c).await,
         Command::Fsck => commands::admin::fsck(&client, out).await,
         Command::Gc(a) => commands::admin::gc(&client, out, a).await,
     }

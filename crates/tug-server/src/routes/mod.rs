@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod blobs;
 pub mod builds;
+pub mod deploy;
 pub mod services;
 pub mod tokens;
 

@@ -2,5 +2,6 @@
 
 pub mod admin;
 pub mod build;
+pub mod deploy;
 pub mod server;
 pub mod transfer;

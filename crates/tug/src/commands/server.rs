@@ -35,6 +35,16 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         database: args.database,
         blob_store: args.blob_store,
         max_blob_size: args.max_blob_size,
+        server_rules: if args.server_rules.is_empty() {
+            None
+        } else {
+            Some(
+                args.server_rules
+                    .iter()
+                    .map(|r| tug_core::ServerRule::parse(r))
+                    .collect::<Result<_, _>>()?,
+            )
+        },
         ..Default::default()
     });
     tracing::debug!(?config, "configuration");

@@ -6,6 +6,7 @@ mod auth;
 mod bad_input;
 mod config;
 mod crash;
+mod deploy;
 mod flow;
 mod maintenance;
 mod shared;

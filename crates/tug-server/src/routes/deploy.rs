@@ -1,0 +1,241 @@
+//! `/v1/services/{service}/…`: pipelines, release, promote, rollback,
+//! status, history, auto-release resume.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use tug_api::{
+    ApplyPipeline, BuildSummary, Deployment, EnvironmentStatus, History, PipelineView, Promote,
+    Release, Rollback, Status,
+};
+use tug_core::{EnvName, ServiceName};
+use tug_db::{BuildRow, DeploymentRow};
+use tug_service::{BuildSelector, DeployOptions};
+
+use crate::error::ApiError;
+use crate::extract::{Caller, Json};
+use crate::AppState;
+
+fn service(segment: &str) -> Result<ServiceName, ApiError> {
+    ServiceName::parse(segment).map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))
+}
+
+fn env(segment: &str) -> Result<EnvName, ApiError> {
+    EnvName::parse(segment).map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))
+}
+
+fn summary(b: &BuildRow) -> BuildSummary {
+    BuildSummary {
+        id: b.id.clone(),
+        version: b.version.clone(),
+        manifest_digest: b.manifest_digest,
+        source: b.source.clone(),
+    }
+}
+
+pub fn deployment(d: DeploymentRow, build: Option<&BuildRow>) -> Deployment {
+    Deployment {
+        id: d.id,
+        service: d.service,
+        environment: d.environment,
+        seq: d.seq,
+        kind: d.kind,
+        build: d.build,
+        summary: build.map(summary),
+        requested_by: d.requested_by,
+        deployed_at: d.deployed_at,
+        replaced: d.replaced,
+        reason: d.reason,
+        override_freeze: d.override_freeze,
+    }
+}
+
+fn view(v: tug_service::PipelineView) -> PipelineView {
+    PipelineView {
+        service: v.row.service,
+        revision: v.row.revision,
+        changed_at: v.row.changed_at,
+        changed_by: v.row.changed_by,
+        spec: v.row.spec,
+        pipeline: v.pipeline,
+    }
+}
+
+fn options(flags: tug_api::DeployFlags) -> DeployOptions {
+    DeployOptions {
+        override_freeze: flags.override_freeze,
+        reason: flags.reason,
+    }
+}
+
+pub async fn apply_pipeline(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Path(segment): Path<String>,
+    Json(req): Json<ApplyPipeline>,
+) -> Result<axum::Json<PipelineView>, ApiError> {
+    let v = state
+        .tugboat
+        .apply_pipeline(&who, &service(&segment)?, &req.spec)
+        .await?;
+    Ok(axum::Json(view(v)))
+}
+
+pub async fn show_pipeline(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Path(segment): Path<String>,
+) -> Result<axum::Json<PipelineView>, ApiError> {
+    Ok(axum::Json(view(
+        state
+            .tugboat
+            .show_pipeline(&who, &service(&segment)?)
+            .await?,
+    )))
+}
+
+async fn answer(
+    state: &AppState,
+    d: DeploymentRow,
+) -> Result<(StatusCode, axum::Json<Deployment>), ApiError> {
+    let build = state
+        .tugboat
+        .db()
+        .build(&d.build)
+        .await
+        .map_err(tug_service::Error::from)?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(deployment(d, build.as_ref())),
+    ))
+}
+
+pub async fn release(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Path(segment): Path<String>,
+    Json(req): Json<Release>,
+) -> Result<(StatusCode, axum::Json<Deployment>), ApiError> {
+    let selector = match (req.build, req.branch, req.version) {
+        (Some(b), None, None) => BuildSelector::Reference(b),
+        (None, Some(b), None) => BuildSelector::Branch(b),
+        (None, None, Some(v)) => BuildSelector::Version(v),
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "name the build with exactly one of build, branch or version",
+            ))
+        }
+    };
+    let d = state
+        .tugboat
+        .release(
+            &who,
+            &service(&segment)?,
+            &req.environment,
+            selector,
+            options(req.flags),
+        )
+        .await?;
+    answer(&state, d).await
+}
+
+pub async fn promote(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Path(segment): Path<String>,
+    Json(req): Json<Promote>,
+) -> Result<(StatusCode, axum::Json<Deployment>), ApiError> {
+    let d = state
+        .tugboat
+        .promote(&who, &service(&segment)?, &req.to, options(req.flags))
+        .await?;
+    answer(&state, d).await
+}
+
+pub async fn rollback(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Path(segment): Path<String>,
+    Json(req): Json<Rollback>,
+) -> Result<(StatusCode, axum::Json<Deployment>), ApiError> {
+    let d = state
+        .tugboat
+        .rollback(
+            &who,
+            &service(&segment)?,
+            &req.environment,
+            req.to,
+            options(req.flags),
+        )
+        .await?;
+    answer(&state, d).await
+}
+
+pub async fn status(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Path(segment): Path<String>,
+) -> Result<axum::Json<Status>, ApiError> {
+    let (view, envs) = state.tugboat.status(&who, &service(&segment)?).await?;
+    Ok(axum::Json(Status {
+        service: view.row.service,
+        pipeline_revision: view.row.revision,
+        environments: envs
+            .into_iter()
+            .map(|s| EnvironmentStatus {
+                environment: s.environment.name.clone(),
+                upstream: s.environment.upstream.clone(),
+                auto_release: s.environment.auto_release.clone(),
+                auto_release_held: s.state.auto_release_held,
+                approvals: s.environment.approvals,
+                private: s.environment.private,
+                current: s.state.current.map(|d| deployment(d, s.build.as_ref())),
+            })
+            .collect(),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryQuery {
+    limit: Option<u32>,
+}
+
+pub async fn history(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Path((segment, environment)): Path<(String, String)>,
+    query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<axum::Json<History>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > 10_000 {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "limit must be between 1 and 10000",
+        ));
+    }
+    let rows = state
+        .tugboat
+        .history(&who, &service(&segment)?, &env(&environment)?, limit)
+        .await?;
+    Ok(axum::Json(History {
+        deployments: rows
+            .into_iter()
+            .map(|(d, b)| deployment(d, b.as_ref()))
+            .collect(),
+    }))
+}
+
+pub async fn resume(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Path((segment, environment)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    state
+        .tugboat
+        .resume_auto_release(&who, &service(&segment)?, &env(&environment)?)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

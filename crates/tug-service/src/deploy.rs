@@ -1,0 +1,483 @@
+//! Pipelines and deployments: apply a pipeline, release a build into an
+//! environment, promote what runs upstream, roll back, show status and
+//! history, auto-release newly sealed builds. Every deployment is checked
+//! against the environment's policies (`tug_core::policy`) and written with
+//! the environment's compare-and-set, so concurrent deployments never both
+//! win. A promotion is a metadata write: no byte of the build moves.
+
+use tug_core::{
+    evaluate, Action, BuildFacts, BuildState, DeployKind, EnvName, Environment, Pipeline, Proposal,
+    Role, ServiceName, Verdict, Version,
+};
+use tug_db::{BuildFilter, BuildRow, DeploymentRow, EnvState, NewDeployment, PipelineRow};
+
+use crate::{Error, Principal, Result, Tugboat};
+
+/// Which build a release names.
+#[derive(Debug, Clone)]
+pub enum BuildSelector {
+    /// A build id or manifest digest.
+    Reference(String),
+    /// The newest sealed build of a branch.
+    Branch(String),
+    /// The newest sealed build with this version.
+    Version(Version),
+}
+
+/// Options every deployment takes.
+#[derive(Debug, Clone, Default)]
+pub struct DeployOptions {
+    /// Deploy through a freeze window (admin only, with a reason).
+    pub override_freeze: bool,
+    pub reason: Option<String>,
+}
+
+/// One environment in `status`.
+#[derive(Debug, Clone)]
+pub struct EnvStatus {
+    pub environment: Environment,
+    pub state: EnvState,
+    pub build: Option<BuildRow>,
+}
+
+/// A pipeline as stored, parsed.
+#[derive(Debug, Clone)]
+pub struct PipelineView {
+    pub row: PipelineRow,
+    pub pipeline: Pipeline,
+}
+
+impl Tugboat {
+    /// Validates and stores a service's pipeline (a TOML document).
+    pub async fn apply_pipeline(
+        &self,
+        who: &Principal,
+        service: &ServiceName,
+        text: &str,
+    ) -> Result<PipelineView> {
+        self.require(who, Action::ManagePipelines)?;
+        let pipeline = Pipeline::parse(text).map_err(Error::Pipeline)?;
+        if &pipeline.service != service {
+            return Err(Error::Invalid(format!(
+                "the pipeline is for service {}, not {service}; fix `service` in the file",
+                pipeline.service
+            )));
+        }
+        pipeline
+            .check_server_rules(&self.settings.server_rules)
+            .map_err(Error::Pipeline)?;
+        if !self.db.service_exists(service).await? {
+            return Err(Error::ServiceNotFound(service.clone()));
+        }
+        let row = self
+            .db
+            .save_pipeline(
+                service,
+                &pipeline.to_toml(),
+                self.now(),
+                Some(who.name.to_string()),
+            )
+            .await?;
+        Ok(PipelineView { row, pipeline })
+    }
+
+    /// The current pipeline of a service.
+    pub async fn show_pipeline(
+        &self,
+        who: &Principal,
+        service: &ServiceName,
+    ) -> Result<PipelineView> {
+        self.require(who, Action::Read)?;
+        self.pipeline_of(service).await
+    }
+
+    async fn pipeline_of(&self, service: &ServiceName) -> Result<PipelineView> {
+        let Some(row) = self.db.pipeline(service).await? else {
+            if !self.db.service_exists(service).await? {
+                return Err(Error::ServiceNotFound(service.clone()));
+            }
+            return Err(Error::NoPipeline(service.clone()));
+        };
+        let pipeline = Pipeline::parse(&row.spec)
+            .map_err(|e| Error::Db(tug_db::Error::Corrupt(e.to_string())))?;
+        Ok(PipelineView { row, pipeline })
+    }
+
+    /// Puts a named build into an environment.
+    pub async fn release(
+        &self,
+        who: &Principal,
+        service: &ServiceName,
+        env: &EnvName,
+        selector: BuildSelector,
+        options: DeployOptions,
+    ) -> Result<DeploymentRow> {
+        self.require(who, Action::Deploy)?;
+        let view = self.pipeline_of(service).await?;
+        let environment = environment(&view.pipeline, env)?;
+        let build = match selector {
+            BuildSelector::Reference(r) => self.resolve(&r).await?,
+            BuildSelector::Branch(b) => self
+                .newest_sealed(service, Some(b.clone()), None)
+                .await?
+                .ok_or_else(|| {
+                Error::NothingToDeploy(format!(
+                    "service {service} has no sealed build of branch {b}"
+                ))
+            })?,
+            BuildSelector::Version(v) => self
+                .newest_sealed(service, None, Some(v.clone()))
+                .await?
+                .ok_or_else(|| {
+                    Error::NothingToDeploy(format!(
+                        "service {service} has no sealed build with version {v}"
+                    ))
+                })?,
+        };
+        if &build.service != service {
+            return Err(Error::Invalid(format!(
+                "build {} belongs to service {}, not {service}",
+                build.id, build.service
+            )));
+        }
+        self.carry_out(
+            Some(who),
+            service,
+            environment,
+            build,
+            DeployKind::Release,
+            options,
+        )
+        .await
+    }
+
+    /// Takes the build running in the environment's upstream (for the first
+    /// environment: the newest sealed build of the branch it auto-releases
+    /// from) into the environment.
+    pub async fn promote(
+        &self,
+        who: &Principal,
+        service: &ServiceName,
+        to: &EnvName,
+        options: DeployOptions,
+    ) -> Result<DeploymentRow> {
+        self.require(who, Action::Deploy)?;
+        let view = self.pipeline_of(service).await?;
+        let environment = environment(&view.pipeline, to)?;
+        let build_id = match (&environment.upstream, &environment.auto_release) {
+            (Some(up), _) => {
+                let state = self.db.env_state(service, up).await?;
+                state
+                    .current
+                    .ok_or_else(|| Error::NothingToDeploy(format!("{up} of {service} runs nothing yet; nothing to promote into {to}")))?
+                    .build
+            }
+            (None, Some(branch)) => {
+                self.newest_sealed(service, Some(branch.clone()), None)
+                    .await?
+                    .ok_or_else(|| Error::NothingToDeploy(format!("service {service} has no sealed build of branch {branch}")))?
+                    .id
+            }
+            (None, None) => {
+                return Err(Error::NothingToDeploy(format!(
+                    "{to} has no upstream and no auto-release branch; use tug release {service} --env {to} --build ID"
+                )))
+            }
+        };
+        let current = self.db.env_state(service, to).await?.current;
+        if current.as_ref().is_some_and(|c| c.build == build_id) {
+            return Err(Error::NothingToDeploy(format!(
+                "{to} of {service} already runs build {build_id}"
+            )));
+        }
+        let build = self
+            .db
+            .build(&build_id)
+            .await?
+            .ok_or_else(|| Error::BuildNotFound(build_id.to_string()))?;
+        self.carry_out(
+            Some(who),
+            service,
+            environment,
+            build,
+            DeployKind::Promote,
+            options,
+        )
+        .await
+    }
+
+    /// Puts the previous build (or `to`, which must have run there before)
+    /// back into an environment, as a new deployment.
+    pub async fn rollback(
+        &self,
+        who: &Principal,
+        service: &ServiceName,
+        env: &EnvName,
+        to: Option<String>,
+        options: DeployOptions,
+    ) -> Result<DeploymentRow> {
+        self.require(who, Action::Deploy)?;
+        let view = self.pipeline_of(service).await?;
+        let environment = environment(&view.pipeline, env)?;
+        let current = self
+            .db
+            .env_state(service, env)
+            .await?
+            .current
+            .ok_or_else(|| {
+                Error::NothingToDeploy(format!(
+                    "{env} of {service} runs nothing yet; nothing to roll back"
+                ))
+            })?;
+        let target = match to {
+            Some(r) => {
+                let b = self.resolve(&r).await?;
+                if self
+                    .db
+                    .last_deployed_at(service, env, &b.id)
+                    .await?
+                    .is_none()
+                {
+                    return Err(Error::NothingToDeploy(format!(
+                        "build {} never ran in {env} of {service}; roll back only to a build that did (see tug history)",
+                        b.id
+                    )));
+                }
+                b
+            }
+            None => {
+                let previous = current.replaced.clone().ok_or_else(|| {
+                    Error::NothingToDeploy(format!(
+                        "{env} of {service} ran nothing before build {}; nothing to roll back to",
+                        current.build
+                    ))
+                })?;
+                self.db
+                    .build(&previous)
+                    .await?
+                    .ok_or_else(|| Error::BuildNotFound(previous.to_string()))?
+            }
+        };
+        if target.id == current.build {
+            return Err(Error::NothingToDeploy(format!(
+                "{env} of {service} already runs build {}",
+                target.id
+            )));
+        }
+        self.carry_out(
+            Some(who),
+            service,
+            environment,
+            target,
+            DeployKind::Rollback,
+            options,
+        )
+        .await
+    }
+
+    /// Releases a newly sealed build into every environment that
+    /// auto-releases its branch. Refusals are logged, not returned: the
+    /// seal itself succeeded.
+    pub(crate) async fn auto_release(&self, build: &BuildRow) -> Vec<DeploymentRow> {
+        let Some(branch) = build.source.branch.clone() else {
+            return Vec::new();
+        };
+        let view = match self.pipeline_of(&build.service).await {
+            Ok(v) => v,
+            Err(_) => return Vec::new(),
+        };
+        let mut done = Vec::new();
+        for environment in view
+            .pipeline
+            .environments
+            .iter()
+            .filter(|e| e.auto_release.as_deref() == Some(branch.as_str()))
+        {
+            match self
+                .carry_out(
+                    None,
+                    &build.service,
+                    environment,
+                    build.clone(),
+                    DeployKind::AutoRelease,
+                    DeployOptions::default(),
+                )
+                .await
+            {
+                Ok(d) => done.push(d),
+                Err(e) => {
+                    tracing::info!(build = %build.id, env = %environment.name, error = %e, "no auto-release")
+                }
+            }
+        }
+        done
+    }
+
+    /// Clears an environment's auto-release hold.
+    pub async fn resume_auto_release(
+        &self,
+        who: &Principal,
+        service: &ServiceName,
+        env: &EnvName,
+    ) -> Result<()> {
+        self.require(who, Action::Deploy)?;
+        let view = self.pipeline_of(service).await?;
+        environment(&view.pipeline, env)?;
+        Ok(self.db.set_auto_release_hold(service, env, false).await?)
+    }
+
+    /// Every environment of the service in pipeline order with what it runs.
+    pub async fn status(
+        &self,
+        who: &Principal,
+        service: &ServiceName,
+    ) -> Result<(PipelineView, Vec<EnvStatus>)> {
+        self.require(who, Action::Read)?;
+        let view = self.pipeline_of(service).await?;
+        let mut out = Vec::with_capacity(view.pipeline.environments.len());
+        for environment in &view.pipeline.environments {
+            let state = self.db.env_state(service, &environment.name).await?;
+            let build = match &state.current {
+                Some(d) => self.db.build(&d.build).await?,
+                None => None,
+            };
+            out.push(EnvStatus {
+                environment: environment.clone(),
+                state,
+                build,
+            });
+        }
+        Ok((view, out))
+    }
+
+    /// An environment's deployments, newest first, with their builds.
+    pub async fn history(
+        &self,
+        who: &Principal,
+        service: &ServiceName,
+        env: &EnvName,
+        limit: u32,
+    ) -> Result<Vec<(DeploymentRow, Option<BuildRow>)>> {
+        self.require(who, Action::Read)?;
+        let view = self.pipeline_of(service).await?;
+        environment(&view.pipeline, env)?;
+        let mut out = Vec::new();
+        for d in self.db.history(service, env, limit).await? {
+            let b = self.db.build(&d.build).await?;
+            out.push((d, b));
+        }
+        Ok(out)
+    }
+
+    async fn newest_sealed(
+        &self,
+        service: &ServiceName,
+        branch: Option<String>,
+        version: Option<Version>,
+    ) -> Result<Option<BuildRow>> {
+        let filter = BuildFilter {
+            service: Some(service.clone()),
+            branch,
+            version,
+            state: Some(BuildState::Sealed),
+            limit: 1,
+        };
+        Ok(self.db.list_builds(&filter).await?.into_iter().next())
+    }
+
+    /// Checks the policies and writes the deployment.
+    async fn carry_out(
+        &self,
+        who: Option<&Principal>,
+        service: &ServiceName,
+        environment: &Environment,
+        build: BuildRow,
+        kind: DeployKind,
+        options: DeployOptions,
+    ) -> Result<DeploymentRow> {
+        if options.override_freeze {
+            if who.map(|w| w.role) != Some(Role::Admin) {
+                return Err(Error::Invalid(
+                    "only an admin token may override a freeze window".into(),
+                ));
+            }
+            if options
+                .reason
+                .as_deref()
+                .is_none_or(|r| r.trim().is_empty())
+            {
+                return Err(Error::Invalid(
+                    "an override needs a reason: pass --reason \"…\"".into(),
+                ));
+            }
+        }
+        let state = self.db.env_state(service, &environment.name).await?;
+        let (passed_upstream, in_upstream_since) = match &environment.upstream {
+            Some(up) => {
+                let at = self.db.last_deployed_at(service, up, &build.id).await?;
+                (at.is_some(), at)
+            }
+            None => (true, None),
+        };
+        let now = self.now();
+        let proposal = Proposal {
+            kind,
+            environment,
+            build: BuildFacts {
+                branch: build.source.branch.as_deref(),
+                sealed: build.state == BuildState::Sealed,
+                yanked: false,
+                embargoed: false,
+            },
+            now,
+            in_upstream_since,
+            passed_upstream,
+            server_rules: &self.settings.server_rules,
+            override_freeze: options.override_freeze,
+            approvals: 0,
+            auto_release_held: state.auto_release_held,
+        };
+        match evaluate(&proposal) {
+            Verdict::Allowed => {}
+            Verdict::Refused(violations) => return Err(Error::Policy(violations)),
+            Verdict::NeedsApproval { have, need } => {
+                return Err(Error::ApprovalRequired {
+                    environment: environment.name.clone(),
+                    have,
+                    need,
+                })
+            }
+        }
+        // A manual release into an auto-releasing environment holds its
+        // auto-release until `tug policy resume`.
+        let hold =
+            (kind == DeployKind::Release && environment.auto_release.is_some()).then_some(true);
+        let deployment = NewDeployment {
+            id: uuid::Uuid::now_v7().to_string(),
+            service: service.clone(),
+            environment: environment.name.clone(),
+            build: build.id.clone(),
+            kind,
+            requested_by: who.map(|w| w.name.to_string()),
+            reason: options.reason,
+            override_freeze: options.override_freeze,
+            at: now,
+        };
+        Ok(self.db.deploy(&deployment, state.seq, hold).await?)
+    }
+}
+
+fn environment<'p>(pipeline: &'p Pipeline, name: &EnvName) -> Result<&'p Environment> {
+    pipeline
+        .environment(name)
+        .ok_or_else(|| Error::EnvironmentNotFound {
+            service: pipeline.service.clone(),
+            environment: name.clone(),
+            known: pipeline
+                .environments
+                .iter()
+                .map(|e| e.name.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+}

@@ -1,0 +1,253 @@
+//! `tug pipeline`, `tug release`, `tug promote`, `tug rollback`, `tug
+//! status`, `tug history`, `tug policy`.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use tug_api::{DeployFlags, Deployment, Promote, Release, Rollback};
+use tug_client::Client;
+use tug_core::{EnvName, Pipeline, ServiceName, Version};
+
+use crate::cli::{
+    Output, OverrideArgs, PipelineCommand, PolicyCommand, PromoteArgs, ReleaseArgs, RollbackArgs,
+};
+use crate::output::{opt, print, table, time};
+
+fn flags(a: OverrideArgs) -> DeployFlags {
+    DeployFlags {
+        override_freeze: a.override_freeze,
+        reason: a.reason,
+    }
+}
+
+/// `api 1.4.0 (master@4f2a9c1e)` for a deployment's build.
+fn build_line(d: &Deployment) -> String {
+    match &d.summary {
+        Some(s) => format!(
+            "{} {} ({}@{})",
+            s.id,
+            s.version,
+            s.source.branch.as_deref().unwrap_or("-"),
+            s.source
+                .commit
+                .as_deref()
+                .map(|c| c.chars().take(12).collect::<String>())
+                .unwrap_or_else(|| "-".into())
+        ),
+        None => d.build.to_string(),
+    }
+}
+
+fn deployed(out: Output, d: &Deployment, verb: &str) -> anyhow::Result<ExitCode> {
+    print(out, d, |d| {
+        let mut s = format!(
+            "{verb} {} into {} of {} (deployment {}).",
+            build_line(d),
+            d.environment,
+            d.service,
+            d.seq
+        );
+        if let Some(r) = &d.replaced {
+            s.push_str(&format!("\nIt replaced build {r}."));
+        }
+        s
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn pipeline(
+    client: &Client,
+    out: Output,
+    c: PipelineCommand,
+) -> anyhow::Result<ExitCode> {
+    match c {
+        PipelineCommand::Apply { file } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            // Parse here too, to name the service and to say what is wrong
+            // before anything is sent.
+            let pipeline = Pipeline::parse(&text)
+                .with_context(|| format!("{} is not a valid pipeline", file.display()))?;
+            let v = client.apply_pipeline(&pipeline.service, &text).await?;
+            print(out, &v, |v| {
+                format!(
+                    "Pipeline of {} is at revision {}: {}.",
+                    v.service,
+                    v.revision,
+                    env_chain(&v.pipeline)
+                )
+            })?;
+        }
+        PipelineCommand::Show { service } => {
+            let v = client.pipeline(&ServiceName::parse(&service)?).await?;
+            print(out, &v, |v| {
+                format!(
+                    "# revision {} by {} at {}\n{}",
+                    v.revision,
+                    opt(&v.changed_by),
+                    time(&v.changed_at),
+                    v.spec.trim_end()
+                )
+            })?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `dev, prod (from dev)`.
+fn env_chain(p: &Pipeline) -> String {
+    p.environments
+        .iter()
+        .map(|e| match &e.upstream {
+            Some(up) => format!("{} (from {up})", e.name),
+            None => e.name.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub async fn release(client: &Client, out: Output, a: ReleaseArgs) -> anyhow::Result<ExitCode> {
+    if a.build.is_none() && a.branch.is_none() && a.version.is_none() {
+        anyhow::bail!("name the build with --build ID, --branch BRANCH or --version VERSION");
+    }
+    let req = Release {
+        environment: EnvName::parse(&a.env)?,
+        build: a.build,
+        branch: a.branch,
+        version: a.version.as_deref().map(Version::parse).transpose()?,
+        flags: flags(a.flags),
+    };
+    let d = client
+        .release(&ServiceName::parse(&a.service)?, &req)
+        .await?;
+    deployed(out, &d, "Released")
+}
+
+pub async fn promote(client: &Client, out: Output, a: PromoteArgs) -> anyhow::Result<ExitCode> {
+    let req = Promote {
+        to: EnvName::parse(&a.to)?,
+        flags: flags(a.flags),
+    };
+    let d = client
+        .promote(&ServiceName::parse(&a.service)?, &req)
+        .await?;
+    deployed(out, &d, "Promoted")
+}
+
+pub async fn rollback(client: &Client, out: Output, a: RollbackArgs) -> anyhow::Result<ExitCode> {
+    let req = Rollback {
+        environment: EnvName::parse(&a.env)?,
+        to: a.to,
+        flags: flags(a.flags),
+    };
+    let d = client
+        .rollback(&ServiceName::parse(&a.service)?, &req)
+        .await?;
+    deployed(out, &d, "Rolled back to")
+}
+
+pub async fn status(client: &Client, out: Output, service: &str) -> anyhow::Result<ExitCode> {
+    let s = client.status(&ServiceName::parse(service)?).await?;
+    print(out, &s, |s| {
+        let mut t = table(&[
+            "ENV", "VERSION", "BRANCH", "COMMIT", "AUTHOR", "MESSAGE", "DEPLOYED", "BY", "BUILD",
+        ]);
+        for e in &s.environments {
+            let mut name = e.environment.to_string();
+            if e.auto_release_held {
+                name.push_str(" (auto-release held)");
+            }
+            match &e.current {
+                None => {
+                    t.add_row(vec![
+                        name,
+                        "-".into(),
+                        "-".into(),
+                        "-".into(),
+                        "-".into(),
+                        "-".into(),
+                        "-".into(),
+                        "-".into(),
+                        "-".into(),
+                    ]);
+                }
+                Some(d) => {
+                    let src = d
+                        .summary
+                        .as_ref()
+                        .map(|s| s.source.clone())
+                        .unwrap_or_default();
+                    t.add_row(vec![
+                        name,
+                        d.summary
+                            .as_ref()
+                            .map(|s| s.version.to_string())
+                            .unwrap_or_else(|| "-".into()),
+                        opt(&src.branch),
+                        src.commit
+                            .as_deref()
+                            .map(|c| c.chars().take(12).collect())
+                            .unwrap_or_else(|| "-".into()),
+                        opt(&src.author),
+                        src.message
+                            .as_deref()
+                            .and_then(|m| m.lines().next())
+                            .unwrap_or("-")
+                            .chars()
+                            .take(40)
+                            .collect(),
+                        format!("{} ({})", time(&d.deployed_at), d.kind),
+                        d.requested_by.clone().unwrap_or_else(|| "auto".into()),
+                        d.build.to_string(),
+                    ]);
+                }
+            }
+        }
+        t.to_string()
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn history(
+    client: &Client,
+    out: Output,
+    service: &str,
+    env: &str,
+    limit: u32,
+) -> anyhow::Result<ExitCode> {
+    let h = client
+        .history(&ServiceName::parse(service)?, &EnvName::parse(env)?, limit)
+        .await?;
+    print(out, &h.deployments, |ds| {
+        let mut t = table(&["#", "WHEN", "KIND", "BUILD", "BY", "REPLACED", "REASON"]);
+        for d in ds {
+            t.add_row(vec![
+                d.seq.to_string(),
+                time(&d.deployed_at),
+                d.kind.to_string(),
+                build_line(d),
+                d.requested_by.clone().unwrap_or_else(|| "auto".into()),
+                opt(&d.replaced),
+                opt(&d.reason),
+            ]);
+        }
+        t.to_string()
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn policy(client: &Client, out: Output, c: PolicyCommand) -> anyhow::Result<ExitCode> {
+    match c {
+        PolicyCommand::Resume { service, env } => {
+            let env = EnvName::parse(&env)?;
+            client
+                .resume_auto_release(&ServiceName::parse(&service)?, &env)
+                .await?;
+            let answer = serde_json::json!({"service": service, "environment": env, "auto_release_held": false});
+            print(out, &answer, |_| {
+                format!("Auto-release into {env} of {service} resumed.")
+            })?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,525 @@
+//! Pipelines and deployments through the real binary: Lunar's flow
+//! (auto-release of master to dev, promote to prod, a hotfix branch refused
+//! by prod's branch restriction and accepted once it is widened, rollback,
+//! status and history), policies, bad input, and concurrent deployments.
+
+use std::path::Path;
+
+use crate::support::{write_files, Backend, TestServer};
+
+const LUNAR: &str = r#"
+service = "api"
+
+[[environments]]
+name = "dev"
+auto_release = { branch = "master" }
+
+[[environments]]
+name = "prod"
+upstream = "dev"
+branch_restriction = "^master$"
+"#;
+
+fn apply(server: &TestServer, w: &Path, text: &str) -> crate::support::Run {
+    std::fs::write(w.join("pipeline.toml"), text).unwrap();
+    server.tug(w, &["pipeline", "apply", "-f", "pipeline.toml", "--output", "json"])
+}
+
+/// Pushes and seals a build of `branch`; returns its id.
+fn sealed(server: &TestServer, w: &Path, branch: &str, commit: &str, version: &str) -> String {
+    let file = format!("{commit}.bin");
+    write_files(w, &[(file.as_str(), commit.as_bytes())]);
+    let out = server
+        .tug(
+            w,
+            &[
+                "push",
+                "--service",
+                "api",
+                "--branch",
+                branch,
+                "--commit",
+                commit,
+                "--version",
+                version,
+                "--seal",
+                &file,
+                "--output",
+                "json",
+            ],
+        )
+        .json();
+    out["build"].as_str().unwrap().to_string()
+}
+
+fn current(server: &TestServer, w: &Path, env: &str) -> Option<String> {
+    let status = server.tug(w, &["status", "api", "--output", "json"]).json();
+    let e = status["environments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["environment"] == env)
+        .unwrap()
+        .clone();
+    e["current"]["build"].as_str().map(str::to_string)
+}
+
+pub async fn lunar_flow(server: &TestServer) {
+    let w = tempfile::tempdir().unwrap();
+    let w = w.path();
+    server.tug(w, &["service", "create", "api"]).ok();
+    let applied = apply(server, w, LUNAR).json();
+    assert_eq!(applied["revision"], 1);
+
+    // A sealed master build goes to dev by itself.
+    let b1 = sealed(server, w, "master", "aaaaaaa1", "1.0.0");
+    assert_eq!(current(server, w, "dev").as_deref(), Some(b1.as_str()));
+    assert_eq!(current(server, w, "prod"), None);
+
+    // Promote takes what dev runs; no byte moves, only the record.
+    let promoted = server
+        .tug(w, &["promote", "api", "--to", "prod", "--output", "json"])
+        .json();
+    assert_eq!(promoted["build"], b1.as_str());
+    assert_eq!(promoted["kind"], "promote");
+    let err = server
+        .tug(w, &["promote", "api", "--to", "prod"])
+        .fails()
+        .to_string();
+    assert!(
+        err.contains("nothing_to_deploy") && err.contains("already runs"),
+        "{err}"
+    );
+
+    // A hotfix branch is refused by prod's restriction, naming the policy.
+    let hotfix = sealed(server, w, "hotfix/x", "bbbbbbb2", "1.0.1");
+    assert_eq!(
+        current(server, w, "dev").as_deref(),
+        Some(b1.as_str()),
+        "hotfix is not auto-released"
+    );
+    let err = server
+        .tug(
+            w,
+            &["release", "api", "--env", "prod", "--branch", "hotfix/x"],
+        )
+        .fails()
+        .to_string();
+    assert!(
+        err.contains("policy_violation")
+            && err.contains("branch_restriction")
+            && err.contains("hotfix/x"),
+        "{err}"
+    );
+    assert_eq!(
+        current(server, w, "prod").as_deref(),
+        Some(b1.as_str()),
+        "a refusal changes nothing"
+    );
+
+    // Widened, it is accepted.
+    let widened = apply(
+        server,
+        w,
+        &LUNAR.replace("^master$", "^(master|hotfix/.*)$"),
+    )
+    .json();
+    assert_eq!(widened["revision"], 2);
+    server
+        .tug(
+            w,
+            &["release", "api", "--env", "prod", "--branch", "hotfix/x"],
+        )
+        .ok();
+    assert_eq!(current(server, w, "prod").as_deref(), Some(hotfix.as_str()));
+
+    // Rollback goes back to what ran before, as a new deployment.
+    let rolled = server
+        .tug(w, &["rollback", "api", "--env", "prod", "--output", "json"])
+        .json();
+    assert_eq!(rolled["build"], b1.as_str());
+    assert_eq!(rolled["replaced"], hotfix.as_str());
+    let history = server
+        .tug(w, &["history", "api", "--env", "prod", "--output", "json"])
+        .json();
+    let kinds: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, vec!["rollback", "release", "promote"]);
+    assert_eq!(history[0]["summary"]["version"], "1.0.0");
+    let table = server.tug(w, &["status", "api"]).ok().to_string();
+    for needle in ["dev", "prod", "1.0.0", "master", "aaaaaaa1", "rollback"] {
+        assert!(table.contains(needle), "{needle} missing:\n{table}");
+    }
+    let log = server
+        .tug(w, &["history", "api", "--env", "prod"])
+        .ok()
+        .to_string();
+    assert!(
+        log.contains("hotfix/x") && log.contains("rollback"),
+        "{log}"
+    );
+
+    // A manual release into dev holds its auto-release until resumed.
+    server
+        .tug(w, &["release", "api", "--env", "dev", "--build", &hotfix])
+        .ok();
+    let b3 = sealed(server, w, "master", "ccccccc3", "1.1.0");
+    assert_eq!(
+        current(server, w, "dev").as_deref(),
+        Some(hotfix.as_str()),
+        "held"
+    );
+    assert!(server
+        .tug(w, &["status", "api"])
+        .ok()
+        .contains("auto-release held"));
+    server
+        .tug(w, &["policy", "resume", "api", "--env", "dev"])
+        .ok();
+    let b4 = sealed(server, w, "master", "ddddddd4", "1.2.0");
+    assert_eq!(current(server, w, "dev").as_deref(), Some(b4.as_str()));
+    assert_ne!(b3, b4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lunar_flow_on_sqlite() {
+    lunar_flow(&TestServer::start().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lunar_flow_on_postgres_and_s3() {
+    lunar_flow(&TestServer::start_with(Backend::postgres_s3().await, &[]).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_pipelines_and_unknown_names_change_nothing() {
+    let server = TestServer::start().await;
+    let w = tempfile::tempdir().unwrap();
+    let w = w.path();
+    server.tug(w, &["service", "create", "api"]).ok();
+    let err = server.tug(w, &["status", "api"]).fails().to_string();
+    assert!(
+        err.contains("pipeline_not_found") && err.contains("tug pipeline apply"),
+        "{err}"
+    );
+    for (text, expected) in [
+        (LUNAR.replace("upstream = \"dev\"", "upstream = \"qa\""), "qa"),
+        (LUNAR.replace("^master$", "^(master"), "regex"),
+        (LUNAR.replace("name = \"prod\"", "name = \"dev\""), "dev"),
+        (format!("{LUNAR}\ncolour = \"red\"\n"), "colour"),
+        (
+            "service = \"api\"\n[[environments]]\nname = \"a\"\nupstream = \"b\"\n[[environments]]\nname = \"b\"\nupstream = \"a\"\n"
+                .to_string(),
+            "a -> b -> a",
+        ),
+    ] {
+        let err = apply(&server, w, &text).fails().to_string();
+        assert!(err.contains(expected), "{text}\n=> {err}");
+    }
+    let err = server
+        .tug(w, &["pipeline", "show", "api"])
+        .fails()
+        .to_string();
+    assert!(
+        err.contains("pipeline_not_found"),
+        "nothing was stored: {err}"
+    );
+    // The server validates too, whatever a client sends.
+    let res = server
+        .http(reqwest::Method::PUT, "/v1/services/api/pipeline")
+        .json(&serde_json::json!({"spec": "service = \"api\"\n[[environments]]\nname = \"x\"\nsoak = \"1x\"\n"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["code"], "invalid_pipeline");
+    assert!(body["message"].as_str().unwrap().contains("1x"), "{body}");
+
+    apply(&server, w, LUNAR).ok();
+    let err = server
+        .tug(
+            w,
+            &["release", "api", "--env", "staging", "--branch", "master"],
+        )
+        .fails()
+        .to_string();
+    assert!(
+        err.contains("environment_not_found") && err.contains("dev, prod"),
+        "{err}"
+    );
+    let err = server
+        .tug(w, &["release", "api", "--env", "dev", "--version", "1.0"])
+        .fails()
+        .to_string();
+    assert!(err.contains("MAJOR.MINOR.PATCH"), "{err}");
+    let err = server
+        .tug(w, &["release", "api", "--env", "dev", "--version", "9.9.9"])
+        .fails()
+        .to_string();
+    assert!(err.contains("nothing_to_deploy"), "{err}");
+    let err = server.tug(w, &["status", "nope"]).fails().to_string();
+    assert!(err.contains("service_not_found"), "{err}");
+    let err = server
+        .tug(w, &["promote", "api", "--to", "prod"])
+        .fails()
+        .to_string();
+    assert!(err.contains("runs nothing yet"), "{err}");
+
+    // A draft never deploys.
+    let draft = server
+        .tug(
+            w,
+            &[
+                "build",
+                "create",
+                "--service",
+                "api",
+                "--version",
+                "2.0.0",
+                "--branch",
+                "master",
+            ],
+        )
+        .ok()
+        .trim()
+        .to_string();
+    let err = server
+        .tug(w, &["release", "api", "--env", "dev", "--build", &draft])
+        .fails()
+        .to_string();
+    assert!(err.contains("not_sealed"), "{err}");
+
+    // Roles: a ci token may not deploy, a viewer may not change pipelines.
+    let ci = server
+        .tug(
+            w,
+            &[
+                "token", "create", "--name", "ci", "--role", "ci", "--output", "json",
+            ],
+        )
+        .json();
+    let err = server
+        .tug_as(
+            ci["secret"].as_str().unwrap(),
+            w,
+            &["promote", "api", "--to", "prod"],
+        )
+        .fails()
+        .to_string();
+    assert!(err.contains("HTTP 403"), "{err}");
+    let deployer = server
+        .tug(
+            w,
+            &[
+                "token", "create", "--name", "dep", "--role", "deployer", "--output", "json",
+            ],
+        )
+        .json();
+    std::fs::write(w.join("p2.toml"), LUNAR).unwrap();
+    let err = server
+        .tug_as(
+            deployer["secret"].as_str().unwrap(),
+            w,
+            &["pipeline", "apply", "-f", "p2.toml"],
+        )
+        .fails()
+        .to_string();
+    assert!(err.contains("HTTP 403"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn freeze_windows_soak_and_server_rules() {
+    let server =
+        TestServer::start_with(Backend::Embedded, &["--server-rule", "prod=^master$"]).await;
+    let w = tempfile::tempdir().unwrap();
+    let w = w.path();
+    server.tug(w, &["service", "create", "api"]).ok();
+
+    // A pipeline may not auto-release a branch a server rule forbids.
+    let err = apply(
+        &server,
+        w,
+        &LUNAR.replace(
+            "branch_restriction = \"^master$\"",
+            "auto_release = { branch = \"hotfix\" }",
+        ),
+    )
+    .fails()
+    .to_string();
+    assert!(err.contains("prod=^master$"), "{err}");
+
+    // Soak: prod takes a build only after it spent an hour in dev.
+    let soaking = LUNAR.replace(
+        "branch_restriction = \"^master$\"",
+        "branch_restriction = \"^master$\"\nsoak = \"1h\"",
+    );
+    apply(&server, w, &soaking).ok();
+    sealed(&server, w, "master", "aaaaaaa1", "1.0.0");
+    let err = server
+        .tug(w, &["promote", "api", "--to", "prod"])
+        .fails()
+        .to_string();
+    assert!(err.contains("soak") && err.contains("1h"), "{err}");
+
+    // A freeze window in force refuses deployments unless an admin
+    // overrides it with a reason, which is recorded.
+    let frozen = LUNAR.replace(
+        "branch_restriction = \"^master$\"",
+        "branch_restriction = \"^master$\"\nfreeze = [{ from = \"2000-01-01T00:00:00Z\", until = \"2999-01-01T00:00:00Z\" }]",
+    );
+    apply(&server, w, &frozen).ok();
+    let err = server
+        .tug(w, &["promote", "api", "--to", "prod"])
+        .fails()
+        .to_string();
+    assert!(err.contains("freeze"), "{err}");
+    let err = server
+        .tug(w, &["promote", "api", "--to", "prod", "--override"])
+        .fails()
+        .to_string();
+    assert!(err.contains("reason"), "{err}");
+    let d = server
+        .tug(
+            w,
+            &[
+                "promote",
+                "api",
+                "--to",
+                "prod",
+                "--override",
+                "--reason",
+                "incident 42",
+                "--output",
+                "json",
+            ],
+        )
+        .json();
+    assert_eq!(d["override_freeze"], true);
+    assert_eq!(d["reason"], "incident 42");
+
+    // The server rule holds even when the pipeline's restriction is widened.
+    apply(&server, w, &LUNAR.replace("^master$", ".*")).ok();
+    sealed(&server, w, "hotfix/y", "bbbbbbb2", "1.0.1");
+    let err = server
+        .tug(
+            w,
+            &["release", "api", "--env", "prod", "--branch", "hotfix/y"],
+        )
+        .fails()
+        .to_string();
+    assert!(err.contains("server_branch_restriction"), "{err}");
+}
+
+/// Fires 50 releases of 50 different builds at one environment at once.
+/// Each either wins or gets 409 conflict; the log has exactly the winners,
+/// in an unbroken chain where each replaced the one before: no lost update.
+pub async fn concurrent_releases(servers: &[&TestServer]) {
+    let a = servers[0];
+    let client = a.client();
+    let w = tempfile::tempdir().unwrap();
+    let w = w.path();
+    a.tug(w, &["service", "create", "api"]).ok();
+    apply(a, w, LUNAR).ok();
+    let service = tug_core::ServiceName::parse("api").unwrap();
+    let mut builds = Vec::new();
+    for i in 0..50 {
+        let b = client
+            .create_build(&tug_api::CreateBuild {
+                service: service.clone(),
+                version: tug_core::Version::parse(&format!("1.0.{i}")).unwrap(),
+                source: tug_core::BuildSource {
+                    branch: Some("feature".into()),
+                    ..Default::default()
+                },
+                ci: Default::default(),
+                expected: vec![],
+            })
+            .await
+            .unwrap();
+        let body = format!("build {i}").into_bytes();
+        let digest = tug_core::Digest::of(&body);
+        client.put_blob_bytes(&digest, body.clone()).await.unwrap();
+        let spec = tug_core::ArtifactSpec {
+            name: tug_core::ArtifactName::parse("app.bin").unwrap(),
+            kind: tug_core::ArtifactKind::Binary,
+            platform: None,
+            size: body.len() as u64,
+            digest,
+            derived_from: vec![],
+        };
+        client
+            .register_artifacts(b.id.as_str(), vec![spec])
+            .await
+            .unwrap();
+        client.seal(b.id.as_str()).await.unwrap();
+        builds.push(b.id.to_string());
+    }
+    let tasks: Vec<_> = builds
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let client = servers[i % servers.len()].client();
+            let service = service.clone();
+            let req = tug_api::Release {
+                environment: tug_core::EnvName::parse("dev").unwrap(),
+                build: Some(b.clone()),
+                branch: None,
+                version: None,
+                flags: Default::default(),
+            };
+            tokio::spawn(async move { client.release(&service, &req).await })
+        })
+        .collect();
+    let mut wins = Vec::new();
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(d) => wins.push(d),
+            Err(e) => assert_eq!(e.code(), Some("conflict"), "{e}"),
+        }
+    }
+    assert!(!wins.is_empty());
+    let history = client
+        .history(&service, &tug_core::EnvName::parse("dev").unwrap(), 1000)
+        .await
+        .unwrap()
+        .deployments;
+    assert_eq!(
+        history.len(),
+        wins.len(),
+        "every winner is in the log, nothing else"
+    );
+    let mut chain: Vec<_> = history.iter().rev().collect();
+    chain.dedup_by_key(|d| d.seq);
+    assert_eq!(chain.len(), history.len(), "sequence numbers are unique");
+    for (k, d) in chain.iter().enumerate() {
+        assert_eq!(d.seq, k as i64 + 1);
+        let before = if k == 0 {
+            None
+        } else {
+            Some(chain[k - 1].build.clone())
+        };
+        assert_eq!(
+            d.replaced, before,
+            "deployment {} replaced what ran before it",
+            d.seq
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_releases_on_sqlite() {
+    let server = TestServer::start().await;
+    concurrent_releases(&[&server]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_releases_on_two_servers_sharing_postgres() {
+    let a = TestServer::start_with(Backend::postgres_s3().await, &[]).await;
+    let b = a.sibling().await;
+    concurrent_releases(&[&a, &b]).await;
+}
