@@ -308,6 +308,8 @@ pub struct EnvironmentStatus {
     pub approvals: u32,
     pub private: bool,
     pub current: Option<Deployment>,
+    /// Deployments into this environment waiting for approvals.
+    pub pending: Vec<PendingDeployment>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -320,4 +322,49 @@ pub struct Status {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct History {
     pub deployments: Vec<Deployment>,
+}
+
+/// A deployment waiting for approvals.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingDeployment {
+    pub id: String,
+    pub environment: tug_core::EnvName,
+    pub kind: tug_core::DeployKind,
+    pub build: BuildId,
+    /// pending, deployed, rejected or expired.
+    pub state: String,
+    pub requested_by: String,
+    pub requested_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Who approved so far.
+    pub approved_by: Vec<String>,
+    /// How many approvals the environment needs.
+    pub need: u32,
+}
+
+/// The answer to release, promote and rollback: deployed (201), or waiting
+/// for approvals (202).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeployResult {
+    /// `deployed` or `pending_approval`.
+    pub status: String,
+    pub deployment: Option<Deployment>,
+    pub pending: Option<PendingDeployment>,
+}
+
+/// Body of `POST /v1/services/{service}/approve` and `/reject`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Decide {
+    pub environment: tug_core::EnvName,
+    /// The build whose deployment waits (id or manifest digest).
+    pub build: String,
+}
+
+/// What an approval or rejection came to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Decided {
+    pub pending: PendingDeployment,
+    /// Set when this approval was the last one needed.
+    pub deployment: Option<Deployment>,
 }

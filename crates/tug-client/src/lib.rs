@@ -336,7 +336,7 @@ impl Client {
         &self,
         service: &ServiceName,
         req: &tug_api::Release,
-    ) -> Result<tug_api::Deployment> {
+    ) -> Result<tug_api::DeployResult> {
         self.json(self.with_json(
             Method::POST,
             &format!("/v1/services/{service}/release"),
@@ -349,7 +349,7 @@ impl Client {
         &self,
         service: &ServiceName,
         req: &tug_api::Promote,
-    ) -> Result<tug_api::Deployment> {
+    ) -> Result<tug_api::DeployResult> {
         self.json(self.with_json(
             Method::POST,
             &format!("/v1/services/{service}/promote"),
@@ -362,13 +362,25 @@ impl Client {
         &self,
         service: &ServiceName,
         req: &tug_api::Rollback,
-    ) -> Result<tug_api::Deployment> {
+    ) -> Result<tug_api::DeployResult> {
         self.json(self.with_json(
             Method::POST,
             &format!("/v1/services/{service}/rollback"),
             req,
         ))
         .await
+    }
+
+    /// Approves (`approve`) or rejects the waiting deployment of `build`.
+    pub async fn decide(
+        &self,
+        service: &ServiceName,
+        req: &tug_api::Decide,
+        approve: bool,
+    ) -> Result<tug_api::Decided> {
+        let verb = if approve { "approve" } else { "reject" };
+        self.json(self.with_json(Method::POST, &format!("/v1/services/{service}/{verb}"), req))
+            .await
     }
 
     pub async fn status(&self, service: &ServiceName) -> Result<tug_api::Status> {

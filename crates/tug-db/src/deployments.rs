@@ -357,3 +357,154 @@ impl Db {
         opt_millis(row.try_get("at")?)
     }
 }
+
+/// A deployment waiting for approvals.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestRow {
+    pub id: String,
+    pub service: ServiceName,
+    pub environment: EnvName,
+    pub build: BuildId,
+    pub kind: DeployKind,
+    /// pending, deployed, rejected or expired.
+    pub state: String,
+    pub requested_by: String,
+    pub requested_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub reason: Option<String>,
+    pub override_freeze: bool,
+    /// (approver, decision) pairs, oldest first.
+    pub decisions: Vec<(String, String)>,
+}
+
+const REQUEST_COLUMNS: &str =
+    "id, service, environment, build_id, kind, state, requested_by, requested_at, expires_at, reason, override";
+
+impl Db {
+    /// Records a deployment that waits for approvals.
+    pub async fn create_request(&self, r: &RequestRow) -> Result<()> {
+        sqlx::query(&format!(
+            "INSERT INTO deployment_requests ({REQUEST_COLUMNS}) VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $9, $10)"
+        ))
+        .bind(&r.id)
+        .bind(r.service.as_str())
+        .bind(r.environment.as_str())
+        .bind(r.build.as_str())
+        .bind(r.kind.as_str())
+        .bind(&r.requested_by)
+        .bind(r.requested_at.timestamp_millis())
+        .bind(r.expires_at.map(|t| t.timestamp_millis()))
+        .bind(r.reason.clone())
+        .bind(i64::from(r.override_freeze))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn request_from_row(&self, row: &AnyRow) -> Result<RequestRow> {
+        let id: String = row.try_get("id")?;
+        let decisions = sqlx::query(
+            "SELECT approver, decision FROM approvals WHERE request_id = $1 ORDER BY decided_at",
+        )
+        .bind(&id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok((
+                r.try_get::<String, _>("approver")?,
+                r.try_get::<String, _>("decision")?,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+        Ok(RequestRow {
+            id,
+            service: parse(&row.try_get::<String, _>("service")?, ServiceName::parse)?,
+            environment: parse(&row.try_get::<String, _>("environment")?, EnvName::parse)?,
+            build: parse(&row.try_get::<String, _>("build_id")?, BuildId::parse)?,
+            kind: kind(&row.try_get::<String, _>("kind")?)?,
+            state: row.try_get("state")?,
+            requested_by: row.try_get("requested_by")?,
+            requested_at: millis(row.try_get("requested_at")?)?,
+            expires_at: opt_millis(row.try_get("expires_at")?)?,
+            reason: row.try_get("reason")?,
+            override_freeze: row.try_get::<i64, _>("override")? != 0,
+            decisions,
+        })
+    }
+
+    /// The pending request to deploy `build` into `env`, if any.
+    pub async fn pending_request(
+        &self,
+        service: &ServiceName,
+        env: &EnvName,
+        build: &BuildId,
+    ) -> Result<Option<RequestRow>> {
+        let row = sqlx::query(&format!(
+            "SELECT {REQUEST_COLUMNS} FROM deployment_requests WHERE service = $1 AND environment = $2 \
+             AND build_id = $3 AND state = 'pending' ORDER BY requested_at DESC LIMIT 1"
+        ))
+        .bind(service.as_str())
+        .bind(env.as_str())
+        .bind(build.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(r) => Ok(Some(self.request_from_row(&r).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every pending request of a service, oldest first.
+    pub async fn pending_requests(&self, service: &ServiceName) -> Result<Vec<RequestRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {REQUEST_COLUMNS} FROM deployment_requests WHERE service = $1 AND state = 'pending' ORDER BY requested_at"
+        ))
+        .bind(service.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            out.push(self.request_from_row(r).await?);
+        }
+        Ok(out)
+    }
+
+    /// Records one approver's decision; a second decision by the same
+    /// approver is a conflict.
+    pub async fn decide(
+        &self,
+        request: &str,
+        approver: &str,
+        decision: &str,
+        at: DateTime<Utc>,
+    ) -> Result<()> {
+        let res = sqlx::query("INSERT INTO approvals (request_id, approver, decision, decided_at) VALUES ($1, $2, $3, $4)")
+            .bind(request)
+            .bind(approver)
+            .bind(decision)
+            .bind(at.timestamp_millis())
+            .execute(&self.pool)
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(Error::Conflict(
+                format!("{approver} already decided on this deployment"),
+            )),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Moves a pending request to `state`; `false` if it was no longer
+    /// pending (another server carried it out first).
+    pub async fn close_request(&self, id: &str, state: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE deployment_requests SET state = $1 WHERE id = $2 AND state = 'pending'",
+        )
+        .bind(state)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+}

@@ -27,7 +27,7 @@ mod deployments;
 mod tokens;
 
 pub use builds::{BuildFilter, BuildRow, NewBuild};
-pub use deployments::{DeploymentRow, EnvState, NewDeployment, PipelineRow};
+pub use deployments::{DeploymentRow, EnvState, NewDeployment, PipelineRow, RequestRow};
 pub use tokens::{NewToken, TokenRow};
 
 #[derive(Debug, thiserror::Error)]

@@ -26,6 +26,9 @@ pub struct Config {
     /// Server-wide branch restrictions (`production=^master$`) that no
     /// service's pipeline can override.
     pub server_rules: Vec<tug_core::ServerRule>,
+    /// How long a deployment waits for approvals when its environment sets
+    /// no `approval_timeout`.
+    pub approval_timeout_secs: u64,
 }
 
 impl Default for Config {
@@ -40,6 +43,7 @@ impl Default for Config {
             draft_max_age_secs: 7 * 24 * 3600,
             gc_grace_secs: 3600,
             server_rules: Vec::new(),
+            approval_timeout_secs: 24 * 3600,
         }
     }
 }
@@ -57,6 +61,7 @@ impl std::fmt::Debug for Config {
             .field("draft_max_age_secs", &self.draft_max_age_secs)
             .field("gc_grace_secs", &self.gc_grace_secs)
             .field("server_rules", &self.server_rules)
+            .field("approval_timeout_secs", &self.approval_timeout_secs)
             .finish()
     }
 }
@@ -93,6 +98,7 @@ pub struct Layer {
     pub draft_max_age_secs: Option<u64>,
     pub gc_grace_secs: Option<u64>,
     pub server_rules: Option<Vec<tug_core::ServerRule>>,
+    pub approval_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +153,7 @@ impl Layer {
             max_json_body: num(env, "TUG_MAX_JSON_BODY")?,
             draft_max_age_secs: num(env, "TUG_DRAFT_MAX_AGE_SECS")?,
             gc_grace_secs: num(env, "TUG_GC_GRACE_SECS")?,
+            approval_timeout_secs: num(env, "TUG_APPROVAL_TIMEOUT_SECS")?,
             server_rules: env
                 .get("TUG_SERVER_RULES")
                 .map(|v| {
@@ -196,6 +203,9 @@ impl Config {
         }
         if let Some(v) = l.server_rules {
             self.server_rules = v;
+        }
+        if let Some(v) = l.approval_timeout_secs {
+            self.approval_timeout_secs = v;
         }
         self
     }

@@ -136,10 +136,10 @@ impl From<Error> for ApiError {
                 "policy_violation",
                 violations.iter().map(|v| v.to_string()).collect::<Vec<_>>().join("; "),
             ),
-            Error::ApprovalRequired { environment, have, need } => ApiError::new(
-                S::CONFLICT,
-                "approval_required",
-                format!("{environment} needs {need} approvals and has {have}; deployments waiting for approval are not supported yet, lower `approvals` to deploy"),
+            Error::SelfApproval { token } => ApiError::new(
+                S::FORBIDDEN,
+                "self_approval",
+                format!("token {token} asked for this deployment; another approver must approve it"),
             ),
             Error::NothingToDeploy(m) => ApiError::new(S::CONFLICT, "nothing_to_deploy", m),
             Error::Conflict(m) => ApiError::new(S::CONFLICT, "conflict", m),

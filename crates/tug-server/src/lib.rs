@@ -82,6 +82,14 @@ pub fn router(state: AppState) -> Router {
             "/v1/services/{service}/rollback",
             post(routes::deploy::rollback),
         )
+        .route(
+            "/v1/services/{service}/approve",
+            post(routes::deploy::approve),
+        )
+        .route(
+            "/v1/services/{service}/reject",
+            post(routes::deploy::reject),
+        )
         .route("/v1/services/{service}/status", get(routes::deploy::status))
         .route(
             "/v1/services/{service}/environments/{env}/history",
@@ -157,6 +165,7 @@ async fn start_with(
         draft_max_age: Duration::from_secs(config.draft_max_age_secs),
         gc_grace: Duration::from_secs(config.gc_grace_secs),
         server_rules: config.server_rules.clone(),
+        approval_timeout: Duration::from_secs(config.approval_timeout_secs),
     };
     let tugboat = Tugboat::new(db, store, settings);
     let mut admin_token_path = None;

@@ -9,7 +9,9 @@ use tug_core::{
     evaluate, Action, BuildFacts, BuildState, DeployKind, EnvName, Environment, Pipeline, Proposal,
     Role, ServiceName, Verdict, Version,
 };
-use tug_db::{BuildFilter, BuildRow, DeploymentRow, EnvState, NewDeployment, PipelineRow};
+use tug_db::{
+    BuildFilter, BuildRow, DeploymentRow, EnvState, NewDeployment, PipelineRow, RequestRow,
+};
 
 use crate::{Error, Principal, Result, Tugboat};
 
@@ -32,12 +34,47 @@ pub struct DeployOptions {
     pub reason: Option<String>,
 }
 
+/// What a deployment request came to.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Deployed(DeploymentRow),
+    /// The environment needs approvals; the request waits for them.
+    Pending {
+        request: RequestRow,
+        need: u32,
+    },
+}
+
+/// What an approval or rejection came to.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    pub request: RequestRow,
+    pub need: u32,
+    /// Set when this approval was the last one needed.
+    pub deployment: Option<DeploymentRow>,
+}
+
+/// Who asks for a deployment and how it is checked.
+struct Intent<'a> {
+    service: &'a ServiceName,
+    environment: &'a Environment,
+    build: BuildRow,
+    kind: DeployKind,
+    options: DeployOptions,
+    requested_by: Option<String>,
+    admin: bool,
+    /// Approvals from distinct approvers other than the requester.
+    approvals: u32,
+}
+
 /// One environment in `status`.
 #[derive(Debug, Clone)]
 pub struct EnvStatus {
     pub environment: Environment,
     pub state: EnvState,
     pub build: Option<BuildRow>,
+    /// Deployments into this environment waiting for approvals.
+    pub pending: Vec<RequestRow>,
 }
 
 /// A pipeline as stored, parsed.
@@ -111,7 +148,7 @@ impl Tugboat {
         env: &EnvName,
         selector: BuildSelector,
         options: DeployOptions,
-    ) -> Result<DeploymentRow> {
+    ) -> Result<Outcome> {
         self.require(who, Action::Deploy)?;
         let view = self.pipeline_of(service).await?;
         let environment = environment(&view.pipeline, env)?;
@@ -140,14 +177,14 @@ impl Tugboat {
                 build.id, build.service
             )));
         }
-        self.carry_out(
-            Some(who),
+        self.carry_out(Intent::by(
+            who,
             service,
             environment,
             build,
             DeployKind::Release,
             options,
-        )
+        ))
         .await
     }
 
@@ -160,7 +197,7 @@ impl Tugboat {
         service: &ServiceName,
         to: &EnvName,
         options: DeployOptions,
-    ) -> Result<DeploymentRow> {
+    ) -> Result<Outcome> {
         self.require(who, Action::Deploy)?;
         let view = self.pipeline_of(service).await?;
         let environment = environment(&view.pipeline, to)?;
@@ -195,14 +232,14 @@ impl Tugboat {
             .build(&build_id)
             .await?
             .ok_or_else(|| Error::BuildNotFound(build_id.to_string()))?;
-        self.carry_out(
-            Some(who),
+        self.carry_out(Intent::by(
+            who,
             service,
             environment,
             build,
             DeployKind::Promote,
             options,
-        )
+        ))
         .await
     }
 
@@ -215,7 +252,7 @@ impl Tugboat {
         env: &EnvName,
         to: Option<String>,
         options: DeployOptions,
-    ) -> Result<DeploymentRow> {
+    ) -> Result<Outcome> {
         self.require(who, Action::Deploy)?;
         let view = self.pipeline_of(service).await?;
         let environment = environment(&view.pipeline, env)?;
@@ -264,21 +301,21 @@ impl Tugboat {
                 target.id
             )));
         }
-        self.carry_out(
-            Some(who),
+        self.carry_out(Intent::by(
+            who,
             service,
             environment,
             target,
             DeployKind::Rollback,
             options,
-        )
+        ))
         .await
     }
 
     /// Releases a newly sealed build into every environment that
     /// auto-releases its branch. Refusals are logged, not returned: the
     /// seal itself succeeded.
-    pub(crate) async fn auto_release(&self, build: &BuildRow) -> Vec<DeploymentRow> {
+    pub(crate) async fn auto_release(&self, build: &BuildRow) -> Vec<Outcome> {
         let Some(branch) = build.source.branch.clone() else {
             return Vec::new();
         };
@@ -293,17 +330,17 @@ impl Tugboat {
             .iter()
             .filter(|e| e.auto_release.as_deref() == Some(branch.as_str()))
         {
-            match self
-                .carry_out(
-                    None,
-                    &build.service,
-                    environment,
-                    build.clone(),
-                    DeployKind::AutoRelease,
-                    DeployOptions::default(),
-                )
-                .await
-            {
+            let intent = Intent {
+                service: &build.service,
+                environment,
+                build: build.clone(),
+                kind: DeployKind::AutoRelease,
+                options: DeployOptions::default(),
+                requested_by: None,
+                admin: false,
+                approvals: 0,
+            };
+            match self.carry_out(intent).await {
                 Ok(d) => done.push(d),
                 Err(e) => {
                     tracing::info!(build = %build.id, env = %environment.name, error = %e, "no auto-release")
@@ -345,7 +382,16 @@ impl Tugboat {
                 environment: environment.clone(),
                 state,
                 build,
+                pending: Vec::new(),
             });
+        }
+        for request in self.db.pending_requests(service).await? {
+            if let Some(s) = out
+                .iter_mut()
+                .find(|s| s.environment.name == request.environment)
+            {
+                s.pending.push(request);
+            }
         }
         Ok((view, out))
     }
@@ -385,18 +431,125 @@ impl Tugboat {
         Ok(self.db.list_builds(&filter).await?.into_iter().next())
     }
 
-    /// Checks the policies and writes the deployment.
-    async fn carry_out(
+    /// Approves or rejects the pending deployment of `build` into `env`.
+    /// The requester never approves their own deployment; each approver
+    /// decides once; the last approval needed carries the deployment out
+    /// (the policies are checked again then).
+    pub async fn decide(
         &self,
-        who: Option<&Principal>,
+        who: &Principal,
         service: &ServiceName,
-        environment: &Environment,
-        build: BuildRow,
-        kind: DeployKind,
-        options: DeployOptions,
-    ) -> Result<DeploymentRow> {
+        env: &EnvName,
+        build: &str,
+        approve: bool,
+    ) -> Result<Decision> {
+        self.require(who, Action::Approve)?;
+        let view = self.pipeline_of(service).await?;
+        let environment = environment(&view.pipeline, env)?;
+        let build = self.resolve(build).await?;
+        let request = self
+            .db
+            .pending_request(service, env, &build.id)
+            .await?
+            .ok_or_else(|| {
+                Error::NothingToDeploy(format!(
+                    "no deployment of build {} into {env} of {service} waits for approval",
+                    build.id
+                ))
+            })?;
+        if request.requested_by == who.name.as_str() {
+            return Err(Error::SelfApproval {
+                token: who.name.clone(),
+            });
+        }
+        let now = self.now();
+        if request.expires_at.is_some_and(|t| t <= now) {
+            self.db.close_request(&request.id, "expired").await?;
+            return Err(Error::NothingToDeploy(format!(
+                "the request to deploy build {} into {env} expired; ask for the deployment again",
+                build.id
+            )));
+        }
+        let decision = if approve { "approve" } else { "reject" };
+        self.db
+            .decide(&request.id, who.name.as_str(), decision, now)
+            .await?;
+        let need = environment.approvals;
+        if !approve {
+            self.db.close_request(&request.id, "rejected").await?;
+            let request = RequestRow {
+                state: "rejected".into(),
+                ..request
+            };
+            return Ok(Decision {
+                request,
+                need,
+                deployment: None,
+            });
+        }
+        let request = self
+            .db
+            .pending_request(service, env, &build.id)
+            .await?
+            .unwrap_or(request);
+        let approvals = approvals(&request);
+        if approvals < need {
+            return Ok(Decision {
+                request,
+                need,
+                deployment: None,
+            });
+        }
+        let intent = Intent {
+            service,
+            environment,
+            build,
+            kind: request.kind,
+            options: DeployOptions {
+                override_freeze: request.override_freeze,
+                reason: request.reason.clone(),
+            },
+            requested_by: Some(request.requested_by.clone()),
+            // The override was checked when the request was made.
+            admin: request.override_freeze,
+            approvals,
+        };
+        match self.carry_out(intent).await? {
+            Outcome::Deployed(d) => {
+                self.db.close_request(&request.id, "deployed").await?;
+                let request = RequestRow {
+                    state: "deployed".into(),
+                    ..request
+                };
+                Ok(Decision {
+                    request,
+                    need,
+                    deployment: Some(d),
+                })
+            }
+            Outcome::Pending { request, need } => Ok(Decision {
+                request,
+                need,
+                deployment: None,
+            }),
+        }
+    }
+
+    /// Checks the policies, then writes the deployment or, where the
+    /// environment needs approvals, a request that waits for them.
+    async fn carry_out(&self, intent: Intent<'_>) -> Result<Outcome> {
+        let Intent {
+            service,
+            environment,
+            build,
+            kind,
+            options,
+            requested_by,
+            admin,
+            approvals,
+        } = intent;
         if options.override_freeze {
-            if who.map(|w| w.role) != Some(Role::Admin) {
+            if !admin {
                 return Err(Error::Invalid(
                     "only an admin token may override a freeze window".into(),
                 ));
@@ -434,18 +587,39 @@ impl Tugboat {
             passed_upstream,
             server_rules: &self.settings.server_rules,
             override_freeze: options.override_freeze,
-            approvals: 0,
+            approvals,
             auto_release_held: state.auto_release_held,
         };
         match evaluate(&proposal) {
             Verdict::Allowed => {}
             Verdict::Refused(violations) => return Err(Error::Policy(violations)),
-            Verdict::NeedsApproval { have, need } => {
-                return Err(Error::ApprovalRequired {
+            Verdict::NeedsApproval { need, .. } => {
+                if let Some(request) = self
+                    .db
+                    .pending_request(service, &environment.name, &build.id)
+                    .await?
+                {
+                    return Ok(Outcome::Pending { request, need });
+                }
+                let timeout = environment
+                    .approval_timeout
+                    .unwrap_or(self.settings.approval_timeout);
+                let request = RequestRow {
+                    id: uuid::Uuid::now_v7().to_string(),
+                    service: service.clone(),
                     environment: environment.name.clone(),
-                    have,
-                    need,
-                })
+                    build: build.id.clone(),
+                    kind,
+                    state: "pending".into(),
+                    requested_by: requested_by.unwrap_or_else(|| "auto-release".into()),
+                    requested_at: now,
+                    expires_at: chrono::Duration::from_std(timeout).ok().map(|d| now + d),
+                    reason: options.reason,
+                    override_freeze: options.override_freeze,
+                    decisions: Vec::new(),
+                };
+                self.db.create_request(&request).await?;
+                return Ok(Outcome::Pending { request, need });
             }
         }
         // A manual release into an auto-releasing environment holds its
@@ -458,12 +632,46 @@ impl Tugboat {
             environment: environment.name.clone(),
             build: build.id.clone(),
             kind,
-            requested_by: who.map(|w| w.name.to_string()),
+            requested_by,
             reason: options.reason,
             override_freeze: options.override_freeze,
             at: now,
         };
-        Ok(self.db.deploy(&deployment, state.seq, hold).await?)
+        Ok(Outcome::Deployed(
+            self.db.deploy(&deployment, state.seq, hold).await?,
+        ))
+    }
+}
+
+/// Distinct approvals of a request (each approver decides once; the
+/// requester cannot).
+fn approvals(request: &RequestRow) -> u32 {
+    request
+        .decisions
+        .iter()
+        .filter(|(who, d)| d == "approve" && *who != request.requested_by)
+        .count() as u32
+}
+
+impl<'a> Intent<'a> {
+    fn by(
+        who: &Principal,
+        service: &'a ServiceName,
+        environment: &'a Environment,
+        build: BuildRow,
+        kind: DeployKind,
+        options: DeployOptions,
+    ) -> Intent<'a> {
+        Intent {
+            service,
+            environment,
+            build,
+            kind,
+            options,
+            requested_by: Some(who.name.to_string()),
+            admin: who.role == Role::Admin,
+            approvals: 0,
+        }
     }
 }
 

@@ -56,14 +56,10 @@ pub enum Error {
     },
     #[error("{}", .0.iter().map(|v| v.message.as_str()).collect::<Vec<_>>().join("; "))]
     Policy(Vec<tug_core::Violation>),
-    #[error("{environment} needs {need} approvals, has {have}")]
-    ApprovalRequired {
-        environment: tug_core::EnvName,
-        have: u32,
-        need: u32,
-    },
     #[error("{0}")]
     NothingToDeploy(String),
+    #[error("token {token} asked for this deployment and cannot approve it")]
+    SelfApproval { token: TokenName },
     #[error("{0}")]
     Conflict(String),
     #[error(transparent)]

@@ -23,7 +23,7 @@ use tug_store::{Blob, BlobInfo, BlobStore, ByteStream};
 mod deploy;
 mod error;
 
-pub use deploy::{BuildSelector, DeployOptions, EnvStatus, PipelineView};
+pub use deploy::{BuildSelector, Decision, DeployOptions, EnvStatus, Outcome, PipelineView};
 pub use error::Error;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -41,6 +41,9 @@ pub struct Settings {
     /// Server-wide branch restrictions no pipeline can override
     /// (`production=^master$`).
     pub server_rules: Vec<tug_core::ServerRule>,
+    /// How long a deployment waits for approvals when its environment sets
+    /// no `approval_timeout`.
+    pub approval_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -50,6 +53,7 @@ impl Default for Settings {
             draft_max_age: Duration::from_secs(7 * 24 * 3600),
             gc_grace: Duration::from_secs(3600),
             server_rules: Vec::new(),
+            approval_timeout: Duration::from_secs(24 * 3600),
         }
     }
 }

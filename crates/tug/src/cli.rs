@@ -67,6 +67,10 @@ pub enum Command {
     Promote(PromoteArgs),
     /// Put the previous (or a named earlier) build back into an environment.
     Rollback(RollbackArgs),
+    /// Approve a deployment waiting for approvals.
+    Approve(DecideArgs),
+    /// Reject a deployment waiting for approvals.
+    Reject(DecideArgs),
     /// What every environment of a service runs.
     Status { service: String },
     /// The deployment log of an environment, newest first.
@@ -319,4 +323,14 @@ pub struct RollbackArgs {
     pub to: Option<String>,
     #[command(flatten)]
     pub flags: OverrideArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DecideArgs {
+    pub service: String,
+    #[arg(long = "env")]
+    pub env: String,
+    /// The build whose deployment waits (id or manifest digest).
+    #[arg(long)]
+    pub build: String,
 }

@@ -52,6 +52,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Release(a) => commands::deploy::release(&client, out, a).await,
         Command::Promote(a) => commands::deploy::promote(&client, out, a).await,
         Command::Rollback(a) => commands::deploy::rollback(&client, out, a).await,
+        Command::Approve(a) => commands::deploy::decide(&client, out, a, true).await,
+        Command::Reject(a) => commands::deploy::decide(&client, out, a, false).await,
         Command::Status { service } => commands::deploy::status(&client, out, &service).await,
         Command::History {
             service,

@@ -1,16 +1,16 @@
 //! `/v1/services/{service}/…`: pipelines, release, promote, rollback,
-//! status, history, auto-release resume.
+//! approve, reject, status, history, auto-release resume.
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 use tug_api::{
-    ApplyPipeline, BuildSummary, Deployment, EnvironmentStatus, History, PipelineView, Promote,
-    Release, Rollback, Status,
+    ApplyPipeline, BuildSummary, Decide, Decided, DeployResult, Deployment, EnvironmentStatus,
+    History, PendingDeployment, PipelineView, Promote, Release, Rollback, Status,
 };
 use tug_core::{EnvName, ServiceName};
-use tug_db::{BuildRow, DeploymentRow};
-use tug_service::{BuildSelector, DeployOptions};
+use tug_db::{BuildRow, DeploymentRow, RequestRow};
+use tug_service::{BuildSelector, DeployOptions, Outcome};
 
 use crate::error::ApiError;
 use crate::extract::{Caller, Json};
@@ -94,20 +94,59 @@ pub async fn show_pipeline(
     )))
 }
 
-async fn answer(
-    state: &AppState,
-    d: DeploymentRow,
-) -> Result<(StatusCode, axum::Json<Deployment>), ApiError> {
+pub fn pending(r: RequestRow, need: u32) -> PendingDeployment {
+    let approved_by = r
+        .decisions
+        .iter()
+        .filter(|(who, d)| d == "approve" && *who != r.requested_by)
+        .map(|(who, _)| who.clone())
+        .collect();
+    PendingDeployment {
+        id: r.id,
+        environment: r.environment,
+        kind: r.kind,
+        build: r.build,
+        state: r.state,
+        requested_by: r.requested_by,
+        requested_at: r.requested_at,
+        expires_at: r.expires_at,
+        approved_by,
+        need,
+    }
+}
+
+async fn with_build(state: &AppState, d: DeploymentRow) -> Result<Deployment, ApiError> {
     let build = state
         .tugboat
         .db()
         .build(&d.build)
         .await
         .map_err(tug_service::Error::from)?;
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(deployment(d, build.as_ref())),
-    ))
+    Ok(deployment(d, build.as_ref()))
+}
+
+async fn answer(
+    state: &AppState,
+    outcome: Outcome,
+) -> Result<(StatusCode, axum::Json<DeployResult>), ApiError> {
+    Ok(match outcome {
+        Outcome::Deployed(d) => (
+            StatusCode::CREATED,
+            axum::Json(DeployResult {
+                status: "deployed".into(),
+                deployment: Some(with_build(state, d).await?),
+                pending: None,
+            }),
+        ),
+        Outcome::Pending { request, need } => (
+            StatusCode::ACCEPTED,
+            axum::Json(DeployResult {
+                status: "pending_approval".into(),
+                deployment: None,
+                pending: Some(pending(request, need)),
+            }),
+        ),
+    })
 }
 
 pub async fn release(
@@ -115,7 +154,7 @@ pub async fn release(
     Caller(who): Caller,
     Path(segment): Path<String>,
     Json(req): Json<Release>,
-) -> Result<(StatusCode, axum::Json<Deployment>), ApiError> {
+) -> Result<(StatusCode, axum::Json<DeployResult>), ApiError> {
     let selector = match (req.build, req.branch, req.version) {
         (Some(b), None, None) => BuildSelector::Reference(b),
         (None, Some(b), None) => BuildSelector::Branch(b),
@@ -145,7 +184,7 @@ pub async fn promote(
     Caller(who): Caller,
     Path(segment): Path<String>,
     Json(req): Json<Promote>,
-) -> Result<(StatusCode, axum::Json<Deployment>), ApiError> {
+) -> Result<(StatusCode, axum::Json<DeployResult>), ApiError> {
     let d = state
         .tugboat
         .promote(&who, &service(&segment)?, &req.to, options(req.flags))
@@ -158,7 +197,7 @@ pub async fn rollback(
     Caller(who): Caller,
     Path(segment): Path<String>,
     Json(req): Json<Rollback>,
-) -> Result<(StatusCode, axum::Json<Deployment>), ApiError> {
+) -> Result<(StatusCode, axum::Json<DeployResult>), ApiError> {
     let d = state
         .tugboat
         .rollback(
@@ -191,6 +230,11 @@ pub async fn status(
                 approvals: s.environment.approvals,
                 private: s.environment.private,
                 current: s.state.current.map(|d| deployment(d, s.build.as_ref())),
+                pending: s
+                    .pending
+                    .into_iter()
+                    .map(|r| pending(r, s.environment.approvals))
+                    .collect(),
             })
             .collect(),
     }))
@@ -238,4 +282,49 @@ pub async fn resume(
         .resume_auto_release(&who, &service(&segment)?, &env(&environment)?)
         .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+async fn decide(
+    state: AppState,
+    who: tug_service::Principal,
+    segment: &str,
+    req: Decide,
+    approve: bool,
+) -> Result<axum::Json<Decided>, ApiError> {
+    let d = state
+        .tugboat
+        .decide(
+            &who,
+            &service(segment)?,
+            &req.environment,
+            &req.build,
+            approve,
+        )
+        .await?;
+    let deployment = match d.deployment {
+        Some(dep) => Some(with_build(&state, dep).await?),
+        None => None,
+    };
+    Ok(axum::Json(Decided {
+        pending: pending(d.request, d.need),
+        deployment,
+    }))
+}
+
+pub async fn approve(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Path(segment): Path<String>,
+    Json(req): Json<Decide>,
+) -> Result<axum::Json<Decided>, ApiError> {
+    decide(state, who, &segment, req, true).await
+}
+
+pub async fn reject(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Path(segment): Path<String>,
+    Json(req): Json<Decide>,
+) -> Result<axum::Json<Decided>, ApiError> {
+    decide(state, who, &segment, req, false).await
 }

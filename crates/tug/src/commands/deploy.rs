@@ -1,15 +1,18 @@
 //! `tug pipeline`, `tug release`, `tug promote`, `tug rollback`, `tug
-//! status`, `tug history`, `tug policy`.
+//! approve`, `tug reject`, `tug status`, `tug history`, `tug policy`.
 
 use std::process::ExitCode;
 
 use anyhow::Context;
-use tug_api::{DeployFlags, Deployment, Promote, Release, Rollback};
+use tug_api::{
+    Decide, DeployFlags, DeployResult, Deployment, PendingDeployment, Promote, Release, Rollback,
+};
 use tug_client::Client;
 use tug_core::{EnvName, Pipeline, ServiceName, Version};
 
 use crate::cli::{
-    Output, OverrideArgs, PipelineCommand, PolicyCommand, PromoteArgs, ReleaseArgs, RollbackArgs,
+    DecideArgs, Output, OverrideArgs, PipelineCommand, PolicyCommand, PromoteArgs, ReleaseArgs,
+    RollbackArgs,
 };
 use crate::output::{opt, print, table, time};
 
@@ -38,19 +41,66 @@ fn build_line(d: &Deployment) -> String {
     }
 }
 
-fn deployed(out: Output, d: &Deployment, verb: &str) -> anyhow::Result<ExitCode> {
-    print(out, d, |d| {
-        let mut s = format!(
-            "{verb} {} into {} of {} (deployment {}).",
-            build_line(d),
-            d.environment,
-            d.service,
-            d.seq
-        );
-        if let Some(r) = &d.replaced {
-            s.push_str(&format!("\nIt replaced build {r}."));
+fn deployed(out: Output, r: &DeployResult, verb: &str) -> anyhow::Result<ExitCode> {
+    print(out, r, |r| match (&r.deployment, &r.pending) {
+        (Some(d), _) => {
+            let mut s = format!(
+                "{verb} {} into {} of {} (deployment {}).",
+                build_line(d),
+                d.environment,
+                d.service,
+                d.seq
+            );
+            if let Some(prev) = &d.replaced {
+                s.push_str(&format!("\nIt replaced build {prev}."));
+            }
+            s
         }
-        s
+        (None, Some(p)) => pending_line(p),
+        (None, None) => r.status.clone(),
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn pending_line(p: &PendingDeployment) -> String {
+    format!(
+        "Build {} waits for approval to go into {} ({} of {} approvals{}). Approvers: tug approve <service> --env {} --build {}",
+        p.build,
+        p.environment,
+        p.approved_by.len(),
+        p.need,
+        p.expires_at.map(|t| format!(", expires {}", time(&t))).unwrap_or_default(),
+        p.environment,
+        p.build
+    )
+}
+
+pub async fn decide(
+    client: &Client,
+    out: Output,
+    a: DecideArgs,
+    approve: bool,
+) -> anyhow::Result<ExitCode> {
+    let req = Decide {
+        environment: EnvName::parse(&a.env)?,
+        build: a.build,
+    };
+    let d = client
+        .decide(&ServiceName::parse(&a.service)?, &req, approve)
+        .await?;
+    print(out, &d, |d| {
+        match (&d.deployment, d.pending.state.as_str()) {
+            (Some(dep), _) => format!(
+                "Approved: the last approval needed. Deployed {} into {}.",
+                build_line(dep),
+                dep.environment
+            ),
+            (None, "rejected") => format!(
+                "Rejected: build {} will not go into {}.",
+                d.pending.build, d.pending.environment
+            ),
+            _ => format!("Approved. {}", pending_line(&d.pending)),
+        }
     })?;
     Ok(ExitCode::SUCCESS)
 }

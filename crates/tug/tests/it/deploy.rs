@@ -22,7 +22,17 @@ branch_restriction = "^master$"
 
 fn apply(server: &TestServer, w: &Path, text: &str) -> crate::support::Run {
     std::fs::write(w.join("pipeline.toml"), text).unwrap();
-    server.tug(w, &["pipeline", "apply", "-f", "pipeline.toml", "--output", "json"])
+    server.tug(
+        w,
+        &[
+            "pipeline",
+            "apply",
+            "-f",
+            "pipeline.toml",
+            "--output",
+            "json",
+        ],
+    )
 }
 
 /// Pushes and seals a build of `branch`; returns its id.
@@ -80,8 +90,9 @@ pub async fn lunar_flow(server: &TestServer) {
     let promoted = server
         .tug(w, &["promote", "api", "--to", "prod", "--output", "json"])
         .json();
-    assert_eq!(promoted["build"], b1.as_str());
-    assert_eq!(promoted["kind"], "promote");
+    assert_eq!(promoted["status"], "deployed");
+    assert_eq!(promoted["deployment"]["build"], b1.as_str());
+    assert_eq!(promoted["deployment"]["kind"], "promote");
     let err = server
         .tug(w, &["promote", "api", "--to", "prod"])
         .fails()
@@ -137,8 +148,8 @@ pub async fn lunar_flow(server: &TestServer) {
     let rolled = server
         .tug(w, &["rollback", "api", "--env", "prod", "--output", "json"])
         .json();
-    assert_eq!(rolled["build"], b1.as_str());
-    assert_eq!(rolled["replaced"], hotfix.as_str());
+    assert_eq!(rolled["deployment"]["build"], b1.as_str());
+    assert_eq!(rolled["deployment"]["replaced"], hotfix.as_str());
     let history = server
         .tug(w, &["history", "api", "--env", "prod", "--output", "json"])
         .json();
@@ -399,8 +410,8 @@ async fn freeze_windows_soak_and_server_rules() {
             ],
         )
         .json();
-    assert_eq!(d["override_freeze"], true);
-    assert_eq!(d["reason"], "incident 42");
+    assert_eq!(d["deployment"]["override_freeze"], true);
+    assert_eq!(d["deployment"]["reason"], "incident 42");
 
     // The server rule holds even when the pipeline's restriction is widened.
     apply(&server, w, &LUNAR.replace("^master$", ".*")).ok();
@@ -522,4 +533,193 @@ async fn concurrent_releases_on_two_servers_sharing_postgres() {
     let a = TestServer::start_with(Backend::postgres_s3().await, &[]).await;
     let b = a.sibling().await;
     concurrent_releases(&[&a, &b]).await;
+}
+
+const TRAIN: &str = r#"
+service = "api"
+
+[[environments]]
+name = "trials"
+auto_release = { branch = "master" }
+
+[[environments]]
+name = "production"
+upstream = "trials"
+approvals = 2
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approvals_from_distinct_approvers_carry_a_deployment_out() {
+    let server = TestServer::start().await;
+    let w = tempfile::tempdir().unwrap();
+    let w = w.path();
+    server.tug(w, &["service", "create", "api"]).ok();
+    apply(&server, w, TRAIN).ok();
+    let token = |name: &str, role: &str| -> String {
+        let t = server
+            .tug(
+                w,
+                &[
+                    "token", "create", "--name", name, "--role", role, "--output", "json",
+                ],
+            )
+            .json();
+        t["secret"].as_str().unwrap().to_string()
+    };
+    let (deployer, alice, bob, viewer) = (
+        token("deployer", "deployer"),
+        token("alice", "approver"),
+        token("bob", "approver"),
+        token("eve", "viewer"),
+    );
+    let b1 = sealed(&server, w, "master", "aaaaaaa1", "1.0.0");
+
+    // The promotion waits for two approvals.
+    let asked = server
+        .tug_as(
+            &deployer,
+            w,
+            &["promote", "api", "--to", "production", "--output", "json"],
+        )
+        .json();
+    assert_eq!(asked["status"], "pending_approval");
+    assert_eq!(asked["pending"]["need"], 2);
+    assert_eq!(asked["pending"]["requested_by"], "deployer");
+    assert!(asked["pending"]["expires_at"].is_string());
+    assert_eq!(current(&server, w, "production"), None);
+    let text = server
+        .tug_as(&deployer, w, &["promote", "api", "--to", "production"])
+        .ok()
+        .to_string();
+    assert!(
+        text.contains("waits for approval") && text.contains("0 of 2"),
+        "asking again shows the same request: {text}"
+    );
+    let status = server.tug(w, &["status", "api", "--output", "json"]).json();
+    assert_eq!(
+        status["environments"][1]["pending"][0]["build"],
+        b1.as_str()
+    );
+
+    // Neither the requester, nor a viewer, nor the same approver twice.
+    let err = server
+        .tug_as(
+            &deployer,
+            w,
+            &["approve", "api", "--env", "production", "--build", &b1],
+        )
+        .fails()
+        .to_string();
+    assert!(err.contains("HTTP 403"), "{err}");
+    let err = server
+        .tug_as(
+            &viewer,
+            w,
+            &["approve", "api", "--env", "production", "--build", &b1],
+        )
+        .fails()
+        .to_string();
+    assert!(err.contains("HTTP 403"), "{err}");
+    let first = server
+        .tug_as(
+            &alice,
+            w,
+            &[
+                "approve",
+                "api",
+                "--env",
+                "production",
+                "--build",
+                &b1,
+                "--output",
+                "json",
+            ],
+        )
+        .json();
+    assert_eq!(
+        first["pending"]["approved_by"],
+        serde_json::json!(["alice"])
+    );
+    assert!(first["deployment"].is_null());
+    let err = server
+        .tug_as(
+            &alice,
+            w,
+            &["approve", "api", "--env", "production", "--build", &b1],
+        )
+        .fails()
+        .to_string();
+    assert!(err.contains("already decided"), "{err}");
+    assert_eq!(current(&server, w, "production"), None);
+
+    // The second distinct approval carries it out.
+    let second = server
+        .tug_as(
+            &bob,
+            w,
+            &[
+                "approve",
+                "api",
+                "--env",
+                "production",
+                "--build",
+                &b1,
+                "--output",
+                "json",
+            ],
+        )
+        .json();
+    assert_eq!(second["deployment"]["build"], b1.as_str());
+    assert_eq!(second["deployment"]["requested_by"], "deployer");
+    assert_eq!(
+        current(&server, w, "production").as_deref(),
+        Some(b1.as_str())
+    );
+    let err = server
+        .tug_as(
+            &bob,
+            w,
+            &["approve", "api", "--env", "production", "--build", &b1],
+        )
+        .fails()
+        .to_string();
+    assert!(
+        err.contains("waits for approval"),
+        "nothing pending any more: {err}"
+    );
+
+    // A rejection ends a request; rollbacks need no approval.
+    let b2 = sealed(&server, w, "master", "bbbbbbb2", "1.1.0");
+    server
+        .tug_as(&deployer, w, &["promote", "api", "--to", "production"])
+        .ok();
+    let rejected = server
+        .tug_as(
+            &alice,
+            w,
+            &[
+                "reject",
+                "api",
+                "--env",
+                "production",
+                "--build",
+                &b2,
+                "--output",
+                "json",
+            ],
+        )
+        .json();
+    assert_eq!(rejected["pending"]["state"], "rejected");
+    assert_eq!(
+        current(&server, w, "production").as_deref(),
+        Some(b1.as_str())
+    );
+    let status = server.tug(w, &["status", "api", "--output", "json"]).json();
+    assert_eq!(
+        status["environments"][1]["pending"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
 }
