@@ -15,8 +15,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tug_core::{
-    ArtifactName, ArtifactSpec, BuildId, BuildSource, BuildState, CiRun, Digest, Role, ServiceName,
-    TokenName, Version,
+    ArtifactName, ArtifactSpec, BuildId, BuildSource, BuildState, CiRun, Digest, Role, ServiceName, TokenName, Version,
 };
 
 /// The body of every 4xx and 5xx response.
@@ -111,6 +110,10 @@ pub struct CreateBuild {
     /// Artifacts that must be present before the build may be sealed.
     #[serde(default)]
     pub expected: Vec<ArtifactName>,
+    /// A security release: visible to admins and approvers only, deployable
+    /// to private environments only, until unembargoed.
+    #[serde(default)]
+    pub embargoed: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,6 +132,11 @@ pub struct Build {
     /// The digest of the canonical manifest, once sealed.
     pub manifest_digest: Option<Digest>,
     pub artifact_count: u64,
+    pub embargoed: bool,
+    /// Set once the build is yanked: it never deploys again.
+    pub yanked_at: Option<DateTime<Utc>>,
+    pub yanked_by: Option<String>,
+    pub yank_reason: Option<String>,
     /// Present when one build is shown, absent in lists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifacts: Option<Vec<ArtifactSpec>>,
@@ -367,4 +375,12 @@ pub struct Decided {
     pub pending: PendingDeployment,
     /// Set when this approval was the last one needed.
     pub deployment: Option<Deployment>,
+}
+
+/// Body of `POST /v1/builds/{build}/yank`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Yank {
+    #[serde(default)]
+    pub reason: Option<String>,
 }

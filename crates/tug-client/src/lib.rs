@@ -14,33 +14,25 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 use tug_api::{
-    ArtifactsRegistered, BlobStored, Build, BuildList, BuildQuery, CreateBuild, CreateService,
-    CreateToken, CreatedToken, ErrorBody, FsckReport, GcReport, GcRequest, MissingBlobs,
-    MissingBlobsResponse, RegisterArtifacts, Service, ServiceList, Token, TokenList,
+    ArtifactsRegistered, BlobStored, Build, BuildList, BuildQuery, CreateBuild, CreateService, CreateToken,
+    CreatedToken, ErrorBody, FsckReport, GcReport, GcRequest, MissingBlobs, MissingBlobsResponse, RegisterArtifacts,
+    Service, ServiceList, Token, TokenList,
 };
 use tug_core::{
-    ArtifactKind, ArtifactName, ArtifactSpec, DerivedFrom, Digest, Hasher, Platform, Role,
-    ServiceName, TokenName,
+    ArtifactKind, ArtifactName, ArtifactSpec, DerivedFrom, Digest, Hasher, Platform, Role, ServiceName, TokenName,
 };
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The server answered with an error body.
     #[error("{message} ({code}, HTTP {status})")]
-    Api {
-        status: u16,
-        code: String,
-        message: String,
-    },
+    Api { status: u16, code: String, message: String },
     #[error("cannot reach the Tugboat server at {url}: {source}")]
     Connect { url: String, source: reqwest::Error },
     #[error("HTTP request failed: {0}")]
     Http(#[from] reqwest::Error),
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("invalid server URL {0:?}: use http://HOST:PORT")]
     Url(String),
     #[error("{name}: downloaded bytes hash to {actual}, not {expected}; the partial file was removed, pull again")]
@@ -206,18 +198,12 @@ impl Client {
     // ---- health, services, tokens ----
 
     pub async fn health(&self) -> Result<()> {
-        self.send(self.request(Method::GET, "/healthz"))
-            .await
-            .map(|_| ())
+        self.send(self.request(Method::GET, "/healthz")).await.map(|_| ())
     }
 
     pub async fn create_service(&self, name: &ServiceName) -> Result<Service> {
-        self.json(self.with_json(
-            Method::POST,
-            "/v1/services",
-            &CreateService { name: name.clone() },
-        ))
-        .await
+        self.json(self.with_json(Method::POST, "/v1/services", &CreateService { name: name.clone() }))
+            .await
     }
 
     pub async fn list_services(&self) -> Result<Vec<Service>> {
@@ -233,16 +219,8 @@ impl Client {
         role: Role,
         service: Option<ServiceName>,
     ) -> Result<CreatedToken> {
-        self.json(self.with_json(
-            Method::POST,
-            "/v1/tokens",
-            &CreateToken {
-                name,
-                role,
-                service,
-            },
-        ))
-        .await
+        self.json(self.with_json(Method::POST, "/v1/tokens", &CreateToken { name, role, service }))
+            .await
     }
 
     pub async fn list_tokens(&self) -> Result<Vec<Token>> {
@@ -253,18 +231,14 @@ impl Client {
     }
 
     pub async fn revoke_token(&self, name_or_id: &str) -> Result<Token> {
-        self.json(self.request(
-            Method::DELETE,
-            &format!("/v1/tokens/{}", encode(name_or_id)),
-        ))
-        .await
+        self.json(self.request(Method::DELETE, &format!("/v1/tokens/{}", encode(name_or_id))))
+            .await
     }
 
     // ---- builds ----
 
     pub async fn create_build(&self, req: &CreateBuild) -> Result<Build> {
-        self.json(self.with_json(Method::POST, "/v1/builds", req))
-            .await
+        self.json(self.with_json(Method::POST, "/v1/builds", req)).await
     }
 
     /// A build by id or manifest digest, with its artifacts.
@@ -283,10 +257,7 @@ impl Client {
     /// The canonical manifest bytes of a sealed build.
     pub async fn manifest(&self, reference: &str) -> Result<Vec<u8>> {
         let res = self
-            .send(self.request(
-                Method::GET,
-                &format!("/v1/builds/{}/manifest", encode(reference)),
-            ))
+            .send(self.request(Method::GET, &format!("/v1/builds/{}/manifest", encode(reference))))
             .await?;
         Ok(res.bytes().await?.to_vec())
     }
@@ -302,29 +273,16 @@ impl Client {
     }
 
     pub async fn seal(&self, reference: &str) -> Result<Build> {
-        self.json(self.request(
-            Method::POST,
-            &format!("/v1/builds/{}/seal", encode(reference)),
-        ))
-        .await
+        self.json(self.request(Method::POST, &format!("/v1/builds/{}/seal", encode(reference))))
+            .await
     }
 
     // ---- pipelines and deployments ----
 
-    pub async fn apply_pipeline(
-        &self,
-        service: &ServiceName,
-        spec: &str,
-    ) -> Result<tug_api::PipelineView> {
+    pub async fn apply_pipeline(&self, service: &ServiceName, spec: &str) -> Result<tug_api::PipelineView> {
         let path = format!("/v1/services/{service}/pipeline");
-        self.json(self.with_json(
-            Method::PUT,
-            &path,
-            &tug_api::ApplyPipeline {
-                spec: spec.to_string(),
-            },
-        ))
-        .await
+        self.json(self.with_json(Method::PUT, &path, &tug_api::ApplyPipeline { spec: spec.to_string() }))
+            .await
     }
 
     pub async fn pipeline(&self, service: &ServiceName) -> Result<tug_api::PipelineView> {
@@ -332,43 +290,19 @@ impl Client {
             .await
     }
 
-    pub async fn release(
-        &self,
-        service: &ServiceName,
-        req: &tug_api::Release,
-    ) -> Result<tug_api::DeployResult> {
-        self.json(self.with_json(
-            Method::POST,
-            &format!("/v1/services/{service}/release"),
-            req,
-        ))
-        .await
+    pub async fn release(&self, service: &ServiceName, req: &tug_api::Release) -> Result<tug_api::DeployResult> {
+        self.json(self.with_json(Method::POST, &format!("/v1/services/{service}/release"), req))
+            .await
     }
 
-    pub async fn promote(
-        &self,
-        service: &ServiceName,
-        req: &tug_api::Promote,
-    ) -> Result<tug_api::DeployResult> {
-        self.json(self.with_json(
-            Method::POST,
-            &format!("/v1/services/{service}/promote"),
-            req,
-        ))
-        .await
+    pub async fn promote(&self, service: &ServiceName, req: &tug_api::Promote) -> Result<tug_api::DeployResult> {
+        self.json(self.with_json(Method::POST, &format!("/v1/services/{service}/promote"), req))
+            .await
     }
 
-    pub async fn rollback(
-        &self,
-        service: &ServiceName,
-        req: &tug_api::Rollback,
-    ) -> Result<tug_api::DeployResult> {
-        self.json(self.with_json(
-            Method::POST,
-            &format!("/v1/services/{service}/rollback"),
-            req,
-        ))
-        .await
+    pub async fn rollback(&self, service: &ServiceName, req: &tug_api::Rollback) -> Result<tug_api::DeployResult> {
+        self.json(self.with_json(Method::POST, &format!("/v1/services/{service}/rollback"), req))
+            .await
     }
 
     /// Approves (`approve`) or rejects the waiting deployment of `build`.
@@ -398,27 +332,30 @@ impl Client {
         self.json(self.request(Method::GET, &path)).await
     }
 
-    pub async fn resume_auto_release(
-        &self,
-        service: &ServiceName,
-        env: &tug_core::EnvName,
-    ) -> Result<()> {
+    pub async fn resume_auto_release(&self, service: &ServiceName, env: &tug_core::EnvName) -> Result<()> {
         let path = format!("/v1/services/{service}/environments/{env}/resume");
-        self.send(self.request(Method::POST, &path))
+        self.send(self.request(Method::POST, &path)).await.map(|_| ())
+    }
+
+    pub async fn yank(&self, reference: &str, reason: Option<String>) -> Result<Build> {
+        let path = format!("/v1/builds/{}/yank", encode(reference));
+        self.json(self.with_json(Method::POST, &path, &tug_api::Yank { reason }))
             .await
-            .map(|_| ())
+    }
+
+    pub async fn unembargo(&self, reference: &str) -> Result<Build> {
+        self.json(self.request(Method::POST, &format!("/v1/builds/{}/unembargo", encode(reference))))
+            .await
     }
 
     // ---- maintenance ----
 
     pub async fn fsck(&self) -> Result<FsckReport> {
-        self.json(self.request(Method::POST, "/v1/admin/fsck"))
-            .await
+        self.json(self.request(Method::POST, "/v1/admin/fsck")).await
     }
 
     pub async fn gc(&self, req: &GcRequest) -> Result<GcReport> {
-        self.json(self.with_json(Method::POST, "/v1/admin/gc", req))
-            .await
+        self.json(self.with_json(Method::POST, "/v1/admin/gc", req)).await
     }
 
     // ---- blobs ----
@@ -460,18 +397,11 @@ impl Client {
     }
 
     /// Uploads a file as the blob `digest`, streaming it from disk.
-    pub async fn put_blob_file(
-        &self,
-        digest: &Digest,
-        path: &Path,
-        progress: Option<Progress>,
-    ) -> Result<BlobStored> {
-        let file = tokio::fs::File::open(path)
-            .await
-            .map_err(|source| Error::Io {
-                path: path.into(),
-                source,
-            })?;
+    pub async fn put_blob_file(&self, digest: &Digest, path: &Path, progress: Option<Progress>) -> Result<BlobStored> {
+        let file = tokio::fs::File::open(path).await.map_err(|source| Error::Io {
+            path: path.into(),
+            source,
+        })?;
         let size = file
             .metadata()
             .await
@@ -480,13 +410,11 @@ impl Client {
                 source,
             })?
             .len();
-        let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024).inspect_ok(
-            move |chunk| {
-                if let Some(p) = &progress {
-                    p(chunk.len() as u64);
-                }
-            },
-        );
+        let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024).inspect_ok(move |chunk| {
+            if let Some(p) = &progress {
+                p(chunk.len() as u64);
+            }
+        });
         self.put_blob_body(digest, size, reqwest::Body::wrap_stream(stream))
             .await
     }
@@ -494,16 +422,10 @@ impl Client {
     /// Uploads bytes as the blob `digest`.
     pub async fn put_blob_bytes(&self, digest: &Digest, bytes: Vec<u8>) -> Result<BlobStored> {
         let size = bytes.len() as u64;
-        self.put_blob_body(digest, size, reqwest::Body::from(bytes))
-            .await
+        self.put_blob_body(digest, size, reqwest::Body::from(bytes)).await
     }
 
-    async fn put_blob_body(
-        &self,
-        digest: &Digest,
-        size: u64,
-        body: reqwest::Body,
-    ) -> Result<BlobStored> {
+    async fn put_blob_body(&self, digest: &Digest, size: u64, body: reqwest::Body) -> Result<BlobStored> {
         let req = self
             .request(Method::PUT, &format!("/v1/blobs/{digest}"))
             .header(CONTENT_TYPE, "application/octet-stream")
@@ -544,16 +466,12 @@ impl Client {
             }
         }
         let digests: Vec<Digest> = unique.iter().map(|(d, _, _)| *d).collect();
-        let missing: std::collections::HashSet<Digest> =
-            self.missing_blobs(&digests).await?.into_iter().collect();
+        let missing: std::collections::HashSet<Digest> = self.missing_blobs(&digests).await?.into_iter().collect();
         let mut report = PushReport {
             artifacts: items.len(),
             ..Default::default()
         };
-        let to_send: Vec<(Digest, u64, PathBuf)> = unique
-            .into_iter()
-            .filter(|(d, _, _)| missing.contains(d))
-            .collect();
+        let to_send: Vec<(Digest, u64, PathBuf)> = unique.into_iter().filter(|(d, _, _)| missing.contains(d)).collect();
         report.uploaded_blobs = to_send.len();
         report.uploaded_bytes = to_send.iter().map(|(_, s, _)| s).sum();
         report.skipped_blobs = digests.len() - to_send.len();
@@ -595,13 +513,7 @@ impl Client {
     /// verifying every digest. An interrupted download resumes from its
     /// `.part` file with a `Range` request; a file already present with the
     /// right digest is left alone.
-    pub async fn pull(
-        &self,
-        build: &Build,
-        only: &[ArtifactName],
-        dir: &Path,
-        hooks: Hooks,
-    ) -> Result<PullReport> {
+    pub async fn pull(&self, build: &Build, only: &[ArtifactName], dir: &Path, hooks: Hooks) -> Result<PullReport> {
         let artifacts = build.artifacts.clone().unwrap_or_default();
         for name in only {
             if !artifacts.iter().any(|a| &a.name == name) {
@@ -642,12 +554,7 @@ impl Client {
     }
 
     /// Returns the bytes downloaded, or `None` if the file was up to date.
-    async fn pull_one(
-        &self,
-        a: &ArtifactSpec,
-        dir: &Path,
-        progress: Option<Progress>,
-    ) -> Result<Option<u64>> {
+    async fn pull_one(&self, a: &ArtifactSpec, dir: &Path, progress: Option<Progress>) -> Result<Option<u64>> {
         // ArtifactName is a validated relative path without `..`, so the
         // join stays inside `dir`.
         let dest = dir.join(a.name.as_str());
@@ -656,9 +563,7 @@ impl Client {
             move |source| Error::Io { path, source }
         };
         if let Some(parent) = dest.parent() {
-            tokio::fs::create_dir_all(parent)
-                .await
-                .map_err(io(parent))?;
+            tokio::fs::create_dir_all(parent).await.map_err(io(parent))?;
         }
         if tokio::fs::metadata(&dest)
             .await
@@ -672,10 +577,7 @@ impl Client {
             return Ok(None);
         }
         let part = PathBuf::from(format!("{}.part", dest.display()));
-        let mut have = tokio::fs::metadata(&part)
-            .await
-            .map(|m| m.len())
-            .unwrap_or(0);
+        let mut have = tokio::fs::metadata(&part).await.map(|m| m.len()).unwrap_or(0);
         if have > a.size {
             tokio::fs::remove_file(&part).await.map_err(io(&part))?;
             have = 0;

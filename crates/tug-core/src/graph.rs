@@ -16,16 +16,8 @@ enum Node<'a> {
 pub fn render(source: &str, artifacts: &[ArtifactSpec]) -> Vec<String> {
     let mut sorted: Vec<&ArtifactSpec> = artifacts.iter().collect();
     sorted.sort_by(|a, b| a.name.cmp(&b.name));
-    let by_digest: BTreeMap<Digest, usize> = sorted
-        .iter()
-        .enumerate()
-        .map(|(i, a)| (a.digest, i))
-        .collect();
-    let by_name: BTreeMap<&str, usize> = sorted
-        .iter()
-        .enumerate()
-        .map(|(i, a)| (a.name.as_str(), i))
-        .collect();
+    let by_digest: BTreeMap<Digest, usize> = sorted.iter().enumerate().map(|(i, a)| (a.digest, i)).collect();
+    let by_name: BTreeMap<&str, usize> = sorted.iter().enumerate().map(|(i, a)| (a.name.as_str(), i)).collect();
 
     // children[parent] = artifact indices; parents are artifact indices or
     // external digests; artifacts with no known parent hang off the source.
@@ -70,10 +62,7 @@ pub fn render(source: &str, artifacts: &[ArtifactSpec]) -> Vec<String> {
                 .get(&i)
                 .map(|s| s.iter().copied().collect())
                 .unwrap_or_default(),
-            (Node::External(d), _) => external
-                .get(d)
-                .map(|s| s.iter().copied().collect())
-                .unwrap_or_default(),
+            (Node::External(d), _) => external.get(d).map(|s| s.iter().copied().collect()).unwrap_or_default(),
             _ => Vec::new(),
         };
         draw(
@@ -106,11 +95,7 @@ fn draw(
     let branch = if last { "└── " } else { "├── " };
     let label = match node {
         Node::Artifact(a) => {
-            let platform = a
-                .platform
-                .as_ref()
-                .map(|p| format!(", {p}"))
-                .unwrap_or_default();
+            let platform = a.platform.as_ref().map(|p| format!(", {p}")).unwrap_or_default();
             format!("{} ({}{platform}, {})", a.name, a.kind, a.digest.short())
         }
         Node::External(d) => format!("{d} (external)"),
@@ -154,10 +139,7 @@ mod tests {
             platform: Some(Platform::parse("linux/amd64").unwrap()),
             size: 1,
             digest: Digest::of(name.as_bytes()),
-            derived_from: from
-                .iter()
-                .map(|f| DerivedFrom::parse(f).unwrap())
-                .collect(),
+            derived_from: from.iter().map(|f| DerivedFrom::parse(f).unwrap()).collect(),
         }
     }
 

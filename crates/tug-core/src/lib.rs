@@ -17,13 +17,13 @@ pub mod versioning;
 
 pub use digest::{Digest, DigestError, Hasher};
 pub use manifest::{
-    ArtifactKind, ArtifactSpec, BuildManifest, BuildSource, BuildState, CiRun, DerivedFrom, Draft,
-    ManifestArtifact, SealError,
+    ArtifactKind, ArtifactSpec, BuildManifest, BuildSource, BuildState, CiRun, DerivedFrom, Draft, ManifestArtifact,
+    SealError,
 };
 pub use names::{ArtifactName, BuildId, NameError, Platform, ServiceName, TokenName, Version};
 pub use pipeline::{
-    format_duration, parse_duration, BranchRestriction, EnvName, Environment, FreezeWindow,
-    Pipeline, PipelineError, PipelineSpec, ServerRule,
+    format_duration, parse_duration, BranchRestriction, EnvName, Environment, FreezeWindow, Pipeline, PipelineError,
+    PipelineSpec, ServerRule,
 };
 pub use policy::{evaluate, BuildFacts, DeployKind, Proposal, Verdict, Violation};
 pub use role::{Action, Role};

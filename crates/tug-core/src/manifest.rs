@@ -16,9 +16,7 @@ use crate::{ArtifactName, BuildId, Digest, Platform, ServiceName, Version};
 /// The manifest format; bumped only with a migration of stored manifests.
 pub const MANIFEST_SCHEMA: u32 = 1;
 
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum ArtifactKind {
     Binary,
@@ -91,13 +89,10 @@ impl fmt::Display for ArtifactKind {
 impl FromStr for ArtifactKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        ArtifactKind::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| {
-                let all: Vec<_> = ArtifactKind::ALL.iter().map(|k| k.as_str()).collect();
-                format!("unknown artifact kind {s:?}: use one of {}", all.join(", "))
-            })
+        ArtifactKind::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| {
+            let all: Vec<_> = ArtifactKind::ALL.iter().map(|k| k.as_str()).collect();
+            format!("unknown artifact kind {s:?}: use one of {}", all.join(", "))
+        })
     }
 }
 
@@ -261,11 +256,7 @@ pub enum SealError {
 }
 
 fn join(names: &[ArtifactName]) -> String {
-    names
-        .iter()
-        .map(|n| n.as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
+    names.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", ")
 }
 
 /// Everything a draft holds when it is sealed.
@@ -283,8 +274,7 @@ pub struct Draft<'a> {
 impl BuildManifest {
     /// Checks a draft against the sealing rules and builds its manifest.
     pub fn seal(draft: Draft<'_>) -> Result<BuildManifest, SealError> {
-        let by_name: BTreeMap<&ArtifactName, &ArtifactSpec> =
-            draft.artifacts.iter().map(|a| (&a.name, a)).collect();
+        let by_name: BTreeMap<&ArtifactName, &ArtifactSpec> = draft.artifacts.iter().map(|a| (&a.name, a)).collect();
         let missing: Vec<ArtifactName> = draft
             .expected
             .iter()
@@ -363,10 +353,7 @@ mod tests {
             platform: Some(Platform::parse("linux/amd64").unwrap()),
             size: body.len() as u64,
             digest: Digest::of(body),
-            derived_from: from
-                .iter()
-                .map(|f| DerivedFrom::parse(f).unwrap())
-                .collect(),
+            derived_from: from.iter().map(|f| DerivedFrom::parse(f).unwrap()).collect(),
         }
     }
 
@@ -374,10 +361,7 @@ mod tests {
         let id = BuildId::parse("0190c3f2-6a2b-7d4e-9f10-2b3c4d5e6f70").unwrap();
         let service = ServiceName::parse("api").unwrap();
         let version = Version::parse("1.4.0").unwrap();
-        let expected: Vec<ArtifactName> = expected
-            .iter()
-            .map(|e| ArtifactName::parse(e).unwrap())
-            .collect();
+        let expected: Vec<ArtifactName> = expected.iter().map(|e| ArtifactName::parse(e).unwrap()).collect();
         BuildManifest::seal(Draft {
             id: &id,
             service: &service,
@@ -433,13 +417,7 @@ mod tests {
     #[test]
     fn kinds_parse_and_guess() {
         assert_eq!("deb".parse::<ArtifactKind>().unwrap(), ArtifactKind::Deb);
-        assert!("zip"
-            .parse::<ArtifactKind>()
-            .unwrap_err()
-            .contains("binary, tarball"));
-        assert_eq!(
-            ArtifactKind::guess("x/teleport-v1.tar.gz"),
-            ArtifactKind::Tarball
-        );
+        assert!("zip".parse::<ArtifactKind>().unwrap_err().contains("binary, tarball"));
+        assert_eq!(ArtifactKind::guess("x/teleport-v1.tar.gz"), ArtifactKind::Tarball);
     }
 }

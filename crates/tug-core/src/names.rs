@@ -20,9 +20,7 @@ pub enum NameError {
     Artifact { name: String, why: &'static str },
     #[error("platform {0:?} is invalid: write it as os/arch or os/arch/variant, e.g. linux/amd64")]
     Platform(String),
-    #[error(
-        "build id {0:?} is invalid: a build id looks like 0190c3f2-6a2b-7d4e-9f10-2b3c4d5e6f70"
-    )]
+    #[error("build id {0:?} is invalid: a build id looks like 0190c3f2-6a2b-7d4e-9f10-2b3c4d5e6f70")]
     BuildId(String),
     #[error("version {0:?} is not a semantic version: write it as MAJOR.MINOR.PATCH, e.g. 1.4.0 or 1.4.0-rc.1")]
     Version(String),
@@ -141,9 +139,7 @@ string_newtype!(ArtifactName, |s| {
     } else if s.len() > MAX_ARTIFACT_NAME {
         Some("it is longer than 255 bytes")
     } else if s.starts_with('/') {
-        Some(
-            "it is an absolute path; use a path relative to the build, like linux-amd64/app.tar.gz",
-        )
+        Some("it is an absolute path; use a path relative to the build, like linux-amd64/app.tar.gz")
     } else if s.chars().any(|c| c.is_control()) {
         Some("it contains a control character")
     } else if s.contains('\\') {
@@ -159,10 +155,7 @@ string_newtype!(ArtifactName, |s| {
     };
     match why {
         None => Ok(()),
-        Some(why) => Err(NameError::Artifact {
-            name: shown(s),
-            why,
-        }),
+        Some(why) => Err(NameError::Artifact { name: shown(s), why }),
     }
 });
 

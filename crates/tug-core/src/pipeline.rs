@@ -54,9 +54,7 @@ pub enum PipelineError {
     Service(NameError),
     #[error("{0}")]
     EnvironmentName(NameError),
-    #[error(
-        "the pipeline has no environment: add at least one [[environments]] table with a name"
-    )]
+    #[error("the pipeline has no environment: add at least one [[environments]] table with a name")]
     NoEnvironments,
     #[error("environment {env} is defined more than once: environment names must be unique within a pipeline")]
     DuplicateEnvironment { env: EnvName },
@@ -84,14 +82,8 @@ pub enum PipelineError {
         value: String,
     },
     #[error("environment {env}: freeze window {window} is invalid: {why}")]
-    Freeze {
-        env: EnvName,
-        window: String,
-        why: String,
-    },
-    #[error(
-        "environment {env} requires {approvals} approvals: at most {MAX_APPROVALS} are allowed"
-    )]
+    Freeze { env: EnvName, window: String, why: String },
+    #[error("environment {env} requires {approvals} approvals: at most {MAX_APPROVALS} are allowed")]
     TooManyApprovals { env: EnvName, approvals: u32 },
     #[error("environment {env}: auto_release branch {branch:?} is not a branch name: write e.g. auto_release = {{ branch = \"master\" }}")]
     AutoReleaseBranch { env: EnvName, branch: String },
@@ -102,21 +94,13 @@ pub enum PipelineError {
         restriction: String,
     },
     #[error("environment {env}: auto-release from branch {branch} conflicts with the server rule {rule}, which no pipeline can override: auto-release from a branch it allows, or ask a server admin")]
-    ServerRuleConflict {
-        env: EnvName,
-        branch: String,
-        rule: String,
-    },
+    ServerRuleConflict { env: EnvName, branch: String, rule: String },
     #[error("server rule {rule:?} is invalid: {why}; write it as ENVIRONMENT=REGEX, e.g. production=^master$")]
     ServerRule { rule: String, why: String },
 }
 
 fn cycle_text(cycle: &[EnvName]) -> String {
-    cycle
-        .iter()
-        .map(EnvName::as_str)
-        .collect::<Vec<_>>()
-        .join(" -> ")
+    cycle.iter().map(EnvName::as_str).collect::<Vec<_>>().join(" -> ")
 }
 
 // ---------------------------------------------------------------------------
@@ -287,9 +271,7 @@ impl Eq for BranchRestriction {}
 
 impl fmt::Debug for BranchRestriction {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("BranchRestriction")
-            .field(&self.source)
-            .finish()
+        f.debug_tuple("BranchRestriction").field(&self.source).finish()
     }
 }
 
@@ -322,19 +304,11 @@ pub struct ServerRule {
 
 impl ServerRule {
     pub fn parse(text: &str) -> Result<ServerRule, PipelineError> {
-        let bad = |why: String| PipelineError::ServerRule {
-            rule: shown(text),
-            why,
-        };
-        let (env, pattern) = text
-            .split_once('=')
-            .ok_or_else(|| bad("it has no '='".to_string()))?;
+        let bad = |why: String| PipelineError::ServerRule { rule: shown(text), why };
+        let (env, pattern) = text.split_once('=').ok_or_else(|| bad("it has no '='".to_string()))?;
         let environment = EnvName::parse(env.trim()).map_err(|e| bad(e.to_string()))?;
-        let restriction = BranchRestriction::new(pattern).map_err(|e| {
-            bad(format!(
-                "{pattern:?} is not a valid regular expression: {e}"
-            ))
-        })?;
+        let restriction = BranchRestriction::new(pattern)
+            .map_err(|e| bad(format!("{pattern:?} is not a valid regular expression: {e}")))?;
         Ok(ServerRule {
             environment,
             restriction,
@@ -389,10 +363,7 @@ pub enum FreezeWindow {
         tz: Tz,
     },
     /// Once, from `from` (included) to `until` (excluded).
-    Once {
-        from: DateTime<Utc>,
-        until: DateTime<Utc>,
-    },
+    Once { from: DateTime<Utc>, until: DateTime<Utc> },
 }
 
 fn weekday_text(d: Weekday) -> &'static str {
@@ -420,9 +391,9 @@ fn parse_day_time(text: &str) -> Result<(Weekday, NaiveTime), String> {
         ));
     };
     // chrono reads Mon..Sun and Monday..Sunday, in any case.
-    let day: Weekday = day.parse().map_err(|_| {
-        format!("{day:?} is not a weekday: use Mon, Tue, Wed, Thu, Fri, Sat or Sun")
-    })?;
+    let day: Weekday = day
+        .parse()
+        .map_err(|_| format!("{day:?} is not a weekday: use Mon, Tue, Wed, Thu, Fri, Sat or Sun"))?;
     let valid_shape = time.len() == 5 && time.as_bytes()[2] == b':';
     let time = NaiveTime::parse_from_str(time, "%H:%M")
         .ok()
@@ -434,11 +405,7 @@ fn parse_day_time(text: &str) -> Result<(Weekday, NaiveTime), String> {
 fn parse_instant(field: &str, text: &str) -> Result<DateTime<Utc>, String> {
     DateTime::parse_from_rfc3339(text)
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| {
-            format!(
-                "{field} {text:?} is not an RFC 3339 time ({e}): write e.g. 2026-12-24T00:00:00Z"
-            )
-        })
+        .map_err(|e| format!("{field} {text:?} is not an RFC 3339 time ({e}): write e.g. 2026-12-24T00:00:00Z"))
 }
 
 impl FreezeWindow {
@@ -453,11 +420,9 @@ impl FreezeWindow {
         if start == end {
             return Err("it starts and ends at the same time".to_string());
         }
-        let tz: Tz = tz.parse().map_err(|_| {
-            format!(
-                "{tz:?} is not a known time zone: use an IANA name such as Europe/Berlin, or UTC"
-            )
-        })?;
+        let tz: Tz = tz
+            .parse()
+            .map_err(|_| format!("{tz:?} is not a known time zone: use an IANA name such as Europe/Berlin, or UTC"))?;
         Ok(FreezeWindow::Weekly { start, end, tz })
     }
 
@@ -538,12 +503,9 @@ impl fmt::Display for FreezeWindow {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let spec = self.to_spec();
         match self {
-            FreezeWindow::Weekly { .. } => write!(
-                f,
-                "{} {}",
-                spec.weekly.unwrap_or_default(),
-                spec.tz.unwrap_or_default()
-            ),
+            FreezeWindow::Weekly { .. } => {
+                write!(f, "{} {}", spec.weekly.unwrap_or_default(), spec.tz.unwrap_or_default())
+            }
             FreezeWindow::Once { .. } => write!(
                 f,
                 "{} - {}",
@@ -617,8 +579,7 @@ impl Environment {
         let auto_release = match &spec.auto_release {
             None => None,
             Some(AutoReleaseSpec { branch }) => {
-                let bad = branch.trim().is_empty()
-                    || branch.chars().any(|c| c.is_control() || c.is_whitespace());
+                let bad = branch.trim().is_empty() || branch.chars().any(|c| c.is_control() || c.is_whitespace());
                 if bad {
                     return Err(PipelineError::AutoReleaseBranch {
                         env: env(),
@@ -631,13 +592,11 @@ impl Environment {
 
         let duration = |field: &'static str, value: &Option<String>| match value {
             None => Ok(None),
-            Some(text) => parse_duration(text)
-                .map(Some)
-                .ok_or_else(|| PipelineError::Duration {
-                    env: env(),
-                    field,
-                    value: shown(text),
-                }),
+            Some(text) => parse_duration(text).map(Some).ok_or_else(|| PipelineError::Duration {
+                env: env(),
+                field,
+                value: shown(text),
+            }),
         };
         let soak = duration("soak", &spec.soak)?;
         let approval_timeout = duration("approval_timeout", &spec.approval_timeout)?;
@@ -651,15 +610,11 @@ impl Environment {
 
         let branch_restriction = match &spec.branch_restriction {
             None => None,
-            Some(pattern) => {
-                Some(
-                    BranchRestriction::new(pattern).map_err(|e| PipelineError::Regex {
-                        env: env(),
-                        pattern: shown(pattern),
-                        message: e.to_string(),
-                    })?,
-                )
-            }
+            Some(pattern) => Some(BranchRestriction::new(pattern).map_err(|e| PipelineError::Regex {
+                env: env(),
+                pattern: shown(pattern),
+                message: e.to_string(),
+            })?),
         };
 
         let freeze = spec
@@ -711,10 +666,7 @@ impl Environment {
             soak: self.soak.map(format_duration),
             approvals: self.approvals,
             approval_timeout: self.approval_timeout.map(format_duration),
-            branch_restriction: self
-                .branch_restriction
-                .as_ref()
-                .map(|r| r.as_str().to_string()),
+            branch_restriction: self.branch_restriction.as_ref().map(|r| r.as_str().to_string()),
             freeze: self.freeze.iter().map(FreezeWindow::to_spec).collect(),
             private: self.private,
         }
@@ -762,8 +714,7 @@ pub struct Pipeline {
 impl Pipeline {
     /// Reads and validates a pipeline file.
     pub fn parse(text: &str) -> Result<Pipeline, PipelineError> {
-        let spec: PipelineSpec =
-            toml::from_str(text).map_err(|e| PipelineError::Toml(e.to_string()))?;
+        let spec: PipelineSpec = toml::from_str(text).map_err(|e| PipelineError::Toml(e.to_string()))?;
         Pipeline::from_spec(&spec)
     }
 
@@ -783,9 +734,7 @@ impl Pipeline {
         let mut index: HashMap<&EnvName, usize> = HashMap::new();
         for (i, env) in environments.iter().enumerate() {
             if index.insert(&env.name, i).is_some() {
-                return Err(PipelineError::DuplicateEnvironment {
-                    env: env.name.clone(),
-                });
+                return Err(PipelineError::DuplicateEnvironment { env: env.name.clone() });
             }
         }
         // Every upstream as an index, so the cycle search below cannot fail.
@@ -793,29 +742,19 @@ impl Pipeline {
         for env in &environments {
             upstream.push(match &env.upstream {
                 None => None,
-                Some(up) => Some(
-                    *index
-                        .get(up)
-                        .ok_or_else(|| PipelineError::UnknownUpstream {
-                            env: env.name.clone(),
-                            upstream: up.clone(),
-                        })?,
-                ),
+                Some(up) => Some(*index.get(up).ok_or_else(|| PipelineError::UnknownUpstream {
+                    env: env.name.clone(),
+                    upstream: up.clone(),
+                })?),
             });
         }
         if let Some(cycle) = find_cycle(&upstream) {
             return Err(PipelineError::UpstreamCycle {
-                cycle: cycle
-                    .into_iter()
-                    .map(|i| environments[i].name.clone())
-                    .collect(),
+                cycle: cycle.into_iter().map(|i| environments[i].name.clone()).collect(),
             });
         }
 
-        Ok(Pipeline {
-            service,
-            environments,
-        })
+        Ok(Pipeline { service, environments })
     }
 
     /// The pipeline as written in a file.
@@ -851,10 +790,7 @@ impl Pipeline {
                 out.push_str(&format!("upstream = {}\n", string(up)));
             }
             if let Some(auto) = &env.auto_release {
-                out.push_str(&format!(
-                    "auto_release = {{ branch = {} }}\n",
-                    string(&auto.branch)
-                ));
+                out.push_str(&format!("auto_release = {{ branch = {} }}\n", string(&auto.branch)));
             }
             if let Some(soak) = &env.soak {
                 out.push_str(&format!("soak = {}\n", string(soak)));
@@ -1049,10 +985,7 @@ private = true
         let p = Pipeline::parse(EXAMPLE).unwrap();
         assert_eq!(p.service.as_str(), "teleport");
         let names: Vec<&str> = p.environments.iter().map(|e| e.name.as_str()).collect();
-        assert_eq!(
-            names,
-            ["canary", "internal", "trials", "production", "security"]
-        );
+        assert_eq!(names, ["canary", "internal", "trials", "production", "security"]);
         assert_eq!(p.first().unwrap().name, env("canary"));
         let canary = p.environment(&env("canary")).unwrap();
         assert_eq!(canary.auto_release.as_deref(), Some("master"));
@@ -1065,15 +998,9 @@ private = true
         assert_eq!(trials.approval_timeout, Some(Duration::from_secs(86_400)));
         let production = p.environment(&env("production")).unwrap();
         assert_eq!(production.approvals, 2);
-        assert_eq!(
-            production.branch_restriction.as_ref().unwrap().as_str(),
-            "^master$"
-        );
+        assert_eq!(production.branch_restriction.as_ref().unwrap().as_str(), "^master$");
         assert_eq!(production.freeze.len(), 2);
-        assert_eq!(
-            production.freeze[0].to_string(),
-            "Sat 00:00 - Mon 06:00 Europe/Berlin"
-        );
+        assert_eq!(production.freeze[0].to_string(), "Sat 00:00 - Mon 06:00 Europe/Berlin");
         assert_eq!(
             production.freeze[1].to_string(),
             "2026-12-24T00:00:00Z - 2026-12-27T00:00:00Z"
@@ -1082,10 +1009,7 @@ private = true
         assert!(p.environment(&env("nope")).is_none());
         assert_eq!(p.upstream_of(&env("trials")).unwrap().name, env("internal"));
         assert!(p.upstream_of(&env("canary")).is_none());
-        let down: Vec<_> = p
-            .downstream_of(&env("canary"))
-            .map(|e| e.name.as_str())
-            .collect();
+        let down: Vec<_> = p.downstream_of(&env("canary")).map(|e| e.name.as_str()).collect();
         assert_eq!(down, ["internal"]);
     }
 
@@ -1094,10 +1018,7 @@ private = true
         let p = Pipeline::parse(EXAMPLE).unwrap();
         let text = p.to_toml();
         assert_eq!(Pipeline::parse(&text).unwrap(), p, "{text}");
-        assert!(
-            text.contains("auto_release = { branch = \"master\" }"),
-            "{text}"
-        );
+        assert!(text.contains("auto_release = { branch = \"master\" }"), "{text}");
         assert!(
             text.contains(r#"freeze = [{ weekly = "Sat 00:00 - Mon 06:00", tz = "Europe/Berlin" }, { from = "2026-12-24T00:00:00Z", until = "2026-12-27T00:00:00Z" }]"#),
             "{text}"
@@ -1134,10 +1055,7 @@ auto_release = { branch = "release/v1" }"#,
         let err = parse_err("service = ");
         assert!(matches!(err, PipelineError::Toml(_)), "{err}");
         let err = parse_err(&one_env("soak_time = \"1h\""));
-        assert!(
-            err.to_string().contains("unknown field `soak_time`"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("unknown field `soak_time`"), "{err}");
         let err = parse_err("service = \"api\"\nextra = 1\n");
         assert!(err.to_string().contains("unknown field `extra`"), "{err}");
         let err = parse_err(&one_env(
@@ -1160,16 +1078,12 @@ auto_release = { branch = "release/v1" }"#,
             PipelineError::EnvironmentName(NameError::Environment("Prod".into()))
         );
         assert!(
-            err.to_string()
-                .starts_with("environment name \"Prod\" is invalid"),
+            err.to_string().starts_with("environment name \"Prod\" is invalid"),
             "{err}"
         );
 
         let err = parse_err(&one_env("upstream = \"Canary\""));
-        assert!(
-            matches!(err, PipelineError::InvalidUpstream { .. }),
-            "{err}"
-        );
+        assert!(matches!(err, PipelineError::InvalidUpstream { .. }), "{err}");
         assert!(err.to_string().contains("environment production"), "{err}");
 
         let err = parse_err("service = \"api\"\n");
@@ -1186,9 +1100,7 @@ auto_release = { branch = "release/v1" }"#,
             "service = \"api\"\n[[environments]]\nname = \"a\"\n[[environments]]\nname = \"b\"\n[[environments]]\nname = \"a\"\n",
         );
         assert_eq!(err, PipelineError::DuplicateEnvironment { env: env("a") });
-        assert!(err
-            .to_string()
-            .contains("environment a is defined more than once"));
+        assert!(err.to_string().contains("environment a is defined more than once"));
     }
 
     #[test]
@@ -1202,22 +1114,13 @@ auto_release = { branch = "release/v1" }"#,
             }
         );
         assert!(
-            err.to_string()
-                .contains("upstream staging is not an environment"),
+            err.to_string().contains("upstream staging is not an environment"),
             "{err}"
         );
 
         let err = parse_err(&one_env("upstream = \"production\""));
-        assert_eq!(
-            err,
-            PipelineError::SelfUpstream {
-                env: env("production")
-            }
-        );
-        assert!(
-            err.to_string().contains("production is its own upstream"),
-            "{err}"
-        );
+        assert_eq!(err, PipelineError::SelfUpstream { env: env("production") });
+        assert!(err.to_string().contains("production is its own upstream"), "{err}");
     }
 
     #[test]
@@ -1233,8 +1136,7 @@ upstream = "canary"
 "#;
         let err = parse_err(text);
         assert!(
-            err.to_string()
-                .contains("upstream cycle: canary -> internal -> canary"),
+            err.to_string().contains("upstream cycle: canary -> internal -> canary"),
             "{err}"
         );
 
@@ -1263,9 +1165,7 @@ upstream = "canary"
         assert_eq!(
             err,
             PipelineError::UpstreamCycle {
-                cycle: ["production", "canary", "internal", "production"]
-                    .map(env)
-                    .to_vec()
+                cycle: ["production", "canary", "internal", "production"].map(env).to_vec()
             }
         );
         assert_eq!(find_cycle(&[None, Some(0), Some(1), Some(0)]), None);
@@ -1286,8 +1186,7 @@ upstream = "canary"
         assert_eq!(pattern, "^(master");
         assert!(message.contains("unclosed group"), "{message}");
         assert!(
-            err.to_string()
-                .contains("environment production: branch_restriction"),
+            err.to_string().contains("environment production: branch_restriction"),
             "{err}"
         );
     }
@@ -1361,27 +1260,12 @@ upstream = "canary"
                 r#"{ weekly = "Sun 00:00 - Mon 06:00", tz = "Europe/Berln" }"#,
                 "not a known time zone",
             ),
-            (
-                r#"{ weekly = "Sam 00:00 - Mon 06:00" }"#,
-                "\"Sam\" is not a weekday",
-            ),
-            (
-                r#"{ weekly = "Sat 0:00 - Mon 06:00" }"#,
-                "not a time of day",
-            ),
-            (
-                r#"{ weekly = "Sat 24:00 - Mon 06:00" }"#,
-                "not a time of day",
-            ),
-            (
-                r#"{ weekly = "Sat 00:00 - Mon 06:00:00" }"#,
-                "not a time of day",
-            ),
+            (r#"{ weekly = "Sam 00:00 - Mon 06:00" }"#, "\"Sam\" is not a weekday"),
+            (r#"{ weekly = "Sat 0:00 - Mon 06:00" }"#, "not a time of day"),
+            (r#"{ weekly = "Sat 24:00 - Mon 06:00" }"#, "not a time of day"),
+            (r#"{ weekly = "Sat 00:00 - Mon 06:00:00" }"#, "not a time of day"),
             (r#"{ weekly = "Sat 00:00 Mon 06:00" }"#, "has no '-'"),
-            (
-                r#"{ weekly = "Sat - Mon 06:00" }"#,
-                "not a weekday and a time",
-            ),
+            (r#"{ weekly = "Sat - Mon 06:00" }"#, "not a weekday and a time"),
             (r#"{ weekly = "Sat 06:00 - Sat 06:00" }"#, "same time"),
             (
                 r#"{ from = "2026-12-27T00:00:00Z", until = "2026-12-24T00:00:00Z" }"#,
@@ -1395,10 +1279,7 @@ upstream = "canary"
                 r#"{ from = "2026-12-24", until = "2026-12-27T00:00:00Z" }"#,
                 "not an RFC 3339 time",
             ),
-            (
-                r#"{ from = "2026-12-24T00:00:00Z" }"#,
-                "needs both from and until",
-            ),
+            (r#"{ from = "2026-12-24T00:00:00Z" }"#, "needs both from and until"),
             (r#"{}"#, "neither weekly nor from and until"),
             (r#"{ tz = "UTC" }"#, "neither weekly nor from and until"),
             (
@@ -1412,15 +1293,9 @@ upstream = "canary"
         ];
         for (window, why) in cases {
             let err = parse_err(&one_env(&format!("freeze = [{window}]")));
-            assert!(
-                matches!(err, PipelineError::Freeze { .. }),
-                "{window}: {err}"
-            );
+            assert!(matches!(err, PipelineError::Freeze { .. }), "{window}: {err}");
             let text = err.to_string();
-            assert!(
-                text.starts_with("environment production: freeze window"),
-                "{text}"
-            );
+            assert!(text.starts_with("environment production: freeze window"), "{text}");
             assert!(text.contains(why), "{window}: {text}");
         }
     }
@@ -1453,10 +1328,7 @@ upstream = "canary"
         ))
         .unwrap();
         let err = parse_err(&one_env("auto_release = { branch = \"\" }"));
-        assert!(
-            matches!(err, PipelineError::AutoReleaseBranch { .. }),
-            "{err}"
-        );
+        assert!(matches!(err, PipelineError::AutoReleaseBranch { .. }), "{err}");
     }
 
     #[test]
@@ -1486,9 +1358,7 @@ upstream = "canary"
             "service = \"api\"\n[[environments]]\nname = \"production\"\nauto_release = { branch = \"develop\" }\n[[environments]]\nname = \"dev\"\nauto_release = { branch = \"develop\" }\n",
         )
         .unwrap();
-        let err = pipeline
-            .check_server_rules(std::slice::from_ref(&rule))
-            .unwrap_err();
+        let err = pipeline.check_server_rules(std::slice::from_ref(&rule)).unwrap_err();
         assert_eq!(
             err,
             PipelineError::ServerRuleConflict {
@@ -1506,10 +1376,7 @@ upstream = "canary"
         // auto-release, are not affected.
         let dev_ok = ServerRule::parse("dev=^develop$").unwrap();
         pipeline.check_server_rules(&[dev_ok]).unwrap();
-        Pipeline::parse(EXAMPLE)
-            .unwrap()
-            .check_server_rules(&[rule])
-            .unwrap();
+        Pipeline::parse(EXAMPLE).unwrap().check_server_rules(&[rule]).unwrap();
     }
 
     #[test]
@@ -1598,8 +1465,6 @@ upstream = "canary"
         assert_ne!(a, BranchRestriction::new("^main$").unwrap());
         assert_eq!(format!("{a:?}"), "BranchRestriction(\"^master$\")");
         // Searched, not anchored, like grep.
-        assert!(BranchRestriction::new("release/")
-            .unwrap()
-            .matches("x/release/v1"));
+        assert!(BranchRestriction::new("release/").unwrap().matches("x/release/v1"));
     }
 }

@@ -154,7 +154,8 @@ pub fn evaluate(p: &Proposal) -> Verdict {
     if !p.build.sealed {
         refuse(
             Violation::NOT_SEALED,
-            "the build is still a draft and only sealed builds are deployed; seal it (tug build seal) first".to_string(),
+            "the build is still a draft and only sealed builds are deployed; seal it (tug build seal) first"
+                .to_string(),
         );
     }
     if p.build.yanked {
@@ -205,7 +206,9 @@ pub fn evaluate(p: &Proposal) -> Verdict {
             if !p.passed_upstream {
                 refuse(
                     Violation::UPSTREAM,
-                    format!("the build has not run in {upstream}, the upstream of {name}; promote it to {upstream} first"),
+                    format!(
+                        "the build has not run in {upstream}, the upstream of {name}; promote it to {upstream} first"
+                    ),
                 );
             } else if let Some(soak) = env.soak {
                 match p.in_upstream_since {
@@ -361,11 +364,7 @@ private = true
     fn a_proposal_meeting_every_policy_is_allowed() {
         let p = pipeline();
         for name in ["canary", "internal", "production", "security"] {
-            for kind in [
-                DeployKind::Release,
-                DeployKind::Promote,
-                DeployKind::Rollback,
-            ] {
+            for kind in [DeployKind::Release, DeployKind::Promote, DeployKind::Rollback] {
                 let verdict = evaluate(&proposal(kind, env(&p, name)));
                 assert_eq!(verdict, Verdict::Allowed, "{kind} to {name}");
             }
@@ -456,10 +455,7 @@ private = true
             .contains("server rule internal=^(master|release/.*)$"));
 
         prop.build.branch = None;
-        assert_eq!(
-            policies(&evaluate(&prop)),
-            [Violation::SERVER_BRANCH_RESTRICTION]
-        );
+        assert_eq!(policies(&evaluate(&prop)), [Violation::SERVER_BRANCH_RESTRICTION]);
 
         // The environment's own restriction and a server rule both apply.
         let rules = [ServerRule::parse("production=^main$").unwrap()];
@@ -468,10 +464,7 @@ private = true
         prop.build.branch = Some("main");
         assert_eq!(policies(&evaluate(&prop)), [Violation::BRANCH_RESTRICTION]);
         prop.build.branch = Some("master");
-        assert_eq!(
-            policies(&evaluate(&prop)),
-            [Violation::SERVER_BRANCH_RESTRICTION]
-        );
+        assert_eq!(policies(&evaluate(&prop)), [Violation::SERVER_BRANCH_RESTRICTION]);
     }
 
     #[test]
@@ -482,9 +475,9 @@ private = true
         prop.in_upstream_since = None;
         let verdict = evaluate(&prop);
         assert_eq!(policies(&verdict), [Violation::UPSTREAM]);
-        assert!(verdict.violations()[0].message.contains(
-            "has not run in canary, the upstream of internal; promote it to canary first"
-        ));
+        assert!(verdict.violations()[0]
+            .message
+            .contains("has not run in canary, the upstream of internal; promote it to canary first"));
 
         // An explicit release and a rollback skip the upstream.
         for kind in [DeployKind::Release, DeployKind::Rollback] {
@@ -511,11 +504,8 @@ private = true
         );
 
         // Less than a second left still says so.
-        prop.in_upstream_since =
-            Some(prop.now - chrono::Duration::hours(1) + chrono::Duration::milliseconds(1));
-        assert!(evaluate(&prop).violations()[0]
-            .message
-            .contains("again in 1s"));
+        prop.in_upstream_since = Some(prop.now - chrono::Duration::hours(1) + chrono::Duration::milliseconds(1));
+        assert!(evaluate(&prop).violations()[0].message.contains("again in 1s"));
 
         // Exactly the soak time is enough.
         prop.in_upstream_since = Some(prop.now - chrono::Duration::hours(1));
@@ -523,9 +513,7 @@ private = true
 
         // A start in the future (clock skew) counts as no soak yet.
         prop.in_upstream_since = Some(prop.now + chrono::Duration::minutes(5));
-        assert!(evaluate(&prop).violations()[0]
-            .message
-            .contains("for 0s of the 1h"));
+        assert!(evaluate(&prop).violations()[0].message.contains("for 0s of the 1h"));
 
         // Ran upstream but nobody knows since when: not soaked.
         prop.in_upstream_since = None;
@@ -544,11 +532,7 @@ private = true
         let p = pipeline();
         // Saturday 2026-11-28 10:00 UTC is inside the Berlin weekend freeze.
         let saturday = Utc.with_ymd_and_hms(2026, 11, 28, 10, 0, 0).unwrap();
-        for kind in [
-            DeployKind::Release,
-            DeployKind::Promote,
-            DeployKind::Rollback,
-        ] {
+        for kind in [DeployKind::Release, DeployKind::Promote, DeployKind::Rollback] {
             let mut prop = proposal(kind, env(&p, "production"));
             prop.now = saturday;
             prop.in_upstream_since = Some(saturday - chrono::Duration::days(1));
@@ -582,9 +566,7 @@ private = true
         let prop = proposal(DeployKind::AutoRelease, env(&p, "internal"));
         let verdict = evaluate(&prop);
         assert_eq!(policies(&verdict), [Violation::AUTO_RELEASE]);
-        assert!(verdict.violations()[0]
-            .message
-            .contains("internal has no auto-release"));
+        assert!(verdict.violations()[0].message.contains("internal has no auto-release"));
     }
 
     #[test]
@@ -674,10 +656,7 @@ private = true
         ] {
             assert_eq!(kind.to_string(), name);
             assert_eq!(serde_json::to_value(kind).unwrap(), name);
-            assert_eq!(
-                serde_json::from_value::<DeployKind>(name.into()).unwrap(),
-                kind
-            );
+            assert_eq!(serde_json::from_value::<DeployKind>(name.into()).unwrap(), kind);
         }
     }
 }

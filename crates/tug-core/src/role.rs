@@ -89,11 +89,7 @@ impl FromStr for Role {
         Role::ALL
             .into_iter()
             .find(|r| r.as_str() == s)
-            .ok_or_else(|| {
-                format!(
-                    "unknown role {s:?}: use one of admin, ci, deployer, approver, agent, viewer"
-                )
-            })
+            .ok_or_else(|| format!("unknown role {s:?}: use one of admin, ci, deployer, approver, agent, viewer"))
     }
 }
 
@@ -109,11 +105,7 @@ mod tests {
             .collect();
         assert_eq!(writers, vec![Role::Admin, Role::Ci]);
         assert!(Role::ALL.iter().all(|r| r.allows(Action::Read)));
-        for a in [
-            Action::ManageTokens,
-            Action::ManageServices,
-            Action::Maintain,
-        ] {
+        for a in [Action::ManageTokens, Action::ManageServices, Action::Maintain] {
             let allowed: Vec<Role> = Role::ALL.into_iter().filter(|r| r.allows(a)).collect();
             assert_eq!(allowed, vec![Role::Admin], "{a:?}");
         }
@@ -121,15 +113,9 @@ mod tests {
 
     #[test]
     fn deployers_deploy_and_approvers_approve() {
-        let deployers: Vec<Role> = Role::ALL
-            .into_iter()
-            .filter(|r| r.allows(Action::Deploy))
-            .collect();
+        let deployers: Vec<Role> = Role::ALL.into_iter().filter(|r| r.allows(Action::Deploy)).collect();
         assert_eq!(deployers, vec![Role::Admin, Role::Deployer]);
-        let approvers: Vec<Role> = Role::ALL
-            .into_iter()
-            .filter(|r| r.allows(Action::Approve))
-            .collect();
+        let approvers: Vec<Role> = Role::ALL.into_iter().filter(|r| r.allows(Action::Approve)).collect();
         assert_eq!(approvers, vec![Role::Admin, Role::Approver]);
     }
 

@@ -7,8 +7,7 @@ use chrono::{DateTime, Utc};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 use tug_core::{
-    ArtifactName, ArtifactSpec, BuildId, BuildManifest, BuildSource, BuildState, CiRun, Digest,
-    ServiceName, Version,
+    ArtifactName, ArtifactSpec, BuildId, BuildManifest, BuildSource, BuildState, CiRun, Digest, ServiceName, Version,
 };
 
 use crate::{artifact_from_row, millis, opt_millis, opt_parse, parse, Db, Error, Result};
@@ -24,6 +23,7 @@ pub struct NewBuild {
     pub expected: Vec<ArtifactName>,
     pub created_at: DateTime<Utc>,
     pub created_by: Option<String>,
+    pub embargoed: bool,
 }
 
 /// A stored build, without its artifacts.
@@ -44,6 +44,10 @@ pub struct BuildRow {
     /// The canonical manifest bytes, as text, once sealed.
     pub manifest: Option<String>,
     pub artifact_count: u64,
+    pub yanked_at: Option<DateTime<Utc>>,
+    pub yanked_by: Option<String>,
+    pub yank_reason: Option<String>,
+    pub embargoed: bool,
 }
 
 /// Which builds to list. Empty fields match everything.
@@ -54,22 +58,24 @@ pub struct BuildFilter {
     pub version: Option<Version>,
     pub state: Option<BuildState>,
     pub limit: u32,
+    /// Leave embargoed builds out (for callers who may not see them).
+    pub hide_embargoed: bool,
 }
 
 const COLUMNS: &str = "b.id, b.service, b.version, b.state, b.repo, b.branch, b.commit_sha, b.tag, b.author, \
      b.message, b.ci_url, b.builder_image, b.expected, b.created_at, b.updated_at, b.created_by, b.sealed_at, \
-     b.manifest_digest, b.manifest, (SELECT COUNT(*) FROM artifacts a WHERE a.build_id = b.id) AS artifact_count";
+     b.manifest_digest, b.manifest, b.yanked_at, b.yanked_by, b.yank_reason, b.embargoed, \
+     (SELECT COUNT(*) FROM artifacts a WHERE a.build_id = b.id) AS artifact_count";
 
 fn build_from_row(r: &AnyRow) -> Result<BuildRow> {
-    let expected: Vec<String> = serde_json::from_str(&r.try_get::<String, _>("expected")?)
-        .map_err(|e| Error::Corrupt(e.to_string()))?;
+    let expected: Vec<String> =
+        serde_json::from_str(&r.try_get::<String, _>("expected")?).map_err(|e| Error::Corrupt(e.to_string()))?;
     let state: String = r.try_get("state")?;
     Ok(BuildRow {
         id: parse(&r.try_get::<String, _>("id")?, BuildId::parse)?,
         service: parse(&r.try_get::<String, _>("service")?, ServiceName::parse)?,
         version: parse(&r.try_get::<String, _>("version")?, Version::parse)?,
-        state: BuildState::parse(&state)
-            .ok_or_else(|| Error::Corrupt(format!("unknown build state {state:?}")))?,
+        state: BuildState::parse(&state).ok_or_else(|| Error::Corrupt(format!("unknown build state {state:?}")))?,
         source: BuildSource {
             author: r.try_get("author")?,
             branch: r.try_get("branch")?,
@@ -93,6 +99,10 @@ fn build_from_row(r: &AnyRow) -> Result<BuildRow> {
         manifest_digest: opt_parse(r.try_get("manifest_digest")?, Digest::parse)?,
         manifest: r.try_get("manifest")?,
         artifact_count: u64::try_from(r.try_get::<i64, _>("artifact_count")?).unwrap_or(0),
+        yanked_at: opt_millis(r.try_get("yanked_at")?)?,
+        yanked_by: r.try_get("yanked_by")?,
+        yank_reason: r.try_get("yank_reason")?,
+        embargoed: r.try_get::<i64, _>("embargoed")? != 0,
     })
 }
 
@@ -104,8 +114,8 @@ impl Db {
         let expected: Vec<&str> = b.expected.iter().map(|e| e.as_str()).collect();
         let res = sqlx::query(
             "INSERT INTO builds (id, service, version, state, repo, branch, commit_sha, tag, author, message, \
-             ci_url, builder_image, expected, created_at, updated_at, created_by) \
-             VALUES ($1, $2, $3, 'draft', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $14)",
+             ci_url, builder_image, expected, created_at, updated_at, created_by, embargoed) \
+             VALUES ($1, $2, $3, 'draft', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $14, $15)",
         )
         .bind(b.id.as_str())
         .bind(b.service.as_str())
@@ -121,6 +131,7 @@ impl Db {
         .bind(serde_json::to_string(&expected).map_err(|e| Error::Corrupt(e.to_string()))?)
         .bind(b.created_at.timestamp_millis())
         .bind(b.created_by.clone())
+        .bind(i64::from(b.embargoed))
         .execute(&self.pool)
         .await;
         match res {
@@ -142,12 +153,10 @@ impl Db {
 
     /// The sealed build whose manifest has this digest.
     pub async fn build_by_manifest(&self, digest: &Digest) -> Result<Option<BuildRow>> {
-        let row = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM builds b WHERE b.manifest_digest = $1"
-        ))
-        .bind(digest.to_string())
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM builds b WHERE b.manifest_digest = $1"))
+            .bind(digest.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref().map(build_from_row).transpose()
     }
 
@@ -170,6 +179,9 @@ impl Db {
         }
         if let Some(s) = filter.state {
             add("state", s.as_str().to_string(), &mut sql);
+        }
+        if filter.hide_embargoed {
+            sql.push_str(" AND b.embargoed = 0");
         }
         sql.push_str(&format!(
             " ORDER BY b.created_at DESC, b.id DESC LIMIT {}",
@@ -198,12 +210,7 @@ impl Db {
     /// artifact identical to one already registered is accepted again (a
     /// retried push); the same name with other content is refused. Returns
     /// how many were new.
-    pub async fn add_artifacts(
-        &self,
-        id: &BuildId,
-        specs: &[ArtifactSpec],
-        now: DateTime<Utc>,
-    ) -> Result<u64> {
+    pub async fn add_artifacts(&self, id: &BuildId, specs: &[ArtifactSpec], now: DateTime<Utc>) -> Result<u64> {
         let mut tx = self.pool.begin().await?;
         self.lock_draft(&mut tx, id, now).await?;
         let existing: BTreeMap<ArtifactName, ArtifactSpec> = {
@@ -263,10 +270,7 @@ impl Db {
                     .bind(s.platform.as_ref().map(|p| p.to_string()))
                     .bind(i64::try_from(s.size).map_err(|e| Error::Corrupt(e.to_string()))?)
                     .bind(s.digest.to_string())
-                    .bind(
-                        serde_json::to_string(&derived)
-                            .map_err(|e| Error::Corrupt(e.to_string()))?,
-                    )
+                    .bind(serde_json::to_string(&derived).map_err(|e| Error::Corrupt(e.to_string()))?)
                     .bind(now.timestamp_millis());
             }
             q.execute(&mut *tx).await?;
@@ -297,8 +301,7 @@ impl Db {
         .bind(id.as_str())
         .fetch_all(&mut *tx)
         .await?;
-        let artifacts: Vec<ArtifactSpec> =
-            rows.iter().map(artifact_from_row).collect::<Result<_>>()?;
+        let artifacts: Vec<ArtifactSpec> = rows.iter().map(artifact_from_row).collect::<Result<_>>()?;
         let manifest = match make(&build, &artifacts) {
             Ok(m) => m,
             Err(e) => return Ok(Err(e)),
@@ -315,10 +318,7 @@ impl Db {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        let sealed = self
-            .build(id)
-            .await?
-            .ok_or_else(|| Error::BuildNotFound(id.clone()))?;
+        let sealed = self.build(id).await?.ok_or_else(|| Error::BuildNotFound(id.clone()))?;
         Ok(Ok(sealed))
     }
 
@@ -331,13 +331,12 @@ impl Db {
         id: &BuildId,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        let done = sqlx::query(
-            "UPDATE builds SET revision = revision + 1, updated_at = $1 WHERE id = $2 AND state = 'draft'",
-        )
-        .bind(now.timestamp_millis())
-        .bind(id.as_str())
-        .execute(&mut **tx)
-        .await?;
+        let done =
+            sqlx::query("UPDATE builds SET revision = revision + 1, updated_at = $1 WHERE id = $2 AND state = 'draft'")
+                .bind(now.timestamp_millis())
+                .bind(id.as_str())
+                .execute(&mut **tx)
+                .await?;
         if done.rows_affected() == 1 {
             return Ok(());
         }
@@ -351,10 +350,7 @@ impl Db {
                 let state: String = r.try_get("state")?;
                 let state = BuildState::parse(&state)
                     .ok_or_else(|| Error::Corrupt(format!("unknown build state {state:?}")))?;
-                Err(Error::NotDraft {
-                    id: id.clone(),
-                    state,
-                })
+                Err(Error::NotDraft { id: id.clone(), state })
             }
         }
     }
@@ -445,5 +441,32 @@ impl Db {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+}
+
+impl Db {
+    /// Marks a sealed build yanked; `false` if it was not sealed or was
+    /// yanked already.
+    pub async fn yank_build(&self, id: &BuildId, at: DateTime<Utc>, by: &str, reason: Option<&str>) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE builds SET yanked_at = $1, yanked_by = $2, yank_reason = $3 \
+             WHERE id = $4 AND state = 'sealed' AND yanked_at IS NULL",
+        )
+        .bind(at.timestamp_millis())
+        .bind(by)
+        .bind(reason.map(str::to_string))
+        .bind(id.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Lifts a build's embargo; `false` if it had none.
+    pub async fn unembargo_build(&self, id: &BuildId) -> Result<bool> {
+        let done = sqlx::query("UPDATE builds SET embargoed = 0 WHERE id = $1 AND embargoed = 1")
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
     }
 }

@@ -171,13 +171,11 @@ impl Db {
 
     /// Where an environment's log stands.
     pub async fn env_state(&self, service: &ServiceName, env: &EnvName) -> Result<EnvState> {
-        let row = sqlx::query(
-            "SELECT seq, auto_release_held FROM environments WHERE service = $1 AND name = $2",
-        )
-        .bind(service.as_str())
-        .bind(env.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = sqlx::query("SELECT seq, auto_release_held FROM environments WHERE service = $1 AND name = $2")
+            .bind(service.as_str())
+            .bind(env.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
         let Some(row) = row else {
             return Ok(EnvState::default());
         };
@@ -208,12 +206,7 @@ impl Db {
     /// another deployment got there first: [`Error::Conflict`], nothing
     /// written. `hold` sets or clears the environment's auto-release hold in
     /// the same transaction.
-    pub async fn deploy(
-        &self,
-        d: &NewDeployment,
-        expected_seq: i64,
-        hold: Option<bool>,
-    ) -> Result<DeploymentRow> {
+    pub async fn deploy(&self, d: &NewDeployment, expected_seq: i64, hold: Option<bool>) -> Result<DeploymentRow> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO environments (service, name, seq) VALUES ($1, $2, 0) ON CONFLICT (service, name) DO NOTHING",
@@ -222,14 +215,12 @@ impl Db {
         .bind(d.environment.as_str())
         .execute(&mut *tx)
         .await?;
-        let moved = sqlx::query(
-            "UPDATE environments SET seq = seq + 1 WHERE service = $1 AND name = $2 AND seq = $3",
-        )
-        .bind(d.service.as_str())
-        .bind(d.environment.as_str())
-        .bind(expected_seq)
-        .execute(&mut *tx)
-        .await?;
+        let moved = sqlx::query("UPDATE environments SET seq = seq + 1 WHERE service = $1 AND name = $2 AND seq = $3")
+            .bind(d.service.as_str())
+            .bind(d.environment.as_str())
+            .bind(expected_seq)
+            .execute(&mut *tx)
+            .await?;
         if moved.rows_affected() != 1 {
             return Err(Error::Conflict(format!(
                 "another deployment to {} of {} happened meanwhile; check tug status and try again",
@@ -237,14 +228,12 @@ impl Db {
             )));
         }
         if let Some(h) = hold {
-            sqlx::query(
-                "UPDATE environments SET auto_release_held = $1 WHERE service = $2 AND name = $3",
-            )
-            .bind(i64::from(h))
-            .bind(d.service.as_str())
-            .bind(d.environment.as_str())
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query("UPDATE environments SET auto_release_held = $1 WHERE service = $2 AND name = $3")
+                .bind(i64::from(h))
+                .bind(d.service.as_str())
+                .bind(d.environment.as_str())
+                .execute(&mut *tx)
+                .await?;
         }
         let replaced: Option<String> = if expected_seq > 0 {
             sqlx::query("SELECT build_id FROM deployments WHERE service = $1 AND environment = $2 AND seq = $3")
@@ -285,22 +274,14 @@ impl Db {
             kind: d.kind,
             requested_by: d.requested_by.clone(),
             deployed_at: d.at,
-            replaced: replaced
-                .as_deref()
-                .map(|b| parse(b, BuildId::parse))
-                .transpose()?,
+            replaced: replaced.as_deref().map(|b| parse(b, BuildId::parse)).transpose()?,
             reason: d.reason.clone(),
             override_freeze: d.override_freeze,
         })
     }
 
     /// Sets or clears an environment's auto-release hold.
-    pub async fn set_auto_release_hold(
-        &self,
-        service: &ServiceName,
-        env: &EnvName,
-        held: bool,
-    ) -> Result<()> {
+    pub async fn set_auto_release_hold(&self, service: &ServiceName, env: &EnvName, held: bool) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO environments (service, name, seq) VALUES ($1, $2, 0) ON CONFLICT (service, name) DO NOTHING",
@@ -309,25 +290,18 @@ impl Db {
         .bind(env.as_str())
         .execute(&mut *tx)
         .await?;
-        sqlx::query(
-            "UPDATE environments SET auto_release_held = $1 WHERE service = $2 AND name = $3",
-        )
-        .bind(i64::from(held))
-        .bind(service.as_str())
-        .bind(env.as_str())
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query("UPDATE environments SET auto_release_held = $1 WHERE service = $2 AND name = $3")
+            .bind(i64::from(held))
+            .bind(service.as_str())
+            .bind(env.as_str())
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
 
     /// An environment's deployments, newest first.
-    pub async fn history(
-        &self,
-        service: &ServiceName,
-        env: &EnvName,
-        limit: u32,
-    ) -> Result<Vec<DeploymentRow>> {
+    pub async fn history(&self, service: &ServiceName, env: &EnvName, limit: u32) -> Result<Vec<DeploymentRow>> {
         let rows = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM deployments WHERE service = $1 AND environment = $2 ORDER BY seq DESC LIMIT {}",
             limit.max(1)
@@ -403,20 +377,14 @@ impl Db {
 
     async fn request_from_row(&self, row: &AnyRow) -> Result<RequestRow> {
         let id: String = row.try_get("id")?;
-        let decisions = sqlx::query(
-            "SELECT approver, decision FROM approvals WHERE request_id = $1 ORDER BY decided_at",
-        )
-        .bind(&id)
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|r| {
-            Ok((
-                r.try_get::<String, _>("approver")?,
-                r.try_get::<String, _>("decision")?,
-            ))
-        })
-        .collect::<Result<Vec<_>>>()?;
+        let decisions =
+            sqlx::query("SELECT approver, decision FROM approvals WHERE request_id = $1 ORDER BY decided_at")
+                .bind(&id)
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(|r| Ok((r.try_get::<String, _>("approver")?, r.try_get::<String, _>("decision")?)))
+                .collect::<Result<Vec<_>>>()?;
         Ok(RequestRow {
             id,
             service: parse(&row.try_get::<String, _>("service")?, ServiceName::parse)?,
@@ -472,25 +440,20 @@ impl Db {
 
     /// Records one approver's decision; a second decision by the same
     /// approver is a conflict.
-    pub async fn decide(
-        &self,
-        request: &str,
-        approver: &str,
-        decision: &str,
-        at: DateTime<Utc>,
-    ) -> Result<()> {
-        let res = sqlx::query("INSERT INTO approvals (request_id, approver, decision, decided_at) VALUES ($1, $2, $3, $4)")
-            .bind(request)
-            .bind(approver)
-            .bind(decision)
-            .bind(at.timestamp_millis())
-            .execute(&self.pool)
-            .await;
+    pub async fn decide(&self, request: &str, approver: &str, decision: &str, at: DateTime<Utc>) -> Result<()> {
+        let res =
+            sqlx::query("INSERT INTO approvals (request_id, approver, decision, decided_at) VALUES ($1, $2, $3, $4)")
+                .bind(request)
+                .bind(approver)
+                .bind(decision)
+                .bind(at.timestamp_millis())
+                .execute(&self.pool)
+                .await;
         match res {
             Ok(_) => Ok(()),
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(Error::Conflict(
-                format!("{approver} already decided on this deployment"),
-            )),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(Error::Conflict(format!(
+                "{approver} already decided on this deployment"
+            ))),
             Err(e) => Err(e.into()),
         }
     }
@@ -498,13 +461,11 @@ impl Db {
     /// Moves a pending request to `state`; `false` if it was no longer
     /// pending (another server carried it out first).
     pub async fn close_request(&self, id: &str, state: &str) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE deployment_requests SET state = $1 WHERE id = $2 AND state = 'pending'",
-        )
-        .bind(state)
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
+        let done = sqlx::query("UPDATE deployment_requests SET state = $1 WHERE id = $2 AND state = 'pending'")
+            .bind(state)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected() == 1)
     }
 }

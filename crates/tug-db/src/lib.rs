@@ -18,8 +18,8 @@ use chrono::{DateTime, TimeZone, Utc};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 use tug_core::{
-    ArtifactKind, ArtifactName, ArtifactSpec, BuildId, BuildState, DerivedFrom, Digest, Platform,
-    ServiceName, TokenName,
+    ArtifactKind, ArtifactName, ArtifactSpec, BuildId, BuildState, DerivedFrom, Digest, Platform, ServiceName,
+    TokenName,
 };
 
 mod builds;
@@ -135,13 +135,11 @@ impl Db {
 
     /// Creates a service; `false` if it already existed.
     pub async fn create_service(&self, name: &ServiceName, now: DateTime<Utc>) -> Result<bool> {
-        let done = sqlx::query(
-            "INSERT INTO services (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
-        )
-        .bind(name.as_str())
-        .bind(now.timestamp_millis())
-        .execute(&self.pool)
-        .await?;
+        let done = sqlx::query("INSERT INTO services (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+            .bind(name.as_str())
+            .bind(now.timestamp_millis())
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -192,10 +190,7 @@ pub(crate) fn opt_millis(ms: Option<i64>) -> Result<Option<DateTime<Utc>>> {
 
 /// Parses a stored value with the type's own validation; a failure means
 /// the row was written by something other than Tugboat.
-pub(crate) fn parse<T, E: std::fmt::Display>(
-    s: &str,
-    f: impl FnOnce(&str) -> Result<T, E>,
-) -> Result<T> {
+pub(crate) fn parse<T, E: std::fmt::Display>(s: &str, f: impl FnOnce(&str) -> Result<T, E>) -> Result<T> {
     f(s).map_err(|e| Error::Corrupt(e.to_string()))
 }
 
@@ -207,14 +202,13 @@ pub(crate) fn opt_parse<T, E: std::fmt::Display>(
 }
 
 pub(crate) fn artifact_from_row(r: &AnyRow) -> Result<ArtifactSpec> {
-    let derived: Vec<String> = serde_json::from_str(&r.try_get::<String, _>("derived_from")?)
-        .map_err(|e| Error::Corrupt(e.to_string()))?;
+    let derived: Vec<String> =
+        serde_json::from_str(&r.try_get::<String, _>("derived_from")?).map_err(|e| Error::Corrupt(e.to_string()))?;
     Ok(ArtifactSpec {
         name: parse(&r.try_get::<String, _>("name")?, ArtifactName::parse)?,
         kind: parse(&r.try_get::<String, _>("kind")?, ArtifactKind::from_str)?,
         platform: opt_parse(r.try_get("platform")?, Platform::parse)?,
-        size: u64::try_from(r.try_get::<i64, _>("size")?)
-            .map_err(|e| Error::Corrupt(e.to_string()))?,
+        size: u64::try_from(r.try_get::<i64, _>("size")?).map_err(|e| Error::Corrupt(e.to_string()))?,
         digest: parse(&r.try_get::<String, _>("digest")?, Digest::parse)?,
         derived_from: derived
             .iter()

@@ -65,56 +65,40 @@ impl Db {
         .await;
         match res {
             Ok(_) => Ok(()),
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                Err(Error::TokenNameTaken(t.name.clone()))
-            }
-            Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => {
-                Err(Error::ServiceNotFound(
-                    t.service
-                        .clone()
-                        .ok_or_else(|| Error::Corrupt(e.to_string()))?,
-                ))
-            }
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(Error::TokenNameTaken(t.name.clone())),
+            Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => Err(Error::ServiceNotFound(
+                t.service.clone().ok_or_else(|| Error::Corrupt(e.to_string()))?,
+            )),
             Err(e) => Err(e.into()),
         }
     }
 
     /// The token whose secret hashes to `secret_hash`, revoked or not.
     pub async fn token_by_hash(&self, secret_hash: &str) -> Result<Option<TokenRow>> {
-        let row = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM tokens WHERE secret_hash = $1"
-        ))
-        .bind(secret_hash)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM tokens WHERE secret_hash = $1"))
+            .bind(secret_hash)
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref().map(token_from_row).transpose()
     }
 
     /// Every token, oldest first.
     pub async fn list_tokens(&self) -> Result<Vec<TokenRow>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM tokens ORDER BY created_at, id"
-        ))
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM tokens ORDER BY created_at, id"))
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(token_from_row).collect()
     }
 
     /// Revokes the active token with this name or id. Returns it, or `None`
     /// if no active token matches.
-    pub async fn revoke_token(
-        &self,
-        name_or_id: &str,
-        now: DateTime<Utc>,
-    ) -> Result<Option<TokenRow>> {
+    pub async fn revoke_token(&self, name_or_id: &str, now: DateTime<Utc>) -> Result<Option<TokenRow>> {
         let mut tx = self.pool.begin().await?;
-        let done = sqlx::query(
-            "UPDATE tokens SET revoked_at = $1 WHERE (name = $2 OR id = $2) AND revoked_at IS NULL",
-        )
-        .bind(now.timestamp_millis())
-        .bind(name_or_id)
-        .execute(&mut *tx)
-        .await?;
+        let done = sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE (name = $2 OR id = $2) AND revoked_at IS NULL")
+            .bind(now.timestamp_millis())
+            .bind(name_or_id)
+            .execute(&mut *tx)
+            .await?;
         if done.rows_affected() == 0 {
             return Ok(None);
         }
@@ -131,11 +115,9 @@ impl Db {
 
     /// How many admin tokens are active (zero on a new database).
     pub async fn count_active_admin_tokens(&self) -> Result<i64> {
-        let row = sqlx::query(
-            "SELECT COUNT(*) AS n FROM tokens WHERE role = 'admin' AND revoked_at IS NULL",
-        )
-        .fetch_one(&self.pool)
-        .await?;
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM tokens WHERE role = 'admin' AND revoked_at IS NULL")
+            .fetch_one(&self.pool)
+            .await?;
         Ok(row.try_get("n")?)
     }
 }

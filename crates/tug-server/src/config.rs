@@ -72,12 +72,7 @@ pub fn redact(url: &str) -> String {
         (Some(scheme), Some(at)) if at > scheme => {
             let userinfo = &url[scheme + 3..at];
             match userinfo.find(':') {
-                Some(colon) => format!(
-                    "{}{}:***{}",
-                    &url[..scheme + 3],
-                    &userinfo[..colon],
-                    &url[at..]
-                ),
+                Some(colon) => format!("{}{}:***{}", &url[..scheme + 3], &userinfo[..colon], &url[at..]),
                 None => url.to_string(),
             }
         }
@@ -104,16 +99,9 @@ pub struct Layer {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{path}: {source}")]
-    File {
-        path: String,
-        source: toml::de::Error,
-    },
+    File { path: String, source: toml::de::Error },
     #[error("environment variable {var}={value:?} is invalid: {why}")]
-    Env {
-        var: String,
-        value: String,
-        why: String,
-    },
+    Env { var: String, value: String, why: String },
 }
 
 impl Layer {
@@ -127,10 +115,7 @@ impl Layer {
 
     /// Reads the `TUG_*` variables out of `env`.
     pub fn from_env(env: &HashMap<String, String>) -> Result<Layer, ConfigError> {
-        fn num<T: std::str::FromStr>(
-            env: &HashMap<String, String>,
-            var: &str,
-        ) -> Result<Option<T>, ConfigError>
+        fn num<T: std::str::FromStr>(env: &HashMap<String, String>, var: &str) -> Result<Option<T>, ConfigError>
         where
             T::Err: std::fmt::Display,
         {
@@ -241,10 +226,9 @@ mod tests {
             "listen = \"127.0.0.1:8000\"\ndata_dir = \"/srv/tug\"\nmax_blob_size = 10",
         )
         .unwrap();
-        let env: HashMap<String, String> =
-            [("TUG_LISTEN".to_string(), "127.0.0.1:9000".to_string())]
-                .into_iter()
-                .collect();
+        let env: HashMap<String, String> = [("TUG_LISTEN".to_string(), "127.0.0.1:9000".to_string())]
+            .into_iter()
+            .collect();
         let flags = Layer {
             max_blob_size: Some(20),
             ..Default::default()

@@ -57,15 +57,10 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Json<T> {
                 ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "body_too_large",
-                    format!(
-                        "the JSON body is larger than {limit} bytes; send fewer items per request"
-                    ),
+                    format!("the JSON body is larger than {limit} bytes; send fewer items per request"),
                 )
             } else {
-                ApiError::bad_request(
-                    "invalid_body",
-                    format!("the request body could not be read: {e}"),
-                )
+                ApiError::bad_request("invalid_body", format!("the request body could not be read: {e}"))
             }
         })?;
         serde_json::from_slice(&bytes).map(Json).map_err(|e| {
@@ -75,10 +70,9 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Json<T> {
                     "malformed_json",
                     format!("the body is not valid JSON ({e}); send a JSON object"),
                 ),
-                Category::Data => ApiError::bad_request(
-                    "invalid_request",
-                    format!("the JSON body is not acceptable: {e}"),
-                ),
+                Category::Data => {
+                    ApiError::bad_request("invalid_request", format!("the JSON body is not acceptable: {e}"))
+                }
             }
         })
     }

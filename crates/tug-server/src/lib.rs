@@ -49,47 +49,25 @@ pub fn router(state: AppState) -> Router {
             "/v1/services",
             get(routes::services::list).post(routes::services::create),
         )
-        .route(
-            "/v1/tokens",
-            get(routes::tokens::list).post(routes::tokens::create),
-        )
+        .route("/v1/tokens", get(routes::tokens::list).post(routes::tokens::create))
         .route("/v1/tokens/{name}", delete(routes::tokens::revoke))
         .route("/v1/blobs/missing", post(routes::blobs::missing))
-        .route(
-            "/v1/builds",
-            get(routes::builds::list).post(routes::builds::create),
-        )
+        .route("/v1/builds", get(routes::builds::list).post(routes::builds::create))
         .route("/v1/builds/{build}", get(routes::builds::show))
         .route("/v1/builds/{build}/manifest", get(routes::builds::manifest))
-        .route(
-            "/v1/builds/{build}/artifacts",
-            post(routes::builds::register),
-        )
+        .route("/v1/builds/{build}/artifacts", post(routes::builds::register))
         .route("/v1/builds/{build}/seal", post(routes::builds::seal))
+        .route("/v1/builds/{build}/yank", post(routes::builds::yank))
+        .route("/v1/builds/{build}/unembargo", post(routes::builds::unembargo))
         .route(
             "/v1/services/{service}/pipeline",
             get(routes::deploy::show_pipeline).put(routes::deploy::apply_pipeline),
         )
-        .route(
-            "/v1/services/{service}/release",
-            post(routes::deploy::release),
-        )
-        .route(
-            "/v1/services/{service}/promote",
-            post(routes::deploy::promote),
-        )
-        .route(
-            "/v1/services/{service}/rollback",
-            post(routes::deploy::rollback),
-        )
-        .route(
-            "/v1/services/{service}/approve",
-            post(routes::deploy::approve),
-        )
-        .route(
-            "/v1/services/{service}/reject",
-            post(routes::deploy::reject),
-        )
+        .route("/v1/services/{service}/release", post(routes::deploy::release))
+        .route("/v1/services/{service}/promote", post(routes::deploy::promote))
+        .route("/v1/services/{service}/rollback", post(routes::deploy::rollback))
+        .route("/v1/services/{service}/approve", post(routes::deploy::approve))
+        .route("/v1/services/{service}/reject", post(routes::deploy::reject))
         .route("/v1/services/{service}/status", get(routes::deploy::status))
         .route(
             "/v1/services/{service}/environments/{env}/history",
@@ -121,10 +99,7 @@ pub struct Started {
 /// interrupted uploads left), creates the first admin token on a new
 /// installation, and binds the listener. `env` holds the variables the
 /// binary read (`AWS_*` credentials for an S3 store).
-pub async fn start(
-    config: &Config,
-    env: &std::collections::HashMap<String, String>,
-) -> anyhow::Result<Started> {
+pub async fn start(config: &Config, env: &std::collections::HashMap<String, String>) -> anyhow::Result<Started> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
     let db_url = config.database_url();
@@ -138,9 +113,7 @@ pub async fn start(
 }
 
 /// S3 credentials from the usual `AWS_*` variables, if set.
-pub fn s3_credentials_from(
-    env: &std::collections::HashMap<String, String>,
-) -> Option<tug_store::s3::Credentials> {
+pub fn s3_credentials_from(env: &std::collections::HashMap<String, String>) -> Option<tug_store::s3::Credentials> {
     Some(tug_store::s3::Credentials {
         access_key_id: env.get("AWS_ACCESS_KEY_ID")?.clone(),
         secret_access_key: env.get("AWS_SECRET_ACCESS_KEY")?.clone(),
@@ -148,11 +121,7 @@ pub fn s3_credentials_from(
     })
 }
 
-async fn start_with(
-    config: &Config,
-    db: tug_db::Db,
-    store: Arc<dyn tug_store::BlobStore>,
-) -> anyhow::Result<Started> {
+async fn start_with(config: &Config, db: tug_db::Db, store: Arc<dyn tug_store::BlobStore>) -> anyhow::Result<Started> {
     let cleaned = store
         .clean_temporary()
         .await
@@ -201,10 +170,7 @@ impl Started {
     }
 
     /// Serves until `shutdown` resolves, then finishes requests in flight.
-    pub async fn serve(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown)
             .await?;

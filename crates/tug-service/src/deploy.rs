@@ -6,12 +6,10 @@
 //! win. A promotion is a metadata write: no byte of the build moves.
 
 use tug_core::{
-    evaluate, Action, BuildFacts, BuildState, DeployKind, EnvName, Environment, Pipeline, Proposal,
-    Role, ServiceName, Verdict, Version,
+    evaluate, Action, BuildFacts, BuildState, DeployKind, EnvName, Environment, Pipeline, Proposal, Role, ServiceName,
+    Verdict, Version,
 };
-use tug_db::{
-    BuildFilter, BuildRow, DeploymentRow, EnvState, NewDeployment, PipelineRow, RequestRow,
-};
+use tug_db::{BuildFilter, BuildRow, DeploymentRow, EnvState, NewDeployment, PipelineRow, RequestRow};
 
 use crate::{Error, Principal, Result, Tugboat};
 
@@ -86,12 +84,7 @@ pub struct PipelineView {
 
 impl Tugboat {
     /// Validates and stores a service's pipeline (a TOML document).
-    pub async fn apply_pipeline(
-        &self,
-        who: &Principal,
-        service: &ServiceName,
-        text: &str,
-    ) -> Result<PipelineView> {
+    pub async fn apply_pipeline(&self, who: &Principal, service: &ServiceName, text: &str) -> Result<PipelineView> {
         self.require(who, Action::ManagePipelines)?;
         let pipeline = Pipeline::parse(text).map_err(Error::Pipeline)?;
         if &pipeline.service != service {
@@ -108,22 +101,13 @@ impl Tugboat {
         }
         let row = self
             .db
-            .save_pipeline(
-                service,
-                &pipeline.to_toml(),
-                self.now(),
-                Some(who.name.to_string()),
-            )
+            .save_pipeline(service, &pipeline.to_toml(), self.now(), Some(who.name.to_string()))
             .await?;
         Ok(PipelineView { row, pipeline })
     }
 
     /// The current pipeline of a service.
-    pub async fn show_pipeline(
-        &self,
-        who: &Principal,
-        service: &ServiceName,
-    ) -> Result<PipelineView> {
+    pub async fn show_pipeline(&self, who: &Principal, service: &ServiceName) -> Result<PipelineView> {
         self.require(who, Action::Read)?;
         self.pipeline_of(service).await
     }
@@ -135,8 +119,7 @@ impl Tugboat {
             }
             return Err(Error::NoPipeline(service.clone()));
         };
-        let pipeline = Pipeline::parse(&row.spec)
-            .map_err(|e| Error::Db(tug_db::Error::Corrupt(e.to_string())))?;
+        let pipeline = Pipeline::parse(&row.spec).map_err(|e| Error::Db(tug_db::Error::Corrupt(e.to_string())))?;
         Ok(PipelineView { row, pipeline })
     }
 
@@ -158,18 +141,15 @@ impl Tugboat {
                 .newest_sealed(service, Some(b.clone()), None)
                 .await?
                 .ok_or_else(|| {
-                Error::NothingToDeploy(format!(
-                    "service {service} has no sealed build of branch {b}"
-                ))
-            })?,
-            BuildSelector::Version(v) => self
-                .newest_sealed(service, None, Some(v.clone()))
-                .await?
-                .ok_or_else(|| {
-                    Error::NothingToDeploy(format!(
-                        "service {service} has no sealed build with version {v}"
-                    ))
+                    Error::NothingToDeploy(format!("service {service} has no sealed build of branch {b}"))
                 })?,
+            BuildSelector::Version(v) => {
+                self.newest_sealed(service, None, Some(v.clone()))
+                    .await?
+                    .ok_or_else(|| {
+                        Error::NothingToDeploy(format!("service {service} has no sealed build with version {v}"))
+                    })?
+            }
         };
         if &build.service != service {
             return Err(Error::Invalid(format!(
@@ -206,13 +186,19 @@ impl Tugboat {
                 let state = self.db.env_state(service, up).await?;
                 state
                     .current
-                    .ok_or_else(|| Error::NothingToDeploy(format!("{up} of {service} runs nothing yet; nothing to promote into {to}")))?
+                    .ok_or_else(|| {
+                        Error::NothingToDeploy(format!(
+                            "{up} of {service} runs nothing yet; nothing to promote into {to}"
+                        ))
+                    })?
                     .build
             }
             (None, Some(branch)) => {
                 self.newest_sealed(service, Some(branch.clone()), None)
                     .await?
-                    .ok_or_else(|| Error::NothingToDeploy(format!("service {service} has no sealed build of branch {branch}")))?
+                    .ok_or_else(|| {
+                        Error::NothingToDeploy(format!("service {service} has no sealed build of branch {branch}"))
+                    })?
                     .id
             }
             (None, None) => {
@@ -256,25 +242,13 @@ impl Tugboat {
         self.require(who, Action::Deploy)?;
         let view = self.pipeline_of(service).await?;
         let environment = environment(&view.pipeline, env)?;
-        let current = self
-            .db
-            .env_state(service, env)
-            .await?
-            .current
-            .ok_or_else(|| {
-                Error::NothingToDeploy(format!(
-                    "{env} of {service} runs nothing yet; nothing to roll back"
-                ))
-            })?;
+        let current = self.db.env_state(service, env).await?.current.ok_or_else(|| {
+            Error::NothingToDeploy(format!("{env} of {service} runs nothing yet; nothing to roll back"))
+        })?;
         let target = match to {
             Some(r) => {
                 let b = self.resolve(&r).await?;
-                if self
-                    .db
-                    .last_deployed_at(service, env, &b.id)
-                    .await?
-                    .is_none()
-                {
+                if self.db.last_deployed_at(service, env, &b.id).await?.is_none() {
                     return Err(Error::NothingToDeploy(format!(
                         "build {} never ran in {env} of {service}; roll back only to a build that did (see tug history)",
                         b.id
@@ -351,12 +325,7 @@ impl Tugboat {
     }
 
     /// Clears an environment's auto-release hold.
-    pub async fn resume_auto_release(
-        &self,
-        who: &Principal,
-        service: &ServiceName,
-        env: &EnvName,
-    ) -> Result<()> {
+    pub async fn resume_auto_release(&self, who: &Principal, service: &ServiceName, env: &EnvName) -> Result<()> {
         self.require(who, Action::Deploy)?;
         let view = self.pipeline_of(service).await?;
         environment(&view.pipeline, env)?;
@@ -364,11 +333,7 @@ impl Tugboat {
     }
 
     /// Every environment of the service in pipeline order with what it runs.
-    pub async fn status(
-        &self,
-        who: &Principal,
-        service: &ServiceName,
-    ) -> Result<(PipelineView, Vec<EnvStatus>)> {
+    pub async fn status(&self, who: &Principal, service: &ServiceName) -> Result<(PipelineView, Vec<EnvStatus>)> {
         self.require(who, Action::Read)?;
         let view = self.pipeline_of(service).await?;
         let mut out = Vec::with_capacity(view.pipeline.environments.len());
@@ -386,10 +351,7 @@ impl Tugboat {
             });
         }
         for request in self.db.pending_requests(service).await? {
-            if let Some(s) = out
-                .iter_mut()
-                .find(|s| s.environment.name == request.environment)
-            {
+            if let Some(s) = out.iter_mut().find(|s| s.environment.name == request.environment) {
                 s.pending.push(request);
             }
         }
@@ -427,6 +389,7 @@ impl Tugboat {
             version,
             state: Some(BuildState::Sealed),
             limit: 1,
+            hide_embargoed: false,
         };
         Ok(self.db.list_builds(&filter).await?.into_iter().next())
     }
@@ -447,16 +410,12 @@ impl Tugboat {
         let view = self.pipeline_of(service).await?;
         let environment = environment(&view.pipeline, env)?;
         let build = self.resolve(build).await?;
-        let request = self
-            .db
-            .pending_request(service, env, &build.id)
-            .await?
-            .ok_or_else(|| {
-                Error::NothingToDeploy(format!(
-                    "no deployment of build {} into {env} of {service} waits for approval",
-                    build.id
-                ))
-            })?;
+        let request = self.db.pending_request(service, env, &build.id).await?.ok_or_else(|| {
+            Error::NothingToDeploy(format!(
+                "no deployment of build {} into {env} of {service} waits for approval",
+                build.id
+            ))
+        })?;
         if request.requested_by == who.name.as_str() {
             return Err(Error::SelfApproval {
                 token: who.name.clone(),
@@ -471,9 +430,7 @@ impl Tugboat {
             )));
         }
         let decision = if approve { "approve" } else { "reject" };
-        self.db
-            .decide(&request.id, who.name.as_str(), decision, now)
-            .await?;
+        self.db.decide(&request.id, who.name.as_str(), decision, now).await?;
         let need = environment.approvals;
         if !approve {
             self.db.close_request(&request.id, "rejected").await?;
@@ -554,14 +511,8 @@ impl Tugboat {
                     "only an admin token may override a freeze window".into(),
                 ));
             }
-            if options
-                .reason
-                .as_deref()
-                .is_none_or(|r| r.trim().is_empty())
-            {
-                return Err(Error::Invalid(
-                    "an override needs a reason: pass --reason \"…\"".into(),
-                ));
+            if options.reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
+                return Err(Error::Invalid("an override needs a reason: pass --reason \"…\"".into()));
             }
         }
         let state = self.db.env_state(service, &environment.name).await?;
@@ -579,8 +530,8 @@ impl Tugboat {
             build: BuildFacts {
                 branch: build.source.branch.as_deref(),
                 sealed: build.state == BuildState::Sealed,
-                yanked: false,
-                embargoed: false,
+                yanked: build.yanked_at.is_some(),
+                embargoed: build.embargoed,
             },
             now,
             in_upstream_since,
@@ -594,16 +545,10 @@ impl Tugboat {
             Verdict::Allowed => {}
             Verdict::Refused(violations) => return Err(Error::Policy(violations)),
             Verdict::NeedsApproval { need, .. } => {
-                if let Some(request) = self
-                    .db
-                    .pending_request(service, &environment.name, &build.id)
-                    .await?
-                {
+                if let Some(request) = self.db.pending_request(service, &environment.name, &build.id).await? {
                     return Ok(Outcome::Pending { request, need });
                 }
-                let timeout = environment
-                    .approval_timeout
-                    .unwrap_or(self.settings.approval_timeout);
+                let timeout = environment.approval_timeout.unwrap_or(self.settings.approval_timeout);
                 let request = RequestRow {
                     id: uuid::Uuid::now_v7().to_string(),
                     service: service.clone(),
@@ -624,8 +569,7 @@ impl Tugboat {
         }
         // A manual release into an auto-releasing environment holds its
         // auto-release until `tug policy resume`.
-        let hold =
-            (kind == DeployKind::Release && environment.auto_release.is_some()).then_some(true);
+        let hold = (kind == DeployKind::Release && environment.auto_release.is_some()).then_some(true);
         let deployment = NewDeployment {
             id: uuid::Uuid::now_v7().to_string(),
             service: service.clone(),
@@ -637,9 +581,7 @@ impl Tugboat {
             override_freeze: options.override_freeze,
             at: now,
         };
-        Ok(Outcome::Deployed(
-            self.db.deploy(&deployment, state.seq, hold).await?,
-        ))
+        Ok(Outcome::Deployed(self.db.deploy(&deployment, state.seq, hold).await?))
     }
 }
 
@@ -676,16 +618,14 @@ impl<'a> Intent<'a> {
 }
 
 fn environment<'p>(pipeline: &'p Pipeline, name: &EnvName) -> Result<&'p Environment> {
-    pipeline
-        .environment(name)
-        .ok_or_else(|| Error::EnvironmentNotFound {
-            service: pipeline.service.clone(),
-            environment: name.clone(),
-            known: pipeline
-                .environments
-                .iter()
-                .map(|e| e.name.to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-        })
+    pipeline.environment(name).ok_or_else(|| Error::EnvironmentNotFound {
+        service: pipeline.service.clone(),
+        environment: name.clone(),
+        known: pipeline
+            .environments
+            .iter()
+            .map(|e| e.name.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+    })
 }

@@ -14,8 +14,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use futures::StreamExt;
 use rand::RngCore;
 use tug_core::{
-    Action, ArtifactName, ArtifactSpec, BuildId, BuildManifest, BuildSource, BuildState, CiRun,
-    Digest, Draft, Hasher, Role, ServiceName, TokenName, Version,
+    Action, ArtifactName, ArtifactSpec, BuildId, BuildManifest, BuildSource, BuildState, CiRun, Digest, Draft, Hasher,
+    Role, ServiceName, TokenName, Version,
 };
 use tug_db::{BuildFilter, BuildRow, Db, NewBuild, NewToken, TokenRow};
 use tug_store::{Blob, BlobInfo, BlobStore, ByteStream};
@@ -214,10 +214,7 @@ impl Tugboat {
         if who.role.allows(action) {
             Ok(())
         } else {
-            Err(Error::Forbidden {
-                role: who.role,
-                action,
-            })
+            Err(Error::Forbidden { role: who.role, action })
         }
     }
 
@@ -284,8 +281,7 @@ impl Tugboat {
         service: Option<ServiceName>,
     ) -> Result<CreatedToken> {
         self.require(who, Action::ManageTokens)?;
-        self.insert_token(name, role, service, Some(who.name.to_string()))
-            .await
+        self.insert_token(name, role, service, Some(who.name.to_string())).await
     }
 
     pub async fn list_tokens(&self, who: &Principal) -> Result<Vec<TokenRow>> {
@@ -302,9 +298,7 @@ impl Tugboat {
             .list_tokens()
             .await?
             .into_iter()
-            .find(|t| {
-                t.revoked_at.is_none() && (t.name.as_str() == name_or_id || t.id == name_or_id)
-            })
+            .find(|t| t.revoked_at.is_none() && (t.name.as_str() == name_or_id || t.id == name_or_id))
             .ok_or_else(|| Error::TokenNotFound(name_or_id.chars().take(80).collect()))?;
         if target.role == Role::Admin && self.db.count_active_admin_tokens().await? <= 1 {
             return Err(Error::LastAdmin);
@@ -323,10 +317,7 @@ impl Tugboat {
         Ok(self.db.create_service(name, self.now()).await?)
     }
 
-    pub async fn list_services(
-        &self,
-        who: &Principal,
-    ) -> Result<Vec<(ServiceName, DateTime<Utc>)>> {
+    pub async fn list_services(&self, who: &Principal) -> Result<Vec<(ServiceName, DateTime<Utc>)>> {
         self.require(who, Action::Read)?;
         Ok(self.db.list_services().await?)
     }
@@ -340,11 +331,7 @@ impl Tugboat {
         let mut missing = Vec::new();
         let mut present = Vec::new();
         let mut seen = HashSet::new();
-        let unique: Vec<Digest> = digests
-            .iter()
-            .filter(|d| seen.insert(**d))
-            .copied()
-            .collect();
+        let unique: Vec<Digest> = digests.iter().filter(|d| seen.insert(**d)).copied().collect();
         for (d, stat) in self.stat_all(unique).await {
             match stat? {
                 Some(_) => present.push(d),
@@ -375,24 +362,15 @@ impl Tugboat {
         }
         if let Some(size) = self.store.stat(digest).await? {
             self.db.claim_blobs(&[*digest], self.now()).await?;
-            return Ok(Stored {
-                size,
-                created: false,
-            });
+            return Ok(Stored { size, created: false });
         }
         let size = self.store.put(digest, body, limit).await?;
         self.db.claim_blobs(&[*digest], self.now()).await?;
-        Ok(Stored {
-            size,
-            created: true,
-        })
+        Ok(Stored { size, created: true })
     }
 
     /// Stats many blobs, a few at a time, in order.
-    async fn stat_all(
-        &self,
-        digests: Vec<Digest>,
-    ) -> Vec<(Digest, tug_store::Result<Option<u64>>)> {
+    async fn stat_all(&self, digests: Vec<Digest>) -> Vec<(Digest, tug_store::Result<Option<u64>>)> {
         let store = self.store.clone();
         futures::stream::iter(digests)
             .map(move |d| {
@@ -409,13 +387,7 @@ impl Tugboat {
         Ok(self.store.stat(digest).await?)
     }
 
-    pub async fn get_blob(
-        &self,
-        who: &Principal,
-        digest: &Digest,
-        start: u64,
-        end: Option<u64>,
-    ) -> Result<Blob> {
+    pub async fn get_blob(&self, who: &Principal, digest: &Digest, start: u64, end: Option<u64>) -> Result<Blob> {
         self.require(who, Action::Read)?;
         self.store
             .get(digest, start, end)
@@ -433,6 +405,7 @@ impl Tugboat {
         source: BuildSource,
         ci: CiRun,
         expected: Vec<ArtifactName>,
+        embargoed: bool,
     ) -> Result<BuildRow> {
         self.require_service(who, &service)?;
         check_text("source.commit", source.commit.as_deref(), 200)?;
@@ -452,8 +425,7 @@ impl Tugboat {
                 "expected artifact {dup} is listed twice; list each name once"
             )));
         }
-        let id = BuildId::parse(&uuid::Uuid::now_v7().to_string())
-            .map_err(|e| Error::Invalid(e.to_string()))?;
+        let id = BuildId::parse(&uuid::Uuid::now_v7().to_string()).map_err(|e| Error::Invalid(e.to_string()))?;
         let now = self.now();
         self.db
             .insert_build(&NewBuild {
@@ -465,12 +437,10 @@ impl Tugboat {
                 expected,
                 created_at: now,
                 created_by: Some(who.name.to_string()),
+                embargoed,
             })
             .await?;
-        self.db
-            .build(&id)
-            .await?
-            .ok_or(Error::BuildNotFound(id.to_string()))
+        self.db.build(&id).await?.ok_or(Error::BuildNotFound(id.to_string()))
     }
 
     pub(crate) async fn resolve(&self, reference: &str) -> Result<BuildRow> {
@@ -481,10 +451,52 @@ impl Tugboat {
         found.ok_or_else(|| Error::BuildNotFound(reference.chars().take(80).collect()))
     }
 
+    /// Resolves a build the caller may see: an embargoed build is visible
+    /// to admins, approvers and the token that created it only; to anyone
+    /// else it does not exist.
+    async fn resolve_visible(&self, who: &Principal, reference: &str) -> Result<BuildRow> {
+        let build = self.resolve(reference).await?;
+        if build.embargoed && !may_see_embargoed(who, &build) {
+            return Err(Error::BuildNotFound(reference.chars().take(80).collect()));
+        }
+        Ok(build)
+    }
+
+    /// Yanks a sealed build: it never deploys again.
+    pub async fn yank_build(&self, who: &Principal, reference: &str, reason: Option<&str>) -> Result<BuildRow> {
+        self.require(who, Action::Deploy)?;
+        let build = self.resolve_visible(who, reference).await?;
+        if build.state != BuildState::Sealed {
+            return Err(Error::Invalid(format!(
+                "build {} is {}; only sealed builds can be yanked",
+                build.id, build.state
+            )));
+        }
+        self.db
+            .yank_build(&build.id, self.now(), who.name.as_str(), reason)
+            .await?;
+        self.db
+            .build(&build.id)
+            .await?
+            .ok_or(Error::BuildNotFound(build.id.to_string()))
+    }
+
+    /// Lifts a build's embargo (admin only): it becomes visible to everyone
+    /// and may go to any environment.
+    pub async fn unembargo_build(&self, who: &Principal, reference: &str) -> Result<BuildRow> {
+        self.require(who, Action::ManagePipelines)?;
+        let build = self.resolve(reference).await?;
+        self.db.unembargo_build(&build.id).await?;
+        self.db
+            .build(&build.id)
+            .await?
+            .ok_or(Error::BuildNotFound(build.id.to_string()))
+    }
+
     /// A build by id or manifest digest, with its artifacts.
     pub async fn show_build(&self, who: &Principal, reference: &str) -> Result<BuildView> {
         self.require(who, Action::Read)?;
-        let build = self.resolve(reference).await?;
+        let build = self.resolve_visible(who, reference).await?;
         let artifacts = self.db.artifacts(&build.id).await?;
         Ok(BuildView {
             build,
@@ -495,15 +507,16 @@ impl Tugboat {
     /// The canonical manifest bytes of a sealed build.
     pub async fn manifest(&self, who: &Principal, reference: &str) -> Result<(Digest, String)> {
         self.require(who, Action::Read)?;
-        let build = self.resolve(reference).await?;
+        let build = self.resolve_visible(who, reference).await?;
         match (build.manifest_digest, build.manifest) {
             (Some(d), Some(m)) => Ok((d, m)),
             _ => Err(Error::NotSealed(build.id)),
         }
     }
 
-    pub async fn list_builds(&self, who: &Principal, filter: BuildFilter) -> Result<Vec<BuildRow>> {
+    pub async fn list_builds(&self, who: &Principal, mut filter: BuildFilter) -> Result<Vec<BuildRow>> {
         self.require(who, Action::Read)?;
+        filter.hide_embargoed = !matches!(who.role, Role::Admin | Role::Approver);
         if let Some(s) = &filter.service {
             if !self.db.service_exists(s).await? {
                 return Err(Error::ServiceNotFound(s.clone()));
@@ -513,19 +526,12 @@ impl Tugboat {
     }
 
     /// Registers artifacts whose blobs are already stored. All or nothing.
-    pub async fn register_artifacts(
-        &self,
-        who: &Principal,
-        reference: &str,
-        specs: Vec<ArtifactSpec>,
-    ) -> Result<u64> {
+    pub async fn register_artifacts(&self, who: &Principal, reference: &str, specs: Vec<ArtifactSpec>) -> Result<u64> {
         self.require(who, Action::WriteBuilds)?;
         let build = self.resolve(reference).await?;
         self.require_service(who, &build.service)?;
         if specs.is_empty() {
-            return Err(Error::Invalid(
-                "no artifacts given; send at least one".into(),
-            ));
+            return Err(Error::Invalid("no artifacts given; send at least one".into()));
         }
         let mut names = HashSet::new();
         if let Some(dup) = specs.iter().find(|s| !names.insert(&s.name)) {
@@ -535,9 +541,7 @@ impl Tugboat {
             )));
         }
         // Every blob must be stored, with the size the artifact claims.
-        let stats = self
-            .stat_all(specs.iter().map(|s| s.digest).collect())
-            .await;
+        let stats = self.stat_all(specs.iter().map(|s| s.digest).collect()).await;
         for (spec, (_, stat)) in specs.iter().zip(stats) {
             match stat? {
                 None => {
@@ -644,10 +648,8 @@ impl Tugboat {
         let now = self.now();
         let max_age = options.draft_max_age.unwrap_or(self.settings.draft_max_age);
         let grace = options.grace.unwrap_or(self.settings.gc_grace);
-        let draft_cutoff =
-            now - chrono::Duration::from_std(max_age).map_err(|e| Error::Invalid(e.to_string()))?;
-        let blob_cutoff =
-            now - chrono::Duration::from_std(grace).map_err(|e| Error::Invalid(e.to_string()))?;
+        let draft_cutoff = now - chrono::Duration::from_std(max_age).map_err(|e| Error::Invalid(e.to_string()))?;
+        let blob_cutoff = now - chrono::Duration::from_std(grace).map_err(|e| Error::Invalid(e.to_string()))?;
         let mut report = GcReport::default();
         if !options.dry_run {
             report.abandoned_drafts = self.db.abandon_stale_drafts(draft_cutoff).await?;
@@ -678,6 +680,12 @@ impl Tugboat {
         }
         Ok(report)
     }
+}
+
+/// Admins and approvers see embargoed builds; so does the token that
+/// created one, so CI can fill and seal it.
+fn may_see_embargoed(who: &Principal, build: &BuildRow) -> bool {
+    matches!(who.role, Role::Admin | Role::Approver) || build.created_by.as_deref() == Some(who.name.as_str())
 }
 
 /// Refuses over-long or control-character-laden metadata fields.

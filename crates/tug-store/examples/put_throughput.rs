@@ -37,19 +37,13 @@ fn peak_rss_mib() -> u64 {
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let backend = args.first().map(String::as_str).unwrap_or("fs");
-    let gib: u64 = args
-        .get(1)
-        .map_or(1, |a| a.parse().expect("GIB is a number"));
-    let concurrent: u64 = args
-        .get(2)
-        .map_or(1, |a| a.parse().expect("CONCURRENT is a number"));
+    let gib: u64 = args.get(1).map_or(1, |a| a.parse().expect("GIB is a number"));
+    let concurrent: u64 = args.get(2).map_or(1, |a| a.parse().expect("CONCURRENT is a number"));
 
     let _dir;
     let store: Arc<dyn BlobStore> = match backend {
         "fs" => {
-            let dir =
-                tempfile::tempdir_in(std::env::var("TMPDIR").unwrap_or_else(|_| "/tmp".into()))
-                    .unwrap();
+            let dir = tempfile::tempdir_in(std::env::var("TMPDIR").unwrap_or_else(|_| "/tmp".into())).unwrap();
             let store = FsStore::new(dir.path()).unwrap();
             _dir = dir;
             Arc::new(store)
@@ -78,8 +72,7 @@ async fn main() {
             // different blobs.
             let mut pattern = vec![0u8; PATTERN];
             for (j, byte) in pattern.iter_mut().enumerate() {
-                *byte =
-                    (j as u64).wrapping_mul(2_654_435_761).wrapping_add(i) as u8 ^ (j >> 11) as u8;
+                *byte = (j as u64).wrapping_mul(2_654_435_761).wrapping_add(i) as u8 ^ (j >> 11) as u8;
             }
             let pattern = Bytes::from(pattern);
             let chunks = move || {
@@ -98,10 +91,7 @@ async fn main() {
             let store = Arc::clone(&store);
             async move {
                 let started = Instant::now();
-                store
-                    .put(&digest, chunks().boxed(), u64::MAX)
-                    .await
-                    .unwrap();
+                store.put(&digest, chunks().boxed(), u64::MAX).await.unwrap();
                 started.elapsed()
             }
         })

@@ -212,12 +212,7 @@ fn read_stream(file: File, start: u64, len: u64) -> io::Result<ByteStream> {
     // a blob file could invalidate the mapping, and that is corruption of
     // the store, which fsck reports.
     #[allow(unsafe_code)]
-    let map = unsafe {
-        memmap2::MmapOptions::new()
-            .offset(start)
-            .len(len as usize)
-            .map(&file)?
-    };
+    let map = unsafe { memmap2::MmapOptions::new().offset(start).len(len as usize).map(&file)? };
     let _ = map.advise(memmap2::Advice::Sequential);
     let whole = Bytes::from_owner(map);
     let chunks = (0..len).step_by(READ_SIZE).map(move |at| {
@@ -276,10 +271,7 @@ impl Batch {
 
 /// The writer thread: writes batches until the queue closes, starting
 /// writeback in the background every [`FLUSH_EVERY`] bytes.
-fn write_batches(
-    mut file: File,
-    mut jobs: tokio::sync::mpsc::Receiver<Vec<Bytes>>,
-) -> io::Result<File> {
+fn write_batches(mut file: File, mut jobs: tokio::sync::mpsc::Receiver<Vec<Bytes>>) -> io::Result<File> {
     let mut unflushed = 0u64;
     let mut flusher: Option<std::thread::JoinHandle<io::Result<()>>> = None;
     while let Some(batch) = jobs.blocking_recv() {
@@ -331,9 +323,7 @@ fn write_all_vectored(file: &mut File, chunks: &[Bytes]) -> io::Result<()> {
 fn commit(file: File, tmp_path: &Path, final_path: &Path) -> io::Result<()> {
     file.sync_all()?;
     drop(file);
-    let parent = final_path
-        .parent()
-        .expect("a blob path has a fan-out directory");
+    let parent = final_path.parent().expect("a blob path has a fan-out directory");
     if !parent.exists() {
         std::fs::create_dir_all(parent)?;
         // The new fan-out directory's own entry must be durable too.

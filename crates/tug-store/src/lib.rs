@@ -37,10 +37,7 @@ pub enum Error {
     #[error("the body is larger than the {limit}-byte limit; nothing was stored")]
     TooLarge { limit: u64 },
     #[error("the upload was cut short after {received} bytes: {source}; nothing was stored")]
-    Interrupted {
-        received: u64,
-        source: std::io::Error,
-    },
+    Interrupted { received: u64, source: std::io::Error },
     #[error("range starts at {start}, past the end of the {size}-byte blob")]
     RangeNotSatisfiable { start: u64, size: u64 },
     #[error("invalid blob store address {url:?}: {why}")]

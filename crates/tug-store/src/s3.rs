@@ -83,17 +83,16 @@ impl S3Config {
             url: address.into(),
             why,
         };
-        const FORM: &str =
-            "write it as s3://BUCKET[/PREFIX][?endpoint=http://HOST:PORT&region=REGION]";
+        const FORM: &str = "write it as s3://BUCKET[/PREFIX][?endpoint=http://HOST:PORT&region=REGION]";
 
-        let url =
-            url::Url::parse(address).map_err(|e| fail(format!("it is not a URL ({e}); {FORM}")))?;
+        let url = url::Url::parse(address).map_err(|e| fail(format!("it is not a URL ({e}); {FORM}")))?;
         if url.scheme() != "s3" {
             return Err(fail(format!("the scheme must be s3://; {FORM}")));
         }
         if !url.username().is_empty() || url.password().is_some() {
             return Err(fail(
-                "credentials do not belong in the address; pass them in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY".into(),
+                "credentials do not belong in the address; pass them in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+                    .into(),
             ));
         }
         if url.port().is_some() {
@@ -114,8 +113,7 @@ impl S3Config {
         let prefix = url.path().trim_matches('/').to_string();
         if !prefix.is_empty() {
             for segment in prefix.split('/') {
-                check_prefix_segment(segment)
-                    .map_err(|why| fail(format!("prefix {prefix:?} {why}")))?;
+                check_prefix_segment(segment).map_err(|why| fail(format!("prefix {prefix:?} {why}")))?;
             }
         }
 
@@ -390,9 +388,7 @@ impl BlobStore for S3Store {
             let (Some(name), None) = (rest.next(), rest.next()) else {
                 continue;
             };
-            let Ok(digest) =
-                Digest::parse(&format!("{}{}", tug_core::digest::PREFIX, name.as_ref()))
-            else {
+            let Ok(digest) = Digest::parse(&format!("{}{}", tug_core::digest::PREFIX, name.as_ref())) else {
                 continue;
             };
             blobs.push(BlobInfo {
@@ -555,8 +551,7 @@ mod tests {
 
     #[test]
     fn endpoint_may_be_percent_encoded_and_loses_its_trailing_slash() {
-        let config =
-            S3Config::parse("s3://b-1/p?endpoint=https%3A%2F%2Fs3.example.com%2F", None).unwrap();
+        let config = S3Config::parse("s3://b-1/p?endpoint=https%3A%2F%2Fs3.example.com%2F", None).unwrap();
         assert_eq!(config.endpoint.as_deref(), Some("https://s3.example.com"));
     }
 
@@ -572,10 +567,7 @@ mod tests {
             ("s3://tug-blobs/a//b", "empty segment"),
             ("s3://tug-blobs/a b", "may contain only"),
             ("s3://tug-blobs#x", "fragment"),
-            (
-                "s3://tug-blobs?endpoint=localhost:9000",
-                "http:// or https://",
-            ),
+            ("s3://tug-blobs?endpoint=localhost:9000", "http:// or https://"),
             ("s3://tug-blobs?endpoint=not a url", "not a URL"),
             ("s3://tug-blobs?endpoint=", "is empty"),
             ("s3://tug-blobs?region=a&region=b", "given twice"),
@@ -586,10 +578,7 @@ mod tests {
         ];
         for (address, expected) in cases {
             let why = why(address);
-            assert!(
-                why.contains(expected),
-                "{address}: {why:?} should mention {expected:?}"
-            );
+            assert!(why.contains(expected), "{address}: {why:?} should mention {expected:?}");
         }
         // Errors about the form show the form.
         assert!(why("s3://").contains("s3://BUCKET[/PREFIX]"));
@@ -598,18 +587,11 @@ mod tests {
 
     #[test]
     fn secrets_stay_out_of_describe_and_debug() {
-        let config = S3Config::parse(
-            "s3://tug-blobs/p?endpoint=http://127.0.0.1:8333",
-            Some(credentials()),
-        )
-        .unwrap();
+        let config = S3Config::parse("s3://tug-blobs/p?endpoint=http://127.0.0.1:8333", Some(credentials())).unwrap();
         let debug = format!("{config:?}");
         let store = S3Store::new(config).unwrap();
         let described = store.describe();
-        assert_eq!(
-            described,
-            "s3://tug-blobs/p at http://127.0.0.1:8333 (us-east-1)"
-        );
+        assert_eq!(described, "s3://tug-blobs/p at http://127.0.0.1:8333 (us-east-1)");
         for secret in ["wJalrXUtnFEMI", "session-token-secret"] {
             assert!(!debug.contains(secret), "{debug}");
             assert!(!described.contains(secret), "{described}");

@@ -22,9 +22,7 @@ pub fn required_env(var: &str) -> String {
 pub fn unique_suffix() -> String {
     use rand::Rng;
     let mut rng = rand::thread_rng();
-    (0..12)
-        .map(|_| (b'a' + rng.gen_range(0..26)) as char)
-        .collect()
+    (0..12).map(|_| (b'a' + rng.gen_range(0..26)) as char).collect()
 }
 
 /// Where the test command's S3-compatible server is, with a fresh prefix

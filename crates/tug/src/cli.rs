@@ -20,12 +20,7 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct Global {
     /// The Tugboat server to talk to.
-    #[arg(
-        long,
-        global = true,
-        env = "TUG_SERVER",
-        default_value = "http://127.0.0.1:7700"
-    )]
+    #[arg(long, global = true, env = "TUG_SERVER", default_value = "http://127.0.0.1:7700")]
     pub server: String,
     /// API token; defaults to the local admin token in ./tug-data/admin.token.
     #[arg(long, global = true, env = "TUG_TOKEN", hide_env_values = true)]
@@ -171,6 +166,10 @@ pub struct BuildMeta {
     /// An artifact that must be present before sealing (repeatable).
     #[arg(long = "expect", value_name = "NAME")]
     pub expect: Vec<String>,
+    /// A security release: visible to admins and approvers only and
+    /// deployable to private environments only, until unembargoed.
+    #[arg(long)]
+    pub embargo: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -179,6 +178,14 @@ pub enum BuildCommand {
     Create(BuildMeta),
     /// Seal a draft: it gets its manifest digest and never changes again.
     Seal { build: String },
+    /// Forbid any further deployment of a sealed build.
+    Yank {
+        build: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Lift a build's embargo (admin).
+    Unembargo { build: String },
     /// Show a build (by id or manifest digest) and its artifacts.
     Show {
         build: String,

@@ -35,9 +35,7 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Server(args) = cli.command {
-        return commands::server::run(args)
-            .await
-            .map(|()| ExitCode::SUCCESS);
+        return commands::server::run(args).await.map(|()| ExitCode::SUCCESS);
     }
     let client = client(&cli.global)?;
     let out = cli.global.output;
@@ -55,11 +53,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Approve(a) => commands::deploy::decide(&client, out, a, true).await,
         Command::Reject(a) => commands::deploy::decide(&client, out, a, false).await,
         Command::Status { service } => commands::deploy::status(&client, out, &service).await,
-        Command::History {
-            service,
-            env,
-            limit,
-        } => commands::deploy::history(&client, out, &service, &env, limit).await,
+        Command::History { service, env, limit } => {
+            commands::deploy::history(&client, out, &service, &env, limit).await
+        }
         Command::Policy(c) => commands::deploy::policy(&client, out, c).await,
         Command::Fsck => commands::admin::fsck(&client, out).await,
         Command::Gc(a) => commands::admin::gc(&client, out, a).await,

@@ -22,11 +22,7 @@ pub fn table(header: &[&str]) -> Table {
 }
 
 /// Prints either the JSON value or what `table` draws.
-pub fn print<T: Serialize>(
-    out: Output,
-    value: &T,
-    table: impl FnOnce(&T) -> String,
-) -> anyhow::Result<()> {
+pub fn print<T: Serialize>(out: Output, value: &T, table: impl FnOnce(&T) -> String) -> anyhow::Result<()> {
     match out {
         Output::Json => json(value),
         Output::Table => {
@@ -42,9 +38,7 @@ pub fn time(t: &chrono::DateTime<chrono::Utc>) -> String {
 }
 
 pub fn opt(v: &Option<impl ToString>) -> String {
-    v.as_ref()
-        .map(|v| v.to_string())
-        .unwrap_or_else(|| "-".into())
+    v.as_ref().map(|v| v.to_string()).unwrap_or_else(|| "-".into())
 }
 
 /// Bytes for humans: `1.5 GiB`.

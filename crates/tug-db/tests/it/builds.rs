@@ -3,8 +3,8 @@
 
 use chrono::{Duration, Utc};
 use tug_core::{
-    ArtifactKind, ArtifactName, ArtifactSpec, BuildId, BuildManifest, BuildSource, BuildState,
-    CiRun, DerivedFrom, Digest, Draft, Platform, SealError, ServiceName, Version,
+    ArtifactKind, ArtifactName, ArtifactSpec, BuildId, BuildManifest, BuildSource, BuildState, CiRun, DerivedFrom,
+    Digest, Draft, Platform, SealError, ServiceName, Version,
 };
 use tug_db::{BuildFilter, Db, Error, NewBuild};
 
@@ -25,12 +25,10 @@ async fn draft(db: &Db, branch: &str, version: &str, expected: &[&str]) -> Build
             ..Default::default()
         },
         ci: CiRun::default(),
-        expected: expected
-            .iter()
-            .map(|e| ArtifactName::parse(e).unwrap())
-            .collect(),
+        expected: expected.iter().map(|e| ArtifactName::parse(e).unwrap()).collect(),
         created_at: Utc::now(),
         created_by: Some("ci".into()),
+        embargoed: false,
     })
     .await
     .unwrap();
@@ -44,10 +42,7 @@ fn spec(name: &str, body: &str, from: &[&str]) -> ArtifactSpec {
         platform: Some(Platform::parse("linux/amd64").unwrap()),
         size: body.len() as u64,
         digest: Digest::of(body.as_bytes()),
-        derived_from: from
-            .iter()
-            .map(|f| DerivedFrom::parse(f).unwrap())
-            .collect(),
+        derived_from: from.iter().map(|f| DerivedFrom::parse(f).unwrap()).collect(),
     }
 }
 
@@ -85,100 +80,89 @@ crate::db_test!(unknown_service_is_refused, |db: Db| async move {
             expected: vec![],
             created_at: Utc::now(),
             created_by: None,
+            embargoed: false,
         })
         .await
         .unwrap_err();
     assert!(matches!(err, Error::ServiceNotFound(_)), "{err}");
 });
 
-crate::db_test!(
-    artifacts_are_idempotent_and_duplicates_refused,
-    |db: Db| async move {
-        let id = draft(&db, "master", "1.4.0", &[]).await;
-        let a = spec("linux-amd64/app.tar.gz", "tar", &[]);
-        assert_eq!(
-            db.add_artifacts(&id, std::slice::from_ref(&a), Utc::now())
-                .await
-                .unwrap(),
-            1
-        );
-        assert_eq!(
-            db.add_artifacts(&id, std::slice::from_ref(&a), Utc::now())
-                .await
-                .unwrap(),
-            0,
-            "a retried push is accepted"
-        );
-        let other = spec("linux-amd64/app.tar.gz", "different", &[]);
-        let err = db
-            .add_artifacts(&id, &[spec("b.deb", "deb", &[]), other], Utc::now())
+crate::db_test!(artifacts_are_idempotent_and_duplicates_refused, |db: Db| async move {
+    let id = draft(&db, "master", "1.4.0", &[]).await;
+    let a = spec("linux-amd64/app.tar.gz", "tar", &[]);
+    assert_eq!(
+        db.add_artifacts(&id, std::slice::from_ref(&a), Utc::now())
             .await
-            .unwrap_err();
-        assert!(matches!(err, Error::DuplicateArtifact { .. }), "{err}");
-        // All or nothing: b.deb from the refused batch is not there.
-        let names: Vec<String> = db
-            .artifacts(&id)
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        db.add_artifacts(&id, std::slice::from_ref(&a), Utc::now())
             .await
-            .unwrap()
-            .iter()
-            .map(|a| a.name.to_string())
-            .collect();
-        assert_eq!(names, vec!["linux-amd64/app.tar.gz"]);
-    }
-);
+            .unwrap(),
+        0,
+        "a retried push is accepted"
+    );
+    let other = spec("linux-amd64/app.tar.gz", "different", &[]);
+    let err = db
+        .add_artifacts(&id, &[spec("b.deb", "deb", &[]), other], Utc::now())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::DuplicateArtifact { .. }), "{err}");
+    // All or nothing: b.deb from the refused batch is not there.
+    let names: Vec<String> = db
+        .artifacts(&id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|a| a.name.to_string())
+        .collect();
+    assert_eq!(names, vec!["linux-amd64/app.tar.gz"]);
+});
 
-crate::db_test!(
-    seal_checks_expected_and_freezes_the_build,
-    |db: Db| async move {
-        let id = draft(&db, "master", "1.4.0", &["app.tar.gz", "app.deb"]).await;
-        db.add_artifacts(&id, &[spec("app.tar.gz", "tar", &[])], Utc::now())
-            .await
-            .unwrap();
-        let refused = seal_with(&db, &id).await.unwrap().unwrap_err();
-        assert_eq!(
-            refused,
-            SealError::MissingExpected(vec![ArtifactName::parse("app.deb").unwrap()])
-        );
-        assert_eq!(
-            db.build(&id).await.unwrap().unwrap().state,
-            BuildState::Draft
-        );
+crate::db_test!(seal_checks_expected_and_freezes_the_build, |db: Db| async move {
+    let id = draft(&db, "master", "1.4.0", &["app.tar.gz", "app.deb"]).await;
+    db.add_artifacts(&id, &[spec("app.tar.gz", "tar", &[])], Utc::now())
+        .await
+        .unwrap();
+    let refused = seal_with(&db, &id).await.unwrap().unwrap_err();
+    assert_eq!(
+        refused,
+        SealError::MissingExpected(vec![ArtifactName::parse("app.deb").unwrap()])
+    );
+    assert_eq!(db.build(&id).await.unwrap().unwrap().state, BuildState::Draft);
 
-        db.add_artifacts(&id, &[spec("app.deb", "deb", &["app.tar.gz"])], Utc::now())
-            .await
-            .unwrap();
-        let sealed = seal_with(&db, &id).await.unwrap().unwrap();
-        assert_eq!(sealed.state, BuildState::Sealed);
-        let digest = sealed.manifest_digest.unwrap();
-        assert_eq!(
-            Digest::of(sealed.manifest.as_ref().unwrap().as_bytes()),
-            digest
-        );
-        assert_eq!(db.build_by_manifest(&digest).await.unwrap().unwrap().id, id);
+    db.add_artifacts(&id, &[spec("app.deb", "deb", &["app.tar.gz"])], Utc::now())
+        .await
+        .unwrap();
+    let sealed = seal_with(&db, &id).await.unwrap().unwrap();
+    assert_eq!(sealed.state, BuildState::Sealed);
+    let digest = sealed.manifest_digest.unwrap();
+    assert_eq!(Digest::of(sealed.manifest.as_ref().unwrap().as_bytes()), digest);
+    assert_eq!(db.build_by_manifest(&digest).await.unwrap().unwrap().id, id);
 
-        let err = db
-            .add_artifacts(&id, &[spec("late.rpm", "rpm", &[])], Utc::now())
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(
-                err,
-                Error::NotDraft {
-                    state: BuildState::Sealed,
-                    ..
-                }
-            ),
-            "{err}"
-        );
-        let err = seal_with(&db, &id).await.unwrap_err();
-        assert!(matches!(err, Error::NotDraft { .. }), "{err}");
-        let missing = BuildId::parse("0190c3f2-6a2b-7d4e-9f10-2b3c4d5e6f70").unwrap();
-        assert!(matches!(
-            seal_with(&db, &missing).await.unwrap_err(),
-            Error::BuildNotFound(_)
-        ));
-    }
-);
+    let err = db
+        .add_artifacts(&id, &[spec("late.rpm", "rpm", &[])], Utc::now())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::NotDraft {
+                state: BuildState::Sealed,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = seal_with(&db, &id).await.unwrap_err();
+    assert!(matches!(err, Error::NotDraft { .. }), "{err}");
+    let missing = BuildId::parse("0190c3f2-6a2b-7d4e-9f10-2b3c4d5e6f70").unwrap();
+    assert!(matches!(
+        seal_with(&db, &missing).await.unwrap_err(),
+        Error::BuildNotFound(_)
+    ));
+});
 
 crate::db_test!(many_jobs_push_into_one_draft_at_once, |db: Db| async move {
     let id = draft(&db, "master", "1.4.0", &[]).await;
@@ -203,55 +187,52 @@ crate::db_test!(many_jobs_push_into_one_draft_at_once, |db: Db| async move {
     assert_eq!(sealed.artifact_count, 80);
 });
 
-crate::db_test!(
-    list_filters_by_branch_version_and_state,
-    |db: Db| async move {
-        let a = draft(&db, "master", "1.4.0", &[]).await;
-        let _b = draft(&db, "release-1", "1.3.2", &[]).await;
-        let c = draft(&db, "master", "1.5.0", &[]).await;
-        let all = db
-            .list_builds(&BuildFilter {
-                service: Some(service()),
-                limit: 50,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        assert_eq!(all.len(), 3);
-        assert_eq!(all[0].id, c, "newest first");
-        let master = db
-            .list_builds(&BuildFilter {
-                service: Some(service()),
-                branch: Some("master".into()),
-                limit: 50,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        assert_eq!(
-            master.iter().map(|b| b.id.clone()).collect::<Vec<_>>(),
-            vec![c.clone(), a.clone()]
-        );
-        let v = db
-            .list_builds(&BuildFilter {
-                version: Some(Version::parse("1.4.0").unwrap()),
-                limit: 50,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        assert_eq!(v.len(), 1);
-        assert_eq!(v[0].id, a);
-        let limited = db
-            .list_builds(&BuildFilter {
-                limit: 1,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        assert_eq!(limited.len(), 1);
-    }
-);
+crate::db_test!(list_filters_by_branch_version_and_state, |db: Db| async move {
+    let a = draft(&db, "master", "1.4.0", &[]).await;
+    let _b = draft(&db, "release-1", "1.3.2", &[]).await;
+    let c = draft(&db, "master", "1.5.0", &[]).await;
+    let all = db
+        .list_builds(&BuildFilter {
+            service: Some(service()),
+            limit: 50,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 3);
+    assert_eq!(all[0].id, c, "newest first");
+    let master = db
+        .list_builds(&BuildFilter {
+            service: Some(service()),
+            branch: Some("master".into()),
+            limit: 50,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        master.iter().map(|b| b.id.clone()).collect::<Vec<_>>(),
+        vec![c.clone(), a.clone()]
+    );
+    let v = db
+        .list_builds(&BuildFilter {
+            version: Some(Version::parse("1.4.0").unwrap()),
+            limit: 50,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(v.len(), 1);
+    assert_eq!(v[0].id, a);
+    let limited = db
+        .list_builds(&BuildFilter {
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(limited.len(), 1);
+});
 
 crate::db_test!(
     stale_drafts_are_abandoned_and_release_their_blobs,
@@ -270,26 +251,15 @@ crate::db_test!(
             .abandon_stale_drafts(Utc::now() + Duration::seconds(1))
             .await
             .unwrap();
-        assert_eq!(
-            abandoned,
-            vec![stale.clone()],
-            "sealed builds are never abandoned"
-        );
-        assert_eq!(
-            db.build(&stale).await.unwrap().unwrap().state,
-            BuildState::Abandoned
-        );
+        assert_eq!(abandoned, vec![stale.clone()], "sealed builds are never abandoned");
+        assert_eq!(db.build(&stale).await.unwrap().unwrap().state, BuildState::Abandoned);
         let referenced = db.referenced_digests().await.unwrap();
         assert!(referenced.contains(&Digest::of(b"kept")));
         assert!(!referenced.contains(&Digest::of(b"only-in-stale")));
         assert!(db.is_referenced(&Digest::of(b"kept")).await.unwrap());
 
-        db.claim_blobs(&[Digest::of(b"x")], Utc::now())
-            .await
-            .unwrap();
-        db.claim_blobs(&[Digest::of(b"x")], Utc::now())
-            .await
-            .unwrap();
+        db.claim_blobs(&[Digest::of(b"x")], Utc::now()).await.unwrap();
+        db.claim_blobs(&[Digest::of(b"x")], Utc::now()).await.unwrap();
         assert!(db
             .claimed_since(Utc::now() - Duration::seconds(60))
             .await

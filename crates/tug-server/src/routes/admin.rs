@@ -10,10 +10,7 @@ use crate::error::ApiError;
 use crate::extract::{Caller, Json};
 use crate::AppState;
 
-pub async fn fsck(
-    State(state): State<AppState>,
-    Caller(who): Caller,
-) -> Result<axum::Json<FsckReport>, ApiError> {
+pub async fn fsck(State(state): State<AppState>, Caller(who): Caller) -> Result<axum::Json<FsckReport>, ApiError> {
     let r = state.tugboat.fsck(&who).await?;
     Ok(axum::Json(FsckReport {
         checked: r.checked,
@@ -21,11 +18,7 @@ pub async fn fsck(
         corrupt: r
             .corrupt
             .into_iter()
-            .map(|(digest, actual, size)| CorruptBlob {
-                digest,
-                actual,
-                size,
-            })
+            .map(|(digest, actual, size)| CorruptBlob { digest, actual, size })
             .collect(),
         missing: r.missing,
     }))

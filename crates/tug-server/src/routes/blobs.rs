@@ -44,12 +44,7 @@ pub async fn put(
             v.to_str()
                 .ok()
                 .and_then(|v| v.parse::<u64>().ok())
-                .ok_or_else(|| {
-                    ApiError::bad_request(
-                        "invalid_request",
-                        "Content-Length must be a number of bytes",
-                    )
-                })?,
+                .ok_or_else(|| ApiError::bad_request("invalid_request", "Content-Length must be a number of bytes"))?,
         ),
     };
     let stream = body.into_data_stream().map_err(std::io::Error::other);
@@ -155,10 +150,7 @@ pub async fn get(
         let mut res = ApiError::new(
             StatusCode::RANGE_NOT_SATISFIABLE,
             "range_not_satisfiable",
-            format!(
-                "range starts at {start}, past the end of the {}-byte blob",
-                blob.size
-            ),
+            format!("range starts at {start}, past the end of the {}-byte blob", blob.size),
         )
         .into_response();
         if let Ok(v) = HeaderValue::from_str(&format!("bytes */{}", blob.size)) {
@@ -178,20 +170,13 @@ pub async fn get(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
     );
-    h.insert(
-        header::CONTENT_LENGTH,
-        HeaderValue::from(end.saturating_sub(start)),
-    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(end.saturating_sub(start)));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     if let Ok(v) = HeaderValue::from_str(&format!("\"{digest}\"")) {
         h.insert(header::ETAG, v);
     }
     if partial {
-        if let Ok(v) = HeaderValue::from_str(&format!(
-            "bytes {start}-{}/{}",
-            end.saturating_sub(1),
-            blob.size
-        )) {
+        if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{}", end.saturating_sub(1), blob.size)) {
             h.insert(header::CONTENT_RANGE, v);
         }
     }

@@ -30,6 +30,10 @@ pub fn build(row: BuildRow, artifacts: Option<Vec<tug_core::ArtifactSpec>>) -> B
         sealed_at: row.sealed_at,
         manifest_digest: row.manifest_digest,
         artifact_count: row.artifact_count,
+        embargoed: row.embargoed,
+        yanked_at: row.yanked_at,
+        yanked_by: row.yanked_by,
+        yank_reason: row.yank_reason,
         artifacts,
     }
 }
@@ -48,12 +52,10 @@ pub async fn create(
             req.source,
             req.ci,
             req.expected,
+            req.embargoed,
         )
         .await?;
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(build(row, Some(Vec::new()))),
-    ))
+    Ok((StatusCode::CREATED, axum::Json(build(row, Some(Vec::new())))))
 }
 
 pub async fn list(
@@ -71,19 +73,9 @@ pub async fn list(
         ));
     }
     let filter = BuildFilter {
-        service: q
-            .service
-            .as_deref()
-            .map(ServiceName::parse)
-            .transpose()
-            .map_err(bad)?,
+        service: q.service.as_deref().map(ServiceName::parse).transpose().map_err(bad)?,
         branch: q.branch,
-        version: q
-            .version
-            .as_deref()
-            .map(Version::parse)
-            .transpose()
-            .map_err(bad)?,
+        version: q.version.as_deref().map(Version::parse).transpose().map_err(bad)?,
         state: q
             .state
             .as_deref()
@@ -97,6 +89,7 @@ pub async fn list(
             })
             .transpose()?,
         limit,
+        hide_embargoed: false,
     };
     let rows = state.tugboat.list_builds(&who, filter).await?;
     Ok(axum::Json(BuildList {
@@ -121,10 +114,8 @@ pub async fn manifest(
 ) -> Result<Response, ApiError> {
     let (digest, text) = state.tugboat.manifest(&who, &reference).await?;
     let mut res = text.into_response();
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if let Ok(v) = HeaderValue::from_str(&format!("\"{digest}\"")) {
         res.headers_mut().insert(header::ETAG, v);
     }
@@ -141,11 +132,7 @@ pub async fn register(
         .tugboat
         .register_artifacts(&who, &reference, req.artifacts)
         .await?;
-    let status = if added > 0 {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
+    let status = if added > 0 { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, axum::Json(ArtifactsRegistered { added })))
 }
 
@@ -155,5 +142,27 @@ pub async fn seal(
     Path(reference): Path<String>,
 ) -> Result<axum::Json<Build>, ApiError> {
     let row = state.tugboat.seal_build(&who, &reference).await?;
+    Ok(axum::Json(build(row, None)))
+}
+
+pub async fn yank(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Path(reference): Path<String>,
+    Json(req): Json<tug_api::Yank>,
+) -> Result<axum::Json<Build>, ApiError> {
+    let row = state
+        .tugboat
+        .yank_build(&who, &reference, req.reason.as_deref())
+        .await?;
+    Ok(axum::Json(build(row, None)))
+}
+
+pub async fn unembargo(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Path(reference): Path<String>,
+) -> Result<axum::Json<Build>, ApiError> {
+    let row = state.tugboat.unembargo_build(&who, &reference).await?;
     Ok(axum::Json(build(row, None)))
 }

@@ -5,8 +5,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 use tug_api::{
-    ApplyPipeline, BuildSummary, Decide, Decided, DeployResult, Deployment, EnvironmentStatus,
-    History, PendingDeployment, PipelineView, Promote, Release, Rollback, Status,
+    ApplyPipeline, BuildSummary, Decide, Decided, DeployResult, Deployment, EnvironmentStatus, History,
+    PendingDeployment, PipelineView, Promote, Release, Rollback, Status,
 };
 use tug_core::{EnvName, ServiceName};
 use tug_db::{BuildRow, DeploymentRow, RequestRow};
@@ -87,10 +87,7 @@ pub async fn show_pipeline(
     Path(segment): Path<String>,
 ) -> Result<axum::Json<PipelineView>, ApiError> {
     Ok(axum::Json(view(
-        state
-            .tugboat
-            .show_pipeline(&who, &service(&segment)?)
-            .await?,
+        state.tugboat.show_pipeline(&who, &service(&segment)?).await?,
     )))
 }
 
@@ -125,10 +122,7 @@ async fn with_build(state: &AppState, d: DeploymentRow) -> Result<Deployment, Ap
     Ok(deployment(d, build.as_ref()))
 }
 
-async fn answer(
-    state: &AppState,
-    outcome: Outcome,
-) -> Result<(StatusCode, axum::Json<DeployResult>), ApiError> {
+async fn answer(state: &AppState, outcome: Outcome) -> Result<(StatusCode, axum::Json<DeployResult>), ApiError> {
     Ok(match outcome {
         Outcome::Deployed(d) => (
             StatusCode::CREATED,
@@ -200,13 +194,7 @@ pub async fn rollback(
 ) -> Result<(StatusCode, axum::Json<DeployResult>), ApiError> {
     let d = state
         .tugboat
-        .rollback(
-            &who,
-            &service(&segment)?,
-            &req.environment,
-            req.to,
-            options(req.flags),
-        )
+        .rollback(&who, &service(&segment)?, &req.environment, req.to, options(req.flags))
         .await?;
     answer(&state, d).await
 }
@@ -265,10 +253,7 @@ pub async fn history(
         .history(&who, &service(&segment)?, &env(&environment)?, limit)
         .await?;
     Ok(axum::Json(History {
-        deployments: rows
-            .into_iter()
-            .map(|(d, b)| deployment(d, b.as_ref()))
-            .collect(),
+        deployments: rows.into_iter().map(|(d, b)| deployment(d, b.as_ref())).collect(),
     }))
 }
 
@@ -293,13 +278,7 @@ async fn decide(
 ) -> Result<axum::Json<Decided>, ApiError> {
     let d = state
         .tugboat
-        .decide(
-            &who,
-            &service(segment)?,
-            &req.environment,
-            &req.build,
-            approve,
-        )
+        .decide(&who, &service(segment)?, &req.environment, &req.build, approve)
         .await?;
     let deployment = match d.deployment {
         Some(dep) => Some(with_build(&state, dep).await?),

@@ -19,18 +19,11 @@ pub async fn create(
         .into_iter()
         .find(|(n, _)| *n == req.name)
         .ok_or_else(|| ApiError::from(tug_service::Error::ServiceNotFound(req.name.clone())))?;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, axum::Json(Service { name, created_at })))
 }
 
-pub async fn list(
-    State(state): State<AppState>,
-    Caller(who): Caller,
-) -> Result<axum::Json<ServiceList>, ApiError> {
+pub async fn list(State(state): State<AppState>, Caller(who): Caller) -> Result<axum::Json<ServiceList>, ApiError> {
     let services = state.tugboat.list_services(&who).await?;
     Ok(axum::Json(ServiceList {
         services: services

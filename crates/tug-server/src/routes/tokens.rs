@@ -39,10 +39,7 @@ pub async fn create(
     ))
 }
 
-pub async fn list(
-    State(state): State<AppState>,
-    Caller(who): Caller,
-) -> Result<axum::Json<TokenList>, ApiError> {
+pub async fn list(State(state): State<AppState>, Caller(who): Caller) -> Result<axum::Json<TokenList>, ApiError> {
     let tokens = state.tugboat.list_tokens(&who).await?;
     Ok(axum::Json(TokenList {
         tokens: tokens.into_iter().map(token).collect(),
@@ -54,7 +51,5 @@ pub async fn revoke(
     Caller(who): Caller,
     Path(name): Path<String>,
 ) -> Result<axum::Json<Token>, ApiError> {
-    Ok(axum::Json(token(
-        state.tugboat.revoke_token(&who, &name).await?,
-    )))
+    Ok(axum::Json(token(state.tugboat.revoke_token(&who, &name).await?)))
 }

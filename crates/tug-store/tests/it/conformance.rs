@@ -52,10 +52,7 @@ async fn round_trip_and_ranges(store: Arc<dyn BlobStore>) {
     let digest = Digest::of(&bytes);
     let size = bytes.len() as u64;
 
-    assert_eq!(
-        store.put(&digest, body(&bytes, 7_000), size).await.unwrap(),
-        size
-    );
+    assert_eq!(store.put(&digest, body(&bytes, 7_000), size).await.unwrap(), size);
     assert_eq!(store.stat(&digest).await.unwrap(), Some(size));
 
     let (whole, reported) = read(&*store, &digest, 0, None).await;
@@ -70,10 +67,7 @@ async fn round_trip_and_ranges(store: Arc<dyn BlobStore>) {
         (0, Some(size)),
     ] {
         let (part, reported) = read(&*store, &digest, start, end).await;
-        assert_eq!(
-            reported, size,
-            "the size is the whole blob's for {start}..{end:?}"
-        );
+        assert_eq!(reported, size, "the size is the whole blob's for {start}..{end:?}");
         let end = end.unwrap_or(size) as usize;
         assert!(part == bytes[start as usize..end], "range {start}..{end}");
     }
@@ -140,11 +134,7 @@ async fn digest_mismatch_stores_nothing(store: Arc<dyn BlobStore>) {
     let bytes = data(200_000, 3);
     let claimed = Digest::of(b"something else");
     match store.put(&claimed, body(&bytes, 10_000), u64::MAX).await {
-        Err(Error::DigestMismatch {
-            expected,
-            actual,
-            size,
-        }) => {
+        Err(Error::DigestMismatch { expected, actual, size }) => {
             assert_eq!(expected, claimed);
             assert_eq!(actual, Digest::of(&bytes));
             assert_eq!(size, 200_000);
@@ -162,16 +152,10 @@ async fn digest_mismatch_keeps_existing_blob(store: Arc<dyn BlobStore>) {
     put(&*store, &good).await.unwrap();
     let bad = data(60_000, 5);
     let result = store.put(&digest, body(&bad, 4_096), u64::MAX).await;
-    assert!(
-        matches!(result, Err(Error::DigestMismatch { .. })),
-        "{result:?}"
-    );
+    assert!(matches!(result, Err(Error::DigestMismatch { .. })), "{result:?}");
     let (back, size) = read(&*store, &digest, 0, None).await;
     assert_eq!(size, 50_000);
-    assert!(
-        back == good,
-        "a refused put leaves the stored blob as it was"
-    );
+    assert!(back == good, "a refused put leaves the stored blob as it was");
 }
 
 async fn too_large_stores_nothing(store: Arc<dyn BlobStore>) {
@@ -185,10 +169,7 @@ async fn too_large_stores_nothing(store: Arc<dyn BlobStore>) {
     assert!(store.list().await.unwrap().is_empty());
 
     // Exactly at the limit is fine.
-    assert_eq!(
-        store.put(&digest, body(&bytes, 700), 5_000).await.unwrap(),
-        5_000
-    );
+    assert_eq!(store.put(&digest, body(&bytes, 700), 5_000).await.unwrap(), 5_000);
 }
 
 async fn interrupted_body_stores_nothing(store: Arc<dyn BlobStore>) {
@@ -216,9 +197,7 @@ async fn concurrent_puts_of_one_digest(store: Arc<dyn BlobStore>) {
         .map(|_| {
             let store = Arc::clone(&store);
             let bytes = Arc::clone(&bytes);
-            tokio::spawn(
-                async move { store.put(&digest, body(&bytes, 256 * 1024), u64::MAX).await },
-            )
+            tokio::spawn(async move { store.put(&digest, body(&bytes, 256 * 1024), u64::MAX).await })
         })
         .collect();
     for put in puts {
@@ -236,13 +215,7 @@ async fn multipart_sized_blob(store: Arc<dyn BlobStore>) {
     let bytes = data(20 * 1024 * 1024 + 12_345, 9);
     let digest = Digest::of(&bytes);
     let size = bytes.len() as u64;
-    assert_eq!(
-        store
-            .put(&digest, body(&bytes, 100_003), size)
-            .await
-            .unwrap(),
-        size
-    );
+    assert_eq!(store.put(&digest, body(&bytes, 100_003), size).await.unwrap(), size);
     let (back, _) = read(&*store, &digest, 0, None).await;
     assert!(back == bytes);
 
@@ -259,31 +232,19 @@ async fn list_and_delete(store: Arc<dyn BlobStore>) {
         put(&*store, bytes).await.unwrap();
     }
 
-    let mut expected: Vec<(Digest, u64)> = blobs
-        .iter()
-        .map(|b| (Digest::of(b), b.len() as u64))
-        .collect();
+    let mut expected: Vec<(Digest, u64)> = blobs.iter().map(|b| (Digest::of(b), b.len() as u64)).collect();
     expected.sort();
     let listed = store.list().await.unwrap();
     let got: Vec<(Digest, u64)> = listed.iter().map(|info| (info.digest, info.size)).collect();
     assert_eq!(got, expected);
-    assert!(
-        listed.iter().all(|info| info.modified > before),
-        "{listed:?}"
-    );
+    assert!(listed.iter().all(|info| info.modified > before), "{listed:?}");
 
     let gone = Digest::of(&blobs[1]);
     assert!(store.delete(&gone).await.unwrap());
     assert!(!store.delete(&gone).await.unwrap());
     assert_eq!(store.stat(&gone).await.unwrap(), None);
     assert!(store.get(&gone, 0, None).await.unwrap().is_none());
-    let left: Vec<Digest> = store
-        .list()
-        .await
-        .unwrap()
-        .iter()
-        .map(|info| info.digest)
-        .collect();
+    let left: Vec<Digest> = store.list().await.unwrap().iter().map(|info| info.digest).collect();
     assert_eq!(left.len(), 2);
     assert!(!left.contains(&gone));
 }

@@ -37,30 +37,15 @@ async fn failed_puts_leave_tmp_empty() {
     let digest = Digest::of(&bytes);
 
     let interrupted = store
-        .put(
-            &digest,
-            interrupted_body(&bytes, 64 * 1024, 2 * 1024 * 1024),
-            u64::MAX,
-        )
+        .put(&digest, interrupted_body(&bytes, 64 * 1024, 2 * 1024 * 1024), u64::MAX)
         .await;
-    assert!(
-        matches!(interrupted, Err(Error::Interrupted { .. })),
-        "{interrupted:?}"
-    );
-    let too_large = store
-        .put(&digest, body(&bytes, 64 * 1024), 1024 * 1024)
-        .await;
-    assert!(
-        matches!(too_large, Err(Error::TooLarge { .. })),
-        "{too_large:?}"
-    );
+    assert!(matches!(interrupted, Err(Error::Interrupted { .. })), "{interrupted:?}");
+    let too_large = store.put(&digest, body(&bytes, 64 * 1024), 1024 * 1024).await;
+    assert!(matches!(too_large, Err(Error::TooLarge { .. })), "{too_large:?}");
     let mismatch = store
         .put(&Digest::of(b"other"), body(&bytes, 64 * 1024), u64::MAX)
         .await;
-    assert!(
-        matches!(mismatch, Err(Error::DigestMismatch { .. })),
-        "{mismatch:?}"
-    );
+    assert!(matches!(mismatch, Err(Error::DigestMismatch { .. })), "{mismatch:?}");
 
     assert_eq!(entries(&root.join("tmp")), 0);
     assert!(store.list().await.unwrap().is_empty());
@@ -93,8 +78,6 @@ async fn cancelled_put_leaves_tmp_empty() {
     assert_eq!(store.stat(&digest).await.unwrap(), None);
 }
 
-fn tokio_stream_from(
-    mut chunks: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
-) -> tug_store::ByteStream {
+fn tokio_stream_from(mut chunks: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>) -> tug_store::ByteStream {
     futures::stream::poll_fn(move |cx| chunks.poll_recv(cx)).boxed()
 }

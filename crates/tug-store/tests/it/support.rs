@@ -52,10 +52,7 @@ pub fn data(len: usize, seed: u64) -> Vec<u8> {
 
 /// `data` as a body arriving in chunks of `chunk` bytes.
 pub fn body(data: &[u8], chunk: usize) -> ByteStream {
-    let chunks: Vec<std::io::Result<Bytes>> = data
-        .chunks(chunk)
-        .map(|c| Ok(Bytes::copy_from_slice(c)))
-        .collect();
+    let chunks: Vec<std::io::Result<Bytes>> = data.chunks(chunk).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
     futures::stream::iter(chunks).boxed()
 }
 
@@ -72,18 +69,11 @@ pub fn interrupted_body(data: &[u8], chunk: usize, cut: usize) -> ByteStream {
 }
 
 pub async fn put(store: &dyn BlobStore, data: &[u8]) -> tug_store::Result<u64> {
-    store
-        .put(&Digest::of(data), body(data, 64 * 1024), u64::MAX)
-        .await
+    store.put(&Digest::of(data), body(data, 64 * 1024), u64::MAX).await
 }
 
 /// The bytes of `digest` from `start` to `end`, and the blob's size.
-pub async fn read(
-    store: &dyn BlobStore,
-    digest: &Digest,
-    start: u64,
-    end: Option<u64>,
-) -> (Vec<u8>, u64) {
+pub async fn read(store: &dyn BlobStore, digest: &Digest, start: u64, end: Option<u64>) -> (Vec<u8>, u64) {
     let blob = store
         .get(digest, start, end)
         .await

@@ -12,11 +12,7 @@ use crate::output::{self, opt, print, table, time};
 
 pub async fn token(client: &Client, out: Output, c: TokenCommand) -> anyhow::Result<ExitCode> {
     match c {
-        TokenCommand::Create {
-            name,
-            role,
-            service,
-        } => {
+        TokenCommand::Create { name, role, service } => {
             let name = TokenName::parse(&name)?;
             let role: Role = role.parse().map_err(anyhow::Error::msg)?;
             let service = service.as_deref().map(ServiceName::parse).transpose()?;
@@ -39,10 +35,7 @@ pub async fn token(client: &Client, out: Output, c: TokenCommand) -> anyhow::Res
                         opt(&tok.service),
                         time(&tok.created_at),
                         opt(&tok.created_by),
-                        tok.revoked_at
-                            .as_ref()
-                            .map(time)
-                            .unwrap_or_else(|| "-".into()),
+                        tok.revoked_at.as_ref().map(time).unwrap_or_else(|| "-".into()),
                     ]);
                 }
                 t.to_string()
@@ -51,10 +44,7 @@ pub async fn token(client: &Client, out: Output, c: TokenCommand) -> anyhow::Res
         TokenCommand::Revoke { name } => {
             let token = client.revoke_token(&name).await?;
             print(out, &token, |t| {
-                format!(
-                    "Token {} revoked; requests with it are refused from now on.",
-                    t.name
-                )
+                format!("Token {} revoked; requests with it are refused from now on.", t.name)
             })?;
         }
     }
@@ -86,11 +76,7 @@ pub async fn fsck(client: &Client, out: Output) -> anyhow::Result<ExitCode> {
     let report = client.fsck().await.context("fsck failed")?;
     let healthy = report.corrupt.is_empty() && report.missing.is_empty();
     print(out, &report, |r| {
-        let mut s = format!(
-            "Checked {} blobs ({}).\n",
-            r.checked,
-            output::bytes(r.bytes)
-        );
+        let mut s = format!("Checked {} blobs ({}).\n", r.checked, output::bytes(r.bytes));
         for c in &r.corrupt {
             s.push_str(&format!(
                 "CORRUPT {} ({} bytes) now hashes to {}\n",
@@ -98,10 +84,7 @@ pub async fn fsck(client: &Client, out: Output) -> anyhow::Result<ExitCode> {
             ));
         }
         for m in &r.missing {
-            s.push_str(&format!(
-                "MISSING {} is referenced by a build but not stored\n",
-                m
-            ));
+            s.push_str(&format!("MISSING {} is referenced by a build but not stored\n", m));
         }
         if healthy {
             s.push_str("Every blob matches its digest.");
@@ -110,11 +93,7 @@ pub async fn fsck(client: &Client, out: Output) -> anyhow::Result<ExitCode> {
         }
         s
     })?;
-    Ok(if healthy {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 pub async fn gc(client: &Client, out: Output, a: GcArgs) -> anyhow::Result<ExitCode> {
@@ -131,10 +110,7 @@ pub async fn gc(client: &Client, out: Output, a: GcArgs) -> anyhow::Result<ExitC
             s.push_str(&format!("abandoned stale draft {b}\n"));
         }
         for d in &r.deleted {
-            s.push_str(&format!(
-                "{} {d}\n",
-                if r.dry_run { "would delete" } else { "deleted" }
-            ));
+            s.push_str(&format!("{} {d}\n", if r.dry_run { "would delete" } else { "deleted" }));
         }
         s.push_str(&format!(
             "{verb} {} blobs ({}); kept {}.",

@@ -16,6 +16,18 @@ pub async fn run(client: &Client, out: Output, c: BuildCommand) -> anyhow::Resul
             let build = create(client, &meta).await?;
             print(out, &build, |b| b.id.to_string())?;
         }
+        BuildCommand::Yank { build, reason } => {
+            let b = client.yank(&build, reason).await?;
+            print(out, &b, |b| {
+                format!("Build {} yanked: it will not be deployed again.", b.id)
+            })?;
+        }
+        BuildCommand::Unembargo { build } => {
+            let b = client.unembargo(&build).await?;
+            print(out, &b, |b| {
+                format!("Build {} unembargoed: visible to everyone, deployable anywhere.", b.id)
+            })?;
+        }
         BuildCommand::Seal { build } => {
             let b = client.seal(&build).await?;
             print(out, &b, |b| {
@@ -75,9 +87,7 @@ pub async fn run(client: &Client, out: Output, c: BuildCommand) -> anyhow::Resul
                             .unwrap_or_else(|| "-".into()),
                         b.artifact_count.to_string(),
                         time(&b.created_at),
-                        b.manifest_digest
-                            .map(|d| d.short())
-                            .unwrap_or_else(|| "-".into()),
+                        b.manifest_digest.map(|d| d.short()).unwrap_or_else(|| "-".into()),
                     ]);
                 }
                 t.to_string()
@@ -95,11 +105,7 @@ pub async fn create(client: &Client, meta: &BuildMeta) -> anyhow::Result<Build> 
     let version = match (&meta.version, &meta.commit) {
         (Some(v), _) => Version::parse(v)?,
         (None, Some(commit)) => {
-            let short: String = commit
-                .chars()
-                .filter(|c| c.is_ascii_alphanumeric())
-                .take(12)
-                .collect();
+            let short: String = commit.chars().filter(|c| c.is_ascii_alphanumeric()).take(12).collect();
             Version::parse(&format!("0.0.0-g{short}"))
                 .context("cannot derive a version from --commit; pass --version")?
         }
@@ -130,6 +136,7 @@ pub async fn create(client: &Client, meta: &BuildMeta) -> anyhow::Result<Build> 
             .iter()
             .map(|e| ArtifactName::parse(e))
             .collect::<Result<_, _>>()?,
+        embargoed: meta.embargo,
     };
     Ok(client.create_build(&req).await?)
 }
@@ -141,6 +148,18 @@ fn show(b: &Build) -> String {
     kv("service", b.service.to_string());
     kv("version", b.version.to_string());
     kv("state", b.state.to_string());
+    if b.embargoed {
+        kv(
+            "embargo",
+            "yes: visible to admins and approvers, deployable to private environments only".into(),
+        );
+    }
+    if let Some(t) = &b.yanked_at {
+        kv(
+            "yanked",
+            format!("{} by {} ({})", time(t), opt(&b.yanked_by), opt(&b.yank_reason)),
+        );
+    }
     kv("manifest", opt(&b.manifest_digest));
     kv("repo", opt(&b.source.repo));
     kv("branch", opt(&b.source.branch));
@@ -156,10 +175,7 @@ fn show(b: &Build) -> String {
     if b.ci.builder_image.is_some() {
         kv("builder", opt(&b.ci.builder_image));
     }
-    kv(
-        "created",
-        format!("{} by {}", time(&b.created_at), opt(&b.created_by)),
-    );
+    kv("created", format!("{} by {}", time(&b.created_at), opt(&b.created_by)));
     if let Some(t) = &b.sealed_at {
         kv("sealed", time(t));
     }

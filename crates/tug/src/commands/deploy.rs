@@ -4,15 +4,12 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use tug_api::{
-    Decide, DeployFlags, DeployResult, Deployment, PendingDeployment, Promote, Release, Rollback,
-};
+use tug_api::{Decide, DeployFlags, DeployResult, Deployment, PendingDeployment, Promote, Release, Rollback};
 use tug_client::Client;
 use tug_core::{EnvName, Pipeline, ServiceName, Version};
 
 use crate::cli::{
-    DecideArgs, Output, OverrideArgs, PipelineCommand, PolicyCommand, PromoteArgs, ReleaseArgs,
-    RollbackArgs,
+    DecideArgs, Output, OverrideArgs, PipelineCommand, PolicyCommand, PromoteArgs, ReleaseArgs, RollbackArgs,
 };
 use crate::output::{opt, print, table, time};
 
@@ -75,49 +72,35 @@ fn pending_line(p: &PendingDeployment) -> String {
     )
 }
 
-pub async fn decide(
-    client: &Client,
-    out: Output,
-    a: DecideArgs,
-    approve: bool,
-) -> anyhow::Result<ExitCode> {
+pub async fn decide(client: &Client, out: Output, a: DecideArgs, approve: bool) -> anyhow::Result<ExitCode> {
     let req = Decide {
         environment: EnvName::parse(&a.env)?,
         build: a.build,
     };
-    let d = client
-        .decide(&ServiceName::parse(&a.service)?, &req, approve)
-        .await?;
-    print(out, &d, |d| {
-        match (&d.deployment, d.pending.state.as_str()) {
-            (Some(dep), _) => format!(
-                "Approved: the last approval needed. Deployed {} into {}.",
-                build_line(dep),
-                dep.environment
-            ),
-            (None, "rejected") => format!(
-                "Rejected: build {} will not go into {}.",
-                d.pending.build, d.pending.environment
-            ),
-            _ => format!("Approved. {}", pending_line(&d.pending)),
-        }
+    let d = client.decide(&ServiceName::parse(&a.service)?, &req, approve).await?;
+    print(out, &d, |d| match (&d.deployment, d.pending.state.as_str()) {
+        (Some(dep), _) => format!(
+            "Approved: the last approval needed. Deployed {} into {}.",
+            build_line(dep),
+            dep.environment
+        ),
+        (None, "rejected") => format!(
+            "Rejected: build {} will not go into {}.",
+            d.pending.build, d.pending.environment
+        ),
+        _ => format!("Approved. {}", pending_line(&d.pending)),
     })?;
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn pipeline(
-    client: &Client,
-    out: Output,
-    c: PipelineCommand,
-) -> anyhow::Result<ExitCode> {
+pub async fn pipeline(client: &Client, out: Output, c: PipelineCommand) -> anyhow::Result<ExitCode> {
     match c {
         PipelineCommand::Apply { file } => {
-            let text = std::fs::read_to_string(&file)
-                .with_context(|| format!("cannot read {}", file.display()))?;
+            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
             // Parse here too, to name the service and to say what is wrong
             // before anything is sent.
-            let pipeline = Pipeline::parse(&text)
-                .with_context(|| format!("{} is not a valid pipeline", file.display()))?;
+            let pipeline =
+                Pipeline::parse(&text).with_context(|| format!("{} is not a valid pipeline", file.display()))?;
             let v = client.apply_pipeline(&pipeline.service, &text).await?;
             print(out, &v, |v| {
                 format!(
@@ -167,9 +150,7 @@ pub async fn release(client: &Client, out: Output, a: ReleaseArgs) -> anyhow::Re
         version: a.version.as_deref().map(Version::parse).transpose()?,
         flags: flags(a.flags),
     };
-    let d = client
-        .release(&ServiceName::parse(&a.service)?, &req)
-        .await?;
+    let d = client.release(&ServiceName::parse(&a.service)?, &req).await?;
     deployed(out, &d, "Released")
 }
 
@@ -178,9 +159,7 @@ pub async fn promote(client: &Client, out: Output, a: PromoteArgs) -> anyhow::Re
         to: EnvName::parse(&a.to)?,
         flags: flags(a.flags),
     };
-    let d = client
-        .promote(&ServiceName::parse(&a.service)?, &req)
-        .await?;
+    let d = client.promote(&ServiceName::parse(&a.service)?, &req).await?;
     deployed(out, &d, "Promoted")
 }
 
@@ -190,9 +169,7 @@ pub async fn rollback(client: &Client, out: Output, a: RollbackArgs) -> anyhow::
         to: a.to,
         flags: flags(a.flags),
     };
-    let d = client
-        .rollback(&ServiceName::parse(&a.service)?, &req)
-        .await?;
+    let d = client.rollback(&ServiceName::parse(&a.service)?, &req).await?;
     deployed(out, &d, "Rolled back to")
 }
 
@@ -222,11 +199,7 @@ pub async fn status(client: &Client, out: Output, service: &str) -> anyhow::Resu
                     ]);
                 }
                 Some(d) => {
-                    let src = d
-                        .summary
-                        .as_ref()
-                        .map(|s| s.source.clone())
-                        .unwrap_or_default();
+                    let src = d.summary.as_ref().map(|s| s.source.clone()).unwrap_or_default();
                     t.add_row(vec![
                         name,
                         d.summary
@@ -258,13 +231,7 @@ pub async fn status(client: &Client, out: Output, service: &str) -> anyhow::Resu
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn history(
-    client: &Client,
-    out: Output,
-    service: &str,
-    env: &str,
-    limit: u32,
-) -> anyhow::Result<ExitCode> {
+pub async fn history(client: &Client, out: Output, service: &str, env: &str, limit: u32) -> anyhow::Result<ExitCode> {
     let h = client
         .history(&ServiceName::parse(service)?, &EnvName::parse(env)?, limit)
         .await?;
@@ -290,9 +257,7 @@ pub async fn policy(client: &Client, out: Output, c: PolicyCommand) -> anyhow::R
     match c {
         PolicyCommand::Resume { service, env } => {
             let env = EnvName::parse(&env)?;
-            client
-                .resume_auto_release(&ServiceName::parse(&service)?, &env)
-                .await?;
+            client.resume_auto_release(&ServiceName::parse(&service)?, &env).await?;
             let answer = serde_json::json!({"service": service, "environment": env, "auto_release_held": false});
             print(out, &answer, |_| {
                 format!("Auto-release into {env} of {service} resumed.")

@@ -12,8 +12,7 @@ use crate::cli::ServerArgs;
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sqlx=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,sqlx=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -24,8 +23,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         default.exists().then_some(default)
     });
     if let Some(path) = file {
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
+        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
         config = config.apply(Layer::from_toml(&path.display().to_string(), &text)?);
     }
     config = config.apply(Layer::from_env(&env)?);
@@ -51,10 +49,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
 
     let started = tug_server::start(&config, &env).await?;
     println!("Tugboat listening on http://{}", started.addr);
-    println!(
-        "  database:   {}",
-        tug_server::config::redact(&config.database_url())
-    );
+    println!("  database:   {}", tug_server::config::redact(&config.database_url()));
     println!("  blob store: {}", started.tugboat().store().describe());
     match &started.admin_token_path {
         Some(path) => println!(

@@ -51,11 +51,7 @@ pub async fn push(client: &Client, out: Output, a: PushArgs) -> anyhow::Result<E
         let b = super::build::create(client, &a.meta).await?;
         (b.id.to_string(), &a.args[..])
     } else {
-        if a.meta.version.is_some()
-            || a.meta.branch.is_some()
-            || a.meta.commit.is_some()
-            || !a.meta.expect.is_empty()
-        {
+        if a.meta.version.is_some() || a.meta.branch.is_some() || a.meta.commit.is_some() || !a.meta.expect.is_empty() {
             bail!("build metadata flags (--version, --branch, --commit, --expect) need --service, which creates a new build");
         }
         (a.args[0].clone(), &a.args[1..])
@@ -101,11 +97,7 @@ pub async fn push(client: &Client, out: Output, a: PushArgs) -> anyhow::Result<E
     } else {
         None
     };
-    let result = PushOutput {
-        build,
-        report,
-        sealed,
-    };
+    let result = PushOutput { build, report, sealed };
     print(out, &result, |r| {
         let p = &r.report;
         let mut s = format!(
@@ -158,10 +150,7 @@ fn collect(paths: &[String], name: Option<&str>) -> anyhow::Result<Vec<(PathBuf,
         }
     }
     if name.is_some() && files.len() > 1 {
-        bail!(
-            "--name applies to a single file, and {} were given",
-            files.len()
-        );
+        bail!("--name applies to a single file, and {} were given", files.len());
     }
     files.sort_by(|a, b| a.1.cmp(&b.1));
     for w in files.windows(2) {
@@ -185,18 +174,15 @@ fn walk(root: &Path, dir: &Path, files: &mut Vec<(PathBuf, ArtifactName)>) -> an
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let path = e.path();
-        let meta =
-            std::fs::metadata(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let meta = std::fs::metadata(&path).with_context(|| format!("cannot read {}", path.display()))?;
         if meta.is_dir() {
             walk(root, &path, files)?;
         } else if meta.is_file() {
             let rel = path
                 .strip_prefix(root)
                 .with_context(|| format!("{} is outside {}", path.display(), root.display()))?;
-            let parts: Option<Vec<&str>> =
-                rel.components().map(|c| c.as_os_str().to_str()).collect();
-            let parts =
-                parts.with_context(|| format!("{}: the path is not UTF-8", path.display()))?;
+            let parts: Option<Vec<&str>> = rel.components().map(|c| c.as_os_str().to_str()).collect();
+            let parts = parts.with_context(|| format!("{}: the path is not UTF-8", path.display()))?;
             files.push((path.clone(), ArtifactName::parse(&parts.join("/"))?));
         }
     }
@@ -218,8 +204,7 @@ pub async fn pull(client: &Client, out: Output, a: PullArgs) -> anyhow::Result<E
         .iter()
         .map(|n| ArtifactName::parse(n))
         .collect::<Result<Vec<_>, _>>()?;
-    std::fs::create_dir_all(&a.out)
-        .with_context(|| format!("cannot create {}", a.out.display()))?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
     let (bar, hooks) = progress_bar();
     let report = client.pull(&build, &only, &a.out, hooks).await;
     bar.finish_and_clear();

@@ -37,9 +37,7 @@ async fn missing_wrong_and_revoked_tokens_get_401_missing_roles_403() {
     server.tug(w, &["service", "create", "api"]).ok();
     server.tug(w, &["service", "create", "web"]).ok();
 
-    let health = reqwest::get(format!("{}/healthz", server.url))
-        .await
-        .unwrap();
+    let health = reqwest::get(format!("{}/healthz", server.url)).await.unwrap();
     assert_eq!(health.status(), 200, "healthz needs no token");
 
     for (auth, code) in [
@@ -89,37 +87,18 @@ async fn missing_wrong_and_revoked_tokens_get_401_missing_roles_403() {
     // The ci token works for its service…
     write_files(w, &[("app.bin", b"app")]);
     server
-        .tug_as(
-            &ci,
-            w,
-            &["push", "--service", "api", "--version", "1.0.0", "app.bin"],
-        )
+        .tug_as(&ci, w, &["push", "--service", "api", "--version", "1.0.0", "app.bin"])
         .ok();
     // …not for another one, and it manages no tokens.
     let err = server
-        .tug_as(
-            &ci,
-            w,
-            &["push", "--service", "web", "--version", "1.0.0", "app.bin"],
-        )
+        .tug_as(&ci, w, &["push", "--service", "web", "--version", "1.0.0", "app.bin"])
         .fails()
         .to_string();
-    assert!(
-        err.contains("out_of_scope") && err.contains("HTTP 403"),
-        "{err}"
-    );
-    let err = server
-        .tug_as(&ci, w, &["token", "list"])
-        .fails()
-        .to_string();
-    assert!(
-        err.contains("forbidden") && err.contains("HTTP 403"),
-        "{err}"
-    );
+    assert!(err.contains("out_of_scope") && err.contains("HTTP 403"), "{err}");
+    let err = server.tug_as(&ci, w, &["token", "list"]).fails().to_string();
+    assert!(err.contains("forbidden") && err.contains("HTTP 403"), "{err}");
     // A viewer reads but does not write.
-    server
-        .tug_as(&viewer, w, &["build", "list", "--service", "api"])
-        .ok();
+    server.tug_as(&viewer, w, &["build", "list", "--service", "api"]).ok();
     let err = server
         .tug_as(
             &viewer,
@@ -128,10 +107,7 @@ async fn missing_wrong_and_revoked_tokens_get_401_missing_roles_403() {
         )
         .fails()
         .to_string();
-    assert!(
-        err.contains("HTTP 403") && err.contains("role viewer"),
-        "{err}"
-    );
+    assert!(err.contains("HTTP 403") && err.contains("role viewer"), "{err}");
     let res = server
         .client_with(&viewer)
         .put_blob_bytes(&crate::support::digest_of(b"x"), b"x".to_vec())
@@ -140,18 +116,13 @@ async fn missing_wrong_and_revoked_tokens_get_401_missing_roles_403() {
     assert_eq!(res.status(), Some(403));
 
     // Revocation takes effect on the very next request.
-    server
-        .tug_as(&ci, w, &["build", "list", "--service", "api"])
-        .ok();
+    server.tug_as(&ci, w, &["build", "list", "--service", "api"]).ok();
     server.tug(w, &["token", "revoke", "ci-api"]).ok();
     let err = server
         .tug_as(&ci, w, &["build", "list", "--service", "api"])
         .fails()
         .to_string();
-    assert!(
-        err.contains("token_revoked") && err.contains("HTTP 401"),
-        "{err}"
-    );
+    assert!(err.contains("token_revoked") && err.contains("HTTP 401"), "{err}");
     let tokens = server.tug(w, &["token", "list", "--output", "json"]).json();
     let revoked = tokens
         .as_array()
@@ -173,10 +144,7 @@ async fn missing_wrong_and_revoked_tokens_get_401_missing_roles_403() {
     assert!(!db.windows(viewer.len()).any(|w| w == viewer.as_bytes()));
 
     // The last admin token cannot be revoked.
-    let err = server
-        .tug(w, &["token", "revoke", "admin"])
-        .fails()
-        .to_string();
+    let err = server.tug(w, &["token", "revoke", "admin"]).fails().to_string();
     assert!(err.contains("last_admin"), "{err}");
     // Unknown role and duplicate names are refused clearly.
     let err = server
@@ -185,17 +153,10 @@ async fn missing_wrong_and_revoked_tokens_get_401_missing_roles_403() {
         .to_string();
     assert!(err.contains("unknown role"), "{err}");
     let err = server
-        .tug(
-            w,
-            &["token", "create", "--name", "dash", "--role", "viewer"],
-        )
+        .tug(w, &["token", "create", "--name", "dash", "--role", "viewer"])
         .fails()
         .to_string();
     assert!(err.contains("token_exists"), "{err}");
-    let res = server
-        .http(Method::DELETE, "/v1/tokens/nobody")
-        .send()
-        .await
-        .unwrap();
+    let res = server.http(Method::DELETE, "/v1/tokens/nobody").send().await.unwrap();
     assert_eq!(res.status(), 404);
 }

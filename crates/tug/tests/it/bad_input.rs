@@ -51,12 +51,9 @@ async fn malformed_json_unknown_fields_and_bad_values() {
     let (s, code, msg) = error(post("/v1/builds", "{\"service\": ").await.unwrap()).await;
     assert_eq!((s, code.as_str()), (400, "malformed_json"), "{msg}");
     let (s, code, msg) = error(
-        post(
-            "/v1/builds",
-            r#"{"service":"api","version":"1.0.0","colour":"red"}"#,
-        )
-        .await
-        .unwrap(),
+        post("/v1/builds", r#"{"service":"api","version":"1.0.0","colour":"red"}"#)
+            .await
+            .unwrap(),
     )
     .await;
     assert_eq!((s, code.as_str()), (400, "invalid_request"));
@@ -93,21 +90,11 @@ async fn malformed_json_unknown_fields_and_bad_values() {
     )
     .await;
     assert_eq!((s, code.as_str()), (404, "service_not_found"));
-    let (s, code, _) = error(
-        server
-            .http(Method::GET, "/v1/builds?limit=lots")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, code, _) = error(server.http(Method::GET, "/v1/builds?limit=lots").send().await.unwrap()).await;
     assert_eq!((s, code.as_str()), (400, "invalid_query"));
     let (s, code, _) = error(
         server
-            .http(
-                Method::GET,
-                "/v1/builds/0190c3f2-6a2b-7d4e-9f10-2b3c4d5e6f70",
-            )
+            .http(Method::GET, "/v1/builds/0190c3f2-6a2b-7d4e-9f10-2b3c4d5e6f70")
             .send()
             .await
             .unwrap(),
@@ -123,14 +110,7 @@ async fn malformed_json_unknown_fields_and_bad_values() {
     )
     .await;
     assert_eq!((s, code.as_str()), (400, "invalid_request"));
-    let (s, code, _) = error(
-        server
-            .http(Method::GET, "/v2/nothing")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, code, _) = error(server.http(Method::GET, "/v2/nothing").send().await.unwrap()).await;
     assert_eq!((s, code.as_str()), (404, "not_found"));
     // A JSON body over the limit.
     let huge = format!(r#"{{"digests":["{}"]}}"#, "a".repeat(20 << 20));
@@ -143,10 +123,7 @@ async fn artifact_names_are_checked_and_nothing_partial_is_registered() {
     let server = TestServer::start().await;
     let id = new_draft(&server).await;
     let client = server.client();
-    client
-        .put_blob_bytes(&digest_of(b"ok"), b"ok".to_vec())
-        .await
-        .unwrap();
+    client.put_blob_bytes(&digest_of(b"ok"), b"ok".to_vec()).await.unwrap();
     let spec = |name: &str| json!({"name": name, "kind": "binary", "size": 2, "digest": digest_of(b"ok").to_string()});
     let long = "a".repeat(256);
     for (name, why) in [
@@ -219,10 +196,7 @@ async fn artifact_names_are_checked_and_nothing_partial_is_registered() {
         .await
         .unwrap();
     assert_eq!(again.added, 0);
-    client
-        .put_blob_bytes(&digest_of(b"no"), b"no".to_vec())
-        .await
-        .unwrap();
+    client.put_blob_bytes(&digest_of(b"no"), b"no".to_vec()).await.unwrap();
     let other = json!({"name": "good.bin", "size": 2, "digest": digest_of(b"no").to_string()});
     let err = client
         .register_artifacts(&id, vec![serde_json::from_value(other).unwrap()])
@@ -236,10 +210,7 @@ async fn artifact_names_are_checked_and_nothing_partial_is_registered() {
         .register_artifacts(&id, vec![serde_json::from_value(spec("late.bin")).unwrap()])
         .await
         .unwrap_err();
-    assert_eq!(
-        (err.status(), err.code()),
-        (Some(409), Some("build_not_draft"))
-    );
+    assert_eq!((err.status(), err.code()), (Some(409), Some("build_not_draft")));
     let resealed = client.seal(&id).await.unwrap();
     assert_eq!(
         resealed.state,
@@ -250,11 +221,7 @@ async fn artifact_names_are_checked_and_nothing_partial_is_registered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_digests_oversized_and_truncated_uploads_store_nothing() {
-    let server = TestServer::start_with(
-        crate::support::Backend::Embedded,
-        &["--max-blob-size", "1000"],
-    )
-    .await;
+    let server = TestServer::start_with(crate::support::Backend::Embedded, &["--max-blob-size", "1000"]).await;
     let client = server.client();
     let claimed = digest_of(b"what I promised");
     let res = server
@@ -265,10 +232,7 @@ async fn wrong_digests_oversized_and_truncated_uploads_store_nothing() {
         .unwrap();
     let (s, code, msg) = error(res).await;
     assert_eq!((s, code.as_str()), (400, "digest_mismatch"));
-    assert!(
-        msg.contains(&digest_of(b"what I sent").to_string()),
-        "{msg}"
-    );
+    assert!(msg.contains(&digest_of(b"what I sent").to_string()), "{msg}");
     assert_eq!(client.head_blob(&claimed).await.unwrap(), None);
 
     let res = server

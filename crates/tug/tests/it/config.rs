@@ -53,11 +53,7 @@ fn a_bad_configuration_stops_the_server_with_a_clear_message() {
         ("lisen = \"127.0.0.1:1\"\n", None, "unknown field `lisen`"),
         ("max_blob_size = \"big\"\n", None, "max_blob_size"),
         ("", Some(("TUG_LISTEN", "not-an-address")), "TUG_LISTEN"),
-        (
-            "",
-            Some(("TUG_DATABASE", "mysql://x")),
-            "unsupported database URL",
-        ),
+        ("", Some(("TUG_DATABASE", "mysql://x")), "unsupported database URL"),
         (
             "",
             Some(("TUG_BLOB_STORE", "s3://?endpoint=x")),

@@ -54,9 +54,7 @@ async fn kill_9_during_an_upload_leaves_nothing_visible() {
         "leftovers are removed at start"
     );
     assert!(
-        server
-            .log()
-            .contains("removed leftovers of interrupted uploads"),
+        server.log().contains("removed leftovers of interrupted uploads"),
         "{}",
         server.log()
     );
@@ -65,10 +63,7 @@ async fn kill_9_during_an_upload_leaves_nothing_visible() {
     // draft holds nothing half-done; a fresh push then works.
     let w = tempfile::tempdir().unwrap();
     let id = server
-        .tug(
-            w.path(),
-            &["build", "create", "--service", "api", "--version", "1.0.0"],
-        )
+        .tug(w.path(), &["build", "create", "--service", "api", "--version", "1.0.0"])
         .ok()
         .trim()
         .to_string();
@@ -90,8 +85,5 @@ async fn kill_9_during_an_upload_leaves_nothing_visible() {
     assert_eq!(client.build(&id).await.unwrap().artifact_count, 0);
     std::fs::write(w.path().join("big.bin"), &body).unwrap();
     server.tug(w.path(), &["push", &id, "big.bin"]).ok();
-    assert_eq!(
-        client.head_blob(&digest).await.unwrap(),
-        Some(body.len() as u64)
-    );
+    assert_eq!(client.head_blob(&digest).await.unwrap(), Some(body.len() as u64));
 }

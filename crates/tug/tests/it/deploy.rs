@@ -22,17 +22,7 @@ branch_restriction = "^master$"
 
 fn apply(server: &TestServer, w: &Path, text: &str) -> crate::support::Run {
     std::fs::write(w.join("pipeline.toml"), text).unwrap();
-    server.tug(
-        w,
-        &[
-            "pipeline",
-            "apply",
-            "-f",
-            "pipeline.toml",
-            "--output",
-            "json",
-        ],
-    )
+    server.tug(w, &["pipeline", "apply", "-f", "pipeline.toml", "--output", "json"])
 }
 
 /// Pushes and seals a build of `branch`; returns its id.
@@ -93,10 +83,7 @@ pub async fn lunar_flow(server: &TestServer) {
     assert_eq!(promoted["status"], "deployed");
     assert_eq!(promoted["deployment"]["build"], b1.as_str());
     assert_eq!(promoted["deployment"]["kind"], "promote");
-    let err = server
-        .tug(w, &["promote", "api", "--to", "prod"])
-        .fails()
-        .to_string();
+    let err = server.tug(w, &["promote", "api", "--to", "prod"]).fails().to_string();
     assert!(
         err.contains("nothing_to_deploy") && err.contains("already runs"),
         "{err}"
@@ -110,16 +97,11 @@ pub async fn lunar_flow(server: &TestServer) {
         "hotfix is not auto-released"
     );
     let err = server
-        .tug(
-            w,
-            &["release", "api", "--env", "prod", "--branch", "hotfix/x"],
-        )
+        .tug(w, &["release", "api", "--env", "prod", "--branch", "hotfix/x"])
         .fails()
         .to_string();
     assert!(
-        err.contains("policy_violation")
-            && err.contains("branch_restriction")
-            && err.contains("hotfix/x"),
+        err.contains("policy_violation") && err.contains("branch_restriction") && err.contains("hotfix/x"),
         "{err}"
     );
     assert_eq!(
@@ -129,18 +111,10 @@ pub async fn lunar_flow(server: &TestServer) {
     );
 
     // Widened, it is accepted.
-    let widened = apply(
-        server,
-        w,
-        &LUNAR.replace("^master$", "^(master|hotfix/.*)$"),
-    )
-    .json();
+    let widened = apply(server, w, &LUNAR.replace("^master$", "^(master|hotfix/.*)$")).json();
     assert_eq!(widened["revision"], 2);
     server
-        .tug(
-            w,
-            &["release", "api", "--env", "prod", "--branch", "hotfix/x"],
-        )
+        .tug(w, &["release", "api", "--env", "prod", "--branch", "hotfix/x"])
         .ok();
     assert_eq!(current(server, w, "prod").as_deref(), Some(hotfix.as_str()));
 
@@ -165,32 +139,17 @@ pub async fn lunar_flow(server: &TestServer) {
     for needle in ["dev", "prod", "1.0.0", "master", "aaaaaaa1", "rollback"] {
         assert!(table.contains(needle), "{needle} missing:\n{table}");
     }
-    let log = server
-        .tug(w, &["history", "api", "--env", "prod"])
-        .ok()
-        .to_string();
-    assert!(
-        log.contains("hotfix/x") && log.contains("rollback"),
-        "{log}"
-    );
+    let log = server.tug(w, &["history", "api", "--env", "prod"]).ok().to_string();
+    assert!(log.contains("hotfix/x") && log.contains("rollback"), "{log}");
 
     // A manual release into dev holds its auto-release until resumed.
     server
         .tug(w, &["release", "api", "--env", "dev", "--build", &hotfix])
         .ok();
     let b3 = sealed(server, w, "master", "ccccccc3", "1.1.0");
-    assert_eq!(
-        current(server, w, "dev").as_deref(),
-        Some(hotfix.as_str()),
-        "held"
-    );
-    assert!(server
-        .tug(w, &["status", "api"])
-        .ok()
-        .contains("auto-release held"));
-    server
-        .tug(w, &["policy", "resume", "api", "--env", "dev"])
-        .ok();
+    assert_eq!(current(server, w, "dev").as_deref(), Some(hotfix.as_str()), "held");
+    assert!(server.tug(w, &["status", "api"]).ok().contains("auto-release held"));
+    server.tug(w, &["policy", "resume", "api", "--env", "dev"]).ok();
     let b4 = sealed(server, w, "master", "ddddddd4", "1.2.0");
     assert_eq!(current(server, w, "dev").as_deref(), Some(b4.as_str()));
     assert_ne!(b3, b4);
@@ -231,14 +190,8 @@ async fn bad_pipelines_and_unknown_names_change_nothing() {
         let err = apply(&server, w, &text).fails().to_string();
         assert!(err.contains(expected), "{text}\n=> {err}");
     }
-    let err = server
-        .tug(w, &["pipeline", "show", "api"])
-        .fails()
-        .to_string();
-    assert!(
-        err.contains("pipeline_not_found"),
-        "nothing was stored: {err}"
-    );
+    let err = server.tug(w, &["pipeline", "show", "api"]).fails().to_string();
+    assert!(err.contains("pipeline_not_found"), "nothing was stored: {err}");
     // The server validates too, whatever a client sends.
     let res = server
         .http(reqwest::Method::PUT, "/v1/services/api/pipeline")
@@ -253,10 +206,7 @@ async fn bad_pipelines_and_unknown_names_change_nothing() {
 
     apply(&server, w, LUNAR).ok();
     let err = server
-        .tug(
-            w,
-            &["release", "api", "--env", "staging", "--branch", "master"],
-        )
+        .tug(w, &["release", "api", "--env", "staging", "--branch", "master"])
         .fails()
         .to_string();
     assert!(
@@ -275,10 +225,7 @@ async fn bad_pipelines_and_unknown_names_change_nothing() {
     assert!(err.contains("nothing_to_deploy"), "{err}");
     let err = server.tug(w, &["status", "nope"]).fails().to_string();
     assert!(err.contains("service_not_found"), "{err}");
-    let err = server
-        .tug(w, &["promote", "api", "--to", "prod"])
-        .fails()
-        .to_string();
+    let err = server.tug(w, &["promote", "api", "--to", "prod"]).fails().to_string();
     assert!(err.contains("runs nothing yet"), "{err}");
 
     // A draft never deploys.
@@ -309,17 +256,11 @@ async fn bad_pipelines_and_unknown_names_change_nothing() {
     let ci = server
         .tug(
             w,
-            &[
-                "token", "create", "--name", "ci", "--role", "ci", "--output", "json",
-            ],
+            &["token", "create", "--name", "ci", "--role", "ci", "--output", "json"],
         )
         .json();
     let err = server
-        .tug_as(
-            ci["secret"].as_str().unwrap(),
-            w,
-            &["promote", "api", "--to", "prod"],
-        )
+        .tug_as(ci["secret"].as_str().unwrap(), w, &["promote", "api", "--to", "prod"])
         .fails()
         .to_string();
     assert!(err.contains("HTTP 403"), "{err}");
@@ -345,8 +286,7 @@ async fn bad_pipelines_and_unknown_names_change_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn freeze_windows_soak_and_server_rules() {
-    let server =
-        TestServer::start_with(Backend::Embedded, &["--server-rule", "prod=^master$"]).await;
+    let server = TestServer::start_with(Backend::Embedded, &["--server-rule", "prod=^master$"]).await;
     let w = tempfile::tempdir().unwrap();
     let w = w.path();
     server.tug(w, &["service", "create", "api"]).ok();
@@ -371,10 +311,7 @@ async fn freeze_windows_soak_and_server_rules() {
     );
     apply(&server, w, &soaking).ok();
     sealed(&server, w, "master", "aaaaaaa1", "1.0.0");
-    let err = server
-        .tug(w, &["promote", "api", "--to", "prod"])
-        .fails()
-        .to_string();
+    let err = server.tug(w, &["promote", "api", "--to", "prod"]).fails().to_string();
     assert!(err.contains("soak") && err.contains("1h"), "{err}");
 
     // A freeze window in force refuses deployments unless an admin
@@ -384,10 +321,7 @@ async fn freeze_windows_soak_and_server_rules() {
         "branch_restriction = \"^master$\"\nfreeze = [{ from = \"2000-01-01T00:00:00Z\", until = \"2999-01-01T00:00:00Z\" }]",
     );
     apply(&server, w, &frozen).ok();
-    let err = server
-        .tug(w, &["promote", "api", "--to", "prod"])
-        .fails()
-        .to_string();
+    let err = server.tug(w, &["promote", "api", "--to", "prod"]).fails().to_string();
     assert!(err.contains("freeze"), "{err}");
     let err = server
         .tug(w, &["promote", "api", "--to", "prod", "--override"])
@@ -417,10 +351,7 @@ async fn freeze_windows_soak_and_server_rules() {
     apply(&server, w, &LUNAR.replace("^master$", ".*")).ok();
     sealed(&server, w, "hotfix/y", "bbbbbbb2", "1.0.1");
     let err = server
-        .tug(
-            w,
-            &["release", "api", "--env", "prod", "--branch", "hotfix/y"],
-        )
+        .tug(w, &["release", "api", "--env", "prod", "--branch", "hotfix/y"])
         .fails()
         .to_string();
     assert!(err.contains("server_branch_restriction"), "{err}");
@@ -449,6 +380,7 @@ pub async fn concurrent_releases(servers: &[&TestServer]) {
                 },
                 ci: Default::default(),
                 expected: vec![],
+                embargoed: false,
             })
             .await
             .unwrap();
@@ -463,10 +395,7 @@ pub async fn concurrent_releases(servers: &[&TestServer]) {
             digest,
             derived_from: vec![],
         };
-        client
-            .register_artifacts(b.id.as_str(), vec![spec])
-            .await
-            .unwrap();
+        client.register_artifacts(b.id.as_str(), vec![spec]).await.unwrap();
         client.seal(b.id.as_str()).await.unwrap();
         builds.push(b.id.to_string());
     }
@@ -499,26 +428,14 @@ pub async fn concurrent_releases(servers: &[&TestServer]) {
         .await
         .unwrap()
         .deployments;
-    assert_eq!(
-        history.len(),
-        wins.len(),
-        "every winner is in the log, nothing else"
-    );
+    assert_eq!(history.len(), wins.len(), "every winner is in the log, nothing else");
     let mut chain: Vec<_> = history.iter().rev().collect();
     chain.dedup_by_key(|d| d.seq);
     assert_eq!(chain.len(), history.len(), "sequence numbers are unique");
     for (k, d) in chain.iter().enumerate() {
         assert_eq!(d.seq, k as i64 + 1);
-        let before = if k == 0 {
-            None
-        } else {
-            Some(chain[k - 1].build.clone())
-        };
-        assert_eq!(
-            d.replaced, before,
-            "deployment {} replaced what ran before it",
-            d.seq
-        );
+        let before = if k == 0 { None } else { Some(chain[k - 1].build.clone()) };
+        assert_eq!(d.replaced, before, "deployment {} replaced what ran before it", d.seq);
     }
 }
 
@@ -559,9 +476,7 @@ async fn approvals_from_distinct_approvers_carry_a_deployment_out() {
         let t = server
             .tug(
                 w,
-                &[
-                    "token", "create", "--name", name, "--role", role, "--output", "json",
-                ],
+                &["token", "create", "--name", name, "--role", role, "--output", "json"],
             )
             .json();
         t["secret"].as_str().unwrap().to_string()
@@ -596,27 +511,16 @@ async fn approvals_from_distinct_approvers_carry_a_deployment_out() {
         "asking again shows the same request: {text}"
     );
     let status = server.tug(w, &["status", "api", "--output", "json"]).json();
-    assert_eq!(
-        status["environments"][1]["pending"][0]["build"],
-        b1.as_str()
-    );
+    assert_eq!(status["environments"][1]["pending"][0]["build"], b1.as_str());
 
     // Neither the requester, nor a viewer, nor the same approver twice.
     let err = server
-        .tug_as(
-            &deployer,
-            w,
-            &["approve", "api", "--env", "production", "--build", &b1],
-        )
+        .tug_as(&deployer, w, &["approve", "api", "--env", "production", "--build", &b1])
         .fails()
         .to_string();
     assert!(err.contains("HTTP 403"), "{err}");
     let err = server
-        .tug_as(
-            &viewer,
-            w,
-            &["approve", "api", "--env", "production", "--build", &b1],
-        )
+        .tug_as(&viewer, w, &["approve", "api", "--env", "production", "--build", &b1])
         .fails()
         .to_string();
     assert!(err.contains("HTTP 403"), "{err}");
@@ -636,17 +540,10 @@ async fn approvals_from_distinct_approvers_carry_a_deployment_out() {
             ],
         )
         .json();
-    assert_eq!(
-        first["pending"]["approved_by"],
-        serde_json::json!(["alice"])
-    );
+    assert_eq!(first["pending"]["approved_by"], serde_json::json!(["alice"]));
     assert!(first["deployment"].is_null());
     let err = server
-        .tug_as(
-            &alice,
-            w,
-            &["approve", "api", "--env", "production", "--build", &b1],
-        )
+        .tug_as(&alice, w, &["approve", "api", "--env", "production", "--build", &b1])
         .fails()
         .to_string();
     assert!(err.contains("already decided"), "{err}");
@@ -671,22 +568,12 @@ async fn approvals_from_distinct_approvers_carry_a_deployment_out() {
         .json();
     assert_eq!(second["deployment"]["build"], b1.as_str());
     assert_eq!(second["deployment"]["requested_by"], "deployer");
-    assert_eq!(
-        current(&server, w, "production").as_deref(),
-        Some(b1.as_str())
-    );
+    assert_eq!(current(&server, w, "production").as_deref(), Some(b1.as_str()));
     let err = server
-        .tug_as(
-            &bob,
-            w,
-            &["approve", "api", "--env", "production", "--build", &b1],
-        )
+        .tug_as(&bob, w, &["approve", "api", "--env", "production", "--build", &b1])
         .fails()
         .to_string();
-    assert!(
-        err.contains("waits for approval"),
-        "nothing pending any more: {err}"
-    );
+    assert!(err.contains("waits for approval"), "nothing pending any more: {err}");
 
     // A rejection ends a request; rollbacks need no approval.
     let b2 = sealed(&server, w, "master", "bbbbbbb2", "1.1.0");
@@ -710,16 +597,150 @@ async fn approvals_from_distinct_approvers_carry_a_deployment_out() {
         )
         .json();
     assert_eq!(rejected["pending"]["state"], "rejected");
-    assert_eq!(
-        current(&server, w, "production").as_deref(),
-        Some(b1.as_str())
-    );
+    assert_eq!(current(&server, w, "production").as_deref(), Some(b1.as_str()));
     let status = server.tug(w, &["status", "api", "--output", "json"]).json();
+    assert_eq!(status["environments"][1]["pending"].as_array().unwrap().len(), 0);
+}
+
+const WITH_PRIVATE: &str = r#"
+service = "api"
+
+[[environments]]
+name = "production"
+
+[[environments]]
+name = "security"
+private = true
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embargoed_builds_stay_private_and_yanked_builds_never_deploy() {
+    let server = TestServer::start().await;
+    let w = tempfile::tempdir().unwrap();
+    let w = w.path();
+    server.tug(w, &["service", "create", "api"]).ok();
+    apply(&server, w, WITH_PRIVATE).ok();
+    let t = server
+        .tug(
+            w,
+            &["token", "create", "--name", "ci", "--role", "ci", "--output", "json"],
+        )
+        .json();
+    let ci = t["secret"].as_str().unwrap().to_string();
+    let t = server
+        .tug(
+            w,
+            &[
+                "token", "create", "--name", "eve", "--role", "viewer", "--output", "json",
+            ],
+        )
+        .json();
+    let viewer = t["secret"].as_str().unwrap().to_string();
+    let t = server
+        .tug(
+            w,
+            &[
+                "token", "create", "--name", "alice", "--role", "approver", "--output", "json",
+            ],
+        )
+        .json();
+    let approver = t["secret"].as_str().unwrap().to_string();
+
+    // CI fills and seals its embargoed build.
+    write_files(w, &[("fix.bin", b"security fix")]);
+    let out = server
+        .tug_as(
+            &ci,
+            w,
+            &[
+                "push",
+                "--service",
+                "api",
+                "--version",
+                "2.0.1",
+                "--branch",
+                "master",
+                "--embargo",
+                "--seal",
+                "fix.bin",
+                "--output",
+                "json",
+            ],
+        )
+        .json();
+    let id = out["build"].as_str().unwrap().to_string();
+    assert_eq!(out["sealed"]["embargoed"], true);
+
+    // Only admins, approvers and its creator see it.
+    let err = server.tug_as(&viewer, w, &["build", "show", &id]).fails().to_string();
+    assert!(err.contains("build_not_found"), "{err}");
+    let listed = server
+        .tug_as(&viewer, w, &["build", "list", "--service", "api", "--output", "json"])
+        .json();
+    assert_eq!(listed.as_array().unwrap().len(), 0);
+    server.tug_as(&approver, w, &["build", "show", &id]).ok();
     assert_eq!(
-        status["environments"][1]["pending"]
+        server
+            .tug(w, &["build", "list", "--service", "api", "--output", "json"])
+            .json()
             .as_array()
             .unwrap()
             .len(),
-        0
+        1
     );
+
+    // It goes only to the private environment.
+    let err = server
+        .tug(w, &["release", "api", "--env", "production", "--build", &id])
+        .fails()
+        .to_string();
+    assert!(err.contains("embargo"), "{err}");
+    server
+        .tug(w, &["release", "api", "--env", "security", "--build", &id])
+        .ok();
+    server.tug(w, &["build", "unembargo", &id]).ok();
+    server.tug_as(&viewer, w, &["build", "show", &id]).ok();
+    server
+        .tug(w, &["release", "api", "--env", "production", "--build", &id])
+        .ok();
+
+    // A yanked build never deploys again, not even by rollback.
+    write_files(w, &[("next.bin", b"next")]);
+    let next = server
+        .tug(
+            w,
+            &[
+                "push",
+                "--service",
+                "api",
+                "--version",
+                "2.0.2",
+                "--branch",
+                "master",
+                "--seal",
+                "next.bin",
+                "--output",
+                "json",
+            ],
+        )
+        .json();
+    let next = next["build"].as_str().unwrap().to_string();
+    server
+        .tug(w, &["release", "api", "--env", "production", "--build", &next])
+        .ok();
+    let yanked = server
+        .tug(
+            w,
+            &["build", "yank", &id, "--reason", "CVE in the fix", "--output", "json"],
+        )
+        .json();
+    assert!(yanked["yanked_at"].is_string());
+    let err = server
+        .tug(w, &["rollback", "api", "--env", "production"])
+        .fails()
+        .to_string();
+    assert!(err.contains("yanked"), "{err}");
+    let err = server.tug_as(&ci, w, &["build", "yank", &next]).fails().to_string();
+    assert!(err.contains("HTTP 403"), "{err}");
+    assert!(server.tug(w, &["build", "show", &id]).ok().contains("CVE in the fix"));
 }

@@ -50,10 +50,7 @@ pub async fn push_seal_show_pull(server: &TestServer) {
 
     // A directory push names artifacts by their path inside it.
     let pushed = server
-        .tug(
-            w,
-            &["push", &id, "dist", "--kind", "tarball", "--output", "json"],
-        )
+        .tug(w, &["push", &id, "dist", "--kind", "tarball", "--output", "json"])
         .json();
     assert_eq!(pushed["artifacts"], 2);
     assert_eq!(pushed["uploaded_blobs"], 2);
@@ -83,18 +80,10 @@ pub async fn push_seal_show_pull(server: &TestServer) {
     server
         .tug(
             w,
-            &[
-                "push",
-                &id,
-                "img/teleport.oci",
-                "--derived-from",
-                "teleport_amd64.deb",
-            ],
+            &["push", &id, "img/teleport.oci", "--derived-from", "teleport_amd64.deb"],
         )
         .ok();
-    let sealed = server
-        .tug(w, &["build", "seal", &id, "--output", "json"])
-        .json();
+    let sealed = server.tug(w, &["build", "seal", &id, "--output", "json"]).json();
     let manifest = sealed["manifest_digest"].as_str().unwrap().to_string();
     assert_eq!(sealed["state"], "sealed");
 
@@ -103,9 +92,7 @@ pub async fn push_seal_show_pull(server: &TestServer) {
     assert_eq!(tug_core::Digest::of(&bytes).to_string(), manifest);
 
     // Show by id and by manifest digest agree; the table has the metadata.
-    let by_digest = server
-        .tug(w, &["build", "show", &manifest, "--output", "json"])
-        .json();
+    let by_digest = server.tug(w, &["build", "show", &manifest, "--output", "json"]).json();
     assert_eq!(by_digest["id"], id.as_str());
     assert_eq!(by_digest["artifacts"].as_array().unwrap().len(), 4);
     let table = server.tug(w, &["build", "show", &id]).ok().to_string();
@@ -120,10 +107,7 @@ pub async fn push_seal_show_pull(server: &TestServer) {
     ] {
         assert!(table.contains(needle), "{needle} missing from:\n{table}");
     }
-    let graph = server
-        .tug(w, &["build", "show", &id, "--graph"])
-        .ok()
-        .to_string();
+    let graph = server.tug(w, &["build", "show", &id, "--graph"]).ok().to_string();
     let lines: Vec<&str> = graph.lines().collect();
     assert!(
         lines[0].starts_with("source https://example.com/teleport.git@4f2a9c1e"),
@@ -161,10 +145,7 @@ pub async fn push_seal_show_pull(server: &TestServer) {
         .trim()
         .to_string();
     let list = server
-        .tug(
-            w,
-            &["build", "list", "--service", "teleport", "--output", "json"],
-        )
+        .tug(w, &["build", "list", "--service", "teleport", "--output", "json"])
         .json();
     assert_eq!(list.as_array().unwrap().len(), 2);
     let master = server
@@ -207,17 +188,12 @@ pub async fn push_seal_show_pull(server: &TestServer) {
 
     // Pull everything, then one artifact; every file is byte-identical.
     let out = w.join("out");
-    server
-        .tug(w, &["pull", &id, "-o", out.to_str().unwrap()])
-        .ok();
+    server.tug(w, &["pull", &id, "-o", out.to_str().unwrap()]).ok();
     assert_eq!(
         std::fs::read(out.join("linux-arm64/teleport.tar.gz")).unwrap(),
         b"tarball arm64"
     );
-    assert_eq!(
-        std::fs::read(out.join("teleport.oci")).unwrap(),
-        b"oci image"
-    );
+    assert_eq!(std::fs::read(out.join("teleport.oci")).unwrap(), b"oci image");
     let one = w.join("one");
     server
         .tug(
@@ -238,17 +214,7 @@ pub async fn push_seal_show_pull(server: &TestServer) {
         .collect();
     assert_eq!(names, vec!["teleport_amd64.deb"]);
     let err = server
-        .tug(
-            w,
-            &[
-                "pull",
-                &id,
-                "--artifact",
-                "nope.rpm",
-                "-o",
-                one.to_str().unwrap(),
-            ],
-        )
+        .tug(w, &["pull", &id, "--artifact", "nope.rpm", "-o", one.to_str().unwrap()])
         .fails()
         .to_string();
     assert!(err.contains("no artifact named nope.rpm"), "{err}");
@@ -325,13 +291,7 @@ async fn one_shot_push_creates_and_seals() {
     let w = tempfile::tempdir().unwrap();
     let w = w.path();
     server.tug(w, &["service", "create", "api"]).ok();
-    write_files(
-        w,
-        &[
-            ("dist/api-linux-amd64", b"bin"),
-            ("dist/api.tar.gz", b"tgz"),
-        ],
-    );
+    write_files(w, &[("dist/api-linux-amd64", b"bin"), ("dist/api.tar.gz", b"tgz")]);
     let out = server
         .tug(
             w,
@@ -356,11 +316,7 @@ async fn one_shot_push_creates_and_seals() {
         out["sealed"]["version"], "0.0.0-g0a1b2c3d4e5f",
         "the version defaults to the commit"
     );
-    let build = server
-        .client()
-        .build(out["build"].as_str().unwrap())
-        .await
-        .unwrap();
+    let build = server.client().build(out["build"].as_str().unwrap()).await.unwrap();
     let kinds: Vec<String> = build
         .artifacts
         .unwrap()
@@ -377,10 +333,7 @@ async fn many_ci_jobs_push_into_one_draft_at_once() {
     let w = w.path().to_path_buf();
     server.tug(&w, &["service", "create", "api"]).ok();
     let id = server
-        .tug(
-            &w,
-            &["build", "create", "--service", "api", "--version", "2.0.0"],
-        )
+        .tug(&w, &["build", "create", "--service", "api", "--version", "2.0.0"])
         .ok()
         .trim()
         .to_string();
@@ -391,12 +344,7 @@ async fn many_ci_jobs_push_into_one_draft_at_once() {
             std::thread::spawn(move || {
                 let dir = w.join(format!("job{job}"));
                 let files: Vec<(String, Vec<u8>)> = (0..5)
-                    .map(|i| {
-                        (
-                            format!("job{job}/f{i}.bin"),
-                            format!("job {job} file {i}").into_bytes(),
-                        )
-                    })
+                    .map(|i| (format!("job{job}/f{i}.bin"), format!("job {job} file {i}").into_bytes()))
                     .collect();
                 for (n, b) in &files {
                     write_files(&dir, &[(n.as_str(), b.as_slice())]);
@@ -408,9 +356,7 @@ async fn many_ci_jobs_push_into_one_draft_at_once() {
     for j in jobs {
         j.join().unwrap();
     }
-    let sealed = server
-        .tug(&w, &["build", "seal", &id, "--output", "json"])
-        .json();
+    let sealed = server.tug(&w, &["build", "seal", &id, "--output", "json"]).json();
     assert_eq!(sealed["artifact_count"], 30);
 }
 
@@ -445,22 +391,9 @@ async fn pull_resumes_an_interrupted_download_and_verifies_it() {
     std::fs::create_dir_all(&dest).unwrap();
     std::fs::write(dest.join("big.bin.part"), &body[..1_000_000]).unwrap();
     let pulled = server
-        .tug(
-            w,
-            &[
-                "pull",
-                &id,
-                "-o",
-                dest.to_str().unwrap(),
-                "--output",
-                "json",
-            ],
-        )
+        .tug(w, &["pull", &id, "-o", dest.to_str().unwrap(), "--output", "json"])
         .json();
-    assert_eq!(
-        pulled["downloaded_bytes"], 1_000_000,
-        "only the missing half travels"
-    );
+    assert_eq!(pulled["downloaded_bytes"], 1_000_000, "only the missing half travels");
     assert_eq!(std::fs::read(dest.join("big.bin")).unwrap(), body);
     assert!(!dest.join("big.bin.part").exists());
 
@@ -472,29 +405,14 @@ async fn pull_resumes_an_interrupted_download_and_verifies_it() {
         .tug(w, &["pull", &id, "-o", bad.to_str().unwrap()])
         .fails()
         .to_string();
-    assert!(
-        err.contains("hash to") && err.contains("pull again"),
-        "{err}"
-    );
+    assert!(err.contains("hash to") && err.contains("pull again"), "{err}");
     assert!(!bad.join("big.bin").exists() && !bad.join("big.bin.part").exists());
-    server
-        .tug(w, &["pull", &id, "-o", bad.to_str().unwrap()])
-        .ok();
+    server.tug(w, &["pull", &id, "-o", bad.to_str().unwrap()]).ok();
     assert_eq!(std::fs::read(bad.join("big.bin")).unwrap(), body);
 
     // A second pull finds the file up to date.
     let again = server
-        .tug(
-            w,
-            &[
-                "pull",
-                &id,
-                "-o",
-                dest.to_str().unwrap(),
-                "--output",
-                "json",
-            ],
-        )
+        .tug(w, &["pull", &id, "-o", dest.to_str().unwrap(), "--output", "json"])
         .json();
     assert_eq!(again["up_to_date"], 1);
 
@@ -523,10 +441,6 @@ async fn server_shuts_down_gracefully_on_sigterm() {
     let mut server = TestServer::start_with(Backend::Embedded, &[]).await;
     server.client().health().await.unwrap();
     let status = server.terminate();
-    assert!(
-        status.success(),
-        "exit status {status:?}; log:\n{}",
-        server.log()
-    );
+    assert!(status.success(), "exit status {status:?}; log:\n{}", server.log());
     assert!(server.log().contains("shutting down"), "{}", server.log());
 }

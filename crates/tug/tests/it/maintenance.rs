@@ -6,11 +6,7 @@ use crate::support::{digest_of, write_files, TestServer};
 
 fn blob_path(server: &TestServer, digest: &tug_core::Digest) -> std::path::PathBuf {
     let hex = digest.hex();
-    server
-        .data_dir()
-        .join("blobs/sha256")
-        .join(&hex[..2])
-        .join(&hex)
+    server.data_dir().join("blobs/sha256").join(&hex[..2]).join(&hex)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -19,13 +15,7 @@ async fn fsck_reports_corrupted_blobs() {
     let w = tempfile::tempdir().unwrap();
     let w = w.path();
     server.tug(w, &["service", "create", "api"]).ok();
-    write_files(
-        w,
-        &[
-            ("good.bin", b"good bytes"),
-            ("bad.bin", b"bytes that will rot"),
-        ],
-    );
+    write_files(w, &[("good.bin", b"good bytes"), ("bad.bin", b"bytes that will rot")]);
     server
         .tug(
             w,
@@ -51,14 +41,8 @@ async fn fsck_reports_corrupted_blobs() {
     let out = run.stdout.clone();
     assert_ne!(run.code, 0, "fsck fails when the store is damaged");
     assert!(out.contains(&format!("CORRUPT {rotten}")), "{out}");
-    assert!(
-        out.contains(&digest_of(b"bytes that did rot!").to_string()),
-        "{out}"
-    );
-    assert!(
-        !out.contains(&digest_of(b"good bytes").to_string()),
-        "{out}"
-    );
+    assert!(out.contains(&digest_of(b"bytes that did rot!").to_string()), "{out}");
+    assert!(!out.contains(&digest_of(b"good bytes").to_string()), "{out}");
 
     std::fs::remove_file(blob_path(&server, &rotten)).unwrap();
     let report = server.tug(w, &["fsck", "--output", "json"]);
@@ -97,16 +81,11 @@ async fn gc_collects_garbage_and_never_a_sealed_blob() {
         )
         .ok();
     let draft = server
-        .tug(
-            w,
-            &["build", "create", "--service", "api", "--version", "1.1.0"],
-        )
+        .tug(w, &["build", "create", "--service", "api", "--version", "1.1.0"])
         .ok()
         .trim()
         .to_string();
-    server
-        .tug(w, &["push", &draft, "draft.bin", "shared.bin"])
-        .ok();
+    server.tug(w, &["push", &draft, "draft.bin", "shared.bin"]).ok();
     client
         .put_blob_bytes(&digest_of(b"orphan"), b"orphan".to_vec())
         .await
@@ -121,17 +100,11 @@ async fn gc_collects_garbage_and_never_a_sealed_blob() {
         .json();
     assert_eq!(dry["deleted"][0], digest_of(b"orphan").to_string());
     assert!(
-        client
-            .head_blob(&digest_of(b"orphan"))
-            .await
-            .unwrap()
-            .is_some(),
+        client.head_blob(&digest_of(b"orphan")).await.unwrap().is_some(),
         "a dry run deletes nothing"
     );
 
-    let first = server
-        .tug(w, &["gc", "--grace", "0", "--output", "json"])
-        .json();
+    let first = server.tug(w, &["gc", "--grace", "0", "--output", "json"]).json();
     assert_eq!(
         first["deleted"].as_array().unwrap(),
         &vec![serde_json::json!(digest_of(b"orphan").to_string())]
@@ -141,18 +114,7 @@ async fn gc_collects_garbage_and_never_a_sealed_blob() {
     // Drafts older than the limit are abandoned first; their blobs go, the
     // sealed build's (including one it shares with the draft) stay.
     let second = server
-        .tug(
-            w,
-            &[
-                "gc",
-                "--grace",
-                "0",
-                "--draft-max-age",
-                "0",
-                "--output",
-                "json",
-            ],
-        )
+        .tug(w, &["gc", "--grace", "0", "--draft-max-age", "0", "--output", "json"])
         .json();
     assert_eq!(second["abandoned_drafts"][0], draft.as_str());
     assert_eq!(
@@ -164,10 +126,7 @@ async fn gc_collects_garbage_and_never_a_sealed_blob() {
     }
     let abandoned = client.build(&draft).await.unwrap();
     assert_eq!(abandoned.state, tug_core::BuildState::Abandoned);
-    let err = server
-        .tug(w, &["push", &draft, "draft.bin"])
-        .fails()
-        .to_string();
+    let err = server.tug(w, &["push", &draft, "draft.bin"]).fails().to_string();
     assert!(err.contains("abandoned"), "{err}");
     assert_eq!(
         server.tug(w, &["fsck", "--output", "json"]).json()["missing"]

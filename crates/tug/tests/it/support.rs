@@ -14,10 +14,7 @@ pub enum Backend {
     /// The embedded defaults: SQLite and a directory under the data dir.
     Embedded,
     /// PostgreSQL and S3 (SeaweedFS) from the test command.
-    Shared {
-        database: String,
-        s3: tug_testkit::S3Env,
-    },
+    Shared { database: String, s3: tug_testkit::S3Env },
 }
 
 impl Backend {
@@ -72,8 +69,7 @@ impl Run {
 
     #[track_caller]
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(self.ok())
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
+        serde_json::from_str(self.ok()).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
     }
 }
 
@@ -88,22 +84,14 @@ impl TestServer {
 
     /// Starts in `dir` (where a `tug.toml` is read), with extra flags and
     /// environment variables.
-    pub fn start_in(
-        dir: tempfile::TempDir,
-        backend: Backend,
-        extra: &[&str],
-        env: &[(&str, &str)],
-    ) -> TestServer {
+    pub fn start_in(dir: tempfile::TempDir, backend: Backend, extra: &[&str], env: &[(&str, &str)]) -> TestServer {
         let mut s = TestServer {
             url: String::new(),
             dir,
             admin_token: String::new(),
             backend,
             extra: extra.iter().map(|s| s.to_string()).collect(),
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             child: None,
         };
         s.spawn();
@@ -164,12 +152,10 @@ impl TestServer {
             // Keep draining so the server never blocks on a full pipe.
             for _ in lines {}
         });
-        let first = rx
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| {
-                let _ = child.kill();
-                panic!("tug server did not start; log:\n{}", self.log())
-            });
+        let first = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!("tug server did not start; log:\n{}", self.log())
+        });
         let url = first
             .strip_prefix("Tugboat listening on ")
             .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
@@ -194,11 +180,7 @@ impl TestServer {
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut c = self.child.take().expect("server running");
         let pid = c.id().to_string();
-        Command::new("kill")
-            .arg("-TERM")
-            .arg(&pid)
-            .status()
-            .unwrap();
+        Command::new("kill").arg("-TERM").arg(&pid).status().unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = c.try_wait().unwrap() {
@@ -276,10 +258,7 @@ pub fn eventually<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
         if let Some(v) = f() {
             return v;
         }
-        assert!(
-            Instant::now() < deadline,
-            "condition not reached within {secs}s"
-        );
+        assert!(Instant::now() < deadline, "condition not reached within {secs}s");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
