@@ -78,6 +78,19 @@ pub struct BuildView {
     pub artifacts: Option<Vec<ArtifactSpec>>,
 }
 
+/// What a new draft build says about itself.
+#[derive(Debug, Clone)]
+pub struct BuildDraft {
+    pub service: ServiceName,
+    pub version: Version,
+    pub source: BuildSource,
+    pub ci: CiRun,
+    /// Artifacts that must be present before the build may be sealed.
+    pub expected: Vec<ArtifactName>,
+    /// A security release, hidden and held to private environments.
+    pub embargoed: bool,
+}
+
 /// The outcome of a blob upload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stored {
@@ -397,16 +410,15 @@ impl Tugboat {
 
     // ---- builds ----
 
-    pub async fn create_build(
-        &self,
-        who: &Principal,
-        service: ServiceName,
-        version: Version,
-        source: BuildSource,
-        ci: CiRun,
-        expected: Vec<ArtifactName>,
-        embargoed: bool,
-    ) -> Result<BuildRow> {
+    pub async fn create_build(&self, who: &Principal, draft: BuildDraft) -> Result<BuildRow> {
+        let BuildDraft {
+            service,
+            version,
+            source,
+            ci,
+            expected,
+            embargoed,
+        } = draft;
         self.require_service(who, &service)?;
         check_text("source.commit", source.commit.as_deref(), 200)?;
         check_text("source.branch", source.branch.as_deref(), 255)?;

@@ -47,12 +47,14 @@ pub async fn create(
         .tugboat
         .create_build(
             &who,
-            req.service,
-            req.version,
-            req.source,
-            req.ci,
-            req.expected,
-            req.embargoed,
+            tug_service::BuildDraft {
+                service: req.service,
+                version: req.version,
+                source: req.source,
+                ci: req.ci,
+                expected: req.expected,
+                embargoed: req.embargoed,
+            },
         )
         .await?;
     Ok((StatusCode::CREATED, axum::Json(build(row, Some(Vec::new())))))
