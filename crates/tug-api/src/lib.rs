@@ -384,3 +384,21 @@ pub struct Yank {
     #[serde(default)]
     pub reason: Option<String>,
 }
+
+/// Query of `GET /v1/services/{service}/next-version`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NextVersionQuery {
+    /// `cloud` (needs `commit`), `major`, `minor` or `patch`.
+    pub bump: String,
+    #[serde(default)]
+    pub commit: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NextVersion {
+    /// The semantic version, as builds carry it.
+    pub version: Version,
+    /// The same with a leading `v`, as git tags and RFD 134 write it.
+    pub tag: String,
+}

@@ -317,6 +317,24 @@ impl Client {
             .await
     }
 
+    /// The next version: `bump` is cloud (with `commit`), major, minor or patch.
+    pub async fn next_version(
+        &self,
+        service: &ServiceName,
+        bump: &str,
+        commit: Option<&str>,
+    ) -> Result<tug_api::NextVersion> {
+        let q = tug_api::NextVersionQuery {
+            bump: bump.to_string(),
+            commit: commit.map(str::to_string),
+        };
+        self.json(
+            self.request(Method::GET, &format!("/v1/services/{service}/next-version"))
+                .query(&q),
+        )
+        .await
+    }
+
     pub async fn status(&self, service: &ServiceName) -> Result<tug_api::Status> {
         self.json(self.request(Method::GET, &format!("/v1/services/{service}/status")))
             .await

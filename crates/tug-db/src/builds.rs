@@ -445,6 +445,17 @@ impl Db {
 }
 
 impl Db {
+    /// The versions of a service's builds that are not abandoned.
+    pub async fn versions(&self, service: &ServiceName) -> Result<Vec<Version>> {
+        let rows = sqlx::query("SELECT DISTINCT version FROM builds WHERE service = $1 AND state <> 'abandoned'")
+            .bind(service.as_str())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| parse(&r.try_get::<String, _>("version")?, Version::parse))
+            .collect()
+    }
+
     /// Marks a sealed build yanked; `false` if it was not sealed or was
     /// yanked already.
     pub async fn yank_build(&self, id: &BuildId, at: DateTime<Utc>, by: &str, reason: Option<&str>) -> Result<bool> {

@@ -6,8 +6,8 @@
 //! win. A promotion is a metadata write: no byte of the build moves.
 
 use tug_core::{
-    evaluate, Action, BuildFacts, BuildState, DeployKind, EnvName, Environment, Pipeline, Proposal, Role, ServiceName,
-    Verdict, Version,
+    bump, evaluate, next_cloud_version, Action, BuildFacts, BuildState, DeployKind, EnvName, Environment, Part,
+    Pipeline, Proposal, Role, ServiceName, Verdict, Version,
 };
 use tug_db::{BuildFilter, BuildRow, DeploymentRow, EnvState, NewDeployment, PipelineRow, RequestRow};
 
@@ -322,6 +322,42 @@ impl Tugboat {
             }
         }
         done
+    }
+
+    /// The next version of a service: a cloud version (`<major>.0.0-cloud.
+    /// <UTC timestamp>.<commit>`, major = newest stable major + 1) when
+    /// `commit` is given with `part` None, else the newest stable version
+    /// bumped.
+    pub async fn next_version(
+        &self,
+        who: &Principal,
+        service: &ServiceName,
+        part: Option<Part>,
+        commit: Option<&str>,
+    ) -> Result<Version> {
+        self.require(who, Action::Read)?;
+        if !self.db.service_exists(service).await? {
+            return Err(Error::ServiceNotFound(service.clone()));
+        }
+        let stable: Vec<Version> = self
+            .db
+            .versions(service)
+            .await?
+            .into_iter()
+            .filter(|v| v.semver().pre.is_empty())
+            .collect();
+        let newest = stable.iter().max().cloned();
+        match (part, commit) {
+            (None, Some(commit)) => next_cloud_version(newest.map(|v| v.semver().major), self.now(), commit)
+                .map_err(|e| Error::Invalid(e.to_string())),
+            (Some(part), None) => Ok(bump(
+                &newest.unwrap_or_else(|| Version::from(semver::Version::new(0, 0, 0))),
+                part,
+            )),
+            _ => Err(Error::Invalid(
+                "ask for either a cloud version (with a commit) or a bump (major, minor or patch)".into(),
+            )),
+        }
     }
 
     /// Clears an environment's auto-release hold.

@@ -76,6 +76,9 @@ pub enum Command {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
+    /// Version helpers.
+    #[command(subcommand)]
+    Version(VersionCommand),
     /// Policy actions.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -340,4 +343,24 @@ pub struct DecideArgs {
     /// The build whose deployment waits (id or manifest digest).
     #[arg(long)]
     pub build: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VersionCommand {
+    /// Print the next version of a service.
+    Next {
+        #[arg(long)]
+        service: String,
+        /// A cloud version v<major>.0.0-cloud.<UTC time>.<commit> (RFD 134); needs --commit.
+        #[arg(long, group = "bump", requires = "commit")]
+        cloud: bool,
+        #[arg(long, group = "bump")]
+        major: bool,
+        #[arg(long, group = "bump")]
+        minor: bool,
+        #[arg(long, group = "bump")]
+        patch: bool,
+        #[arg(long)]
+        commit: Option<String>,
+    },
 }

@@ -307,3 +307,39 @@ pub async fn reject(
 ) -> Result<axum::Json<Decided>, ApiError> {
     decide(state, who, &segment, req, false).await
 }
+
+pub async fn next_version(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Path(segment): Path<String>,
+    query: Result<Query<tug_api::NextVersionQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<axum::Json<tug_api::NextVersion>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let part = match q.bump.as_str() {
+        "cloud" => None,
+        "major" => Some(tug_core::Part::Major),
+        "minor" => Some(tug_core::Part::Minor),
+        "patch" => Some(tug_core::Part::Patch),
+        other => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("unknown bump {other:?}: use cloud, major, minor or patch"),
+            ))
+        }
+    };
+    if part.is_none() && q.commit.is_none() {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "a cloud version needs the commit: add commit=<sha>",
+        ));
+    }
+    let commit = if part.is_none() { q.commit.as_deref() } else { None };
+    let version = state
+        .tugboat
+        .next_version(&who, &service(&segment)?, part, commit)
+        .await?;
+    Ok(axum::Json(tug_api::NextVersion {
+        tag: format!("v{version}"),
+        version,
+    }))
+}

@@ -266,3 +266,26 @@ pub async fn policy(client: &Client, out: Output, c: PolicyCommand) -> anyhow::R
     }
     Ok(ExitCode::SUCCESS)
 }
+
+pub async fn version(client: &Client, out: Output, c: crate::cli::VersionCommand) -> anyhow::Result<ExitCode> {
+    let crate::cli::VersionCommand::Next {
+        service,
+        cloud,
+        major,
+        minor,
+        patch,
+        commit,
+    } = c;
+    let bump = match (cloud, major, minor, patch) {
+        (true, ..) => "cloud",
+        (_, true, ..) => "major",
+        (_, _, true, _) => "minor",
+        (_, _, _, true) => "patch",
+        _ => anyhow::bail!("say which version: --cloud --commit SHA, --major, --minor or --patch"),
+    };
+    let next = client
+        .next_version(&ServiceName::parse(&service)?, bump, commit.as_deref())
+        .await?;
+    print(out, &next, |n| n.tag.clone())?;
+    Ok(ExitCode::SUCCESS)
+}

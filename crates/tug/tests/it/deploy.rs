@@ -744,3 +744,77 @@ async fn embargoed_builds_stay_private_and_yanked_builds_never_deploy() {
     assert!(err.contains("HTTP 403"), "{err}");
     assert!(server.tug(w, &["build", "show", &id]).ok().contains("CVE in the fix"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn next_versions_follow_the_newest_stable_release() {
+    let server = TestServer::start().await;
+    let w = tempfile::tempdir().unwrap();
+    let w = w.path();
+    server.tug(w, &["service", "create", "teleport"]).ok();
+    let next = |args: &[&str]| -> String {
+        let mut all = vec!["version", "next", "--service", "teleport"];
+        all.extend_from_slice(args);
+        server.tug(w, &all).ok().trim().to_string()
+    };
+    assert_eq!(
+        next(&["--patch"]),
+        "v0.0.1",
+        "a service without builds starts from 0.0.0"
+    );
+    for v in ["14.2.0", "13.9.9", "15.0.0-rc.1"] {
+        server
+            .tug(w, &["build", "create", "--service", "teleport", "--version", v])
+            .ok();
+    }
+    assert_eq!(next(&["--patch"]), "v14.2.1");
+    assert_eq!(next(&["--minor"]), "v14.3.0");
+    assert_eq!(next(&["--major"]), "v15.0.0");
+    let cloud = next(&["--cloud", "--commit", "4f2a9c1e77"]);
+    let (head, tail) = cloud.split_once("-cloud.").unwrap();
+    assert_eq!(head, "v15.0.0", "RFD 134: newest stable major + 1");
+    let (stamp, commit) = tail.split_once('.').unwrap();
+    assert_eq!(commit, "4f2a9c");
+    assert_eq!(stamp.len(), "20261122T031405".len());
+    assert_eq!(&stamp[8..9], "T");
+    let json = server
+        .tug(
+            w,
+            &[
+                "version",
+                "next",
+                "--service",
+                "teleport",
+                "--cloud",
+                "--commit",
+                "4f2a9c1e77",
+                "--output",
+                "json",
+            ],
+        )
+        .json();
+    assert_eq!(
+        json["tag"].as_str().unwrap(),
+        format!("v{}", json["version"].as_str().unwrap())
+    );
+    // The version is a valid build version.
+    tug_core::Version::parse(json["version"].as_str().unwrap()).unwrap();
+
+    let err = server
+        .tug(
+            w,
+            &["version", "next", "--service", "teleport", "--cloud", "--commit", "xyz"],
+        )
+        .fails()
+        .to_string();
+    assert!(err.contains("HTTP 400"), "{err}");
+    let err = server
+        .tug(w, &["version", "next", "--service", "teleport", "--cloud"])
+        .fails()
+        .to_string();
+    assert!(err.contains("--commit"), "{err}");
+    let err = server
+        .tug(w, &["version", "next", "--service", "nope", "--patch"])
+        .fails()
+        .to_string();
+    assert!(err.contains("service_not_found"), "{err}");
+}
