@@ -402,3 +402,21 @@ pub struct NextVersion {
     /// The same with a leading `v`, as git tags and RFD 134 write it.
     pub tag: String,
 }
+
+/// Query of `GET /v1/services/{service}/diff`: each side is an environment
+/// name or a build id / manifest digest.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiffQuery {
+    pub from: String,
+    pub to: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DiffResult {
+    pub from: BuildSummary,
+    pub to: BuildSummary,
+    pub changes: Vec<tug_core::diff::ArtifactChange>,
+    pub unchanged: u64,
+    pub source: tug_core::diff::SourceRange,
+}

@@ -335,6 +335,19 @@ impl Client {
         .await
     }
 
+    /// What changed between two environments or builds of a service.
+    pub async fn diff(&self, service: &ServiceName, from: &str, to: &str) -> Result<tug_api::DiffResult> {
+        let q = tug_api::DiffQuery {
+            from: from.to_string(),
+            to: to.to_string(),
+        };
+        self.json(
+            self.request(Method::GET, &format!("/v1/services/{service}/diff"))
+                .query(&q),
+        )
+        .await
+    }
+
     pub async fn status(&self, service: &ServiceName) -> Result<tug_api::Status> {
         self.json(self.request(Method::GET, &format!("/v1/services/{service}/status")))
             .await

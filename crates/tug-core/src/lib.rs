@@ -6,6 +6,7 @@
 //! This crate does no I/O, spawns nothing and depends on no runtime, database
 //! or HTTP crate, so every rule in it is tested with plain unit tests.
 
+pub mod diff;
 pub mod digest;
 pub mod graph;
 pub mod manifest;

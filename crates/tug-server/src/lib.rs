@@ -70,6 +70,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/services/{service}/reject", post(routes::deploy::reject))
         .route("/v1/services/{service}/status", get(routes::deploy::status))
         .route("/v1/services/{service}/next-version", get(routes::deploy::next_version))
+        .route("/v1/services/{service}/diff", get(routes::deploy::diff))
         .route(
             "/v1/services/{service}/environments/{env}/history",
             get(routes::deploy::history),

@@ -6,8 +6,8 @@
 //! win. A promotion is a metadata write: no byte of the build moves.
 
 use tug_core::{
-    bump, evaluate, next_cloud_version, Action, BuildFacts, BuildState, DeployKind, EnvName, Environment, Part,
-    Pipeline, Proposal, Role, ServiceName, Verdict, Version,
+    bump, evaluate, next_cloud_version, Action, BuildFacts, BuildId, BuildState, DeployKind, EnvName, Environment,
+    Part, Pipeline, Proposal, Role, ServiceName, Verdict, Version,
 };
 use tug_db::{BuildFilter, BuildRow, DeploymentRow, EnvState, NewDeployment, PipelineRow, RequestRow};
 
@@ -63,6 +63,16 @@ struct Intent<'a> {
     admin: bool,
     /// Approvals from distinct approvers other than the requester.
     approvals: u32,
+}
+
+/// What changed between two builds.
+#[derive(Debug, Clone)]
+pub struct Diff {
+    pub old: BuildRow,
+    pub new: BuildRow,
+    pub changes: Vec<tug_core::diff::ArtifactChange>,
+    pub unchanged: u64,
+    pub source: tug_core::diff::SourceRange,
 }
 
 /// One environment in `status`.
@@ -358,6 +368,57 @@ impl Tugboat {
                 "ask for either a cloud version (with a commit) or a bump (major, minor or patch)".into(),
             )),
         }
+    }
+
+    /// Resolves one side of a diff: an environment of the service (what it
+    /// runs now) or a build id or manifest digest.
+    async fn diff_side(
+        &self,
+        who: &Principal,
+        service: &ServiceName,
+        side: &str,
+    ) -> Result<(BuildRow, Vec<tug_core::ArtifactSpec>)> {
+        let is_build = side.starts_with(tug_core::digest::PREFIX) || BuildId::parse(side).is_ok();
+        let build = if is_build {
+            self.resolve_visible(who, side).await?
+        } else {
+            let env = EnvName::parse(side).map_err(|e| Error::Invalid(e.to_string()))?;
+            let view = self.pipeline_of(service).await?;
+            environment(&view.pipeline, &env)?;
+            let current = self.db.env_state(service, &env).await?.current.ok_or_else(|| {
+                Error::NothingToDeploy(format!(
+                    "{env} of {service} runs nothing yet; there is nothing to compare"
+                ))
+            })?;
+            self.db
+                .build(&current.build)
+                .await?
+                .ok_or_else(|| Error::BuildNotFound(current.build.to_string()))?
+        };
+        if &build.service != service {
+            return Err(Error::Invalid(format!(
+                "build {} belongs to service {}, not {service}",
+                build.id, build.service
+            )));
+        }
+        let artifacts = self.db.artifacts(&build.id).await?;
+        Ok((build, artifacts))
+    }
+
+    /// What changed from one environment or build to another.
+    pub async fn diff(&self, who: &Principal, service: &ServiceName, from: &str, to: &str) -> Result<Diff> {
+        self.require(who, Action::Read)?;
+        let (old, old_artifacts) = self.diff_side(who, service, from).await?;
+        let (new, new_artifacts) = self.diff_side(who, service, to).await?;
+        let (changes, unchanged) = tug_core::diff::artifacts(&old_artifacts, &new_artifacts);
+        let source = tug_core::diff::source_range(&old.source, &new.source);
+        Ok(Diff {
+            old,
+            new,
+            changes,
+            unchanged,
+            source,
+        })
     }
 
     /// Clears an environment's auto-release hold.

@@ -23,7 +23,7 @@ use tug_store::{Blob, BlobInfo, BlobStore, ByteStream};
 mod deploy;
 mod error;
 
-pub use deploy::{BuildSelector, Decision, DeployOptions, EnvStatus, Outcome, PipelineView};
+pub use deploy::{BuildSelector, Decision, DeployOptions, Diff, EnvStatus, Outcome, PipelineView};
 pub use error::Error;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -466,7 +466,7 @@ impl Tugboat {
     /// Resolves a build the caller may see: an embargoed build is visible
     /// to admins, approvers and the token that created it only; to anyone
     /// else it does not exist.
-    async fn resolve_visible(&self, who: &Principal, reference: &str) -> Result<BuildRow> {
+    pub(crate) async fn resolve_visible(&self, who: &Principal, reference: &str) -> Result<BuildRow> {
         let build = self.resolve(reference).await?;
         if build.embargoed && !may_see_embargoed(who, &build) {
             return Err(Error::BuildNotFound(reference.chars().take(80).collect()));

@@ -76,6 +76,16 @@ pub enum Command {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
+    /// What changed between two environments (or two builds) of a service.
+    Diff {
+        service: String,
+        /// An environment, or a build id or manifest digest.
+        #[arg(long)]
+        from: String,
+        /// An environment, or a build id or manifest digest.
+        #[arg(long)]
+        to: String,
+    },
     /// Version helpers.
     #[command(subcommand)]
     Version(VersionCommand),

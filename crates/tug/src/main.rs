@@ -57,6 +57,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             commands::deploy::history(&client, out, &service, &env, limit).await
         }
         Command::Policy(c) => commands::deploy::policy(&client, out, c).await,
+        Command::Diff { service, from, to } => commands::deploy::diff(&client, out, &service, &from, &to).await,
         Command::Version(c) => commands::deploy::version(&client, out, c).await,
         Command::Fsck => commands::admin::fsck(&client, out).await,
         Command::Gc(a) => commands::admin::gc(&client, out, a).await,

@@ -343,3 +343,20 @@ pub async fn next_version(
         version,
     }))
 }
+
+pub async fn diff(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Path(segment): Path<String>,
+    query: Result<Query<tug_api::DiffQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<axum::Json<tug_api::DiffResult>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let d = state.tugboat.diff(&who, &service(&segment)?, &q.from, &q.to).await?;
+    Ok(axum::Json(tug_api::DiffResult {
+        from: summary(&d.old),
+        to: summary(&d.new),
+        changes: d.changes,
+        unchanged: d.unchanged,
+        source: d.source,
+    }))
+}

@@ -289,3 +289,51 @@ pub async fn version(client: &Client, out: Output, c: crate::cli::VersionCommand
     print(out, &next, |n| n.tag.clone())?;
     Ok(ExitCode::SUCCESS)
 }
+
+pub async fn diff(client: &Client, out: Output, service: &str, from: &str, to: &str) -> anyhow::Result<ExitCode> {
+    let d = client.diff(&ServiceName::parse(service)?, from, to).await?;
+    print(out, &d, |d| {
+        let side = |label: &str, b: &tug_api::BuildSummary| {
+            format!(
+                "{label:<5} {} {} ({}@{})",
+                b.id,
+                b.version,
+                b.source.branch.as_deref().unwrap_or("-"),
+                b.source.commit.as_deref().unwrap_or("-")
+            )
+        };
+        let mut s = format!("{}\n{}\n", side("from", &d.from), side("to", &d.to));
+        if let Some(url) = &d.source.compare_url {
+            s.push_str(&format!("source {url}\n"));
+        } else if d.source.old_commit != d.source.new_commit {
+            s.push_str(&format!(
+                "source {}..{}\n",
+                d.source.old_commit.as_deref().unwrap_or("-"),
+                d.source.new_commit.as_deref().unwrap_or("-")
+            ));
+        }
+        if d.changes.is_empty() {
+            s.push_str(&format!("No artifact changed ({} the same).", d.unchanged));
+            return s;
+        }
+        let mut t = table(&["CHANGE", "ARTIFACT", "OLD DIGEST", "NEW DIGEST", "SIZE"]);
+        for c in &d.changes {
+            let size = match (c.old_size, c.new_size) {
+                (Some(o), Some(n)) => format!("{} -> {}", crate::output::bytes(o), crate::output::bytes(n)),
+                (None, Some(n)) => crate::output::bytes(n),
+                (Some(o), None) => crate::output::bytes(o),
+                (None, None) => "-".into(),
+            };
+            t.add_row(vec![
+                format!("{:?}", c.change).to_lowercase(),
+                c.name.to_string(),
+                c.old_digest.map(|d| d.short()).unwrap_or_else(|| "-".into()),
+                c.new_digest.map(|d| d.short()).unwrap_or_else(|| "-".into()),
+                size,
+            ]);
+        }
+        s.push_str(&format!("{t}\n{} changed, {} the same.", d.changes.len(), d.unchanged));
+        s
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

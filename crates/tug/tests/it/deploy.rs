@@ -818,3 +818,110 @@ async fn next_versions_follow_the_newest_stable_release() {
         .to_string();
     assert!(err.contains("service_not_found"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diff_names_changed_artifacts_and_the_source_range() {
+    let server = TestServer::start().await;
+    let w = tempfile::tempdir().unwrap();
+    let w = w.path();
+    server.tug(w, &["service", "create", "api"]).ok();
+    apply(&server, w, LUNAR).ok();
+    let push = |commit: &str, files: &[(&str, &[u8])]| -> String {
+        let dir = w.join(commit);
+        write_files(&dir, files);
+        let out = server
+            .tug(
+                w,
+                &[
+                    "push",
+                    "--service",
+                    "api",
+                    "--branch",
+                    "master",
+                    "--commit",
+                    commit,
+                    "--version",
+                    "1.0.0",
+                    "--repo",
+                    "https://git.example.com/org/api.git",
+                    "--seal",
+                    dir.to_str().unwrap(),
+                    "--output",
+                    "json",
+                ],
+            )
+            .json();
+        out["build"].as_str().unwrap().to_string()
+    };
+    let old = push(
+        "1111111a",
+        &[("same.txt", b"same"), ("app.bin", b"old app"), ("gone.txt", b"bye")],
+    );
+    server.tug(w, &["promote", "api", "--to", "prod"]).ok();
+    let new = push(
+        "2222222b",
+        &[("same.txt", b"same"), ("app.bin", b"new app!"), ("new.txt", b"hi")],
+    );
+
+    let d = server
+        .tug(w, &["diff", "api", "--from", "prod", "--to", "dev", "--output", "json"])
+        .json();
+    assert_eq!(d["from"]["id"], old.as_str());
+    assert_eq!(d["to"]["id"], new.as_str());
+    assert_eq!(d["unchanged"], 1);
+    let changes: Vec<(String, String)> = d["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap().to_string(),
+                c["change"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        changes,
+        vec![
+            ("app.bin".into(), "changed".into()),
+            ("gone.txt".into(), "removed".into()),
+            ("new.txt".into(), "added".into())
+        ]
+    );
+    assert_eq!(d["changes"][0]["old_size"], 7);
+    assert_eq!(d["changes"][0]["new_size"], 8);
+    assert_eq!(
+        d["source"]["compare_url"],
+        "https://git.example.com/org/api/compare/1111111a...2222222b"
+    );
+
+    // By build ids, and as a table.
+    let by_id = server
+        .tug(w, &["diff", "api", "--from", &old, "--to", &new, "--output", "json"])
+        .json();
+    assert_eq!(by_id["changes"], d["changes"]);
+    let table = server
+        .tug(w, &["diff", "api", "--from", "prod", "--to", "dev"])
+        .ok()
+        .to_string();
+    for needle in [
+        "app.bin",
+        "changed",
+        "removed",
+        "added",
+        "compare/1111111a...2222222b",
+        "3 changed, 1 the same",
+    ] {
+        assert!(table.contains(needle), "{needle}:\n{table}");
+    }
+    let same = server
+        .tug(w, &["diff", "api", "--from", "dev", "--to", "dev"])
+        .ok()
+        .to_string();
+    assert!(same.contains("No artifact changed"), "{same}");
+    let err = server
+        .tug(w, &["diff", "api", "--from", "qa", "--to", "dev"])
+        .fails()
+        .to_string();
+    assert!(err.contains("environment_not_found"), "{err}");
+}

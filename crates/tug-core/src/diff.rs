@@ -1,0 +1,152 @@
+//! What changed between two builds: artifacts added, removed or changed
+//! (by name, with old and new digest and size), and the source range
+//! between their commits.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ArtifactName, ArtifactSpec, BuildSource, Digest};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Change {
+    Added,
+    Removed,
+    Changed,
+}
+
+/// One artifact that differs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactChange {
+    pub name: ArtifactName,
+    pub change: Change,
+    pub old_digest: Option<Digest>,
+    pub new_digest: Option<Digest>,
+    pub old_size: Option<u64>,
+    pub new_size: Option<u64>,
+}
+
+/// The differing artifacts by name, and how many are the same.
+pub fn artifacts(old: &[ArtifactSpec], new: &[ArtifactSpec]) -> (Vec<ArtifactChange>, u64) {
+    let old: BTreeMap<&ArtifactName, &ArtifactSpec> = old.iter().map(|a| (&a.name, a)).collect();
+    let new: BTreeMap<&ArtifactName, &ArtifactSpec> = new.iter().map(|a| (&a.name, a)).collect();
+    let mut names: Vec<&ArtifactName> = old.keys().chain(new.keys()).copied().collect();
+    names.sort();
+    names.dedup();
+    let mut changes = Vec::new();
+    let mut same = 0;
+    for name in names {
+        let (o, n) = (old.get(name), new.get(name));
+        let change = match (o, n) {
+            (Some(o), Some(n)) if o.digest == n.digest => {
+                same += 1;
+                continue;
+            }
+            (Some(_), Some(_)) => Change::Changed,
+            (Some(_), None) => Change::Removed,
+            (None, Some(_)) => Change::Added,
+            (None, None) => continue,
+        };
+        changes.push(ArtifactChange {
+            name: name.clone(),
+            change,
+            old_digest: o.map(|a| a.digest),
+            new_digest: n.map(|a| a.digest),
+            old_size: o.map(|a| a.size),
+            new_size: n.map(|a| a.size),
+        });
+    }
+    (changes, same)
+}
+
+/// The commits between two builds, with a compare link for repositories
+/// hosted where `<repo>/compare/<old>...<new>` shows the range.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceRange {
+    pub repo: Option<String>,
+    pub old_commit: Option<String>,
+    pub new_commit: Option<String>,
+    pub old_branch: Option<String>,
+    pub new_branch: Option<String>,
+    pub compare_url: Option<String>,
+}
+
+pub fn source_range(old: &BuildSource, new: &BuildSource) -> SourceRange {
+    let repo = new.repo.clone().or_else(|| old.repo.clone());
+    let compare_url = match (&repo, &old.commit, &new.commit) {
+        (Some(r), Some(a), Some(b)) if r.starts_with("https://") && a != b && old.repo == new.repo => Some(format!(
+            "{}/compare/{a}...{b}",
+            r.trim_end_matches(".git").trim_end_matches('/')
+        )),
+        _ => None,
+    };
+    SourceRange {
+        repo,
+        old_commit: old.commit.clone(),
+        new_commit: new.commit.clone(),
+        old_branch: old.branch.clone(),
+        new_branch: new.branch.clone(),
+        compare_url,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ArtifactKind;
+
+    fn spec(name: &str, body: &str) -> ArtifactSpec {
+        ArtifactSpec {
+            name: ArtifactName::parse(name).unwrap(),
+            kind: ArtifactKind::Other,
+            platform: None,
+            size: body.len() as u64,
+            digest: Digest::of(body.as_bytes()),
+            derived_from: vec![],
+        }
+    }
+
+    #[test]
+    fn names_added_removed_and_changed_artifacts() {
+        let old = [spec("a", "1"), spec("b", "2"), spec("c", "3")];
+        let new = [spec("a", "1"), spec("b", "22"), spec("d", "4")];
+        let (changes, same) = artifacts(&old, &new);
+        assert_eq!(same, 1);
+        let summary: Vec<(String, Change)> = changes.iter().map(|c| (c.name.to_string(), c.change)).collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("b".into(), Change::Changed),
+                ("c".into(), Change::Removed),
+                ("d".into(), Change::Added)
+            ]
+        );
+        assert_eq!(changes[0].old_size, Some(1));
+        assert_eq!(changes[0].new_size, Some(2));
+        assert_eq!(changes[1].new_digest, None);
+    }
+
+    #[test]
+    fn compare_links_for_one_https_repository() {
+        let old = BuildSource {
+            repo: Some("https://github.com/x/api.git".into()),
+            commit: Some("aaa".into()),
+            ..Default::default()
+        };
+        let new = BuildSource {
+            commit: Some("bbb".into()),
+            ..old.clone()
+        };
+        assert_eq!(
+            source_range(&old, &new).compare_url.as_deref(),
+            Some("https://github.com/x/api/compare/aaa...bbb")
+        );
+        assert_eq!(source_range(&old, &old).compare_url, None);
+        let ssh = BuildSource {
+            repo: Some("git@github.com:x/api.git".into()),
+            ..new.clone()
+        };
+        assert_eq!(source_range(&ssh, &ssh).compare_url, None);
+    }
+}
