@@ -420,3 +420,31 @@ pub struct DiffResult {
     pub unchanged: u64,
     pub source: tug_core::diff::SourceRange,
 }
+
+/// One event of `GET /v1/events` (the `data` of a Server-Sent Event whose
+/// `id` is the event id and whose `event` is the kind).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    /// `build.created`, `build.sealed`, `build.yanked`, `build.unembargoed`,
+    /// `pipeline.applied`, `deployment`, `approval.requested`,
+    /// `approval.approved`, `approval.rejected`, `auto_release.resumed`.
+    pub kind: String,
+    pub service: Option<ServiceName>,
+    pub actor: Option<String>,
+    pub payload: serde_json::Value,
+}
+
+/// Query of `GET /v1/events`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventQuery {
+    /// Only this service's events.
+    #[serde(default)]
+    pub service: Option<String>,
+    /// Replay events after this id (default: only new events; the
+    /// `Last-Event-ID` header does the same for reconnecting clients).
+    #[serde(default)]
+    pub since: Option<i64>,
+}

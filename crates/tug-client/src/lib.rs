@@ -379,6 +379,39 @@ impl Client {
             .await
     }
 
+    /// Follows `GET /v1/events`: a stream of events, oldest first, that
+    /// ends only when the connection does.
+    pub async fn events(
+        &self,
+        query: &tug_api::EventQuery,
+    ) -> Result<impl futures::Stream<Item = Result<tug_api::Event>> + use<>> {
+        let res = self.send(self.request(Method::GET, "/v1/events").query(query)).await?;
+        let state = (res.bytes_stream().boxed(), String::new());
+        Ok(futures::stream::unfold(state, |(mut body, mut buf)| async move {
+            loop {
+                // An event ends with a blank line; its JSON is in `data:`.
+                if let Some(end) = buf.find("\n\n") {
+                    let block: String = buf.drain(..end + 2).collect();
+                    let data: Vec<&str> = block
+                        .lines()
+                        .filter_map(|l| l.strip_prefix("data:"))
+                        .map(str::trim_start)
+                        .collect();
+                    if data.is_empty() {
+                        continue; // a keep-alive comment
+                    }
+                    let parsed = serde_json::from_str(&data.join("\n")).map_err(|e| Error::Protocol(e.to_string()));
+                    return Some((parsed, (body, buf)));
+                }
+                match body.next().await {
+                    Some(Ok(chunk)) => buf.push_str(&String::from_utf8_lossy(&chunk).replace("\r\n", "\n")),
+                    Some(Err(e)) => return Some((Err(Error::Http(e)), (body, buf))),
+                    None => return None,
+                }
+            }
+        }))
+    }
+
     // ---- maintenance ----
 
     pub async fn fsck(&self) -> Result<FsckReport> {

@@ -24,10 +24,12 @@ use tug_core::{
 
 mod builds;
 mod deployments;
+mod events;
 mod tokens;
 
 pub use builds::{BuildFilter, BuildRow, NewBuild};
 pub use deployments::{DeploymentRow, EnvState, NewDeployment, PipelineRow, RequestRow};
+pub use events::EventRow;
 pub use tokens::{NewToken, TokenRow};
 
 #[derive(Debug, thiserror::Error)]

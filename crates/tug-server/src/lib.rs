@@ -79,6 +79,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/services/{service}/environments/{env}/resume",
             post(routes::deploy::resume),
         )
+        .route("/v1/events", get(routes::events::stream))
         .route("/v1/admin/fsck", post(routes::admin::fsck))
         .route("/v1/admin/gc", post(routes::admin::gc))
         .layer(DefaultBodyLimit::max(state.max_json_body))

@@ -113,6 +113,13 @@ impl Tugboat {
             .db
             .save_pipeline(service, &pipeline.to_toml(), self.now(), Some(who.name.to_string()))
             .await?;
+        self.emit(
+            "pipeline.applied",
+            Some(service),
+            Some(who.name.as_str()),
+            serde_json::json!({"revision": row.revision}),
+        )
+        .await;
         Ok(PipelineView { row, pipeline })
     }
 
@@ -426,7 +433,15 @@ impl Tugboat {
         self.require(who, Action::Deploy)?;
         let view = self.pipeline_of(service).await?;
         environment(&view.pipeline, env)?;
-        Ok(self.db.set_auto_release_hold(service, env, false).await?)
+        self.db.set_auto_release_hold(service, env, false).await?;
+        self.emit(
+            "auto_release.resumed",
+            Some(service),
+            Some(who.name.as_str()),
+            serde_json::json!({"environment": env}),
+        )
+        .await;
+        Ok(())
     }
 
     /// Every environment of the service in pipeline order with what it runs.
@@ -528,6 +543,12 @@ impl Tugboat {
         }
         let decision = if approve { "approve" } else { "reject" };
         self.db.decide(&request.id, who.name.as_str(), decision, now).await?;
+        let kind = if approve {
+            "approval.approved"
+        } else {
+            "approval.rejected"
+        };
+        self.emit_request(kind, Some(who.name.as_str()), &request).await;
         let need = environment.approvals;
         if !approve {
             self.db.close_request(&request.id, "rejected").await?;
@@ -661,6 +682,8 @@ impl Tugboat {
                     decisions: Vec::new(),
                 };
                 self.db.create_request(&request).await?;
+                self.emit_request("approval.requested", Some(request.requested_by.as_str()), &request)
+                    .await;
                 return Ok(Outcome::Pending { request, need });
             }
         }
@@ -678,7 +701,9 @@ impl Tugboat {
             override_freeze: options.override_freeze,
             at: now,
         };
-        Ok(Outcome::Deployed(self.db.deploy(&deployment, state.seq, hold).await?))
+        let done = self.db.deploy(&deployment, state.seq, hold).await?;
+        self.emit_deployment(&done).await;
+        Ok(Outcome::Deployed(done))
     }
 }
 

@@ -22,6 +22,7 @@ use tug_store::{Blob, BlobInfo, BlobStore, ByteStream};
 
 mod deploy;
 mod error;
+mod events;
 
 pub use deploy::{BuildSelector, Decision, DeployOptions, Diff, EnvStatus, Outcome, PipelineView};
 pub use error::Error;
@@ -452,7 +453,9 @@ impl Tugboat {
                 embargoed,
             })
             .await?;
-        self.db.build(&id).await?.ok_or(Error::BuildNotFound(id.to_string()))
+        let row = self.db.build(&id).await?.ok_or(Error::BuildNotFound(id.to_string()))?;
+        self.emit_build("build.created", Some(who.name.as_str()), &row).await;
+        Ok(row)
     }
 
     pub(crate) async fn resolve(&self, reference: &str) -> Result<BuildRow> {
@@ -487,10 +490,13 @@ impl Tugboat {
         self.db
             .yank_build(&build.id, self.now(), who.name.as_str(), reason)
             .await?;
-        self.db
+        let row = self
+            .db
             .build(&build.id)
             .await?
-            .ok_or(Error::BuildNotFound(build.id.to_string()))
+            .ok_or(Error::BuildNotFound(build.id.to_string()))?;
+        self.emit_build("build.yanked", Some(who.name.as_str()), &row).await;
+        Ok(row)
     }
 
     /// Lifts a build's embargo (admin only): it becomes visible to everyone
@@ -499,10 +505,14 @@ impl Tugboat {
         self.require(who, Action::ManagePipelines)?;
         let build = self.resolve(reference).await?;
         self.db.unembargo_build(&build.id).await?;
-        self.db
+        let row = self
+            .db
             .build(&build.id)
             .await?
-            .ok_or(Error::BuildNotFound(build.id.to_string()))
+            .ok_or(Error::BuildNotFound(build.id.to_string()))?;
+        self.emit_build("build.unembargoed", Some(who.name.as_str()), &row)
+            .await;
+        Ok(row)
     }
 
     /// A build by id or manifest digest, with its artifacts.
@@ -598,6 +608,7 @@ impl Tugboat {
             .await;
         match sealed {
             Ok(Ok(row)) => {
+                self.emit_build("build.sealed", Some(who.name.as_str()), &row).await;
                 self.auto_release(&row).await;
                 Ok(row)
             }

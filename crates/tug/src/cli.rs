@@ -86,6 +86,18 @@ pub enum Command {
         #[arg(long)]
         to: String,
     },
+    /// Print events as they happen (deployments, approvals, builds, pipelines).
+    Watch {
+        /// Only this service's events.
+        #[arg(long)]
+        service: Option<String>,
+        /// Replay events after this id first.
+        #[arg(long)]
+        since: Option<i64>,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<usize>,
+    },
     /// Version helpers.
     #[command(subcommand)]
     Version(VersionCommand),

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod blobs;
 pub mod builds;
 pub mod deploy;
+pub mod events;
 pub mod services;
 pub mod tokens;
 

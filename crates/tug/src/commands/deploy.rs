@@ -337,3 +337,51 @@ pub async fn diff(client: &Client, out: Output, service: &str, from: &str, to: &
     })?;
     Ok(ExitCode::SUCCESS)
 }
+
+pub async fn watch(
+    client: &Client,
+    out: Output,
+    service: Option<String>,
+    since: Option<i64>,
+    count: Option<usize>,
+) -> anyhow::Result<ExitCode> {
+    use futures::StreamExt;
+    if let Some(s) = &service {
+        ServiceName::parse(s)?;
+    }
+    let events = client.events(&tug_api::EventQuery { service, since }).await?;
+    let mut events = std::pin::pin!(events);
+    let mut seen = 0;
+    while let Some(e) = events.next().await {
+        let e = e?;
+        match out {
+            Output::Json => println!("{}", serde_json::to_string(&e)?),
+            Output::Table => {
+                let mut details: Vec<String> = Vec::new();
+                if let Some(obj) = e.payload.as_object() {
+                    for key in ["environment", "build", "version", "kind", "state", "revision"] {
+                        if let Some(v) = obj.get(key).filter(|v| !v.is_null()) {
+                            details.push(format!(
+                                "{key}={}",
+                                v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())
+                            ));
+                        }
+                    }
+                }
+                println!(
+                    "{} {:<20} {:<10} {:<10} {}",
+                    time(&e.at),
+                    e.kind,
+                    e.service.as_ref().map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+                    e.actor.as_deref().unwrap_or("auto"),
+                    details.join(" ")
+                );
+            }
+        }
+        seen += 1;
+        if count.is_some_and(|c| seen >= c) {
+            break;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -925,3 +925,68 @@ async fn diff_names_changed_artifacts_and_the_source_range() {
         .to_string();
     assert!(err.contains("environment_not_found"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_follows_events_as_they_happen() {
+    let server = TestServer::start().await;
+    let w = tempfile::tempdir().unwrap();
+    let w = w.path();
+    server.tug(w, &["service", "create", "api"]).ok();
+    server.tug(w, &["service", "create", "other"]).ok();
+
+    // The watcher connects first and waits for five events of api.
+    let args = [
+        "watch",
+        "--service",
+        "api",
+        "--since",
+        "0",
+        "--count",
+        "5",
+        "--output",
+        "json",
+    ];
+    let child = std::process::Command::new(crate::support::TUG)
+        .args(args)
+        .env_clear()
+        .env("TUG_SERVER", &server.url)
+        .env("TUG_TOKEN", &server.admin_token)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut watcher = crate::support::KillOnDrop(child);
+    apply(&server, w, LUNAR).ok();
+    server
+        .tug(w, &["build", "create", "--service", "other", "--version", "1.0.0"])
+        .ok();
+    let b = sealed(&server, w, "master", "aaaaaaa1", "1.0.0");
+    server.tug(w, &["promote", "api", "--to", "prod"]).ok();
+
+    let status = crate::support::eventually(30, || watcher.0.try_wait().unwrap());
+    assert!(status.success());
+    let mut out = String::new();
+    std::io::Read::read_to_string(watcher.0.stdout.as_mut().unwrap(), &mut out).unwrap();
+    let events: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "pipeline.applied",
+            "build.created",
+            "build.sealed",
+            "deployment",
+            "deployment"
+        ]
+    );
+    assert!(
+        events.iter().all(|e| e["service"] == "api"),
+        "other services' events are filtered out"
+    );
+    assert_eq!(events[3]["payload"]["environment"], "dev");
+    assert_eq!(events[3]["payload"]["kind"], "auto_release");
+    assert_eq!(events[4]["payload"]["environment"], "prod");
+    assert_eq!(events[4]["payload"]["build"], b.as_str());
+    assert_eq!(events[4]["actor"], "admin");
+    let ids: Vec<i64> = events.iter().map(|e| e["id"].as_i64().unwrap()).collect();
+    assert!(ids.windows(2).all(|p| p[0] < p[1]), "in order: {ids:?}");
+}

@@ -275,3 +275,13 @@ pub fn write_files(dir: &Path, files: &[(&str, &[u8])]) {
 pub fn digest_of(bytes: &[u8]) -> tug_core::Digest {
     tug_core::Digest::of(bytes)
 }
+
+/// A child process killed when the test ends, passed or not.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
