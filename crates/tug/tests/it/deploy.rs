@@ -990,3 +990,280 @@ async fn watch_follows_events_as_they_happen() {
     let ids: Vec<i64> = events.iter().map(|e| e["id"].as_i64().unwrap()).collect();
     assert!(ids.windows(2).all(|p| p[0] < p[1]), "in order: {ids:?}");
 }
+
+const TELEPORT: &str = r#"
+service = "teleport"
+
+[[environments]]
+name = "canary"
+auto_release = { branch = "master" }
+
+[[environments]]
+name = "internal"
+upstream = "canary"
+soak = "2s"
+
+[[environments]]
+name = "trials"
+upstream = "internal"
+approvals = 1
+
+[[environments]]
+name = "production"
+upstream = "trials"
+approvals = 2
+branch_restriction = "^master$"
+
+[[environments]]
+name = "security"
+private = true
+"#;
+
+/// Teleport's cloud train end to end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn teleport_cloud_train() {
+    let server = std::sync::Arc::new(TestServer::start().await);
+    let w = tempfile::tempdir().unwrap();
+    let w = w.path().to_path_buf();
+    server.tug(&w, &["service", "create", "teleport"]).ok();
+    std::fs::write(w.join("pipeline.toml"), TELEPORT).unwrap();
+    server.tug(&w, &["pipeline", "apply", "-f", "pipeline.toml"]).ok();
+    let token = |name: &str, role: &str| -> String {
+        let t = server
+            .tug(
+                &w,
+                &["token", "create", "--name", name, "--role", role, "--output", "json"],
+            )
+            .json();
+        t["secret"].as_str().unwrap().to_string()
+    };
+    let (ci, deployer, alice, bob) = (
+        token("ci", "ci"),
+        token("release-bot", "deployer"),
+        token("alice", "approver"),
+        token("bob", "approver"),
+    );
+
+    // A cloud version, and a draft that expects three artifacts.
+    let build_through = |commit: &str| -> String {
+        let tag = server.tug_as(
+            &ci,
+            &w,
+            &[
+                "version",
+                "next",
+                "--service",
+                "teleport",
+                "--cloud",
+                "--commit",
+                commit,
+            ],
+        );
+        let version = tag.ok().trim().trim_start_matches('v').to_string();
+        assert!(version.contains("-cloud."), "{version}");
+        let id = server
+            .tug_as(
+                &ci,
+                &w,
+                &[
+                    "build",
+                    "create",
+                    "--service",
+                    "teleport",
+                    "--version",
+                    &version,
+                    "--branch",
+                    "master",
+                    "--commit",
+                    commit,
+                    "--expect",
+                    "linux-amd64/teleport.tar.gz",
+                    "--expect",
+                    "teleport_amd64.deb",
+                    "--expect",
+                    "teleport.oci",
+                ],
+            )
+            .ok()
+            .trim()
+            .to_string();
+        // Three CI jobs push at once.
+        let jobs: Vec<_> = [
+            ("linux-amd64/teleport.tar.gz", vec![]),
+            (
+                "teleport_amd64.deb",
+                vec!["--derived-from", "linux-amd64/teleport.tar.gz"],
+            ),
+            ("teleport.oci", vec!["--derived-from", "teleport_amd64.deb"]),
+        ]
+        .into_iter()
+        .map(|(name, extra)| {
+            let (server, ci, id) = (server.clone(), ci.clone(), id.clone());
+            let dir = w.join(format!("{commit}-{}", name.replace('/', "-")));
+            std::thread::spawn(move || {
+                write_files(&dir, &[(name, format!("{name} of {id}").as_bytes())]);
+                let mut args = vec!["push", id.as_str(), name, "--name", name];
+                args.extend(extra);
+                server.tug_as(&ci, &dir, &args).ok().to_string()
+            })
+        })
+        .collect();
+        for j in jobs {
+            j.join().unwrap();
+        }
+        server.tug_as(&ci, &w, &["build", "seal", &id]).ok();
+        id
+    };
+    let first = build_through("4f2a9c1e");
+    let status = |env: &str| -> Option<String> {
+        let s = server.tug(&w, &["status", "teleport", "--output", "json"]).json();
+        let e = s["environments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["environment"] == env)
+            .unwrap()
+            .clone();
+        e["current"]["build"].as_str().map(str::to_string)
+    };
+    assert_eq!(status("canary").as_deref(), Some(first.as_str()));
+
+    // Internal takes it only after it soaked in canary.
+    let early = server.tug_as(&deployer, &w, &["promote", "teleport", "--to", "internal"]);
+    if early.code != 0 {
+        assert!(early.stderr.contains("soak"), "{}", early.stderr);
+        crate::support::eventually(20, || {
+            (server
+                .tug_as(&deployer, &w, &["promote", "teleport", "--to", "internal"])
+                .code
+                == 0)
+                .then_some(())
+        });
+    }
+    assert_eq!(status("internal").as_deref(), Some(first.as_str()));
+
+    // Trials needs one approval, production two.
+    let asked = server
+        .tug_as(
+            &deployer,
+            &w,
+            &["promote", "teleport", "--to", "trials", "--output", "json"],
+        )
+        .json();
+    assert_eq!(asked["status"], "pending_approval");
+    server
+        .tug_as(
+            &alice,
+            &w,
+            &["approve", "teleport", "--env", "trials", "--build", &first],
+        )
+        .ok();
+    assert_eq!(status("trials").as_deref(), Some(first.as_str()));
+    server
+        .tug_as(&deployer, &w, &["promote", "teleport", "--to", "production"])
+        .ok();
+    server
+        .tug_as(
+            &alice,
+            &w,
+            &["approve", "teleport", "--env", "production", "--build", &first],
+        )
+        .ok();
+    assert_eq!(status("production"), None);
+    server
+        .tug_as(
+            &bob,
+            &w,
+            &["approve", "teleport", "--env", "production", "--build", &first],
+        )
+        .ok();
+    assert_eq!(status("production").as_deref(), Some(first.as_str()));
+
+    // A second build goes straight to production (a release, approved),
+    // then production is rolled back without waiting for anyone.
+    let second = build_through("9b8c7d6e");
+    server
+        .tug_as(
+            &deployer,
+            &w,
+            &["release", "teleport", "--env", "production", "--build", &second],
+        )
+        .ok();
+    server
+        .tug_as(
+            &alice,
+            &w,
+            &["approve", "teleport", "--env", "production", "--build", &second],
+        )
+        .ok();
+    server
+        .tug_as(
+            &bob,
+            &w,
+            &["approve", "teleport", "--env", "production", "--build", &second],
+        )
+        .ok();
+    assert_eq!(status("production").as_deref(), Some(second.as_str()));
+    let rolled = server
+        .tug_as(
+            &deployer,
+            &w,
+            &["rollback", "teleport", "--env", "production", "--output", "json"],
+        )
+        .json();
+    assert_eq!(rolled["status"], "deployed");
+    assert_eq!(status("production").as_deref(), Some(first.as_str()));
+
+    // An embargoed security fix goes only to the private environment.
+    write_files(&w, &[("fix.tar.gz", b"security fix")]);
+    let fix = server
+        .tug_as(
+            &ci,
+            &w,
+            &[
+                "push",
+                "--service",
+                "teleport",
+                "--version",
+                "16.0.1",
+                "--branch",
+                "master",
+                "--embargo",
+                "--seal",
+                "fix.tar.gz",
+                "--output",
+                "json",
+            ],
+        )
+        .json();
+    let fix = fix["build"].as_str().unwrap().to_string();
+    assert_eq!(
+        status("canary").as_deref(),
+        Some(second.as_str()),
+        "an embargoed build is not auto-released to canary"
+    );
+    let err = server
+        .tug_as(
+            &deployer,
+            &w,
+            &["release", "teleport", "--env", "production", "--build", &fix],
+        )
+        .fails()
+        .to_string();
+    assert!(err.contains("embargo"), "{err}");
+    server
+        .tug(&w, &["release", "teleport", "--env", "security", "--build", &fix])
+        .ok();
+    assert_eq!(status("security").as_deref(), Some(fix.as_str()));
+
+    let history = server
+        .tug(&w, &["history", "teleport", "--env", "production", "--output", "json"])
+        .json();
+    let kinds: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, vec!["rollback", "release", "promote"]);
+}
