@@ -245,6 +245,22 @@ mod tests {
     }
 
     #[test]
+    fn server_rules_come_from_the_file_or_the_environment() {
+        let file = Layer::from_toml("tug.toml", "server_rules = [\"production=^master$\"]").unwrap();
+        let c = Config::default().apply(file);
+        assert_eq!(c.server_rules.len(), 1);
+        assert_eq!(c.server_rules[0].to_string(), "production=^master$");
+        let env: HashMap<String, String> =
+            [("TUG_SERVER_RULES".to_string(), "production=^master$, trials=^(master|release/.*)$".to_string())]
+                .into_iter()
+                .collect();
+        assert_eq!(Config::default().apply(Layer::from_env(&env).unwrap()).server_rules.len(), 2);
+        let bad: HashMap<String, String> =
+            [("TUG_SERVER_RULES".to_string(), "production=^(master".to_string())].into_iter().collect();
+        assert!(Layer::from_env(&bad).unwrap_err().to_string().contains("TUG_SERVER_RULES"));
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_refused() {
         let err = Layer::from_toml("tug.toml", "lisen = \"x\"").unwrap_err();
         assert!(err.to_string().contains("unknown field `lisen`"), "{err}");
