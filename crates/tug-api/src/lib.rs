@@ -216,6 +216,11 @@ pub struct BuildQuery {
 pub struct ApplyPipeline {
     /// The pipeline as TOML (the format of `pipeline.toml`).
     pub spec: String,
+    /// Apply only if the stored pipeline is still at this revision (a
+    /// read-modify-write, as `tug policy apply` does); absent: apply over
+    /// whatever is there.
+    #[serde(default)]
+    pub base_revision: Option<i64>,
 }
 
 /// A service's pipeline as stored.

@@ -279,10 +279,20 @@ impl Client {
 
     // ---- pipelines and deployments ----
 
-    pub async fn apply_pipeline(&self, service: &ServiceName, spec: &str) -> Result<tug_api::PipelineView> {
+    /// Stores a pipeline; with `base_revision`, only if the stored one is
+    /// still at that revision.
+    pub async fn apply_pipeline(
+        &self,
+        service: &ServiceName,
+        spec: &str,
+        base_revision: Option<i64>,
+    ) -> Result<tug_api::PipelineView> {
         let path = format!("/v1/services/{service}/pipeline");
-        self.json(self.with_json(Method::PUT, &path, &tug_api::ApplyPipeline { spec: spec.to_string() }))
-            .await
+        let body = tug_api::ApplyPipeline {
+            spec: spec.to_string(),
+            base_revision,
+        };
+        self.json(self.with_json(Method::PUT, &path, &body)).await
     }
 
     pub async fn pipeline(&self, service: &ServiceName) -> Result<tug_api::PipelineView> {

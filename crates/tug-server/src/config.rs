@@ -250,14 +250,26 @@ mod tests {
         let c = Config::default().apply(file);
         assert_eq!(c.server_rules.len(), 1);
         assert_eq!(c.server_rules[0].to_string(), "production=^master$");
-        let env: HashMap<String, String> =
-            [("TUG_SERVER_RULES".to_string(), "production=^master$, trials=^(master|release/.*)$".to_string())]
-                .into_iter()
-                .collect();
-        assert_eq!(Config::default().apply(Layer::from_env(&env).unwrap()).server_rules.len(), 2);
-        let bad: HashMap<String, String> =
-            [("TUG_SERVER_RULES".to_string(), "production=^(master".to_string())].into_iter().collect();
-        assert!(Layer::from_env(&bad).unwrap_err().to_string().contains("TUG_SERVER_RULES"));
+        let env: HashMap<String, String> = [(
+            "TUG_SERVER_RULES".to_string(),
+            "production=^master$, trials=^(master|release/.*)$".to_string(),
+        )]
+        .into_iter()
+        .collect();
+        assert_eq!(
+            Config::default()
+                .apply(Layer::from_env(&env).unwrap())
+                .server_rules
+                .len(),
+            2
+        );
+        let bad: HashMap<String, String> = [("TUG_SERVER_RULES".to_string(), "production=^(master".to_string())]
+            .into_iter()
+            .collect();
+        assert!(Layer::from_env(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("TUG_SERVER_RULES"));
     }
 
     #[test]

@@ -94,7 +94,13 @@ pub struct PipelineView {
 
 impl Tugboat {
     /// Validates and stores a service's pipeline (a TOML document).
-    pub async fn apply_pipeline(&self, who: &Principal, service: &ServiceName, text: &str) -> Result<PipelineView> {
+    pub async fn apply_pipeline(
+        &self,
+        who: &Principal,
+        service: &ServiceName,
+        text: &str,
+        base_revision: Option<i64>,
+    ) -> Result<PipelineView> {
         self.require(who, Action::ManagePipelines)?;
         let pipeline = Pipeline::parse(text).map_err(Error::Pipeline)?;
         if &pipeline.service != service {
@@ -108,6 +114,14 @@ impl Tugboat {
             .map_err(Error::Pipeline)?;
         if !self.db.service_exists(service).await? {
             return Err(Error::ServiceNotFound(service.clone()));
+        }
+        if let Some(base) = base_revision {
+            let current = self.db.pipeline(service).await?.map_or(0, |p| p.revision);
+            if current != base {
+                return Err(Error::Conflict(format!(
+                    "the pipeline of {service} is at revision {current}, not {base}: it changed meanwhile; read it again and reapply"
+                )));
+            }
         }
         let row = self
             .db

@@ -306,6 +306,50 @@ pub enum PolicyCommand {
         #[arg(long = "env")]
         env: String,
     },
+    /// Every policy of a service's environments, and the server-wide rules.
+    List { service: String },
+    /// Set policies on one environment (a new pipeline revision).
+    Apply(PolicyApplyArgs),
+    /// Remove one policy from an environment (a new pipeline revision).
+    Delete {
+        service: String,
+        #[arg(long = "env")]
+        env: String,
+        /// auto-release, branch-restriction, soak, approvals, approval-timeout, freeze or private.
+        #[arg(long)]
+        policy: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct PolicyApplyArgs {
+    pub service: String,
+    #[arg(long = "env")]
+    pub env: String,
+    /// Release every sealed build of this branch into the environment.
+    #[arg(long)]
+    pub auto_release: Option<String>,
+    /// A regex the build's branch must match.
+    #[arg(long)]
+    pub branch_restriction: Option<String>,
+    /// How long a build must have run upstream, e.g. 1h.
+    #[arg(long)]
+    pub soak: Option<String>,
+    /// Distinct approvals needed.
+    #[arg(long)]
+    pub approvals: Option<u32>,
+    /// How long a deployment waits for approvals, e.g. 24h.
+    #[arg(long)]
+    pub approval_timeout: Option<String>,
+    /// Add a weekly freeze window, e.g. "Sat 00:00 - Mon 06:00" (with --tz).
+    #[arg(long)]
+    pub freeze: Option<String>,
+    /// Time zone of --freeze (default UTC).
+    #[arg(long, requires = "freeze")]
+    pub tz: Option<String>,
+    /// Make the environment private (the only kind embargoed builds enter).
+    #[arg(long)]
+    pub private: Option<bool>,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -76,7 +76,7 @@ pub async fn apply_pipeline(
 ) -> Result<axum::Json<PipelineView>, ApiError> {
     let v = state
         .tugboat
-        .apply_pipeline(&who, &service(&segment)?, &req.spec)
+        .apply_pipeline(&who, &service(&segment)?, &req.spec, req.base_revision)
         .await?;
     Ok(axum::Json(view(v)))
 }

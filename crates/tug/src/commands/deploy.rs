@@ -101,7 +101,7 @@ pub async fn pipeline(client: &Client, out: Output, c: PipelineCommand) -> anyho
             // before anything is sent.
             let pipeline =
                 Pipeline::parse(&text).with_context(|| format!("{} is not a valid pipeline", file.display()))?;
-            let v = client.apply_pipeline(&pipeline.service, &text).await?;
+            let v = client.apply_pipeline(&pipeline.service, &text, None).await?;
             print(out, &v, |v| {
                 format!(
                     "Pipeline of {} is at revision {}: {}.",
@@ -253,8 +253,137 @@ pub async fn history(client: &Client, out: Output, service: &str, env: &str, lim
     Ok(ExitCode::SUCCESS)
 }
 
+/// Reads the pipeline, lets `edit` change one environment's spec, and
+/// applies the result as a new revision based on the one read (a concurrent
+/// change makes the server refuse rather than lose it).
+async fn edit_environment(
+    client: &Client,
+    service: &str,
+    env: &str,
+    edit: impl FnOnce(&mut tug_core::pipeline::EnvironmentSpec) -> anyhow::Result<()>,
+) -> anyhow::Result<tug_api::PipelineView> {
+    let service = ServiceName::parse(service)?;
+    let current = client.pipeline(&service).await?;
+    let mut spec = current.pipeline.to_spec();
+    let known: Vec<String> = spec.environments.iter().map(|e| e.name.clone()).collect();
+    let Some(e) = spec.environments.iter_mut().find(|e| e.name == env) else {
+        anyhow::bail!(
+            "service {service} has no environment {env}; its environments are {}",
+            known.join(", ")
+        );
+    };
+    edit(e)?;
+    let text = toml::to_string(&spec)?;
+    // Validate here too so the message names the problem before a request.
+    Pipeline::parse(&text)?;
+    Ok(client.apply_pipeline(&service, &text, Some(current.revision)).await?)
+}
+
 pub async fn policy(client: &Client, out: Output, c: PolicyCommand) -> anyhow::Result<ExitCode> {
     match c {
+        PolicyCommand::List { service } => {
+            let v = client.pipeline(&ServiceName::parse(&service)?).await?;
+            let mut rows: Vec<(String, String, String)> = Vec::new();
+            for e in &v.pipeline.environments {
+                let env = e.name.to_string();
+                if let Some(up) = &e.upstream {
+                    rows.push((env.clone(), "upstream".into(), up.to_string()));
+                }
+                if let Some(b) = &e.auto_release {
+                    rows.push((env.clone(), "auto-release".into(), b.clone()));
+                }
+                if let Some(r) = &e.branch_restriction {
+                    rows.push((env.clone(), "branch-restriction".into(), r.to_string()));
+                }
+                if let Some(s) = e.soak {
+                    rows.push((env.clone(), "soak".into(), tug_core::format_duration(s)));
+                }
+                if e.approvals > 0 {
+                    rows.push((env.clone(), "approvals".into(), e.approvals.to_string()));
+                }
+                if let Some(t) = e.approval_timeout {
+                    rows.push((env.clone(), "approval-timeout".into(), tug_core::format_duration(t)));
+                }
+                for f in &e.freeze {
+                    rows.push((env.clone(), "freeze".into(), f.to_string()));
+                }
+                if e.private {
+                    rows.push((env.clone(), "private".into(), "true".into()));
+                }
+            }
+            let listed: Vec<serde_json::Value> = rows
+                .iter()
+                .map(|(e, p, v)| serde_json::json!({"environment": e, "policy": p, "value": v}))
+                .collect();
+            print(out, &listed, |_| {
+                let mut t = table(&["ENV", "POLICY", "VALUE"]);
+                for (e, p, v) in &rows {
+                    t.add_row(vec![e.clone(), p.clone(), v.clone()]);
+                }
+                format!(
+                    "{t}\npipeline revision {} (server-wide rules apply on top and cannot be changed here)",
+                    v.revision
+                )
+            })?;
+        }
+        PolicyCommand::Apply(a) => {
+            let v = edit_environment(client, &a.service, &a.env, |e| {
+                if let Some(b) = a.auto_release {
+                    e.auto_release = Some(tug_core::pipeline::AutoReleaseSpec { branch: b });
+                }
+                if let Some(r) = a.branch_restriction {
+                    e.branch_restriction = Some(r);
+                }
+                if let Some(s) = a.soak {
+                    e.soak = Some(s);
+                }
+                if let Some(n) = a.approvals {
+                    e.approvals = n;
+                }
+                if let Some(t) = a.approval_timeout {
+                    e.approval_timeout = Some(t);
+                }
+                if let Some(f) = a.freeze {
+                    e.freeze.push(tug_core::pipeline::FreezeSpec {
+                        weekly: Some(f),
+                        tz: a.tz,
+                        ..Default::default()
+                    });
+                }
+                if let Some(p) = a.private {
+                    e.private = p;
+                }
+                Ok(())
+            })
+            .await?;
+            print(out, &v, |v| {
+                format!("Policies of {} applied: pipeline revision {}.", a.env, v.revision)
+            })?;
+        }
+        PolicyCommand::Delete { service, env, policy } => {
+            let v = edit_environment(client, &service, &env, |e| {
+                let had = match policy.as_str() {
+                    "auto-release" => e.auto_release.take().is_some(),
+                    "branch-restriction" => e.branch_restriction.take().is_some(),
+                    "soak" => e.soak.take().is_some(),
+                    "approvals" => std::mem::take(&mut e.approvals) > 0,
+                    "approval-timeout" => e.approval_timeout.take().is_some(),
+                    "freeze" => !std::mem::take(&mut e.freeze).is_empty(),
+                    "private" => std::mem::take(&mut e.private),
+                    other => anyhow::bail!(
+                        "unknown policy {other:?}: use auto-release, branch-restriction, soak, approvals, approval-timeout, freeze or private"
+                    ),
+                };
+                if !had {
+                    anyhow::bail!("{env} has no {policy} policy; see tug policy list {service}");
+                }
+                Ok(())
+            })
+            .await?;
+            print(out, &v, |v| {
+                format!("Policy {policy} removed from {env}: pipeline revision {}.", v.revision)
+            })?;
+        }
         PolicyCommand::Resume { service, env } => {
             let env = EnvName::parse(&env)?;
             client.resume_auto_release(&ServiceName::parse(&service)?, &env).await?;

@@ -1267,3 +1267,124 @@ async fn teleport_cloud_train() {
         .collect();
     assert_eq!(kinds, vec!["rollback", "release", "promote"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_are_listed_applied_and_deleted_as_pipeline_revisions() {
+    let server = TestServer::start_with(Backend::Embedded, &["--server-rule", "prod=^master$"]).await;
+    let w = tempfile::tempdir().unwrap();
+    let w = w.path();
+    server.tug(w, &["service", "create", "api"]).ok();
+    apply(&server, w, LUNAR).ok();
+    let listed = server.tug(w, &["policy", "list", "api", "--output", "json"]).json();
+    let policies: Vec<String> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            format!(
+                "{}:{}={}",
+                p["environment"].as_str().unwrap(),
+                p["policy"].as_str().unwrap(),
+                p["value"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        policies,
+        vec![
+            "dev:auto-release=master",
+            "prod:upstream=dev",
+            "prod:branch-restriction=^master$"
+        ]
+    );
+
+    let applied = server
+        .tug(
+            w,
+            &[
+                "policy",
+                "apply",
+                "api",
+                "--env",
+                "prod",
+                "--soak",
+                "90m",
+                "--approvals",
+                "1",
+                "--freeze",
+                "Sat 00:00 - Mon 06:00",
+                "--tz",
+                "Europe/Berlin",
+                "--output",
+                "json",
+            ],
+        )
+        .json();
+    assert_eq!(applied["revision"], 2);
+    let table = server.tug(w, &["policy", "list", "api"]).ok().to_string();
+    for needle in [
+        "1h30m",
+        "approvals",
+        "Sat 00:00 - Mon 06:00 Europe/Berlin",
+        "revision 2",
+    ] {
+        assert!(table.contains(needle), "{needle}:\n{table}");
+    }
+    server
+        .tug(w, &["policy", "delete", "api", "--env", "prod", "--policy", "soak"])
+        .ok();
+    let shown = server.tug(w, &["pipeline", "show", "api"]).ok().to_string();
+    assert!(!shown.contains("soak") && shown.contains("approvals = 1"), "{shown}");
+
+    // Bad values and conflicts are refused and change nothing.
+    let err = server
+        .tug(
+            w,
+            &[
+                "policy",
+                "apply",
+                "api",
+                "--env",
+                "prod",
+                "--branch-restriction",
+                "^(master",
+            ],
+        )
+        .fails()
+        .to_string();
+    assert!(err.contains("regex") || err.contains("unclosed"), "{err}");
+    let err = server
+        .tug(
+            w,
+            &["policy", "apply", "api", "--env", "prod", "--auto-release", "hotfix"],
+        )
+        .fails()
+        .to_string();
+    assert!(
+        err.contains("prod=^master$") || err.contains("branch_restriction"),
+        "{err}"
+    );
+    let err = server
+        .tug(w, &["policy", "delete", "api", "--env", "dev", "--policy", "soak"])
+        .fails()
+        .to_string();
+    assert!(err.contains("no soak policy"), "{err}");
+    let err = server
+        .tug(w, &["policy", "delete", "api", "--env", "qa", "--policy", "soak"])
+        .fails()
+        .to_string();
+    assert!(err.contains("no environment qa"), "{err}");
+    let revision = server.tug(w, &["pipeline", "show", "api", "--output", "json"]).json()["revision"].clone();
+    assert_eq!(revision, 3, "only the successful changes made revisions");
+
+    // A change based on an old revision is refused, not lost.
+    let res = server
+        .http(reqwest::Method::PUT, "/v1/services/api/pipeline")
+        .json(&serde_json::json!({"spec": LUNAR, "base_revision": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 409);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["code"], "conflict");
+}
