@@ -208,6 +208,9 @@ pub struct BuildQuery {
     pub version: Option<String>,
     pub state: Option<String>,
     pub limit: Option<u32>,
+    /// `created` (newest first, the default) or `version` (highest
+    /// semantic-version precedence first).
+    pub sort: Option<String>,
 }
 
 /// Body of `PUT /v1/services/{service}/pipeline`: the pipeline file.
@@ -452,4 +455,14 @@ pub struct EventQuery {
     /// `Last-Event-ID` header does the same for reconnecting clients).
     #[serde(default)]
     pub since: Option<i64>,
+}
+
+/// One revision in `GET /v1/services/{service}/pipeline/history`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PipelineRevision {
+    pub revision: i64,
+    pub changed_at: DateTime<Utc>,
+    pub changed_by: Option<String>,
+    /// The pipeline of this revision, as canonical TOML.
+    pub spec: String,
 }

@@ -300,6 +300,11 @@ impl Client {
             .await
     }
 
+    pub async fn pipeline_history(&self, service: &ServiceName) -> Result<Vec<tug_api::PipelineRevision>> {
+        self.json(self.request(Method::GET, &format!("/v1/services/{service}/pipeline/history")))
+            .await
+    }
+
     pub async fn release(&self, service: &ServiceName, req: &tug_api::Release) -> Result<tug_api::DeployResult> {
         self.json(self.with_json(Method::POST, &format!("/v1/services/{service}/release"), req))
             .await

@@ -60,11 +60,19 @@ pub struct BuildFilter {
     pub limit: u32,
     /// Leave embargoed builds out (for callers who may not see them).
     pub hide_embargoed: bool,
+    /// Newest by semantic-version precedence instead of by creation.
+    pub by_version: bool,
 }
 
 const COLUMNS: &str = "b.id, b.service, b.version, b.state, b.repo, b.branch, b.commit_sha, b.tag, b.author, \
      b.message, b.ci_url, b.builder_image, b.expected, b.created_at, b.updated_at, b.created_by, b.sealed_at, \
      b.manifest_digest, b.manifest, b.yanked_at, b.yanked_by, b.yank_reason, b.embargoed, \
+     (SELECT COUNT(*) FROM artifacts a WHERE a.build_id = b.id) AS artifact_count";
+
+/// The same for lists, without the manifest text that lists never show.
+const LIST_COLUMNS: &str = "b.id, b.service, b.version, b.state, b.repo, b.branch, b.commit_sha, b.tag, b.author, \
+     b.message, b.ci_url, b.builder_image, b.expected, b.created_at, b.updated_at, b.created_by, b.sealed_at, \
+     b.manifest_digest, CAST(NULL AS TEXT) AS manifest, b.yanked_at, b.yanked_by, b.yank_reason, b.embargoed, \
      (SELECT COUNT(*) FROM artifacts a WHERE a.build_id = b.id) AS artifact_count";
 
 fn build_from_row(r: &AnyRow) -> Result<BuildRow> {
@@ -162,7 +170,7 @@ impl Db {
 
     /// Builds matching `filter`, newest first.
     pub async fn list_builds(&self, filter: &BuildFilter) -> Result<Vec<BuildRow>> {
-        let mut sql = format!("SELECT {COLUMNS} FROM builds b WHERE 1 = 1");
+        let mut sql = format!("SELECT {LIST_COLUMNS} FROM builds b WHERE 1 = 1");
         let mut args: Vec<String> = Vec::new();
         let mut add = |col: &str, value: String, sql: &mut String| {
             args.push(value);
@@ -183,16 +191,28 @@ impl Db {
         if filter.hide_embargoed {
             sql.push_str(" AND b.embargoed = 0");
         }
-        sql.push_str(&format!(
-            " ORDER BY b.created_at DESC, b.id DESC LIMIT {}",
-            filter.limit.max(1)
-        ));
+        // Semantic-version order is computed here (text order is not
+        // precedence: 1.10.0 > 1.9.0), over every match, then cut.
+        if filter.by_version {
+            sql.push_str(" ORDER BY b.created_at DESC, b.id DESC");
+        } else {
+            sql.push_str(&format!(
+                " ORDER BY b.created_at DESC, b.id DESC LIMIT {}",
+                filter.limit.max(1)
+            ));
+        }
         let mut q = sqlx::query(&sql);
         for a in &args {
             q = q.bind(a.as_str());
         }
         let rows = q.fetch_all(&self.pool).await?;
-        rows.iter().map(build_from_row).collect()
+        let mut builds: Vec<BuildRow> = rows.iter().map(build_from_row).collect::<Result<_>>()?;
+        if filter.by_version {
+            // Stable sort: equal versions stay newest first.
+            builds.sort_by(|a, b| b.version.cmp(&a.version));
+            builds.truncate(filter.limit.max(1) as usize);
+        }
+        Ok(builds)
     }
 
     /// A build's artifacts, by name.

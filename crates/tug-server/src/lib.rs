@@ -63,6 +63,10 @@ pub fn router(state: AppState) -> Router {
             "/v1/services/{service}/pipeline",
             get(routes::deploy::show_pipeline).put(routes::deploy::apply_pipeline),
         )
+        .route(
+            "/v1/services/{service}/pipeline/history",
+            get(routes::deploy::pipeline_history),
+        )
         .route("/v1/services/{service}/release", post(routes::deploy::release))
         .route("/v1/services/{service}/promote", post(routes::deploy::promote))
         .route("/v1/services/{service}/rollback", post(routes::deploy::rollback))

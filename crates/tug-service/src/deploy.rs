@@ -143,6 +143,14 @@ impl Tugboat {
         self.pipeline_of(service).await
     }
 
+    /// Every revision of a service's pipeline, newest first, with who
+    /// applied it and when.
+    pub async fn pipeline_history(&self, who: &Principal, service: &ServiceName) -> Result<Vec<PipelineRow>> {
+        self.require(who, Action::Read)?;
+        self.pipeline_of(service).await?;
+        Ok(self.db.pipeline_history(service).await?)
+    }
+
     async fn pipeline_of(&self, service: &ServiceName) -> Result<PipelineView> {
         let Some(row) = self.db.pipeline(service).await? else {
             if !self.db.service_exists(service).await? {
@@ -516,6 +524,7 @@ impl Tugboat {
             state: Some(BuildState::Sealed),
             limit: 1,
             hide_embargoed: false,
+            by_version: false,
         };
         Ok(self.db.list_builds(&filter).await?.into_iter().next())
     }

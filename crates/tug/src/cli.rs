@@ -231,6 +231,9 @@ pub enum BuildCommand {
         state: Option<String>,
         #[arg(long, default_value_t = 50)]
         limit: u32,
+        /// created (newest first) or version (highest semantic version first).
+        #[arg(long, default_value = "created")]
+        sort: String,
     },
 }
 
@@ -296,6 +299,8 @@ pub enum PipelineCommand {
     },
     /// Print a service's pipeline.
     Show { service: String },
+    /// Every revision of a service's pipeline: who applied it and when.
+    History { service: String },
 }
 
 #[derive(Debug, Subcommand)]

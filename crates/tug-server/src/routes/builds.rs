@@ -92,6 +92,16 @@ pub async fn list(
             .transpose()?,
         limit,
         hide_embargoed: false,
+        by_version: match q.sort.as_deref() {
+            None | Some("created") => false,
+            Some("version") => true,
+            Some(other) => {
+                return Err(ApiError::bad_request(
+                    "invalid_query",
+                    format!("unknown sort {other:?}: use created or version"),
+                ))
+            }
+        },
     };
     let rows = state.tugboat.list_builds(&who, filter).await?;
     Ok(axum::Json(BuildList {

@@ -360,3 +360,21 @@ pub async fn diff(
         source: d.source,
     }))
 }
+
+pub async fn pipeline_history(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Path(segment): Path<String>,
+) -> Result<axum::Json<Vec<tug_api::PipelineRevision>>, ApiError> {
+    let rows = state.tugboat.pipeline_history(&who, &service(&segment)?).await?;
+    Ok(axum::Json(
+        rows.into_iter()
+            .map(|r| tug_api::PipelineRevision {
+                revision: r.revision,
+                changed_at: r.changed_at,
+                changed_by: r.changed_by,
+                spec: r.spec,
+            })
+            .collect(),
+    ))
+}

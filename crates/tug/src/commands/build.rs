@@ -54,6 +54,7 @@ pub async fn run(client: &Client, out: Output, c: BuildCommand) -> anyhow::Resul
             version,
             state,
             limit,
+            sort,
         } => {
             let q = BuildQuery {
                 service: Some(service),
@@ -61,6 +62,7 @@ pub async fn run(client: &Client, out: Output, c: BuildCommand) -> anyhow::Resul
                 version,
                 state,
                 limit: Some(limit),
+                sort: Some(sort),
             };
             let builds = client.list_builds(&q).await?;
             print(out, &builds, |builds| {

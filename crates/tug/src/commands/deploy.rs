@@ -111,6 +111,24 @@ pub async fn pipeline(client: &Client, out: Output, c: PipelineCommand) -> anyho
                 )
             })?;
         }
+        PipelineCommand::History { service } => {
+            let revisions = client.pipeline_history(&ServiceName::parse(&service)?).await?;
+            print(out, &revisions, |revs| {
+                let mut t = table(&["REVISION", "CHANGED", "BY", "ENVIRONMENTS"]);
+                for r in revs {
+                    let envs = Pipeline::parse(&r.spec)
+                        .map(|p| env_chain(&p))
+                        .unwrap_or_else(|e| e.to_string());
+                    t.add_row(vec![
+                        r.revision.to_string(),
+                        time(&r.changed_at),
+                        opt(&r.changed_by),
+                        envs,
+                    ]);
+                }
+                t.to_string()
+            })?;
+        }
         PipelineCommand::Show { service } => {
             let v = client.pipeline(&ServiceName::parse(&service)?).await?;
             print(out, &v, |v| {

@@ -767,6 +767,39 @@ async fn next_versions_follow_the_newest_stable_release() {
             .ok();
     }
     assert_eq!(next(&["--patch"]), "v14.2.1");
+    let by_version = server
+        .tug(
+            w,
+            &[
+                "build",
+                "list",
+                "--service",
+                "teleport",
+                "--sort",
+                "version",
+                "--limit",
+                "2",
+                "--output",
+                "json",
+            ],
+        )
+        .json();
+    let versions: Vec<&str> = by_version
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["version"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        versions,
+        vec!["15.0.0-rc.1", "14.2.0"],
+        "semantic-version precedence, not creation order"
+    );
+    let err = server
+        .tug(w, &["build", "list", "--service", "teleport", "--sort", "size"])
+        .fails()
+        .to_string();
+    assert!(err.contains("unknown sort"), "{err}");
     assert_eq!(next(&["--minor"]), "v14.3.0");
     assert_eq!(next(&["--major"]), "v15.0.0");
     let cloud = next(&["--cloud", "--commit", "4f2a9c1e77"]);
@@ -1376,6 +1409,22 @@ async fn policies_are_listed_applied_and_deleted_as_pipeline_revisions() {
     assert!(err.contains("no environment qa"), "{err}");
     let revision = server.tug(w, &["pipeline", "show", "api", "--output", "json"]).json()["revision"].clone();
     assert_eq!(revision, 3, "only the successful changes made revisions");
+    let history = server
+        .tug(w, &["pipeline", "history", "api", "--output", "json"])
+        .json();
+    let revisions: Vec<i64> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["revision"].as_i64().unwrap())
+        .collect();
+    assert_eq!(revisions, vec![3, 2, 1]);
+    assert!(history.as_array().unwrap().iter().all(|r| r["changed_by"] == "admin"));
+    assert!(history[2]["spec"].as_str().unwrap().contains("^master$"));
+    assert!(server
+        .tug(w, &["pipeline", "history", "api"])
+        .ok()
+        .contains("prod (from dev)"));
 
     // A change based on an old revision is refused, not lost.
     let res = server
