@@ -326,6 +326,22 @@ pub struct EnvironmentStatus {
     pub current: Option<Deployment>,
     /// Deployments into this environment waiting for approvals.
     pub pending: Vec<PendingDeployment>,
+    /// The agents following this environment.
+    pub agents: AgentCounts,
+}
+
+/// How many agents of an environment run what, and how they are.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentCounts {
+    pub total: u64,
+    /// Agents running the environment's current build.
+    pub on_current: u64,
+    pub healthy: u64,
+    pub failed: u64,
+    /// No heartbeat for a minute.
+    pub stale: u64,
+    /// Agents per build they run.
+    pub by_build: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -465,4 +481,76 @@ pub struct PipelineRevision {
     pub changed_by: Option<String>,
     /// The pipeline of this revision, as canonical TOML.
     pub spec: String,
+}
+
+/// One file an agent fetches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelArtifact {
+    pub name: ArtifactName,
+    pub kind: tug_core::ArtifactKind,
+    pub platform: Option<tug_core::Platform>,
+    pub digest: Digest,
+    pub size: u64,
+    /// Where to GET the bytes, relative to the server (`/v1/blobs/<digest>`).
+    pub url: String,
+}
+
+/// `GET /v1/channels/{service}/{env}?platform=…[&wait=60s]`: what the
+/// environment wants agents of that platform to run. The `ETag` names the
+/// answer; with `If-None-Match` and `wait`, the request is held until the
+/// answer changes or the wait ends (then `304 Not Modified`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Channel {
+    pub service: ServiceName,
+    pub environment: tug_core::EnvName,
+    /// `None` while the environment runs nothing.
+    pub build: Option<BuildId>,
+    pub version: Option<Version>,
+    pub manifest_digest: Option<Digest>,
+    /// Install even outside maintenance windows.
+    pub critical: bool,
+    /// Whether the asking agent may update now (rollout pacing).
+    pub may_update: bool,
+    /// The artifacts for the asked platform (and those without one).
+    pub artifacts: Vec<ChannelArtifact>,
+}
+
+/// An agent's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentState {
+    Idle,
+    Downloading,
+    Activating,
+    Healthy,
+    Failed,
+}
+
+/// `POST /v1/agents/report`: an agent's heartbeat and state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentReport {
+    /// Stable across restarts (kept in the agent's directory).
+    pub agent_id: String,
+    pub hostname: String,
+    pub platform: tug_core::Platform,
+    pub agent_version: String,
+    pub service: ServiceName,
+    pub environment: tug_core::EnvName,
+    /// The build `current` points at.
+    pub build: Option<BuildId>,
+    pub state: AgentState,
+    /// Why, when `failed`.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// An agent as the fleet view shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Agent {
+    #[serde(flatten)]
+    pub report: AgentReport,
+    pub last_seen: DateTime<Utc>,
+    /// No heartbeat for longer than the server's stale limit.
+    pub stale: bool,
 }

@@ -163,7 +163,8 @@ impl Client {
                 Error::Http(e)
             }
         })?;
-        if res.status().is_success() {
+        // 304 answers a conditional request (a channel that did not change).
+        if res.status().is_success() || res.status() == StatusCode::NOT_MODIFIED {
             return Ok(res);
         }
         let status = res.status().as_u16();
@@ -425,6 +426,88 @@ impl Client {
                 }
             }
         }))
+    }
+
+    // ---- agents ----
+
+    /// What an environment wants agents of `platform` to run. With `etag`
+    /// (the last answer's) and `wait`, the server holds the request until
+    /// the answer changes; `None` means it did not change.
+    pub async fn channel(
+        &self,
+        service: &ServiceName,
+        env: &tug_core::EnvName,
+        platform: &tug_core::Platform,
+        agent_id: Option<&str>,
+        etag: Option<&str>,
+        wait: Option<std::time::Duration>,
+    ) -> Result<Option<(tug_api::Channel, String)>> {
+        let mut req = self.request(Method::GET, &format!("/v1/channels/{service}/{env}"));
+        let mut query: Vec<(&str, String)> = vec![("platform", platform.to_string())];
+        if let Some(a) = agent_id {
+            query.push(("agent", a.to_string()));
+        }
+        if let Some(w) = wait {
+            query.push(("wait", format!("{}s", w.as_secs())));
+        }
+        req = req.query(&query);
+        if let Some(e) = etag {
+            req = req.header(reqwest::header::IF_NONE_MATCH, e);
+        }
+        let res = self.send(req).await?;
+        if res.status() == StatusCode::NOT_MODIFIED {
+            return Ok(None);
+        }
+        let etag = res
+            .headers()
+            .get(reqwest::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let bytes = res.bytes().await?;
+        let channel = serde_json::from_slice(&bytes).map_err(|e| Error::Protocol(e.to_string()))?;
+        Ok(Some((channel, etag)))
+    }
+
+    /// Sends an agent's heartbeat and state.
+    pub async fn report(&self, report: &tug_api::AgentReport) -> Result<()> {
+        self.send(self.with_json(Method::POST, "/v1/agents/report", report))
+            .await
+            .map(|_| ())
+    }
+
+    /// Agents, optionally of one service and environment.
+    pub async fn agents(&self, service: Option<&str>, env: Option<&str>) -> Result<Vec<tug_api::Agent>> {
+        let mut query: Vec<(&str, &str)> = Vec::new();
+        if let Some(s) = service {
+            query.push(("service", s));
+        }
+        if let Some(e) = env {
+            query.push(("env", e));
+        }
+        self.json(self.request(Method::GET, "/v1/agents").query(&query)).await
+    }
+
+    /// Downloads a blob into `dest` (resuming a partial file), verifying
+    /// its digest before `dest` takes its final name.
+    pub async fn fetch_blob(&self, digest: &Digest, size: u64, dest: &Path) -> Result<u64> {
+        let spec = ArtifactSpec {
+            name: tug_core::ArtifactName::parse(
+                dest.file_name()
+                    .and_then(|n| n.to_str())
+                    .ok_or_else(|| Error::Protocol("destination has no file name".into()))?,
+            )
+            .map_err(|e| Error::Protocol(e.to_string()))?,
+            kind: ArtifactKind::Other,
+            platform: None,
+            size,
+            digest: *digest,
+            derived_from: Vec::new(),
+        };
+        let dir = dest
+            .parent()
+            .ok_or_else(|| Error::Protocol("destination has no directory".into()))?;
+        Ok(self.pull_one(&spec, dir, None).await?.unwrap_or(0))
     }
 
     // ---- maintenance ----

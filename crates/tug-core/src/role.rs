@@ -17,7 +17,7 @@ pub enum Role {
     Deployer,
     /// Approve deployments that a policy holds.
     Approver,
-    /// Follow a channel and report what runs.
+    /// Follow a channel and report what runs; nothing else.
     Agent,
     /// Read everything, change nothing.
     Viewer,
@@ -42,6 +42,10 @@ pub enum Action {
     Deploy,
     /// Approve or reject deployments that wait for approval.
     Approve,
+    /// Read an environment's channel and the blobs it names.
+    Follow,
+    /// Report an agent's state.
+    Report,
 }
 
 impl Role {
@@ -68,11 +72,14 @@ impl Role {
     pub fn allows(self, action: Action) -> bool {
         match (self, action) {
             (Role::Admin, _) => true,
-            (_, Action::Read) => true,
+            // An agent reads its channel and reports, nothing else.
+            (Role::Agent, Action::Follow | Action::Report) => true,
+            (Role::Agent, _) => false,
+            (_, Action::Read | Action::Follow) => true,
             (Role::Ci, Action::WriteBuilds) => true,
             (Role::Deployer, Action::Deploy) => true,
             (Role::Approver, Action::Approve) => true,
-            (Role::Ci | Role::Deployer | Role::Approver | Role::Agent | Role::Viewer, _) => false,
+            (Role::Ci | Role::Deployer | Role::Approver | Role::Viewer, _) => false,
         }
     }
 }
@@ -104,7 +111,14 @@ mod tests {
             .filter(|r| r.allows(Action::WriteBuilds))
             .collect();
         assert_eq!(writers, vec![Role::Admin, Role::Ci]);
-        assert!(Role::ALL.iter().all(|r| r.allows(Action::Read)));
+        let readers: Vec<Role> = Role::ALL.into_iter().filter(|r| r.allows(Action::Read)).collect();
+        assert_eq!(
+            readers,
+            vec![Role::Admin, Role::Ci, Role::Deployer, Role::Approver, Role::Viewer]
+        );
+        assert!(Role::ALL.iter().all(|r| r.allows(Action::Follow)));
+        let reporters: Vec<Role> = Role::ALL.into_iter().filter(|r| r.allows(Action::Report)).collect();
+        assert_eq!(reporters, vec![Role::Admin, Role::Agent]);
         for a in [Action::ManageTokens, Action::ManageServices, Action::Maintain] {
             let allowed: Vec<Role> = Role::ALL.into_iter().filter(|r| r.allows(a)).collect();
             assert_eq!(allowed, vec![Role::Admin], "{a:?}");

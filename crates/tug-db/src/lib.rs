@@ -22,11 +22,13 @@ use tug_core::{
     TokenName,
 };
 
+mod agents;
 mod builds;
 mod deployments;
 mod events;
 mod tokens;
 
+pub use agents::AgentRow;
 pub use builds::{BuildFilter, BuildRow, NewBuild};
 pub use deployments::{DeploymentRow, EnvState, NewDeployment, PipelineRow, RequestRow};
 pub use events::EventRow;

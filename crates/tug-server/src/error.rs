@@ -199,6 +199,8 @@ fn describe(action: tug_core::Action) -> &'static str {
         Action::ManagePipelines => "change pipelines or policies",
         Action::Deploy => "release, promote or roll back builds",
         Action::Approve => "approve or reject deployments",
+        Action::Follow => "follow a channel",
+        Action::Report => "report as an agent",
     }
 }
 

@@ -29,6 +29,9 @@ pub use error::ApiError;
 pub struct AppState {
     pub tugboat: Tugboat,
     pub max_json_body: usize,
+    /// The newest event id, updated by a poller: long-polls wake on it, so
+    /// they see changes made through any server sharing the database.
+    pub changes: tokio::sync::watch::Receiver<i64>,
 }
 
 /// The API's routes over `state`.
@@ -84,6 +87,17 @@ pub fn router(state: AppState) -> Router {
             post(routes::deploy::resume),
         )
         .route("/v1/events", get(routes::events::stream))
+        .route("/v1/channels/{service}/{env}", get(routes::agents::channel))
+        .route(
+            "/v1/webapi/automaticupgrades/channel/{service}/{env}/version",
+            get(routes::agents::teleport_version),
+        )
+        .route(
+            "/v1/webapi/automaticupgrades/channel/{service}/{env}/critical",
+            get(routes::agents::teleport_critical),
+        )
+        .route("/v1/agents/report", post(routes::agents::report))
+        .route("/v1/agents", get(routes::agents::list))
         .route("/v1/admin/fsck", post(routes::admin::fsck))
         .route("/v1/admin/gc", post(routes::admin::gc))
         .layer(DefaultBodyLimit::max(state.max_json_body))
@@ -161,6 +175,7 @@ async fn start_with(config: &Config, db: tug_db::Db, store: Arc<dyn tug_store::B
     let router = router(AppState {
         tugboat: tugboat.clone(),
         max_json_body: config.max_json_body,
+        changes: watch_changes(tugboat.db().clone()),
     });
     Ok(Started {
         addr,
@@ -184,6 +199,36 @@ impl Started {
         self.tugboat.db().close().await;
         Ok(())
     }
+}
+
+/// How often the server looks for changes made through any server.
+const CHANGE_POLL: Duration = Duration::from_millis(200);
+
+/// Starts the poller that publishes the newest event id. One query per
+/// interval for the whole server, however many long-polls wait; it ends
+/// when every receiver is gone.
+fn watch_changes(db: tug_db::Db) -> tokio::sync::watch::Receiver<i64> {
+    let (tx, rx) = tokio::sync::watch::channel(0);
+    tokio::spawn(async move {
+        let mut last = 0;
+        loop {
+            match db.last_event_id().await {
+                Ok(id) if id != last => {
+                    last = id;
+                    if tx.send(id).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot read the newest event"),
+            }
+            if tx.is_closed() {
+                return;
+            }
+            tokio::time::sleep(CHANGE_POLL).await;
+        }
+    });
+    rx
 }
 
 /// Writes a secret readable by its owner only (mode 0600), atomically.

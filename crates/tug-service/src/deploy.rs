@@ -151,6 +151,10 @@ impl Tugboat {
         Ok(self.db.pipeline_history(service).await?)
     }
 
+    pub(crate) async fn pipeline_view(&self, service: &ServiceName) -> Result<PipelineView> {
+        self.pipeline_of(service).await
+    }
+
     async fn pipeline_of(&self, service: &ServiceName) -> Result<PipelineView> {
         let Some(row) = self.db.pipeline(service).await? else {
             if !self.db.service_exists(service).await? {

@@ -20,10 +20,12 @@ use tug_core::{
 use tug_db::{BuildFilter, BuildRow, Db, NewBuild, NewToken, TokenRow};
 use tug_store::{Blob, BlobInfo, BlobStore, ByteStream};
 
+mod agents;
 mod deploy;
 mod error;
 mod events;
 
+pub use agents::{ChannelView, STALE_AFTER};
 pub use deploy::{BuildSelector, Decision, DeployOptions, Diff, EnvStatus, Outcome, PipelineView};
 pub use error::Error;
 
@@ -397,12 +399,12 @@ impl Tugboat {
     }
 
     pub async fn stat_blob(&self, who: &Principal, digest: &Digest) -> Result<Option<u64>> {
-        self.require(who, Action::Read)?;
+        self.require(who, Action::Follow)?;
         Ok(self.store.stat(digest).await?)
     }
 
     pub async fn get_blob(&self, who: &Principal, digest: &Digest, start: u64, end: Option<u64>) -> Result<Blob> {
-        self.require(who, Action::Read)?;
+        self.require(who, Action::Follow)?;
         self.store
             .get(digest, start, end)
             .await?

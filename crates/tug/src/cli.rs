@@ -98,6 +98,13 @@ pub enum Command {
         #[arg(long)]
         count: Option<usize>,
     },
+    /// Agents with their build, state and last heartbeat.
+    Agents {
+        #[arg(long)]
+        service: Option<String>,
+        #[arg(long = "env")]
+        env: Option<String>,
+    },
     /// Version helpers.
     #[command(subcommand)]
     Version(VersionCommand),

@@ -204,7 +204,33 @@ pub async fn status(
     Caller(who): Caller,
     Path(segment): Path<String>,
 ) -> Result<axum::Json<Status>, ApiError> {
-    let (view, envs) = state.tugboat.status(&who, &service(&segment)?).await?;
+    let service = service(&segment)?;
+    let (view, envs) = state.tugboat.status(&who, &service).await?;
+    let agents = state
+        .tugboat
+        .db()
+        .agents(Some(&service), None)
+        .await
+        .map_err(tug_service::Error::from)?;
+    let counts = |env: &EnvName, current: Option<&tug_core::BuildId>| {
+        let mut c = tug_api::AgentCounts::default();
+        for a in agents.iter().filter(|a| &a.environment == env) {
+            c.total += 1;
+            if state.tugboat.is_stale(a.last_seen) {
+                c.stale += 1;
+            } else if a.state == "healthy" {
+                c.healthy += 1;
+            } else if a.state == "failed" {
+                c.failed += 1;
+            }
+            if a.build.is_some() && a.build.as_ref() == current {
+                c.on_current += 1;
+            }
+            let key = a.build.as_ref().map_or_else(|| "none".to_string(), |b| b.to_string());
+            *c.by_build.entry(key).or_default() += 1;
+        }
+        c
+    };
     Ok(axum::Json(Status {
         service: view.row.service,
         pipeline_revision: view.row.revision,
@@ -217,6 +243,7 @@ pub async fn status(
                 auto_release_held: s.state.auto_release_held,
                 approvals: s.environment.approvals,
                 private: s.environment.private,
+                agents: counts(&s.environment.name, s.state.current.as_ref().map(|d| &d.build)),
                 current: s.state.current.map(|d| deployment(d, s.build.as_ref())),
                 pending: s
                     .pending

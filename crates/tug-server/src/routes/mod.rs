@@ -2,6 +2,7 @@
 //! use cases.
 
 pub mod admin;
+pub mod agents;
 pub mod blobs;
 pub mod builds;
 pub mod deploy;

@@ -195,31 +195,27 @@ pub async fn status(client: &Client, out: Output, service: &str) -> anyhow::Resu
     let s = client.status(&ServiceName::parse(service)?).await?;
     print(out, &s, |s| {
         let mut t = table(&[
-            "ENV", "VERSION", "BRANCH", "COMMIT", "AUTHOR", "MESSAGE", "DEPLOYED", "BY", "BUILD",
+            "ENV", "VERSION", "BRANCH", "COMMIT", "AUTHOR", "MESSAGE", "DEPLOYED", "BY", "AGENTS", "BUILD",
         ]);
         for e in &s.environments {
             let mut name = e.environment.to_string();
             if e.auto_release_held {
                 name.push_str(" (auto-release held)");
             }
-            match &e.current {
-                None => {
-                    t.add_row(vec![
-                        name,
-                        "-".into(),
-                        "-".into(),
-                        "-".into(),
-                        "-".into(),
-                        "-".into(),
-                        "-".into(),
-                        "-".into(),
-                        "-".into(),
-                    ]);
-                }
+            let a = &e.agents;
+            let agents = if a.total == 0 {
+                "-".to_string()
+            } else {
+                format!(
+                    "{}/{} on it, {} healthy, {} failed, {} stale",
+                    a.on_current, a.total, a.healthy, a.failed, a.stale
+                )
+            };
+            let mut row: Vec<String> = match &e.current {
+                None => vec!["-".into(); 7],
                 Some(d) => {
                     let src = d.summary.as_ref().map(|s| s.source.clone()).unwrap_or_default();
-                    t.add_row(vec![
-                        name,
+                    vec![
                         d.summary
                             .as_ref()
                             .map(|s| s.version.to_string())
@@ -239,10 +235,18 @@ pub async fn status(client: &Client, out: Output, service: &str) -> anyhow::Resu
                             .collect(),
                         format!("{} ({})", time(&d.deployed_at), d.kind),
                         d.requested_by.clone().unwrap_or_else(|| "auto".into()),
-                        d.build.to_string(),
-                    ]);
+                    ]
                 }
-            }
+            };
+            row.insert(0, name);
+            row.push(agents);
+            row.push(
+                e.current
+                    .as_ref()
+                    .map(|d| d.build.to_string())
+                    .unwrap_or_else(|| "-".into()),
+            );
+            t.add_row(row);
         }
         t.to_string()
     })?;
@@ -530,5 +534,45 @@ pub async fn watch(
             break;
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn agents(
+    client: &Client,
+    out: Output,
+    service: Option<String>,
+    env: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let agents = client.agents(service.as_deref(), env.as_deref()).await?;
+    print(out, &agents, |agents| {
+        let mut t = table(&[
+            "SERVICE",
+            "ENV",
+            "HOST",
+            "AGENT",
+            "PLATFORM",
+            "BUILD",
+            "STATE",
+            "LAST SEEN",
+        ]);
+        for a in agents {
+            let r = &a.report;
+            let mut state = format!("{:?}", r.state).to_lowercase();
+            if let Some(e) = &r.error {
+                state.push_str(&format!(": {}", e.chars().take(60).collect::<String>()));
+            }
+            t.add_row(vec![
+                r.service.to_string(),
+                r.environment.to_string(),
+                r.hostname.clone(),
+                r.agent_id.chars().take(13).collect(),
+                r.platform.to_string(),
+                opt(&r.build),
+                state,
+                format!("{}{}", time(&a.last_seen), if a.stale { " (stale)" } else { "" }),
+            ]);
+        }
+        format!("{t}\n{} agents", agents.len())
+    })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,90 @@
+//! Agents: the newest report of each, for the fleet view and rollouts.
+
+use chrono::{DateTime, Utc};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+use tug_core::{BuildId, EnvName, Platform, ServiceName};
+
+use crate::{millis, opt_parse, parse, Db, Result};
+
+/// An agent's newest report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentRow {
+    pub agent_id: String,
+    pub service: ServiceName,
+    pub environment: EnvName,
+    pub hostname: String,
+    pub platform: Platform,
+    pub agent_version: String,
+    pub build: Option<BuildId>,
+    /// idle, downloading, activating, healthy or failed.
+    pub state: String,
+    pub error: Option<String>,
+    pub first_seen: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+}
+
+fn agent_from_row(r: &AnyRow) -> Result<AgentRow> {
+    Ok(AgentRow {
+        agent_id: r.try_get("agent_id")?,
+        service: parse(&r.try_get::<String, _>("service")?, ServiceName::parse)?,
+        environment: parse(&r.try_get::<String, _>("environment")?, EnvName::parse)?,
+        hostname: r.try_get("hostname")?,
+        platform: parse(&r.try_get::<String, _>("platform")?, Platform::parse)?,
+        agent_version: r.try_get("agent_version")?,
+        build: opt_parse(r.try_get("build_id")?, BuildId::parse)?,
+        state: r.try_get("state")?,
+        error: r.try_get("error")?,
+        first_seen: millis(r.try_get("first_seen")?)?,
+        last_seen: millis(r.try_get("last_seen")?)?,
+    })
+}
+
+const COLUMNS: &str = "agent_id, service, environment, hostname, platform, agent_version, build_id, state, error, \
+     first_seen, last_seen";
+
+impl Db {
+    /// Stores an agent's report (its first, or a newer one).
+    pub async fn upsert_agent(&self, a: &AgentRow) -> Result<()> {
+        sqlx::query(&format!(
+            "INSERT INTO agents ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) \
+             ON CONFLICT (agent_id) DO UPDATE SET service = excluded.service, environment = excluded.environment, \
+             hostname = excluded.hostname, platform = excluded.platform, agent_version = excluded.agent_version, \
+             build_id = excluded.build_id, state = excluded.state, error = excluded.error, last_seen = excluded.last_seen"
+        ))
+        .bind(&a.agent_id)
+        .bind(a.service.as_str())
+        .bind(a.environment.as_str())
+        .bind(&a.hostname)
+        .bind(a.platform.as_str())
+        .bind(&a.agent_version)
+        .bind(a.build.as_ref().map(|b| b.to_string()))
+        .bind(&a.state)
+        .bind(a.error.clone())
+        .bind(a.last_seen.timestamp_millis())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Agents of a service (and environment), by service, environment, host.
+    pub async fn agents(&self, service: Option<&ServiceName>, env: Option<&EnvName>) -> Result<Vec<AgentRow>> {
+        let mut sql = format!("SELECT {COLUMNS} FROM agents WHERE 1 = 1");
+        let mut args = Vec::new();
+        if let Some(s) = service {
+            args.push(s.to_string());
+            sql.push_str(&format!(" AND service = ${}", args.len()));
+        }
+        if let Some(e) = env {
+            args.push(e.to_string());
+            sql.push_str(&format!(" AND environment = ${}", args.len()));
+        }
+        sql.push_str(" ORDER BY service, environment, hostname, agent_id");
+        let mut q = sqlx::query(&sql);
+        for a in &args {
+            q = q.bind(a.as_str());
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        rows.iter().map(agent_from_row).collect()
+    }
+}

@@ -1,0 +1,242 @@
+//! Channels, agent reports and the fleet: `GET /v1/channels/{service}/{env}`
+//! (ETag, long-poll), Teleport's plain-text updater endpoints,
+//! `POST /v1/agents/report`, `GET /v1/agents`.
+
+use std::time::Duration;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use tug_api::{Agent, AgentReport, AgentState, Channel, ChannelArtifact};
+use tug_core::{EnvName, Platform, ServiceName};
+use tug_db::AgentRow;
+
+use crate::error::ApiError;
+use crate::extract::{Caller, Json};
+use crate::AppState;
+
+/// The longest a long-poll is held.
+const MAX_WAIT: Duration = Duration::from_secs(120);
+
+fn names(service: &str, env: &str) -> Result<(ServiceName, EnvName), ApiError> {
+    let s = ServiceName::parse(service).map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))?;
+    let e = EnvName::parse(env).map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))?;
+    Ok((s, e))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelQuery {
+    platform: String,
+    /// How long to hold the request when nothing changed: `60s`, `2m`.
+    wait: Option<String>,
+    /// The asking agent (for rollout pacing).
+    agent: Option<String>,
+}
+
+fn etag(seq: i64) -> String {
+    format!("\"d{seq}\"")
+}
+
+pub async fn channel(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Path((service, env)): Path<(String, String)>,
+    headers: HeaderMap,
+    query: Result<Query<ChannelQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let (service, env) = names(&service, &env)?;
+    let platform = Platform::parse(&q.platform).map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))?;
+    let wait = match q.wait.as_deref() {
+        None => Duration::ZERO,
+        Some(w) => tug_core::parse_duration(w).filter(|d| *d <= MAX_WAIT).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_query",
+                format!("wait {w:?} must be a duration up to 120s, e.g. 60s"),
+            )
+        })?,
+    };
+    let _ = q.agent;
+    let known = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    // Checks access and that the environment exists before holding anything.
+    let mut view = state.tugboat.channel(&who, &service, &env, &platform).await?;
+    if known.as_deref() == Some(etag(view.seq).as_str()) {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut changes = state.changes.clone();
+        loop {
+            let seq = state.tugboat.channel_seq(&service, &env).await?;
+            if Some(etag(seq).as_str()) != known.as_deref() {
+                view = state.tugboat.channel(&who, &service, &env, &platform).await?;
+                break;
+            }
+            tokio::select! {
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        tokio::time::sleep_until(deadline).await;
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    let mut res = StatusCode::NOT_MODIFIED.into_response();
+                    if let Ok(v) = HeaderValue::from_str(&etag(seq)) {
+                        res.headers_mut().insert(header::ETAG, v);
+                    }
+                    return Ok(res);
+                }
+            }
+        }
+    }
+    let body = Channel {
+        service,
+        environment: env,
+        build: view.build.as_ref().map(|b| b.id.clone()),
+        version: view.build.as_ref().map(|b| b.version.clone()),
+        manifest_digest: view.build.as_ref().and_then(|b| b.manifest_digest),
+        critical: false,
+        may_update: true,
+        artifacts: view
+            .artifacts
+            .into_iter()
+            .map(|a| ChannelArtifact {
+                url: format!("/v1/blobs/{}", a.digest),
+                name: a.name,
+                kind: a.kind,
+                platform: a.platform,
+                digest: a.digest,
+                size: a.size,
+            })
+            .collect(),
+    };
+    let mut res = axum::Json(body).into_response();
+    if let Ok(v) = HeaderValue::from_str(&etag(view.seq)) {
+        res.headers_mut().insert(header::ETAG, v);
+    }
+    Ok(res)
+}
+
+fn plain(text: String) -> Response {
+    let mut res = text.into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    res
+}
+
+/// Teleport's updaters ask `…/version` without a token: the version of a
+/// public environment, like `v14.3.1`, or `none`.
+pub async fn teleport_version(
+    State(state): State<AppState>,
+    Path((service, env)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let (service, env) = names(&service, &env)?;
+    let build = state.tugboat.public_version(&service, &env).await?;
+    Ok(plain(
+        build.map_or_else(|| "none".to_string(), |b| format!("v{}", b.version)),
+    ))
+}
+
+/// Teleport's `…/critical`: `yes` or `no`.
+pub async fn teleport_critical(
+    State(state): State<AppState>,
+    Path((service, env)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let (service, env) = names(&service, &env)?;
+    state.tugboat.public_version(&service, &env).await?;
+    Ok(plain("no".to_string()))
+}
+
+fn state_name(s: AgentState) -> &'static str {
+    match s {
+        AgentState::Idle => "idle",
+        AgentState::Downloading => "downloading",
+        AgentState::Activating => "activating",
+        AgentState::Healthy => "healthy",
+        AgentState::Failed => "failed",
+    }
+}
+
+fn parse_state(s: &str) -> AgentState {
+    match s {
+        "downloading" => AgentState::Downloading,
+        "activating" => AgentState::Activating,
+        "healthy" => AgentState::Healthy,
+        "failed" => AgentState::Failed,
+        _ => AgentState::Idle,
+    }
+}
+
+pub async fn report(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Json(r): Json<AgentReport>,
+) -> Result<StatusCode, ApiError> {
+    let now = chrono::Utc::now();
+    let row = AgentRow {
+        agent_id: r.agent_id,
+        service: r.service,
+        environment: r.environment,
+        hostname: r.hostname,
+        platform: r.platform,
+        agent_version: r.agent_version,
+        build: r.build,
+        state: state_name(r.state).to_string(),
+        error: r.error,
+        first_seen: now,
+        last_seen: now,
+    };
+    state.tugboat.report(&who, row).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub fn agent(state: &AppState, a: AgentRow) -> Agent {
+    Agent {
+        stale: state.tugboat.is_stale(a.last_seen),
+        last_seen: a.last_seen,
+        report: AgentReport {
+            agent_id: a.agent_id,
+            hostname: a.hostname,
+            platform: a.platform,
+            agent_version: a.agent_version,
+            service: a.service,
+            environment: a.environment,
+            build: a.build,
+            state: parse_state(&a.state),
+            error: a.error,
+        },
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentsQuery {
+    service: Option<String>,
+    env: Option<String>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    query: Result<Query<AgentsQuery>, QueryRejection>,
+) -> Result<axum::Json<Vec<Agent>>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let service = q
+        .service
+        .as_deref()
+        .map(ServiceName::parse)
+        .transpose()
+        .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))?;
+    let env = q
+        .env
+        .as_deref()
+        .map(EnvName::parse)
+        .transpose()
+        .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))?;
+    let rows = state.tugboat.agents(&who, service.as_ref(), env.as_ref()).await?;
+    Ok(axum::Json(rows.into_iter().map(|a| agent(&state, a)).collect()))
+}

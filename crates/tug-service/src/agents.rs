@@ -1,0 +1,156 @@
+//! Channels and agents: what an environment wants its agents to run (for
+//! one platform), the agents' reports, and the fleet view.
+
+use tug_core::{Action, ArtifactSpec, EnvName, Environment, Platform, ServiceName};
+use tug_db::{AgentRow, BuildRow};
+
+use crate::{Error, Principal, Result, Tugboat};
+
+/// An environment's channel for one platform.
+#[derive(Debug, Clone)]
+pub struct ChannelView {
+    pub environment: Environment,
+    /// The environment's deployment sequence number: it changes exactly
+    /// when what the channel names changes, so it makes the ETag.
+    pub seq: i64,
+    pub build: Option<BuildRow>,
+    /// The build's artifacts for the platform, and those without one.
+    pub artifacts: Vec<ArtifactSpec>,
+}
+
+/// How long without a heartbeat makes an agent stale.
+pub const STALE_AFTER: chrono::Duration = chrono::Duration::seconds(60);
+
+impl Tugboat {
+    /// The channel of `env` for `platform`.
+    pub async fn channel(
+        &self,
+        who: &Principal,
+        service: &ServiceName,
+        env: &EnvName,
+        platform: &Platform,
+    ) -> Result<ChannelView> {
+        self.require(who, Action::Follow)?;
+        self.channel_of(service, env, platform).await
+    }
+
+    async fn channel_of(&self, service: &ServiceName, env: &EnvName, platform: &Platform) -> Result<ChannelView> {
+        let view = self.pipeline_view(service).await?;
+        let environment = view
+            .pipeline
+            .environment(env)
+            .ok_or_else(|| Error::EnvironmentNotFound {
+                service: service.clone(),
+                environment: env.clone(),
+                known: view
+                    .pipeline
+                    .environments
+                    .iter()
+                    .map(|e| e.name.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?
+            .clone();
+        let state = self.db.env_state(service, env).await?;
+        let build = match &state.current {
+            Some(d) => self.db.build(&d.build).await?,
+            None => None,
+        };
+        let artifacts = match &build {
+            Some(b) => self
+                .db
+                .artifacts(&b.id)
+                .await?
+                .into_iter()
+                .filter(|a| a.platform.as_ref().is_none_or(|p| p == platform))
+                .collect(),
+            None => Vec::new(),
+        };
+        Ok(ChannelView {
+            environment,
+            seq: state.seq,
+            build,
+            artifacts,
+        })
+    }
+
+    /// The sequence number of an environment's newest deployment, the
+    /// cheap check behind long-polls.
+    pub async fn channel_seq(&self, service: &ServiceName, env: &EnvName) -> Result<i64> {
+        Ok(self.db.env_state(service, env).await?.seq)
+    }
+
+    /// The version a public (non-private) environment runs, for updaters
+    /// that ask without a token (Teleport's `…/version` endpoint): `None`
+    /// while it runs nothing. A private environment does not exist here.
+    pub async fn public_version(&self, service: &ServiceName, env: &EnvName) -> Result<Option<BuildRow>> {
+        let platform = Platform::parse("linux/amd64").map_err(|e| Error::Invalid(e.to_string()))?;
+        let channel = self.channel_of(service, env, &platform).await?;
+        if channel.environment.private {
+            return Err(Error::EnvironmentNotFound {
+                service: service.clone(),
+                environment: env.clone(),
+                known: "the public ones".into(),
+            });
+        }
+        Ok(channel.build)
+    }
+
+    /// Stores an agent's report. The environment must exist in the
+    /// service's pipeline and a named build must exist.
+    pub async fn report(&self, who: &Principal, mut report: AgentRow) -> Result<()> {
+        self.require(who, Action::Report)?;
+        let view = self.pipeline_view(&report.service).await?;
+        if view.pipeline.environment(&report.environment).is_none() {
+            return Err(Error::EnvironmentNotFound {
+                service: report.service.clone(),
+                environment: report.environment.clone(),
+                known: view
+                    .pipeline
+                    .environments
+                    .iter()
+                    .map(|e| e.name.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        if let Some(b) = &report.build {
+            if self.db.build(b).await?.is_none() {
+                return Err(Error::BuildNotFound(b.to_string()));
+            }
+        }
+        for (field, value, max) in [
+            ("agent_id", report.agent_id.as_str(), 100),
+            ("hostname", report.hostname.as_str(), 255),
+            ("agent_version", report.agent_version.as_str(), 100),
+        ] {
+            if value.is_empty() || value.len() > max || value.chars().any(char::is_control) {
+                return Err(Error::Invalid(format!(
+                    "{field} must be 1 to {max} printable characters"
+                )));
+            }
+        }
+        if report.error.as_ref().is_some_and(|e| e.len() > 4096) {
+            report.error = report.error.map(|e| e.chars().take(4096).collect());
+        }
+        report.last_seen = self.now();
+        report.first_seen = report.last_seen;
+        Ok(self.db.upsert_agent(&report).await?)
+    }
+
+    /// Agents, optionally of one service and environment.
+    pub async fn agents(
+        &self,
+        who: &Principal,
+        service: Option<&ServiceName>,
+        env: Option<&EnvName>,
+    ) -> Result<Vec<AgentRow>> {
+        self.require(who, Action::Read)?;
+        Ok(self.db.agents(service, env).await?)
+    }
+
+    /// Whether an agent last seen at `at` is stale now.
+    pub fn is_stale(&self, at: chrono::DateTime<chrono::Utc>) -> bool {
+        self.now() - at > STALE_AFTER
+    }
+}

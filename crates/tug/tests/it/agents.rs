@@ -1,0 +1,336 @@
+//! Channels, agent reports and the fleet view, through the real server:
+//! what an environment wants agents of a platform to run, long-polls that
+//! answer soon after a change, Teleport's plain-text updater endpoints, and
+//! the agent role's narrow rights.
+
+use std::time::{Duration, Instant};
+
+use tug_core::{ArtifactKind, ArtifactName, ArtifactSpec, Digest, EnvName, Platform, ServiceName};
+
+use crate::support::TestServer;
+
+const PIPELINE: &str = r#"
+service = "web"
+
+[[environments]]
+name = "prod"
+
+[[environments]]
+name = "sec"
+private = true
+"#;
+
+/// A sealed build of `web` with one artifact per platform and one for all.
+async fn build(server: &TestServer, version: &str) -> String {
+    let client = server.client();
+    let b = client
+        .create_build(&tug_api::CreateBuild {
+            service: ServiceName::parse("web").unwrap(),
+            version: tug_core::Version::parse(version).unwrap(),
+            source: tug_core::BuildSource {
+                branch: Some("master".into()),
+                ..Default::default()
+            },
+            ci: Default::default(),
+            expected: vec![],
+            embargoed: false,
+        })
+        .await
+        .unwrap();
+    let mut specs = Vec::new();
+    for (name, platform) in [
+        ("web-amd64", Some("linux/amd64")),
+        ("web-arm64", Some("linux/arm64")),
+        ("config.json", None),
+    ] {
+        let body = format!("{name} {version}").into_bytes();
+        let digest = Digest::of(&body);
+        client.put_blob_bytes(&digest, body.clone()).await.unwrap();
+        specs.push(ArtifactSpec {
+            name: ArtifactName::parse(name).unwrap(),
+            kind: ArtifactKind::Binary,
+            platform: platform.map(|p| Platform::parse(p).unwrap()),
+            size: body.len() as u64,
+            digest,
+            derived_from: vec![],
+        });
+    }
+    client.register_artifacts(b.id.as_str(), specs).await.unwrap();
+    client.seal(b.id.as_str()).await.unwrap();
+    b.id.to_string()
+}
+
+fn release(server: &TestServer, build: &str, env: &str) {
+    let w = tempfile::tempdir().unwrap();
+    server
+        .tug(w.path(), &["release", "web", "--env", env, "--build", build])
+        .ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_long_poll_and_teleport_endpoints() {
+    let server = TestServer::start().await;
+    let w = tempfile::tempdir().unwrap();
+    let w = w.path();
+    server.tug(w, &["service", "create", "web"]).ok();
+    std::fs::write(w.join("p.toml"), PIPELINE).unwrap();
+    server.tug(w, &["pipeline", "apply", "-f", "p.toml"]).ok();
+    let t = server
+        .tug(
+            w,
+            &[
+                "token", "create", "--name", "agent-1", "--role", "agent", "--output", "json",
+            ],
+        )
+        .json();
+    let agent = server.client_with(t["secret"].as_str().unwrap());
+    let (web, prod, amd64) = (
+        ServiceName::parse("web").unwrap(),
+        EnvName::parse("prod").unwrap(),
+        Platform::parse("linux/amd64").unwrap(),
+    );
+
+    // Nothing yet: no build, and Teleport's updater hears "none".
+    let (empty, etag0) = agent
+        .channel(&web, &prod, &amd64, None, None, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(empty.build, None);
+    let plain = |path: &str| {
+        let url = format!("{}/v1/webapi/automaticupgrades/channel/web/{path}", server.url);
+        async move {
+            let res = reqwest::get(url).await.unwrap();
+            (res.status().as_u16(), res.text().await.unwrap())
+        }
+    };
+    assert_eq!(
+        plain("prod/version").await,
+        (200, "none".to_string()),
+        "no token needed"
+    );
+
+    let v1 = build(&server, "1.0.0").await;
+    release(&server, &v1, "prod");
+    let (c, etag1) = agent
+        .channel(&web, &prod, &amd64, None, Some(&etag0), None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(etag0, etag1);
+    assert_eq!(c.build.as_ref().map(|b| b.as_str()), Some(v1.as_str()));
+    assert_eq!(c.version.as_ref().map(|v| v.to_string()).as_deref(), Some("1.0.0"));
+    let names: Vec<&str> = c.artifacts.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(
+        names,
+        vec!["config.json", "web-amd64"],
+        "the asked platform's files and those for all"
+    );
+    // An agent token fetches what its channel names.
+    let bytes = reqwest::Client::new()
+        .get(format!("{}{}", server.url, c.artifacts[1].url))
+        .bearer_auth(t["secret"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(Digest::of(&bytes), c.artifacts[1].digest);
+    assert_eq!(plain("prod/version").await, (200, "v1.0.0".to_string()));
+    assert_eq!(plain("prod/critical").await, (200, "no".to_string()));
+    assert_eq!(plain("sec/version").await.0, 404, "private environments are not public");
+
+    // Unchanged: a plain poll is 304; a long-poll waits its time, then 304.
+    assert!(agent
+        .channel(&web, &prod, &amd64, None, Some(&etag1), None)
+        .await
+        .unwrap()
+        .is_none());
+    let started = Instant::now();
+    assert!(agent
+        .channel(&web, &prod, &amd64, None, Some(&etag1), Some(Duration::from_secs(1)))
+        .await
+        .unwrap()
+        .is_none());
+    assert!(started.elapsed() >= Duration::from_millis(900));
+
+    // A long-poll answers soon after a release.
+    let waiting = {
+        let (agent, web, prod, amd64, etag1) = (agent.clone(), web.clone(), prod.clone(), amd64.clone(), etag1.clone());
+        tokio::spawn(async move {
+            agent
+                .channel(&web, &prod, &amd64, None, Some(&etag1), Some(Duration::from_secs(30)))
+                .await
+        })
+    };
+    let v2 = build(&server, "1.1.0").await;
+    let released = Instant::now();
+    release(&server, &v2, "prod");
+    let (c2, _) = waiting
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("the long-poll answers with the new build");
+    assert_eq!(c2.build.as_ref().map(|b| b.as_str()), Some(v2.as_str()));
+    assert!(
+        released.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        released.elapsed()
+    );
+
+    // Bad input.
+    let err = agent
+        .channel(&web, &EnvName::parse("qa").unwrap(), &amd64, None, None, None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("environment_not_found"));
+    let res = server
+        .http(reqwest::Method::GET, "/v1/channels/web/prod?platform=amd64")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let res = server
+        .http(
+            reqwest::Method::GET,
+            "/v1/channels/web/prod?platform=linux/amd64&wait=1h",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_report_and_the_fleet_shows_them() {
+    let server = TestServer::start().await;
+    let w = tempfile::tempdir().unwrap();
+    let w = w.path();
+    server.tug(w, &["service", "create", "web"]).ok();
+    std::fs::write(w.join("p.toml"), PIPELINE).unwrap();
+    server.tug(w, &["pipeline", "apply", "-f", "p.toml"]).ok();
+    let t = server
+        .tug(
+            w,
+            &[
+                "token", "create", "--name", "agent-1", "--role", "agent", "--output", "json",
+            ],
+        )
+        .json();
+    let agent_token = t["secret"].as_str().unwrap().to_string();
+    let agent = server.client_with(&agent_token);
+    let v1 = build(&server, "1.0.0").await;
+    release(&server, &v1, "prod");
+
+    let report =
+        |id: &str, build: Option<&str>, state: tug_api::AgentState, error: Option<&str>| tug_api::AgentReport {
+            agent_id: id.to_string(),
+            hostname: format!("host-{id}"),
+            platform: Platform::parse("linux/amd64").unwrap(),
+            agent_version: "0.1.0".into(),
+            service: ServiceName::parse("web").unwrap(),
+            environment: EnvName::parse("prod").unwrap(),
+            build: build.map(|b| tug_core::BuildId::parse(b).unwrap()),
+            state,
+            error: error.map(str::to_string),
+        };
+    agent
+        .report(&report("a1", Some(&v1), tug_api::AgentState::Healthy, None))
+        .await
+        .unwrap();
+    agent
+        .report(&report("a2", Some(&v1), tug_api::AgentState::Healthy, None))
+        .await
+        .unwrap();
+    agent
+        .report(&report(
+            "a3",
+            None,
+            tug_api::AgentState::Failed,
+            Some("health check timed out"),
+        ))
+        .await
+        .unwrap();
+    // A newer report replaces the older one.
+    agent
+        .report(&report("a2", Some(&v1), tug_api::AgentState::Downloading, None))
+        .await
+        .unwrap();
+
+    let fleet = server
+        .tug(w, &["agents", "--service", "web", "--output", "json"])
+        .json();
+    assert_eq!(fleet.as_array().unwrap().len(), 3);
+    assert_eq!(fleet[1]["agent_id"], "a2");
+    assert_eq!(fleet[1]["state"], "downloading");
+    assert_eq!(fleet[2]["error"], "health check timed out");
+    let table = server.tug(w, &["agents"]).ok().to_string();
+    assert!(
+        table.contains("host-a3") && table.contains("health check timed out"),
+        "{table}"
+    );
+    let status = server.tug(w, &["status", "web", "--output", "json"]).json();
+    let counts = &status["environments"][0]["agents"];
+    assert_eq!(
+        (counts["total"].as_u64(), counts["on_current"].as_u64()),
+        (Some(3), Some(2))
+    );
+    assert_eq!(
+        (counts["healthy"].as_u64(), counts["failed"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert!(server
+        .tug(w, &["status", "web"])
+        .ok()
+        .contains("2/3 on it, 1 healthy, 1 failed"));
+
+    // The agent role reads its channel and reports, nothing else.
+    for args in [
+        vec!["build", "list", "--service", "web"],
+        vec!["status", "web"],
+        vec!["agents"],
+    ] {
+        let err = server.tug_as(&agent_token, w, &args).fails().to_string();
+        assert!(err.contains("HTTP 403"), "{args:?}: {err}");
+    }
+    let err = agent
+        .report(&tug_api::AgentReport {
+            environment: EnvName::parse("qa").unwrap(),
+            ..report("a4", None, tug_api::AgentState::Idle, None)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("environment_not_found"));
+    let err = agent
+        .report(&report(
+            "a5",
+            Some("0190c3f2-6a2b-7d4e-9f10-2b3c4d5e6f70"),
+            tug_api::AgentState::Idle,
+            None,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("build_not_found"));
+    let v = server
+        .tug(
+            w,
+            &[
+                "token", "create", "--name", "eve", "--role", "viewer", "--output", "json",
+            ],
+        )
+        .json();
+    let err = server
+        .client_with(v["secret"].as_str().unwrap())
+        .report(&report("a6", None, tug_api::AgentState::Idle, None))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(403));
+    let res = server
+        .http(reqwest::Method::POST, "/v1/agents/report")
+        .json(&serde_json::json!({"agent_id": "x", "colour": "red"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+}
