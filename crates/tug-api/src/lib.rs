@@ -137,6 +137,9 @@ pub struct Build {
     pub yanked_at: Option<DateTime<Utc>>,
     pub yanked_by: Option<String>,
     pub yank_reason: Option<String>,
+    /// Agents install it at once, outside maintenance windows.
+    #[serde(default)]
+    pub critical: bool,
     /// Present when one build is shown, absent in lists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifacts: Option<Vec<ArtifactSpec>>,

@@ -390,6 +390,11 @@ impl Client {
             .await
     }
 
+    pub async fn mark_critical(&self, reference: &str) -> Result<Build> {
+        self.json(self.request(Method::POST, &format!("/v1/builds/{}/critical", encode(reference))))
+            .await
+    }
+
     pub async fn unembargo(&self, reference: &str) -> Result<Build> {
         self.json(self.request(Method::POST, &format!("/v1/builds/{}/unembargo", encode(reference))))
             .await

@@ -48,6 +48,8 @@ pub struct BuildRow {
     pub yanked_by: Option<String>,
     pub yank_reason: Option<String>,
     pub embargoed: bool,
+    /// Agents install it at once, outside maintenance windows.
+    pub critical: bool,
 }
 
 /// Which builds to list. Empty fields match everything.
@@ -66,13 +68,13 @@ pub struct BuildFilter {
 
 const COLUMNS: &str = "b.id, b.service, b.version, b.state, b.repo, b.branch, b.commit_sha, b.tag, b.author, \
      b.message, b.ci_url, b.builder_image, b.expected, b.created_at, b.updated_at, b.created_by, b.sealed_at, \
-     b.manifest_digest, b.manifest, b.yanked_at, b.yanked_by, b.yank_reason, b.embargoed, \
+     b.manifest_digest, b.manifest, b.yanked_at, b.yanked_by, b.yank_reason, b.embargoed, b.critical, \
      (SELECT COUNT(*) FROM artifacts a WHERE a.build_id = b.id) AS artifact_count";
 
 /// The same for lists, without the manifest text that lists never show.
 const LIST_COLUMNS: &str = "b.id, b.service, b.version, b.state, b.repo, b.branch, b.commit_sha, b.tag, b.author, \
      b.message, b.ci_url, b.builder_image, b.expected, b.created_at, b.updated_at, b.created_by, b.sealed_at, \
-     b.manifest_digest, CAST(NULL AS TEXT) AS manifest, b.yanked_at, b.yanked_by, b.yank_reason, b.embargoed, \
+     b.manifest_digest, CAST(NULL AS TEXT) AS manifest, b.yanked_at, b.yanked_by, b.yank_reason, b.embargoed, b.critical, \
      (SELECT COUNT(*) FROM artifacts a WHERE a.build_id = b.id) AS artifact_count";
 
 fn build_from_row(r: &AnyRow) -> Result<BuildRow> {
@@ -111,6 +113,7 @@ fn build_from_row(r: &AnyRow) -> Result<BuildRow> {
         yanked_by: r.try_get("yanked_by")?,
         yank_reason: r.try_get("yank_reason")?,
         embargoed: r.try_get::<i64, _>("embargoed")? != 0,
+        critical: r.try_get::<i64, _>("critical")? != 0,
     })
 }
 
@@ -489,6 +492,15 @@ impl Db {
         .bind(id.as_str())
         .execute(&self.pool)
         .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Marks a sealed build critical; `false` if it was not sealed.
+    pub async fn mark_critical(&self, id: &BuildId) -> Result<bool> {
+        let done = sqlx::query("UPDATE builds SET critical = 1 WHERE id = $1 AND state = 'sealed'")
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected() == 1)
     }
 

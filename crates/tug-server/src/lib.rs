@@ -62,6 +62,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/builds/{build}/seal", post(routes::builds::seal))
         .route("/v1/builds/{build}/yank", post(routes::builds::yank))
         .route("/v1/builds/{build}/unembargo", post(routes::builds::unembargo))
+        .route("/v1/builds/{build}/critical", post(routes::builds::mark_critical))
         .route(
             "/v1/services/{service}/pipeline",
             get(routes::deploy::show_pipeline).put(routes::deploy::apply_pipeline),

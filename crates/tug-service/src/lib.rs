@@ -501,6 +501,26 @@ impl Tugboat {
         Ok(row)
     }
 
+    /// Marks a sealed build critical: agents install it at once, and
+    /// Teleport's updaters hear `critical: yes`.
+    pub async fn mark_critical(&self, who: &Principal, reference: &str) -> Result<BuildRow> {
+        self.require(who, Action::Deploy)?;
+        let build = self.resolve_visible(who, reference).await?;
+        if !self.db.mark_critical(&build.id).await? {
+            return Err(Error::Invalid(format!(
+                "build {} is {}; only sealed builds can be marked critical",
+                build.id, build.state
+            )));
+        }
+        let row = self
+            .db
+            .build(&build.id)
+            .await?
+            .ok_or(Error::BuildNotFound(build.id.to_string()))?;
+        self.emit_build("build.critical", Some(who.name.as_str()), &row).await;
+        Ok(row)
+    }
+
     /// Lifts a build's embargo (admin only): it becomes visible to everyone
     /// and may go to any environment.
     pub async fn unembargo_build(&self, who: &Principal, reference: &str) -> Result<BuildRow> {

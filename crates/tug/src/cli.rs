@@ -218,6 +218,8 @@ pub enum BuildCommand {
     },
     /// Lift a build's embargo (admin).
     Unembargo { build: String },
+    /// Mark a sealed build critical: agents install it at once.
+    MarkCritical { build: String },
     /// Show a build (by id or manifest digest) and its artifacts.
     Show {
         build: String,

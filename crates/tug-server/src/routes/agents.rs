@@ -97,7 +97,7 @@ pub async fn channel(
         build: view.build.as_ref().map(|b| b.id.clone()),
         version: view.build.as_ref().map(|b| b.version.clone()),
         manifest_digest: view.build.as_ref().and_then(|b| b.manifest_digest),
-        critical: false,
+        critical: view.build.as_ref().is_some_and(|b| b.critical),
         may_update: true,
         artifacts: view
             .artifacts
@@ -147,8 +147,10 @@ pub async fn teleport_critical(
     Path((service, env)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let (service, env) = names(&service, &env)?;
-    state.tugboat.public_version(&service, &env).await?;
-    Ok(plain("no".to_string()))
+    let build = state.tugboat.public_version(&service, &env).await?;
+    Ok(plain(
+        if build.is_some_and(|b| b.critical) { "yes" } else { "no" }.to_string(),
+    ))
 }
 
 fn state_name(s: AgentState) -> &'static str {

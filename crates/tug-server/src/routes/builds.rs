@@ -34,6 +34,7 @@ pub fn build(row: BuildRow, artifacts: Option<Vec<tug_core::ArtifactSpec>>) -> B
         yanked_at: row.yanked_at,
         yanked_by: row.yanked_by,
         yank_reason: row.yank_reason,
+        critical: row.critical,
         artifacts,
     }
 }
@@ -176,5 +177,14 @@ pub async fn unembargo(
     Path(reference): Path<String>,
 ) -> Result<axum::Json<Build>, ApiError> {
     let row = state.tugboat.unembargo_build(&who, &reference).await?;
+    Ok(axum::Json(build(row, None)))
+}
+
+pub async fn mark_critical(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Path(reference): Path<String>,
+) -> Result<axum::Json<Build>, ApiError> {
+    let row = state.tugboat.mark_critical(&who, &reference).await?;
     Ok(axum::Json(build(row, None)))
 }

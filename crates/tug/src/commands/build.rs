@@ -22,6 +22,12 @@ pub async fn run(client: &Client, out: Output, c: BuildCommand) -> anyhow::Resul
                 format!("Build {} yanked: it will not be deployed again.", b.id)
             })?;
         }
+        BuildCommand::MarkCritical { build } => {
+            let b = client.mark_critical(&build).await?;
+            print(out, &b, |b| {
+                format!("Build {} is critical: agents install it at once.", b.id)
+            })?;
+        }
         BuildCommand::Unembargo { build } => {
             let b = client.unembargo(&build).await?;
             print(out, &b, |b| {

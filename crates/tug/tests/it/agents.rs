@@ -179,6 +179,26 @@ async fn channels_long_poll_and_teleport_endpoints() {
         released.elapsed()
     );
 
+    // A critical build: the channel and Teleport's updater say so.
+    assert!(!c2.critical);
+    server.tug(w, &["build", "mark-critical", &v2]).ok();
+    let (c3, _) = agent
+        .channel(&web, &prod, &amd64, None, None, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(c3.critical);
+    assert_eq!(plain("prod/critical").await, (200, "yes".to_string()));
+    let draft = server
+        .tug(w, &["build", "create", "--service", "web", "--version", "9.0.0"])
+        .ok()
+        .trim()
+        .to_string();
+    assert!(server
+        .tug(w, &["build", "mark-critical", &draft])
+        .fails()
+        .contains("only sealed builds"));
+
     // Bad input.
     let err = agent
         .channel(&web, &EnvName::parse("qa").unwrap(), &amd64, None, None, None)
