@@ -98,6 +98,9 @@ pub enum Command {
         #[arg(long)]
         count: Option<usize>,
     },
+    /// Follow an environment's channel on this machine: fetch, verify,
+    /// switch atomically, (re)start, health-check, roll back, report.
+    Agent(AgentArgs),
     /// Agents with their build, state and last heartbeat.
     Agents {
         #[arg(long)]
@@ -443,4 +446,36 @@ pub enum VersionCommand {
         #[arg(long)]
         commit: Option<String>,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    #[arg(long)]
+    pub service: String,
+    #[arg(long = "env")]
+    pub env: String,
+    /// Where releases, the blob cache and the agent's state live.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Platform whose artifacts to fetch (default: this machine's, e.g. linux/amd64).
+    #[arg(long)]
+    pub platform: Option<String>,
+    /// A command to run and supervise from the current release (restarted on update).
+    #[arg(long)]
+    pub exec: Option<String>,
+    /// A command whose exit status 0 means healthy.
+    #[arg(long, conflicts_with = "health_url")]
+    pub health_cmd: Option<String>,
+    /// A URL that answers 2xx when healthy.
+    #[arg(long)]
+    pub health_url: Option<String>,
+    /// A command run after each switch (instead of or before --exec).
+    #[arg(long)]
+    pub on_activate: Option<String>,
+    /// How long a new release has to become healthy, in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub health_timeout: u64,
+    /// Seconds between heartbeats.
+    #[arg(long, default_value_t = 10)]
+    pub heartbeat: u64,
 }

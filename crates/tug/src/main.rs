@@ -37,10 +37,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Server(args) = cli.command {
         return commands::server::run(args).await.map(|()| ExitCode::SUCCESS);
     }
+    if let Command::Agent(args) = cli.command {
+        return commands::agent::run(&cli.global, args)
+            .await
+            .map(|()| ExitCode::SUCCESS);
+    }
     let client = client(&cli.global)?;
     let out = cli.global.output;
     match cli.command {
-        Command::Server(_) => unreachable!("handled above"),
+        Command::Server(_) | Command::Agent(_) => unreachable!("handled above"),
         Command::Token(c) => commands::admin::token(&client, out, c).await,
         Command::Service(c) => commands::admin::service(&client, out, c).await,
         Command::Build(c) => commands::build::run(&client, out, c).await,

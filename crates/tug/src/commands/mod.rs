@@ -1,6 +1,7 @@
 //! One module per group of subcommands.
 
 pub mod admin;
+pub mod agent;
 pub mod build;
 pub mod deploy;
 pub mod server;

@@ -354,3 +354,111 @@ async fn agents_report_and_the_fleet_shows_them() {
         .unwrap();
     assert_eq!(res.status(), 400);
 }
+
+/// `tug agent` as a real process: installs the released build, runs it,
+/// checks its health and reports; the next release replaces it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_binary_installs_runs_and_reports() {
+    let server = TestServer::start().await;
+    let w = tempfile::tempdir().unwrap();
+    let w = w.path();
+    server.tug(w, &["service", "create", "web"]).ok();
+    std::fs::write(w.join("p.toml"), PIPELINE).unwrap();
+    server.tug(w, &["pipeline", "apply", "-f", "p.toml"]).ok();
+    let t = server
+        .tug(
+            w,
+            &[
+                "token", "create", "--name", "agent-1", "--role", "agent", "--output", "json",
+            ],
+        )
+        .json();
+    let token = t["secret"].as_str().unwrap().to_string();
+
+    // A tiny service: it writes which version runs, then stays up.
+    let release_of = |version: &str| -> String {
+        let dir = w.join(format!("build-{version}"));
+        let script = format!("#!/bin/sh\necho {version} > \"$TUG_AGENT_OUT/running\"\nexec sleep 600\n");
+        crate::support::write_files(&dir, &[("serve.sh", script.as_bytes())]);
+        let out = server
+            .tug(
+                w,
+                &[
+                    "push",
+                    "--service",
+                    "web",
+                    "--version",
+                    version,
+                    "--kind",
+                    "binary",
+                    "--seal",
+                    dir.join("serve.sh").to_str().unwrap(),
+                    "--output",
+                    "json",
+                ],
+            )
+            .json();
+        let id = out["build"].as_str().unwrap().to_string();
+        server.tug(w, &["release", "web", "--env", "prod", "--build", &id]).ok();
+        id
+    };
+    let out_dir = w.join("out");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let running = out_dir.join("running");
+    let v1 = release_of("1.0.0");
+
+    let err = server
+        .tug_as("", w, &["agent", "--service", "web", "--env", "prod", "--dir", "x"])
+        .fails()
+        .to_string();
+    assert!(err.contains("agent role"), "{err}");
+    let health = format!("test -f {}", running.display());
+    let agent_dir = w.join("agent");
+    let child = std::process::Command::new(crate::support::TUG)
+        .args([
+            "agent",
+            "--service",
+            "web",
+            "--env",
+            "prod",
+            "--dir",
+            agent_dir.to_str().unwrap(),
+        ])
+        .args(["--exec", "./serve.sh", "--health-cmd", &health, "--heartbeat", "1"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap())
+        .env("TUG_SERVER", &server.url)
+        .env("TUG_TOKEN", &token)
+        .env("TUG_AGENT_OUT", &out_dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(w.join("agent.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut agent = crate::support::KillOnDrop(child);
+    let log = || std::fs::read_to_string(w.join("agent.log")).unwrap_or_default();
+    let healthy_on = |build: &str| {
+        let fleet = server
+            .tug(w, &["agents", "--service", "web", "--output", "json"])
+            .json();
+        let agents = fleet.as_array().unwrap().clone();
+        (agents.len() == 1 && agents[0]["state"] == "healthy" && agents[0]["build"] == build).then_some(())
+    };
+    crate::support::eventually(60, || healthy_on(&v1));
+    assert_eq!(std::fs::read_to_string(&running).unwrap().trim(), "1.0.0", "{}", log());
+    assert!(agent_dir.join("current/serve.sh").exists());
+
+    std::fs::remove_file(&running).unwrap();
+    let v2 = release_of("2.0.0");
+    crate::support::eventually(60, || healthy_on(&v2));
+    assert_eq!(std::fs::read_to_string(&running).unwrap().trim(), "2.0.0", "{}", log());
+    let status = server.tug(w, &["status", "web", "--output", "json"]).json();
+    assert_eq!(status["environments"][0]["agents"]["on_current"], 1);
+
+    // SIGTERM stops the agent and the service it supervises.
+    std::process::Command::new("kill")
+        .args(["-TERM", &agent.0.id().to_string()])
+        .status()
+        .unwrap();
+    let exited = crate::support::eventually(30, || agent.0.try_wait().unwrap());
+    assert!(exited.success(), "{exited:?}: {}", log());
+}

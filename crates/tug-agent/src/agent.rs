@@ -1,0 +1,455 @@
+//! The agent's loop: follow the channel, install what it names, activate,
+//! check health, roll back on failure, and report, surviving the server's
+//! absence and its own crashes.
+//!
+//! Network errors never end [`run`]: the supervised process keeps running
+//! the current release while the agent backs off and retries. Only an
+//! agent that cannot use its own directory stops with an error.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use nix::fcntl::{Flock, FlockArg};
+use tokio::sync::watch;
+use tug_api::{AgentReport, AgentState, Channel};
+use tug_client::Client;
+use tug_core::{BuildId, Version};
+
+use crate::cache::Cache;
+use crate::config::AgentConfig;
+use crate::error::{io, Error, Result};
+use crate::health::HealthCheck;
+use crate::release::Releases;
+use crate::state::{self, FailedBuild, State};
+use crate::supervisor::{Launch, Supervisor};
+
+/// The first delay after an error; it doubles up to `max_backoff`.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Follows the configured channel until `shutdown` completes, then stops
+/// the supervised process and returns. Returns early only when the agent
+/// directory cannot be used (or another agent holds it).
+pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let mut agent = Agent::open(config)?;
+    let reporter = tokio::spawn(report_loop(
+        agent.client.clone(),
+        agent.base_report(),
+        agent.config.heartbeat,
+        agent.status.subscribe(),
+    ));
+    let result = tokio::select! {
+        () = shutdown => Ok(()),
+        r = agent.follow() => r,
+    };
+    if let Some(s) = &agent.supervisor {
+        s.stop().await;
+    }
+    reporter.abort();
+    result
+}
+
+/// What the agent tells the server about itself, besides its identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Status {
+    build: Option<BuildId>,
+    state: AgentState,
+    error: Option<String>,
+}
+
+/// Whether the answer that led to a deployment attempt is settled (wait
+/// for the channel to change) or must be asked for again after a back-off.
+enum Outcome {
+    Settled,
+    Retry,
+}
+
+struct Agent {
+    config: AgentConfig,
+    /// The agent directory, absolute (release paths handed to processes
+    /// must not depend on their working directory).
+    dir: PathBuf,
+    client: Client,
+    cache: Cache,
+    releases: Releases,
+    state: State,
+    agent_id: String,
+    hostname: String,
+    health: HealthCheck,
+    supervisor: Option<Supervisor>,
+    status: watch::Sender<Status>,
+    backoff: Duration,
+    /// Held for the agent's life: one agent per directory, so what looks
+    /// half-done at start is a leftover, not another agent's work.
+    _lock: Flock<std::fs::File>,
+}
+
+impl Agent {
+    fn open(config: AgentConfig) -> Result<Agent> {
+        std::fs::create_dir_all(&config.dir).map_err(io(&config.dir))?;
+        let dir = std::fs::canonicalize(&config.dir).map_err(io(&config.dir))?;
+        let lock_path = dir.join("agent.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io(&lock_path))?;
+        let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|_| Error::Locked(dir.clone()))?;
+        let cache = Cache::open(&dir)?;
+        let releases = Releases::open(&dir)?;
+        // Crash leftovers: half-assembled releases are never pointed at and
+        // are rebuilt from the cache; partial downloads of an earlier
+        // process are dropped (a younger one may belong to this process).
+        let tmp = releases.clean_tmp()?;
+        let parts = cache.clean_parts(state::process_start())?;
+        if tmp + parts > 0 {
+            tracing::info!(
+                releases = tmp,
+                downloads = parts,
+                "removed leftovers of an interrupted run"
+            );
+        }
+        let state = State::load(&dir.join("state.json"))?;
+        let agent_id = state::agent_id(&dir)?;
+        let client = Client::new(&config.server, Some(config.token.clone()))?;
+        let supervisor = config.exec.clone().map(|cmd| Supervisor::new(cmd, config.max_backoff));
+        let status = watch::Sender::new(Status {
+            build: releases.current()?,
+            state: AgentState::Idle,
+            error: None,
+        });
+        Ok(Agent {
+            health: HealthCheck {
+                cmd: config.health_cmd.clone(),
+                url: config.health_url.clone(),
+            },
+            backoff: FIRST_BACKOFF.min(config.max_backoff),
+            config,
+            dir,
+            client,
+            cache,
+            releases,
+            state,
+            agent_id,
+            hostname: state::hostname(),
+            supervisor,
+            status,
+            _lock: lock,
+        })
+    }
+
+    fn base_report(&self) -> AgentReport {
+        AgentReport {
+            agent_id: self.agent_id.clone(),
+            hostname: self.hostname.clone(),
+            platform: self.config.platform.clone(),
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            service: self.config.service.clone(),
+            environment: self.config.environment.clone(),
+            build: None,
+            state: AgentState::Idle,
+            error: None,
+        }
+    }
+
+    fn set_status(&self, build: Option<BuildId>, state: AgentState, error: Option<String>) {
+        self.status.send_replace(Status { build, state, error });
+    }
+
+    fn save_state(&self) -> Result<()> {
+        self.state.save(&self.dir.join("state.json"))
+    }
+
+    async fn follow(&mut self) -> Result<()> {
+        self.recover().await?;
+        let mut etag: Option<String> = None;
+        loop {
+            let answer = self
+                .client
+                .channel(
+                    &self.config.service,
+                    &self.config.environment,
+                    &self.config.platform,
+                    Some(&self.agent_id),
+                    etag.as_deref(),
+                    Some(self.config.poll_wait),
+                )
+                .await;
+            match answer {
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the channel; retrying");
+                    self.back_off().await;
+                }
+                Ok(None) => self.backoff = FIRST_BACKOFF.min(self.config.max_backoff),
+                Ok(Some((channel, tag))) => match self.apply(&channel).await {
+                    Outcome::Settled => {
+                        self.backoff = FIRST_BACKOFF.min(self.config.max_backoff);
+                        if tag.is_empty() {
+                            // Without an ETag the server cannot hold the
+                            // request, so pace the polling here.
+                            etag = None;
+                            tokio::time::sleep(self.config.heartbeat).await;
+                        } else {
+                            etag = Some(tag);
+                        }
+                    }
+                    Outcome::Retry => {
+                        etag = None;
+                        self.back_off().await;
+                    }
+                },
+            }
+        }
+    }
+
+    async fn back_off(&mut self) {
+        tokio::time::sleep(self.backoff).await;
+        self.backoff = (self.backoff * 2).min(self.config.max_backoff);
+    }
+
+    /// At start: finish what a crash interrupted, and run what `current`
+    /// names (the supervised process died with the agent's session or was
+    /// never started).
+    async fn recover(&mut self) -> Result<()> {
+        let current = self.releases.current()?;
+        if let Some(pending) = self.state.activating.clone() {
+            if current.as_ref() == Some(&pending) {
+                // Switched but never confirmed healthy: activate again, and
+                // roll back if it still fails.
+                tracing::info!(build = %pending, "resuming an interrupted activation");
+                let previous = self.state.previous.clone();
+                self.activate_checked(&pending, previous).await?;
+                return Ok(());
+            }
+            // The crash came before the switch: `current` is still the old
+            // release, which is started below.
+            self.state.activating = None;
+            self.save_state()?;
+        }
+        match current {
+            Some(build) => {
+                self.set_status(Some(build.clone()), AgentState::Activating, None);
+                match self.activate(&build).await {
+                    Ok(()) => self.set_status(Some(build), AgentState::Healthy, None),
+                    Err(e) => self.set_status(Some(build), AgentState::Failed, Some(e)),
+                }
+            }
+            None => self.set_status(None, AgentState::Idle, None),
+        }
+        Ok(())
+    }
+
+    /// Acts on one channel answer.
+    async fn apply(&mut self, channel: &Channel) -> Outcome {
+        let Some(build) = channel.build.clone() else {
+            // The environment runs nothing: keep what runs here.
+            return Outcome::Settled;
+        };
+        let current = match self.releases.current() {
+            Ok(c) => c,
+            Err(e) => return self.failed_attempt(None, e),
+        };
+        if current.as_ref() == Some(&build) && self.state.activating.is_none() {
+            return Outcome::Settled;
+        }
+        if self.state.failed.as_ref().is_some_and(|f| f.build == build) {
+            // Failed before: wait until the channel names another build.
+            return Outcome::Settled;
+        }
+        if !channel.may_update {
+            return Outcome::Settled;
+        }
+        match self.deploy(channel, &build, current.clone()).await {
+            Ok(()) => Outcome::Settled,
+            Err(e) => self.failed_attempt(current, e),
+        }
+    }
+
+    /// Reports an attempt that failed before anything was switched; it is
+    /// tried again after a back-off.
+    fn failed_attempt(&self, current: Option<BuildId>, e: Error) -> Outcome {
+        tracing::warn!(error = %e, "deployment attempt failed; retrying later");
+        self.set_status(current, AgentState::Failed, Some(e.to_string()));
+        Outcome::Retry
+    }
+
+    /// Fetches, assembles, switches and activates `build`. An error means
+    /// nothing was switched (or the switch itself failed); a failed
+    /// activation is handled here, by rolling back.
+    async fn deploy(&mut self, channel: &Channel, build: &BuildId, current: Option<BuildId>) -> Result<()> {
+        tracing::info!(%build, "installing");
+        self.set_status(current.clone(), AgentState::Downloading, None);
+        for a in &channel.artifacts {
+            self.cache.ensure(&self.client, &a.digest, a.size).await?;
+        }
+        let (releases, cache) = (self.releases.clone(), self.cache.clone());
+        let (b, version, artifacts) = (build.clone(), channel.version.clone(), channel.artifacts.clone());
+        tokio::task::spawn_blocking(move || releases.assemble(&b, version.as_ref(), &artifacts, &cache))
+            .await
+            .map_err(|e| Error::Task(e.to_string()))??;
+        // Record the intent before the switch: a crash after it resumes the
+        // activation instead of trusting an unchecked release.
+        self.state.activating = Some(build.clone());
+        if current.as_ref() != Some(build) {
+            self.state.previous = current;
+        }
+        self.state.record_install(build);
+        self.save_state()?;
+        self.releases.switch(Some(build))?;
+        let previous = self.state.previous.clone();
+        self.activate_checked(build, previous).await
+    }
+
+    /// Activates the build `current` points at and checks it; on failure,
+    /// rolls back to `previous`. Either way the agent's state is settled.
+    async fn activate_checked(&mut self, build: &BuildId, previous: Option<BuildId>) -> Result<()> {
+        self.set_status(Some(build.clone()), AgentState::Activating, None);
+        match self.activate(build).await {
+            Ok(()) => {
+                self.state.activating = None;
+                self.state.failed = None;
+                self.save_state()?;
+                tracing::info!(%build, "healthy");
+                self.set_status(Some(build.clone()), AgentState::Healthy, None);
+            }
+            Err(reason) => self.roll_back(build, previous, reason).await?,
+        }
+        self.prune().await;
+        Ok(())
+    }
+
+    async fn roll_back(&mut self, failed: &BuildId, previous: Option<BuildId>, reason: String) -> Result<()> {
+        tracing::warn!(build = %failed, %reason, "activation failed; rolling back");
+        let error = Error::Unhealthy {
+            build: failed.clone(),
+            reason,
+        }
+        .to_string();
+        // Remembered first, so a crash during the rollback does not retry
+        // the failed build.
+        self.state.failed = Some(FailedBuild {
+            build: failed.clone(),
+            error: error.clone(),
+        });
+        self.save_state()?;
+        let target = previous.filter(|p| p != failed && self.releases.exists(p));
+        match &target {
+            Some(p) => {
+                self.releases.switch(Some(p))?;
+                self.state.activating = None;
+                self.save_state()?;
+                if let Err(e) = self.activate(p).await {
+                    // Nothing older to go to: report both failures.
+                    let error = format!("{error}; the previous build {p} failed too: {e}");
+                    self.set_status(Some(p.clone()), AgentState::Failed, Some(error));
+                    return Ok(());
+                }
+            }
+            None => {
+                // The first build failed: run nothing rather than a release
+                // known to be broken.
+                if let Some(s) = &self.supervisor {
+                    s.stop().await;
+                }
+                self.releases.switch(None)?;
+                self.state.activating = None;
+                self.save_state()?;
+            }
+        }
+        self.set_status(target, AgentState::Failed, Some(error));
+        Ok(())
+    }
+
+    /// Runs the activation hook, (re)starts the supervised process and
+    /// waits for health. The error is the reason, for the report.
+    async fn activate(&self, build: &BuildId) -> Result<(), String> {
+        let version: Option<Version> = self.releases.version(build);
+        let launch = Launch {
+            cwd: self.releases.current_link(),
+            env: vec![
+                (
+                    "TUG_RELEASE_DIR".to_string(),
+                    self.releases.dir(build).display().to_string(),
+                ),
+                ("TUG_BUILD".to_string(), build.to_string()),
+                (
+                    "TUG_VERSION".to_string(),
+                    version.map(|v| v.to_string()).unwrap_or_default(),
+                ),
+            ],
+        };
+        if let Some(hook) = &self.config.on_activate {
+            let run = tokio::process::Command::new("sh")
+                .arg("-c")
+                .arg(hook)
+                .current_dir(&launch.cwd)
+                .envs(launch.env.iter().map(|(k, v)| (k, v)))
+                .stdin(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .status();
+            let status = tokio::time::timeout(self.config.health_timeout, run)
+                .await
+                .map_err(|_| {
+                    format!(
+                        "the activation hook did not finish within {:?}",
+                        self.config.health_timeout
+                    )
+                })?
+                .map_err(|e| format!("cannot run the activation hook: {e}"))?;
+            if !status.success() {
+                return Err(format!("the activation hook exited with {status}"));
+            }
+        }
+        if let Some(s) = &self.supervisor {
+            s.start(launch.clone()).await.map_err(|e| e.to_string())?;
+        }
+        self.health.wait(&launch, self.config.health_timeout).await
+    }
+
+    /// Deletes old releases and the blobs only they used. A failure here
+    /// costs disk space, not correctness, so it is logged and not fatal.
+    async fn prune(&self) {
+        let (releases, cache, state, keep) = (
+            self.releases.clone(),
+            self.cache.clone(),
+            self.state.clone(),
+            self.config.keep_releases,
+        );
+        let done = tokio::task::spawn_blocking(move || -> Result<(usize, usize)> {
+            let current = releases.current()?;
+            let removed = releases.prune(keep, &state, current.as_ref())?;
+            let blobs = cache.gc(&releases.used_digests()?)?;
+            Ok((removed.len(), blobs))
+        })
+        .await;
+        match done {
+            Ok(Ok((0, 0))) => {}
+            Ok(Ok((releases, blobs))) => tracing::info!(releases, blobs, "pruned old releases"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot prune old releases"),
+            Err(e) => tracing::warn!(error = %e, "pruning task failed"),
+        }
+    }
+}
+
+/// Sends the agent's status at once when it changes and every `heartbeat`
+/// otherwise. A failed report is only logged: the next one carries the
+/// same facts.
+async fn report_loop(client: Client, base: AgentReport, heartbeat: Duration, mut status: watch::Receiver<Status>) {
+    loop {
+        let s = status.borrow_and_update().clone();
+        let report = AgentReport {
+            build: s.build,
+            state: s.state,
+            error: s.error,
+            ..base.clone()
+        };
+        if let Err(e) = client.report(&report).await {
+            tracing::debug!(error = %e, "cannot report to the server");
+        }
+        tokio::select! {
+            changed = status.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(heartbeat) => {}
+        }
+    }
+}
