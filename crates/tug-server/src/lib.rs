@@ -32,6 +32,9 @@ pub struct AppState {
     /// The newest event id, updated by a poller: long-polls wake on it, so
     /// they see changes made through any server sharing the database.
     pub changes: tokio::sync::watch::Receiver<i64>,
+    /// Answers of Teleport's public version/critical endpoints, each with
+    /// the event id it was computed at: valid until the next change.
+    pub public_answers: std::sync::Arc<std::sync::RwLock<std::collections::HashMap<String, (i64, String)>>>,
 }
 
 /// The API's routes over `state`.
@@ -177,6 +180,7 @@ async fn start_with(config: &Config, db: tug_db::Db, store: Arc<dyn tug_store::B
         tugboat: tugboat.clone(),
         max_json_body: config.max_json_body,
         changes: watch_changes(tugboat.db().clone()),
+        public_answers: Default::default(),
     });
     Ok(Started {
         addr,

@@ -128,6 +128,29 @@ fn plain(text: String) -> Response {
     res
 }
 
+/// Answers a public endpoint from the cache while no event happened since
+/// it was computed (updaters poll these often; a change reaches them within
+/// the change poller's interval).
+async fn cached(
+    state: &AppState,
+    key: String,
+    compute: impl std::future::Future<Output = Result<String, ApiError>>,
+) -> Result<Response, ApiError> {
+    let now = *state.changes.borrow();
+    if let Ok(answers) = state.public_answers.read() {
+        if let Some((at, text)) = answers.get(&key) {
+            if *at == now {
+                return Ok(plain(text.clone()));
+            }
+        }
+    }
+    let text = compute.await?;
+    if let Ok(mut answers) = state.public_answers.write() {
+        answers.insert(key, (now, text.clone()));
+    }
+    Ok(plain(text))
+}
+
 /// Teleport's updaters ask `…/version` without a token: the version of a
 /// public environment, like `v14.3.1`, or `none`.
 pub async fn teleport_version(
@@ -135,10 +158,12 @@ pub async fn teleport_version(
     Path((service, env)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let (service, env) = names(&service, &env)?;
-    let build = state.tugboat.public_version(&service, &env).await?;
-    Ok(plain(
-        build.map_or_else(|| "none".to_string(), |b| format!("v{}", b.version)),
-    ))
+    let key = format!("{service}/{env}/version");
+    let compute = async {
+        let build = state.tugboat.public_version(&service, &env).await?;
+        Ok(build.map_or_else(|| "none".to_string(), |b| format!("v{}", b.version)))
+    };
+    cached(&state, key, compute).await
 }
 
 /// Teleport's `…/critical`: `yes` or `no`.
@@ -147,10 +172,12 @@ pub async fn teleport_critical(
     Path((service, env)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let (service, env) = names(&service, &env)?;
-    let build = state.tugboat.public_version(&service, &env).await?;
-    Ok(plain(
-        if build.is_some_and(|b| b.critical) { "yes" } else { "no" }.to_string(),
-    ))
+    let key = format!("{service}/{env}/critical");
+    let compute = async {
+        let build = state.tugboat.public_version(&service, &env).await?;
+        Ok(if build.is_some_and(|b| b.critical) { "yes" } else { "no" }.to_string())
+    };
+    cached(&state, key, compute).await
 }
 
 fn state_name(s: AgentState) -> &'static str {
