@@ -35,7 +35,14 @@ pub struct AppState {
     /// Answers of Teleport's public version/critical endpoints, each with
     /// the event id it was computed at: valid until the next change.
     pub public_answers: std::sync::Arc<std::sync::RwLock<std::collections::HashMap<String, (i64, String)>>>,
+    /// Channel answers (seq and JSON body) per service/env/platform, with
+    /// the event id they were computed at.
+    pub channel_answers: ChannelAnswers,
 }
+
+/// See [`AppState::channel_answers`].
+pub type ChannelAnswers =
+    std::sync::Arc<std::sync::RwLock<std::collections::HashMap<String, (i64, String, bytes::Bytes)>>>;
 
 /// The API's routes over `state`.
 pub fn router(state: AppState) -> Router {
@@ -181,6 +188,7 @@ async fn start_with(config: &Config, db: tug_db::Db, store: Arc<dyn tug_store::B
         max_json_body: config.max_json_body,
         changes: watch_changes(tugboat.db().clone()),
         public_answers: Default::default(),
+        channel_answers: Default::default(),
     });
     Ok(Started {
         addr,

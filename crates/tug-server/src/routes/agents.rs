@@ -36,8 +36,10 @@ pub struct ChannelQuery {
     agent: Option<String>,
 }
 
-fn etag(seq: i64) -> String {
-    format!("\"d{seq}\"")
+/// Names an answer: the environment's deployment seq, and whether the
+/// build is critical (marking a build critical changes no deployment).
+fn etag(seq: i64, critical: bool) -> String {
+    format!("\"d{seq}{}\"", if critical { "c" } else { "" })
 }
 
 pub async fn channel(
@@ -65,16 +67,11 @@ pub async fn channel(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     // Checks access and that the environment exists before holding anything.
-    let mut view = state.tugboat.channel(&who, &service, &env, &platform).await?;
-    if known.as_deref() == Some(etag(view.seq).as_str()) {
+    let (mut tag, mut body) = answer(&state, &who, &service, &env, &platform).await?;
+    if known.as_deref() == Some(tag.as_str()) {
         let deadline = tokio::time::Instant::now() + wait;
         let mut changes = state.changes.clone();
         loop {
-            let seq = state.tugboat.channel_seq(&service, &env).await?;
-            if Some(etag(seq).as_str()) != known.as_deref() {
-                view = state.tugboat.channel(&who, &service, &env, &platform).await?;
-                break;
-            }
             tokio::select! {
                 changed = changes.changed() => {
                     if changed.is_err() {
@@ -83,21 +80,58 @@ pub async fn channel(
                 }
                 _ = tokio::time::sleep_until(deadline) => {
                     let mut res = StatusCode::NOT_MODIFIED.into_response();
-                    if let Ok(v) = HeaderValue::from_str(&etag(seq)) {
+                    if let Ok(v) = HeaderValue::from_str(&tag) {
                         res.headers_mut().insert(header::ETAG, v);
                     }
                     return Ok(res);
                 }
             }
+            (tag, body) = answer(&state, &who, &service, &env, &platform).await?;
+            if Some(tag.as_str()) != known.as_deref() {
+                break;
+            }
         }
     }
-    let body = Channel {
-        service,
-        environment: env,
+    let mut res = Response::new(axum::body::Body::from(body));
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Ok(v) = HeaderValue::from_str(&tag) {
+        res.headers_mut().insert(header::ETAG, v);
+    }
+    Ok(res)
+}
+
+/// A channel's answer (its deployment seq and JSON body), from the cache
+/// while no event happened since it was computed: when a release wakes
+/// thousands of long-polls, one of them reads the database and the others
+/// share its answer. The caller's right to follow is checked every time.
+async fn answer(
+    state: &AppState,
+    who: &tug_service::Principal,
+    service: &ServiceName,
+    env: &EnvName,
+    platform: &Platform,
+) -> Result<(String, bytes::Bytes), ApiError> {
+    state.tugboat.check(who, tug_core::Action::Follow)?;
+    let key = format!("{service}/{env}/{platform}");
+    let now = *state.changes.borrow();
+    if let Ok(answers) = state.channel_answers.read() {
+        if let Some((at, tag, body)) = answers.get(&key) {
+            if *at == now {
+                return Ok((tag.clone(), body.clone()));
+            }
+        }
+    }
+    let view = state.tugboat.channel(who, service, env, platform).await?;
+    let channel = Channel {
+        service: service.clone(),
+        environment: env.clone(),
         build: view.build.as_ref().map(|b| b.id.clone()),
         version: view.build.as_ref().map(|b| b.version.clone()),
         manifest_digest: view.build.as_ref().and_then(|b| b.manifest_digest),
         critical: view.build.as_ref().is_some_and(|b| b.critical),
+        // Rollout pacing will make this per agent; the answer is shared
+        // while it is not.
         may_update: true,
         artifacts: view
             .artifacts
@@ -112,11 +146,15 @@ pub async fn channel(
             })
             .collect(),
     };
-    let mut res = axum::Json(body).into_response();
-    if let Ok(v) = HeaderValue::from_str(&etag(view.seq)) {
-        res.headers_mut().insert(header::ETAG, v);
+    let body = bytes::Bytes::from(
+        serde_json::to_vec(&channel)
+            .map_err(|e| ApiError::from(tug_service::Error::Invalid(format!("cannot encode the channel: {e}"))))?,
+    );
+    let tag = etag(view.seq, channel.critical);
+    if let Ok(mut answers) = state.channel_answers.write() {
+        answers.insert(key, (now, tag.clone(), body.clone()));
     }
-    Ok(res)
+    Ok((tag, body))
 }
 
 fn plain(text: String) -> Response {

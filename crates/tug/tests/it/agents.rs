@@ -112,8 +112,10 @@ async fn channels_long_poll_and_teleport_endpoints() {
 
     let v1 = build(&server, "1.0.0").await;
     release(&server, &v1, "prod");
+    // A long-poll on the old ETag answers as soon as the server sees the
+    // release (answers are shared until the next change is seen).
     let (c, etag1) = agent
-        .channel(&web, &prod, &amd64, None, Some(&etag0), None)
+        .channel(&web, &prod, &amd64, None, Some(&etag0), Some(Duration::from_secs(10)))
         .await
         .unwrap()
         .unwrap();
@@ -185,7 +187,7 @@ async fn channels_long_poll_and_teleport_endpoints() {
     let v2 = build(&server, "1.1.0").await;
     let released = Instant::now();
     release(&server, &v2, "prod");
-    let (c2, _) = waiting
+    let (c2, etag2) = waiting
         .await
         .unwrap()
         .unwrap()
@@ -201,10 +203,10 @@ async fn channels_long_poll_and_teleport_endpoints() {
     assert!(!c2.critical);
     server.tug(w, &["build", "mark-critical", &v2]).ok();
     let (c3, _) = agent
-        .channel(&web, &prod, &amd64, None, None, None)
+        .channel(&web, &prod, &amd64, None, Some(&etag2), Some(Duration::from_secs(10)))
         .await
         .unwrap()
-        .unwrap();
+        .expect("marking the build critical changes the channel's answer");
     assert!(c3.critical);
     // Public answers are cached until the server sees the next change.
     let deadline = Instant::now() + Duration::from_secs(5);
