@@ -35,8 +35,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let shared = Client::new(&server, Some(agent))?;
     for i in 0..agents {
         let client = shared.clone();
-        let (service, env, platform, holding, released_at) =
-            (service.clone(), env.clone(), platform.clone(), holding.clone(), released_at.clone());
+        let (service, env, platform, holding, released_at) = (
+            service.clone(),
+            env.clone(),
+            platform.clone(),
+            holding.clone(),
+            released_at.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let id = format!("sim-{i}");
             let (_, etag) = loop {
@@ -48,7 +53,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             };
             holding.fetch_add(1, Ordering::SeqCst);
             loop {
-                match client.channel(&service, &env, &platform, Some(&id), Some(&etag), Some(Duration::from_secs(60))).await {
+                match client
+                    .channel(
+                        &service,
+                        &env,
+                        &platform,
+                        Some(&id),
+                        Some(&etag),
+                        Some(Duration::from_secs(60)),
+                    )
+                    .await
+                {
                     Ok(Some(_)) => {
                         let at = released_at.get().copied().unwrap_or_else(Instant::now);
                         return Some(at.elapsed());
