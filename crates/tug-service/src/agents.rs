@@ -36,21 +36,7 @@ impl Tugboat {
 
     async fn channel_of(&self, service: &ServiceName, env: &EnvName, platform: &Platform) -> Result<ChannelView> {
         let view = self.pipeline_view(service).await?;
-        let environment = view
-            .pipeline
-            .environment(env)
-            .ok_or_else(|| Error::EnvironmentNotFound {
-                service: service.clone(),
-                environment: env.clone(),
-                known: view
-                    .pipeline
-                    .environments
-                    .iter()
-                    .map(|e| e.name.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            })?
-            .clone();
+        let environment = crate::deploy::environment(&view.pipeline, env)?.clone();
         let state = self.db.env_state(service, env).await?;
         let build = match &state.current {
             Some(d) => self.db.build(&d.build).await?,
@@ -101,19 +87,7 @@ impl Tugboat {
     pub async fn report(&self, who: &Principal, mut report: AgentRow) -> Result<()> {
         self.require(who, Action::Report)?;
         let view = self.pipeline_view(&report.service).await?;
-        if view.pipeline.environment(&report.environment).is_none() {
-            return Err(Error::EnvironmentNotFound {
-                service: report.service.clone(),
-                environment: report.environment.clone(),
-                known: view
-                    .pipeline
-                    .environments
-                    .iter()
-                    .map(|e| e.name.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            });
-        }
+        crate::deploy::environment(&view.pipeline, &report.environment)?;
         if let Some(b) = &report.build {
             if self.db.build(b).await?.is_none() {
                 return Err(Error::BuildNotFound(b.to_string()));

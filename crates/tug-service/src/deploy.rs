@@ -766,7 +766,7 @@ impl<'a> Intent<'a> {
     }
 }
 
-fn environment<'p>(pipeline: &'p Pipeline, name: &EnvName) -> Result<&'p Environment> {
+pub(crate) fn environment<'p>(pipeline: &'p Pipeline, name: &EnvName) -> Result<&'p Environment> {
     pipeline.environment(name).ok_or_else(|| Error::EnvironmentNotFound {
         service: pipeline.service.clone(),
         environment: name.clone(),
