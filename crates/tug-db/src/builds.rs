@@ -66,16 +66,25 @@ pub struct BuildFilter {
     pub by_version: bool,
 }
 
-const COLUMNS: &str = "b.id, b.service, b.version, b.state, b.repo, b.branch, b.commit_sha, b.tag, b.author, \
-     b.message, b.ci_url, b.builder_image, b.expected, b.created_at, b.updated_at, b.created_by, b.sealed_at, \
-     b.manifest_digest, b.manifest, b.yanked_at, b.yanked_by, b.yank_reason, b.embargoed, b.critical, \
-     (SELECT COUNT(*) FROM artifacts a WHERE a.build_id = b.id) AS artifact_count";
+/// The columns of a build row; `$manifest` selects the manifest text or a
+/// NULL in its place (lists never show it, and it is the row's bulk).
+macro_rules! build_columns {
+    ($manifest:literal) => {
+        concat!(
+            "b.id, b.service, b.version, b.state, b.repo, b.branch, b.commit_sha, b.tag, b.author, ",
+            "b.message, b.ci_url, b.builder_image, b.expected, b.created_at, b.updated_at, b.created_by, ",
+            "b.sealed_at, b.manifest_digest, ",
+            $manifest,
+            ", b.yanked_at, b.yanked_by, b.yank_reason, b.embargoed, b.critical, ",
+            "(SELECT COUNT(*) FROM artifacts a WHERE a.build_id = b.id) AS artifact_count"
+        )
+    };
+}
 
-/// The same for lists, without the manifest text that lists never show.
-const LIST_COLUMNS: &str = "b.id, b.service, b.version, b.state, b.repo, b.branch, b.commit_sha, b.tag, b.author, \
-     b.message, b.ci_url, b.builder_image, b.expected, b.created_at, b.updated_at, b.created_by, b.sealed_at, \
-     b.manifest_digest, CAST(NULL AS TEXT) AS manifest, b.yanked_at, b.yanked_by, b.yank_reason, b.embargoed, b.critical, \
-     (SELECT COUNT(*) FROM artifacts a WHERE a.build_id = b.id) AS artifact_count";
+const COLUMNS: &str = build_columns!("b.manifest");
+
+/// The same for lists, without the manifest text.
+const LIST_COLUMNS: &str = build_columns!("CAST(NULL AS TEXT) AS manifest");
 
 fn build_from_row(r: &AnyRow) -> Result<BuildRow> {
     let expected: Vec<String> =

@@ -35,12 +35,14 @@ pub struct DeployOptions {
 /// What a deployment request came to.
 #[derive(Debug, Clone)]
 pub enum Outcome {
-    Deployed(DeploymentRow),
-    /// The environment needs approvals; the request waits for them.
-    Pending {
-        request: RequestRow,
-        need: u32,
+    /// The deployment, with the build it put in place (so callers need
+    /// not read it again).
+    Deployed {
+        deployment: DeploymentRow,
+        build: Box<BuildRow>,
     },
+    /// The environment needs approvals; the request waits for them.
+    Pending { request: RequestRow, need: u32 },
 }
 
 /// What an approval or rejection came to.
@@ -48,8 +50,9 @@ pub enum Outcome {
 pub struct Decision {
     pub request: RequestRow,
     pub need: u32,
-    /// Set when this approval was the last one needed.
-    pub deployment: Option<DeploymentRow>,
+    /// Set, with the deployed build, when this approval was the last one
+    /// needed.
+    pub deployment: Option<(DeploymentRow, Box<BuildRow>)>,
 }
 
 /// Who asks for a deployment and how it is checked.
@@ -617,7 +620,7 @@ impl Tugboat {
             approvals,
         };
         match self.carry_out(intent).await? {
-            Outcome::Deployed(d) => {
+            Outcome::Deployed { deployment, build } => {
                 self.db.close_request(&request.id, "deployed").await?;
                 let request = RequestRow {
                     state: "deployed".into(),
@@ -626,7 +629,7 @@ impl Tugboat {
                 Ok(Decision {
                     request,
                     need,
-                    deployment: Some(d),
+                    deployment: Some((deployment, build)),
                 })
             }
             Outcome::Pending { request, need } => Ok(Decision {
@@ -730,7 +733,10 @@ impl Tugboat {
         };
         let done = self.db.deploy(&deployment, state.seq, hold).await?;
         self.emit_deployment(&done).await;
-        Ok(Outcome::Deployed(done))
+        Ok(Outcome::Deployed {
+            deployment: done,
+            build: Box::new(build),
+        })
     }
 }
 

@@ -112,23 +112,14 @@ pub fn pending(r: RequestRow, need: u32) -> PendingDeployment {
     }
 }
 
-async fn with_build(state: &AppState, d: DeploymentRow) -> Result<Deployment, ApiError> {
-    let build = state
-        .tugboat
-        .db()
-        .build(&d.build)
-        .await
-        .map_err(tug_service::Error::from)?;
-    Ok(deployment(d, build.as_ref()))
-}
-
-async fn answer(state: &AppState, outcome: Outcome) -> Result<(StatusCode, axum::Json<DeployResult>), ApiError> {
-    Ok(match outcome {
-        Outcome::Deployed(d) => (
+/// 201 with the deployment, or 202 with the request that waits.
+fn answer(outcome: Outcome) -> (StatusCode, axum::Json<DeployResult>) {
+    match outcome {
+        Outcome::Deployed { deployment: d, build } => (
             StatusCode::CREATED,
             axum::Json(DeployResult {
                 status: "deployed".into(),
-                deployment: Some(with_build(state, d).await?),
+                deployment: Some(deployment(d, Some(&build))),
                 pending: None,
             }),
         ),
@@ -140,7 +131,7 @@ async fn answer(state: &AppState, outcome: Outcome) -> Result<(StatusCode, axum:
                 pending: Some(pending(request, need)),
             }),
         ),
-    })
+    }
 }
 
 pub async fn release(
@@ -170,7 +161,7 @@ pub async fn release(
             options(req.flags),
         )
         .await?;
-    answer(&state, d).await
+    Ok(answer(d))
 }
 
 pub async fn promote(
@@ -183,7 +174,7 @@ pub async fn promote(
         .tugboat
         .promote(&who, &service(&segment)?, &req.to, options(req.flags))
         .await?;
-    answer(&state, d).await
+    Ok(answer(d))
 }
 
 pub async fn rollback(
@@ -196,7 +187,7 @@ pub async fn rollback(
         .tugboat
         .rollback(&who, &service(&segment)?, &req.environment, req.to, options(req.flags))
         .await?;
-    answer(&state, d).await
+    Ok(answer(d))
 }
 
 pub async fn status(
@@ -307,13 +298,9 @@ async fn decide(
         .tugboat
         .decide(&who, &service(segment)?, &req.environment, &req.build, approve)
         .await?;
-    let deployment = match d.deployment {
-        Some(dep) => Some(with_build(&state, dep).await?),
-        None => None,
-    };
     Ok(axum::Json(Decided {
         pending: pending(d.request, d.need),
-        deployment,
+        deployment: d.deployment.map(|(dep, build)| deployment(dep, Some(&build))),
     }))
 }
 
