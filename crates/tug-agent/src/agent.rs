@@ -150,6 +150,7 @@ impl Agent {
             build: None,
             state: AgentState::Idle,
             error: None,
+            failed_build: None,
         }
     }
 

@@ -546,6 +546,10 @@ pub struct AgentReport {
     /// Why, when `failed`.
     #[serde(default)]
     pub error: Option<String>,
+    /// The build this agent tried and gave up on (its activation or health
+    /// check failed and it went back): what halts a paced rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_build: Option<BuildId>,
 }
 
 /// An agent as the fleet view shows it.

@@ -275,6 +275,7 @@ pub fn agent(state: &AppState, a: AgentRow) -> Agent {
             build: a.build,
             state: parse_state(&a.state),
             error: a.error,
+            failed_build: None,
         },
     }
 }

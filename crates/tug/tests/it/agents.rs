@@ -283,6 +283,7 @@ async fn agents_report_and_the_fleet_shows_them() {
             build: build.map(|b| tug_core::BuildId::parse(b).unwrap()),
             state,
             error: error.map(str::to_string),
+            failed_build: None,
         };
     agent
         .report(&report("a1", Some(&v1), tug_api::AgentState::Healthy, None))
