@@ -23,7 +23,8 @@ pub use manifest::{
 };
 pub use names::{ArtifactName, BuildId, NameError, Platform, ServiceName, TokenName, Version};
 pub use pipeline::{
-    format_duration, parse_duration, BranchRestriction, EnvName, Environment, FreezeWindow, Pipeline, PipelineError,
+    format_duration, parse_duration, BranchRestriction, Compatibility, EnvName, Environment, FreezeWindow, Pipeline,
+    PipelineError, Rollout, Share, Strategy,
     PipelineSpec, ServerRule,
 };
 pub use policy::{evaluate, BuildFacts, DeployKind, Proposal, Verdict, Violation};

@@ -97,6 +97,14 @@ pub enum PipelineError {
     ServerRuleConflict { env: EnvName, branch: String, rule: String },
     #[error("server rule {rule:?} is invalid: {why}; write it as ENVIRONMENT=REGEX, e.g. production=^master$")]
     ServerRule { rule: String, why: String },
+    #[error("environment {env}: maintenance window {window} is invalid: {why}")]
+    Maintenance { env: EnvName, window: String, why: String },
+    #[error("environment {env}: rollout is invalid: {why}")]
+    Rollout { env: EnvName, why: String },
+    #[error("environment {env}: soak_healthy {value:?} is invalid: {why}")]
+    SoakHealthy { env: EnvName, value: String, why: String },
+    #[error("environment {env}: compatible_with is invalid: {why}")]
+    Compatibility { env: EnvName, why: String },
 }
 
 fn cycle_text(cycle: &[EnvName]) -> String {
@@ -138,6 +146,52 @@ pub struct EnvironmentSpec {
     pub freeze: Vec<FreezeSpec>,
     #[serde(default, skip_serializing_if = "is_false")]
     pub private: bool,
+    /// The share of the upstream's agents that must report healthy on the
+    /// build for soak time to count: `"90%"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soak_healthy: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutSpec>,
+    /// When agents may update (critical builds excepted); same forms as
+    /// freeze windows.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub maintenance: Vec<FreezeSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compatible_with: Option<CompatibilitySpec>,
+}
+
+/// `rollout = { strategy = "canary", count = 2, then = "rolling",
+/// max_in_flight = "25%", halt_after_failures = 1, auto_rollback = true }`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutSpec {
+    pub strategy: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub then: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<CountOrShare>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub halt_after_failures: Option<u32>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub auto_rollback: bool,
+}
+
+/// A number of agents (`3`) or a share of them (`"25%"`), as written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum CountOrShare {
+    Count(u32),
+    Text(String),
+}
+
+/// `compatible_with = { service = "teleport-agent", max_major_skew = 1 }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompatibilitySpec {
+    pub service: String,
+    pub max_major_skew: u64,
 }
 
 /// `auto_release = { branch = "master" }`.
@@ -362,8 +416,84 @@ pub enum FreezeWindow {
         end: (Weekday, NaiveTime),
         tz: Tz,
     },
+    /// On each of `days` from `start` to `end` in the wall-clock time of
+    /// `tz` ("Mon-Fri 02:00 - 04:00"); when `end` comes before `start` the
+    /// window runs past midnight into the next day.
+    Daily {
+        /// Bit `n` is the weekday `n` days from Monday.
+        days: u8,
+        start: NaiveTime,
+        end: NaiveTime,
+        tz: Tz,
+    },
     /// Once, from `from` (included) to `until` (excluded).
     Once { from: DateTime<Utc>, until: DateTime<Utc> },
+}
+
+const ALL_DAYS: u8 = 0b111_1111;
+
+fn day_bit(d: Weekday) -> u8 {
+    1 << d.num_days_from_monday()
+}
+
+/// Reads `Mon-Fri`, `Sat,Sun`, `Mon,Wed-Fri` or `Fri-Mon` (a range wraps
+/// over the week's end).
+fn parse_days(text: &str) -> Result<u8, String> {
+    let weekday = |t: &str| -> Result<Weekday, String> {
+        t.trim()
+            .parse()
+            .map_err(|_| format!("{t:?} is not a weekday: use Mon, Tue, Wed, Thu, Fri, Sat or Sun"))
+    };
+    let mut days = 0;
+    for item in text.split(',') {
+        match item.split_once('-') {
+            None => days |= day_bit(weekday(item)?),
+            Some((from, to)) => {
+                let (mut d, to) = (weekday(from)?, weekday(to)?);
+                days |= day_bit(d);
+                while d != to {
+                    d = d.succ();
+                    days |= day_bit(d);
+                }
+            }
+        }
+    }
+    Ok(days)
+}
+
+/// `Mon-Fri`, `Sat,Sun`, … as [`parse_days`] reads them; empty for every day.
+fn days_text(days: u8) -> String {
+    if days == ALL_DAYS {
+        return String::new();
+    }
+    let mut parts = Vec::new();
+    let mut n = 0;
+    while n < 7 {
+        if days & (1 << n) == 0 {
+            n += 1;
+            continue;
+        }
+        let start = n;
+        while n + 1 < 7 && days & (1 << (n + 1)) != 0 {
+            n += 1;
+        }
+        let name = |i: u32| weekday_text(Weekday::try_from(i as u8).unwrap_or(Weekday::Mon));
+        parts.push(if n > start {
+            format!("{}-{}", name(start), name(n))
+        } else {
+            name(start).to_string()
+        });
+        n += 1;
+    }
+    parts.join(",")
+}
+
+fn parse_time(time: &str) -> Result<NaiveTime, String> {
+    let valid_shape = time.len() == 5 && time.as_bytes()[2] == b':';
+    NaiveTime::parse_from_str(time, "%H:%M")
+        .ok()
+        .filter(|_| valid_shape)
+        .ok_or_else(|| format!("{time:?} is not a time of day: use 24-hour HH:MM, e.g. 06:00"))
 }
 
 fn weekday_text(d: Weekday) -> &'static str {
@@ -394,12 +524,7 @@ fn parse_day_time(text: &str) -> Result<(Weekday, NaiveTime), String> {
     let day: Weekday = day
         .parse()
         .map_err(|_| format!("{day:?} is not a weekday: use Mon, Tue, Wed, Thu, Fri, Sat or Sun"))?;
-    let valid_shape = time.len() == 5 && time.as_bytes()[2] == b':';
-    let time = NaiveTime::parse_from_str(time, "%H:%M")
-        .ok()
-        .filter(|_| valid_shape)
-        .ok_or_else(|| format!("{time:?} is not a time of day: use 24-hour HH:MM, e.g. 06:00"))?;
-    Ok((day, time))
+    Ok((day, parse_time(time)?))
 }
 
 fn parse_instant(field: &str, text: &str) -> Result<DateTime<Utc>, String> {
@@ -409,21 +534,48 @@ fn parse_instant(field: &str, text: &str) -> Result<DateTime<Utc>, String> {
 }
 
 impl FreezeWindow {
-    /// Reads `"Sat 00:00 - Mon 06:00"` in time zone `tz` (an IANA name such
-    /// as `Europe/Berlin`, or `UTC`).
+    /// Reads a recurring window in time zone `tz` (an IANA name such as
+    /// `Europe/Berlin`, or `UTC`): one span of the week, `"Sat 00:00 - Mon
+    /// 06:00"`, or the same hours on some days, `"Mon-Fri 02:00 - 04:00"`,
+    /// `"Sat,Sun 10:00 - 12:00"`, `"22:00 - 02:00"` (every day).
     pub fn weekly(text: &str, tz: &str) -> Result<FreezeWindow, String> {
-        let (start, end) = text
-            .split_once('-')
-            .ok_or_else(|| format!("{text:?} has no '-': write e.g. \"Sat 00:00 - Mon 06:00\""))?;
+        // The two ends are split at the '-' after the start's time of day; a
+        // '-' before it belongs to a range of days ("Mon-Fri").
+        let split = text
+            .char_indices()
+            .filter(|(_, c)| *c == '-')
+            .map(|(i, _)| i)
+            .find(|&i| text[..i].trim_end().ends_with(|c: char| c.is_ascii_digit()))
+            .or_else(|| text.find('-'))
+            .ok_or_else(|| format!("{text:?} has no '-': write e.g. \"Sat 00:00 - Mon 06:00\" or \"Mon-Fri 02:00 - 04:00\""))?;
+        let (start, end) = (text[..split].trim(), text[split + 1..].trim());
+        let tz = || -> Result<Tz, String> {
+            tz.parse()
+                .map_err(|_| format!("{tz:?} is not a known time zone: use an IANA name such as Europe/Berlin, or UTC"))
+        };
+        if end.split_whitespace().count() == 1 {
+            // The same hours on some days (or every day).
+            let (days, time) = match start.rsplit_once(char::is_whitespace) {
+                Some((days, time)) => (parse_days(days.trim())?, time),
+                None => (ALL_DAYS, start),
+            };
+            let (start, end) = (parse_time(time)?, parse_time(end)?);
+            if start == end {
+                return Err("it starts and ends at the same time".to_string());
+            }
+            return Ok(FreezeWindow::Daily {
+                days,
+                start,
+                end,
+                tz: tz()?,
+            });
+        }
         let start = parse_day_time(start)?;
         let end = parse_day_time(end)?;
         if start == end {
             return Err("it starts and ends at the same time".to_string());
         }
-        let tz: Tz = tz
-            .parse()
-            .map_err(|_| format!("{tz:?} is not a known time zone: use an IANA name such as Europe/Berlin, or UTC"))?;
-        Ok(FreezeWindow::Weekly { start, end, tz })
+        Ok(FreezeWindow::Weekly { start, end, tz: tz()? })
     }
 
     /// Reads a freeze window as written in the pipeline file.
@@ -470,6 +622,15 @@ impl FreezeWindow {
                 tz: Some(tz.name().to_string()),
                 ..FreezeSpec::default()
             },
+            FreezeWindow::Daily { days, start, end, tz } => FreezeSpec {
+                weekly: Some(
+                    format!("{} {} - {}", days_text(*days), start.format("%H:%M"), end.format("%H:%M"))
+                        .trim_start()
+                        .to_string(),
+                ),
+                tz: Some(tz.name().to_string()),
+                ..FreezeSpec::default()
+            },
             FreezeWindow::Once { from, until } => FreezeSpec {
                 from: Some(from.to_rfc3339_opts(SecondsFormat::AutoSi, true)),
                 until: Some(until.to_rfc3339_opts(SecondsFormat::AutoSi, true)),
@@ -494,6 +655,16 @@ impl FreezeWindow {
                     now >= start || now < end
                 }
             }
+            FreezeWindow::Daily { days, start, end, tz } => {
+                let local = at.with_timezone(tz);
+                let (today, time) = (day_bit(local.weekday()), local.time());
+                if start < end {
+                    days & today != 0 && *start <= time && time < *end
+                } else {
+                    // Past midnight: the window began on the day before.
+                    (days & today != 0 && time >= *start) || (days & day_bit(local.weekday().pred()) != 0 && time < *end)
+                }
+            }
             FreezeWindow::Once { from, until } => *from <= at && at < *until,
         }
     }
@@ -503,7 +674,7 @@ impl fmt::Display for FreezeWindow {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let spec = self.to_spec();
         match self {
-            FreezeWindow::Weekly { .. } => {
+            FreezeWindow::Weekly { .. } | FreezeWindow::Daily { .. } => {
                 write!(f, "{} {}", spec.weekly.unwrap_or_default(), spec.tz.unwrap_or_default())
             }
             FreezeWindow::Once { .. } => write!(
@@ -552,6 +723,182 @@ pub struct Environment {
     pub freeze: Vec<FreezeWindow>,
     /// Private environments may receive embargoed (security) builds.
     pub private: bool,
+    /// Soak time counts only while at least this share (percent) of the
+    /// upstream's agents report healthy on the build.
+    pub soak_healthy: Option<u8>,
+    /// How agents take a new build; `None` is all at once, unpaced.
+    pub rollout: Option<Rollout>,
+    /// Agents update only inside these windows, unless the build is
+    /// critical; none means at any time.
+    pub maintenance: Vec<FreezeWindow>,
+    pub compatible_with: Option<Compatibility>,
+}
+
+/// How the agents of an environment take a new build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rollout {
+    pub strategy: Strategy,
+    /// Failed agents (their health check or activation failed) that halt
+    /// the rollout: no further agent may update.
+    pub halt_after_failures: u32,
+    /// Deploy the previous build when the rollout halts on failures.
+    pub auto_rollback: bool,
+}
+
+/// Which agents may update, and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Strategy {
+    AllAtOnce,
+    /// At most `max_in_flight` agents updating (granted, not yet healthy)
+    /// at a time.
+    Rolling { max_in_flight: Share },
+    /// `count` agents first, then the rest by `then` once those are
+    /// healthy on the build.
+    Canary { count: u32, then: Box<Strategy> },
+}
+
+/// A number of agents or a percentage of an environment's agents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Share {
+    Count(u32),
+    Percent(u8),
+}
+
+impl Share {
+    /// How many of `total` agents: a percentage rounds up, and is never
+    /// less than one agent.
+    pub fn of(self, total: u64) -> u64 {
+        match self {
+            Share::Count(n) => u64::from(n),
+            Share::Percent(p) => (total * u64::from(p)).div_ceil(100).max(1),
+        }
+    }
+
+    fn to_spec(self) -> CountOrShare {
+        match self {
+            Share::Count(n) => CountOrShare::Count(n),
+            Share::Percent(p) => CountOrShare::Text(format!("{p}%")),
+        }
+    }
+}
+
+impl fmt::Display for Share {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Share::Count(n) => write!(f, "{n}"),
+            Share::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+/// Reads `"25%"` (1 to 100).
+fn parse_percent(text: &str) -> Result<u8, String> {
+    text.trim()
+        .strip_suffix('%')
+        .and_then(|n| n.trim().parse::<u8>().ok())
+        .filter(|p| (1..=100).contains(p))
+        .ok_or_else(|| format!("{:?} is not a percentage from 1% to 100%, e.g. \"25%\"", shown(text)))
+}
+
+impl fmt::Display for Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Strategy::AllAtOnce => f.write_str("all-at-once"),
+            Strategy::Rolling { max_in_flight } => write!(f, "rolling, {max_in_flight} at a time"),
+            Strategy::Canary { count, then } => write!(f, "canary of {count}, then {then}"),
+        }
+    }
+}
+
+impl Rollout {
+    fn from_spec(spec: &RolloutSpec) -> Result<Rollout, String> {
+        let in_flight = |strategy: &str| -> Result<Share, String> {
+            match &spec.max_in_flight {
+                None => Err(format!("{strategy} needs max_in_flight: a number of agents or a share, e.g. \"25%\"")),
+                Some(CountOrShare::Count(0)) => Err("max_in_flight must be at least 1".to_string()),
+                Some(CountOrShare::Count(n)) => Ok(Share::Count(*n)),
+                Some(CountOrShare::Text(t)) => Ok(Share::Percent(parse_percent(t)?)),
+            }
+        };
+        let simple = |name: &str, field: &str| -> Result<Strategy, String> {
+            match name {
+                "all-at-once" => {
+                    if spec.max_in_flight.is_some() {
+                        return Err(format!("max_in_flight applies to rolling, not to {field} all-at-once"));
+                    }
+                    Ok(Strategy::AllAtOnce)
+                }
+                "rolling" => Ok(Strategy::Rolling {
+                    max_in_flight: in_flight("rolling")?,
+                }),
+                other => Err(format!(
+                    "{field} {:?} is not a strategy: use \"all-at-once\", \"rolling\" or \"canary\"",
+                    shown(other)
+                )),
+            }
+        };
+        let strategy = match spec.strategy.as_str() {
+            "canary" => {
+                let count = spec
+                    .count
+                    .filter(|n| *n > 0)
+                    .ok_or("canary needs count, the number of agents to update first (at least 1)")?;
+                let then = spec.then.as_deref().unwrap_or("all-at-once");
+                if then == "canary" {
+                    return Err("then must be \"all-at-once\" or \"rolling\"".to_string());
+                }
+                Strategy::Canary {
+                    count,
+                    then: Box::new(simple(then, "then")?),
+                }
+            }
+            other => {
+                if spec.count.is_some() || spec.then.is_some() {
+                    return Err("count and then apply only to strategy \"canary\"".to_string());
+                }
+                simple(other, "strategy")?
+            }
+        };
+        let halt_after_failures = match spec.halt_after_failures {
+            Some(0) => return Err("halt_after_failures must be at least 1".to_string()),
+            Some(n) => n,
+            None => 1,
+        };
+        Ok(Rollout {
+            strategy,
+            halt_after_failures,
+            auto_rollback: spec.auto_rollback,
+        })
+    }
+
+    fn to_spec(&self) -> RolloutSpec {
+        let (strategy, count, then, max_in_flight) = match &self.strategy {
+            Strategy::AllAtOnce => ("all-at-once", None, None, None),
+            Strategy::Rolling { max_in_flight } => ("rolling", None, None, Some(max_in_flight.to_spec())),
+            Strategy::Canary { count, then } => match then.as_ref() {
+                Strategy::Rolling { max_in_flight } => {
+                    ("canary", Some(*count), Some("rolling"), Some(max_in_flight.to_spec()))
+                }
+                _ => ("canary", Some(*count), Some("all-at-once"), None),
+            },
+        };
+        RolloutSpec {
+            strategy: strategy.to_string(),
+            count,
+            then: then.map(str::to_string),
+            max_in_flight,
+            halt_after_failures: Some(self.halt_after_failures),
+            auto_rollback: self.auto_rollback,
+        }
+    }
+}
+
+/// Builds of this environment may be at most `max_major_skew` major
+/// versions ahead of the oldest agent of `service` reporting in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compatibility {
+    pub service: ServiceName,
+    pub max_major_skew: u64,
 }
 
 impl Environment {
@@ -641,6 +988,51 @@ impl Environment {
             }
         }
 
+        let maintenance = spec
+            .maintenance
+            .iter()
+            .map(|w| {
+                FreezeWindow::from_spec(w).map_err(|why| PipelineError::Maintenance {
+                    env: env(),
+                    window: freeze_spec_text(w),
+                    why,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let soak_healthy = match &spec.soak_healthy {
+            None => None,
+            Some(text) => {
+                let bad = |why: String| PipelineError::SoakHealthy {
+                    env: env(),
+                    value: shown(text),
+                    why,
+                };
+                if soak.is_none() || upstream.is_none() {
+                    return Err(bad(
+                        "it applies to a soak in the upstream: set upstream and soak as well".to_string(),
+                    ));
+                }
+                Some(parse_percent(text).map_err(bad)?)
+            }
+        };
+
+        let rollout = match &spec.rollout {
+            None => None,
+            Some(r) => Some(Rollout::from_spec(r).map_err(|why| PipelineError::Rollout { env: env(), why })?),
+        };
+
+        let compatible_with = match &spec.compatible_with {
+            None => None,
+            Some(c) => Some(Compatibility {
+                service: ServiceName::parse(&c.service).map_err(|e| PipelineError::Compatibility {
+                    env: env(),
+                    why: e.to_string(),
+                })?,
+                max_major_skew: c.max_major_skew,
+            }),
+        };
+
         Ok(Environment {
             name,
             upstream,
@@ -651,6 +1043,10 @@ impl Environment {
             branch_restriction,
             freeze,
             private: spec.private,
+            soak_healthy,
+            rollout,
+            maintenance,
+            compatible_with,
         })
     }
 
@@ -669,7 +1065,20 @@ impl Environment {
             branch_restriction: self.branch_restriction.as_ref().map(|r| r.as_str().to_string()),
             freeze: self.freeze.iter().map(FreezeWindow::to_spec).collect(),
             private: self.private,
+            soak_healthy: self.soak_healthy.map(|p| format!("{p}%")),
+            rollout: self.rollout.as_ref().map(Rollout::to_spec),
+            maintenance: self.maintenance.iter().map(FreezeWindow::to_spec).collect(),
+            compatible_with: self.compatible_with.as_ref().map(|c| CompatibilitySpec {
+                service: c.service.to_string(),
+                max_major_skew: c.max_major_skew,
+            }),
         }
+    }
+
+    /// Whether agents may update at `at`: inside a maintenance window, or
+    /// at any time when there is none.
+    pub fn in_maintenance(&self, at: DateTime<Utc>) -> bool {
+        self.maintenance.is_empty() || self.maintenance.iter().any(|w| w.contains(at))
     }
 
     /// The freeze windows in force at `at`, in file order.
@@ -804,9 +1213,11 @@ impl Pipeline {
             if let Some(restriction) = &env.branch_restriction {
                 out.push_str(&format!("branch_restriction = {}\n", string(restriction)));
             }
-            if !env.freeze.is_empty() {
-                let windows: Vec<String> = env
-                    .freeze
+            let windows = |key: &str, list: &[FreezeSpec]| -> String {
+                if list.is_empty() {
+                    return String::new();
+                }
+                let windows: Vec<String> = list
                     .iter()
                     .map(|w| {
                         inline(&[
@@ -817,10 +1228,43 @@ impl Pipeline {
                         ])
                     })
                     .collect();
-                out.push_str(&format!("freeze = [{}]\n", windows.join(", ")));
-            }
+                format!("{key} = [{}]\n", windows.join(", "))
+            };
+            out.push_str(&windows("freeze", &env.freeze));
             if env.private {
                 out.push_str("private = true\n");
+            }
+            if let Some(share) = &env.soak_healthy {
+                out.push_str(&format!("soak_healthy = {}\n", string(share)));
+            }
+            if let Some(r) = &env.rollout {
+                let mut parts = vec![format!("strategy = {}", string(&r.strategy))];
+                if let Some(n) = r.count {
+                    parts.push(format!("count = {n}"));
+                }
+                if let Some(then) = &r.then {
+                    parts.push(format!("then = {}", string(then)));
+                }
+                match &r.max_in_flight {
+                    Some(CountOrShare::Count(n)) => parts.push(format!("max_in_flight = {n}")),
+                    Some(CountOrShare::Text(t)) => parts.push(format!("max_in_flight = {}", string(t))),
+                    None => {}
+                }
+                if let Some(n) = r.halt_after_failures {
+                    parts.push(format!("halt_after_failures = {n}"));
+                }
+                if r.auto_rollback {
+                    parts.push("auto_rollback = true".to_string());
+                }
+                out.push_str(&format!("rollout = {{ {} }}\n", parts.join(", ")));
+            }
+            out.push_str(&windows("maintenance", &env.maintenance));
+            if let Some(c) = &env.compatible_with {
+                out.push_str(&format!(
+                    "compatible_with = {{ service = {}, max_major_skew = {} }}\n",
+                    string(&c.service),
+                    c.max_major_skew
+                ));
             }
         }
         out
@@ -1466,5 +1910,107 @@ upstream = "canary"
         assert_eq!(format!("{a:?}"), "BranchRestriction(\"^master$\")");
         // Searched, not anchored, like grep.
         assert!(BranchRestriction::new("release/").unwrap().matches("x/release/v1"));
+    }
+
+    fn parse_env(extra: &str) -> Result<Pipeline, PipelineError> {
+        Pipeline::parse(&format!(
+            "service = \"web\"\n[[environments]]\nname = \"trials\"\n[[environments]]\nname = \"production\"\nupstream = \"trials\"\n{extra}\n"
+        ))
+    }
+
+    #[test]
+    fn daily_windows_cover_the_same_hours_on_their_days() {
+        let w = FreezeWindow::weekly("Mon-Fri 02:00 - 04:00", "UTC").unwrap();
+        // 2026-11-23 is a Monday.
+        assert!(w.contains(utc(2026, 11, 23, 2, 0)));
+        assert!(w.contains(utc(2026, 11, 27, 3, 59)), "Friday");
+        assert!(!w.contains(utc(2026, 11, 23, 4, 0)), "the end is excluded");
+        assert!(!w.contains(utc(2026, 11, 28, 3, 0)), "Saturday");
+        assert_eq!(w.to_string(), "Mon-Fri 02:00 - 04:00 UTC");
+        // Past midnight: Friday 22:00 to Saturday 02:00 belongs to Friday.
+        let w = FreezeWindow::weekly("Fri 22:00 - 02:00", "UTC").unwrap();
+        assert!(w.contains(utc(2026, 11, 28, 1, 0)));
+        assert!(!w.contains(utc(2026, 11, 27, 1, 0)), "Friday 01:00 follows Thursday");
+        let every_day = FreezeWindow::weekly("22:00 - 02:00", "Europe/Berlin").unwrap();
+        assert!(every_day.contains(utc(2026, 11, 25, 22, 30)), "23:30 in Berlin");
+        assert!(!every_day.contains(utc(2026, 11, 25, 20, 30)));
+        let w = FreezeWindow::weekly("Sat,Sun 10:00 - 12:00", "UTC").unwrap();
+        assert!(w.contains(utc(2026, 11, 29, 11, 0)) && !w.contains(utc(2026, 11, 27, 11, 0)));
+        assert_eq!(w.to_spec().weekly.as_deref(), Some("Sat-Sun 10:00 - 12:00"));
+        let w = FreezeWindow::weekly("Fri-Mon 10:00 - 12:00", "UTC").unwrap();
+        assert!(w.contains(utc(2026, 11, 23, 11, 0)) && !w.contains(utc(2026, 11, 24, 11, 0)));
+        for (text, why) in [
+            ("Mon-Fro 02:00 - 04:00", "\"Fro\" is not a weekday"),
+            ("Mon-Fri 02:00 - 4pm", "is not a time of day"),
+            ("Mon 02:00 - 02:00", "same time"),
+        ] {
+            let err = FreezeWindow::weekly(text, "UTC").unwrap_err();
+            assert!(err.contains(why), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn rollouts_maintenance_and_compatibility_parse_and_round_trip() {
+        let p = parse_env(
+            "soak = \"1h\"\nsoak_healthy = \"90%\"\nrollout = { strategy = \"canary\", count = 2, then = \"rolling\", max_in_flight = \"25%\", halt_after_failures = 1, auto_rollback = true }\nmaintenance = [{ weekly = \"Mon-Fri 02:00 - 04:00\", tz = \"UTC\" }]\ncompatible_with = { service = \"teleport-agent\", max_major_skew = 1 }",
+        )
+        .unwrap();
+        let prod = p.environment(&EnvName::parse("production").unwrap()).unwrap();
+        let rollout = prod.rollout.as_ref().unwrap();
+        assert_eq!(
+            rollout.strategy,
+            Strategy::Canary {
+                count: 2,
+                then: Box::new(Strategy::Rolling {
+                    max_in_flight: Share::Percent(25)
+                })
+            }
+        );
+        assert!(rollout.auto_rollback);
+        assert_eq!(prod.soak_healthy, Some(90));
+        assert_eq!(prod.compatible_with.as_ref().unwrap().max_major_skew, 1);
+        assert!(prod.in_maintenance(utc(2026, 11, 23, 3, 0)));
+        assert!(!prod.in_maintenance(utc(2026, 11, 23, 5, 0)));
+        assert_eq!(Pipeline::parse(&p.to_toml()).unwrap(), p);
+        let json = serde_json::to_string(&p).unwrap();
+        assert_eq!(serde_json::from_str::<Pipeline>(&json).unwrap(), p);
+
+        let p = parse_env("rollout = { strategy = \"rolling\", max_in_flight = 3 }").unwrap();
+        let prod = p.environment(&EnvName::parse("production").unwrap()).unwrap();
+        let rollout = prod.rollout.as_ref().unwrap();
+        assert_eq!(rollout.halt_after_failures, 1, "halts on the first failure unless told otherwise");
+        assert!(!rollout.auto_rollback);
+        assert!(prod.in_maintenance(utc(2026, 11, 23, 5, 0)), "no window: any time");
+        assert_eq!(Pipeline::parse(&p.to_toml()).unwrap(), p);
+        assert_eq!(Share::Percent(25).of(10), 3);
+        assert_eq!(Share::Percent(1).of(5), 1);
+        assert_eq!(Share::Count(2).of(100), 2);
+    }
+
+    #[test]
+    fn bad_rollouts_and_policies_are_named() {
+        for (extra, want) in [
+            ("rollout = { strategy = \"yolo\" }", "\"yolo\" is not a strategy"),
+            ("rollout = { strategy = \"rolling\" }", "rolling needs max_in_flight"),
+            ("rollout = { strategy = \"rolling\", max_in_flight = \"250%\" }", "not a percentage"),
+            ("rollout = { strategy = \"rolling\", max_in_flight = 0 }", "at least 1"),
+            ("rollout = { strategy = \"canary\" }", "canary needs count"),
+            ("rollout = { strategy = \"canary\", count = 1, then = \"canary\" }", "then must be"),
+            ("rollout = { strategy = \"all-at-once\", count = 2 }", "only to strategy \"canary\""),
+            ("rollout = { strategy = \"all-at-once\", max_in_flight = 2 }", "max_in_flight applies to rolling"),
+            ("rollout = { strategy = \"rolling\", max_in_flight = 1, halt_after_failures = 0 }", "halt_after_failures must be at least 1"),
+            ("rollout = { strategy = \"rolling\", max_in_flight = 1, pace = 2 }", "unknown field"),
+            ("maintenance = [{ weekly = \"Mon-Fri 02:00\" }]", "maintenance window"),
+            ("soak_healthy = \"90%\"", "set upstream and soak"),
+            ("soak = \"1h\"\nsoak_healthy = \"ninety\"", "not a percentage"),
+            ("compatible_with = { service = \"Teleport Agent\", max_major_skew = 1 }", "compatible_with is invalid"),
+            ("compatible_with = { service = \"a\", max_major_skew = -1 }", "invalid"),
+        ] {
+            let err = parse_env(extra).unwrap_err().to_string();
+            assert!(err.contains(want), "{extra}: {err}");
+            if !want.contains("unknown field") && !extra.contains("-1") {
+                assert!(err.contains("production"), "{extra}: {err}");
+            }
+        }
     }
 }

@@ -54,6 +54,8 @@ pub struct BuildFacts<'a> {
     pub sealed: bool,
     pub yanked: bool,
     pub embargoed: bool,
+    /// The build's major version (for compatibility).
+    pub major: u64,
 }
 
 /// A deployment someone (or auto-release) wants to make.
@@ -77,6 +79,12 @@ pub struct Proposal<'a> {
     pub approvals: u32,
     /// A manual release put a hold on auto-release in this environment.
     pub auto_release_held: bool,
+    /// With `soak_healthy`: how long the build has run in the upstream
+    /// while enough of its agents reported healthy on it.
+    pub upstream_healthy_for: Option<Duration>,
+    /// With `compatible_with`: the oldest version among the agents of that
+    /// service reporting in this environment; `None` when none report.
+    pub oldest_compatible: Option<&'a crate::Version>,
 }
 
 /// The outcome of [`evaluate`].
@@ -126,6 +134,7 @@ impl Violation {
     pub const FREEZE: &'static str = "freeze";
     pub const AUTO_RELEASE: &'static str = "auto_release";
     pub const AUTO_RELEASE_HOLD: &'static str = "auto_release_hold";
+    pub const COMPATIBILITY: &'static str = "compatibility";
 
     fn new(policy: &'static str, message: String) -> Violation {
         Violation {
@@ -219,7 +228,14 @@ pub fn evaluate(p: &Proposal) -> Verdict {
                     Some(since) => {
                         // A start in the future (clock skew between servers)
                         // counts as no soak at all rather than an error.
-                        let soaked = (p.now - since).to_std().unwrap_or(Duration::ZERO);
+                        let soaked = match env.soak_healthy {
+                            Some(_) => p.upstream_healthy_for.unwrap_or(Duration::ZERO),
+                            None => (p.now - since).to_std().unwrap_or(Duration::ZERO),
+                        };
+                        let healthy = env
+                            .soak_healthy
+                            .map(|share| format!(" with at least {share}% of its agents healthy"))
+                            .unwrap_or_default();
                         if soaked < soak {
                             let left = round_up_to_second(soak - soaked);
                             let ready = chrono::Duration::from_std(left)
@@ -230,7 +246,7 @@ pub fn evaluate(p: &Proposal) -> Verdict {
                             refuse(
                                 Violation::SOAK,
                                 format!(
-                                    "the build has run in {upstream} for {} of the {} soak {name} requires; promote it again in {}{ready}",
+                                    "the build has run in {upstream}{healthy} for {} of the {} soak {name} requires; promote it again in {}{ready}",
                                     format_duration(soaked),
                                     format_duration(soak),
                                     format_duration(left),
@@ -248,6 +264,19 @@ pub fn evaluate(p: &Proposal) -> Verdict {
             refuse(
                 Violation::FREEZE,
                 format!("{name} is frozen ({window}); deploy after the window ends, or have an admin override the freeze with a reason"),
+            );
+        }
+    }
+
+    if let (Some(compat), Some(oldest)) = (&env.compatible_with, p.oldest_compatible) {
+        let newest = oldest.semver().major.saturating_add(compat.max_major_skew);
+        if p.build.major > newest {
+            refuse(
+                Violation::COMPATIBILITY,
+                format!(
+                    "the build's major version {} is more than {} ahead of {oldest}, the oldest {} agent reporting in {name}; upgrade those agents to {}.x or newer first",
+                    p.build.major, compat.max_major_skew, compat.service, p.build.major.saturating_sub(compat.max_major_skew)
+                ),
             );
         }
     }
@@ -345,6 +374,7 @@ private = true
                 sealed: true,
                 yanked: false,
                 embargoed: false,
+                major: 14,
             },
             now: weekday_noon(),
             in_upstream_since: Some(weekday_noon() - chrono::Duration::hours(2)),
@@ -353,6 +383,8 @@ private = true
             override_freeze: false,
             approvals: 2,
             auto_release_held: false,
+            upstream_healthy_for: None,
+            oldest_compatible: None,
         }
     }
 
@@ -617,6 +649,7 @@ private = true
                 sealed: false,
                 yanked: true,
                 embargoed: true,
+                major: 14,
             },
             now: saturday,
             in_upstream_since: None,
@@ -625,6 +658,8 @@ private = true
             override_freeze: false,
             approvals: 0,
             auto_release_held: true,
+            upstream_healthy_for: None,
+            oldest_compatible: None,
         };
         let verdict = evaluate(&prop);
         assert_eq!(
@@ -658,5 +693,51 @@ private = true
             assert_eq!(serde_json::to_value(kind).unwrap(), name);
             assert_eq!(serde_json::from_value::<DeployKind>(name.into()).unwrap(), kind);
         }
+    }
+
+    fn one_env(extra: &str) -> Pipeline {
+        Pipeline::parse(&format!(
+            "service = \"teleport\"\n[[environments]]\nname = \"trials\"\n[[environments]]\nname = \"production\"\nupstream = \"trials\"\n{extra}\n"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn compatibility_refuses_a_build_too_far_ahead_of_the_oldest_agent() {
+        let p = one_env("compatible_with = { service = \"teleport-agent\", max_major_skew = 1 }");
+        let prod = env(&p, "production");
+        let v13 = crate::Version::parse("13.4.2").unwrap();
+        let v12 = crate::Version::parse("12.0.0").unwrap();
+        let mut prop = proposal(DeployKind::Release, prod);
+        prop.approvals = 0;
+        prop.build.major = 14;
+        prop.oldest_compatible = Some(&v13);
+        assert_eq!(evaluate(&prop), Verdict::Allowed, "one major ahead is within the skew");
+        prop.oldest_compatible = Some(&v12);
+        let verdict = evaluate(&prop);
+        assert_eq!(policies(&verdict), ["compatibility"]);
+        let message = &verdict.violations()[0].message;
+        assert!(message.contains("12.0.0") && message.contains("teleport-agent") && message.contains("13.x"), "{message}");
+        // No agent of that service reports: nothing to be incompatible with.
+        prop.oldest_compatible = None;
+        assert_eq!(evaluate(&prop), Verdict::Allowed);
+    }
+
+    #[test]
+    fn healthy_soak_counts_only_healthy_time() {
+        let p = one_env("soak = \"1h\"\nsoak_healthy = \"90%\"");
+        let prod = env(&p, "production");
+        let mut prop = proposal(DeployKind::Promote, prod);
+        prop.approvals = 0;
+        // Two hours in the upstream, but only 20 minutes of them healthy.
+        prop.upstream_healthy_for = Some(Duration::from_secs(20 * 60));
+        let verdict = evaluate(&prop);
+        assert_eq!(policies(&verdict), ["soak"]);
+        let message = &verdict.violations()[0].message;
+        assert!(message.contains("90% of its agents healthy") && message.contains("20m of the 1h"), "{message}");
+        prop.upstream_healthy_for = None;
+        assert_eq!(policies(&evaluate(&prop)), ["soak"], "no healthy time at all");
+        prop.upstream_healthy_for = Some(Duration::from_secs(3600));
+        assert_eq!(evaluate(&prop), Verdict::Allowed);
     }
 }
