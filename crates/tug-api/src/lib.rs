@@ -331,6 +331,58 @@ pub struct EnvironmentStatus {
     pub pending: Vec<PendingDeployment>,
     /// The agents following this environment.
     pub agents: AgentCounts,
+    /// The rollout of the current build to those agents.
+    #[serde(default)]
+    pub rollout: Option<Rollout>,
+}
+
+/// The rollout of an environment's current build to its agents.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rollout {
+    pub service: ServiceName,
+    pub environment: tug_core::EnvName,
+    pub build: Option<BuildId>,
+    /// The deployment's sequence number in the environment.
+    pub seq: i64,
+    /// As the pipeline sets it: `canary of 2, then rolling, 25% at a time`;
+    /// `None` when the environment does not pace rollouts.
+    pub strategy: Option<String>,
+    /// `rolling`, `halted`, `done`, `unpaced` or `idle`.
+    pub state: String,
+    pub reason: Option<String>,
+    pub changed_by: Option<String>,
+    pub changed_at: Option<DateTime<Utc>>,
+    /// Live agents (heard from within the stale limit).
+    pub agents: i64,
+    /// Agents allowed to take the build.
+    pub granted: i64,
+    /// Agents healthy on the build.
+    pub updated: i64,
+    /// Granted agents neither healthy on the build nor given up on it.
+    pub in_flight: i64,
+    /// Agents that gave up on the build (activation or health check).
+    pub failed: i64,
+    /// Failures that count towards halting (those before a resume do not).
+    pub failures: i64,
+    pub halt_after_failures: Option<u32>,
+    pub auto_rollback: bool,
+    /// Inside a maintenance window now (or there is none).
+    pub in_maintenance: bool,
+}
+
+/// `POST …/rollout/halt`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HaltRequest {
+    pub environment: tug_core::EnvName,
+    pub reason: String,
+}
+
+/// `POST …/rollout/resume`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResumeRequest {
+    pub environment: tug_core::EnvName,
 }
 
 /// How many agents of an environment run what, and how they are.
@@ -512,8 +564,12 @@ pub struct Channel {
     pub manifest_digest: Option<Digest>,
     /// Install even outside maintenance windows.
     pub critical: bool,
-    /// Whether the asking agent may update now (rollout pacing).
+    /// Whether the asking agent may update now (maintenance windows and
+    /// rollout pacing).
     pub may_update: bool,
+    /// Why it may not, when it may not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
     /// The artifacts for the asked platform (and those without one).
     pub artifacts: Vec<ChannelArtifact>,
 }

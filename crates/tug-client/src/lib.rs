@@ -379,6 +379,37 @@ impl Client {
         self.json(self.request(Method::GET, &path)).await
     }
 
+    /// The rollout of an environment's current build to its agents.
+    pub async fn rollout(&self, service: &ServiceName, env: &tug_core::EnvName) -> Result<tug_api::Rollout> {
+        let path = format!("/v1/services/{service}/rollout");
+        self.json(self.request(Method::GET, &path).query(&[("env", env.as_str())]))
+            .await
+    }
+
+    /// Halts an environment's rollout: no further agent takes the build.
+    pub async fn halt_rollout(
+        &self,
+        service: &ServiceName,
+        env: &tug_core::EnvName,
+        reason: &str,
+    ) -> Result<tug_api::Rollout> {
+        let body = tug_api::HaltRequest {
+            environment: env.clone(),
+            reason: reason.to_string(),
+        };
+        let path = format!("/v1/services/{service}/rollout/halt");
+        self.json(self.with_json(Method::POST, &path, &body)).await
+    }
+
+    /// Lets a halted rollout go on.
+    pub async fn resume_rollout(&self, service: &ServiceName, env: &tug_core::EnvName) -> Result<tug_api::Rollout> {
+        let body = tug_api::ResumeRequest {
+            environment: env.clone(),
+        };
+        let path = format!("/v1/services/{service}/rollout/resume");
+        self.json(self.with_json(Method::POST, &path, &body)).await
+    }
+
     pub async fn resume_auto_release(&self, service: &ServiceName, env: &tug_core::EnvName) -> Result<()> {
         let path = format!("/v1/services/{service}/environments/{env}/resume");
         self.send(self.request(Method::POST, &path)).await.map(|_| ())

@@ -20,6 +20,8 @@ pub struct AgentRow {
     /// idle, downloading, activating, healthy or failed.
     pub state: String,
     pub error: Option<String>,
+    /// The build the agent tried and gave up on.
+    pub failed_build: Option<BuildId>,
     pub first_seen: DateTime<Utc>,
     pub last_seen: DateTime<Utc>,
 }
@@ -35,22 +37,24 @@ fn agent_from_row(r: &AnyRow) -> Result<AgentRow> {
         build: opt_parse(r.try_get("build_id")?, BuildId::parse)?,
         state: r.try_get("state")?,
         error: r.try_get("error")?,
+        failed_build: opt_parse(r.try_get("failed_build")?, BuildId::parse)?,
         first_seen: millis(r.try_get("first_seen")?)?,
         last_seen: millis(r.try_get("last_seen")?)?,
     })
 }
 
 const COLUMNS: &str = "agent_id, service, environment, hostname, platform, agent_version, build_id, state, error, \
-     first_seen, last_seen";
+     failed_build, first_seen, last_seen";
 
 impl Db {
     /// Stores an agent's report (its first, or a newer one).
     pub async fn upsert_agent(&self, a: &AgentRow) -> Result<()> {
         sqlx::query(&format!(
-            "INSERT INTO agents ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) \
+            "INSERT INTO agents ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11) \
              ON CONFLICT (agent_id) DO UPDATE SET service = excluded.service, environment = excluded.environment, \
              hostname = excluded.hostname, platform = excluded.platform, agent_version = excluded.agent_version, \
-             build_id = excluded.build_id, state = excluded.state, error = excluded.error, last_seen = excluded.last_seen"
+             build_id = excluded.build_id, state = excluded.state, error = excluded.error, \
+             failed_build = excluded.failed_build, last_seen = excluded.last_seen"
         ))
         .bind(&a.agent_id)
         .bind(a.service.as_str())
@@ -61,10 +65,42 @@ impl Db {
         .bind(a.build.as_ref().map(|b| b.to_string()))
         .bind(&a.state)
         .bind(a.error.clone())
+        .bind(a.failed_build.as_ref().map(|b| b.to_string()))
         .bind(a.last_seen.timestamp_millis())
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// One agent's newest report.
+    pub async fn agent(&self, agent_id: &str) -> Result<Option<AgentRow>> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM agents WHERE agent_id = $1"))
+            .bind(agent_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(agent_from_row).transpose()
+    }
+
+    /// The versions of the agents of a service in an environment heard
+    /// from since `since`: the version of the build each runs, or (running
+    /// none) the version it reports of itself.
+    pub async fn agent_versions(
+        &self,
+        service: &ServiceName,
+        env: &EnvName,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT COALESCE(b.version, a.agent_version) AS version FROM agents a \
+             LEFT JOIN builds b ON b.id = a.build_id \
+             WHERE a.service = $1 AND a.environment = $2 AND a.last_seen >= $3",
+        )
+        .bind(service.as_str())
+        .bind(env.as_str())
+        .bind(since.timestamp_millis())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok(r.try_get("version")?)).collect()
     }
 
     /// Agents of a service (and environment), by service, environment, host.

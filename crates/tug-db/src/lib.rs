@@ -26,12 +26,14 @@ mod agents;
 mod builds;
 mod deployments;
 mod events;
+mod rollouts;
 mod tokens;
 
 pub use agents::AgentRow;
 pub use builds::{BuildFilter, BuildRow, NewBuild};
 pub use deployments::{DeploymentRow, EnvState, NewDeployment, PipelineRow, RequestRow};
 pub use events::EventRow;
+pub use rollouts::{RolloutCounts, RolloutRow, SoakClock};
 pub use tokens::{NewToken, TokenRow};
 
 #[derive(Debug, thiserror::Error)]

@@ -35,14 +35,14 @@ pub struct AppState {
     /// Answers of Teleport's public version/critical endpoints, each with
     /// the event id it was computed at: valid until the next change.
     pub public_answers: std::sync::Arc<std::sync::RwLock<std::collections::HashMap<String, (i64, String)>>>,
-    /// Channel answers (seq and JSON body) per service/env/platform, with
-    /// the event id they were computed at.
+    /// Channel answers per service/env/platform, with the event id they
+    /// were computed at.
     pub channel_answers: ChannelAnswers,
 }
 
 /// See [`AppState::channel_answers`].
 pub type ChannelAnswers =
-    std::sync::Arc<std::sync::RwLock<std::collections::HashMap<String, (i64, String, bytes::Bytes)>>>;
+    std::sync::Arc<std::sync::RwLock<std::collections::HashMap<String, (i64, std::sync::Arc<routes::agents::Answer>)>>>;
 
 /// The API's routes over `state`.
 pub fn router(state: AppState) -> Router {
@@ -109,6 +109,9 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/agents/report", post(routes::agents::report))
         .route("/v1/agents", get(routes::agents::list))
+        .route("/v1/services/{service}/rollout", get(routes::agents::rollout_status))
+        .route("/v1/services/{service}/rollout/halt", post(routes::agents::halt))
+        .route("/v1/services/{service}/rollout/resume", post(routes::agents::resume))
         .route("/v1/admin/fsck", post(routes::admin::fsck))
         .route("/v1/admin/gc", post(routes::admin::gc))
         .layer(DefaultBodyLimit::max(state.max_json_body))

@@ -16,6 +16,8 @@ pub struct ChannelView {
     pub build: Option<BuildRow>,
     /// The build's artifacts for the platform, and those without one.
     pub artifacts: Vec<ArtifactSpec>,
+    /// What decides which agent may take the build now.
+    pub pacing: crate::Pacing,
 }
 
 /// How long without a heartbeat makes an agent stale.
@@ -52,11 +54,13 @@ impl Tugboat {
                 .collect(),
             None => Vec::new(),
         };
+        let pacing = crate::Pacing::of(service, &environment, &state, build.as_ref().is_some_and(|b| b.critical));
         Ok(ChannelView {
             environment,
             seq: state.seq,
             build,
             artifacts,
+            pacing,
         })
     }
 
@@ -107,9 +111,17 @@ impl Tugboat {
         if report.error.as_ref().is_some_and(|e| e.len() > 4096) {
             report.error = report.error.map(|e| e.chars().take(4096).collect());
         }
+        if let Some(b) = &report.failed_build {
+            if self.db.build(b).await?.is_none() {
+                return Err(Error::BuildNotFound(b.to_string()));
+            }
+        }
         report.last_seen = self.now();
         report.first_seen = report.last_seen;
-        Ok(self.db.upsert_agent(&report).await?)
+        let before = self.db.agent(&report.agent_id).await?;
+        self.db.upsert_agent(&report).await?;
+        self.after_report(&view.pipeline, before.as_ref(), &report).await;
+        Ok(())
     }
 
     /// Agents, optionally of one service and environment.

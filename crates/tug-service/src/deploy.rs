@@ -56,16 +56,16 @@ pub struct Decision {
 }
 
 /// Who asks for a deployment and how it is checked.
-struct Intent<'a> {
-    service: &'a ServiceName,
-    environment: &'a Environment,
-    build: BuildRow,
-    kind: DeployKind,
-    options: DeployOptions,
-    requested_by: Option<String>,
-    admin: bool,
+pub(crate) struct Intent<'a> {
+    pub(crate) service: &'a ServiceName,
+    pub(crate) environment: &'a Environment,
+    pub(crate) build: BuildRow,
+    pub(crate) kind: DeployKind,
+    pub(crate) options: DeployOptions,
+    pub(crate) requested_by: Option<String>,
+    pub(crate) admin: bool,
     /// Approvals from distinct approvers other than the requester.
-    approvals: u32,
+    pub(crate) approvals: u32,
 }
 
 /// What changed between two builds.
@@ -86,6 +86,8 @@ pub struct EnvStatus {
     pub build: Option<BuildRow>,
     /// Deployments into this environment waiting for approvals.
     pub pending: Vec<RequestRow>,
+    /// The rollout of the current build to the environment's agents.
+    pub rollout: crate::RolloutStatus,
 }
 
 /// A pipeline as stored, parsed.
@@ -484,11 +486,14 @@ impl Tugboat {
                 Some(d) => self.db.build(&d.build).await?,
                 None => None,
             };
+            let pacing = crate::Pacing::of(service, environment, &state, build.as_ref().is_some_and(|b| b.critical));
+            let rollout = self.status_of(&pacing).await?;
             out.push(EnvStatus {
                 environment: environment.clone(),
                 state,
                 build,
                 pending: Vec::new(),
+                rollout,
             });
         }
         for request in self.db.pending_requests(service).await? {
@@ -642,7 +647,7 @@ impl Tugboat {
 
     /// Checks the policies, then writes the deployment or, where the
     /// environment needs approvals, a request that waits for them.
-    async fn carry_out(&self, intent: Intent<'_>) -> Result<Outcome> {
+    pub(crate) async fn carry_out(&self, intent: Intent<'_>) -> Result<Outcome> {
         let Intent {
             service,
             environment,
@@ -671,6 +676,11 @@ impl Tugboat {
             }
             None => (true, None),
         };
+        let upstream_healthy_for = match (&environment.upstream, environment.soak_healthy) {
+            (Some(up), Some(share)) => self.upstream_healthy_for(service, up, &build.id, share).await?,
+            _ => None,
+        };
+        let oldest_compatible = self.oldest_compatible(environment).await?;
         let now = self.now();
         let proposal = Proposal {
             kind,
@@ -680,6 +690,7 @@ impl Tugboat {
                 sealed: build.state == BuildState::Sealed,
                 yanked: build.yanked_at.is_some(),
                 embargoed: build.embargoed,
+                major: build.version.semver().major,
             },
             now,
             in_upstream_since,
@@ -688,6 +699,8 @@ impl Tugboat {
             override_freeze: options.override_freeze,
             approvals,
             auto_release_held: state.auto_release_held,
+            upstream_healthy_for,
+            oldest_compatible: oldest_compatible.as_ref(),
         };
         match evaluate(&proposal) {
             Verdict::Allowed => {}

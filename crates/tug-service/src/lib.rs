@@ -24,10 +24,12 @@ mod agents;
 mod deploy;
 mod error;
 mod events;
+mod rollouts;
 
 pub use agents::{ChannelView, STALE_AFTER};
 pub use deploy::{BuildSelector, Decision, DeployOptions, Diff, EnvStatus, Outcome, PipelineView};
 pub use error::Error;
+pub use rollouts::{Grant, Pacing, RolloutStatus};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -146,6 +148,8 @@ pub struct Tugboat {
     store: Arc<dyn BlobStore>,
     settings: Settings,
     clock: Clock,
+    /// Serialises rollout grant decisions (see [`Tugboat::may_update`]).
+    grants: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// What a build reference on the command line or in a URL names.
@@ -181,6 +185,7 @@ impl Tugboat {
             store,
             settings,
             clock: Arc::new(Utc::now),
+            grants: Arc::default(),
         }
     }
 

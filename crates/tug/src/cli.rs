@@ -114,6 +114,9 @@ pub enum Command {
     /// Policy actions.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Paced rollouts to an environment's agents: status, halt, resume.
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
     /// Re-hash every stored blob and report those that no longer match.
     Fsck,
     /// Abandon stale drafts and delete blobs no build refers to.
@@ -316,6 +319,31 @@ pub enum PipelineCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// How far the current build's rollout to the environment's agents is.
+    Status {
+        service: String,
+        #[arg(long = "env")]
+        env: String,
+    },
+    /// Stop the rollout: no further agent takes the build.
+    Halt {
+        service: String,
+        #[arg(long = "env")]
+        env: String,
+        /// Why: recorded and shown with the rollout.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Let a halted rollout go on; the failures so far no longer count.
+    Resume {
+        service: String,
+        #[arg(long = "env")]
+        env: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
     /// Lift the auto-release hold a manual release put on an environment.
     Resume {
@@ -332,7 +360,8 @@ pub enum PolicyCommand {
         service: String,
         #[arg(long = "env")]
         env: String,
-        /// auto-release, branch-restriction, soak, approvals, approval-timeout, freeze or private.
+        /// auto-release, branch-restriction, soak, soak-healthy, approvals, approval-timeout, freeze, private,
+        /// rollout, maintenance or compatible-with.
         #[arg(long)]
         policy: String,
     },
@@ -361,9 +390,22 @@ pub struct PolicyApplyArgs {
     /// Add a weekly freeze window, e.g. "Sat 00:00 - Mon 06:00" (with --tz).
     #[arg(long)]
     pub freeze: Option<String>,
-    /// Time zone of --freeze (default UTC).
-    #[arg(long, requires = "freeze")]
+    /// Time zone of --freeze and --maintenance (default UTC).
+    #[arg(long)]
     pub tz: Option<String>,
+    /// Add a maintenance window, e.g. "Mon-Fri 02:00 - 04:00" (with --tz):
+    /// agents update only inside maintenance windows, unless the build is critical.
+    #[arg(long)]
+    pub maintenance: Option<String>,
+    /// Count soak time only while this share of the upstream's agents are healthy, e.g. 90%.
+    #[arg(long)]
+    pub soak_healthy: Option<String>,
+    /// Refuse builds too far ahead of the oldest agent of this service in the environment.
+    #[arg(long, requires = "max_major_skew")]
+    pub compatible_with: Option<String>,
+    /// How many major versions a build may be ahead of that oldest agent.
+    #[arg(long, requires = "compatible_with")]
+    pub max_major_skew: Option<u64>,
     /// Make the environment private (the only kind embargoed builds enter).
     #[arg(long)]
     pub private: Option<bool>,

@@ -62,6 +62,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             commands::deploy::history(&client, out, &service, &env, limit).await
         }
         Command::Policy(c) => commands::deploy::policy(&client, out, c).await,
+        Command::Rollout(c) => commands::deploy::rollout(&client, out, c).await,
         Command::Diff { service, from, to } => commands::deploy::diff(&client, out, &service, &from, &to).await,
         Command::Watch { service, since, count } => commands::deploy::watch(&client, out, service, since, count).await,
         Command::Agents { service, env } => commands::deploy::agents(&client, out, service, env).await,

@@ -32,15 +32,24 @@ pub struct ChannelQuery {
     platform: String,
     /// How long to hold the request when nothing changed: `60s`, `2m`.
     wait: Option<String>,
-    /// The asking agent (for rollout pacing).
+    /// The asking agent's id: needed where rollouts are paced.
     agent: Option<String>,
 }
 
-/// Names an answer: the environment's deployment seq, and whether the
-/// build is critical (marking a build critical changes no deployment).
-fn etag(seq: i64, critical: bool) -> String {
-    format!("\"d{seq}{}\"", if critical { "c" } else { "" })
+/// Names an answer: the environment's deployment seq, whether the build is
+/// critical (marking a build critical changes no deployment), and whether
+/// the asking agent must wait (so its long-poll ends when it may update).
+fn etag(seq: i64, critical: bool, may_update: bool) -> String {
+    format!(
+        "\"d{seq}{}{}\"",
+        if critical { "c" } else { "" },
+        if may_update { "" } else { "w" }
+    )
 }
+
+/// How often a long-poll told to wait looks again without an event (a
+/// maintenance window opening, agents going stale).
+const RECHECK_WAITING: Duration = Duration::from_secs(5);
 
 pub async fn channel(
     State(state): State<AppState>,
@@ -61,32 +70,43 @@ pub async fn channel(
             )
         })?,
     };
-    let _ = q.agent;
+    if q.agent.as_ref().is_some_and(|a| a.is_empty() || a.len() > 100) {
+        return Err(ApiError::bad_request("invalid_query", "agent must be 1 to 100 characters"));
+    }
+    let agent = q.agent.as_deref();
     let known = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     // Checks access and that the environment exists before holding anything.
-    let (mut tag, mut body) = answer(&state, &who, &service, &env, &platform).await?;
+    let (mut tag, mut body) = Box::pin(answer(&state, &who, &service, &env, &platform, agent)).await?;
     if known.as_deref() == Some(tag.as_str()) {
         let deadline = tokio::time::Instant::now() + wait;
         let mut changes = state.changes.clone();
         loop {
+            let waiting = tag.ends_with("w\"");
+            let recheck = if waiting {
+                deadline.min(tokio::time::Instant::now() + RECHECK_WAITING)
+            } else {
+                deadline
+            };
             tokio::select! {
                 changed = changes.changed() => {
                     if changed.is_err() {
                         tokio::time::sleep_until(deadline).await;
                     }
                 }
-                _ = tokio::time::sleep_until(deadline) => {
-                    let mut res = StatusCode::NOT_MODIFIED.into_response();
-                    if let Ok(v) = HeaderValue::from_str(&tag) {
-                        res.headers_mut().insert(header::ETAG, v);
+                _ = tokio::time::sleep_until(recheck) => {
+                    if recheck == deadline {
+                        let mut res = StatusCode::NOT_MODIFIED.into_response();
+                        if let Ok(v) = HeaderValue::from_str(&tag) {
+                            res.headers_mut().insert(header::ETAG, v);
+                        }
+                        return Ok(res);
                     }
-                    return Ok(res);
                 }
             }
-            (tag, body) = answer(&state, &who, &service, &env, &platform).await?;
+            (tag, body) = Box::pin(answer(&state, &who, &service, &env, &platform, agent)).await?;
             if Some(tag.as_str()) != known.as_deref() {
                 break;
             }
@@ -101,24 +121,68 @@ pub async fn channel(
     Ok(res)
 }
 
-/// A channel's answer (its deployment seq and JSON body), from the cache
-/// while no event happened since it was computed: when a release wakes
-/// thousands of long-polls, one of them reads the database and the others
-/// share its answer. The caller's right to follow is checked every time.
+/// A channel's answer for every agent at one event: the channel, its JSON
+/// body for agents that may update, and what decides who may.
+#[derive(Debug)]
+pub struct Answer {
+    channel: Channel,
+    body: bytes::Bytes,
+    pacing: tug_service::Pacing,
+}
+
+/// A channel's answer (its ETag and JSON body) for one agent. The part all
+/// agents share comes from the cache while no event happened since it was
+/// computed: when a release wakes thousands of long-polls, one of them
+/// reads the database and the others share its answer. The caller's right
+/// to follow is checked every time; whether this agent may update is asked
+/// only when maintenance windows or a paced rollout make it depend on the
+/// time or the agent.
 async fn answer(
     state: &AppState,
     who: &tug_service::Principal,
     service: &ServiceName,
     env: &EnvName,
     platform: &Platform,
+    agent: Option<&str>,
 ) -> Result<(String, bytes::Bytes), ApiError> {
     state.tugboat.check(who, tug_core::Action::Follow)?;
+    let shared = shared_answer(state, who, service, env, platform).await?;
+    let seq = shared.pacing.seq;
+    let critical = shared.channel.critical;
+    if !(shared.pacing.per_agent() || shared.pacing.timed()) {
+        return Ok((etag(seq, critical, true), shared.body.clone()));
+    }
+    let grant = state.tugboat.may_update(&shared.pacing, agent).await?;
+    if grant.may_update {
+        return Ok((etag(seq, critical, true), shared.body.clone()));
+    }
+    let channel = Channel {
+        may_update: false,
+        waiting: grant.waiting,
+        ..shared.channel.clone()
+    };
+    Ok((etag(seq, critical, false), encode(&channel)?))
+}
+
+fn encode(channel: &Channel) -> Result<bytes::Bytes, ApiError> {
+    serde_json::to_vec(channel)
+        .map(bytes::Bytes::from)
+        .map_err(|e| ApiError::from(tug_service::Error::Invalid(format!("cannot encode the channel: {e}"))))
+}
+
+async fn shared_answer(
+    state: &AppState,
+    who: &tug_service::Principal,
+    service: &ServiceName,
+    env: &EnvName,
+    platform: &Platform,
+) -> Result<std::sync::Arc<Answer>, ApiError> {
     let key = format!("{service}/{env}/{platform}");
     let now = *state.changes.borrow();
     if let Ok(answers) = state.channel_answers.read() {
-        if let Some((at, tag, body)) = answers.get(&key) {
+        if let Some((at, answer)) = answers.get(&key) {
             if *at == now {
-                return Ok((tag.clone(), body.clone()));
+                return Ok(answer.clone());
             }
         }
     }
@@ -130,9 +194,8 @@ async fn answer(
         version: view.build.as_ref().map(|b| b.version.clone()),
         manifest_digest: view.build.as_ref().and_then(|b| b.manifest_digest),
         critical: view.build.as_ref().is_some_and(|b| b.critical),
-        // Rollout pacing will make this per agent; the answer is shared
-        // while it is not.
         may_update: true,
+        waiting: None,
         artifacts: view
             .artifacts
             .into_iter()
@@ -146,15 +209,15 @@ async fn answer(
             })
             .collect(),
     };
-    let body = bytes::Bytes::from(
-        serde_json::to_vec(&channel)
-            .map_err(|e| ApiError::from(tug_service::Error::Invalid(format!("cannot encode the channel: {e}"))))?,
-    );
-    let tag = etag(view.seq, channel.critical);
+    let answer = std::sync::Arc::new(Answer {
+        body: encode(&channel)?,
+        channel,
+        pacing: view.pacing,
+    });
     if let Ok(mut answers) = state.channel_answers.write() {
-        answers.insert(key, (now, tag.clone(), body.clone()));
+        answers.insert(key, (now, answer.clone()));
     }
-    Ok((tag, body))
+    Ok(answer)
 }
 
 fn plain(text: String) -> Response {
@@ -254,6 +317,7 @@ pub async fn report(
         build: r.build,
         state: state_name(r.state).to_string(),
         error: r.error,
+        failed_build: r.failed_build,
         first_seen: now,
         last_seen: now,
     };
@@ -275,7 +339,7 @@ pub fn agent(state: &AppState, a: AgentRow) -> Agent {
             build: a.build,
             state: parse_state(&a.state),
             error: a.error,
-            failed_build: None,
+            failed_build: a.failed_build,
         },
     }
 }
@@ -307,4 +371,75 @@ pub async fn list(
         .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))?;
     let rows = state.tugboat.agents(&who, service.as_ref(), env.as_ref()).await?;
     Ok(axum::Json(rows.into_iter().map(|a| agent(&state, a)).collect()))
+}
+
+/// The wire form of a rollout's status.
+pub fn rollout(s: tug_service::RolloutStatus) -> tug_api::Rollout {
+    tug_api::Rollout {
+        service: s.service,
+        environment: s.environment,
+        build: s.build,
+        seq: s.seq,
+        strategy: s.strategy,
+        state: s.state,
+        reason: s.reason,
+        changed_by: s.changed_by,
+        changed_at: s.changed_at,
+        agents: s.counts.agents,
+        granted: s.counts.granted,
+        updated: s.counts.healthy,
+        in_flight: s.counts.in_flight,
+        failed: s.counts.failed,
+        failures: s.failures,
+        halt_after_failures: s.halt_after_failures,
+        auto_rollback: s.auto_rollback,
+        in_maintenance: s.in_maintenance,
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutQuery {
+    env: String,
+}
+
+fn service_name(segment: &str) -> Result<ServiceName, ApiError> {
+    ServiceName::parse(segment).map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))
+}
+
+pub async fn rollout_status(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Path(service): Path<String>,
+    query: Result<Query<RolloutQuery>, QueryRejection>,
+) -> Result<axum::Json<tug_api::Rollout>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let (service, env) = names(&service, &q.env)?;
+    let status = state.tugboat.rollout_status(&who, &service, &env).await?;
+    Ok(axum::Json(rollout(status)))
+}
+
+pub async fn halt(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Path(service): Path<String>,
+    Json(r): Json<tug_api::HaltRequest>,
+) -> Result<axum::Json<tug_api::Rollout>, ApiError> {
+    let service = service_name(&service)?;
+    let status = state
+        .tugboat
+        .halt_rollout(&who, &service, &r.environment, &r.reason)
+        .await?;
+    Ok(axum::Json(rollout(status)))
+}
+
+pub async fn resume(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Path(service): Path<String>,
+    Json(r): Json<tug_api::ResumeRequest>,
+) -> Result<axum::Json<tug_api::Rollout>, ApiError> {
+    let service = service_name(&service)?;
+    let status = state.tugboat.resume_rollout(&who, &service, &r.environment).await?;
+    Ok(axum::Json(rollout(status)))
 }

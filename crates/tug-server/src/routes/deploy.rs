@@ -235,6 +235,7 @@ pub async fn status(
                 approvals: s.environment.approvals,
                 private: s.environment.private,
                 agents: counts(&s.environment.name, s.state.current.as_ref().map(|d| &d.build)),
+                rollout: Some(super::agents::rollout(s.rollout)),
                 current: s.state.current.map(|d| deployment(d, s.build.as_ref())),
                 pending: s
                     .pending

@@ -10,6 +10,7 @@ use tug_core::{EnvName, Pipeline, ServiceName, Version};
 
 use crate::cli::{
     DecideArgs, Output, OverrideArgs, PipelineCommand, PolicyCommand, PromoteArgs, ReleaseArgs, RollbackArgs,
+    RolloutCommand,
 };
 use crate::output::{opt, print, table, time};
 
@@ -202,6 +203,9 @@ pub async fn status(client: &Client, out: Output, service: &str) -> anyhow::Resu
             if e.auto_release_held {
                 name.push_str(" (auto-release held)");
             }
+            if let Some(r) = e.rollout.as_ref().filter(|r| r.state == "halted" || r.state == "rolling") {
+                name.push_str(&format!(" (rollout {})", r.state));
+            }
             let a = &e.agents;
             let agents = if a.total == 0 {
                 "-".to_string()
@@ -332,6 +336,27 @@ pub async fn policy(client: &Client, out: Output, c: PolicyCommand) -> anyhow::R
                 if e.private {
                     rows.push((env.clone(), "private".into(), "true".into()));
                 }
+                if let Some(share) = e.soak_healthy {
+                    rows.push((env.clone(), "soak-healthy".into(), format!("{share}%")));
+                }
+                if let Some(r) = &e.rollout {
+                    let mut text = r.strategy.to_string();
+                    text.push_str(&format!("; halt after {} failure(s)", r.halt_after_failures));
+                    if r.auto_rollback {
+                        text.push_str(", then roll back");
+                    }
+                    rows.push((env.clone(), "rollout".into(), text));
+                }
+                for w in &e.maintenance {
+                    rows.push((env.clone(), "maintenance".into(), w.to_string()));
+                }
+                if let Some(c) = &e.compatible_with {
+                    rows.push((
+                        env.clone(),
+                        "compatible-with".into(),
+                        format!("{} (at most {} major version(s) ahead)", c.service, c.max_major_skew),
+                    ));
+                }
             }
             let listed: Vec<serde_json::Value> = rows
                 .iter()
@@ -368,9 +393,22 @@ pub async fn policy(client: &Client, out: Output, c: PolicyCommand) -> anyhow::R
                 if let Some(f) = a.freeze {
                     e.freeze.push(tug_core::pipeline::FreezeSpec {
                         weekly: Some(f),
-                        tz: a.tz,
+                        tz: a.tz.clone(),
                         ..Default::default()
                     });
+                }
+                if let Some(m) = a.maintenance {
+                    e.maintenance.push(tug_core::pipeline::FreezeSpec {
+                        weekly: Some(m),
+                        tz: a.tz.clone(),
+                        ..Default::default()
+                    });
+                }
+                if let Some(s) = a.soak_healthy {
+                    e.soak_healthy = Some(s);
+                }
+                if let (Some(service), Some(max_major_skew)) = (a.compatible_with, a.max_major_skew) {
+                    e.compatible_with = Some(tug_core::pipeline::CompatibilitySpec { service, max_major_skew });
                 }
                 if let Some(p) = a.private {
                     e.private = p;
@@ -392,8 +430,12 @@ pub async fn policy(client: &Client, out: Output, c: PolicyCommand) -> anyhow::R
                     "approval-timeout" => e.approval_timeout.take().is_some(),
                     "freeze" => !std::mem::take(&mut e.freeze).is_empty(),
                     "private" => std::mem::take(&mut e.private),
+                    "soak-healthy" => e.soak_healthy.take().is_some(),
+                    "rollout" => e.rollout.take().is_some(),
+                    "maintenance" => !std::mem::take(&mut e.maintenance).is_empty(),
+                    "compatible-with" => e.compatible_with.take().is_some(),
                     other => anyhow::bail!(
-                        "unknown policy {other:?}: use auto-release, branch-restriction, soak, approvals, approval-timeout, freeze or private"
+                        "unknown policy {other:?}: use auto-release, branch-restriction, soak, soak-healthy, approvals, approval-timeout, freeze, private, rollout, maintenance or compatible-with"
                     ),
                 };
                 if !had {
@@ -573,6 +615,61 @@ pub async fn agents(
             ]);
         }
         format!("{t}\n{} agents", agents.len())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn rollout(client: &Client, out: Output, c: RolloutCommand) -> anyhow::Result<ExitCode> {
+    let r = match c {
+        RolloutCommand::Status { service, env } => {
+            client
+                .rollout(&ServiceName::parse(&service)?, &EnvName::parse(&env)?)
+                .await?
+        }
+        RolloutCommand::Halt { service, env, reason } => {
+            client
+                .halt_rollout(&ServiceName::parse(&service)?, &EnvName::parse(&env)?, &reason)
+                .await?
+        }
+        RolloutCommand::Resume { service, env } => {
+            client
+                .resume_rollout(&ServiceName::parse(&service)?, &EnvName::parse(&env)?)
+                .await?
+        }
+    };
+    print(out, &r, |r| {
+        let mut lines = vec![format!(
+            "{} of {}: build {}, rollout {}",
+            r.environment,
+            r.service,
+            opt(&r.build),
+            r.state
+        )];
+        if let Some(s) = &r.strategy {
+            let mut halt = r
+                .halt_after_failures
+                .map(|n| format!("; halts after {n} failure(s)"))
+                .unwrap_or_default();
+            if r.auto_rollback {
+                halt.push_str(" and rolls back");
+            }
+            lines.push(format!("strategy: {s}{halt}"));
+        }
+        lines.push(format!(
+            "agents: {} live, {} updated, {} in flight, {} granted, {} failed ({} counting towards a halt)",
+            r.agents, r.updated, r.in_flight, r.granted, r.failed, r.failures
+        ));
+        if !r.in_maintenance {
+            lines.push("outside maintenance windows: agents wait unless the build is critical".to_string());
+        }
+        if let Some(reason) = &r.reason {
+            lines.push(format!(
+                "{}: {reason}{}",
+                if r.state == "halted" { "halted" } else { "last change" },
+                r.changed_by.as_ref().map(|b| format!(" (by {b})")).unwrap_or_default()
+            ));
+        }
+        lines.join("\n")
     })?;
     Ok(ExitCode::SUCCESS)
 }

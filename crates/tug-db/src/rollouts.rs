@@ -1,0 +1,276 @@
+//! Paced rollouts: each deployment's rollout state, the agents granted its
+//! build, the counts pacing decides on, and the health-aware soak clocks.
+
+use chrono::{DateTime, Utc};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+use tug_core::{BuildId, EnvName, ServiceName};
+
+use crate::{millis, parse, Db, Result};
+
+/// The state of one deployment's rollout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolloutRow {
+    pub service: ServiceName,
+    pub environment: EnvName,
+    /// The deployment's sequence number in the environment.
+    pub seq: i64,
+    pub build: BuildId,
+    /// `rolling` or `halted`.
+    pub state: String,
+    pub reason: Option<String>,
+    /// Failures before the last resume, which no longer count.
+    pub failures_baseline: i64,
+    pub changed_at: DateTime<Utc>,
+    pub changed_by: Option<String>,
+}
+
+/// Live agents of an environment (heard from since a given instant) as
+/// pacing sees them, for one build.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RolloutCounts {
+    pub agents: i64,
+    /// Allowed to take the build.
+    pub granted: i64,
+    /// Healthy on the build (granted or not).
+    pub healthy: i64,
+    /// Granted and healthy on the build.
+    pub granted_healthy: i64,
+    /// Granted, neither healthy on the build nor given up on it.
+    pub in_flight: i64,
+    /// Gave up on the build (activation or health check failed).
+    pub failed: i64,
+}
+
+/// A health-aware soak clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SoakClock {
+    pub healthy_ms: i64,
+    pub last_sample: DateTime<Utc>,
+    pub healthy_now: bool,
+}
+
+fn rollout_from_row(r: &AnyRow) -> Result<RolloutRow> {
+    Ok(RolloutRow {
+        service: parse(&r.try_get::<String, _>("service")?, ServiceName::parse)?,
+        environment: parse(&r.try_get::<String, _>("environment")?, EnvName::parse)?,
+        seq: r.try_get("seq")?,
+        build: parse(&r.try_get::<String, _>("build_id")?, BuildId::parse)?,
+        state: r.try_get("state")?,
+        reason: r.try_get("reason")?,
+        failures_baseline: r.try_get("failures_baseline")?,
+        changed_at: millis(r.try_get("changed_at")?)?,
+        changed_by: r.try_get("changed_by")?,
+    })
+}
+
+const COLUMNS: &str = "service, environment, seq, build_id, state, reason, failures_baseline, changed_at, changed_by";
+
+impl Db {
+    /// The rollout of deployment `seq`, created (rolling) if it has none.
+    pub async fn ensure_rollout(
+        &self,
+        service: &ServiceName,
+        env: &EnvName,
+        seq: i64,
+        build: &BuildId,
+        at: DateTime<Utc>,
+    ) -> Result<RolloutRow> {
+        sqlx::query(&format!(
+            "INSERT INTO rollouts ({COLUMNS}) VALUES ($1, $2, $3, $4, 'rolling', NULL, 0, $5, NULL) \
+             ON CONFLICT (service, environment, seq) DO NOTHING"
+        ))
+        .bind(service.as_str())
+        .bind(env.as_str())
+        .bind(seq)
+        .bind(build.to_string())
+        .bind(at.timestamp_millis())
+        .execute(&self.pool)
+        .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM rollouts WHERE service = $1 AND environment = $2 AND seq = $3"
+        ))
+        .bind(service.as_str())
+        .bind(env.as_str())
+        .bind(seq)
+        .fetch_one(&self.pool)
+        .await?;
+        rollout_from_row(&row)
+    }
+
+    /// Moves a rollout from state `from` to `to`; `false` when it was not
+    /// in `from` (someone else moved it first). `baseline` replaces the
+    /// failures that no longer count.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn set_rollout_state(
+        &self,
+        service: &ServiceName,
+        env: &EnvName,
+        seq: i64,
+        from: &str,
+        to: &str,
+        reason: Option<&str>,
+        baseline: Option<i64>,
+        by: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE rollouts SET state = $5, reason = $6, failures_baseline = COALESCE($7, failures_baseline), \
+             changed_by = $8, changed_at = $9 \
+             WHERE service = $1 AND environment = $2 AND seq = $3 AND state = $4",
+        )
+        .bind(service.as_str())
+        .bind(env.as_str())
+        .bind(seq)
+        .bind(from)
+        .bind(to)
+        .bind(reason)
+        .bind(baseline)
+        .bind(by)
+        .bind(at.timestamp_millis())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Whether `agent` may take deployment `seq`'s build.
+    pub async fn has_grant(&self, service: &ServiceName, env: &EnvName, seq: i64, agent: &str) -> Result<bool> {
+        let row = sqlx::query(
+            "SELECT agent_id FROM rollout_grants WHERE service = $1 AND environment = $2 AND seq = $3 AND agent_id = $4",
+        )
+        .bind(service.as_str())
+        .bind(env.as_str())
+        .bind(seq)
+        .bind(agent)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some())
+    }
+
+    /// Allows `agent` to take deployment `seq`'s build.
+    pub async fn grant(
+        &self,
+        service: &ServiceName,
+        env: &EnvName,
+        seq: i64,
+        agent: &str,
+        at: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO rollout_grants (service, environment, seq, agent_id, granted_at) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (service, environment, seq, agent_id) DO NOTHING",
+        )
+        .bind(service.as_str())
+        .bind(env.as_str())
+        .bind(seq)
+        .bind(agent)
+        .bind(at.timestamp_millis())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The environment's agents heard from since `since`, counted for
+    /// deployment `seq` of `build`.
+    pub async fn rollout_counts(
+        &self,
+        service: &ServiceName,
+        env: &EnvName,
+        seq: i64,
+        build: &BuildId,
+        since: DateTime<Utc>,
+    ) -> Result<RolloutCounts> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS agents, \
+             COALESCE(SUM(CASE WHEN g.agent_id IS NOT NULL THEN 1 ELSE 0 END), 0) AS granted, \
+             COALESCE(SUM(CASE WHEN a.build_id = $4 AND a.state = 'healthy' THEN 1 ELSE 0 END), 0) AS healthy, \
+             COALESCE(SUM(CASE WHEN g.agent_id IS NOT NULL AND a.build_id = $4 AND a.state = 'healthy' \
+                 THEN 1 ELSE 0 END), 0) AS granted_healthy, \
+             COALESCE(SUM(CASE WHEN g.agent_id IS NOT NULL AND NOT (a.build_id = $4 AND a.state = 'healthy') \
+                 AND (a.failed_build IS NULL OR a.failed_build <> $4) THEN 1 ELSE 0 END), 0) AS in_flight, \
+             COALESCE(SUM(CASE WHEN a.failed_build = $4 THEN 1 ELSE 0 END), 0) AS failed \
+             FROM agents a LEFT JOIN rollout_grants g ON g.service = a.service AND g.environment = a.environment \
+             AND g.seq = $3 AND g.agent_id = a.agent_id \
+             WHERE a.service = $1 AND a.environment = $2 AND a.last_seen >= $5",
+        )
+        .bind(service.as_str())
+        .bind(env.as_str())
+        .bind(seq)
+        .bind(build.to_string())
+        .bind(since.timestamp_millis())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(RolloutCounts {
+            agents: row.try_get("agents")?,
+            granted: row.try_get("granted")?,
+            healthy: row.try_get("healthy")?,
+            granted_healthy: row.try_get("granted_healthy")?,
+            in_flight: row.try_get("in_flight")?,
+            failed: row.try_get("failed")?,
+        })
+    }
+
+    /// The soak clock of deployment `seq` for a share of healthy agents.
+    pub async fn soak_clock(
+        &self,
+        service: &ServiceName,
+        env: &EnvName,
+        seq: i64,
+        share: u8,
+    ) -> Result<Option<SoakClock>> {
+        let row = sqlx::query(
+            "SELECT healthy_ms, last_sample, healthy_now FROM soak_clocks \
+             WHERE service = $1 AND environment = $2 AND seq = $3 AND share = $4",
+        )
+        .bind(service.as_str())
+        .bind(env.as_str())
+        .bind(seq)
+        .bind(i64::from(share))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(SoakClock {
+                healthy_ms: r.try_get("healthy_ms")?,
+                last_sample: millis(r.try_get("last_sample")?)?,
+                healthy_now: r.try_get::<i64, _>("healthy_now")? != 0,
+            })
+        })
+        .transpose()
+    }
+
+    /// Writes a soak clock if it is still as read (`before`, `None` when
+    /// there was none); `false` when another writer got there first.
+    pub async fn save_soak_clock(
+        &self,
+        service: &ServiceName,
+        env: &EnvName,
+        seq: i64,
+        share: u8,
+        before: Option<&SoakClock>,
+        clock: &SoakClock,
+    ) -> Result<bool> {
+        let sql = match before {
+            None => {
+                "INSERT INTO soak_clocks (service, environment, seq, share, healthy_ms, last_sample, healthy_now) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (service, environment, seq, share) DO NOTHING"
+            }
+            Some(_) => {
+                "UPDATE soak_clocks SET healthy_ms = $5, last_sample = $6, healthy_now = $7 \
+                 WHERE service = $1 AND environment = $2 AND seq = $3 AND share = $4 AND last_sample = $8"
+            }
+        };
+        let mut q = sqlx::query(sql)
+            .bind(service.as_str())
+            .bind(env.as_str())
+            .bind(seq)
+            .bind(i64::from(share))
+            .bind(clock.healthy_ms)
+            .bind(clock.last_sample.timestamp_millis())
+            .bind(i64::from(clock.healthy_now));
+        if let Some(b) = before {
+            q = q.bind(b.last_sample.timestamp_millis());
+        }
+        let done = q.execute(&self.pool).await?;
+        Ok(done.rows_affected() == 1)
+    }
+}

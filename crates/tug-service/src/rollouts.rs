@@ -1,0 +1,647 @@
+//! Paced rollouts: which agent may take an environment's build now
+//! (maintenance windows, strategies, halts), what agents' reports change
+//! (failures halt a rollout and may roll it back; healthy time feeds the
+//! health-aware soak), and the rollout's status for people.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use tug_core::{Action, BuildId, DeployKind, EnvName, Environment, Pipeline, ServiceName, Share, Strategy, Version};
+use tug_db::{AgentRow, EnvState, RolloutCounts, RolloutRow, SoakClock};
+
+use crate::agents::STALE_AFTER;
+use crate::deploy::{environment, Intent};
+use crate::{DeployOptions, Error, Principal, Result, Tugboat};
+
+/// What decides whether agents may take an environment's build: the same
+/// for every agent asking at one moment, so channel answers can share it.
+#[derive(Debug, Clone)]
+pub struct Pacing {
+    pub service: ServiceName,
+    pub environment: Environment,
+    /// The environment's deployment sequence number.
+    pub seq: i64,
+    pub build: Option<BuildId>,
+    /// How the build got there (a rollback is never paced).
+    pub kind: Option<DeployKind>,
+    pub critical: bool,
+    /// The build the deployment replaced (what an auto-rollback restores).
+    pub replaced: Option<BuildId>,
+}
+
+impl Pacing {
+    /// The pacing of an environment in `state`, whose build is `critical`.
+    pub(crate) fn of(service: &ServiceName, environment: &Environment, state: &EnvState, critical: bool) -> Pacing {
+        Pacing {
+            service: service.clone(),
+            environment: environment.clone(),
+            seq: state.seq,
+            build: state.current.as_ref().map(|d| d.build.clone()),
+            kind: state.current.as_ref().map(|d| d.kind),
+            critical,
+            replaced: state.current.as_ref().and_then(|d| d.replaced.clone()),
+        }
+    }
+
+    /// Whether answers depend on the asking agent (and need the database).
+    pub fn per_agent(&self) -> bool {
+        self.build.is_some() && self.environment.rollout.is_some() && self.kind != Some(DeployKind::Rollback)
+    }
+
+    /// Whether answers may change with the clock alone (a maintenance
+    /// window opening or closing).
+    pub fn timed(&self) -> bool {
+        self.build.is_some() && !self.critical && !self.environment.maintenance.is_empty()
+    }
+}
+
+/// Whether an agent may update now, and if not, why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub may_update: bool,
+    pub waiting: Option<String>,
+}
+
+impl Grant {
+    fn yes() -> Grant {
+        Grant {
+            may_update: true,
+            waiting: None,
+        }
+    }
+
+    fn wait(why: impl Into<String>) -> Grant {
+        Grant {
+            may_update: false,
+            waiting: Some(why.into()),
+        }
+    }
+}
+
+/// A rollout as `tug rollout status` shows it.
+#[derive(Debug, Clone)]
+pub struct RolloutStatus {
+    pub service: ServiceName,
+    pub environment: EnvName,
+    pub build: Option<BuildId>,
+    pub seq: i64,
+    /// The strategy as written (`canary of 2, then rolling, 25% at a
+    /// time`); `None` when the environment does not pace rollouts.
+    pub strategy: Option<String>,
+    /// `rolling`, `halted`, `done` (every live agent healthy on the build),
+    /// `unpaced` (no rollout set, or a rollback) or `idle` (runs nothing).
+    pub state: String,
+    pub reason: Option<String>,
+    pub changed_by: Option<String>,
+    pub changed_at: Option<DateTime<Utc>>,
+    pub counts: RolloutCounts,
+    /// Failures that count towards halting (those before a resume do not).
+    pub failures: i64,
+    pub halt_after_failures: Option<u32>,
+    pub auto_rollback: bool,
+    /// Inside a maintenance window now (or the environment has none).
+    pub in_maintenance: bool,
+}
+
+impl Tugboat {
+    /// Whether `agent` may take what `pacing` names now. Maintenance
+    /// windows hold every non-critical build; a paced rollout grants agents
+    /// by its strategy and grants nobody once halted.
+    pub async fn may_update(&self, pacing: &Pacing, agent: Option<&str>) -> Result<Grant> {
+        let Some(build) = &pacing.build else {
+            return Ok(Grant::yes());
+        };
+        let env = &pacing.environment;
+        if !pacing.critical && !env.in_maintenance(self.now()) {
+            return Ok(Grant::wait(format!(
+                "{} updates only inside its maintenance windows ({})",
+                env.name,
+                env.maintenance.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        let Some(rollout) = env.rollout.as_ref().filter(|_| pacing.per_agent()) else {
+            return Ok(Grant::yes());
+        };
+        let agent = agent.ok_or_else(|| {
+            Error::Invalid(format!(
+                "{} paces its rollouts: ask with agent=<agent id> (the id the agent reports with)",
+                env.name
+            ))
+        })?;
+        if let Some(row) = self.db.agent(agent).await? {
+            if row.build.as_ref() == Some(build) {
+                return Ok(Grant::yes());
+            }
+        }
+        // One decision at a time, so two agents asking together cannot
+        // both take the last place in flight.
+        let _decide = self.grants.lock().await;
+        let state = self
+            .db
+            .ensure_rollout(&pacing.service, &env.name, pacing.seq, build, self.now())
+            .await?;
+        if state.state == "halted" {
+            return Ok(Grant::wait(format!(
+                "the rollout of build {build} to {} is halted: {}",
+                env.name,
+                state.reason.as_deref().unwrap_or("no reason given")
+            )));
+        }
+        if self.db.has_grant(&pacing.service, &env.name, pacing.seq, agent).await? {
+            return Ok(Grant::yes());
+        }
+        let counts = self.rollout_counts(pacing, build).await?;
+        let verdict = decide(&rollout.strategy, &counts);
+        if verdict.may_update {
+            self.db
+                .grant(&pacing.service, &env.name, pacing.seq, agent, self.now())
+                .await?;
+        }
+        Ok(verdict)
+    }
+
+    async fn rollout_counts(&self, pacing: &Pacing, build: &BuildId) -> Result<RolloutCounts> {
+        let since = self.now() - STALE_AFTER;
+        Ok(self
+            .db
+            .rollout_counts(&pacing.service, &pacing.environment.name, pacing.seq, build, since)
+            .await?)
+    }
+
+    /// What an environment's channel decides on, for [`Tugboat::may_update`].
+    pub(crate) async fn pacing(&self, service: &ServiceName, environment: &Environment) -> Result<Pacing> {
+        let state = self.db.env_state(service, &environment.name).await?;
+        let critical = match &state.current {
+            Some(d) => self.db.build(&d.build).await?.is_some_and(|b| b.critical),
+            None => false,
+        };
+        Ok(Pacing::of(service, environment, &state, critical))
+    }
+
+    /// The rollout of an environment's current build.
+    pub async fn rollout_status(&self, who: &Principal, service: &ServiceName, env: &EnvName) -> Result<RolloutStatus> {
+        self.require(who, Action::Read)?;
+        let view = self.pipeline_view(service).await?;
+        let environment = environment(&view.pipeline, env)?;
+        let pacing = self.pacing(service, environment).await?;
+        self.status_of(&pacing).await
+    }
+
+    pub(crate) async fn status_of(&self, pacing: &Pacing) -> Result<RolloutStatus> {
+        let env = &pacing.environment;
+        let mut status = RolloutStatus {
+            service: pacing.service.clone(),
+            environment: env.name.clone(),
+            build: pacing.build.clone(),
+            seq: pacing.seq,
+            strategy: env.rollout.as_ref().map(|r| r.strategy.to_string()),
+            state: "idle".into(),
+            reason: None,
+            changed_by: None,
+            changed_at: None,
+            counts: RolloutCounts::default(),
+            failures: 0,
+            halt_after_failures: env.rollout.as_ref().map(|r| r.halt_after_failures),
+            auto_rollback: env.rollout.as_ref().is_some_and(|r| r.auto_rollback),
+            in_maintenance: env.in_maintenance(self.now()),
+        };
+        let Some(build) = &pacing.build else {
+            return Ok(status);
+        };
+        status.counts = self.rollout_counts(pacing, build).await?;
+        status.failures = status.counts.failed;
+        if !pacing.per_agent() {
+            status.state = "unpaced".into();
+            return Ok(status);
+        }
+        let row = self
+            .db
+            .ensure_rollout(&pacing.service, &env.name, pacing.seq, build, self.now())
+            .await?;
+        status.failures = (status.counts.failed - row.failures_baseline).max(0);
+        status.state = if row.state == "halted" {
+            "halted".into()
+        } else if status.counts.agents > 0 && status.counts.healthy == status.counts.agents {
+            "done".into()
+        } else {
+            row.state.clone()
+        };
+        status.reason = row.reason;
+        status.changed_by = row.changed_by;
+        status.changed_at = Some(row.changed_at);
+        Ok(status)
+    }
+
+    /// Stops an environment's rollout: no further agent may take the build.
+    pub async fn halt_rollout(
+        &self,
+        who: &Principal,
+        service: &ServiceName,
+        env: &EnvName,
+        reason: &str,
+    ) -> Result<RolloutStatus> {
+        self.require(who, Action::Deploy)?;
+        let reason = reason.trim();
+        if reason.is_empty() || reason.len() > 1000 {
+            return Err(Error::Invalid(
+                "a halt needs a reason of 1 to 1000 characters: pass --reason \"…\"".into(),
+            ));
+        }
+        let (pacing, row) = self.paced_rollout(service, env).await?;
+        if row.state == "halted" {
+            return Err(Error::Conflict(format!(
+                "the rollout of build {} to {env} is already halted: {}",
+                row.build,
+                row.reason.as_deref().unwrap_or("")
+            )));
+        }
+        self.set_state(&pacing, &row, "halted", reason, None, who.name.as_str()).await?;
+        self.status_of(&pacing).await
+    }
+
+    /// Lets a halted rollout go on; failures so far no longer count.
+    pub async fn resume_rollout(&self, who: &Principal, service: &ServiceName, env: &EnvName) -> Result<RolloutStatus> {
+        self.require(who, Action::Deploy)?;
+        let (pacing, row) = self.paced_rollout(service, env).await?;
+        if row.state != "halted" {
+            return Err(Error::Conflict(format!(
+                "the rollout of build {} to {env} is not halted",
+                row.build
+            )));
+        }
+        let counts = self.rollout_counts(&pacing, &row.build).await?;
+        self.set_state(
+            &pacing,
+            &row,
+            "rolling",
+            "resumed",
+            Some(counts.failed),
+            who.name.as_str(),
+        )
+        .await?;
+        self.status_of(&pacing).await
+    }
+
+    async fn paced_rollout(&self, service: &ServiceName, env: &EnvName) -> Result<(Pacing, RolloutRow)> {
+        let view = self.pipeline_view(service).await?;
+        let environment = environment(&view.pipeline, env)?;
+        let pacing = self.pacing(service, environment).await?;
+        let Some(build) = pacing.build.clone().filter(|_| pacing.per_agent()) else {
+            return Err(Error::Invalid(format!(
+                "{env} of {service} has no paced rollout under way: it {}",
+                if pacing.build.is_none() {
+                    "runs nothing yet"
+                } else if environment.rollout.is_none() {
+                    "sets no rollout in its pipeline"
+                } else {
+                    "runs a rollback, which is never paced"
+                }
+            )));
+        };
+        let row = self
+            .db
+            .ensure_rollout(service, env, pacing.seq, &build, self.now())
+            .await?;
+        Ok((pacing, row))
+    }
+
+    async fn set_state(
+        &self,
+        pacing: &Pacing,
+        row: &RolloutRow,
+        to: &str,
+        reason: &str,
+        baseline: Option<i64>,
+        by: &str,
+    ) -> Result<()> {
+        let moved = self
+            .db
+            .set_rollout_state(
+                &pacing.service,
+                &pacing.environment.name,
+                pacing.seq,
+                &row.state,
+                to,
+                Some(reason),
+                baseline,
+                Some(by),
+                self.now(),
+            )
+            .await?;
+        if !moved {
+            return Err(Error::Conflict(format!(
+                "the rollout of build {} to {} changed meanwhile; look again (tug rollout status)",
+                row.build, pacing.environment.name
+            )));
+        }
+        let kind = if to == "halted" {
+            "rollout.halted"
+        } else {
+            "rollout.resumed"
+        };
+        let payload = json!({
+            "environment": pacing.environment.name,
+            "build": row.build,
+            "seq": pacing.seq,
+            "reason": reason,
+        });
+        self.emit(kind, Some(&pacing.service), Some(by), payload).await;
+        Ok(())
+    }
+
+    /// What an agent's report changes beyond the fleet view: progress of a
+    /// paced rollout (which wakes agents waiting for a place), a failure
+    /// that halts it (and may roll it back), and health-aware soak clocks.
+    pub(crate) async fn after_report(&self, pipeline: &Pipeline, before: Option<&AgentRow>, now: &AgentRow) {
+        if let Err(e) = self.account_report(pipeline, before, now).await {
+            tracing::warn!(agent = %now.agent_id, error = %e, "could not account for an agent's report");
+        }
+    }
+
+    async fn account_report(&self, pipeline: &Pipeline, before: Option<&AgentRow>, now: &AgentRow) -> Result<()> {
+        let Some(environment) = pipeline.environment(&now.environment) else {
+            return Ok(());
+        };
+        let pacing = self.pacing(&now.service, environment).await?;
+        let Some(build) = pacing.build.clone() else {
+            return Ok(());
+        };
+        self.sample_soak_clocks(pipeline, &pacing, &build).await?;
+        if !pacing.per_agent() {
+            return Ok(());
+        }
+        let healthy = |a: &AgentRow| a.build.as_ref() == Some(&build) && a.state == "healthy";
+        let failed = |a: &AgentRow| a.failed_build.as_ref() == Some(&build);
+        let became_healthy = healthy(now) && !before.is_some_and(healthy);
+        let became_failed = failed(now) && !before.is_some_and(failed);
+        if !(became_healthy || became_failed) {
+            return Ok(());
+        }
+        let payload = json!({
+            "environment": now.environment,
+            "build": build,
+            "seq": pacing.seq,
+            "agent": now.agent_id,
+            "state": now.state,
+            "error": now.error,
+        });
+        self.emit("rollout.progress", Some(&now.service), None, payload).await;
+        if became_failed {
+            self.halt_on_failures(&pacing, &build, now).await?;
+        }
+        Ok(())
+    }
+
+    /// Halts a rollout whose failures reached its threshold, and rolls the
+    /// environment back when the pipeline says so.
+    async fn halt_on_failures(&self, pacing: &Pacing, build: &BuildId, agent: &AgentRow) -> Result<()> {
+        let Some(rollout) = &pacing.environment.rollout else {
+            return Ok(());
+        };
+        let row = self
+            .db
+            .ensure_rollout(&pacing.service, &pacing.environment.name, pacing.seq, build, self.now())
+            .await?;
+        let counts = self.rollout_counts(pacing, build).await?;
+        let failures = counts.failed - row.failures_baseline;
+        if row.state == "halted" || failures < i64::from(rollout.halt_after_failures) {
+            return Ok(());
+        }
+        let reason = format!(
+            "{failures} agent(s) failed build {build} (threshold {}); last: {} on {}: {}",
+            rollout.halt_after_failures,
+            agent.agent_id,
+            agent.hostname,
+            agent.error.as_deref().unwrap_or("no error given")
+        );
+        match self.set_state(pacing, &row, "halted", &reason, None, "rollout").await {
+            Ok(()) => {}
+            // Another report halted it first.
+            Err(Error::Conflict(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        tracing::warn!(service = %pacing.service, environment = %pacing.environment.name, %reason, "rollout halted");
+        if rollout.auto_rollback {
+            self.auto_rollback(pacing, build, &reason).await;
+        }
+        Ok(())
+    }
+
+    async fn auto_rollback(&self, pacing: &Pacing, build: &BuildId, reason: &str) {
+        let result = async {
+            let previous = pacing.replaced.clone().ok_or_else(|| {
+                Error::NothingToDeploy(format!(
+                    "{} ran nothing before build {build}; nothing to roll back to",
+                    pacing.environment.name
+                ))
+            })?;
+            let target = self
+                .db
+                .build(&previous)
+                .await?
+                .ok_or_else(|| Error::BuildNotFound(previous.to_string()))?;
+            let intent = Intent {
+                service: &pacing.service,
+                environment: &pacing.environment,
+                build: target,
+                kind: DeployKind::Rollback,
+                // Putting the last good build back must not wait for a
+                // freeze window to end.
+                options: DeployOptions {
+                    override_freeze: true,
+                    reason: Some(format!("auto-rollback: {reason}")),
+                },
+                requested_by: Some("auto-rollback".into()),
+                admin: true,
+                approvals: 0,
+            };
+            self.carry_out(intent).await
+        }
+        .await;
+        match result {
+            Ok(_) => {
+                tracing::warn!(service = %pacing.service, environment = %pacing.environment.name, "rolled back automatically")
+            }
+            Err(e) => {
+                tracing::error!(service = %pacing.service, environment = %pacing.environment.name, error = %e, "auto-rollback failed");
+                let payload = json!({
+                    "environment": pacing.environment.name,
+                    "build": build,
+                    "error": e.to_string(),
+                });
+                self.emit("rollout.rollback_failed", Some(&pacing.service), None, payload)
+                    .await;
+            }
+        }
+    }
+
+    /// Advances the health-aware soak clocks of this environment's current
+    /// deployment, one per share the downstream environments ask for.
+    async fn sample_soak_clocks(&self, pipeline: &Pipeline, pacing: &Pacing, build: &BuildId) -> Result<()> {
+        let shares: Vec<u8> = pipeline
+            .downstream_of(&pacing.environment.name)
+            .filter_map(|e| e.soak_healthy)
+            .collect();
+        if shares.is_empty() {
+            return Ok(());
+        }
+        let counts = self.rollout_counts(pacing, build).await?;
+        let now = self.now();
+        for share in shares {
+            let healthy_now = counts.agents > 0 && counts.healthy * 100 >= i64::from(share) * counts.agents;
+            let before = self
+                .db
+                .soak_clock(&pacing.service, &pacing.environment.name, pacing.seq, share)
+                .await?;
+            if let Some(b) = &before {
+                // Thousands of heartbeats need not each write the clock.
+                if b.healthy_now == healthy_now && now - b.last_sample < chrono::Duration::seconds(1) {
+                    continue;
+                }
+            }
+            let clock = SoakClock {
+                healthy_ms: before.as_ref().map_or(0, |b| b.healthy_ms + healthy_since_sample(b, now)),
+                last_sample: now,
+                healthy_now,
+            };
+            // Losing the race to another report is fine: it sampled the
+            // same moment.
+            self.db
+                .save_soak_clock(&pacing.service, &pacing.environment.name, pacing.seq, share, before.as_ref(), &clock)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// How long `build` has run in `upstream` while at least `share`
+    /// percent of its agents reported healthy on it; `None` when it is not
+    /// what runs there now.
+    pub(crate) async fn upstream_healthy_for(
+        &self,
+        service: &ServiceName,
+        upstream: &EnvName,
+        build: &BuildId,
+        share: u8,
+    ) -> Result<Option<Duration>> {
+        let state = self.db.env_state(service, upstream).await?;
+        if state.current.as_ref().map(|d| &d.build) != Some(build) {
+            return Ok(None);
+        }
+        let Some(clock) = self.db.soak_clock(service, upstream, state.seq, share).await? else {
+            return Ok(Some(Duration::ZERO));
+        };
+        let ms = clock.healthy_ms + healthy_since_sample(&clock, self.now());
+        Ok(Some(Duration::from_millis(u64::try_from(ms).unwrap_or(0))))
+    }
+
+    /// The oldest version among the agents of the environment's
+    /// `compatible_with` service reporting in it.
+    pub(crate) async fn oldest_compatible(&self, environment: &Environment) -> Result<Option<Version>> {
+        let Some(compat) = &environment.compatible_with else {
+            return Ok(None);
+        };
+        let since = self.now() - STALE_AFTER;
+        let versions = self
+            .db
+            .agent_versions(&compat.service, &environment.name, since)
+            .await?;
+        Ok(versions
+            .iter()
+            .filter_map(|v| Version::parse(v.strip_prefix('v').unwrap_or(v)).ok())
+            .min())
+    }
+}
+
+/// Healthy time since the clock's last sample, if it was healthy then; an
+/// environment silent for longer than the stale limit counts only up to it.
+fn healthy_since_sample(clock: &SoakClock, now: DateTime<Utc>) -> i64 {
+    if !clock.healthy_now {
+        return 0;
+    }
+    (now - clock.last_sample)
+        .num_milliseconds()
+        .clamp(0, STALE_AFTER.num_milliseconds())
+}
+
+/// Whether one more agent may take the build under `strategy`.
+fn decide(strategy: &Strategy, counts: &RolloutCounts) -> Grant {
+    match strategy {
+        Strategy::AllAtOnce => Grant::yes(),
+        Strategy::Rolling { max_in_flight } => {
+            let limit = Share::of(*max_in_flight, u64::try_from(counts.agents).unwrap_or(0));
+            if u64::try_from(counts.in_flight).unwrap_or(0) < limit {
+                Grant::yes()
+            } else {
+                Grant::wait(format!(
+                    "{} agent(s) are updating, the most max_in_flight ({max_in_flight}) allows; waiting for them to report healthy",
+                    counts.in_flight
+                ))
+            }
+        }
+        Strategy::Canary { count, then } => {
+            let count = i64::from(*count);
+            if counts.granted < count {
+                return Grant::yes();
+            }
+            // The canaries are done when none of them is still updating;
+            // enough failures among them would have halted the rollout.
+            if counts.in_flight > 0 && counts.granted_healthy < count {
+                return Grant::wait(format!(
+                    "waiting for the {count} canary agent(s) to report healthy ({} so far)",
+                    counts.granted_healthy
+                ));
+            }
+            decide(then, counts)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts(agents: i64, granted: i64, granted_healthy: i64, in_flight: i64) -> RolloutCounts {
+        RolloutCounts {
+            agents,
+            granted,
+            healthy: granted_healthy,
+            granted_healthy,
+            in_flight,
+            failed: 0,
+        }
+    }
+
+    #[test]
+    fn rolling_keeps_at_most_max_in_flight_updating() {
+        let rolling = Strategy::Rolling {
+            max_in_flight: Share::Percent(25),
+        };
+        // 8 agents: 25% is 2 at a time.
+        assert!(decide(&rolling, &counts(8, 1, 0, 1)).may_update);
+        assert!(!decide(&rolling, &counts(8, 2, 0, 2)).may_update);
+        assert!(decide(&rolling, &counts(8, 3, 1, 1)).may_update, "one finished: a place is free");
+    }
+
+    #[test]
+    fn canary_waits_for_its_canaries_then_goes_on() {
+        let canary = Strategy::Canary {
+            count: 2,
+            then: Box::new(Strategy::Rolling {
+                max_in_flight: Share::Count(1),
+            }),
+        };
+        assert!(decide(&canary, &counts(6, 0, 0, 0)).may_update);
+        assert!(decide(&canary, &counts(6, 1, 0, 1)).may_update);
+        let waiting = decide(&canary, &counts(6, 2, 1, 1));
+        assert!(!waiting.may_update);
+        assert!(waiting.waiting.unwrap().contains("canary"));
+        assert!(decide(&canary, &counts(6, 2, 2, 0)).may_update, "canaries healthy: rolling");
+        assert!(!decide(&canary, &counts(6, 3, 2, 1)).may_update, "rolling one at a time");
+        let then_all = Strategy::Canary {
+            count: 1,
+            then: Box::new(Strategy::AllAtOnce),
+        };
+        assert!(decide(&then_all, &counts(6, 4, 1, 3)).may_update);
+    }
+}
