@@ -189,7 +189,7 @@ async fn start_with(config: &Config, db: tug_db::Db, store: Arc<dyn tug_store::B
     let router = router(AppState {
         tugboat: tugboat.clone(),
         max_json_body: config.max_json_body,
-        changes: watch_changes(tugboat.db().clone()),
+        changes: watch_changes(tugboat.db().clone(), tugboat.recorded()),
         public_answers: Default::default(),
         channel_answers: Default::default(),
     });
@@ -221,9 +221,10 @@ impl Started {
 const CHANGE_POLL: Duration = Duration::from_millis(200);
 
 /// Starts the poller that publishes the newest event id. One query per
-/// interval for the whole server, however many long-polls wait; it ends
-/// when every receiver is gone.
-fn watch_changes(db: tug_db::Db) -> tokio::sync::watch::Receiver<i64> {
+/// interval for the whole server, however many long-polls wait, and one
+/// at once when this server records an event; it ends when every receiver
+/// is gone.
+fn watch_changes(db: tug_db::Db, recorded: std::sync::Arc<tokio::sync::Notify>) -> tokio::sync::watch::Receiver<i64> {
     let (tx, rx) = tokio::sync::watch::channel(0);
     tokio::spawn(async move {
         let mut last = 0;
@@ -241,7 +242,10 @@ fn watch_changes(db: tug_db::Db) -> tokio::sync::watch::Receiver<i64> {
             if tx.is_closed() {
                 return;
             }
-            tokio::time::sleep(CHANGE_POLL).await;
+            tokio::select! {
+                () = tokio::time::sleep(CHANGE_POLL) => {}
+                () = recorded.notified() => {}
+            }
         }
     });
     rx

@@ -16,6 +16,7 @@ impl Tugboat {
         {
             tracing::error!(kind, error = %e, "could not record an event");
         }
+        self.recorded.notify_one();
     }
 
     /// Events of builds that are not embargoed (watchers must not learn of

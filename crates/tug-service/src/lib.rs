@@ -150,6 +150,8 @@ pub struct Tugboat {
     clock: Clock,
     /// Serialises rollout grant decisions (see [`Tugboat::may_update`]).
     grants: Arc<tokio::sync::Mutex<()>>,
+    /// Woken after every event recorded here (see [`Tugboat::recorded`]).
+    recorded: Arc<tokio::sync::Notify>,
 }
 
 /// What a build reference on the command line or in a URL names.
@@ -186,6 +188,7 @@ impl Tugboat {
             settings,
             clock: Arc::new(Utc::now),
             grants: Arc::default(),
+            recorded: Arc::default(),
         }
     }
 
@@ -193,6 +196,13 @@ impl Tugboat {
     pub fn with_clock(mut self, clock: Clock) -> Tugboat {
         self.clock = clock;
         self
+    }
+
+    /// Notified after each event this instance records, so a server's
+    /// change watcher sees its own changes at once rather than at its next
+    /// poll of the database.
+    pub fn recorded(&self) -> Arc<tokio::sync::Notify> {
+        self.recorded.clone()
     }
 
     pub fn settings(&self) -> &Settings {

@@ -21,7 +21,7 @@ private = true
 "#;
 
 /// A sealed build of `web` with one artifact per platform and one for all.
-async fn build(server: &TestServer, version: &str) -> String {
+pub(crate) async fn build(server: &TestServer, version: &str) -> String {
     let client = server.client();
     let b = client
         .create_build(&tug_api::CreateBuild {
@@ -60,7 +60,7 @@ async fn build(server: &TestServer, version: &str) -> String {
     b.id.to_string()
 }
 
-fn release(server: &TestServer, build: &str, env: &str) {
+pub(crate) fn release(server: &TestServer, build: &str, env: &str) {
     let w = tempfile::tempdir().unwrap();
     server
         .tug(w.path(), &["release", "web", "--env", env, "--build", build])

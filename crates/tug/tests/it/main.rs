@@ -10,5 +10,6 @@ mod crash;
 mod deploy;
 mod flow;
 mod maintenance;
+mod rollouts;
 mod shared;
 mod support;
