@@ -24,8 +24,7 @@ pub use manifest::{
 pub use names::{ArtifactName, BuildId, NameError, Platform, ServiceName, TokenName, Version};
 pub use pipeline::{
     format_duration, parse_duration, BranchRestriction, Compatibility, EnvName, Environment, FreezeWindow, Pipeline,
-    PipelineError, Rollout, Share, Strategy,
-    PipelineSpec, ServerRule,
+    PipelineError, PipelineSpec, Rollout, ServerRule, Share, Strategy,
 };
 pub use policy::{evaluate, BuildFacts, DeployKind, Proposal, Verdict, Violation};
 pub use role::{Action, Role};

@@ -547,7 +547,9 @@ impl FreezeWindow {
             .map(|(i, _)| i)
             .find(|&i| text[..i].trim_end().ends_with(|c: char| c.is_ascii_digit()))
             .or_else(|| text.find('-'))
-            .ok_or_else(|| format!("{text:?} has no '-': write e.g. \"Sat 00:00 - Mon 06:00\" or \"Mon-Fri 02:00 - 04:00\""))?;
+            .ok_or_else(|| {
+                format!("{text:?} has no '-': write e.g. \"Sat 00:00 - Mon 06:00\" or \"Mon-Fri 02:00 - 04:00\"")
+            })?;
         let (start, end) = (text[..split].trim(), text[split + 1..].trim());
         let tz = || -> Result<Tz, String> {
             tz.parse()
@@ -624,9 +626,14 @@ impl FreezeWindow {
             },
             FreezeWindow::Daily { days, start, end, tz } => FreezeSpec {
                 weekly: Some(
-                    format!("{} {} - {}", days_text(*days), start.format("%H:%M"), end.format("%H:%M"))
-                        .trim_start()
-                        .to_string(),
+                    format!(
+                        "{} {} - {}",
+                        days_text(*days),
+                        start.format("%H:%M"),
+                        end.format("%H:%M")
+                    )
+                    .trim_start()
+                    .to_string(),
                 ),
                 tz: Some(tz.name().to_string()),
                 ..FreezeSpec::default()
@@ -662,7 +669,8 @@ impl FreezeWindow {
                     days & today != 0 && *start <= time && time < *end
                 } else {
                     // Past midnight: the window began on the day before.
-                    (days & today != 0 && time >= *start) || (days & day_bit(local.weekday().pred()) != 0 && time < *end)
+                    (days & today != 0 && time >= *start)
+                        || (days & day_bit(local.weekday().pred()) != 0 && time < *end)
                 }
             }
             FreezeWindow::Once { from, until } => *from <= at && at < *until,
@@ -751,10 +759,15 @@ pub enum Strategy {
     AllAtOnce,
     /// At most `max_in_flight` agents updating (granted, not yet healthy)
     /// at a time.
-    Rolling { max_in_flight: Share },
+    Rolling {
+        max_in_flight: Share,
+    },
     /// `count` agents first, then the rest by `then` once those are
     /// healthy on the build.
-    Canary { count: u32, then: Box<Strategy> },
+    Canary {
+        count: u32,
+        then: Box<Strategy>,
+    },
 }
 
 /// A number of agents or a percentage of an environment's agents.
@@ -814,7 +827,9 @@ impl Rollout {
     fn from_spec(spec: &RolloutSpec) -> Result<Rollout, String> {
         let in_flight = |strategy: &str| -> Result<Share, String> {
             match &spec.max_in_flight {
-                None => Err(format!("{strategy} needs max_in_flight: a number of agents or a share, e.g. \"25%\"")),
+                None => Err(format!(
+                    "{strategy} needs max_in_flight: a number of agents or a share, e.g. \"25%\""
+                )),
                 Some(CountOrShare::Count(0)) => Err("max_in_flight must be at least 1".to_string()),
                 Some(CountOrShare::Count(n)) => Ok(Share::Count(*n)),
                 Some(CountOrShare::Text(t)) => Ok(Share::Percent(parse_percent(t)?)),
@@ -1978,7 +1993,10 @@ upstream = "canary"
         let p = parse_env("rollout = { strategy = \"rolling\", max_in_flight = 3 }").unwrap();
         let prod = p.environment(&EnvName::parse("production").unwrap()).unwrap();
         let rollout = prod.rollout.as_ref().unwrap();
-        assert_eq!(rollout.halt_after_failures, 1, "halts on the first failure unless told otherwise");
+        assert_eq!(
+            rollout.halt_after_failures, 1,
+            "halts on the first failure unless told otherwise"
+        );
         assert!(!rollout.auto_rollback);
         assert!(prod.in_maintenance(utc(2026, 11, 23, 5, 0)), "no window: any time");
         assert_eq!(Pipeline::parse(&p.to_toml()).unwrap(), p);
@@ -1992,18 +2010,39 @@ upstream = "canary"
         for (extra, want) in [
             ("rollout = { strategy = \"yolo\" }", "\"yolo\" is not a strategy"),
             ("rollout = { strategy = \"rolling\" }", "rolling needs max_in_flight"),
-            ("rollout = { strategy = \"rolling\", max_in_flight = \"250%\" }", "not a percentage"),
+            (
+                "rollout = { strategy = \"rolling\", max_in_flight = \"250%\" }",
+                "not a percentage",
+            ),
             ("rollout = { strategy = \"rolling\", max_in_flight = 0 }", "at least 1"),
             ("rollout = { strategy = \"canary\" }", "canary needs count"),
-            ("rollout = { strategy = \"canary\", count = 1, then = \"canary\" }", "then must be"),
-            ("rollout = { strategy = \"all-at-once\", count = 2 }", "only to strategy \"canary\""),
-            ("rollout = { strategy = \"all-at-once\", max_in_flight = 2 }", "max_in_flight applies to rolling"),
-            ("rollout = { strategy = \"rolling\", max_in_flight = 1, halt_after_failures = 0 }", "halt_after_failures must be at least 1"),
-            ("rollout = { strategy = \"rolling\", max_in_flight = 1, pace = 2 }", "unknown field"),
+            (
+                "rollout = { strategy = \"canary\", count = 1, then = \"canary\" }",
+                "then must be",
+            ),
+            (
+                "rollout = { strategy = \"all-at-once\", count = 2 }",
+                "only to strategy \"canary\"",
+            ),
+            (
+                "rollout = { strategy = \"all-at-once\", max_in_flight = 2 }",
+                "max_in_flight applies to rolling",
+            ),
+            (
+                "rollout = { strategy = \"rolling\", max_in_flight = 1, halt_after_failures = 0 }",
+                "halt_after_failures must be at least 1",
+            ),
+            (
+                "rollout = { strategy = \"rolling\", max_in_flight = 1, pace = 2 }",
+                "unknown field",
+            ),
             ("maintenance = [{ weekly = \"Mon-Fri 02:00\" }]", "maintenance window"),
             ("soak_healthy = \"90%\"", "set upstream and soak"),
             ("soak = \"1h\"\nsoak_healthy = \"ninety\"", "not a percentage"),
-            ("compatible_with = { service = \"Teleport Agent\", max_major_skew = 1 }", "compatible_with is invalid"),
+            (
+                "compatible_with = { service = \"Teleport Agent\", max_major_skew = 1 }",
+                "compatible_with is invalid",
+            ),
             ("compatible_with = { service = \"a\", max_major_skew = -1 }", "invalid"),
         ] {
             let err = parse_env(extra).unwrap_err().to_string();

@@ -717,7 +717,10 @@ private = true
         let verdict = evaluate(&prop);
         assert_eq!(policies(&verdict), ["compatibility"]);
         let message = &verdict.violations()[0].message;
-        assert!(message.contains("12.0.0") && message.contains("teleport-agent") && message.contains("13.x"), "{message}");
+        assert!(
+            message.contains("12.0.0") && message.contains("teleport-agent") && message.contains("13.x"),
+            "{message}"
+        );
         // No agent of that service reports: nothing to be incompatible with.
         prop.oldest_compatible = None;
         assert_eq!(evaluate(&prop), Verdict::Allowed);
@@ -734,7 +737,10 @@ private = true
         let verdict = evaluate(&prop);
         assert_eq!(policies(&verdict), ["soak"]);
         let message = &verdict.violations()[0].message;
-        assert!(message.contains("90% of its agents healthy") && message.contains("20m of the 1h"), "{message}");
+        assert!(
+            message.contains("90% of its agents healthy") && message.contains("20m of the 1h"),
+            "{message}"
+        );
         prop.upstream_healthy_for = None;
         assert_eq!(policies(&evaluate(&prop)), ["soak"], "no healthy time at all");
         prop.upstream_healthy_for = Some(Duration::from_secs(3600));

@@ -54,7 +54,12 @@ impl Tugboat {
                 .collect(),
             None => Vec::new(),
         };
-        let pacing = crate::Pacing::of(service, &environment, &state, build.as_ref().is_some_and(|b| b.critical));
+        let pacing = crate::Pacing::of(
+            service,
+            &environment,
+            &state,
+            build.as_ref().is_some_and(|b| b.critical),
+        );
         Ok(ChannelView {
             environment,
             seq: state.seq,

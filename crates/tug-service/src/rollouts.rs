@@ -117,7 +117,11 @@ impl Tugboat {
             return Ok(Grant::wait(format!(
                 "{} updates only inside its maintenance windows ({})",
                 env.name,
-                env.maintenance.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                env.maintenance
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )));
         }
         let Some(rollout) = env.rollout.as_ref().filter(|_| pacing.per_agent()) else {
@@ -256,7 +260,8 @@ impl Tugboat {
                 row.reason.as_deref().unwrap_or("")
             )));
         }
-        self.set_state(&pacing, &row, "halted", reason, None, who.name.as_str()).await?;
+        self.set_state(&pacing, &row, "halted", reason, None, who.name.as_str())
+            .await?;
         self.status_of(&pacing).await
     }
 
@@ -501,14 +506,23 @@ impl Tugboat {
                 }
             }
             let clock = SoakClock {
-                healthy_ms: before.as_ref().map_or(0, |b| b.healthy_ms + healthy_since_sample(b, now)),
+                healthy_ms: before
+                    .as_ref()
+                    .map_or(0, |b| b.healthy_ms + healthy_since_sample(b, now)),
                 last_sample: now,
                 healthy_now,
             };
             // Losing the race to another report is fine: it sampled the
             // same moment.
             self.db
-                .save_soak_clock(&pacing.service, &pacing.environment.name, pacing.seq, share, before.as_ref(), &clock)
+                .save_soak_clock(
+                    &pacing.service,
+                    &pacing.environment.name,
+                    pacing.seq,
+                    share,
+                    before.as_ref(),
+                    &clock,
+                )
                 .await?;
         }
         Ok(())
@@ -620,7 +634,10 @@ mod tests {
         // 8 agents: 25% is 2 at a time.
         assert!(decide(&rolling, &counts(8, 1, 0, 1)).may_update);
         assert!(!decide(&rolling, &counts(8, 2, 0, 2)).may_update);
-        assert!(decide(&rolling, &counts(8, 3, 1, 1)).may_update, "one finished: a place is free");
+        assert!(
+            decide(&rolling, &counts(8, 3, 1, 1)).may_update,
+            "one finished: a place is free"
+        );
     }
 
     #[test]
@@ -636,8 +653,14 @@ mod tests {
         let waiting = decide(&canary, &counts(6, 2, 1, 1));
         assert!(!waiting.may_update);
         assert!(waiting.waiting.unwrap().contains("canary"));
-        assert!(decide(&canary, &counts(6, 2, 2, 0)).may_update, "canaries healthy: rolling");
-        assert!(!decide(&canary, &counts(6, 3, 2, 1)).may_update, "rolling one at a time");
+        assert!(
+            decide(&canary, &counts(6, 2, 2, 0)).may_update,
+            "canaries healthy: rolling"
+        );
+        assert!(
+            !decide(&canary, &counts(6, 3, 2, 1)).may_update,
+            "rolling one at a time"
+        );
         let then_all = Strategy::Canary {
             count: 1,
             then: Box::new(Strategy::AllAtOnce),

@@ -354,7 +354,7 @@ pub enum PolicyCommand {
     /// Every policy of a service's environments, and the server-wide rules.
     List { service: String },
     /// Set policies on one environment (a new pipeline revision).
-    Apply(PolicyApplyArgs),
+    Apply(Box<PolicyApplyArgs>),
     /// Remove one policy from an environment (a new pipeline revision).
     Delete {
         service: String,

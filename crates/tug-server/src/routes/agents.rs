@@ -71,7 +71,10 @@ pub async fn channel(
         })?,
     };
     if q.agent.as_ref().is_some_and(|a| a.is_empty() || a.len() > 100) {
-        return Err(ApiError::bad_request("invalid_query", "agent must be 1 to 100 characters"));
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "agent must be 1 to 100 characters",
+        ));
     }
     let agent = q.agent.as_deref();
     let known = headers

@@ -203,7 +203,11 @@ pub async fn status(client: &Client, out: Output, service: &str) -> anyhow::Resu
             if e.auto_release_held {
                 name.push_str(" (auto-release held)");
             }
-            if let Some(r) = e.rollout.as_ref().filter(|r| r.state == "halted" || r.state == "rolling") {
+            if let Some(r) = e
+                .rollout
+                .as_ref()
+                .filter(|r| r.state == "halted" || r.state == "rolling")
+            {
                 name.push_str(&format!(" (rollout {})", r.state));
             }
             let a = &e.agents;
@@ -374,6 +378,7 @@ pub async fn policy(client: &Client, out: Output, c: PolicyCommand) -> anyhow::R
             })?;
         }
         PolicyCommand::Apply(a) => {
+            let a = *a;
             let v = edit_environment(client, &a.service, &a.env, |e| {
                 if let Some(b) = a.auto_release {
                     e.auto_release = Some(tug_core::pipeline::AutoReleaseSpec { branch: b });
@@ -408,7 +413,10 @@ pub async fn policy(client: &Client, out: Output, c: PolicyCommand) -> anyhow::R
                     e.soak_healthy = Some(s);
                 }
                 if let (Some(service), Some(max_major_skew)) = (a.compatible_with, a.max_major_skew) {
-                    e.compatible_with = Some(tug_core::pipeline::CompatibilitySpec { service, max_major_skew });
+                    e.compatible_with = Some(tug_core::pipeline::CompatibilitySpec {
+                        service,
+                        max_major_skew,
+                    });
                 }
                 if let Some(p) = a.private {
                     e.private = p;

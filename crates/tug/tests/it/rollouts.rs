@@ -81,7 +81,10 @@ impl Sim {
 }
 
 async fn setup(pipeline: &str, service: &str) -> (TestServer, String) {
-    let server = TestServer::start().await;
+    setup_on(TestServer::start().await, pipeline, service).await
+}
+
+async fn setup_on(server: TestServer, pipeline: &str, service: &str) -> (TestServer, String) {
     let w = tempfile::tempdir().unwrap();
     server.tug(w.path(), &["service", "create", service]).ok();
     std::fs::write(w.path().join("p.toml"), pipeline).unwrap();
@@ -89,7 +92,9 @@ async fn setup(pipeline: &str, service: &str) -> (TestServer, String) {
     let t = server
         .tug(
             w.path(),
-            &["token", "create", "--name", "fleet", "--role", "agent", "--output", "json"],
+            &[
+                "token", "create", "--name", "fleet", "--role", "agent", "--output", "json",
+            ],
         )
         .json();
     let token = t["secret"].as_str().unwrap().to_string();
@@ -148,7 +153,16 @@ rollout = { strategy = "canary", count = 2, then = "rolling", max_in_flight = 1,
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn canary_then_rolling_paces_agents_and_halts_on_a_failure() {
-    let (server, token) = setup(CANARY, "web").await;
+    canary_then_rolling(setup(CANARY, "web").await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_then_rolling_on_postgres() {
+    let server = TestServer::start_with(crate::support::Backend::postgres_s3().await, &[]).await;
+    canary_then_rolling(setup_on(server, CANARY, "web").await).await;
+}
+
+async fn canary_then_rolling((server, token): (TestServer, String)) {
     let agents = sims(&server, &token, "web", "prod", 6);
     let v1 = build(&server, "1.0.0").await;
     release(&server, &v1, "prod");
@@ -213,30 +227,57 @@ async fn canary_then_rolling_paces_agents_and_halts_on_a_failure() {
     let (c, _) = agents[4].ask().await;
     assert!(!c.may_update);
     assert!(c.waiting.as_deref().unwrap().contains("halted"), "{c:?}");
-    let status = tug(&server, &["rollout", "status", "web", "--env", "prod", "--output", "json"]).json();
+    let status = tug(
+        &server,
+        &["rollout", "status", "web", "--env", "prod", "--output", "json"],
+    )
+    .json();
     assert_eq!(status["state"], "halted");
     assert_eq!(status["failures"], 1);
     assert_eq!(status["updated"], 3);
     assert!(status["reason"].as_str().unwrap().contains("agent-4"), "{status}");
-    let text = tug(&server, &["rollout", "status", "web", "--env", "prod"]).ok().to_string();
-    assert!(text.contains("rollout halted") && text.contains("canary of 2, then rolling, 1 at a time"), "{text}");
-    let text = tug(&server, &["status", "web"]).ok().to_string();
-    assert!(text.contains("prod (rollout halted)"), "{text}");
-    assert_eq!(current(&server, "prod"), Some(v2.clone()), "no auto-rollback configured");
-
-    // Resume: earlier failures no longer count; agent-5 may go.
-    let r = tug(&server, &["rollout", "resume", "web", "--env", "prod", "--output", "json"]).json();
-    assert_eq!((r["state"].as_str(), r["failures"].as_i64()), (Some("rolling"), Some(0)));
-    assert!(agents[4].ask().await.0.may_update);
-    let err = tug(&server, &["rollout", "resume", "web", "--env", "prod"]).fails().to_string();
-    assert!(err.contains("HTTP 409") && err.contains("not halted"), "{err}");
-    // Halting by hand needs a reason, and stops further grants.
-    let r = tug(&server, &["rollout", "halt", "web", "--env", "prod", "--reason", "latency up 20%"])
+    let text = tug(&server, &["rollout", "status", "web", "--env", "prod"])
         .ok()
         .to_string();
+    assert!(
+        text.contains("rollout halted") && text.contains("canary of 2, then rolling, 1 at a time"),
+        "{text}"
+    );
+    let text = tug(&server, &["status", "web"]).ok().to_string();
+    assert!(text.contains("prod (rollout halted)"), "{text}");
+    assert_eq!(
+        current(&server, "prod"),
+        Some(v2.clone()),
+        "no auto-rollback configured"
+    );
+
+    // Resume: earlier failures no longer count; agent-5 may go.
+    let r = tug(
+        &server,
+        &["rollout", "resume", "web", "--env", "prod", "--output", "json"],
+    )
+    .json();
+    assert_eq!(
+        (r["state"].as_str(), r["failures"].as_i64()),
+        (Some("rolling"), Some(0))
+    );
+    assert!(agents[4].ask().await.0.may_update);
+    let err = tug(&server, &["rollout", "resume", "web", "--env", "prod"])
+        .fails()
+        .to_string();
+    assert!(err.contains("HTTP 409") && err.contains("not halted"), "{err}");
+    // Halting by hand needs a reason, and stops further grants.
+    let r = tug(
+        &server,
+        &["rollout", "halt", "web", "--env", "prod", "--reason", "latency up 20%"],
+    )
+    .ok()
+    .to_string();
     assert!(r.contains("rollout halted") && r.contains("latency up 20%"), "{r}");
     assert!(!agents[5].ask().await.0.may_update);
-    let err = tug(&server, &["rollout", "halt", "web", "--env", "prod", "--reason", " "]).fails().to_string();
+    let err = tug(&server, &["rollout", "halt", "web", "--env", "prod", "--reason", " "])
+        .fails()
+        .to_string();
     assert!(err.contains("HTTP 400") && err.contains("reason"), "{err}");
 
     // Events tell the story.
@@ -266,12 +307,24 @@ async fn failures_past_the_threshold_roll_the_environment_back() {
     for b in [&v1, &v2] {
         tug(
             &server,
-            &["release", "web", "--env", "prod", "--build", b, "--override", "--reason", "test"],
+            &[
+                "release",
+                "web",
+                "--env",
+                "prod",
+                "--build",
+                b,
+                "--override",
+                "--reason",
+                "test",
+            ],
         )
         .ok();
     }
     for a in &agents {
-        let c = a.ask_until(|c| c.build.as_ref().map(|b| b.as_str()) == Some(v2.as_str())).await;
+        let c = a
+            .ask_until(|c| c.build.as_ref().map(|b| b.as_str()) == Some(v2.as_str()))
+            .await;
         assert!(c.may_update, "all at once");
     }
     agents[0].fail(&v1, &v2).await;
@@ -282,14 +335,23 @@ async fn failures_past_the_threshold_roll_the_environment_back() {
     assert_eq!(newest["build"], v1.as_str());
     assert_eq!(newest["kind"], "rollback");
     assert_eq!(newest["requested_by"], "auto-rollback");
-    assert!(newest["reason"].as_str().unwrap().contains("2 agent(s) failed build"), "{newest}");
+    assert!(
+        newest["reason"].as_str().unwrap().contains("2 agent(s) failed build"),
+        "{newest}"
+    );
     // The rollback itself is not paced: every agent may go back at once.
     for a in &agents {
-        let c = a.ask_until(|c| c.build.as_ref().map(|b| b.as_str()) == Some(v1.as_str())).await;
+        let c = a
+            .ask_until(|c| c.build.as_ref().map(|b| b.as_str()) == Some(v1.as_str()))
+            .await;
         assert_eq!(c.build.as_ref().map(|b| b.as_str()), Some(v1.as_str()));
         assert!(c.may_update);
     }
-    let status = tug(&server, &["rollout", "status", "web", "--env", "prod", "--output", "json"]).json();
+    let status = tug(
+        &server,
+        &["rollout", "status", "web", "--env", "prod", "--output", "json"],
+    )
+    .json();
     assert_eq!(status["state"], "unpaced", "{status}");
 }
 
@@ -326,20 +388,48 @@ async fn maintenance_windows_hold_updates_unless_the_build_is_critical() {
     let (c, critical_tag) = prod.ask().await;
     assert!(c.may_update && c.critical);
     assert_ne!(tag, critical_tag);
-    let status = tug(&server, &["rollout", "status", "web", "--env", "prod", "--output", "json"]).json();
+    let status = tug(
+        &server,
+        &["rollout", "status", "web", "--env", "prod", "--output", "json"],
+    )
+    .json();
     assert_eq!(status["in_maintenance"], false);
     // Day-range windows are accepted by policy apply and listed.
     tug(
         &server,
-        &["policy", "apply", "web", "--env", "prod", "--maintenance", "Mon-Fri 02:00 - 04:00", "--tz", "Europe/Berlin"],
+        &[
+            "policy",
+            "apply",
+            "web",
+            "--env",
+            "prod",
+            "--maintenance",
+            "Mon-Fri 02:00 - 04:00",
+            "--tz",
+            "Europe/Berlin",
+        ],
     )
     .ok();
     let list = tug(&server, &["policy", "list", "web"]).ok().to_string();
     assert!(list.contains("Mon-Fri 02:00 - 04:00 Europe/Berlin"), "{list}");
-    let err = tug(&server, &["policy", "apply", "web", "--env", "prod", "--maintenance", "Mon-Fry 02:00 - 04:00"])
-        .fails()
-        .to_string();
-    assert!(err.contains("maintenance window") && err.contains("\"Fry\" is not a weekday"), "{err}");
+    let err = tug(
+        &server,
+        &[
+            "policy",
+            "apply",
+            "web",
+            "--env",
+            "prod",
+            "--maintenance",
+            "Mon-Fry 02:00 - 04:00",
+        ],
+    )
+    .fails()
+    .to_string();
+    assert!(
+        err.contains("maintenance window") && err.contains("\"Fry\" is not a weekday"),
+        "{err}"
+    );
 }
 
 const COMPAT: &str = r#"
@@ -366,7 +456,17 @@ async fn builds_too_far_ahead_of_the_oldest_agent_are_refused() {
         let b = server
             .tug(
                 w.path(),
-                &["push", "--service", service, "--version", version, "--seal", "bin", "--output", "json"],
+                &[
+                    "push",
+                    "--service",
+                    service,
+                    "--version",
+                    version,
+                    "--seal",
+                    "bin",
+                    "--output",
+                    "json",
+                ],
             )
             .json();
         b["build"].as_str().unwrap().to_string()
@@ -409,7 +509,16 @@ soak_healthy = "50%"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak_time_counts_only_while_the_upstream_is_healthy() {
-    let (server, token) = setup(SOAK, "web").await;
+    healthy_soak(setup(SOAK, "web").await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthy_soak_on_postgres() {
+    let server = TestServer::start_with(crate::support::Backend::postgres_s3().await, &[]).await;
+    healthy_soak(setup_on(server, SOAK, "web").await).await;
+}
+
+async fn healthy_soak((server, token): (TestServer, String)) {
     let trials = sims(&server, &token, "web", "trials", 2);
     let v1 = build(&server, "1.0.0").await;
     release(&server, &v1, "trials");
@@ -422,7 +531,10 @@ async fn soak_time_counts_only_while_the_upstream_is_healthy() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let err = tug(&server, &["promote", "web", "--to", "prod"]).fails().to_string();
-    assert!(err.contains("soak") && err.contains("with at least 50% of its agents healthy"), "{err}");
+    assert!(
+        err.contains("soak") && err.contains("with at least 50% of its agents healthy"),
+        "{err}"
+    );
     // Healthy (one of two is 50%) for more than the soak: promotion passes.
     let until = Instant::now() + Duration::from_millis(2600);
     while Instant::now() < until {
@@ -438,7 +550,9 @@ async fn rollout_bad_input_is_refused_with_a_reason() {
     let v1 = build(&server, "1.0.0").await;
     let agent = &sims(&server, &token, "web", "prod", 1)[0];
     // No rollout under way yet.
-    let err = tug(&server, &["rollout", "halt", "web", "--env", "prod", "--reason", "x"]).fails().to_string();
+    let err = tug(&server, &["rollout", "halt", "web", "--env", "prod", "--reason", "x"])
+        .fails()
+        .to_string();
     assert!(err.contains("HTTP 400") && err.contains("runs nothing yet"), "{err}");
     release(&server, &v1, "prod");
     // A paced environment needs to know who asks.
@@ -451,12 +565,17 @@ async fn rollout_bad_input_is_refused_with_a_reason() {
     assert!(res.text().await.unwrap().contains("agent=<agent id>"));
     let long = "a".repeat(101);
     let res = server
-        .http(reqwest::Method::GET, &format!("/v1/channels/web/prod?platform=linux/amd64&agent={long}"))
+        .http(
+            reqwest::Method::GET,
+            &format!("/v1/channels/web/prod?platform=linux/amd64&agent={long}"),
+        )
         .send()
         .await
         .unwrap();
     assert_eq!(res.status().as_u16(), 400);
-    let err = tug(&server, &["rollout", "status", "web", "--env", "qa"]).fails().to_string();
+    let err = tug(&server, &["rollout", "status", "web", "--env", "qa"])
+        .fails()
+        .to_string();
     assert!(err.contains("HTTP 404") && err.contains("qa"), "{err}");
     let res = server
         .http(reqwest::Method::POST, "/v1/services/web/rollout/halt")
@@ -476,7 +595,11 @@ async fn rollout_bad_input_is_refused_with_a_reason() {
     // A report naming a failed build that does not exist is refused whole.
     let err = agent
         .client
-        .report(&agent.report_of(Some(&v1), AgentState::Failed, Some("0190c3f2-6a2b-7d4e-9f10-2b3c4d5e6f70")))
+        .report(&agent.report_of(
+            Some(&v1),
+            AgentState::Failed,
+            Some("0190c3f2-6a2b-7d4e-9f10-2b3c4d5e6f70"),
+        ))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Some("build_not_found"), "{err}");
@@ -487,7 +610,16 @@ async fn rollout_bad_input_is_refused_with_a_reason() {
         let t = server
             .tug(
                 w.path(),
-                &["token", "create", "--name", &format!("t-{role}"), "--role", role, "--output", "json"],
+                &[
+                    "token",
+                    "create",
+                    "--name",
+                    &format!("t-{role}"),
+                    "--role",
+                    role,
+                    "--output",
+                    "json",
+                ],
             )
             .json();
         let err = server
