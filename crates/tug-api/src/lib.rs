@@ -508,7 +508,9 @@ pub struct Event {
     pub at: DateTime<Utc>,
     /// `build.created`, `build.sealed`, `build.yanked`, `build.unembargoed`,
     /// `pipeline.applied`, `deployment`, `approval.requested`,
-    /// `approval.approved`, `approval.rejected`, `auto_release.resumed`.
+    /// `approval.approved`, `approval.rejected`, `auto_release.resumed`,
+    /// `rollout.progress`, `rollout.halted`, `rollout.resumed`,
+    /// `rollout.rollback_failed`.
     pub kind: String,
     pub service: Option<ServiceName>,
     pub actor: Option<String>,

@@ -630,3 +630,110 @@ async fn rollout_bad_input_is_refused_with_a_reason() {
         assert_eq!(err.code(), Some("forbidden"), "{role}: {err}");
     }
 }
+
+const FLEET: &str = r#"
+service = "web"
+
+[[environments]]
+name = "prod"
+rollout = { strategy = "canary", count = 2, then = "all-at-once", halt_after_failures = 2, auto_rollback = true }
+"#;
+
+/// Five real `tug agent` processes, each supervising a small service in
+/// its own directory: a good build reaches all of them; a build whose
+/// health check fails goes to the two canaries only, which roll back; the
+/// rollout halts, the environment is rolled back, and the other three never
+/// run the bad build.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_agents_halt_a_bad_rollout_and_the_rest_keep_the_good_build() {
+    let (server, token) = setup(FLEET, "web").await;
+    let w = tempfile::tempdir().unwrap();
+    let w = w.path();
+    let out = w.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    // The service appends each version it starts as to its agent's log.
+    let push = |version: &str, healthy: bool| -> String {
+        let dir = w.join(format!("build-{version}"));
+        let marker = if healthy { "" } else { "# BROKEN" };
+        let script = format!(
+            "#!/bin/sh\n{marker}\necho {version} >> \"$TUG_TEST_OUT/$TUG_TEST_AGENT\"\nexec sleep 600\n"
+        );
+        crate::support::write_files(&dir, &[("serve.sh", script.as_bytes())]);
+        let b = server
+            .tug(
+                w,
+                &[
+                    "push", "--service", "web", "--version", version, "--kind", "binary", "--seal",
+                    dir.join("serve.sh").to_str().unwrap(), "--output", "json",
+                ],
+            )
+            .json();
+        b["build"].as_str().unwrap().to_string()
+    };
+    let v1 = push("1.0.0", true);
+    let v2 = push("2.0.0", false);
+    server.tug(w, &["release", "web", "--env", "prod", "--build", &v1]).ok();
+
+    let mut agents = Vec::new();
+    for i in 1..=5 {
+        let name = format!("a{i}");
+        let dir = w.join(&name);
+        let health = format!("! grep -q BROKEN {}/current/serve.sh", dir.display());
+        let child = std::process::Command::new(crate::support::TUG)
+            .args(["agent", "--service", "web", "--env", "prod", "--dir", dir.to_str().unwrap()])
+            .args(["--exec", "./serve.sh", "--health-cmd", &health, "--health-timeout", "2"])
+            .args(["--heartbeat", "1"])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap())
+            .env("TUG_SERVER", &server.url)
+            .env("TUG_TOKEN", &token)
+            .env("TUG_TEST_OUT", &out)
+            .env("TUG_TEST_AGENT", &name)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(w.join(format!("{name}.log"))).unwrap())
+            .spawn()
+            .unwrap();
+        agents.push(crate::support::KillOnDrop(child));
+    }
+    let fleet = || {
+        server
+            .tug(w, &["agents", "--service", "web", "--output", "json"])
+            .json()
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let logs = || {
+        (1..=5)
+            .map(|i| std::fs::read_to_string(w.join(format!("a{i}.log"))).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n----\n")
+    };
+    let all_healthy_on = |build: &str| {
+        let f = fleet();
+        (f.len() == 5 && f.iter().all(|a| a["state"] == "healthy" && a["build"] == build)).then_some(())
+    };
+    crate::support::eventually(60, || all_healthy_on(&v1));
+
+    server.tug(w, &["release", "web", "--env", "prod", "--build", &v2]).ok();
+    // The two canaries try it, fail their health check and go back; the
+    // second failure halts the rollout and rolls the environment back.
+    crate::support::eventually(60, || {
+        let history = server
+            .tug(w, &["history", "web", "--env", "prod", "--output", "json"])
+            .json();
+        (history[0]["kind"] == "rollback" && history[0]["build"] == v1.as_str()).then_some(())
+    });
+    crate::support::eventually(60, || all_healthy_on(&v1));
+    let ran: Vec<String> = (1..=5)
+        .map(|i| std::fs::read_to_string(out.join(format!("a{i}"))).unwrap_or_default())
+        .collect();
+    let tried = ran.iter().filter(|r| r.contains("2.0.0")).count();
+    assert_eq!(tried, 2, "only the canaries ran the bad build: {ran:?}\n{}", logs());
+    for r in &ran {
+        assert!(r.trim_end().ends_with("1.0.0"), "every agent runs the good build again: {ran:?}");
+    }
+    let kinds = event_kinds(&server).await;
+    assert!(kinds.iter().any(|k| k == "rollout.halted"), "{kinds:?}");
+    drop(agents);
+}
