@@ -22,7 +22,7 @@ use crate::error::{io, Error, Result};
 use crate::health::HealthCheck;
 use crate::release::Releases;
 use crate::state::{self, FailedBuild, State};
-use crate::supervisor::{Launch, Supervisor};
+use crate::supervisor::{self, Launch, Supervisor};
 
 /// The first delay after an error; it doubles up to `max_backoff`.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -113,7 +113,11 @@ impl Agent {
         let state = State::load(&dir.join("state.json"))?;
         let agent_id = state::agent_id(&dir)?;
         let client = Client::new(&config.server, Some(config.token.clone()))?;
-        let supervisor = config.exec.clone().map(|cmd| Supervisor::new(cmd, config.max_backoff));
+        let pid_file = dir.join(supervisor::PID_FILE);
+        let supervisor = config
+            .exec
+            .clone()
+            .map(|cmd| Supervisor::new(cmd, config.max_backoff, pid_file));
         let status = watch::Sender::new(Status {
             build: releases.current()?,
             state: AgentState::Idle,
@@ -163,6 +167,7 @@ impl Agent {
     }
 
     async fn follow(&mut self) -> Result<()> {
+        self.stop_stale().await;
         self.recover().await?;
         let mut etag: Option<String> = None;
         loop {
@@ -209,9 +214,21 @@ impl Agent {
         self.backoff = (self.backoff * 2).min(self.config.max_backoff);
     }
 
+    /// At start: stops the supervised process group an agent killed with
+    /// `kill -9` left running, so that only one runs. A failure is logged:
+    /// the agent's own process is started regardless.
+    async fn stop_stale(&self) {
+        let pid_file = self.dir.join(supervisor::PID_FILE);
+        match supervisor::stop_stale(&pid_file, &self.dir.join("releases")).await {
+            Ok(Some(pgid)) => tracing::info!(pgid, "stopped the process an earlier agent left running"),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot stop the process an earlier agent left running"),
+        }
+    }
+
     /// At start: finish what a crash interrupted, and run what `current`
-    /// names (the supervised process died with the agent's session or was
-    /// never started).
+    /// names (the supervised process of an earlier agent was stopped by
+    /// `stop_stale`, died with it, or was never started).
     async fn recover(&mut self) -> Result<()> {
         let current = self.releases.current()?;
         if let Some(pending) = self.state.activating.clone() {
