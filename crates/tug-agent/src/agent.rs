@@ -26,6 +26,10 @@ use crate::supervisor::{self, Launch, Supervisor};
 
 /// The first delay after an error; it doubles up to `max_backoff`.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// The shortest long-poll the agent asks for: the server takes whole
+/// seconds, and a shorter wait would be sent as `0s`, answered at once and
+/// asked again at once.
+const MIN_POLL_WAIT: Duration = Duration::from_secs(1);
 
 /// Follows the configured channel until `shutdown` completes, then stops
 /// the supervised process and returns. Returns early only when the agent
@@ -162,6 +166,11 @@ impl Agent {
         self.status.send_replace(Status { build, state, error });
     }
 
+    /// The long-poll wait to ask for.
+    fn poll_wait(&self) -> Duration {
+        self.config.poll_wait.max(MIN_POLL_WAIT)
+    }
+
     fn save_state(&self) -> Result<()> {
         self.state.save(&self.dir.join("state.json"))
     }
@@ -179,7 +188,7 @@ impl Agent {
                     &self.config.platform,
                     Some(&self.agent_id),
                     etag.as_deref(),
-                    Some(self.config.poll_wait),
+                    Some(self.poll_wait()),
                 )
                 .await;
             match answer {
