@@ -59,6 +59,20 @@ struct Status {
     build: Option<BuildId>,
     state: AgentState,
     error: Option<String>,
+    /// The build the agent gave up on (`state.failed`), while the channel
+    /// still names it.
+    failed_build: Option<BuildId>,
+}
+
+/// The report that carries `status`.
+fn report(base: &AgentReport, status: Status) -> AgentReport {
+    AgentReport {
+        build: status.build,
+        state: status.state,
+        error: status.error,
+        failed_build: status.failed_build,
+        ..base.clone()
+    }
 }
 
 /// Whether the answer that led to a deployment attempt is settled (wait
@@ -126,6 +140,7 @@ impl Agent {
             build: releases.current()?,
             state: AgentState::Idle,
             error: None,
+            failed_build: state.failed.as_ref().map(|f| f.build.clone()),
         });
         Ok(Agent {
             health: HealthCheck {
@@ -163,7 +178,28 @@ impl Agent {
     }
 
     fn set_status(&self, build: Option<BuildId>, state: AgentState, error: Option<String>) {
-        self.status.send_replace(Status { build, state, error });
+        self.status.send_replace(Status {
+            build,
+            state,
+            error,
+            failed_build: self.state.failed.as_ref().map(|f| f.build.clone()),
+        });
+    }
+
+    /// Forgets the build given up on once the channel names another one:
+    /// it is no longer what the agent declines to run, and naming it again
+    /// later is a new request to try it.
+    fn forget_failed(&mut self, named: Option<&BuildId>) {
+        if self.state.failed.as_ref().is_none_or(|f| Some(&f.build) == named) {
+            return;
+        }
+        self.state.failed = None;
+        if let Err(e) = self.save_state() {
+            // Only the record on disk is stale: a restart forgets the build
+            // again on the first answer that names another.
+            tracing::warn!(error = %e, "cannot save the agent state");
+        }
+        self.status.send_modify(|s| s.failed_build = None);
     }
 
     /// The long-poll wait to ask for.
@@ -269,6 +305,7 @@ impl Agent {
 
     /// Acts on one channel answer.
     async fn apply(&mut self, channel: &Channel) -> Outcome {
+        self.forget_failed(channel.build.as_ref());
         let Some(build) = channel.build.clone() else {
             // The environment runs nothing: keep what runs here.
             return Outcome::Settled;
@@ -464,13 +501,7 @@ impl Agent {
 /// same facts.
 async fn report_loop(client: Client, base: AgentReport, heartbeat: Duration, mut status: watch::Receiver<Status>) {
     loop {
-        let s = status.borrow_and_update().clone();
-        let report = AgentReport {
-            build: s.build,
-            state: s.state,
-            error: s.error,
-            ..base.clone()
-        };
+        let report = report(&base, status.borrow_and_update().clone());
         if let Err(e) = client.report(&report).await {
             tracing::debug!(error = %e, "cannot report to the server");
         }
@@ -478,5 +509,97 @@ async fn report_loop(client: Client, base: AgentReport, heartbeat: Duration, mut
             changed = status.changed() => if changed.is_err() { return },
             () = tokio::time::sleep(heartbeat) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tug_core::{EnvName, ServiceName};
+
+    fn id(n: u8) -> BuildId {
+        BuildId::parse(&format!("0190c3f2-6a2b-7d4e-9f10-2b3c4d5e6f{n:02x}")).unwrap()
+    }
+
+    fn channel(build: Option<BuildId>) -> Channel {
+        Channel {
+            service: ServiceName::parse("web").unwrap(),
+            environment: EnvName::parse("prod").unwrap(),
+            build,
+            version: None,
+            manifest_digest: None,
+            critical: false,
+            // Pacing holds the agent back: nothing is fetched, so no
+            // server is needed.
+            may_update: false,
+            artifacts: Vec::new(),
+        }
+    }
+
+    fn agent(dir: &std::path::Path) -> Agent {
+        let mut config = AgentConfig::new(
+            "http://127.0.0.1:9",
+            "t",
+            ServiceName::parse("web").unwrap(),
+            EnvName::parse("prod").unwrap(),
+            dir,
+        );
+        config.poll_wait = Duration::from_millis(200);
+        Agent::open(config).unwrap()
+    }
+
+    fn sent(agent: &Agent) -> AgentReport {
+        report(&agent.base_report(), agent.status.borrow().clone())
+    }
+
+    /// The report names the build given up on for as long as the channel
+    /// names it, next to the build that runs instead, and after a restart.
+    #[tokio::test]
+    async fn the_report_names_the_failed_build_until_the_channel_moves_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let (good, bad, next) = (id(1), id(2), id(3));
+        let mut a = agent(dir.path());
+        assert_eq!(sent(&a).failed_build, None);
+        a.state.failed = Some(FailedBuild {
+            build: bad.clone(),
+            error: "unhealthy".into(),
+        });
+        a.save_state().unwrap();
+        a.set_status(Some(good.clone()), AgentState::Failed, Some("unhealthy".into()));
+        let r = sent(&a);
+        assert_eq!(
+            (r.build, r.state, r.failed_build),
+            (Some(good.clone()), AgentState::Failed, Some(bad.clone()))
+        );
+        assert!(matches!(a.apply(&channel(Some(bad.clone()))).await, Outcome::Settled));
+        assert_eq!(sent(&a).failed_build, Some(bad.clone()));
+        drop(a);
+
+        // A restarted agent still reports it.
+        let mut a = agent(dir.path());
+        assert_eq!(sent(&a).failed_build, Some(bad.clone()));
+        // The channel names another build: forgotten, on disk too.
+        a.apply(&channel(Some(next))).await;
+        assert_eq!(sent(&a).failed_build, None);
+        assert_eq!(State::load(&dir.path().join("state.json")).unwrap().failed, None);
+        drop(a);
+
+        // An environment that runs nothing no longer names it either.
+        let mut a = agent(dir.path());
+        a.state.failed = Some(FailedBuild {
+            build: bad,
+            error: "unhealthy".into(),
+        });
+        a.apply(&channel(None)).await;
+        assert_eq!(sent(&a).failed_build, None);
+    }
+
+    #[tokio::test]
+    async fn the_poll_wait_is_never_below_a_second() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = agent(dir.path());
+        assert_eq!(a.poll_wait(), Duration::from_secs(1));
+        a.config.poll_wait = Duration::from_secs(60);
+        assert_eq!(a.poll_wait(), Duration::from_secs(60));
     }
 }

@@ -27,8 +27,9 @@ pub struct State {
     /// failed activation rolls back to.
     #[serde(default)]
     pub previous: Option<BuildId>,
-    /// The last build that failed to fetch-verify-activate-check; it is not
-    /// tried again while the channel keeps naming it.
+    /// The last build whose activation or health check failed (the agent
+    /// went back); it is not tried again while the channel keeps naming it
+    /// and is forgotten once the channel names another build.
     #[serde(default)]
     pub failed: Option<FailedBuild>,
     /// Builds switched to, oldest first; pruning keeps the newest.
