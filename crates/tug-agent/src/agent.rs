@@ -344,6 +344,7 @@ impl Agent {
     async fn deploy(&mut self, channel: &Channel, build: &BuildId, current: Option<BuildId>) -> Result<()> {
         tracing::info!(%build, "installing");
         self.set_status(current.clone(), AgentState::Downloading, None);
+        self.check_space(build, &channel.artifacts)?;
         for a in &channel.artifacts {
             self.cache.ensure(&self.client, &a.digest, a.size).await?;
         }
@@ -363,6 +364,26 @@ impl Agent {
         self.releases.switch(Some(build))?;
         let previous = self.state.previous.clone();
         self.activate_checked(build, previous).await
+    }
+
+    /// Refuses to download a build that cannot fit: a download that fills
+    /// the disk would fail anyway, and would do so again at every retry
+    /// while starving the running release of space.
+    fn check_space(&self, build: &BuildId, artifacts: &[tug_api::ChannelArtifact]) -> Result<()> {
+        let needed = self.cache.missing_bytes(artifacts);
+        if needed == 0 {
+            return Ok(());
+        }
+        let available = self.cache.available_bytes()?;
+        if needed > available {
+            return Err(Error::NoSpace {
+                dir: self.dir.clone(),
+                build: build.clone(),
+                needed,
+                available,
+            });
+        }
+        Ok(())
     }
 
     /// Activates the build `current` points at and checks it; on failure,
