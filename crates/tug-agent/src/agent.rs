@@ -22,10 +22,14 @@ use crate::error::{io, Error, Result};
 use crate::health::HealthCheck;
 use crate::release::Releases;
 use crate::state::{self, FailedBuild, State};
-use crate::supervisor::{Launch, Supervisor};
+use crate::supervisor::{self, Launch, Supervisor};
 
 /// The first delay after an error; it doubles up to `max_backoff`.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// The shortest long-poll the agent asks for: the server takes whole
+/// seconds, and a shorter wait would be sent as `0s`, answered at once and
+/// asked again at once.
+const MIN_POLL_WAIT: Duration = Duration::from_secs(1);
 
 /// Follows the configured channel until `shutdown` completes, then stops
 /// the supervised process and returns. Returns early only when the agent
@@ -55,6 +59,20 @@ struct Status {
     build: Option<BuildId>,
     state: AgentState,
     error: Option<String>,
+    /// The build the agent gave up on (`state.failed`), while the channel
+    /// still names it.
+    failed_build: Option<BuildId>,
+}
+
+/// The report that carries `status`.
+fn report(base: &AgentReport, status: Status) -> AgentReport {
+    AgentReport {
+        build: status.build,
+        state: status.state,
+        error: status.error,
+        failed_build: status.failed_build,
+        ..base.clone()
+    }
 }
 
 /// Whether the answer that led to a deployment attempt is settled (wait
@@ -113,11 +131,16 @@ impl Agent {
         let state = State::load(&dir.join("state.json"))?;
         let agent_id = state::agent_id(&dir)?;
         let client = Client::new(&config.server, Some(config.token.clone()))?;
-        let supervisor = config.exec.clone().map(|cmd| Supervisor::new(cmd, config.max_backoff));
+        let pid_file = dir.join(supervisor::PID_FILE);
+        let supervisor = config
+            .exec
+            .clone()
+            .map(|cmd| Supervisor::new(cmd, config.max_backoff, pid_file));
         let status = watch::Sender::new(Status {
             build: releases.current()?,
             state: AgentState::Idle,
             error: None,
+            failed_build: state.failed.as_ref().map(|f| f.build.clone()),
         });
         Ok(Agent {
             health: HealthCheck {
@@ -155,7 +178,33 @@ impl Agent {
     }
 
     fn set_status(&self, build: Option<BuildId>, state: AgentState, error: Option<String>) {
-        self.status.send_replace(Status { build, state, error });
+        self.status.send_replace(Status {
+            build,
+            state,
+            error,
+            failed_build: self.state.failed.as_ref().map(|f| f.build.clone()),
+        });
+    }
+
+    /// Forgets the build given up on once the channel names another one:
+    /// it is no longer what the agent declines to run, and naming it again
+    /// later is a new request to try it.
+    fn forget_failed(&mut self, named: Option<&BuildId>) {
+        if self.state.failed.as_ref().is_none_or(|f| Some(&f.build) == named) {
+            return;
+        }
+        self.state.failed = None;
+        if let Err(e) = self.save_state() {
+            // Only the record on disk is stale: a restart forgets the build
+            // again on the first answer that names another.
+            tracing::warn!(error = %e, "cannot save the agent state");
+        }
+        self.status.send_modify(|s| s.failed_build = None);
+    }
+
+    /// The long-poll wait to ask for.
+    fn poll_wait(&self) -> Duration {
+        self.config.poll_wait.max(MIN_POLL_WAIT)
     }
 
     fn save_state(&self) -> Result<()> {
@@ -163,6 +212,7 @@ impl Agent {
     }
 
     async fn follow(&mut self) -> Result<()> {
+        self.stop_stale().await;
         self.recover().await?;
         let mut etag: Option<String> = None;
         loop {
@@ -174,7 +224,7 @@ impl Agent {
                     &self.config.platform,
                     Some(&self.agent_id),
                     etag.as_deref(),
-                    Some(self.config.poll_wait),
+                    Some(self.poll_wait()),
                 )
                 .await;
             match answer {
@@ -209,9 +259,21 @@ impl Agent {
         self.backoff = (self.backoff * 2).min(self.config.max_backoff);
     }
 
+    /// At start: stops the supervised process group an agent killed with
+    /// `kill -9` left running, so that only one runs. A failure is logged:
+    /// the agent's own process is started regardless.
+    async fn stop_stale(&self) {
+        let pid_file = self.dir.join(supervisor::PID_FILE);
+        match supervisor::stop_stale(&pid_file, &self.dir.join("releases")).await {
+            Ok(Some(pgid)) => tracing::info!(pgid, "stopped the process an earlier agent left running"),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot stop the process an earlier agent left running"),
+        }
+    }
+
     /// At start: finish what a crash interrupted, and run what `current`
-    /// names (the supervised process died with the agent's session or was
-    /// never started).
+    /// names (the supervised process of an earlier agent was stopped by
+    /// `stop_stale`, died with it, or was never started).
     async fn recover(&mut self) -> Result<()> {
         let current = self.releases.current()?;
         if let Some(pending) = self.state.activating.clone() {
@@ -243,6 +305,7 @@ impl Agent {
 
     /// Acts on one channel answer.
     async fn apply(&mut self, channel: &Channel) -> Outcome {
+        self.forget_failed(channel.build.as_ref());
         let Some(build) = channel.build.clone() else {
             // The environment runs nothing: keep what runs here.
             return Outcome::Settled;
@@ -281,6 +344,7 @@ impl Agent {
     async fn deploy(&mut self, channel: &Channel, build: &BuildId, current: Option<BuildId>) -> Result<()> {
         tracing::info!(%build, "installing");
         self.set_status(current.clone(), AgentState::Downloading, None);
+        self.check_space(build, &channel.artifacts)?;
         for a in &channel.artifacts {
             self.cache.ensure(&self.client, &a.digest, a.size).await?;
         }
@@ -300,6 +364,26 @@ impl Agent {
         self.releases.switch(Some(build))?;
         let previous = self.state.previous.clone();
         self.activate_checked(build, previous).await
+    }
+
+    /// Refuses to download a build that cannot fit: a download that fills
+    /// the disk would fail anyway, and would do so again at every retry
+    /// while starving the running release of space.
+    fn check_space(&self, build: &BuildId, artifacts: &[tug_api::ChannelArtifact]) -> Result<()> {
+        let needed = self.cache.missing_bytes(artifacts);
+        if needed == 0 {
+            return Ok(());
+        }
+        let available = self.cache.available_bytes()?;
+        if needed > available {
+            return Err(Error::NoSpace {
+                dir: self.dir.clone(),
+                build: build.clone(),
+                needed,
+                available,
+            });
+        }
+        Ok(())
     }
 
     /// Activates the build `current` points at and checks it; on failure,
@@ -438,13 +522,7 @@ impl Agent {
 /// same facts.
 async fn report_loop(client: Client, base: AgentReport, heartbeat: Duration, mut status: watch::Receiver<Status>) {
     loop {
-        let s = status.borrow_and_update().clone();
-        let report = AgentReport {
-            build: s.build,
-            state: s.state,
-            error: s.error,
-            ..base.clone()
-        };
+        let report = report(&base, status.borrow_and_update().clone());
         if let Err(e) = client.report(&report).await {
             tracing::debug!(error = %e, "cannot report to the server");
         }
@@ -452,5 +530,97 @@ async fn report_loop(client: Client, base: AgentReport, heartbeat: Duration, mut
             changed = status.changed() => if changed.is_err() { return },
             () = tokio::time::sleep(heartbeat) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tug_core::{EnvName, ServiceName};
+
+    fn id(n: u8) -> BuildId {
+        BuildId::parse(&format!("0190c3f2-6a2b-7d4e-9f10-2b3c4d5e6f{n:02x}")).unwrap()
+    }
+
+    fn channel(build: Option<BuildId>) -> Channel {
+        Channel {
+            service: ServiceName::parse("web").unwrap(),
+            environment: EnvName::parse("prod").unwrap(),
+            build,
+            version: None,
+            manifest_digest: None,
+            critical: false,
+            // Pacing holds the agent back: nothing is fetched, so no
+            // server is needed.
+            may_update: false,
+            artifacts: Vec::new(),
+        }
+    }
+
+    fn agent(dir: &std::path::Path) -> Agent {
+        let mut config = AgentConfig::new(
+            "http://127.0.0.1:9",
+            "t",
+            ServiceName::parse("web").unwrap(),
+            EnvName::parse("prod").unwrap(),
+            dir,
+        );
+        config.poll_wait = Duration::from_millis(200);
+        Agent::open(config).unwrap()
+    }
+
+    fn sent(agent: &Agent) -> AgentReport {
+        report(&agent.base_report(), agent.status.borrow().clone())
+    }
+
+    /// The report names the build given up on for as long as the channel
+    /// names it, next to the build that runs instead, and after a restart.
+    #[tokio::test]
+    async fn the_report_names_the_failed_build_until_the_channel_moves_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let (good, bad, next) = (id(1), id(2), id(3));
+        let mut a = agent(dir.path());
+        assert_eq!(sent(&a).failed_build, None);
+        a.state.failed = Some(FailedBuild {
+            build: bad.clone(),
+            error: "unhealthy".into(),
+        });
+        a.save_state().unwrap();
+        a.set_status(Some(good.clone()), AgentState::Failed, Some("unhealthy".into()));
+        let r = sent(&a);
+        assert_eq!(
+            (r.build, r.state, r.failed_build),
+            (Some(good.clone()), AgentState::Failed, Some(bad.clone()))
+        );
+        assert!(matches!(a.apply(&channel(Some(bad.clone()))).await, Outcome::Settled));
+        assert_eq!(sent(&a).failed_build, Some(bad.clone()));
+        drop(a);
+
+        // A restarted agent still reports it.
+        let mut a = agent(dir.path());
+        assert_eq!(sent(&a).failed_build, Some(bad.clone()));
+        // The channel names another build: forgotten, on disk too.
+        a.apply(&channel(Some(next))).await;
+        assert_eq!(sent(&a).failed_build, None);
+        assert_eq!(State::load(&dir.path().join("state.json")).unwrap().failed, None);
+        drop(a);
+
+        // An environment that runs nothing no longer names it either.
+        let mut a = agent(dir.path());
+        a.state.failed = Some(FailedBuild {
+            build: bad,
+            error: "unhealthy".into(),
+        });
+        a.apply(&channel(None)).await;
+        assert_eq!(sent(&a).failed_build, None);
+    }
+
+    #[tokio::test]
+    async fn the_poll_wait_is_never_below_a_second() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = agent(dir.path());
+        assert_eq!(a.poll_wait(), Duration::from_secs(1));
+        a.config.poll_wait = Duration::from_secs(60);
+        assert_eq!(a.poll_wait(), Duration::from_secs(60));
     }
 }

@@ -12,6 +12,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use tug_api::ChannelArtifact;
 use tug_client::Client;
 use tug_core::Digest;
 
@@ -34,18 +35,58 @@ impl Cache {
         self.dir.join(digest.hex())
     }
 
+    fn part_path(&self, digest: &Digest) -> PathBuf {
+        self.dir.join(format!("{}.part", digest.hex()))
+    }
+
     /// Makes sure the cache holds `digest`, downloading it if it is missing
     /// or if the cached bytes no longer hash to it (the client re-hashes an
     /// existing file before trusting it). Returns the bytes downloaded. A
-    /// digest mismatch leaves nothing under the blob's name.
+    /// digest mismatch leaves nothing under the blob's name. A download
+    /// that ran out of space drops its partial file: kept for a resume, it
+    /// would hold the disk full.
     pub async fn ensure(&self, client: &Client, digest: &Digest, size: u64) -> Result<u64> {
-        client
-            .fetch_blob(digest, size, &self.path(digest))
-            .await
-            .map_err(|source| Error::Fetch {
-                digest: *digest,
-                source,
+        match client.fetch_blob(digest, size, &self.path(digest)).await {
+            Ok(n) => Ok(n),
+            Err(source) => {
+                if is_out_of_space(&source) {
+                    let part = self.part_path(digest);
+                    if let Err(e) = std::fs::remove_file(&part) {
+                        tracing::warn!(path = %part.display(), error = %e, "cannot remove a partial download");
+                    }
+                }
+                Err(Error::Fetch {
+                    digest: *digest,
+                    source,
+                })
+            }
+        }
+    }
+
+    /// How many bytes downloading `artifacts` would add to the cache: the
+    /// blobs not cached yet, less what partial downloads of them hold.
+    pub fn missing_bytes(&self, artifacts: &[ChannelArtifact]) -> u64 {
+        let mut seen = HashSet::new();
+        artifacts
+            .iter()
+            .filter(|a| seen.insert(a.digest) && !self.path(&a.digest).exists())
+            .map(|a| {
+                let have = std::fs::metadata(self.part_path(&a.digest)).map_or(0, |m| m.len());
+                a.size.saturating_sub(have)
             })
+            .sum()
+    }
+
+    /// The space the agent may still use on the cache's file system.
+    pub fn available_bytes(&self) -> Result<u64> {
+        let s = nix::sys::statvfs::statvfs(&self.dir).map_err(|e| Error::Io {
+            path: self.dir.clone(),
+            source: e.into(),
+        })?;
+        // Both are u64 on 64-bit Linux but narrower elsewhere.
+        #[allow(clippy::useless_conversion)]
+        let (blocks, size) = (u64::from(s.blocks_available()), u64::from(s.fragment_size()));
+        Ok(blocks.saturating_mul(size))
     }
 
     /// Removes partial downloads last written before `older_than`: those
@@ -88,6 +129,15 @@ impl Cache {
         }
         Ok(removed)
     }
+}
+
+/// Whether a download failed because the disk (or the quota) is full.
+fn is_out_of_space(e: &tug_client::Error) -> bool {
+    let tug_client::Error::Io { source, .. } = e else {
+        return false;
+    };
+    let code = source.raw_os_error();
+    code == Some(nix::errno::Errno::ENOSPC as i32) || code == Some(nix::errno::Errno::EDQUOT as i32)
 }
 
 #[cfg(test)]

@@ -31,7 +31,8 @@ pub struct AgentConfig {
     pub on_activate: Option<String>,
     /// How long a new release has to become healthy.
     pub health_timeout: Duration,
-    /// How long the server may hold a channel request open.
+    /// How long the server may hold a channel request open (the agent
+    /// asks for at least a second).
     pub poll_wait: Duration,
     /// How often the agent reports even when nothing changed.
     pub heartbeat: Duration,

@@ -14,8 +14,15 @@ pub enum Error {
     Locked(PathBuf),
     #[error(transparent)]
     Client(#[from] tug_client::Error),
-    #[error("blob {digest} was not verified: {source}")]
+    #[error("cannot fetch blob {digest}: {source}")]
     Fetch { digest: Digest, source: tug_client::Error },
+    #[error("no space left on {dir} for build {build}: {needed} bytes to download, {available} available")]
+    NoSpace {
+        dir: PathBuf,
+        build: BuildId,
+        needed: u64,
+        available: u64,
+    },
     #[error("{path}: {message}")]
     State { path: PathBuf, message: String },
     #[error("build {build} did not become healthy: {reason}")]

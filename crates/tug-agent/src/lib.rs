@@ -10,6 +10,7 @@
 //! agent-id                 the agent's stable id (a UUID v7)
 //! agent.lock               held while an agent runs on this directory
 //! state.json               what the agent was doing (see `state`)
+//! supervised.pid           the `--exec` process group (see `supervisor`)
 //! cache/sha256/<hex>       verified blobs, shared by all releases
 //! manifests/<build>.json   the artifacts of each assembled release
 //! releases/<build>/        complete releases (`<build>.tmp/` while assembling)

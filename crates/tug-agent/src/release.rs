@@ -114,6 +114,34 @@ impl Releases {
             std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
         }
         std::fs::create_dir(&tmp).map_err(io(&tmp))?;
+        match self.fill(&tmp, build, version, artifacts, cache) {
+            Ok(()) => Ok(dest),
+            Err(e) => {
+                // Typically a full disk: what was placed would hold space
+                // (and inodes) the running release may need.
+                if let Err(clean) = std::fs::remove_dir_all(&tmp) {
+                    tracing::warn!(path = %tmp.display(), error = %clean, "cannot remove a half-assembled release");
+                }
+                if !dest.is_dir() {
+                    let _ = std::fs::remove_file(self.manifest_path(build));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Places the artifacts in `tmp`, writes the manifest and renames `tmp`
+    /// to the release's directory.
+    fn fill(
+        &self,
+        tmp: &Path,
+        build: &BuildId,
+        version: Option<&Version>,
+        artifacts: &[ChannelArtifact],
+        cache: &Cache,
+    ) -> Result<()> {
+        let tmp = tmp.to_path_buf();
+        let dest = self.dir(build);
         let mut dirs: HashSet<PathBuf> = HashSet::from([tmp.clone()]);
         for a in artifacts {
             // ArtifactName is a validated relative path without `..` or
@@ -147,8 +175,7 @@ impl Releases {
         })?;
         write_atomic(&self.manifest_path(build), &json)?;
         std::fs::rename(&tmp, &dest).map_err(io(&dest))?;
-        sync_dir(&self.releases_dir())?;
-        Ok(dest)
+        sync_dir(&self.releases_dir())
     }
 
     /// Points `current` at `build` (or removes it) atomically: a new
@@ -392,6 +419,21 @@ mod tests {
         let b = vec![artifact("v", ArtifactKind::Other, b"2", &cache)];
         let p = rel.assemble(&id(2), None, &b, &cache).unwrap();
         assert!(!p.join("sub").exists());
+    }
+
+    #[test]
+    fn a_failed_assembly_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let rel = Releases::open(dir.path()).unwrap();
+        let mut arts = vec![artifact("a/v", ArtifactKind::Other, b"1", &cache)];
+        // The second blob is not in the cache: placing it fails halfway.
+        let missing = artifact("b/w", ArtifactKind::Other, b"2", &cache);
+        std::fs::remove_file(cache.path(&missing.digest)).unwrap();
+        arts.push(missing);
+        assert!(rel.assemble(&id(1), None, &arts, &cache).is_err());
+        assert_eq!(std::fs::read_dir(dir.path().join("releases")).unwrap().count(), 0);
+        assert_eq!(std::fs::read_dir(dir.path().join("manifests")).unwrap().count(), 0);
     }
 
     #[test]

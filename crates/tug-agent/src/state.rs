@@ -27,8 +27,9 @@ pub struct State {
     /// failed activation rolls back to.
     #[serde(default)]
     pub previous: Option<BuildId>,
-    /// The last build that failed to fetch-verify-activate-check; it is not
-    /// tried again while the channel keeps naming it.
+    /// The last build whose activation or health check failed (the agent
+    /// went back); it is not tried again while the channel keeps naming it
+    /// and is forgotten once the channel names another build.
     #[serde(default)]
     pub failed: Option<FailedBuild>,
     /// Builds switched to, oldest first; pruning keeps the newest.
@@ -75,11 +76,16 @@ impl State {
 /// see the old or the new contents, never a mix.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = PathBuf::from(format!("{}.tmp", path.display()));
-    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-    f.write_all(bytes).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(io(path))?;
+    let written = std::fs::File::create(&tmp).and_then(|mut f| {
+        f.write_all(bytes)?;
+        f.sync_all()
+    });
+    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, path)) {
+        // Typically a full disk: the old file stays, and so must no
+        // half-written temporary.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(path)(e));
+    }
     if let Some(dir) = path.parent() {
         sync_dir(dir)?;
     }

@@ -4,19 +4,29 @@
 //! back-off when it exits on its own, and replaces it on request (SIGTERM
 //! to the group, a grace period, then SIGKILL).
 //!
+//! The running group is recorded in `supervised.pid` (its id and the
+//! leader's start time), because a `kill -9` of the agent leaves the group
+//! running: the next agent on the directory stops that group
+//! ([`stop_stale`]) before it starts its own.
+//!
 //! It does not decide what runs: the agent tells it which release to run
 //! and when.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
+use crate::state::write_atomic;
+
+/// The file, in the agent directory, naming the supervised process group.
+pub const PID_FILE: &str = "supervised.pid";
 
 /// How long a stopped child has between SIGTERM and SIGKILL.
 const GRACE: Duration = Duration::from_secs(5);
@@ -49,9 +59,10 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    pub fn new(command: String, max_backoff: Duration) -> Supervisor {
+    /// A supervisor that records the group it runs in `pid_file`.
+    pub fn new(command: String, max_backoff: Duration, pid_file: PathBuf) -> Supervisor {
         let (tx, rx) = mpsc::channel(8);
-        let task = tokio::spawn(supervise(command, max_backoff.max(FIRST_BACKOFF), rx));
+        let task = tokio::spawn(supervise(command, max_backoff.max(FIRST_BACKOFF), pid_file, rx));
         Supervisor { tx, task }
     }
 
@@ -96,6 +107,7 @@ struct Running {
     child: Child,
     pgid: Pid,
     started: Instant,
+    pid_file: PathBuf,
 }
 
 impl Running {
@@ -119,11 +131,139 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         self.signal(Signal::SIGKILL);
-        // kill_on_drop on the Command reaps the shell itself.
+        // kill_on_drop on the Command reaps the shell itself. The group is
+        // gone, so nothing is left for a later agent to stop.
+        let _ = std::fs::remove_file(&self.pid_file);
     }
 }
 
-fn spawn(command: &str, launch: &Launch) -> Result<Running> {
+/// The contents of `supervised.pid`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct PidRecord {
+    /// The process group, which is also the leader's pid (the shell).
+    pgid: i32,
+    /// The leader's start time in clock ticks since boot (field 22 of
+    /// `/proc/<pid>/stat`): a pid reused by another process has another.
+    start_ticks: u64,
+}
+
+/// What `/proc/<pid>/stat` says about a process.
+#[derive(Debug, Clone, Copy)]
+struct ProcStat {
+    zombie: bool,
+    pgid: i32,
+    start_ticks: u64,
+}
+
+fn proc_stat(pid: i32) -> Option<ProcStat> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses; the
+    // fields after the last ')' are plain: state (3), ppid, pgrp (5), …,
+    // starttime (22).
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    Some(ProcStat {
+        zombie: *fields.first()? == "Z",
+        pgid: fields.get(2)?.parse().ok()?,
+        start_ticks: fields.get(19)?.parse().ok()?,
+    })
+}
+
+/// The live (not zombie) processes of the group `pgid`.
+fn live_members(pgid: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| proc_stat(pid).is_some_and(|s| s.pgid == pgid && !s.zombie))
+        .collect()
+}
+
+/// Whether `pid` was started for a release under `releases` (the agent
+/// gives every process it starts `TUG_RELEASE_DIR`, and children inherit
+/// it).
+fn started_from(pid: i32, releases: &Path) -> bool {
+    let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+        return false;
+    };
+    let want = format!("TUG_RELEASE_DIR={}/", releases.display());
+    environ.split(|&b| b == 0).any(|var| var.starts_with(want.as_bytes()))
+}
+
+fn write_pid_file(path: &Path, pgid: Pid) {
+    let written = proc_stat(pgid.as_raw())
+        .ok_or_else(|| "the process is gone already".to_string())
+        .and_then(|s| {
+            let record = PidRecord {
+                pgid: pgid.as_raw(),
+                start_ticks: s.start_ticks,
+            };
+            let json = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
+            write_atomic(path, &json).map_err(|e| e.to_string())
+        });
+    // The process runs either way; without the record, a `kill -9` of the
+    // agent would leave it for the next agent to run a second one beside.
+    if let Err(e) = written {
+        tracing::warn!(path = %path.display(), error = %e, "cannot record the supervised process");
+    }
+}
+
+/// Stops the process group that `pid_file` names if it is still running:
+/// what an agent killed with `kill -9` left. The group is taken to be the
+/// recorded one when its leader has the recorded start time, or, when the
+/// leader is gone, when its members run from a release under `releases`;
+/// a reused pid is left alone. SIGTERM, the grace period, then SIGKILL.
+/// Returns the group stopped, if any.
+pub async fn stop_stale(pid_file: &Path, releases: &Path) -> Result<Option<i32>> {
+    let bytes = match std::fs::read(pid_file) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(crate::error::io(pid_file)(e)),
+    };
+    let remove = || match std::fs::remove_file(pid_file) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(crate::error::io(pid_file)(e)),
+        _ => Ok(()),
+    };
+    let Ok(record) = serde_json::from_slice::<PidRecord>(&bytes) else {
+        tracing::warn!(path = %pid_file.display(), "unreadable record of the supervised process; ignoring it");
+        remove()?;
+        return Ok(None);
+    };
+    let members = live_members(record.pgid);
+    let ours = match proc_stat(record.pgid) {
+        Some(leader) => leader.start_ticks == record.start_ticks,
+        None => members.iter().any(|&pid| started_from(pid, releases)),
+    };
+    if !ours || members.is_empty() {
+        remove()?;
+        return Ok(None);
+    }
+    tracing::warn!(
+        pgid = record.pgid,
+        "stopping the supervised process an earlier agent left running"
+    );
+    let pgid = Pid::from_raw(record.pgid);
+    let gone = |within: Duration| async move {
+        let deadline = Instant::now() + within;
+        while !live_members(record.pgid).is_empty() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    };
+    let _ = killpg(pgid, Signal::SIGTERM);
+    if !gone(GRACE).await {
+        tracing::warn!(pgid = record.pgid, "the stale process ignored SIGTERM; killing it");
+        let _ = killpg(pgid, Signal::SIGKILL);
+        gone(GRACE).await;
+    }
+    remove()?;
+    Ok(Some(record.pgid))
+}
+
+fn spawn(command: &str, launch: &Launch, pid_file: &Path) -> Result<Running> {
     let child = Command::new("sh")
         .arg("-c")
         .arg(command)
@@ -139,10 +279,12 @@ fn spawn(command: &str, launch: &Launch) -> Result<Running> {
         .ok_or_else(|| Error::Spawn(std::io::Error::other("the child exited before its pid was read")))?;
     let pgid = Pid::from_raw(i32::try_from(pid).map_err(|_| Error::Spawn(std::io::Error::other("pid out of range")))?);
     tracing::info!(pid, cwd = %launch.cwd.display(), "started supervised process");
+    write_pid_file(pid_file, pgid);
     Ok(Running {
         child,
         pgid,
         started: Instant::now(),
+        pid_file: pid_file.to_path_buf(),
     })
 }
 
@@ -154,7 +296,7 @@ async fn exited(running: &mut Option<Running>) -> std::io::Result<std::process::
     }
 }
 
-async fn supervise(command: String, max_backoff: Duration, mut rx: mpsc::Receiver<Request>) {
+async fn supervise(command: String, max_backoff: Duration, pid_file: PathBuf, mut rx: mpsc::Receiver<Request>) {
     let mut running: Option<Running> = None;
     let mut launch: Option<Launch> = None;
     let mut restart_at: Option<Instant> = None;
@@ -169,7 +311,7 @@ async fn supervise(command: String, max_backoff: Duration, mut rx: mpsc::Receive
                     }
                     backoff = FIRST_BACKOFF;
                     restart_at = None;
-                    let result = spawn(&command, &l);
+                    let result = spawn(&command, &l, &pid_file);
                     let pid = result.as_ref().ok().and_then(|r| r.child.id());
                     match result {
                         Ok(r) => running = Some(r),
@@ -206,7 +348,7 @@ async fn supervise(command: String, max_backoff: Duration, mut rx: mpsc::Receive
             _ = sleep_until(restart_at) => {
                 restart_at = None;
                 if let Some(l) = &launch {
-                    match spawn(&command, l) {
+                    match spawn(&command, l, &pid_file) {
                         Ok(r) => running = Some(r),
                         Err(e) => {
                             tracing::warn!(error = %e, "cannot restart supervised process");
@@ -259,12 +401,15 @@ mod tests {
             "echo $TUG_BUILD >> {o}; sleep 30 & echo $! > {o}.$TUG_BUILD; wait",
             o = out.display()
         );
-        let sup = Supervisor::new(cmd, Duration::from_millis(200));
+        let pid_file = dir.path().join(PID_FILE);
+        let sup = Supervisor::new(cmd, Duration::from_millis(200), pid_file.clone());
         let launch = |b: &str| Launch {
             cwd: dir.path().to_path_buf(),
             env: vec![("TUG_BUILD".into(), b.into())],
         };
         let first = sup.start(launch("a")).await.unwrap();
+        let recorded: PidRecord = serde_json::from_slice(&std::fs::read(&pid_file).unwrap()).unwrap();
+        assert_eq!(recorded.pgid as u32, first);
         let grandchild_file = dir.path().join("out.a");
         until("the first child", || grandchild_file.exists()).await;
         let grandchild: u32 = {
@@ -291,6 +436,75 @@ mod tests {
         sup.stop().await;
         assert!(sup.pid().await.is_none());
         until("the stopped child to be gone", || !alive(third)).await;
+        assert!(!pid_file.exists(), "nothing runs, so nothing is recorded");
+    }
+
+    /// A process group as a `kill -9`ed agent leaves it: running on its
+    /// own, recorded in the pid file.
+    fn orphan_group(cmd: &str, release_dir: &Path) -> std::process::Child {
+        use std::os::unix::process::CommandExt;
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .env("TUG_RELEASE_DIR", release_dir)
+            .process_group(0)
+            .spawn()
+            .unwrap()
+    }
+
+    fn record(pid_file: &Path, pgid: u32, start_ticks: u64) {
+        let json = serde_json::to_vec(&PidRecord {
+            pgid: pgid as i32,
+            start_ticks,
+        })
+        .unwrap();
+        std::fs::write(pid_file, json).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_stale_group_is_stopped_but_a_reused_pid_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let releases = dir.path().join("releases");
+        let pid_file = dir.path().join(PID_FILE);
+        let mut child = orphan_group("sleep 30 & wait", &releases.join("b"));
+        let pgid = child.id();
+        until("the group's member", || live_members(pgid as i32).len() == 2).await;
+        let start = proc_stat(pgid as i32).unwrap().start_ticks;
+
+        // The same pid, another start time: another process now has the
+        // pid, and it is left alone.
+        record(&pid_file, pgid, start + 1);
+        assert_eq!(stop_stale(&pid_file, &releases).await.unwrap(), None);
+        assert!(alive(pgid));
+        assert!(!pid_file.exists());
+
+        record(&pid_file, pgid, start);
+        assert_eq!(stop_stale(&pid_file, &releases).await.unwrap(), Some(pgid as i32));
+        assert!(live_members(pgid as i32).is_empty(), "the whole group is stopped");
+        child.wait().unwrap();
+        assert!(!pid_file.exists());
+        assert_eq!(stop_stale(&pid_file, &releases).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_group_whose_leader_died_is_stopped_if_it_runs_a_release() {
+        let dir = tempfile::tempdir().unwrap();
+        let releases = dir.path().join("releases");
+        let pid_file = dir.path().join(PID_FILE);
+        for (release_dir, stopped) in [(releases.join("b"), true), (dir.path().join("elsewhere"), false)] {
+            let mut leader = orphan_group("sleep 30 & sleep 30 & wait", &release_dir);
+            let pgid = leader.id() as i32;
+            until("the group's members", || live_members(pgid).len() == 3).await;
+            record(&pid_file, leader.id(), proc_stat(pgid).unwrap().start_ticks);
+            // The leader dies and is reaped; its children stay in the group.
+            nix::sys::signal::kill(Pid::from_raw(pgid), Signal::SIGKILL).unwrap();
+            leader.wait().unwrap();
+            assert_eq!(live_members(pgid).len(), 2);
+            let got = stop_stale(&pid_file, &releases).await.unwrap();
+            assert_eq!(got.is_some(), stopped, "{}", release_dir.display());
+            assert_eq!(live_members(pgid).is_empty(), stopped);
+            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        }
     }
 
     #[tokio::test]
@@ -300,6 +514,7 @@ mod tests {
         let sup = Supervisor::new(
             format!("echo x >> {}; exit 1", out.display()),
             Duration::from_millis(100),
+            dir.path().join(PID_FILE),
         );
         sup.start(Launch {
             cwd: dir.path().to_path_buf(),

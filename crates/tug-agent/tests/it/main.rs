@@ -1,15 +1,21 @@
 //! The agent against a real Tugboat server on loopback: agents run as
 //! in-process tasks on their own temporary directories, supervise real
-//! shell processes and are observed through the files those write and the
-//! fleet view (`GET /v1/agents`). Nothing sleeps to wait: every wait polls
-//! a condition with a deadline.
+//! shell processes and are observed through the files those write, the
+//! fleet view (`GET /v1/agents`) and, where the server keeps less than the
+//! agent says, the requests themselves (a relay between agent and server
+//! records them). Nothing sleeps to wait: every wait polls a condition
+//! with a deadline.
 
 mod scenarios;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
 
 use anyhow::{bail, Context};
 use tug_api::{AgentState, CreateBuild, Release};
@@ -237,6 +243,157 @@ impl RunningAgent {
         }
         Ok(())
     }
+}
+
+/// A TCP relay between agents and the server that keeps every byte the
+/// agents sent, so tests read the requests as they went over the wire
+/// (the reports' JSON, the long-polls' queries) without changing either
+/// side.
+pub struct Relay {
+    pub addr: SocketAddr,
+    sent: Arc<Mutex<Vec<ConnLog>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// What one connection carried towards the server, with when it arrived.
+type ConnLog = Arc<Mutex<Vec<(Instant, Vec<u8>)>>>;
+
+/// One HTTP request an agent sent.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    pub at: Instant,
+    pub method: String,
+    /// The path with its query.
+    pub target: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Sent {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl Relay {
+    pub async fn start(to: SocketAddr) -> Result<Relay> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let sent: Arc<Mutex<Vec<_>>> = Arc::default();
+        let conns = sent.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let log: ConnLog = Arc::default();
+                conns.lock().unwrap().push(log.clone());
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await else {
+                        return;
+                    };
+                    let (mut ri, mut wi) = inbound.split();
+                    let (mut ro, mut wo) = outbound.split();
+                    let up = async {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match ri.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            log.lock().unwrap().push((Instant::now(), buf[..n].to_vec()));
+                            if wo.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                        let _ = wo.shutdown().await;
+                    };
+                    let down = async {
+                        let _ = tokio::io::copy(&mut ro, &mut wi).await;
+                        let _ = wi.shutdown().await;
+                    };
+                    tokio::join!(up, down);
+                });
+            }
+        });
+        Ok(Relay { addr, sent, task })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every complete request sent so far, in order within each
+    /// connection, connections in the order they were opened.
+    pub fn requests(&self) -> Vec<Sent> {
+        let conns: Vec<_> = self.sent.lock().unwrap().clone();
+        conns.iter().flat_map(|c| parse_requests(&c.lock().unwrap())).collect()
+    }
+
+    /// The bodies of the agent reports sent so far, oldest first.
+    pub fn reports(&self) -> Vec<serde_json::Value> {
+        let mut sent: Vec<Sent> = self
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == "POST" && r.target == "/v1/agents/report")
+            .collect();
+        sent.sort_by_key(|r| r.at);
+        sent.iter()
+            .filter_map(|r| serde_json::from_slice(&r.body).ok())
+            .collect()
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Splits what one connection carried into HTTP/1.1 requests (bodies by
+/// `Content-Length`, which is how the client sends them).
+fn parse_requests(chunks: &[(Instant, Vec<u8>)]) -> Vec<Sent> {
+    let mut bytes = Vec::new();
+    let mut starts = Vec::new();
+    for (at, chunk) in chunks {
+        starts.push((bytes.len(), *at));
+        bytes.extend_from_slice(chunk);
+    }
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while let Some(end) = bytes[pos..].windows(4).position(|w| w == b"\r\n\r\n") {
+        let head = String::from_utf8_lossy(&bytes[pos..pos + end]).into_owned();
+        let mut lines = head.split("\r\n");
+        let mut first = lines.next().unwrap_or_default().split(' ');
+        let (method, target) = (first.next().unwrap_or_default(), first.next().unwrap_or_default());
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+            .collect();
+        let len: usize = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        let body_start = pos + end + 4;
+        if bytes.len() < body_start + len {
+            break;
+        }
+        let at = starts
+            .iter()
+            .rev()
+            .find(|(o, _)| *o <= pos)
+            .map_or_else(Instant::now, |(_, t)| *t);
+        out.push(Sent {
+            at,
+            method: method.to_string(),
+            target: target.to_string(),
+            headers,
+            body: bytes[body_start..body_start + len].to_vec(),
+        });
+        pos = body_start + len;
+    }
+    out
 }
 
 /// Polls `check` until it returns true, failing after `secs` seconds.

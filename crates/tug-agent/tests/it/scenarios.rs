@@ -1,10 +1,22 @@
 //! The agent's scenarios: a fleet converging and following a release, a
-//! failed health check rolled back, a corrupt download discarded, the
-//! server going away and coming back, and recovery after a crash.
+//! failed health check or activation hook rolled back (and reported as
+//! such), a corrupt download discarded, the server going away and coming
+//! back, long-polls that really wait, and recovery after a crash.
+
+use std::time::Duration;
 
 use tug_api::AgentState;
+use tug_core::BuildId;
 
-use crate::{alive, config, current, read, script, until, Result, RunningAgent, Server};
+use crate::{alive, config, current, read, script, until, Relay, Result, RunningAgent, Server};
+
+/// Whether the newest report the agent sent names `build` as running and
+/// `failed` as the build it gave up on.
+fn last_report_is(relay: &Relay, state: &str, build: &BuildId, failed: Option<&BuildId>) -> bool {
+    relay.reports().last().is_some_and(|r| {
+        r["state"] == state && r["build"] == build.as_str() && r["failed_build"].as_str() == failed.map(|f| f.as_str())
+    })
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_agents_converge_and_follow_a_new_release() -> Result {
@@ -58,8 +70,10 @@ async fn a_build_that_fails_its_health_check_is_rolled_back() -> Result {
     let good = server.build("1.0.0", &script("1.0.0")).await?;
     server.release(&good).await?;
     let dir = tempfile::tempdir()?;
+    let relay = Relay::start(server.addr).await?;
     let mut c = config(&server, dir.path());
-    c.health_timeout = std::time::Duration::from_secs(2);
+    c.server = relay.url();
+    c.health_timeout = Duration::from_secs(2);
     let agent = RunningAgent::start(c);
     until(30, "healthy on the good build", || {
         server.reports(dir.path(), AgentState::Healthy, &good)
@@ -84,6 +98,11 @@ async fn a_build_that_fails_its_health_check_is_rolled_back() -> Result {
     .await?;
     let state: serde_json::Value = serde_json::from_str(&read(dir.path().join("state.json")))?;
     assert_eq!(state["failed"]["build"], bad.as_str());
+    // The agent reports the build it gave up on beside the one it runs.
+    until(10, "a report naming the failed build", || async {
+        Ok(last_report_is(&relay, "failed", &good, Some(&bad)))
+    })
+    .await?;
 
     // The failed build is not retried; the next one is installed.
     let fixed = server.build("2.0.1", &script("2.0.1")).await?;
@@ -92,6 +111,126 @@ async fn a_build_that_fails_its_health_check_is_rolled_back() -> Result {
         server.reports(dir.path(), AgentState::Healthy, &fixed)
     })
     .await?;
+    // The channel names another build: the failed one is no longer named.
+    until(10, "a report without the failed build", || async {
+        Ok(last_report_is(&relay, "healthy", &fixed, None))
+    })
+    .await?;
+    assert!(relay.reports().iter().any(|r| r["failed_build"] == bad.as_str()));
+    agent.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_activation_hook_runs_in_the_new_release_and_its_failure_rolls_back() -> Result {
+    let server = Server::start().await?;
+    let good = server.build("1.0.0", &script("1.0.0")).await?;
+    server.release(&good).await?;
+    let dir = tempfile::tempdir()?;
+    let relay = Relay::start(server.addr).await?;
+    let mut c = config(&server, dir.path());
+    c.server = relay.url();
+    // Records what it sees, in a file named after the build; fails for
+    // 2.0.0 only.
+    c.on_activate = Some(
+        r#"d="$TUG_RELEASE_DIR/../.."; out="$d/hook-$TUG_BUILD"
+        { readlink "$d/current"; pwd -P; echo "$TUG_BUILD $TUG_VERSION"; cat "$d/served-version" 2>/dev/null || echo none; } > "$out"
+        cat server.sh > "$out.script"
+        test "$TUG_VERSION" != 2.0.0"#
+            .into(),
+    );
+    let agent = RunningAgent::start(c);
+    until(30, "healthy on 1.0.0", || {
+        server.reports(dir.path(), AgentState::Healthy, &good)
+    })
+    .await?;
+    let release_dir = |b: &BuildId| dir.path().join("releases").join(b.as_str());
+    let hook_saw = |b: &BuildId| read(dir.path().join(format!("hook-{b}")));
+    // Run after the switch, in the release, before the process started.
+    assert_eq!(
+        hook_saw(&good),
+        format!("releases/{good}\n{}\n{good} 1.0.0\nnone", release_dir(&good).display())
+    );
+
+    let next = server.build("1.1.0", &script("1.1.0")).await?;
+    server.release(&next).await?;
+    until(30, "healthy on 1.1.0", || {
+        server.reports(dir.path(), AgentState::Healthy, &next)
+    })
+    .await?;
+    // `current` already names the new release, the old process still runs.
+    assert_eq!(
+        hook_saw(&next),
+        format!("releases/{next}\n{}\n{next} 1.1.0\n1.0.0", release_dir(&next).display())
+    );
+    assert_eq!(
+        read(dir.path().join(format!("hook-{next}.script"))),
+        script("1.1.0").trim()
+    );
+    assert_eq!(read(dir.path().join("served-version")), "1.1.0");
+
+    // A hook that exits non-zero fails the activation like a health check.
+    let bad = server.build("2.0.0", &script("2.0.0")).await?;
+    server.release(&bad).await?;
+    until(30, "failed, back on 1.1.0", || {
+        server.reports(dir.path(), AgentState::Failed, &next)
+    })
+    .await?;
+    assert!(hook_saw(&bad).starts_with(&format!("releases/{bad}\n")));
+    assert_eq!(current(dir.path()).as_deref(), Some(next.as_str()));
+    let error = server
+        .agent(dir.path())
+        .await?
+        .and_then(|a| a.report.error)
+        .unwrap_or_default();
+    assert!(
+        error.contains(bad.as_str()) && error.contains("activation hook exited"),
+        "{error}"
+    );
+    until(10, "a report naming the failed build", || async {
+        Ok(last_report_is(&relay, "failed", &next, Some(&bad)))
+    })
+    .await?;
+    // The failed build's process never started; 1.1.0 runs again.
+    assert_eq!(read(dir.path().join("served-version")), "1.1.0");
+    let state: serde_json::Value = serde_json::from_str(&read(dir.path().join("state.json")))?;
+    assert_eq!(state["failed"]["build"], bad.as_str());
+    agent.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_polls_ask_for_at_least_a_second() -> Result {
+    let server = Server::start().await?;
+    let v1 = server.build("1.0.0", &script("1.0.0")).await?;
+    server.release(&v1).await?;
+    let dir = tempfile::tempdir()?;
+    let relay = Relay::start(server.addr).await?;
+    let mut c = config(&server, dir.path());
+    c.server = relay.url();
+    // Sent as whole seconds, this used to be `wait=0s`: a poll loop with
+    // no pause at all.
+    c.poll_wait = Duration::from_millis(100);
+    let agent = RunningAgent::start(c);
+    until(30, "healthy on 1.0.0", || {
+        server.reports(dir.path(), AgentState::Healthy, &v1)
+    })
+    .await?;
+    let long_polls = || -> Vec<crate::Sent> {
+        let mut polls: Vec<_> = relay
+            .requests()
+            .into_iter()
+            .filter(|r| r.target.starts_with("/v1/channels/") && r.header("if-none-match").is_some())
+            .collect();
+        polls.sort_by_key(|r| r.at);
+        polls
+    };
+    until(15, "three long-polls", || async { Ok(long_polls().len() >= 3) }).await?;
+    let polls = long_polls();
+    for p in &polls {
+        assert!(p.target.contains("wait=1s"), "{}", p.target);
+    }
+    // The server held each of them for that second.
+    let spanned = polls[2].at - polls[0].at;
+    assert!(spanned >= Duration::from_millis(1800), "three polls within {spanned:?}");
     agent.stop().await
 }
 
