@@ -315,6 +315,12 @@ impl Agent {
             Err(e) => return self.failed_attempt(None, e),
         };
         if current.as_ref() == Some(&build) && self.state.activating.is_none() {
+            // The channel names what runs here again (say, the environment
+            // was rolled back to it): a failure of another build, already
+            // undone, is no longer this agent's state.
+            if self.status.borrow().state == AgentState::Failed && self.state.failed.is_none() {
+                self.set_status(Some(build), AgentState::Healthy, None);
+            }
             return Outcome::Settled;
         }
         if self.state.failed.as_ref().is_some_and(|f| f.build == build) {
@@ -553,6 +559,7 @@ mod tests {
             // Pacing holds the agent back: nothing is fetched, so no
             // server is needed.
             may_update: false,
+            waiting: None,
             artifacts: Vec::new(),
         }
     }

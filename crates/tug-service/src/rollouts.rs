@@ -383,6 +383,11 @@ impl Tugboat {
         if !(became_healthy || became_failed) {
             return Ok(());
         }
+        // Halt first: the progress event wakes the agents waiting for a
+        // place, and they must find the rollout halted already.
+        if became_failed {
+            self.halt_on_failures(&pacing, &build, now).await?;
+        }
         let payload = json!({
             "environment": now.environment,
             "build": build,
@@ -392,9 +397,6 @@ impl Tugboat {
             "error": now.error,
         });
         self.emit("rollout.progress", Some(&now.service), None, payload).await;
-        if became_failed {
-            self.halt_on_failures(&pacing, &build, now).await?;
-        }
         Ok(())
     }
 
@@ -594,19 +596,20 @@ fn decide(strategy: &Strategy, counts: &RolloutCounts) -> Grant {
             }
         }
         Strategy::Canary { count, then } => {
+            // `count` canaries must be healthy on the build before the
+            // rest follow; a canary that fails (below the halt threshold)
+            // is replaced by another.
             let count = i64::from(*count);
-            if counts.granted < count {
+            if counts.granted_healthy >= count {
+                return decide(then, counts);
+            }
+            if counts.granted_healthy + counts.in_flight < count {
                 return Grant::yes();
             }
-            // The canaries are done when none of them is still updating;
-            // enough failures among them would have halted the rollout.
-            if counts.in_flight > 0 && counts.granted_healthy < count {
-                return Grant::wait(format!(
-                    "waiting for the {count} canary agent(s) to report healthy ({} so far)",
-                    counts.granted_healthy
-                ));
-            }
-            decide(then, counts)
+            Grant::wait(format!(
+                "waiting for the {count} canary agent(s) to report healthy ({} so far)",
+                counts.granted_healthy
+            ))
         }
     }
 }
@@ -661,6 +664,9 @@ mod tests {
             !decide(&canary, &counts(6, 3, 2, 1)).may_update,
             "rolling one at a time"
         );
+        // One canary failed (below the halt threshold): another replaces it.
+        assert!(decide(&canary, &counts(6, 2, 1, 0)).may_update);
+        assert!(!decide(&canary, &counts(6, 3, 1, 1)).may_update);
         let then_all = Strategy::Canary {
             count: 1,
             then: Box::new(Strategy::AllAtOnce),

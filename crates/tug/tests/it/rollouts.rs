@@ -636,7 +636,7 @@ service = "web"
 
 [[environments]]
 name = "prod"
-rollout = { strategy = "canary", count = 2, then = "all-at-once", halt_after_failures = 2, auto_rollback = true }
+rollout = { strategy = "canary", count = 2, then = "all-at-once", halt_after_failures = 1, auto_rollback = true }
 "#;
 
 /// Five real `tug agent` processes, each supervising a small service in
@@ -709,22 +709,34 @@ async fn real_agents_halt_a_bad_rollout_and_the_rest_keep_the_good_build() {
             .collect::<Vec<_>>()
             .join("\n----\n")
     };
+    let wait_for = |what: &str, f: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !f() {
+            assert!(
+                Instant::now() < deadline,
+                "{what} within 60 s; fleet: {:#?}\nagent logs:\n{}",
+                fleet(),
+                logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
     let all_healthy_on = |build: &str| {
         let f = fleet();
         (f.len() == 5 && f.iter().all(|a| a["state"] == "healthy" && a["build"] == build)).then_some(())
     };
-    crate::support::eventually(60, || all_healthy_on(&v1));
+    wait_for("all five healthy on the good build", &|| all_healthy_on(&v1).is_some());
 
     server.tug(w, &["release", "web", "--env", "prod", "--build", &v2]).ok();
     // The two canaries try it, fail their health check and go back; the
     // second failure halts the rollout and rolls the environment back.
-    crate::support::eventually(60, || {
+    wait_for("the automatic rollback", &|| {
         let history = server
             .tug(w, &["history", "web", "--env", "prod", "--output", "json"])
             .json();
-        (history[0]["kind"] == "rollback" && history[0]["build"] == v1.as_str()).then_some(())
+        history[0]["kind"] == "rollback" && history[0]["build"] == v1.as_str()
     });
-    crate::support::eventually(60, || all_healthy_on(&v1));
+    wait_for("all five healthy on the good build again", &|| all_healthy_on(&v1).is_some());
     let ran: Vec<String> = (1..=5)
         .map(|i| std::fs::read_to_string(out.join(format!("a{i}"))).unwrap_or_default())
         .collect();
