@@ -38,11 +38,59 @@ pub struct AppState {
     /// Channel answers per service/env/platform, with the event id they
     /// were computed at.
     pub channel_answers: ChannelAnswers,
+    /// Held while a channel answer is computed: a change wakes every
+    /// long-poll of a channel at once, and one of them reads the database
+    /// while the others wait for its answer.
+    pub channel_flights: Flights,
 }
 
 /// See [`AppState::channel_answers`].
 pub type ChannelAnswers =
     std::sync::Arc<std::sync::RwLock<std::collections::HashMap<String, (i64, std::sync::Arc<routes::agents::Answer>)>>>;
+
+/// One lock per key, taken by the request that computes the key's answer
+/// so that the requests that need the same answer at the same moment wait
+/// for it instead of each computing it. See [`AppState::channel_flights`].
+#[derive(Clone, Default)]
+pub struct Flights(Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>>);
+
+/// Holds a key of [`Flights`] until dropped.
+pub struct Flight {
+    flights: Flights,
+    key: String,
+    _held: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Flights {
+    /// Waits until no other request holds `key`, then holds it. The caller
+    /// looks in its cache again: the holder before it may have filled it.
+    pub async fn hold(&self, key: &str) -> Flight {
+        let lock = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(key.to_string())
+            .or_default()
+            .clone();
+        Flight {
+            flights: self.clone(),
+            key: key.to_string(),
+            _held: lock.lock_owned().await,
+        }
+    }
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        // Forget the key when nobody else holds or waits for it: the map and
+        // this flight own the only references to its lock. (A waiter that
+        // gives up leaves the key to the next flight of it to forget.)
+        let mut locks = self.flights.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if locks.get(&self.key).is_some_and(|l| Arc::strong_count(l) <= 2) {
+            locks.remove(&self.key);
+        }
+    }
+}
 
 /// The API's routes over `state`.
 pub fn router(state: AppState) -> Router {
@@ -192,6 +240,7 @@ async fn start_with(config: &Config, db: tug_db::Db, store: Arc<dyn tug_store::B
         changes: watch_changes(tugboat.db().clone(), tugboat.recorded()),
         public_answers: Default::default(),
         channel_answers: Default::default(),
+        channel_flights: Default::default(),
     });
     Ok(Started {
         addr,
@@ -209,7 +258,12 @@ impl Started {
 
     /// Serves until `shutdown` resolves, then finishes requests in flight.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        axum::serve(self.listener, self.router)
+        // Served through `into_make_service`, the routes are resolved once and
+        // each connection shares them. Served as a bare `Router`, axum rebuilds
+        // the whole route table for every accepted connection (`with_state`
+        // on a clone), and the connection keeps its copy: about 37 KiB of heap
+        // per connection, most of what a held long-poll cost.
+        axum::serve(self.listener, self.router.into_make_service())
             .with_graceful_shutdown(shutdown)
             .await?;
         self.tugboat.db().close().await;

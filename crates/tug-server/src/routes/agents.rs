@@ -189,6 +189,16 @@ async fn shared_answer(
             }
         }
     }
+    // A change wakes every long-poll of the channel at once: one computes
+    // the new answer, the others wait for it here and then share it.
+    let _flight = state.channel_flights.hold(&key).await;
+    if let Ok(answers) = state.channel_answers.read() {
+        if let Some((at, tag, body)) = answers.get(&key) {
+            if *at == now {
+                return Ok((tag.clone(), body.clone()));
+            }
+        }
+    }
     let view = state.tugboat.channel(who, service, env, platform).await?;
     let channel = Channel {
         service: service.clone(),
