@@ -173,6 +173,12 @@ fn encode(channel: &Channel) -> Result<bytes::Bytes, ApiError> {
         .map_err(|e| ApiError::from(tug_service::Error::Invalid(format!("cannot encode the channel: {e}"))))
 }
 
+/// The cached answer for `key` if it was computed at event `now`.
+fn cached_answer(state: &AppState, key: &str, now: i64) -> Option<std::sync::Arc<Answer>> {
+    let answers = state.channel_answers.read().ok()?;
+    answers.get(key).filter(|(at, _)| *at == now).map(|(_, a)| a.clone())
+}
+
 async fn shared_answer(
     state: &AppState,
     who: &tug_service::Principal,
@@ -182,22 +188,14 @@ async fn shared_answer(
 ) -> Result<std::sync::Arc<Answer>, ApiError> {
     let key = format!("{service}/{env}/{platform}");
     let now = *state.changes.borrow();
-    if let Ok(answers) = state.channel_answers.read() {
-        if let Some((at, answer)) = answers.get(&key) {
-            if *at == now {
-                return Ok(answer.clone());
-            }
-        }
+    if let Some(answer) = cached_answer(state, &key, now) {
+        return Ok(answer);
     }
     // A change wakes every long-poll of the channel at once: one computes
     // the new answer, the others wait for it here and then share it.
     let _flight = state.channel_flights.hold(&key).await;
-    if let Ok(answers) = state.channel_answers.read() {
-        if let Some((at, tag, body)) = answers.get(&key) {
-            if *at == now {
-                return Ok((tag.clone(), body.clone()));
-            }
-        }
+    if let Some(answer) = cached_answer(state, &key, now) {
+        return Ok(answer);
     }
     let view = state.tugboat.channel(who, service, env, platform).await?;
     let channel = Channel {

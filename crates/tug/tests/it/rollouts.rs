@@ -655,16 +655,24 @@ async fn real_agents_halt_a_bad_rollout_and_the_rest_keep_the_good_build() {
     let push = |version: &str, healthy: bool| -> String {
         let dir = w.join(format!("build-{version}"));
         let marker = if healthy { "" } else { "# BROKEN" };
-        let script = format!(
-            "#!/bin/sh\n{marker}\necho {version} >> \"$TUG_TEST_OUT/$TUG_TEST_AGENT\"\nexec sleep 600\n"
-        );
+        let script =
+            format!("#!/bin/sh\n{marker}\necho {version} >> \"$TUG_TEST_OUT/$TUG_TEST_AGENT\"\nexec sleep 600\n");
         crate::support::write_files(&dir, &[("serve.sh", script.as_bytes())]);
         let b = server
             .tug(
                 w,
                 &[
-                    "push", "--service", "web", "--version", version, "--kind", "binary", "--seal",
-                    dir.join("serve.sh").to_str().unwrap(), "--output", "json",
+                    "push",
+                    "--service",
+                    "web",
+                    "--version",
+                    version,
+                    "--kind",
+                    "binary",
+                    "--seal",
+                    dir.join("serve.sh").to_str().unwrap(),
+                    "--output",
+                    "json",
                 ],
             )
             .json();
@@ -680,7 +688,15 @@ async fn real_agents_halt_a_bad_rollout_and_the_rest_keep_the_good_build() {
         let dir = w.join(&name);
         let health = format!("! grep -q BROKEN {}/current/serve.sh", dir.display());
         let child = std::process::Command::new(crate::support::TUG)
-            .args(["agent", "--service", "web", "--env", "prod", "--dir", dir.to_str().unwrap()])
+            .args([
+                "agent",
+                "--service",
+                "web",
+                "--env",
+                "prod",
+                "--dir",
+                dir.to_str().unwrap(),
+            ])
             .args(["--exec", "./serve.sh", "--health-cmd", &health, "--health-timeout", "2"])
             .args(["--heartbeat", "1"])
             .env_clear()
@@ -736,14 +752,19 @@ async fn real_agents_halt_a_bad_rollout_and_the_rest_keep_the_good_build() {
             .json();
         history[0]["kind"] == "rollback" && history[0]["build"] == v1.as_str()
     });
-    wait_for("all five healthy on the good build again", &|| all_healthy_on(&v1).is_some());
+    wait_for("all five healthy on the good build again", &|| {
+        all_healthy_on(&v1).is_some()
+    });
     let ran: Vec<String> = (1..=5)
         .map(|i| std::fs::read_to_string(out.join(format!("a{i}"))).unwrap_or_default())
         .collect();
     let tried = ran.iter().filter(|r| r.contains("2.0.0")).count();
     assert_eq!(tried, 2, "only the canaries ran the bad build: {ran:?}\n{}", logs());
     for r in &ran {
-        assert!(r.trim_end().ends_with("1.0.0"), "every agent runs the good build again: {ran:?}");
+        assert!(
+            r.trim_end().ends_with("1.0.0"),
+            "every agent runs the good build again: {ran:?}"
+        );
     }
     let kinds = event_kinds(&server).await;
     assert!(kinds.iter().any(|k| k == "rollout.halted"), "{kinds:?}");
