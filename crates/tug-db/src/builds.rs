@@ -164,7 +164,18 @@ impl Db {
     }
 
     pub async fn build(&self, id: &BuildId) -> Result<Option<BuildRow>> {
-        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM builds b WHERE b.id = $1"))
+        self.build_with(COLUMNS, id).await
+    }
+
+    /// A build without its manifest text (`manifest` is `None`): for the
+    /// paths that run often (agent reports, channels, status) and need only
+    /// the build's facts.
+    pub async fn build_summary(&self, id: &BuildId) -> Result<Option<BuildRow>> {
+        self.build_with(LIST_COLUMNS, id).await
+    }
+
+    async fn build_with(&self, columns: &str, id: &BuildId) -> Result<Option<BuildRow>> {
+        let row = sqlx::query(&format!("SELECT {columns} FROM builds b WHERE b.id = $1"))
             .bind(id.as_str())
             .fetch_optional(&self.pool)
             .await?;

@@ -87,15 +87,22 @@ impl Db {
         .bind(at.timestamp_millis())
         .execute(&self.pool)
         .await?;
+        self.rollout(service, env, seq)
+            .await?
+            .ok_or_else(|| crate::Error::Corrupt(format!("the rollout of {service}/{env} #{seq} vanished")))
+    }
+
+    /// The rollout of deployment `seq`, if an agent asked for it yet.
+    pub async fn rollout(&self, service: &ServiceName, env: &EnvName, seq: i64) -> Result<Option<RolloutRow>> {
         let row = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM rollouts WHERE service = $1 AND environment = $2 AND seq = $3"
         ))
         .bind(service.as_str())
         .bind(env.as_str())
         .bind(seq)
-        .fetch_one(&self.pool)
+        .fetch_optional(&self.pool)
         .await?;
-        rollout_from_row(&row)
+        row.as_ref().map(rollout_from_row).transpose()
     }
 
     /// Moves a rollout from state `from` to `to`; `false` when it was not

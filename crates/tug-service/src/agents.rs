@@ -41,7 +41,7 @@ impl Tugboat {
         let environment = crate::deploy::environment(&view.pipeline, env)?.clone();
         let state = self.db.env_state(service, env).await?;
         let build = match &state.current {
-            Some(d) => self.db.build(&d.build).await?,
+            Some(d) => self.db.build_summary(&d.build).await?,
             None => None,
         };
         let artifacts = match &build {
@@ -69,12 +69,6 @@ impl Tugboat {
         })
     }
 
-    /// The sequence number of an environment's newest deployment, the
-    /// cheap check behind long-polls.
-    pub async fn channel_seq(&self, service: &ServiceName, env: &EnvName) -> Result<i64> {
-        Ok(self.db.env_state(service, env).await?.seq)
-    }
-
     /// The version a public (non-private) environment runs, for updaters
     /// that ask without a token (Teleport's `…/version` endpoint): `None`
     /// while it runs nothing. A private environment does not exist here.
@@ -92,13 +86,14 @@ impl Tugboat {
     }
 
     /// Stores an agent's report. The environment must exist in the
-    /// service's pipeline and a named build must exist.
+    /// service's pipeline and the builds it names must exist; nothing is
+    /// stored otherwise.
     pub async fn report(&self, who: &Principal, mut report: AgentRow) -> Result<()> {
         self.require(who, Action::Report)?;
         let view = self.pipeline_view(&report.service).await?;
-        crate::deploy::environment(&view.pipeline, &report.environment)?;
-        if let Some(b) = &report.build {
-            if self.db.build(b).await?.is_none() {
+        let environment = crate::deploy::environment(&view.pipeline, &report.environment)?;
+        for b in report.build.iter().chain(&report.failed_build) {
+            if self.db.build_summary(b).await?.is_none() {
                 return Err(Error::BuildNotFound(b.to_string()));
             }
         }
@@ -116,16 +111,24 @@ impl Tugboat {
         if report.error.as_ref().is_some_and(|e| e.len() > 4096) {
             report.error = report.error.map(|e| e.chars().take(4096).collect());
         }
-        if let Some(b) = &report.failed_build {
-            if self.db.build(b).await?.is_none() {
-                return Err(Error::BuildNotFound(b.to_string()));
-            }
-        }
         report.last_seen = self.now();
         report.first_seen = report.last_seen;
-        let before = self.db.agent(&report.agent_id).await?;
+        // Most heartbeats change nothing but the fleet view: only a paced
+        // rollout needs the report before this one, and only a paced
+        // rollout or a health-aware soak downstream needs accounting.
+        let paced = environment.rollout.is_some();
+        let soaked = view
+            .pipeline
+            .downstream_of(&report.environment)
+            .any(|e| e.soak_healthy.is_some());
+        let before = match paced {
+            true => self.db.agent(&report.agent_id).await?,
+            false => None,
+        };
         self.db.upsert_agent(&report).await?;
-        self.after_report(&view.pipeline, before.as_ref(), &report).await;
+        if paced || soaked {
+            self.after_report(&view.pipeline, before.as_ref(), &report).await;
+        }
         Ok(())
     }
 

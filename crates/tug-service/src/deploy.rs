@@ -483,7 +483,7 @@ impl Tugboat {
         for environment in &view.pipeline.environments {
             let state = self.db.env_state(service, &environment.name).await?;
             let build = match &state.current {
-                Some(d) => self.db.build(&d.build).await?,
+                Some(d) => self.db.build_summary(&d.build).await?,
                 None => None,
             };
             let pacing = crate::Pacing::of(service, environment, &state, build.as_ref().is_some_and(|b| b.critical));
@@ -517,7 +517,7 @@ impl Tugboat {
         environment(&view.pipeline, env)?;
         let mut out = Vec::new();
         for d in self.db.history(service, env, limit).await? {
-            let b = self.db.build(&d.build).await?;
+            let b = self.db.build_summary(&d.build).await?;
             out.push((d, b));
         }
         Ok(out)
@@ -676,8 +676,11 @@ impl Tugboat {
             }
             None => (true, None),
         };
+        // Only a promotion is held to the soak (see `evaluate`).
         let upstream_healthy_for = match (&environment.upstream, environment.soak_healthy) {
-            (Some(up), Some(share)) => self.upstream_healthy_for(service, up, &build.id, share).await?,
+            (Some(up), Some(share)) if kind == DeployKind::Promote => {
+                self.upstream_healthy_for(service, up, &build.id, share).await?
+            }
             _ => None,
         };
         let oldest_compatible = self.oldest_compatible(environment).await?;

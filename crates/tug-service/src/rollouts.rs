@@ -177,7 +177,7 @@ impl Tugboat {
     pub(crate) async fn pacing(&self, service: &ServiceName, environment: &Environment) -> Result<Pacing> {
         let state = self.db.env_state(service, &environment.name).await?;
         let critical = match &state.current {
-            Some(d) => self.db.build(&d.build).await?.is_some_and(|b| b.critical),
+            Some(d) => self.db.build_summary(&d.build).await?.is_some_and(|b| b.critical),
             None => false,
         };
         Ok(Pacing::of(service, environment, &state, critical))
@@ -219,21 +219,25 @@ impl Tugboat {
             status.state = "unpaced".into();
             return Ok(status);
         }
-        let row = self
-            .db
-            .ensure_rollout(&pacing.service, &env.name, pacing.seq, build, self.now())
-            .await?;
-        status.failures = (status.counts.failed - row.failures_baseline).max(0);
-        status.state = if row.state == "halted" {
-            "halted".into()
+        // Reading the status records nothing: a rollout no agent asked
+        // about yet is rolling with no failures discounted.
+        let row = self.db.rollout(&pacing.service, &env.name, pacing.seq).await?;
+        let baseline = row.as_ref().map_or(0, |r| r.failures_baseline);
+        status.failures = (status.counts.failed - baseline).max(0);
+        let halted = row.as_ref().is_some_and(|r| r.state == "halted");
+        status.state = if halted {
+            "halted"
         } else if status.counts.agents > 0 && status.counts.healthy == status.counts.agents {
-            "done".into()
+            "done"
         } else {
-            row.state.clone()
-        };
-        status.reason = row.reason;
-        status.changed_by = row.changed_by;
-        status.changed_at = Some(row.changed_at);
+            "rolling"
+        }
+        .into();
+        if let Some(row) = row {
+            status.reason = row.reason;
+            status.changed_by = row.changed_by;
+            status.changed_at = Some(row.changed_at);
+        }
         Ok(status)
     }
 

@@ -22,12 +22,18 @@ name = "sec"
 private = true
 "#;
 
-/// A sealed build of `web` with one artifact per platform and one for all.
-pub(crate) async fn build(server: &TestServer, version: &str) -> String {
+/// A sealed build of `service` (branch `master`) with `files`: name,
+/// platform (none: for all) and contents.
+pub(crate) async fn sealed(
+    server: &TestServer,
+    service: &str,
+    version: &str,
+    files: &[(&str, Option<&str>, Vec<u8>)],
+) -> String {
     let client = server.client();
     let b = client
         .create_build(&tug_api::CreateBuild {
-            service: ServiceName::parse("web").unwrap(),
+            service: ServiceName::parse(service).unwrap(),
             version: tug_core::Version::parse(version).unwrap(),
             source: tug_core::BuildSource {
                 branch: Some("master".into()),
@@ -40,13 +46,8 @@ pub(crate) async fn build(server: &TestServer, version: &str) -> String {
         .await
         .unwrap();
     let mut specs = Vec::new();
-    for (name, platform) in [
-        ("web-amd64", Some("linux/amd64")),
-        ("web-arm64", Some("linux/arm64")),
-        ("config.json", None),
-    ] {
-        let body = format!("{name} {version}").into_bytes();
-        let digest = Digest::of(&body);
+    for (name, platform, body) in files {
+        let digest = Digest::of(body);
         client.put_blob_bytes(&digest, body.clone()).await.unwrap();
         specs.push(ArtifactSpec {
             name: ArtifactName::parse(name).unwrap(),
@@ -62,6 +63,19 @@ pub(crate) async fn build(server: &TestServer, version: &str) -> String {
     b.id.to_string()
 }
 
+/// A sealed build of `web` with one artifact per platform and one for all.
+pub(crate) async fn build(server: &TestServer, version: &str) -> String {
+    let files: Vec<(&str, Option<&str>, Vec<u8>)> = [
+        ("web-amd64", Some("linux/amd64")),
+        ("web-arm64", Some("linux/arm64")),
+        ("config.json", None),
+    ]
+    .into_iter()
+    .map(|(name, platform)| (name, platform, format!("{name} {version}").into_bytes()))
+    .collect();
+    sealed(server, "web", version, &files).await
+}
+
 pub(crate) fn release(server: &TestServer, build: &str, env: &str) {
     let w = tempfile::tempdir().unwrap();
     server
@@ -74,18 +88,8 @@ async fn channels_long_poll_and_teleport_endpoints() {
     let server = TestServer::start().await;
     let w = tempfile::tempdir().unwrap();
     let w = w.path();
-    server.tug(w, &["service", "create", "web"]).ok();
-    std::fs::write(w.join("p.toml"), PIPELINE).unwrap();
-    server.tug(w, &["pipeline", "apply", "-f", "p.toml"]).ok();
-    let t = server
-        .tug(
-            w,
-            &[
-                "token", "create", "--name", "agent-1", "--role", "agent", "--output", "json",
-            ],
-        )
-        .json();
-    let agent = server.client_with(t["secret"].as_str().unwrap());
+    let secret = setup(&server, w);
+    let agent = server.client_with(&secret);
     let (web, prod, amd64) = (
         ServiceName::parse("web").unwrap(),
         EnvName::parse("prod").unwrap(),
@@ -133,7 +137,7 @@ async fn channels_long_poll_and_teleport_endpoints() {
     // An agent token fetches what its channel names.
     let bytes = reqwest::Client::new()
         .get(format!("{}{}", server.url, c.artifacts[1].url))
-        .bearer_auth(t["secret"].as_str().unwrap())
+        .bearer_auth(&secret)
         .send()
         .await
         .unwrap()
@@ -258,18 +262,7 @@ async fn agents_report_and_the_fleet_shows_them() {
     let server = TestServer::start().await;
     let w = tempfile::tempdir().unwrap();
     let w = w.path();
-    server.tug(w, &["service", "create", "web"]).ok();
-    std::fs::write(w.join("p.toml"), PIPELINE).unwrap();
-    server.tug(w, &["pipeline", "apply", "-f", "p.toml"]).ok();
-    let t = server
-        .tug(
-            w,
-            &[
-                "token", "create", "--name", "agent-1", "--role", "agent", "--output", "json",
-            ],
-        )
-        .json();
-    let agent_token = t["secret"].as_str().unwrap().to_string();
+    let agent_token = setup(&server, w);
     let agent = server.client_with(&agent_token);
     let v1 = build(&server, "1.0.0").await;
     release(&server, &v1, "prod");
@@ -394,18 +387,7 @@ async fn the_agent_binary_installs_runs_and_reports() {
     let server = TestServer::start().await;
     let w = tempfile::tempdir().unwrap();
     let w = w.path();
-    server.tug(w, &["service", "create", "web"]).ok();
-    std::fs::write(w.join("p.toml"), PIPELINE).unwrap();
-    server.tug(w, &["pipeline", "apply", "-f", "p.toml"]).ok();
-    let t = server
-        .tug(
-            w,
-            &[
-                "token", "create", "--name", "agent-1", "--role", "agent", "--output", "json",
-            ],
-        )
-        .json();
-    let token = t["secret"].as_str().unwrap().to_string();
+    let token = setup(&server, w);
 
     // A tiny service: it writes which version runs, then stays up.
     let release_of = |version: &str| -> String {
@@ -577,8 +559,13 @@ fn pid_of(answer: &str) -> u32 {
 
 /// The service `web` with `prod`, and an agent token.
 fn setup(server: &TestServer, w: &Path) -> String {
-    server.tug(w, &["service", "create", "web"]).ok();
-    std::fs::write(w.join("p.toml"), PIPELINE).unwrap();
+    setup_service(server, w, "web", PIPELINE)
+}
+
+/// Creates `service` with `pipeline` and returns a new agent token.
+pub(crate) fn setup_service(server: &TestServer, w: &Path, service: &str, pipeline: &str) -> String {
+    server.tug(w, &["service", "create", service]).ok();
+    std::fs::write(w.join("p.toml"), pipeline).unwrap();
     server.tug(w, &["pipeline", "apply", "-f", "p.toml"]).ok();
     let t = server
         .tug(
@@ -593,34 +580,8 @@ fn setup(server: &TestServer, w: &Path) -> String {
 
 /// Creates, fills, seals and releases into `prod` a build of `files`.
 async fn ship(server: &TestServer, version: &str, files: &[(&str, Vec<u8>)]) -> String {
-    let client = server.client();
-    let b = client
-        .create_build(&tug_api::CreateBuild {
-            service: ServiceName::parse("web").unwrap(),
-            version: tug_core::Version::parse(version).unwrap(),
-            source: Default::default(),
-            ci: Default::default(),
-            expected: vec![],
-            embargoed: false,
-        })
-        .await
-        .unwrap();
-    let mut specs = Vec::new();
-    for (name, body) in files {
-        let digest = Digest::of(body);
-        client.put_blob_bytes(&digest, body.clone()).await.unwrap();
-        specs.push(ArtifactSpec {
-            name: ArtifactName::parse(name).unwrap(),
-            kind: ArtifactKind::Binary,
-            platform: None,
-            size: body.len() as u64,
-            digest,
-            derived_from: vec![],
-        });
-    }
-    client.register_artifacts(b.id.as_str(), specs).await.unwrap();
-    client.seal(b.id.as_str()).await.unwrap();
-    let id = b.id.to_string();
+    let files: Vec<(&str, Option<&str>, Vec<u8>)> = files.iter().map(|(n, b)| (*n, None, b.clone())).collect();
+    let id = sealed(server, "web", version, &files).await;
     release(server, &id, "prod");
     id
 }

@@ -86,18 +86,7 @@ async fn setup(pipeline: &str, service: &str) -> (TestServer, String) {
 
 async fn setup_on(server: TestServer, pipeline: &str, service: &str) -> (TestServer, String) {
     let w = tempfile::tempdir().unwrap();
-    server.tug(w.path(), &["service", "create", service]).ok();
-    std::fs::write(w.path().join("p.toml"), pipeline).unwrap();
-    server.tug(w.path(), &["pipeline", "apply", "-f", "p.toml"]).ok();
-    let t = server
-        .tug(
-            w.path(),
-            &[
-                "token", "create", "--name", "fleet", "--role", "agent", "--output", "json",
-            ],
-        )
-        .json();
-    let token = t["secret"].as_str().unwrap().to_string();
+    let token = crate::agents::setup_service(&server, w.path(), service, pipeline);
     (server, token)
 }
 
@@ -451,39 +440,24 @@ async fn builds_too_far_ahead_of_the_oldest_agent_are_refused() {
     )
     .unwrap();
     server.tug(w.path(), &["pipeline", "apply", "-f", "a.toml"]).ok();
-    let push = |service: &str, version: &str| {
-        std::fs::write(w.path().join("bin"), format!("{service} {version}")).unwrap();
-        let b = server
-            .tug(
-                w.path(),
-                &[
-                    "push",
-                    "--service",
-                    service,
-                    "--version",
-                    version,
-                    "--seal",
-                    "bin",
-                    "--output",
-                    "json",
-                ],
-            )
-            .json();
-        b["build"].as_str().unwrap().to_string()
+    let push = |service: &'static str, version: &'static str| {
+        let body = format!("{service} {version}").into_bytes();
+        let server = &server;
+        async move { crate::agents::sealed(server, service, version, &[("bin", None, body)]).await }
     };
-    let agent12 = push("teleport-agent", "12.4.0");
-    let agent13 = push("teleport-agent", "13.1.0");
+    let agent12 = push("teleport-agent", "12.4.0").await;
+    let agent13 = push("teleport-agent", "13.1.0").await;
     let fleet = sims(&server, &token, "teleport-agent", "cloud", 2);
     fleet[0].report(&agent13, AgentState::Healthy).await;
     fleet[1].report(&agent12, AgentState::Healthy).await;
 
-    let t14 = push("teleport", "14.0.0");
+    let t14 = push("teleport", "14.0.0").await;
     let err = server
         .tug(w.path(), &["release", "teleport", "--env", "cloud", "--build", &t14])
         .fails()
         .to_string();
     assert!(err.contains("compatibility") && err.contains("12.4.0"), "{err}");
-    let t13 = push("teleport", "13.0.0");
+    let t13 = push("teleport", "13.0.0").await;
     server
         .tug(w.path(), &["release", "teleport", "--env", "cloud", "--build", &t13])
         .ok();
@@ -652,34 +626,14 @@ async fn real_agents_halt_a_bad_rollout_and_the_rest_keep_the_good_build() {
     let out = w.join("out");
     std::fs::create_dir_all(&out).unwrap();
     // The service appends each version it starts as to its agent's log.
-    let push = |version: &str, healthy: bool| -> String {
-        let dir = w.join(format!("build-{version}"));
+    let script = |version: &str, healthy: bool| {
         let marker = if healthy { "" } else { "# BROKEN" };
-        let script =
+        let text =
             format!("#!/bin/sh\n{marker}\necho {version} >> \"$TUG_TEST_OUT/$TUG_TEST_AGENT\"\nexec sleep 600\n");
-        crate::support::write_files(&dir, &[("serve.sh", script.as_bytes())]);
-        let b = server
-            .tug(
-                w,
-                &[
-                    "push",
-                    "--service",
-                    "web",
-                    "--version",
-                    version,
-                    "--kind",
-                    "binary",
-                    "--seal",
-                    dir.join("serve.sh").to_str().unwrap(),
-                    "--output",
-                    "json",
-                ],
-            )
-            .json();
-        b["build"].as_str().unwrap().to_string()
+        [("serve.sh", None, text.into_bytes())]
     };
-    let v1 = push("1.0.0", true);
-    let v2 = push("2.0.0", false);
+    let v1 = crate::agents::sealed(&server, "web", "1.0.0", &script("1.0.0", true)).await;
+    let v2 = crate::agents::sealed(&server, "web", "2.0.0", &script("2.0.0", false)).await;
     server.tug(w, &["release", "web", "--env", "prod", "--build", &v1]).ok();
 
     let mut agents = Vec::new();
