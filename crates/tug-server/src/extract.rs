@@ -52,13 +52,26 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Json<T> {
 
     async fn from_request(req: Request, state: &AppState) -> Result<Json<T>, ApiError> {
         let limit = state.max_json_body;
+        let too_large = || {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("the JSON body is larger than {limit} bytes; send fewer items per request"),
+            )
+        };
+        // A declared length over the limit is refused before any of the
+        // body is read.
+        let declared = req
+            .headers()
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(too_large());
+        }
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body_too_large",
-                    format!("the JSON body is larger than {limit} bytes; send fewer items per request"),
-                )
+                too_large()
             } else {
                 ApiError::bad_request("invalid_body", format!("the request body could not be read: {e}"))
             }
