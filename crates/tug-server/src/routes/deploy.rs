@@ -75,13 +75,16 @@ fn view(v: tug_service::PipelineView, changed: Option<bool>) -> PipelineView {
 }
 
 /// Fills in the short ids of builds an answer names by id alone (the
-/// build a deployment replaced, the build a request waits to deploy).
+/// build a deployment replaced, the build a request waits to deploy). They
+/// are a convenience: when they cannot be read the answer goes without
+/// them (the CLI then shows whole ids) rather than hide a deployment that
+/// was made.
 async fn fill_short_ids<'a>(
     state: &AppState,
     who: &Principal,
     deployments: impl IntoIterator<Item = &'a mut Deployment>,
     pending: impl IntoIterator<Item = &'a mut PendingDeployment>,
-) -> Result<(), ApiError> {
+) {
     let mut deployments: Vec<&mut Deployment> = deployments.into_iter().collect();
     let mut pending: Vec<&mut PendingDeployment> = pending.into_iter().collect();
     let ids: Vec<BuildId> = deployments
@@ -90,16 +93,21 @@ async fn fill_short_ids<'a>(
         .chain(pending.iter().map(|p| p.build.clone()))
         .collect();
     if ids.is_empty() {
-        return Ok(());
+        return;
     }
-    let short = state.tugboat.short_build_ids(who, &ids).await?;
+    let short = match state.tugboat.short_build_ids(who, &ids).await {
+        Ok(short) => short,
+        Err(e) => {
+            tracing::warn!(error = %e, "answering without short build ids");
+            return;
+        }
+    };
     for d in &mut deployments {
         d.replaced_short_id = d.replaced.as_ref().and_then(|r| short.get(r).cloned());
     }
     for p in &mut pending {
         p.build_short_id = short.get(&p.build).cloned().unwrap_or_default();
     }
-    Ok(())
 }
 
 fn options(flags: tug_api::DeployFlags) -> DeployOptions {
@@ -157,11 +165,7 @@ pub fn pending(r: RequestRow, need: u32) -> PendingDeployment {
 }
 
 /// 201 with the deployment, or 202 with the request that waits.
-async fn answer(
-    state: &AppState,
-    who: &Principal,
-    outcome: Outcome,
-) -> Result<(StatusCode, axum::Json<DeployResult>), ApiError> {
+async fn answer(state: &AppState, who: &Principal, outcome: Outcome) -> (StatusCode, axum::Json<DeployResult>) {
     let (status, mut result) = match outcome {
         Outcome::Deployed { deployment: d, build } => (
             StatusCode::CREATED,
@@ -180,8 +184,8 @@ async fn answer(
             },
         ),
     };
-    fill_short_ids(state, who, result.deployment.as_mut(), result.pending.as_mut()).await?;
-    Ok((status, axum::Json(result)))
+    fill_short_ids(state, who, result.deployment.as_mut(), result.pending.as_mut()).await;
+    (status, axum::Json(result))
 }
 
 pub async fn release(
@@ -211,7 +215,7 @@ pub async fn release(
             options(req.flags),
         )
         .await?;
-    answer(&state, &who, d).await
+    Ok(answer(&state, &who, d).await)
 }
 
 pub async fn promote(
@@ -224,7 +228,7 @@ pub async fn promote(
         .tugboat
         .promote(&who, &service(&segment)?, &req.to, options(req.flags))
         .await?;
-    answer(&state, &who, d).await
+    Ok(answer(&state, &who, d).await)
 }
 
 pub async fn rollback(
@@ -237,7 +241,7 @@ pub async fn rollback(
         .tugboat
         .rollback(&who, &service(&segment)?, &req.environment, req.to, options(req.flags))
         .await?;
-    answer(&state, &who, d).await
+    Ok(answer(&state, &who, d).await)
 }
 
 pub async fn status(
@@ -306,7 +310,7 @@ pub async fn status(
         current.into_iter().flatten(),
         waiting.into_iter().flatten(),
     )
-    .await?;
+    .await;
     Ok(axum::Json(status))
 }
 
@@ -335,7 +339,7 @@ pub async fn history(
         .history(&who, &service(&segment)?, &env(&environment)?, limit)
         .await?;
     let mut deployments: Vec<Deployment> = rows.into_iter().map(|(d, b)| deployment(d, b.as_ref())).collect();
-    fill_short_ids(&state, &who, deployments.iter_mut(), []).await?;
+    fill_short_ids(&state, &who, deployments.iter_mut(), []).await;
     Ok(axum::Json(History { deployments }))
 }
 
@@ -366,7 +370,7 @@ async fn decide(
         pending: pending(d.request, d.need),
         deployment: d.deployment.map(|(dep, build)| deployment(dep, Some(&build))),
     };
-    fill_short_ids(&state, &who, decided.deployment.as_mut(), [&mut decided.pending]).await?;
+    fill_short_ids(&state, &who, decided.deployment.as_mut(), [&mut decided.pending]).await;
     Ok(axum::Json(decided))
 }
 

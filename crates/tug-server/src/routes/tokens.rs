@@ -28,10 +28,17 @@ pub fn token(t: TokenRow, short: &HashMap<String, String>) -> Token {
 }
 
 /// The short form of every token id: unique among all tokens, so the
-/// short id `tug token list` shows is one `tug token revoke` takes.
-async fn short_ids(state: &AppState, who: &Principal) -> Result<HashMap<String, String>, ApiError> {
-    let all = state.tugboat.list_tokens(who).await?;
-    Ok(tug_core::short_id::short_ids(all.iter().map(|t| t.id.as_str())))
+/// short id `tug token list` shows is one `tug token revoke` takes. After
+/// a change that was made, a failure here leaves the short ids out rather
+/// than answer as if the change had failed.
+async fn short_ids(state: &AppState, who: &Principal) -> HashMap<String, String> {
+    match state.tugboat.list_tokens(who).await {
+        Ok(all) => tug_core::short_id::short_ids(all.iter().map(|t| t.id.as_str())),
+        Err(e) => {
+            tracing::warn!(error = %e, "answering without short token ids");
+            HashMap::new()
+        }
+    }
 }
 
 pub async fn create(
@@ -43,7 +50,7 @@ pub async fn create(
         .tugboat
         .create_token(&who, req.name, req.role, req.service)
         .await?;
-    let short = short_ids(&state, &who).await?;
+    let short = short_ids(&state, &who).await;
     Ok((
         StatusCode::CREATED,
         axum::Json(CreatedToken {
@@ -67,6 +74,6 @@ pub async fn revoke(
     Path(name): Path<String>,
 ) -> Result<axum::Json<Token>, ApiError> {
     let revoked = state.tugboat.revoke_token(&who, &name).await?;
-    let short = short_ids(&state, &who).await?;
+    let short = short_ids(&state, &who).await;
     Ok(axum::Json(token(revoked, &short)))
 }
