@@ -843,3 +843,32 @@ async fn a_closed_pipe_ends_tug_quietly_with_status_0() {
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_whose_stdout_is_closed_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let data = dir.path().join("tug-data");
+    let mut child = std::process::Command::new(crate::support::TUG)
+        .args(["server", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(&data)
+        .env_clear()
+        .env("HOME", dir.path())
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Nobody reads the banner: the first write meets a closed pipe.
+    drop(child.stdout.take());
+    let mut child = crate::support::KillOnDrop(child);
+    crate::support::eventually(30, || std::net::TcpStream::connect(("127.0.0.1", port)).ok());
+    let res = reqwest::get(format!("http://127.0.0.1:{port}/healthz")).await;
+    assert!(res.is_ok_and(|r| r.status().is_success()), "the server did not answer");
+    assert!(child.0.try_wait().unwrap().is_none(), "the server exited");
+}
