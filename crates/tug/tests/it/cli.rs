@@ -114,6 +114,12 @@ fn refused(server: &TestServer, w: &Path, args: &[&str]) -> String {
     server.tug(w, args).fails().to_string()
 }
 
+/// A loopback port nothing listens on (it was free a moment ago).
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
 fn widest(text: &str) -> usize {
     text.lines().map(UnicodeWidthStr::width).max().unwrap_or(0)
 }
@@ -585,11 +591,7 @@ async fn pull_writes_into_dest_and_output_is_only_the_format() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_connection_says_where_the_server_was_expected() {
     // A port that was just free: nothing listens there.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let w = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(crate::support::TUG)
@@ -847,11 +849,7 @@ async fn a_closed_pipe_ends_tug_quietly_with_status_0() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_whose_stdout_is_closed_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let data = dir.path().join("tug-data");
     let mut child = std::process::Command::new(crate::support::TUG)
         .args(["server", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
