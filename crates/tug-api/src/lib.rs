@@ -58,6 +58,10 @@ pub struct CreateToken {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Token {
     pub id: String,
+    /// The shortest prefix of `id` no other token shares; `tug token
+    /// revoke` takes it.
+    #[serde(default)]
+    pub short_id: String,
     pub name: TokenName,
     pub role: Role,
     pub service: Option<ServiceName>,
@@ -119,6 +123,10 @@ pub struct CreateBuild {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Build {
     pub id: BuildId,
+    /// The shortest prefix of `id` no other build shares (as git shortens
+    /// commits); every route that reads a build id takes it.
+    #[serde(default)]
+    pub short_id: String,
     pub service: ServiceName,
     pub version: Version,
     pub state: BuildState,
@@ -239,6 +247,22 @@ pub struct PipelineView {
     /// The pipeline as canonical TOML.
     pub spec: String,
     pub pipeline: tug_core::Pipeline,
+    /// The server-wide rules that apply to the pipeline's environments on
+    /// top of its own policies; no pipeline can change them.
+    #[serde(default)]
+    pub server_rules: Vec<ServerRuleView>,
+    /// In the answer to an apply: whether it stored a new revision
+    /// (`false` when the pipeline was already exactly this).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed: Option<bool>,
+}
+
+/// A server-wide branch restriction (`--server-rule production=^master$`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerRuleView {
+    pub environment: tug_core::EnvName,
+    /// A regex every build's branch must match to enter the environment.
+    pub branch_restriction: String,
 }
 
 /// Options shared by release, promote and rollback.
@@ -293,6 +317,13 @@ pub struct Rollback {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BuildSummary {
     pub id: BuildId,
+    /// See [`Build::short_id`].
+    #[serde(default)]
+    pub short_id: String,
+    /// The build was yanked: it runs where it was deployed but never
+    /// deploys again.
+    #[serde(default)]
+    pub yanked: bool,
     pub version: Version,
     pub manifest_digest: Option<Digest>,
     pub source: BuildSource,
@@ -313,6 +344,9 @@ pub struct Deployment {
     pub deployed_at: DateTime<Utc>,
     /// The build that ran before.
     pub replaced: Option<BuildId>,
+    /// The short id of `replaced`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced_short_id: Option<String>,
     pub reason: Option<String>,
     pub override_freeze: bool,
 }
@@ -418,6 +452,9 @@ pub struct PendingDeployment {
     pub environment: tug_core::EnvName,
     pub kind: tug_core::DeployKind,
     pub build: BuildId,
+    /// The short id of `build` (empty where the server did not fill it).
+    #[serde(default)]
+    pub build_short_id: String,
     /// pending, deployed, rejected or expired.
     pub state: String,
     pub requested_by: String,
@@ -538,6 +575,10 @@ pub struct PipelineRevision {
     pub changed_by: Option<String>,
     /// The pipeline of this revision, as canonical TOML.
     pub spec: String,
+    /// What it changed from the revision before (for the first revision:
+    /// every environment and policy it added).
+    #[serde(default)]
+    pub changes: Vec<tug_core::pipeline_changes::PipelineChange>,
 }
 
 /// One file an agent fetches.
@@ -615,6 +656,12 @@ pub struct AgentReport {
 pub struct Agent {
     #[serde(flatten)]
     pub report: AgentReport,
+    /// The shortest prefix of `agent_id` no other agent shares.
+    #[serde(default)]
+    pub short_id: String,
+    /// The short id of the build the agent runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_short_id: Option<String>,
     pub last_seen: DateTime<Utc>,
     /// No heartbeat for longer than the server's stale limit.
     pub stale: bool,

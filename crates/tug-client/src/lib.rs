@@ -27,7 +27,8 @@ pub enum Error {
     /// The server answered with an error body.
     #[error("{message} ({code}, HTTP {status})")]
     Api { status: u16, code: String, message: String },
-    #[error("cannot reach the Tugboat server at {url}: {source}")]
+    /// Nothing answered at the address (refused, unknown host, timeout).
+    #[error("cannot reach the Tugboat server at {url}: is `tug server` running there? (set --server or TUG_SERVER)")]
     Connect { url: String, source: reqwest::Error },
     #[error("HTTP request failed: {0}")]
     Http(#[from] reqwest::Error),

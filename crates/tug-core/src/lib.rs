@@ -12,8 +12,10 @@ pub mod graph;
 pub mod manifest;
 pub mod names;
 pub mod pipeline;
+pub mod pipeline_changes;
 pub mod policy;
 pub mod role;
+pub mod short_id;
 pub mod versioning;
 
 pub use digest::{Digest, DigestError, Hasher};

@@ -123,4 +123,10 @@ impl Db {
         let rows = q.fetch_all(&self.pool).await?;
         rows.iter().map(agent_from_row).collect()
     }
+
+    /// Every agent's id: the set a short agent id must be unique in.
+    pub async fn agent_ids(&self) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT agent_id FROM agents").fetch_all(&self.pool).await?;
+        rows.iter().map(|r| Ok(r.try_get("agent_id")?)).collect()
+    }
 }

@@ -1,11 +1,12 @@
 //! Builds and their artifacts: drafts filled by many CI jobs at once, sealed
 //! once, abandoned by gc when left too long.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use sqlx::any::AnyRow;
 use sqlx::Row;
+use tug_core::short_id::IdPrefix;
 use tug_core::{
     ArtifactName, ArtifactSpec, BuildId, BuildManifest, BuildSource, BuildState, CiRun, Digest, ServiceName, Version,
 };
@@ -30,6 +31,9 @@ pub struct NewBuild {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BuildRow {
     pub id: BuildId,
+    /// The shortest prefix of the id no other build shares (see
+    /// `tug_core::short_id`), as of this read.
+    pub short_id: String,
     pub service: ServiceName,
     pub version: Version,
     pub state: BuildState,
@@ -66,6 +70,33 @@ pub struct BuildFilter {
     pub by_version: bool,
 }
 
+/// The ids sorted next to `$id` among all builds, as `prev_id` and
+/// `next_id`: what a short id must differ from to be unique. Both are one
+/// probe of the primary key's index. (UUID strings sort the same under
+/// every collation: their hyphens stand at the same places.)
+macro_rules! neighbour_ids {
+    ($id:literal) => {
+        concat!(
+            "(SELECT MAX(p.id) FROM builds p WHERE p.id < ",
+            $id,
+            ") AS prev_id, (SELECT MIN(n.id) FROM builds n WHERE n.id > ",
+            $id,
+            ") AS next_id"
+        )
+    };
+}
+
+/// The shortest unique prefix of a row's `id` from its `prev_id` and
+/// `next_id` columns.
+fn short_id_from_row(r: &AnyRow, id: &str) -> Result<String> {
+    let prev: Option<String> = r.try_get("prev_id")?;
+    let next: Option<String> = r.try_get("next_id")?;
+    Ok(tug_core::short_id::shorten(
+        id,
+        prev.iter().chain(&next).map(String::as_str),
+    ))
+}
+
 /// The columns of a build row; `$manifest` selects the manifest text or a
 /// NULL in its place (lists never show it, and it is the row's bulk).
 macro_rules! build_columns {
@@ -76,7 +107,8 @@ macro_rules! build_columns {
             "b.sealed_at, b.manifest_digest, ",
             $manifest,
             ", b.yanked_at, b.yanked_by, b.yank_reason, b.embargoed, b.critical, ",
-            "(SELECT COUNT(*) FROM artifacts a WHERE a.build_id = b.id) AS artifact_count"
+            "(SELECT COUNT(*) FROM artifacts a WHERE a.build_id = b.id) AS artifact_count, ",
+            neighbour_ids!("b.id")
         )
     };
 }
@@ -90,8 +122,10 @@ fn build_from_row(r: &AnyRow) -> Result<BuildRow> {
     let expected: Vec<String> =
         serde_json::from_str(&r.try_get::<String, _>("expected")?).map_err(|e| Error::Corrupt(e.to_string()))?;
     let state: String = r.try_get("state")?;
+    let id: String = r.try_get("id")?;
     Ok(BuildRow {
-        id: parse(&r.try_get::<String, _>("id")?, BuildId::parse)?,
+        short_id: short_id_from_row(r, &id)?,
+        id: parse(&id, BuildId::parse)?,
         service: parse(&r.try_get::<String, _>("service")?, ServiceName::parse)?,
         version: parse(&r.try_get::<String, _>("version")?, Version::parse)?,
         state: BuildState::parse(&state).ok_or_else(|| Error::Corrupt(format!("unknown build state {state:?}")))?,
@@ -189,6 +223,54 @@ impl Db {
             .fetch_optional(&self.pool)
             .await?;
         row.as_ref().map(build_from_row).transpose()
+    }
+
+    /// Up to `limit` builds whose id starts with `prefix`, in id order: a
+    /// range over the primary key, so as cheap as a lookup by id.
+    pub async fn builds_by_id_prefix(&self, prefix: &IdPrefix, limit: u32) -> Result<Vec<BuildRow>> {
+        let mut sql = format!("SELECT {LIST_COLUMNS} FROM builds b WHERE b.id >= $1");
+        let upper = prefix.upper_bound();
+        if upper.is_some() {
+            sql.push_str(" AND b.id < $2");
+        }
+        sql.push_str(&format!(" ORDER BY b.id LIMIT {}", limit.max(1)));
+        let mut q = sqlx::query(&sql).bind(prefix.as_str());
+        if let Some(u) = &upper {
+            q = q.bind(u.as_str());
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        let builds: Vec<BuildRow> = rows.iter().map(build_from_row).collect::<Result<_>>()?;
+        // The range is exact; checking again costs nothing and keeps a
+        // collation surprise from ever naming a build the prefix does not.
+        Ok(builds.into_iter().filter(|b| prefix.matches(b.id.as_str())).collect())
+    }
+
+    /// The short id of each of `ids` that names a build, as [`BuildRow`]
+    /// carries it, for ids a caller holds without their rows (the build a
+    /// deployment replaced, the build an agent runs).
+    pub async fn short_build_ids(&self, ids: &[BuildId]) -> Result<HashMap<BuildId, String>> {
+        let mut unique: Vec<&BuildId> = ids.iter().collect();
+        unique.sort();
+        unique.dedup();
+        let mut out = HashMap::with_capacity(unique.len());
+        for chunk in unique.chunks(INSERT_CHUNK) {
+            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT b.id, {} FROM builds b WHERE b.id IN ({})",
+                neighbour_ids!("b.id"),
+                marks.join(", ")
+            );
+            let mut q = sqlx::query(&sql);
+            for id in chunk {
+                q = q.bind(id.as_str());
+            }
+            for r in q.fetch_all(&self.pool).await? {
+                let id: String = r.try_get("id")?;
+                let short = short_id_from_row(&r, &id)?;
+                out.insert(parse(&id, BuildId::parse)?, short);
+            }
+        }
+        Ok(out)
     }
 
     /// Builds matching `filter`, newest first.

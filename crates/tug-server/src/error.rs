@@ -92,6 +92,17 @@ impl From<Error> for ApiError {
                 "build_not_found",
                 format!("build {b} does not exist; see tug build list --service <service>"),
             ),
+            Error::AmbiguousId { prefix, candidates } => ApiError::bad_request(
+                "ambiguous_id",
+                if candidates.is_empty() {
+                    format!("{prefix} starts more than one id; give more of the id")
+                } else {
+                    format!(
+                        "{prefix} starts more than one id: {}; give more of the id",
+                        candidates.join(", ")
+                    )
+                },
+            ),
             Error::NotSealed(b) => ApiError::new(
                 S::CONFLICT,
                 "build_not_sealed",

@@ -143,6 +143,14 @@ impl Tugboat {
         Ok(self.db.agents(service, env).await?)
     }
 
+    /// The short form of every agent's id, unique among all agents (not
+    /// only those one list shows).
+    pub async fn short_agent_ids(&self, who: &Principal) -> Result<std::collections::HashMap<String, String>> {
+        self.require(who, Action::Read)?;
+        let ids = self.db.agent_ids().await?;
+        Ok(tug_core::short_id::short_ids(ids.iter().map(String::as_str)))
+    }
+
     /// Whether an agent last seen at `at` is stale now.
     pub fn is_stale(&self, at: chrono::DateTime<chrono::Utc>) -> bool {
         self.now() - at > STALE_AFTER

@@ -5,9 +5,11 @@
 //! the environment's compare-and-set, so concurrent deployments never both
 //! win. A promotion is a metadata write: no byte of the build moves.
 
+use tug_core::pipeline_changes::PipelineChange;
+use tug_core::short_id::IdPrefix;
 use tug_core::{
     bump, evaluate, next_cloud_version, Action, BuildFacts, BuildId, BuildState, DeployKind, EnvName, Environment,
-    Part, Pipeline, Proposal, Role, ServiceName, Verdict, Version,
+    Part, Pipeline, Proposal, Role, ServerRule, ServiceName, Verdict, Version,
 };
 use tug_db::{BuildFilter, BuildRow, DeploymentRow, EnvState, NewDeployment, PipelineRow, RequestRow};
 
@@ -95,6 +97,19 @@ pub struct EnvStatus {
 pub struct PipelineView {
     pub row: PipelineRow,
     pub pipeline: Pipeline,
+    /// The server-wide rules that apply to its environments.
+    pub server_rules: Vec<ServerRule>,
+    /// Whether the call that returned it stored a new revision (an apply
+    /// identical to the current pipeline stores none).
+    pub changed: bool,
+}
+
+/// One stored revision of a pipeline and what it changed from the one
+/// before.
+#[derive(Debug, Clone)]
+pub struct PipelineRevision {
+    pub row: PipelineRow,
+    pub changes: Vec<PipelineChange>,
 }
 
 impl Tugboat {
@@ -117,15 +132,26 @@ impl Tugboat {
         pipeline
             .check_server_rules(&self.settings.server_rules)
             .map_err(Error::Pipeline)?;
+        if let Some(twice) = tug_core::pipeline_changes::duplicate_window(&pipeline) {
+            return Err(Error::Invalid(twice));
+        }
         if !self.db.service_exists(service).await? {
             return Err(Error::ServiceNotFound(service.clone()));
         }
+        let current = self.db.pipeline(service).await?;
         if let Some(base) = base_revision {
-            let current = self.db.pipeline(service).await?.map_or(0, |p| p.revision);
-            if current != base {
+            let at = current.as_ref().map_or(0, |p| p.revision);
+            if at != base {
                 return Err(Error::Conflict(format!(
-                    "the pipeline of {service} is at revision {current}, not {base}: it changed meanwhile; read it again and reapply"
+                    "the pipeline of {service} is at revision {at}, not {base}: it changed meanwhile; read it again and reapply"
                 )));
+            }
+        }
+        // A revision that changes nothing is not stored: applying the same
+        // file again (as CI does on every run) leaves the history as it is.
+        if let Some(row) = current {
+            if Pipeline::parse(&row.spec).is_ok_and(|p| p == pipeline) {
+                return Ok(self.view(row, pipeline, false));
             }
         }
         let row = self
@@ -139,7 +165,23 @@ impl Tugboat {
             serde_json::json!({"revision": row.revision}),
         )
         .await;
-        Ok(PipelineView { row, pipeline })
+        Ok(self.view(row, pipeline, true))
+    }
+
+    fn view(&self, row: PipelineRow, pipeline: Pipeline, changed: bool) -> PipelineView {
+        let server_rules = self
+            .settings
+            .server_rules
+            .iter()
+            .filter(|r| pipeline.environment(&r.environment).is_some())
+            .cloned()
+            .collect();
+        PipelineView {
+            row,
+            pipeline,
+            server_rules,
+            changed,
+        }
     }
 
     /// The current pipeline of a service.
@@ -149,11 +191,24 @@ impl Tugboat {
     }
 
     /// Every revision of a service's pipeline, newest first, with who
-    /// applied it and when.
-    pub async fn pipeline_history(&self, who: &Principal, service: &ServiceName) -> Result<Vec<PipelineRow>> {
+    /// applied it, when, and what it changed.
+    pub async fn pipeline_history(&self, who: &Principal, service: &ServiceName) -> Result<Vec<PipelineRevision>> {
         self.require(who, Action::Read)?;
         self.pipeline_of(service).await?;
-        Ok(self.db.pipeline_history(service).await?)
+        let rows = self.db.pipeline_history(service).await?;
+        let parsed: Vec<Option<Pipeline>> = rows.iter().map(|r| Pipeline::parse(&r.spec).ok()).collect();
+        Ok(rows
+            .into_iter()
+            .enumerate()
+            .map(|(i, row)| {
+                let changes = match (&parsed[i], parsed.get(i + 1)) {
+                    (Some(new), None) => tug_core::pipeline_changes::changes(None, new),
+                    (Some(new), Some(Some(old))) => tug_core::pipeline_changes::changes(Some(old), new),
+                    _ => Vec::new(),
+                };
+                PipelineRevision { row, changes }
+            })
+            .collect())
     }
 
     pub(crate) async fn pipeline_view(&self, service: &ServiceName) -> Result<PipelineView> {
@@ -168,7 +223,7 @@ impl Tugboat {
             return Err(Error::NoPipeline(service.clone()));
         };
         let pipeline = Pipeline::parse(&row.spec).map_err(|e| Error::Db(tug_db::Error::Corrupt(e.to_string())))?;
-        Ok(PipelineView { row, pipeline })
+        Ok(self.view(row, pipeline, false))
     }
 
     /// Puts a named build into an environment.
@@ -416,7 +471,9 @@ impl Tugboat {
         service: &ServiceName,
         side: &str,
     ) -> Result<(BuildRow, Vec<tug_core::ArtifactSpec>)> {
-        let is_build = side.starts_with(tug_core::digest::PREFIX) || BuildId::parse(side).is_ok();
+        let is_build = side.starts_with(tug_core::digest::PREFIX)
+            || BuildId::parse(side).is_ok()
+            || (IdPrefix::parse(side).is_some() && !self.names_environment(service, side).await);
         let build = if is_build {
             self.resolve_visible(who, side).await?
         } else {
@@ -441,6 +498,15 @@ impl Tugboat {
         }
         let artifacts = self.db.artifacts(&build.id).await?;
         Ok((build, artifacts))
+    }
+
+    /// Whether `name` is an environment of the service's pipeline: `cafe`
+    /// could also be the start of a build id, and the environment wins.
+    async fn names_environment(&self, service: &ServiceName, name: &str) -> bool {
+        let Ok(env) = EnvName::parse(name) else { return false };
+        self.pipeline_of(service)
+            .await
+            .is_ok_and(|v| v.pipeline.environment(&env).is_some())
     }
 
     /// What changed from one environment or build to another.

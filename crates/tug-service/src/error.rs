@@ -30,6 +30,10 @@ pub enum Error {
     ServiceNotFound(ServiceName),
     #[error("build {0} does not exist")]
     BuildNotFound(String),
+    /// A prefix that starts more than one id; `candidates` names those the
+    /// caller may know of.
+    #[error("{prefix} starts more than one id")]
+    AmbiguousId { prefix: String, candidates: Vec<String> },
     #[error("build {0} is not sealed")]
     NotSealed(BuildId),
     #[error("blob {0} is not stored")]

@@ -6,13 +6,14 @@
 //! so no transport can forget to. This crate knows nothing about HTTP: the
 //! server maps [`Error`] to status codes.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures::StreamExt;
 use rand::RngCore;
+use tug_core::short_id::{IdPrefix, MIN_PREFIX};
 use tug_core::{
     Action, ArtifactName, ArtifactSpec, BuildId, BuildManifest, BuildSource, BuildState, CiRun, Digest, Draft, Hasher,
     Role, ServiceName, TokenName, Version,
@@ -27,7 +28,7 @@ mod events;
 mod rollouts;
 
 pub use agents::{ChannelView, STALE_AFTER};
-pub use deploy::{BuildSelector, Decision, DeployOptions, Diff, EnvStatus, Outcome, PipelineView};
+pub use deploy::{BuildSelector, Decision, DeployOptions, Diff, EnvStatus, Outcome, PipelineRevision, PipelineView};
 pub use error::Error;
 pub use rollouts::{Grant, Pacing, RolloutStatus};
 
@@ -160,17 +161,26 @@ fn parse_build_ref(reference: &str) -> Result<BuildRef> {
         Digest::parse(reference)
             .map(BuildRef::Manifest)
             .map_err(|e| Error::Invalid(e.to_string()))
+    } else if let Ok(id) = BuildId::parse(reference) {
+        Ok(BuildRef::Id(id))
+    } else if let Some(prefix) = IdPrefix::parse(reference) {
+        Ok(BuildRef::Prefix(prefix))
     } else {
-        BuildId::parse(reference)
-            .map(BuildRef::Id)
-            .map_err(|e| Error::Invalid(e.to_string()))
+        Err(Error::Invalid(format!(
+            "{:?} does not name a build: give a build id, a unique prefix of one (at least {MIN_PREFIX} hex digits, as tug shows them) or a manifest digest (sha256:…)",
+            reference.chars().take(80).collect::<String>()
+        )))
     }
 }
 
 enum BuildRef {
     Id(BuildId),
     Manifest(Digest),
+    Prefix(IdPrefix),
 }
+
+/// How many builds an ambiguous prefix names at most in its error.
+const AMBIGUOUS_SHOWN: u32 = 10;
 
 fn hash_secret(secret: &str) -> String {
     Digest::of(secret.as_bytes()).hex()
@@ -329,13 +339,7 @@ impl Tugboat {
     /// revoked: nobody could create another.
     pub async fn revoke_token(&self, who: &Principal, name_or_id: &str) -> Result<TokenRow> {
         self.require(who, Action::ManageTokens)?;
-        let target = self
-            .db
-            .list_tokens()
-            .await?
-            .into_iter()
-            .find(|t| t.revoked_at.is_none() && (t.name.as_str() == name_or_id || t.id == name_or_id))
-            .ok_or_else(|| Error::TokenNotFound(name_or_id.chars().take(80).collect()))?;
+        let target = find_token(self.db.list_tokens().await?, name_or_id)?;
         if target.role == Role::Admin && self.db.count_active_admin_tokens().await? <= 1 {
             return Err(Error::LastAdmin);
         }
@@ -480,12 +484,40 @@ impl Tugboat {
         Ok(row)
     }
 
+    /// The build a reference names: its id, a unique prefix of its id, or
+    /// its manifest digest. Every place that reads a build reference comes
+    /// here, so a short id works wherever an id does.
     pub(crate) async fn resolve(&self, reference: &str) -> Result<BuildRow> {
         let found = match parse_build_ref(reference)? {
             BuildRef::Id(id) => self.db.build(&id).await?,
             BuildRef::Manifest(d) => self.db.build_by_manifest(&d).await?,
+            BuildRef::Prefix(prefix) => {
+                let mut matches = self.db.builds_by_id_prefix(&prefix, AMBIGUOUS_SHOWN + 1).await?;
+                match matches.len() {
+                    0 => None,
+                    1 => self.db.build(&matches.remove(0).id).await?,
+                    _ => {
+                        return Err(Error::AmbiguousId {
+                            prefix: prefix.to_string(),
+                            // An embargoed build is not named to a caller
+                            // who may not know it exists.
+                            candidates: matches
+                                .iter()
+                                .filter(|b| !b.embargoed)
+                                .map(|b| format!("{} ({} {})", b.id, b.service, b.version))
+                                .collect(),
+                        });
+                    }
+                }
+            }
         };
         found.ok_or_else(|| Error::BuildNotFound(reference.chars().take(80).collect()))
+    }
+
+    /// The short id of each of `ids` (unique among every build now).
+    pub async fn short_build_ids(&self, who: &Principal, ids: &[BuildId]) -> Result<HashMap<BuildId, String>> {
+        self.require(who, Action::Read)?;
+        Ok(self.db.short_build_ids(ids).await?)
     }
 
     /// Resolves a build the caller may see: an embargoed build is visible
@@ -744,6 +776,28 @@ impl Tugboat {
             }
         }
         Ok(report)
+    }
+}
+
+/// The active token named `name_or_id`, or with that id, or whose id
+/// starts with it (a short id as `tug token list` shows it).
+fn find_token(tokens: Vec<TokenRow>, name_or_id: &str) -> Result<TokenRow> {
+    let mut active: Vec<TokenRow> = tokens.into_iter().filter(|t| t.revoked_at.is_none()).collect();
+    if let Some(i) = active
+        .iter()
+        .position(|t| t.name.as_str() == name_or_id || t.id == name_or_id)
+    {
+        return Ok(active.swap_remove(i));
+    }
+    let prefix = IdPrefix::parse(name_or_id);
+    active.retain(|t| prefix.as_ref().is_some_and(|p| p.matches(&t.id)));
+    match active.len() {
+        1 => Ok(active.swap_remove(0)),
+        0 => Err(Error::TokenNotFound(name_or_id.chars().take(80).collect())),
+        _ => Err(Error::AmbiguousId {
+            prefix: name_or_id.to_string(),
+            candidates: active.iter().map(|t| format!("{} ({})", t.id, t.name)).collect(),
+        }),
     }
 }
 

@@ -1,8 +1,16 @@
 //! The command line: every subcommand and flag, as clap derives them.
+//!
+//! One flag name means one thing in every command (`--output` is always
+//! the format, `--dest` where files go, `--env` an environment); every
+//! flag and argument says what it is for (a test walks the tree), and
+//! flags with a fixed set of values offer them to `--help` and to the shell
+//! completions `tug completions` writes.
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+use tug_core::{ArtifactKind, Role};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -17,29 +25,83 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Options every command takes, listed under their own heading.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
 pub struct Global {
     /// The Tugboat server to talk to.
-    #[arg(long, global = true, env = "TUG_SERVER", default_value = "http://127.0.0.1:7700")]
+    #[arg(
+        long,
+        global = true,
+        env = "TUG_SERVER",
+        default_value = "http://127.0.0.1:7700",
+        value_name = "URL"
+    )]
     pub server: String,
     /// API token; defaults to the local admin token in ./tug-data/admin.token.
     #[arg(long, global = true, env = "TUG_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// How to print results.
-    #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
+    #[arg(long, global = true, value_enum, default_value_t = Output::Table, value_name = "FORMAT")]
     pub output: Output,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
+    /// Tables and sentences for people, fitted to the terminal (or $COLUMNS).
     Table,
+    /// JSON for scripts: the server's answer as it is.
     Json,
 }
+
+/// What each role may do, for `--role`'s list of values.
+fn role_help(role: Role) -> &'static str {
+    match role {
+        Role::Admin => "everything: tokens, services, pipelines, fsck, gc",
+        Role::Ci => "create, fill and seal builds",
+        Role::Deployer => "release, promote, roll back, yank",
+        Role::Approver => "approve or reject waiting deployments",
+        Role::Agent => "follow a channel and report, nothing else",
+        Role::Viewer => "read everything, change nothing",
+    }
+}
+
+/// `--role`: the role names, each with what it may do.
+fn role_parser() -> impl TypedValueParser<Value = Role> {
+    PossibleValuesParser::new(Role::ALL.map(|r| PossibleValue::new(r.as_str()).help(role_help(r))))
+        .try_map(|s| s.parse::<Role>())
+}
+
+/// `--kind`: the artifact kinds.
+fn kind_parser() -> impl TypedValueParser<Value = ArtifactKind> {
+    PossibleValuesParser::new(ArtifactKind::ALL.map(ArtifactKind::as_str)).try_map(|s| s.parse::<ArtifactKind>())
+}
+
+/// The policies `tug policy delete` removes, as `tug policy list` names them.
+pub const POLICIES: [&str; 11] = [
+    "auto-release",
+    "branch-restriction",
+    "soak",
+    "soak-healthy",
+    "approvals",
+    "approval-timeout",
+    "freeze",
+    "private",
+    "rollout",
+    "maintenance",
+    "compatible-with",
+];
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the Tugboat server.
     Server(ServerArgs),
+    /// Print a shell completion script: tug completions bash > ~/.local/share/bash-completion/completions/tug
+    Completions {
+        /// The shell to complete in.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Manage API tokens (admin).
     #[command(subcommand)]
     Token(TokenCommand),
@@ -67,22 +129,29 @@ pub enum Command {
     /// Reject a deployment waiting for approvals.
     Reject(DecideArgs),
     /// What every environment of a service runs.
-    Status { service: String },
+    Status {
+        /// The service.
+        service: String,
+    },
     /// The deployment log of an environment, newest first.
     History {
+        /// The service.
         service: String,
+        /// The environment whose deployments to list.
         #[arg(long = "env")]
         env: String,
+        /// Show at most this many deployments.
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
     /// What changed between two environments (or two builds) of a service.
     Diff {
+        /// The service.
         service: String,
-        /// An environment, or a build id or manifest digest.
+        /// An environment, or a build (id, short id or manifest digest).
         #[arg(long)]
         from: String,
-        /// An environment, or a build id or manifest digest.
+        /// An environment, or a build (id, short id or manifest digest).
         #[arg(long)]
         to: String,
     },
@@ -103,8 +172,10 @@ pub enum Command {
     Agent(AgentArgs),
     /// Agents with their build, state and last heartbeat.
     Agents {
+        /// Only agents of this service.
         #[arg(long)]
         service: Option<String>,
+        /// Only agents following this environment.
         #[arg(long = "env")]
         env: Option<String>,
     },
@@ -131,17 +202,17 @@ pub struct ServerArgs {
     /// Where the SQLite database, the blobs and the admin token live.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Address to listen on.
-    #[arg(long)]
+    /// Address to listen on (default 127.0.0.1:7700).
+    #[arg(long, value_name = "ADDR")]
     pub listen: Option<std::net::SocketAddr>,
     /// Database URL: sqlite://PATH or postgres://USER@HOST/DB.
-    #[arg(long)]
+    #[arg(long, value_name = "URL")]
     pub database: Option<String>,
     /// Blob store: a directory, or s3://BUCKET[/PREFIX]?endpoint=URL&region=REGION (credentials from AWS_*).
     #[arg(long)]
     pub blob_store: Option<String>,
     /// The largest blob accepted, in bytes.
-    #[arg(long)]
+    #[arg(long, value_name = "BYTES")]
     pub max_blob_size: Option<u64>,
     /// A server-wide branch restriction no pipeline can override, e.g.
     /// production=^master$ (repeatable).
@@ -153,25 +224,33 @@ pub struct ServerArgs {
 pub enum TokenCommand {
     /// Create a token and print its secret (shown only once).
     Create {
+        /// A name for people to recognise the token by (unique among active tokens).
         #[arg(long)]
         name: String,
-        /// admin, ci, deployer, approver, agent or viewer.
-        #[arg(long)]
-        role: String,
-        /// Limit the token to one service's builds.
+        /// What the token may do.
+        #[arg(long, value_parser = role_parser())]
+        role: Role,
+        /// Limit the token to one service.
         #[arg(long)]
         service: Option<String>,
     },
     /// List tokens (never their secrets).
     List,
     /// Revoke a token by name or id; it is refused at once.
-    Revoke { name: String },
+    Revoke {
+        /// The token's name, its id, or a unique prefix of its id (as tug token list shows it).
+        #[arg(value_name = "NAME|ID")]
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum ServiceCommand {
     /// Create a service.
-    Create { name: String },
+    Create {
+        /// The service's name: lowercase letters, digits, '-' or '_'.
+        name: String,
+    },
     /// List services.
     List,
 }
@@ -184,22 +263,29 @@ pub struct BuildMeta {
     /// Semantic version (default: 0.0.0-g<commit> when --commit is given).
     #[arg(long)]
     pub version: Option<String>,
+    /// The source branch the build was made from.
     #[arg(long)]
     pub branch: Option<String>,
+    /// The source commit (its full sha).
     #[arg(long)]
     pub commit: Option<String>,
+    /// The source tag, if the build was made from one.
     #[arg(long)]
     pub tag: Option<String>,
-    #[arg(long)]
+    /// The source repository's URL.
+    #[arg(long, value_name = "URL")]
     pub repo: Option<String>,
+    /// Who wrote the commit.
     #[arg(long)]
     pub author: Option<String>,
+    /// The commit message.
     #[arg(long)]
     pub message: Option<String>,
-    #[arg(long)]
+    /// The CI run that made the build.
+    #[arg(long, value_name = "URL")]
     pub ci_url: Option<String>,
     /// Digest of the image the build ran in.
-    #[arg(long)]
+    #[arg(long, value_name = "DIGEST")]
     pub builder_image: Option<String>,
     /// An artifact that must be present before sealing (repeatable).
     #[arg(long = "expect", value_name = "NAME")]
@@ -215,19 +301,31 @@ pub enum BuildCommand {
     /// Create a draft build and print its id.
     Create(BuildMeta),
     /// Seal a draft: it gets its manifest digest and never changes again.
-    Seal { build: String },
+    Seal {
+        /// The draft (id, short id or manifest digest).
+        build: String,
+    },
     /// Forbid any further deployment of a sealed build.
     Yank {
+        /// The build (id, short id or manifest digest).
         build: String,
+        /// Why: recorded with the yank and shown with the build.
         #[arg(long)]
         reason: Option<String>,
     },
     /// Lift a build's embargo (admin).
-    Unembargo { build: String },
+    Unembargo {
+        /// The build (id, short id or manifest digest).
+        build: String,
+    },
     /// Mark a sealed build critical: agents install it at once.
-    MarkCritical { build: String },
-    /// Show a build (by id or manifest digest) and its artifacts.
+    MarkCritical {
+        /// The build (id, short id or manifest digest).
+        build: String,
+    },
+    /// Show a build and its artifacts.
     Show {
+        /// The build (id, short id or manifest digest).
         build: String,
         /// Print the derivation graph (source → tarball → deb → image).
         #[arg(long)]
@@ -235,19 +333,23 @@ pub enum BuildCommand {
     },
     /// List builds of a service, newest first.
     List {
+        /// The service whose builds to list.
         #[arg(long)]
         service: String,
+        /// Only builds of this branch.
         #[arg(long)]
         branch: Option<String>,
+        /// Only builds with this version.
         #[arg(long)]
         version: Option<String>,
-        /// draft, sealed or abandoned.
-        #[arg(long)]
+        /// Only builds in this state.
+        #[arg(long, value_parser = ["draft", "sealed", "abandoned"])]
         state: Option<String>,
+        /// Show at most this many builds.
         #[arg(long, default_value_t = 50)]
         limit: u32,
         /// created (newest first) or version (highest semantic version first).
-        #[arg(long, default_value = "created")]
+        #[arg(long, default_value = "created", value_parser = ["created", "version"])]
         sort: String,
     },
 }
@@ -264,8 +366,8 @@ pub struct PushArgs {
     #[arg(long)]
     pub seal: bool,
     /// Artifact kind for every file (default: guessed from the name).
-    #[arg(long)]
-    pub kind: Option<String>,
+    #[arg(long, value_parser = kind_parser())]
+    pub kind: Option<ArtifactKind>,
     /// Platform for every file, e.g. linux/amd64.
     #[arg(long)]
     pub platform: Option<String>,
@@ -282,14 +384,14 @@ pub struct PushArgs {
 
 #[derive(Debug, Args)]
 pub struct PullArgs {
-    /// Build id or manifest digest.
+    /// The build (id, short id or manifest digest).
     pub build: String,
     /// Only this artifact (repeatable).
-    #[arg(long)]
+    #[arg(long, value_name = "NAME")]
     pub artifact: Vec<String>,
-    /// Directory to write into.
-    #[arg(short = 'o', long = "out", default_value = ".")]
-    pub out: PathBuf,
+    /// Directory to write the files into (created if missing).
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub dest: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -298,37 +400,49 @@ pub struct GcArgs {
     #[arg(long)]
     pub dry_run: bool,
     /// Keep blobs younger than this many seconds (default: the server's gc_grace_secs).
-    #[arg(long)]
+    #[arg(long, value_name = "SECS")]
     pub grace: Option<u64>,
     /// Abandon drafts untouched for this many seconds (default: the server's draft_max_age_secs).
-    #[arg(long)]
+    #[arg(long, value_name = "SECS")]
     pub draft_max_age: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum PipelineCommand {
     /// Validate and store a pipeline file; the service is named inside it.
+    /// A file identical to the current pipeline stores no revision.
     Apply {
-        #[arg(short = 'f', long = "file")]
+        /// The pipeline file (TOML), e.g. pipeline.toml.
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
         file: PathBuf,
     },
     /// Print a service's pipeline.
-    Show { service: String },
-    /// Every revision of a service's pipeline: who applied it and when.
-    History { service: String },
+    Show {
+        /// The service.
+        service: String,
+    },
+    /// Every revision of a service's pipeline: who applied it, when, and what it changed.
+    History {
+        /// The service.
+        service: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum RolloutCommand {
     /// How far the current build's rollout to the environment's agents is.
     Status {
+        /// The service.
         service: String,
+        /// The environment whose rollout to show.
         #[arg(long = "env")]
         env: String,
     },
     /// Stop the rollout: no further agent takes the build.
     Halt {
+        /// The service.
         service: String,
+        /// The environment whose rollout to halt.
         #[arg(long = "env")]
         env: String,
         /// Why: recorded and shown with the rollout.
@@ -337,7 +451,9 @@ pub enum RolloutCommand {
     },
     /// Let a halted rollout go on; the failures so far no longer count.
     Resume {
+        /// The service.
         service: String,
+        /// The environment whose rollout to resume.
         #[arg(long = "env")]
         env: String,
     },
@@ -347,29 +463,39 @@ pub enum RolloutCommand {
 pub enum PolicyCommand {
     /// Lift the auto-release hold a manual release put on an environment.
     Resume {
+        /// The service.
         service: String,
+        /// The environment whose auto-release to resume.
         #[arg(long = "env")]
         env: String,
     },
     /// Every policy of a service's environments, and the server-wide rules.
-    List { service: String },
-    /// Set policies on one environment (a new pipeline revision).
+    List {
+        /// The service.
+        service: String,
+    },
+    /// Set policies on one environment (a new pipeline revision); refused
+    /// when it would change nothing.
     Apply(Box<PolicyApplyArgs>),
     /// Remove one policy from an environment (a new pipeline revision).
     Delete {
+        /// The service.
         service: String,
+        /// The environment to remove the policy from.
         #[arg(long = "env")]
         env: String,
-        /// auto-release, branch-restriction, soak, soak-healthy, approvals, approval-timeout, freeze, private,
-        /// rollout, maintenance or compatible-with.
-        #[arg(long)]
+        /// The policy to remove (every window, for freeze and maintenance).
+        #[arg(long, value_parser = POLICIES)]
         policy: String,
     },
 }
 
 #[derive(Debug, Args)]
+#[command(group(ArgGroup::new("windows").multiple(true).args(["freeze", "maintenance"])))]
 pub struct PolicyApplyArgs {
+    /// The service.
     pub service: String,
+    /// The environment to set policies on.
     #[arg(long = "env")]
     pub env: String,
     /// Release every sealed build of this branch into the environment.
@@ -390,8 +516,8 @@ pub struct PolicyApplyArgs {
     /// Add a weekly freeze window, e.g. "Sat 00:00 - Mon 06:00" (with --tz).
     #[arg(long)]
     pub freeze: Option<String>,
-    /// Time zone of --freeze and --maintenance (default UTC).
-    #[arg(long)]
+    /// Time zone of --freeze and --maintenance (default UTC), e.g. Europe/Berlin.
+    #[arg(long, requires = "windows")]
     pub tz: Option<String>,
     /// Add a maintenance window, e.g. "Mon-Fri 02:00 - 04:00" (with --tz):
     /// agents update only inside maintenance windows, unless the build is critical.
@@ -406,8 +532,8 @@ pub struct PolicyApplyArgs {
     /// How many major versions a build may be ahead of that oldest agent.
     #[arg(long, requires = "compatible_with")]
     pub max_major_skew: Option<u64>,
-    /// Make the environment private (the only kind embargoed builds enter).
-    #[arg(long)]
+    /// Make the environment private (the only kind embargoed builds enter), or not.
+    #[arg(long, value_name = "true|false")]
     pub private: Option<bool>,
 }
 
@@ -423,10 +549,12 @@ pub struct OverrideArgs {
 
 #[derive(Debug, Args)]
 pub struct ReleaseArgs {
+    /// The service.
     pub service: String,
+    /// The environment to release into.
     #[arg(long = "env")]
     pub env: String,
-    /// A build id or manifest digest.
+    /// The build (id, short id or manifest digest).
     #[arg(long, group = "which")]
     pub build: Option<String>,
     /// The newest sealed build of this branch.
@@ -441,8 +569,10 @@ pub struct ReleaseArgs {
 
 #[derive(Debug, Args)]
 pub struct PromoteArgs {
+    /// The service.
     pub service: String,
-    #[arg(long)]
+    /// The environment to promote into (from its upstream).
+    #[arg(long, value_name = "ENV")]
     pub to: String,
     #[command(flatten)]
     pub flags: OverrideArgs,
@@ -450,11 +580,13 @@ pub struct PromoteArgs {
 
 #[derive(Debug, Args)]
 pub struct RollbackArgs {
+    /// The service.
     pub service: String,
+    /// The environment to roll back.
     #[arg(long = "env")]
     pub env: String,
-    /// An earlier build of the environment (default: the previous one).
-    #[arg(long)]
+    /// An earlier build of the environment (id, short id or manifest digest; default: the previous one).
+    #[arg(long, value_name = "BUILD")]
     pub to: Option<String>,
     #[command(flatten)]
     pub flags: OverrideArgs,
@@ -462,10 +594,12 @@ pub struct RollbackArgs {
 
 #[derive(Debug, Args)]
 pub struct DecideArgs {
+    /// The service.
     pub service: String,
+    /// The environment the deployment waits to enter.
     #[arg(long = "env")]
     pub env: String,
-    /// The build whose deployment waits (id or manifest digest).
+    /// The build whose deployment waits (id, short id or manifest digest).
     #[arg(long)]
     pub build: String,
 }
@@ -474,17 +608,22 @@ pub struct DecideArgs {
 pub enum VersionCommand {
     /// Print the next version of a service.
     Next {
+        /// The service.
         #[arg(long)]
         service: String,
         /// A cloud version v<major>.0.0-cloud.<UTC time>.<commit> (RFD 134); needs --commit.
         #[arg(long, group = "bump", requires = "commit")]
         cloud: bool,
+        /// The newest stable version with its major number raised.
         #[arg(long, group = "bump")]
         major: bool,
+        /// The newest stable version with its minor number raised.
         #[arg(long, group = "bump")]
         minor: bool,
+        /// The newest stable version with its patch number raised.
         #[arg(long, group = "bump")]
         patch: bool,
+        /// The source commit a cloud version names.
         #[arg(long)]
         commit: Option<String>,
     },
@@ -492,8 +631,10 @@ pub enum VersionCommand {
 
 #[derive(Debug, Args)]
 pub struct AgentArgs {
+    /// The service whose builds to run.
     #[arg(long)]
     pub service: String,
+    /// The environment to follow.
     #[arg(long = "env")]
     pub env: String,
     /// Where releases, the blob cache and the agent's state live.
@@ -509,15 +650,92 @@ pub struct AgentArgs {
     #[arg(long, conflicts_with = "health_url")]
     pub health_cmd: Option<String>,
     /// A URL that answers 2xx when healthy.
-    #[arg(long)]
+    #[arg(long, value_name = "URL")]
     pub health_url: Option<String>,
     /// A command run after each switch (instead of or before --exec).
     #[arg(long)]
     pub on_activate: Option<String>,
     /// How long a new release has to become healthy, in seconds.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
     pub health_timeout: u64,
     /// Seconds between heartbeats.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
     pub heartbeat: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    /// Every argument of `cmd` and its subcommands without a help text, as
+    /// `tug server --listen`.
+    fn without_help(cmd: &clap::Command, path: &str, out: &mut Vec<String>) {
+        for arg in cmd.get_arguments() {
+            let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+            if !builtin && arg.get_help().is_none() && arg.get_long_help().is_none() {
+                out.push(format!("{path} {}", arg.get_id()));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            if sub.get_about().is_none() && sub.get_name() != "help" {
+                out.push(format!("{path} {} (the command)", sub.get_name()));
+            }
+            without_help(sub, &format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    #[test]
+    fn every_command_flag_and_argument_has_help() {
+        let mut missing = Vec::new();
+        without_help(&Cli::command(), "tug", &mut missing);
+        assert!(missing.is_empty(), "without help: {missing:#?}");
+    }
+
+    #[test]
+    fn the_command_tree_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn one_flag_name_means_one_kind_of_value_everywhere() {
+        // The value name a long flag takes, per command; a flag name used
+        // with two different value names (`--out DIR` beside `--output
+        // FORMAT` was one) reads as two meanings.
+        fn walk(
+            cmd: &clap::Command,
+            seen: &mut std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+        ) {
+            for arg in cmd.get_arguments() {
+                let builtin = matches!(arg.get_action(), clap::ArgAction::Help | clap::ArgAction::Version);
+                let Some(long) = arg.get_long().filter(|_| !builtin) else {
+                    continue;
+                };
+                let value = if arg.get_action().takes_values() {
+                    arg.get_value_names()
+                        .map(|v| v.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(" "))
+                        .unwrap_or_else(|| arg.get_id().as_str().to_uppercase())
+                } else {
+                    "(flag)".to_string()
+                };
+                seen.entry(long.to_string()).or_default().insert(value);
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, seen);
+            }
+        }
+        let mut seen = Default::default();
+        walk(&Cli::command(), &mut seen);
+        let clashes: Vec<_> = seen.iter().filter(|(_, v)| v.len() > 1).collect();
+        // `--to` is the destination in both: an environment for promote and
+        // diff, a build (of that environment) for rollback.
+        let allowed = ["to"];
+        let clashes: Vec<_> = clashes
+            .into_iter()
+            .filter(|(k, _)| !allowed.contains(&k.as_str()))
+            .collect();
+        assert!(clashes.is_empty(), "flags with two meanings: {clashes:#?}");
+        assert!(!seen.contains_key("out"), "--out beside --output");
+    }
 }

@@ -23,6 +23,9 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
+        // The reader of our output went away (`tug token list | head -3`):
+        // nothing is wrong, and nothing is left to say.
+        Err(e) if e.downcast_ref::<output::ClosedPipe>().is_some() => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
             for cause in e.chain().skip(1) {
@@ -37,6 +40,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Server(args) = cli.command {
         return commands::server::run(args).await.map(|()| ExitCode::SUCCESS);
     }
+    if let Command::Completions { shell } = cli.command {
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "tug", &mut script);
+        output::write(String::from_utf8_lossy(&script).trim_end())?;
+        return Ok(ExitCode::SUCCESS);
+    }
     if let Command::Agent(args) = cli.command {
         return commands::agent::run(&cli.global, args)
             .await
@@ -45,7 +54,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let client = client(&cli.global)?;
     let out = cli.global.output;
     match cli.command {
-        Command::Server(_) | Command::Agent(_) => unreachable!("handled above"),
+        Command::Server(_) | Command::Agent(_) | Command::Completions { .. } => unreachable!("handled above"),
         Command::Token(c) => commands::admin::token(&client, out, c).await,
         Command::Service(c) => commands::admin::service(&client, out, c).await,
         Command::Build(c) => commands::build::run(&client, out, c).await,

@@ -338,6 +338,8 @@ pub async fn report(
 
 pub fn agent(state: &AppState, a: AgentRow) -> Agent {
     Agent {
+        short_id: String::new(),
+        build_short_id: None,
         stale: state.tugboat.is_stale(a.last_seen),
         last_seen: a.last_seen,
         report: AgentReport {
@@ -381,7 +383,17 @@ pub async fn list(
         .transpose()
         .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))?;
     let rows = state.tugboat.agents(&who, service.as_ref(), env.as_ref()).await?;
-    Ok(axum::Json(rows.into_iter().map(|a| agent(&state, a)).collect()))
+    // Short ids are unique among every agent and build, not only among
+    // those this list shows.
+    let short_agents = state.tugboat.short_agent_ids(&who).await?;
+    let builds: Vec<tug_core::BuildId> = rows.iter().filter_map(|a| a.build.clone()).collect();
+    let short_builds = state.tugboat.short_build_ids(&who, &builds).await?;
+    let mut agents: Vec<Agent> = rows.into_iter().map(|a| agent(&state, a)).collect();
+    for a in &mut agents {
+        a.short_id = short_agents.get(&a.report.agent_id).cloned().unwrap_or_default();
+        a.build_short_id = a.report.build.as_ref().and_then(|b| short_builds.get(b).cloned());
+    }
+    Ok(axum::Json(agents))
 }
 
 /// The wire form of a rollout's status.

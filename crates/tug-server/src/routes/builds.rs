@@ -17,6 +17,7 @@ const MAX_LIST: u32 = 1000;
 
 pub fn build(row: BuildRow, artifacts: Option<Vec<tug_core::ArtifactSpec>>) -> Build {
     Build {
+        short_id: row.short_id,
         id: row.id,
         service: row.service,
         version: row.version,

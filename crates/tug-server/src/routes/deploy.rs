@@ -6,11 +6,11 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 use tug_api::{
     ApplyPipeline, BuildSummary, Decide, Decided, DeployResult, Deployment, EnvironmentStatus, History,
-    PendingDeployment, PipelineView, Promote, Release, Rollback, Status,
+    PendingDeployment, PipelineView, Promote, Release, Rollback, ServerRuleView, Status,
 };
-use tug_core::{EnvName, ServiceName};
+use tug_core::{BuildId, EnvName, ServiceName};
 use tug_db::{BuildRow, DeploymentRow, RequestRow};
-use tug_service::{BuildSelector, DeployOptions, Outcome};
+use tug_service::{BuildSelector, DeployOptions, Outcome, Principal};
 
 use crate::error::ApiError;
 use crate::extract::{Caller, Json};
@@ -27,6 +27,8 @@ fn env(segment: &str) -> Result<EnvName, ApiError> {
 fn summary(b: &BuildRow) -> BuildSummary {
     BuildSummary {
         id: b.id.clone(),
+        short_id: b.short_id.clone(),
+        yanked: b.yanked_at.is_some(),
         version: b.version.clone(),
         manifest_digest: b.manifest_digest,
         source: b.source.clone(),
@@ -45,12 +47,14 @@ pub fn deployment(d: DeploymentRow, build: Option<&BuildRow>) -> Deployment {
         requested_by: d.requested_by,
         deployed_at: d.deployed_at,
         replaced: d.replaced,
+        replaced_short_id: None,
         reason: d.reason,
         override_freeze: d.override_freeze,
     }
 }
 
-fn view(v: tug_service::PipelineView) -> PipelineView {
+/// The wire form of a pipeline; `changed` is set in answers to an apply.
+fn view(v: tug_service::PipelineView, changed: Option<bool>) -> PipelineView {
     PipelineView {
         service: v.row.service,
         revision: v.row.revision,
@@ -58,6 +62,51 @@ fn view(v: tug_service::PipelineView) -> PipelineView {
         changed_by: v.row.changed_by,
         spec: v.row.spec,
         pipeline: v.pipeline,
+        server_rules: v
+            .server_rules
+            .into_iter()
+            .map(|r| ServerRuleView {
+                environment: r.environment,
+                branch_restriction: r.restriction.to_string(),
+            })
+            .collect(),
+        changed,
+    }
+}
+
+/// Fills in the short ids of builds an answer names by id alone (the
+/// build a deployment replaced, the build a request waits to deploy). They
+/// are a convenience: when they cannot be read the answer goes without
+/// them (the CLI then shows whole ids) rather than hide a deployment that
+/// was made.
+async fn fill_short_ids<'a>(
+    state: &AppState,
+    who: &Principal,
+    deployments: impl IntoIterator<Item = &'a mut Deployment>,
+    pending: impl IntoIterator<Item = &'a mut PendingDeployment>,
+) {
+    let mut deployments: Vec<&mut Deployment> = deployments.into_iter().collect();
+    let mut pending: Vec<&mut PendingDeployment> = pending.into_iter().collect();
+    let ids: Vec<BuildId> = deployments
+        .iter()
+        .filter_map(|d| d.replaced.clone())
+        .chain(pending.iter().map(|p| p.build.clone()))
+        .collect();
+    if ids.is_empty() {
+        return;
+    }
+    let short = match state.tugboat.short_build_ids(who, &ids).await {
+        Ok(short) => short,
+        Err(e) => {
+            tracing::warn!(error = %e, "answering without short build ids");
+            return;
+        }
+    };
+    for d in &mut deployments {
+        d.replaced_short_id = d.replaced.as_ref().and_then(|r| short.get(r).cloned());
+    }
+    for p in &mut pending {
+        p.build_short_id = short.get(&p.build).cloned().unwrap_or_default();
     }
 }
 
@@ -78,7 +127,8 @@ pub async fn apply_pipeline(
         .tugboat
         .apply_pipeline(&who, &service(&segment)?, &req.spec, req.base_revision)
         .await?;
-    Ok(axum::Json(view(v)))
+    let changed = v.changed;
+    Ok(axum::Json(view(v, Some(changed))))
 }
 
 pub async fn show_pipeline(
@@ -88,6 +138,7 @@ pub async fn show_pipeline(
 ) -> Result<axum::Json<PipelineView>, ApiError> {
     Ok(axum::Json(view(
         state.tugboat.show_pipeline(&who, &service(&segment)?).await?,
+        None,
     )))
 }
 
@@ -103,6 +154,7 @@ pub fn pending(r: RequestRow, need: u32) -> PendingDeployment {
         environment: r.environment,
         kind: r.kind,
         build: r.build,
+        build_short_id: String::new(),
         state: r.state,
         requested_by: r.requested_by,
         requested_at: r.requested_at,
@@ -113,25 +165,27 @@ pub fn pending(r: RequestRow, need: u32) -> PendingDeployment {
 }
 
 /// 201 with the deployment, or 202 with the request that waits.
-fn answer(outcome: Outcome) -> (StatusCode, axum::Json<DeployResult>) {
-    match outcome {
+async fn answer(state: &AppState, who: &Principal, outcome: Outcome) -> (StatusCode, axum::Json<DeployResult>) {
+    let (status, mut result) = match outcome {
         Outcome::Deployed { deployment: d, build } => (
             StatusCode::CREATED,
-            axum::Json(DeployResult {
+            DeployResult {
                 status: "deployed".into(),
                 deployment: Some(deployment(d, Some(&build))),
                 pending: None,
-            }),
+            },
         ),
         Outcome::Pending { request, need } => (
             StatusCode::ACCEPTED,
-            axum::Json(DeployResult {
+            DeployResult {
                 status: "pending_approval".into(),
                 deployment: None,
                 pending: Some(pending(request, need)),
-            }),
+            },
         ),
-    }
+    };
+    fill_short_ids(state, who, result.deployment.as_mut(), result.pending.as_mut()).await;
+    (status, axum::Json(result))
 }
 
 pub async fn release(
@@ -161,7 +215,7 @@ pub async fn release(
             options(req.flags),
         )
         .await?;
-    Ok(answer(d))
+    Ok(answer(&state, &who, d).await)
 }
 
 pub async fn promote(
@@ -174,7 +228,7 @@ pub async fn promote(
         .tugboat
         .promote(&who, &service(&segment)?, &req.to, options(req.flags))
         .await?;
-    Ok(answer(d))
+    Ok(answer(&state, &who, d).await)
 }
 
 pub async fn rollback(
@@ -187,7 +241,7 @@ pub async fn rollback(
         .tugboat
         .rollback(&who, &service(&segment)?, &req.environment, req.to, options(req.flags))
         .await?;
-    Ok(answer(d))
+    Ok(answer(&state, &who, d).await)
 }
 
 pub async fn status(
@@ -222,7 +276,7 @@ pub async fn status(
         }
         c
     };
-    Ok(axum::Json(Status {
+    let mut status = Status {
         service: view.row.service,
         pipeline_revision: view.row.revision,
         environments: envs
@@ -244,7 +298,20 @@ pub async fn status(
                     .collect(),
             })
             .collect(),
-    }))
+    };
+    let (current, waiting): (Vec<_>, Vec<_>) = status
+        .environments
+        .iter_mut()
+        .map(|e| (e.current.as_mut(), e.pending.iter_mut()))
+        .unzip();
+    fill_short_ids(
+        &state,
+        &who,
+        current.into_iter().flatten(),
+        waiting.into_iter().flatten(),
+    )
+    .await;
+    Ok(axum::Json(status))
 }
 
 #[derive(Debug, Deserialize)]
@@ -271,9 +338,9 @@ pub async fn history(
         .tugboat
         .history(&who, &service(&segment)?, &env(&environment)?, limit)
         .await?;
-    Ok(axum::Json(History {
-        deployments: rows.into_iter().map(|(d, b)| deployment(d, b.as_ref())).collect(),
-    }))
+    let mut deployments: Vec<Deployment> = rows.into_iter().map(|(d, b)| deployment(d, b.as_ref())).collect();
+    fill_short_ids(&state, &who, deployments.iter_mut(), []).await;
+    Ok(axum::Json(History { deployments }))
 }
 
 pub async fn resume(
@@ -299,10 +366,12 @@ async fn decide(
         .tugboat
         .decide(&who, &service(segment)?, &req.environment, &req.build, approve)
         .await?;
-    Ok(axum::Json(Decided {
+    let mut decided = Decided {
         pending: pending(d.request, d.need),
         deployment: d.deployment.map(|(dep, build)| deployment(dep, Some(&build))),
-    }))
+    };
+    fill_short_ids(&state, &who, decided.deployment.as_mut(), [&mut decided.pending]).await;
+    Ok(axum::Json(decided))
 }
 
 pub async fn approve(
@@ -381,14 +450,16 @@ pub async fn pipeline_history(
     Caller(who): Caller,
     Path(segment): Path<String>,
 ) -> Result<axum::Json<Vec<tug_api::PipelineRevision>>, ApiError> {
-    let rows = state.tugboat.pipeline_history(&who, &service(&segment)?).await?;
+    let revisions = state.tugboat.pipeline_history(&who, &service(&segment)?).await?;
     Ok(axum::Json(
-        rows.into_iter()
+        revisions
+            .into_iter()
             .map(|r| tug_api::PipelineRevision {
-                revision: r.revision,
-                changed_at: r.changed_at,
-                changed_by: r.changed_by,
-                spec: r.spec,
+                revision: r.row.revision,
+                changed_at: r.row.changed_at,
+                changed_by: r.row.changed_by,
+                spec: r.row.spec,
+                changes: r.changes,
             })
             .collect(),
     ))

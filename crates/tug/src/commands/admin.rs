@@ -5,16 +5,15 @@ use std::process::ExitCode;
 use anyhow::Context;
 use tug_api::GcRequest;
 use tug_client::Client;
-use tug_core::{Role, ServiceName, TokenName};
+use tug_core::{ServiceName, TokenName};
 
 use crate::cli::{GcArgs, Output, ServiceCommand, TokenCommand};
-use crate::output::{self, opt, print, table, time};
+use crate::output::{self, col, keep, opt, plural, print, time, Table};
 
 pub async fn token(client: &Client, out: Output, c: TokenCommand) -> anyhow::Result<ExitCode> {
     match c {
         TokenCommand::Create { name, role, service } => {
             let name = TokenName::parse(&name)?;
-            let role: Role = role.parse().map_err(anyhow::Error::msg)?;
             let service = service.as_deref().map(ServiceName::parse).transpose()?;
             let created = client.create_token(name, role, service).await?;
             print(out, &created, |c| {
@@ -27,10 +26,19 @@ pub async fn token(client: &Client, out: Output, c: TokenCommand) -> anyhow::Res
         TokenCommand::List => {
             let tokens = client.list_tokens().await?;
             print(out, &tokens, |tokens| {
-                let mut t = table(&["NAME", "ROLE", "SERVICE", "CREATED", "BY", "REVOKED"]);
+                let mut t = Table::new(&[
+                    keep("NAME"),
+                    keep("ID"),
+                    col("ROLE", 1),
+                    col("SERVICE", 2),
+                    col("CREATED", 4),
+                    col("BY", 5),
+                    col("REVOKED", 3),
+                ]);
                 for tok in tokens {
-                    t.add_row(vec![
+                    t.row(vec![
                         tok.name.to_string(),
+                        output::short(&tok.short_id, &tok.id),
                         tok.role.to_string(),
                         opt(&tok.service),
                         time(&tok.created_at),
@@ -61,9 +69,9 @@ pub async fn service(client: &Client, out: Output, c: ServiceCommand) -> anyhow:
         ServiceCommand::List => {
             let services = client.list_services().await?;
             print(out, &services, |services| {
-                let mut t = table(&["SERVICE", "CREATED"]);
+                let mut t = Table::new(&[keep("SERVICE"), col("CREATED", 1)]);
                 for s in services {
-                    t.add_row(vec![s.name.to_string(), time(&s.created_at)]);
+                    t.row(vec![s.name.to_string(), time(&s.created_at)]);
                 }
                 t.to_string()
             })?;
@@ -76,7 +84,7 @@ pub async fn fsck(client: &Client, out: Output) -> anyhow::Result<ExitCode> {
     let report = client.fsck().await.context("fsck failed")?;
     let healthy = report.corrupt.is_empty() && report.missing.is_empty();
     print(out, &report, |r| {
-        let mut s = format!("Checked {} blobs ({}).\n", r.checked, output::bytes(r.bytes));
+        let mut s = format!("Checked {} ({}).\n", plural(r.checked, "blob"), output::bytes(r.bytes));
         for c in &r.corrupt {
             s.push_str(&format!(
                 "CORRUPT {} ({} bytes) now hashes to {}\n",
@@ -113,8 +121,8 @@ pub async fn gc(client: &Client, out: Output, a: GcArgs) -> anyhow::Result<ExitC
             s.push_str(&format!("{} {d}\n", if r.dry_run { "would delete" } else { "deleted" }));
         }
         s.push_str(&format!(
-            "{verb} {} blobs ({}); kept {}.",
-            r.deleted.len(),
+            "{verb} {} ({}); kept {}.",
+            plural(r.deleted.len() as u64, "blob"),
             output::bytes(r.freed_bytes),
             r.kept
         ));

@@ -8,7 +8,7 @@ use tug_client::Client;
 use tug_core::{ArtifactName, BuildSource, CiRun, Digest, ServiceName, Version};
 
 use crate::cli::{BuildCommand, BuildMeta, Output};
-use crate::output::{self, opt, print, table, time};
+use crate::output::{self, col, keep, opt, plural, print, short, text, time, Table};
 
 pub async fn run(client: &Client, out: Output, c: BuildCommand) -> anyhow::Result<ExitCode> {
     match c {
@@ -19,19 +19,28 @@ pub async fn run(client: &Client, out: Output, c: BuildCommand) -> anyhow::Resul
         BuildCommand::Yank { build, reason } => {
             let b = client.yank(&build, reason).await?;
             print(out, &b, |b| {
-                format!("Build {} yanked: it will not be deployed again.", b.id)
+                format!(
+                    "Build {} yanked: it will not be deployed again.",
+                    short(&b.short_id, &b.id)
+                )
             })?;
         }
         BuildCommand::MarkCritical { build } => {
             let b = client.mark_critical(&build).await?;
             print(out, &b, |b| {
-                format!("Build {} is critical: agents install it at once.", b.id)
+                format!(
+                    "Build {} is critical: agents install it at once.",
+                    short(&b.short_id, &b.id)
+                )
             })?;
         }
         BuildCommand::Unembargo { build } => {
             let b = client.unembargo(&build).await?;
             print(out, &b, |b| {
-                format!("Build {} unembargoed: visible to everyone, deployable anywhere.", b.id)
+                format!(
+                    "Build {} unembargoed: visible to everyone, deployable anywhere.",
+                    short(&b.short_id, &b.id)
+                )
             })?;
         }
         BuildCommand::Seal { build } => {
@@ -39,7 +48,7 @@ pub async fn run(client: &Client, out: Output, c: BuildCommand) -> anyhow::Resul
             print(out, &b, |b| {
                 format!(
                     "Build {} sealed: {}",
-                    b.id,
+                    short(&b.short_id, &b.id),
                     b.manifest_digest.map(|d| d.to_string()).unwrap_or_default()
                 )
             })?;
@@ -47,9 +56,7 @@ pub async fn run(client: &Client, out: Output, c: BuildCommand) -> anyhow::Resul
         BuildCommand::Show { build, graph } => {
             let b = client.build(&build).await?;
             if graph && out == Output::Table {
-                for line in graph_lines(&b) {
-                    println!("{line}");
-                }
+                output::write(graph_lines(&b).join("\n"))?;
             } else {
                 print(out, &b, show)?;
             }
@@ -72,19 +79,19 @@ pub async fn run(client: &Client, out: Output, c: BuildCommand) -> anyhow::Resul
             };
             let builds = client.list_builds(&q).await?;
             print(out, &builds, |builds| {
-                let mut t = table(&[
-                    "ID",
-                    "VERSION",
-                    "STATE",
-                    "BRANCH",
-                    "COMMIT",
-                    "ARTIFACTS",
-                    "CREATED",
-                    "MANIFEST",
+                let mut t = Table::new(&[
+                    keep("ID"),
+                    col("VERSION", 1),
+                    col("STATE", 2),
+                    text("BRANCH", 3),
+                    col("COMMIT", 5),
+                    col("ARTIFACTS", 6),
+                    col("CREATED", 4),
+                    col("MANIFEST", 7),
                 ]);
                 for b in builds {
-                    t.add_row(vec![
-                        b.id.to_string(),
+                    t.row(vec![
+                        short(&b.short_id, &b.id),
                         b.version.to_string(),
                         b.state.to_string(),
                         opt(&b.source.branch),
@@ -153,6 +160,9 @@ fn show(b: &Build) -> String {
     let mut s = String::new();
     let mut kv = |k: &str, v: String| s.push_str(&format!("{k:<10} {v}\n"));
     kv("build", b.id.to_string());
+    if !b.short_id.is_empty() {
+        kv("short id", b.short_id.clone());
+    }
     kv("service", b.service.to_string());
     kv("version", b.version.to_string());
     kv("state", b.state.to_string());
@@ -197,9 +207,15 @@ fn show(b: &Build) -> String {
     if !missing.is_empty() {
         kv("missing", missing.join(", "));
     }
-    let mut t = table(&["ARTIFACT", "KIND", "PLATFORM", "SIZE", "DIGEST"]);
+    let mut t = Table::new(&[
+        keep("ARTIFACT"),
+        col("KIND", 2),
+        col("PLATFORM", 3),
+        col("SIZE", 1),
+        col("DIGEST", 4),
+    ]);
     for a in &artifacts {
-        t.add_row(vec![
+        t.row(vec![
             a.name.to_string(),
             a.kind.to_string(),
             opt(&a.platform),
@@ -207,7 +223,7 @@ fn show(b: &Build) -> String {
             a.digest.to_string(),
         ]);
     }
-    s.push_str(&format!("\n{} artifacts\n{t}", artifacts.len()));
+    s.push_str(&format!("\n{}\n{t}", plural(artifacts.len() as u64, "artifact")));
     s
 }
 

@@ -12,7 +12,7 @@ use crate::cli::{
     DecideArgs, Output, OverrideArgs, PipelineCommand, PolicyCommand, PromoteArgs, ReleaseArgs, RollbackArgs,
     RolloutCommand,
 };
-use crate::output::{opt, print, table, time};
+use crate::output::{self, col, keep, opt, plural, print, short, text, time, Table};
 
 fn flags(a: OverrideArgs) -> DeployFlags {
     DeployFlags {
@@ -21,12 +21,12 @@ fn flags(a: OverrideArgs) -> DeployFlags {
     }
 }
 
-/// `api 1.4.0 (master@4f2a9c1e)` for a deployment's build.
+/// `0190c3f2-6a2 1.4.0 (master@4f2a9c1e)` for a deployment's build.
 fn build_line(d: &Deployment) -> String {
     match &d.summary {
         Some(s) => format!(
             "{} {} ({}@{})",
-            s.id,
+            short(&s.short_id, &s.id),
             s.version,
             s.source.branch.as_deref().unwrap_or("-"),
             s.source
@@ -50,6 +50,7 @@ fn deployed(out: Output, r: &DeployResult, verb: &str) -> anyhow::Result<ExitCod
                 d.seq
             );
             if let Some(prev) = &d.replaced {
+                let prev = short(d.replaced_short_id.as_deref().unwrap_or_default(), prev);
                 s.push_str(&format!("\nIt replaced build {prev}."));
             }
             s
@@ -61,15 +62,14 @@ fn deployed(out: Output, r: &DeployResult, verb: &str) -> anyhow::Result<ExitCod
 }
 
 fn pending_line(p: &PendingDeployment) -> String {
+    let build = short(&p.build_short_id, &p.build);
     format!(
-        "Build {} waits for approval to go into {} ({} of {} approvals{}). Approvers: tug approve <service> --env {} --build {}",
-        p.build,
+        "Build {build} waits for approval to go into {} ({} of {}{}). Approvers: tug approve <service> --env {} --build {build}",
         p.environment,
         p.approved_by.len(),
-        p.need,
+        plural(p.need, "approval"),
         p.expires_at.map(|t| format!(", expires {}", time(&t))).unwrap_or_default(),
         p.environment,
-        p.build
     )
 }
 
@@ -87,7 +87,8 @@ pub async fn decide(client: &Client, out: Output, a: DecideArgs, approve: bool) 
         ),
         (None, "rejected") => format!(
             "Rejected: build {} will not go into {}.",
-            d.pending.build, d.pending.environment
+            short(&d.pending.build_short_id, &d.pending.build),
+            d.pending.environment
         ),
         _ => format!("Approved. {}", pending_line(&d.pending)),
     })?;
@@ -102,29 +103,41 @@ pub async fn pipeline(client: &Client, out: Output, c: PipelineCommand) -> anyho
             // before anything is sent.
             let pipeline =
                 Pipeline::parse(&text).with_context(|| format!("{} is not a valid pipeline", file.display()))?;
+            if let Some(twice) = tug_core::pipeline_changes::duplicate_window(&pipeline) {
+                anyhow::bail!("{} is not a valid pipeline: {twice}", file.display());
+            }
             let v = client.apply_pipeline(&pipeline.service, &text, None).await?;
             print(out, &v, |v| {
-                format!(
-                    "Pipeline of {} is at revision {}: {}.",
-                    v.service,
-                    v.revision,
-                    env_chain(&v.pipeline)
-                )
+                if v.changed == Some(false) {
+                    format!(
+                        "Pipeline of {} unchanged: it is already exactly this (revision {}).",
+                        v.service, v.revision
+                    )
+                } else {
+                    format!(
+                        "Pipeline of {} is at revision {}: {}.",
+                        v.service,
+                        v.revision,
+                        env_chain(&v.pipeline)
+                    )
+                }
             })?;
         }
         PipelineCommand::History { service } => {
             let revisions = client.pipeline_history(&ServiceName::parse(&service)?).await?;
             print(out, &revisions, |revs| {
-                let mut t = table(&["REVISION", "CHANGED", "BY", "ENVIRONMENTS"]);
+                let mut t = Table::new(&[keep("REVISION"), col("APPLIED", 2), col("BY", 1), keep("CHANGES")]);
                 for r in revs {
-                    let envs = Pipeline::parse(&r.spec)
-                        .map(|p| env_chain(&p))
-                        .unwrap_or_else(|e| e.to_string());
-                    t.add_row(vec![
+                    let changes = if r.changes.is_empty() {
+                        "(no change)".to_string()
+                    } else {
+                        r.changes.iter().map(|c| c.to_string()).collect::<Vec<_>>().join("\n")
+                    };
+                    t.row(vec![
                         r.revision.to_string(),
                         time(&r.changed_at),
                         opt(&r.changed_by),
-                        envs,
+                        changes,
                     ]);
                 }
                 t.to_string()
@@ -195,70 +208,105 @@ pub async fn rollback(client: &Client, out: Output, a: RollbackArgs) -> anyhow::
 pub async fn status(client: &Client, out: Output, service: &str) -> anyhow::Result<ExitCode> {
     let s = client.status(&ServiceName::parse(service)?).await?;
     print(out, &s, |s| {
-        let mut t = table(&[
-            "ENV", "VERSION", "BRANCH", "COMMIT", "AUTHOR", "MESSAGE", "DEPLOYED", "BY", "AGENTS", "BUILD",
+        let mut t = Table::new(&[
+            keep("ENV"),
+            keep("BUILD"),
+            col("VERSION", 1),
+            col("BRANCH", 4),
+            col("DEPLOYED", 2),
+            col("KIND", 5),
+            col("BY", 6),
+            col("AGENTS", 3),
+            col("COMMIT", 7),
+            col("AUTHOR", 8),
+            text("MESSAGE", 9),
         ]);
+        // What the table cannot say in a cell: one line per remark, below it.
+        let mut notes: Vec<String> = Vec::new();
         for e in &s.environments {
-            let mut name = e.environment.to_string();
+            let env = &e.environment;
             if e.auto_release_held {
-                name.push_str(" (auto-release held)");
+                notes.push(format!(
+                    "{env} (auto-release held): a manual release holds it; tug policy resume {} --env {env}",
+                    s.service
+                ));
             }
             if let Some(r) = e
                 .rollout
                 .as_ref()
                 .filter(|r| r.state == "halted" || r.state == "rolling")
             {
-                name.push_str(&format!(" (rollout {})", r.state));
+                let why = r.reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default();
+                notes.push(format!("{env} (rollout {}){why}", r.state));
+            }
+            let summary = e.current.as_ref().and_then(|d| d.summary.as_ref());
+            if let Some(b) = summary.filter(|b| b.yanked) {
+                notes.push(format!(
+                    "{env} (yanked build running): {} was yanked; release or roll back to replace it",
+                    short(&b.short_id, &b.id)
+                ));
             }
             let a = &e.agents;
             let agents = if a.total == 0 {
                 "-".to_string()
             } else {
-                format!(
-                    "{}/{} on it, {} healthy, {} failed, {} stale",
-                    a.on_current, a.total, a.healthy, a.failed, a.stale
-                )
+                let mut text = format!("{}/{} on it, {} healthy", a.on_current, a.total, a.healthy);
+                if a.failed > 0 {
+                    text.push_str(&format!(", {} failed", a.failed));
+                }
+                if a.stale > 0 {
+                    text.push_str(&format!(", {} stale", a.stale));
+                }
+                text
             };
-            let mut row: Vec<String> = match &e.current {
-                None => vec!["-".into(); 7],
+            let row = match &e.current {
+                None => {
+                    let mut row = vec![env.to_string(), "-".into()];
+                    row.extend(std::iter::repeat_n("-".to_string(), 5));
+                    row.push(agents);
+                    row.extend(std::iter::repeat_n("-".to_string(), 3));
+                    row
+                }
                 Some(d) => {
-                    let src = d.summary.as_ref().map(|s| s.source.clone()).unwrap_or_default();
+                    let src = summary.map(|s| s.source.clone()).unwrap_or_default();
+                    let version = summary.map_or_else(
+                        || "-".to_string(),
+                        |b| format!("{}{}", b.version, if b.yanked { " (yanked)" } else { "" }),
+                    );
                     vec![
-                        d.summary
-                            .as_ref()
-                            .map(|s| s.version.to_string())
-                            .unwrap_or_else(|| "-".into()),
+                        env.to_string(),
+                        short(summary.map(|b| b.short_id.as_str()).unwrap_or_default(), &d.build),
+                        version,
                         opt(&src.branch),
-                        src.commit
-                            .as_deref()
-                            .map(|c| c.chars().take(12).collect())
-                            .unwrap_or_else(|| "-".into()),
+                        time(&d.deployed_at),
+                        d.kind.to_string(),
+                        d.requested_by.clone().unwrap_or_else(|| "auto".into()),
+                        agents,
+                        commit(src.commit.as_deref()),
                         opt(&src.author),
                         src.message
                             .as_deref()
                             .and_then(|m| m.lines().next())
                             .unwrap_or("-")
-                            .chars()
-                            .take(40)
-                            .collect(),
-                        format!("{} ({})", time(&d.deployed_at), d.kind),
-                        d.requested_by.clone().unwrap_or_else(|| "auto".into()),
+                            .to_string(),
                     ]
                 }
             };
-            row.insert(0, name);
-            row.push(agents);
-            row.push(
-                e.current
-                    .as_ref()
-                    .map(|d| d.build.to_string())
-                    .unwrap_or_else(|| "-".into()),
-            );
-            t.add_row(row);
+            t.row(row);
         }
-        t.to_string()
+        let mut text = t.to_string();
+        for n in notes {
+            text.push('\n');
+            text.push_str(&n);
+        }
+        text
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A commit for tables: its first 12 characters.
+fn commit(c: Option<&str>) -> String {
+    c.map(|c| c.chars().take(12).collect()).unwrap_or_else(|| "-".into())
 }
 
 pub async fn history(client: &Client, out: Output, service: &str, env: &str, limit: u32) -> anyhow::Result<ExitCode> {
@@ -266,15 +314,34 @@ pub async fn history(client: &Client, out: Output, service: &str, env: &str, lim
         .history(&ServiceName::parse(service)?, &EnvName::parse(env)?, limit)
         .await?;
     print(out, &h.deployments, |ds| {
-        let mut t = table(&["#", "WHEN", "KIND", "BUILD", "BY", "REPLACED", "REASON"]);
+        let mut t = Table::new(&[
+            keep("#"),
+            col("WHEN", 3),
+            col("KIND", 2),
+            keep("BUILD"),
+            col("VERSION", 1),
+            col("BRANCH", 5),
+            col("COMMIT", 7),
+            col("BY", 4),
+            col("REPLACED", 6),
+            text("REASON", 8),
+        ]);
         for d in ds {
-            t.add_row(vec![
+            let summary = d.summary.as_ref();
+            let src = summary.map(|s| s.source.clone()).unwrap_or_default();
+            t.row(vec![
                 d.seq.to_string(),
                 time(&d.deployed_at),
                 d.kind.to_string(),
-                build_line(d),
+                short(summary.map(|b| b.short_id.as_str()).unwrap_or_default(), &d.build),
+                summary.map_or_else(|| "-".to_string(), |b| b.version.to_string()),
+                opt(&src.branch),
+                commit(src.commit.as_deref()),
                 d.requested_by.clone().unwrap_or_else(|| "auto".into()),
-                opt(&d.replaced),
+                d.replaced.as_ref().map_or_else(
+                    || "-".to_string(),
+                    |r| short(d.replaced_short_id.as_deref().unwrap_or_default(), r),
+                ),
                 opt(&d.reason),
             ]);
         }
@@ -305,80 +372,113 @@ async fn edit_environment(
     edit(e)?;
     let text = toml::to_string(&spec)?;
     // Validate here too so the message names the problem before a request.
-    Pipeline::parse(&text)?;
-    Ok(client.apply_pipeline(&service, &text, Some(current.revision)).await?)
+    let edited = Pipeline::parse(&text)?;
+    if let Some(twice) = tug_core::pipeline_changes::duplicate_window(&edited) {
+        anyhow::bail!("{twice}");
+    }
+    // A revision that changes nothing is refused rather than stored: it
+    // would only add a row to the history that says nothing.
+    let nothing = || {
+        anyhow::anyhow!(
+            "nothing to change: {env} of {service} already has these policies; the pipeline stays at revision {}",
+            current.revision
+        )
+    };
+    if edited == current.pipeline {
+        return Err(nothing());
+    }
+    let applied = client.apply_pipeline(&service, &text, Some(current.revision)).await?;
+    if applied.changed == Some(false) {
+        return Err(nothing());
+    }
+    Ok(applied)
+}
+
+/// Adds a window (freeze or maintenance) unless an equal one is there:
+/// the same window twice changes nothing.
+fn add_window(
+    env: &str,
+    kind: &str,
+    list: &mut Vec<tug_core::pipeline::FreezeSpec>,
+    weekly: String,
+    tz: Option<String>,
+) -> anyhow::Result<()> {
+    let spec = tug_core::pipeline::FreezeSpec {
+        weekly: Some(weekly),
+        tz,
+        ..Default::default()
+    };
+    let window = tug_core::FreezeWindow::from_spec(&spec).map_err(|why| anyhow::anyhow!("{kind} window: {why}"))?;
+    if list
+        .iter()
+        .any(|w| tug_core::FreezeWindow::from_spec(w).is_ok_and(|w| w == window))
+    {
+        anyhow::bail!("nothing to change: {env} already has {kind} window {window}");
+    }
+    list.push(spec);
+    Ok(())
 }
 
 pub async fn policy(client: &Client, out: Output, c: PolicyCommand) -> anyhow::Result<ExitCode> {
     match c {
         PolicyCommand::List { service } => {
             let v = client.pipeline(&ServiceName::parse(&service)?).await?;
-            let mut rows: Vec<(String, String, String)> = Vec::new();
+            let mut rows: Vec<serde_json::Value> = Vec::new();
             for e in &v.pipeline.environments {
-                let env = e.name.to_string();
-                if let Some(up) = &e.upstream {
-                    rows.push((env.clone(), "upstream".into(), up.to_string()));
-                }
-                if let Some(b) = &e.auto_release {
-                    rows.push((env.clone(), "auto-release".into(), b.clone()));
-                }
-                if let Some(r) = &e.branch_restriction {
-                    rows.push((env.clone(), "branch-restriction".into(), r.to_string()));
-                }
-                if let Some(s) = e.soak {
-                    rows.push((env.clone(), "soak".into(), tug_core::format_duration(s)));
-                }
-                if e.approvals > 0 {
-                    rows.push((env.clone(), "approvals".into(), e.approvals.to_string()));
-                }
-                if let Some(t) = e.approval_timeout {
-                    rows.push((env.clone(), "approval-timeout".into(), tug_core::format_duration(t)));
-                }
-                for f in &e.freeze {
-                    rows.push((env.clone(), "freeze".into(), f.to_string()));
-                }
-                if e.private {
-                    rows.push((env.clone(), "private".into(), "true".into()));
-                }
-                if let Some(share) = e.soak_healthy {
-                    rows.push((env.clone(), "soak-healthy".into(), format!("{share}%")));
-                }
-                if let Some(r) = &e.rollout {
-                    let mut text = r.strategy.to_string();
-                    text.push_str(&format!("; halt after {} failure(s)", r.halt_after_failures));
-                    if r.auto_rollback {
-                        text.push_str(", then roll back");
-                    }
-                    rows.push((env.clone(), "rollout".into(), text));
-                }
-                for w in &e.maintenance {
-                    rows.push((env.clone(), "maintenance".into(), w.to_string()));
-                }
-                if let Some(c) = &e.compatible_with {
-                    rows.push((
-                        env.clone(),
-                        "compatible-with".into(),
-                        format!("{} (at most {} major version(s) ahead)", c.service, c.max_major_skew),
-                    ));
+                for p in tug_core::pipeline_changes::policies(e) {
+                    rows.push(serde_json::json!({
+                        "environment": e.name, "policy": p.policy, "value": p.value, "scope": "pipeline",
+                    }));
                 }
             }
-            let listed: Vec<serde_json::Value> = rows
-                .iter()
-                .map(|(e, p, v)| serde_json::json!({"environment": e, "policy": p, "value": v}))
-                .collect();
-            print(out, &listed, |_| {
-                let mut t = table(&["ENV", "POLICY", "VALUE"]);
-                for (e, p, v) in &rows {
-                    t.add_row(vec![e.clone(), p.clone(), v.clone()]);
+            for r in &v.server_rules {
+                rows.push(serde_json::json!({
+                    "environment": r.environment,
+                    "policy": "branch-restriction",
+                    "value": r.branch_restriction,
+                    "scope": "server",
+                }));
+            }
+            print(out, &rows, |rows| {
+                let mut t = Table::new(&[keep("ENV"), keep("POLICY"), text("VALUE", 1), col("SET BY", 2)]);
+                for r in rows {
+                    let field = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+                    let set_by = if field("scope") == "server" {
+                        "server (cannot be changed here)".to_string()
+                    } else {
+                        format!("pipeline revision {}", v.revision)
+                    };
+                    t.row(vec![field("environment"), field("policy"), field("value"), set_by]);
                 }
-                format!(
-                    "{t}\npipeline revision {} (server-wide rules apply on top and cannot be changed here)",
-                    v.revision
-                )
+                let mut text = if t.is_empty() {
+                    format!("No policies: {} only orders its environments.", v.service)
+                } else {
+                    t.to_string()
+                };
+                text.push_str(&format!("\npipeline revision {}", v.revision));
+                if v.server_rules.is_empty() {
+                    text.push_str("; no server-wide rule applies");
+                } else {
+                    text.push_str("; server-wide rules apply on top and no pipeline can change them");
+                }
+                text
             })?;
         }
         PolicyCommand::Apply(a) => {
             let a = *a;
+            let given = a.auto_release.is_some()
+                || a.branch_restriction.is_some()
+                || a.soak.is_some()
+                || a.approvals.is_some()
+                || a.approval_timeout.is_some()
+                || a.freeze.is_some()
+                || a.maintenance.is_some()
+                || a.soak_healthy.is_some()
+                || a.compatible_with.is_some()
+                || a.private.is_some();
+            if !given {
+                anyhow::bail!("name at least one policy to set, e.g. --approvals 2 (see tug policy apply --help)");
+            }
             let v = edit_environment(client, &a.service, &a.env, |e| {
                 if let Some(b) = a.auto_release {
                     e.auto_release = Some(tug_core::pipeline::AutoReleaseSpec { branch: b });
@@ -396,18 +496,10 @@ pub async fn policy(client: &Client, out: Output, c: PolicyCommand) -> anyhow::R
                     e.approval_timeout = Some(t);
                 }
                 if let Some(f) = a.freeze {
-                    e.freeze.push(tug_core::pipeline::FreezeSpec {
-                        weekly: Some(f),
-                        tz: a.tz.clone(),
-                        ..Default::default()
-                    });
+                    add_window(&a.env, "freeze", &mut e.freeze, f, a.tz.clone())?;
                 }
                 if let Some(m) = a.maintenance {
-                    e.maintenance.push(tug_core::pipeline::FreezeSpec {
-                        weekly: Some(m),
-                        tz: a.tz.clone(),
-                        ..Default::default()
-                    });
+                    add_window(&a.env, "maintenance", &mut e.maintenance, m, a.tz.clone())?;
                 }
                 if let Some(s) = a.soak_healthy {
                     e.soak_healthy = Some(s);
@@ -443,7 +535,8 @@ pub async fn policy(client: &Client, out: Output, c: PolicyCommand) -> anyhow::R
                     "maintenance" => !std::mem::take(&mut e.maintenance).is_empty(),
                     "compatible-with" => e.compatible_with.take().is_some(),
                     other => anyhow::bail!(
-                        "unknown policy {other:?}: use auto-release, branch-restriction, soak, soak-healthy, approvals, approval-timeout, freeze, private, rollout, maintenance or compatible-with"
+                        "unknown policy {other:?}: use one of {}",
+                        crate::cli::POLICIES.join(", ")
                     ),
                 };
                 if !had {
@@ -497,7 +590,7 @@ pub async fn diff(client: &Client, out: Output, service: &str, from: &str, to: &
         let side = |label: &str, b: &tug_api::BuildSummary| {
             format!(
                 "{label:<5} {} {} ({}@{})",
-                b.id,
+                short(&b.short_id, &b.id),
                 b.version,
                 b.source.branch.as_deref().unwrap_or("-"),
                 b.source.commit.as_deref().unwrap_or("-")
@@ -517,7 +610,13 @@ pub async fn diff(client: &Client, out: Output, service: &str, from: &str, to: &
             s.push_str(&format!("No artifact changed ({} the same).", d.unchanged));
             return s;
         }
-        let mut t = table(&["CHANGE", "ARTIFACT", "OLD DIGEST", "NEW DIGEST", "SIZE"]);
+        let mut t = Table::new(&[
+            keep("CHANGE"),
+            keep("ARTIFACT"),
+            col("OLD DIGEST", 2),
+            col("NEW DIGEST", 3),
+            col("SIZE", 1),
+        ]);
         for c in &d.changes {
             let size = match (c.old_size, c.new_size) {
                 (Some(o), Some(n)) => format!("{} -> {}", crate::output::bytes(o), crate::output::bytes(n)),
@@ -525,7 +624,7 @@ pub async fn diff(client: &Client, out: Output, service: &str, from: &str, to: &
                 (Some(o), None) => crate::output::bytes(o),
                 (None, None) => "-".into(),
             };
-            t.add_row(vec![
+            t.row(vec![
                 format!("{:?}", c.change).to_lowercase(),
                 c.name.to_string(),
                 c.old_digest.map(|d| d.short()).unwrap_or_else(|| "-".into()),
@@ -556,7 +655,7 @@ pub async fn watch(
     while let Some(e) = events.next().await {
         let e = e?;
         match out {
-            Output::Json => println!("{}", serde_json::to_string(&e)?),
+            Output::Json => output::write(serde_json::to_string(&e)?)?,
             Output::Table => {
                 let mut details: Vec<String> = Vec::new();
                 if let Some(obj) = e.payload.as_object() {
@@ -569,14 +668,14 @@ pub async fn watch(
                         }
                     }
                 }
-                println!(
+                output::write(format!(
                     "{} {:<20} {:<10} {:<10} {}",
                     time(&e.at),
                     e.kind,
                     e.service.as_ref().map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
                     e.actor.as_deref().unwrap_or("auto"),
                     details.join(" ")
-                );
+                ))?;
             }
         }
         seen += 1;
@@ -595,15 +694,15 @@ pub async fn agents(
 ) -> anyhow::Result<ExitCode> {
     let agents = client.agents(service.as_deref(), env.as_deref()).await?;
     print(out, &agents, |agents| {
-        let mut t = table(&[
-            "SERVICE",
-            "ENV",
-            "HOST",
-            "AGENT",
-            "PLATFORM",
-            "BUILD",
-            "STATE",
-            "LAST SEEN",
+        let mut t = Table::new(&[
+            col("SERVICE", 3),
+            col("ENV", 2),
+            keep("HOST"),
+            keep("AGENT"),
+            col("PLATFORM", 4),
+            col("BUILD", 1),
+            text("STATE", 5),
+            col("LAST SEEN", 6),
         ]);
         for a in agents {
             let r = &a.report;
@@ -611,18 +710,21 @@ pub async fn agents(
             if let Some(e) = &r.error {
                 state.push_str(&format!(": {}", e.chars().take(60).collect::<String>()));
             }
-            t.add_row(vec![
+            t.row(vec![
                 r.service.to_string(),
                 r.environment.to_string(),
                 r.hostname.clone(),
-                r.agent_id.chars().take(13).collect(),
+                short(&a.short_id, &r.agent_id),
                 r.platform.to_string(),
-                opt(&r.build),
+                r.build.as_ref().map_or_else(
+                    || "-".to_string(),
+                    |b| short(a.build_short_id.as_deref().unwrap_or_default(), b),
+                ),
                 state,
                 format!("{}{}", time(&a.last_seen), if a.stale { " (stale)" } else { "" }),
             ]);
         }
-        format!("{t}\n{} agents", agents.len())
+        format!("{t}\n{}", plural(agents.len() as u64, "agent"))
     })?;
     Ok(ExitCode::SUCCESS)
 }
@@ -656,7 +758,7 @@ pub async fn rollout(client: &Client, out: Output, c: RolloutCommand) -> anyhow:
         if let Some(s) = &r.strategy {
             let mut halt = r
                 .halt_after_failures
-                .map(|n| format!("; halts after {n} failure(s)"))
+                .map(|n| format!("; halts after {}", plural(n, "failure")))
                 .unwrap_or_default();
             if r.auto_rollback {
                 halt.push_str(" and rolls back");

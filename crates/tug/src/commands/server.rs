@@ -48,18 +48,25 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     tracing::debug!(?config, "configuration");
 
     let started = tug_server::start(&config, &env).await?;
-    println!("Tugboat listening on http://{}", started.addr);
-    println!("  database:   {}", tug_server::config::redact(&config.database_url()));
-    println!("  blob store: {}", started.tugboat().store().describe());
-    match &started.admin_token_path {
-        Some(path) => println!(
-            "  admin token written to {} (mode 0600); tug reads it from there",
+    let token = match &started.admin_token_path {
+        Some(path) => format!(
+            "admin token written to {} (mode 0600); tug reads it from there",
             path.display()
         ),
-        None => println!(
-            "  admin token: in {} (created on first start)",
+        None => format!(
+            "admin token: in {} (created on first start)",
             config.admin_token_path().display()
         ),
+    };
+    let banner = format!(
+        "Tugboat listening on http://{}\n  database:   {}\n  blob store: {}\n  {token}",
+        started.addr,
+        tug_server::config::redact(&config.database_url()),
+        started.tugboat().store().describe()
+    );
+    // A server keeps serving when nobody reads its stdout any more.
+    if let Err(e) = crate::output::write(banner) {
+        tracing::warn!(error = %e, "cannot print the start banner");
     }
     started.serve(tug_server::shutdown_signal()).await
 }

@@ -14,7 +14,7 @@ use tug_client::{Client, Hooks, PullReport, PushItem, PushReport};
 use tug_core::{ArtifactKind, ArtifactName, DerivedFrom, Platform};
 
 use crate::cli::{Output, PullArgs, PushArgs};
-use crate::output::{self, print};
+use crate::output::{self, plural, print};
 
 /// A byte progress bar on stderr, hidden when stderr is not a terminal.
 fn progress_bar() -> (ProgressBar, Hooks) {
@@ -59,12 +59,7 @@ pub async fn push(client: &Client, out: Output, a: PushArgs) -> anyhow::Result<E
     if paths.is_empty() {
         bail!("give files or directories to push after the build id");
     }
-    let kind = a
-        .kind
-        .as_deref()
-        .map(|k| k.parse::<ArtifactKind>())
-        .transpose()
-        .map_err(anyhow::Error::msg)?;
+    let kind = a.kind;
     let platform = a.platform.as_deref().map(Platform::parse).transpose()?;
     let derived_from = a
         .derived_from
@@ -101,10 +96,10 @@ pub async fn push(client: &Client, out: Output, a: PushArgs) -> anyhow::Result<E
     print(out, &result, |r| {
         let p = &r.report;
         let mut s = format!(
-            "Pushed {} artifacts into build {}: uploaded {} blobs ({}), {} already stored ({} not sent); {} newly registered.",
-            p.artifacts,
+            "Pushed {} into build {}: uploaded {} ({}), {} already stored ({} not sent); {} newly registered.",
+            plural(p.artifacts as u64, "artifact"),
             r.build,
-            p.uploaded_blobs,
+            plural(p.uploaded_blobs as u64, "blob"),
             output::bytes(p.uploaded_bytes),
             p.skipped_blobs,
             output::bytes(p.skipped_bytes),
@@ -192,7 +187,7 @@ fn walk(root: &Path, dir: &Path, files: &mut Vec<(PathBuf, ArtifactName)>) -> an
 #[derive(Serialize)]
 struct PullOutput {
     build: String,
-    out: String,
+    dest: String,
     #[serde(flatten)]
     report: PullReport,
 }
@@ -204,22 +199,22 @@ pub async fn pull(client: &Client, out: Output, a: PullArgs) -> anyhow::Result<E
         .iter()
         .map(|n| ArtifactName::parse(n))
         .collect::<Result<Vec<_>, _>>()?;
-    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
+    std::fs::create_dir_all(&a.dest).with_context(|| format!("cannot create {}", a.dest.display()))?;
     let (bar, hooks) = progress_bar();
-    let report = client.pull(&build, &only, &a.out, hooks).await;
+    let report = client.pull(&build, &only, &a.dest, hooks).await;
     bar.finish_and_clear();
     let report = report.with_context(|| format!("pull of build {} failed", build.id))?;
     let result = PullOutput {
         build: build.id.to_string(),
-        out: a.out.display().to_string(),
+        dest: a.dest.display().to_string(),
         report,
     };
     print(out, &result, |r| {
         format!(
-            "Pulled {} files of build {} into {} ({} downloaded, {} already up to date); every digest verified.",
-            r.report.files,
+            "Pulled {} of build {} into {} ({} downloaded, {} already up to date); every digest verified.",
+            plural(r.report.files as u64, "file"),
             r.build,
-            r.out,
+            r.dest,
             output::bytes(r.report.downloaded_bytes),
             r.report.up_to_date
         )

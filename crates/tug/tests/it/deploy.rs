@@ -799,7 +799,7 @@ async fn next_versions_follow_the_newest_stable_release() {
         .tug(w, &["build", "list", "--service", "teleport", "--sort", "size"])
         .fails()
         .to_string();
-    assert!(err.contains("unknown sort"), "{err}");
+    assert!(err.contains("possible values: created, version"), "{err}");
     assert_eq!(next(&["--minor"]), "v14.3.0");
     assert_eq!(next(&["--major"]), "v15.0.0");
     let cloud = next(&["--cloud", "--commit", "4f2a9c1e77"]);
@@ -1327,9 +1327,12 @@ async fn policies_are_listed_applied_and_deleted_as_pipeline_revisions() {
         vec![
             "dev:auto-release=master",
             "prod:upstream=dev",
+            "prod:branch-restriction=^master$",
+            // The server-wide rule, listed as such.
             "prod:branch-restriction=^master$"
         ]
     );
+    assert_eq!(listed[3]["scope"], "server");
 
     let applied = server
         .tug(

@@ -188,7 +188,7 @@ pub async fn push_seal_show_pull(server: &TestServer) {
 
     // Pull everything, then one artifact; every file is byte-identical.
     let out = w.join("out");
-    server.tug(w, &["pull", &id, "-o", out.to_str().unwrap()]).ok();
+    server.tug(w, &["pull", &id, "--dest", out.to_str().unwrap()]).ok();
     assert_eq!(
         std::fs::read(out.join("linux-arm64/teleport.tar.gz")).unwrap(),
         b"tarball arm64"
@@ -203,7 +203,7 @@ pub async fn push_seal_show_pull(server: &TestServer) {
                 &id,
                 "--artifact",
                 "teleport_amd64.deb",
-                "-o",
+                "--dest",
                 one.to_str().unwrap(),
             ],
         )
@@ -214,7 +214,10 @@ pub async fn push_seal_show_pull(server: &TestServer) {
         .collect();
     assert_eq!(names, vec!["teleport_amd64.deb"]);
     let err = server
-        .tug(w, &["pull", &id, "--artifact", "nope.rpm", "-o", one.to_str().unwrap()])
+        .tug(
+            w,
+            &["pull", &id, "--artifact", "nope.rpm", "--dest", one.to_str().unwrap()],
+        )
         .fails()
         .to_string();
     assert!(err.contains("no artifact named nope.rpm"), "{err}");
@@ -391,7 +394,7 @@ async fn pull_resumes_an_interrupted_download_and_verifies_it() {
     std::fs::create_dir_all(&dest).unwrap();
     std::fs::write(dest.join("big.bin.part"), &body[..1_000_000]).unwrap();
     let pulled = server
-        .tug(w, &["pull", &id, "-o", dest.to_str().unwrap(), "--output", "json"])
+        .tug(w, &["pull", &id, "--dest", dest.to_str().unwrap(), "--output", "json"])
         .json();
     assert_eq!(pulled["downloaded_bytes"], 1_000_000, "only the missing half travels");
     assert_eq!(std::fs::read(dest.join("big.bin")).unwrap(), body);
@@ -402,17 +405,17 @@ async fn pull_resumes_an_interrupted_download_and_verifies_it() {
     std::fs::create_dir_all(&bad).unwrap();
     std::fs::write(bad.join("big.bin.part"), vec![0u8; 1_000_000]).unwrap();
     let err = server
-        .tug(w, &["pull", &id, "-o", bad.to_str().unwrap()])
+        .tug(w, &["pull", &id, "--dest", bad.to_str().unwrap()])
         .fails()
         .to_string();
     assert!(err.contains("hash to") && err.contains("pull again"), "{err}");
     assert!(!bad.join("big.bin").exists() && !bad.join("big.bin.part").exists());
-    server.tug(w, &["pull", &id, "-o", bad.to_str().unwrap()]).ok();
+    server.tug(w, &["pull", &id, "--dest", bad.to_str().unwrap()]).ok();
     assert_eq!(std::fs::read(bad.join("big.bin")).unwrap(), body);
 
     // A second pull finds the file up to date.
     let again = server
-        .tug(w, &["pull", &id, "-o", dest.to_str().unwrap(), "--output", "json"])
+        .tug(w, &["pull", &id, "--dest", dest.to_str().unwrap(), "--output", "json"])
         .json();
     assert_eq!(again["up_to_date"], 1);
 

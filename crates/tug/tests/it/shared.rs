@@ -41,7 +41,7 @@ async fn two_servers_share_one_database_and_bucket() {
         .json();
     let id = out["build"].as_str().unwrap();
     let pulled = w.join("pulled");
-    b.tug(w, &["pull", id, "-o", pulled.to_str().unwrap()]).ok();
+    b.tug(w, &["pull", id, "--dest", pulled.to_str().unwrap()]).ok();
     assert_eq!(std::fs::read(pulled.join("big.bin")).unwrap(), body);
 
     // A token revoked through one server is refused by the other at once.

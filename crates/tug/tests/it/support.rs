@@ -212,6 +212,12 @@ impl TestServer {
 
     /// Runs the CLI with `token` (empty: no token at all).
     pub fn tug_as(&self, token: &str, cwd: &Path, args: &[&str]) -> Run {
+        self.tug_env(token, cwd, &[], args)
+    }
+
+    /// The CLI as `tug_as` runs it, with stdout and stderr piped, not yet
+    /// started: for tests that handle its pipes themselves.
+    pub fn command(&self, token: &str, cwd: &Path, env: &[(&str, &str)], args: &[&str]) -> Command {
         let mut cmd = Command::new(TUG);
         cmd.args(args).current_dir(cwd);
         clean_env(&mut cmd, cwd);
@@ -219,7 +225,16 @@ impl TestServer {
         if !token.is_empty() {
             cmd.env("TUG_TOKEN", token);
         }
-        let out = cmd.stdin(Stdio::null()).output().expect("run tug");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd
+    }
+
+    /// Runs the CLI as `tug_as` does, with extra environment variables.
+    pub fn tug_env(&self, token: &str, cwd: &Path, env: &[(&str, &str)], args: &[&str]) -> Run {
+        let out = self.command(token, cwd, env, args).output().expect("run tug");
         Run {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
