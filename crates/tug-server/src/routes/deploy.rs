@@ -47,6 +47,7 @@ pub fn deployment(d: DeploymentRow, build: Option<&BuildRow>) -> Deployment {
         replaced: d.replaced,
         reason: d.reason,
         override_freeze: d.override_freeze,
+        approved_by: d.approved_by,
     }
 }
 
@@ -242,6 +243,11 @@ pub async fn status(
                     .into_iter()
                     .map(|r| pending(r, s.environment.approvals))
                     .collect(),
+                expired: s
+                    .expired
+                    .into_iter()
+                    .map(|r| pending(r, s.environment.approvals))
+                    .collect(),
             })
             .collect(),
     }))
@@ -276,16 +282,32 @@ pub async fn history(
     }))
 }
 
+/// Lifts the hold and says what catching up came to.
 pub async fn resume(
     State(state): State<AppState>,
     Caller(who): Caller,
     Path((segment, environment)): Path<(String, String)>,
-) -> Result<StatusCode, ApiError> {
-    state
-        .tugboat
-        .resume_auto_release(&who, &service(&segment)?, &env(&environment)?)
-        .await?;
-    Ok(StatusCode::NO_CONTENT)
+) -> Result<axum::Json<tug_api::Resumed>, ApiError> {
+    let (service, environment) = (service(&segment)?, env(&environment)?);
+    let caught_up = state.tugboat.resume_auto_release(&who, &service, &environment).await?;
+    let (result, refused) = match caught_up {
+        Ok(outcome) => (outcome.map(|o| answer(o).1 .0), None),
+        Err(e) => {
+            let e = ApiError::from(e);
+            let body = tug_api::ErrorBody {
+                code: e.code.to_string(),
+                message: e.message,
+            };
+            (None, Some(body))
+        }
+    };
+    Ok(axum::Json(tug_api::Resumed {
+        service,
+        environment,
+        auto_release_held: false,
+        result,
+        refused,
+    }))
 }
 
 async fn decide(

@@ -89,6 +89,10 @@ pub async fn decide(client: &Client, out: Output, a: DecideArgs, approve: bool) 
             "Rejected: build {} will not go into {}.",
             d.pending.build, d.pending.environment
         ),
+        (None, "deployed") => format!(
+            "Approved. Another approval completed the request at the same moment: build {} is deployed into {}.",
+            d.pending.build, d.pending.environment
+        ),
         _ => format!("Approved. {}", pending_line(&d.pending)),
     })?;
     Ok(ExitCode::SUCCESS)
@@ -256,9 +260,56 @@ pub async fn status(client: &Client, out: Output, service: &str) -> anyhow::Resu
             );
             t.add_row(row);
         }
-        t.to_string()
+        format!("{t}{}", approval_lines(s))
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Under the status table: each environment's requests waiting for
+/// approval, and those that expired since its current deployment.
+fn approval_lines(s: &tug_api::Status) -> String {
+    let now = chrono::Utc::now();
+    let mut lines = Vec::new();
+    for e in &s.environments {
+        for p in &e.pending {
+            let approved = if p.approved_by.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", p.approved_by.join(", "))
+            };
+            let expires = p
+                .expires_at
+                .map(|t| {
+                    let left = (t - now).to_std().unwrap_or_default();
+                    format!(", expires in {}", tug_core::format_duration(left))
+                })
+                .unwrap_or_default();
+            lines.push(format!(
+                "{}: build {} waits for approval: {} of {}{approved}, requested by {}{expires}",
+                e.environment,
+                p.build,
+                p.approved_by.len(),
+                p.need,
+                p.requested_by
+            ));
+        }
+        for p in &e.expired {
+            lines.push(format!(
+                "{}: the request to deploy build {} expired{} with {} of {} approvals (requested by {})",
+                e.environment,
+                p.build,
+                p.expires_at.map(|t| format!(" at {}", time(&t))).unwrap_or_default(),
+                p.approved_by.len(),
+                p.need,
+                p.requested_by
+            ));
+        }
+    }
+    if lines.is_empty() {
+        String::new()
+    } else {
+        format!("\n{}", lines.join("\n"))
+    }
 }
 
 pub async fn history(client: &Client, out: Output, service: &str, env: &str, limit: u32) -> anyhow::Result<ExitCode> {
@@ -266,7 +317,7 @@ pub async fn history(client: &Client, out: Output, service: &str, env: &str, lim
         .history(&ServiceName::parse(service)?, &EnvName::parse(env)?, limit)
         .await?;
     print(out, &h.deployments, |ds| {
-        let mut t = table(&["#", "WHEN", "KIND", "BUILD", "BY", "REPLACED", "REASON"]);
+        let mut t = table(&["#", "WHEN", "KIND", "BUILD", "BY", "APPROVED BY", "REPLACED", "REASON"]);
         for d in ds {
             t.add_row(vec![
                 d.seq.to_string(),
@@ -274,6 +325,7 @@ pub async fn history(client: &Client, out: Output, service: &str, env: &str, lim
                 d.kind.to_string(),
                 build_line(d),
                 d.requested_by.clone().unwrap_or_else(|| "auto".into()),
+                approvers(d),
                 opt(&d.replaced),
                 opt(&d.reason),
             ]);
@@ -281,6 +333,15 @@ pub async fn history(client: &Client, out: Output, service: &str, env: &str, lim
         t.to_string()
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Who approved a deployment, `-` when nobody had to.
+fn approvers(d: &Deployment) -> String {
+    if d.approved_by.is_empty() {
+        "-".into()
+    } else {
+        d.approved_by.join(", ")
+    }
 }
 
 /// Reads the pipeline, lets `edit` change one environment's spec, and
@@ -458,10 +519,25 @@ pub async fn policy(client: &Client, out: Output, c: PolicyCommand) -> anyhow::R
         }
         PolicyCommand::Resume { service, env } => {
             let env = EnvName::parse(&env)?;
-            client.resume_auto_release(&ServiceName::parse(&service)?, &env).await?;
-            let answer = serde_json::json!({"service": service, "environment": env, "auto_release_held": false});
-            print(out, &answer, |_| {
-                format!("Auto-release into {env} of {service} resumed.")
+            let resumed = client.resume_auto_release(&ServiceName::parse(&service)?, &env).await?;
+            print(out, &resumed, |r| {
+                let caught_up = match (&r.result, &r.refused) {
+                    (
+                        Some(DeployResult {
+                            deployment: Some(d), ..
+                        }),
+                        _,
+                    ) => {
+                        format!("\nReleased {} into {env} (deployment {}).", build_line(d), d.seq)
+                    }
+                    (Some(DeployResult { pending: Some(p), .. }), _) => format!("\n{}", pending_line(p)),
+                    (_, Some(e)) => format!(
+                        "\nThe newest build cannot go in yet ({}); auto-release tries again periodically.",
+                        e.message
+                    ),
+                    _ => format!("\n{env} already runs the newest build auto-release may deploy."),
+                };
+                format!("Auto-release into {env} of {service} resumed.{caught_up}")
             })?;
         }
     }
