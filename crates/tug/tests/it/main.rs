@@ -5,6 +5,7 @@
 mod agents;
 mod auth;
 mod bad_input;
+mod concurrency;
 mod config;
 mod crash;
 mod deploy;
