@@ -159,10 +159,13 @@ impl Tugboat {
     /// auto-releasing environment of every service. Safe to run on several
     /// servers at once.
     pub async fn sweep(&self) -> Result<()> {
+        let began = std::time::Instant::now();
         self.expire_due_requests().await?;
-        for (service, _) in self.db.list_services().await? {
-            self.reconcile_service(&service).await;
+        let services = self.db.list_services().await?;
+        for (service, _) in &services {
+            self.reconcile_service(service).await;
         }
+        tracing::debug!(services = services.len(), took = ?began.elapsed(), "swept");
         Ok(())
     }
 

@@ -115,23 +115,25 @@ pub fn pending(r: RequestRow, need: u32) -> PendingDeployment {
 
 /// 201 with the deployment, or 202 with the request that waits.
 fn answer(outcome: Outcome) -> (StatusCode, axum::Json<DeployResult>) {
+    let status = match outcome {
+        Outcome::Deployed { .. } => StatusCode::CREATED,
+        Outcome::Pending { .. } => StatusCode::ACCEPTED,
+    };
+    (status, axum::Json(deploy_result(outcome)))
+}
+
+fn deploy_result(outcome: Outcome) -> DeployResult {
     match outcome {
-        Outcome::Deployed { deployment: d, build } => (
-            StatusCode::CREATED,
-            axum::Json(DeployResult {
-                status: "deployed".into(),
-                deployment: Some(deployment(d, Some(&build))),
-                pending: None,
-            }),
-        ),
-        Outcome::Pending { request, need } => (
-            StatusCode::ACCEPTED,
-            axum::Json(DeployResult {
-                status: "pending_approval".into(),
-                deployment: None,
-                pending: Some(pending(request, need)),
-            }),
-        ),
+        Outcome::Deployed { deployment: d, build } => DeployResult {
+            status: "deployed".into(),
+            deployment: Some(deployment(d, Some(&build))),
+            pending: None,
+        },
+        Outcome::Pending { request, need } => DeployResult {
+            status: "pending_approval".into(),
+            deployment: None,
+            pending: Some(pending(request, need)),
+        },
     }
 }
 
@@ -291,7 +293,7 @@ pub async fn resume(
     let (service, environment) = (service(&segment)?, env(&environment)?);
     let caught_up = state.tugboat.resume_auto_release(&who, &service, &environment).await?;
     let (result, refused) = match caught_up {
-        Ok(outcome) => (outcome.map(|o| answer(o).1 .0), None),
+        Ok(outcome) => (outcome.map(deploy_result), None),
         Err(e) => {
             let e = ApiError::from(e);
             let body = tug_api::ErrorBody {
