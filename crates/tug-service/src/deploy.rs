@@ -935,3 +935,29 @@ pub(crate) fn environment<'p>(pipeline: &'p Pipeline, name: &EnvName) -> Result<
             .join(", "),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn an_approval_timeout_past_the_end_of_time_is_refused_not_a_panic() {
+        let env = EnvName::parse("production").unwrap();
+        let now = Utc::now();
+        let day = Duration::from_secs(86_400);
+        assert_eq!(expiry(now, day, &env).unwrap(), now + chrono::Duration::days(1));
+        for timeout in [day * 99_999_999, Duration::MAX, Duration::from_secs(i64::MAX as u64)] {
+            let err = expiry(now, timeout, &env).unwrap_err();
+            assert!(
+                matches!(err, Error::Invalid(ref m) if m.contains("approval_timeout")),
+                "{err}"
+            );
+        }
+        // The latest instant still works.
+        let last = DateTime::<Utc>::MAX_UTC - chrono::Duration::seconds(1);
+        assert!(expiry(last, Duration::from_secs(1), &env).is_ok());
+        assert!(expiry(last, Duration::from_secs(2), &env).is_err());
+    }
+}
