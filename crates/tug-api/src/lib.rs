@@ -349,6 +349,10 @@ pub struct Deployment {
     pub replaced_short_id: Option<String>,
     pub reason: Option<String>,
     pub override_freeze: bool,
+    /// Who approved the request this deployment carried out (none when the
+    /// environment needed no approvals).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approved_by: Vec<String>,
 }
 
 /// One environment in `GET /v1/services/{service}/status`.
@@ -363,6 +367,10 @@ pub struct EnvironmentStatus {
     pub current: Option<Deployment>,
     /// Deployments into this environment waiting for approvals.
     pub pending: Vec<PendingDeployment>,
+    /// Requests into this environment that expired (nobody approved them
+    /// in time) since its current deployment, newest first.
+    #[serde(default)]
+    pub expired: Vec<PendingDeployment>,
     /// The agents following this environment.
     pub agents: AgentCounts,
     /// The rollout of the current build to those agents.
@@ -476,6 +484,24 @@ pub struct DeployResult {
     pub pending: Option<PendingDeployment>,
 }
 
+/// The answer to `POST /v1/services/{service}/environments/{env}/resume`:
+/// the hold is lifted and auto-release caught up at once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Resumed {
+    pub service: ServiceName,
+    pub environment: tug_core::EnvName,
+    pub auto_release_held: bool,
+    /// The newest eligible build of the branch deployed (or waiting for
+    /// approvals); `None` when the environment already runs it or there is
+    /// none.
+    #[serde(default)]
+    pub result: Option<DeployResult>,
+    /// Why the newest build could not go in yet (a freeze window, say);
+    /// auto-release tries again periodically.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<ErrorBody>,
+}
+
 /// Body of `POST /v1/services/{service}/approve` and `/reject`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -545,7 +571,8 @@ pub struct Event {
     pub at: DateTime<Utc>,
     /// `build.created`, `build.sealed`, `build.yanked`, `build.unembargoed`,
     /// `pipeline.applied`, `deployment`, `approval.requested`,
-    /// `approval.approved`, `approval.rejected`, `auto_release.resumed`,
+    /// `approval.approved`, `approval.rejected`, `approval.expired`,
+    /// `approval.superseded`, `auto_release.resumed`,
     /// `rollout.progress`, `rollout.halted`, `rollout.resumed`,
     /// `rollout.rollback_failed`.
     pub kind: String,

@@ -411,9 +411,15 @@ impl Client {
         self.json(self.with_json(Method::POST, &path, &body)).await
     }
 
-    pub async fn resume_auto_release(&self, service: &ServiceName, env: &tug_core::EnvName) -> Result<()> {
+    /// Lifts an environment's auto-release hold; the answer says what
+    /// auto-release did at once.
+    pub async fn resume_auto_release(
+        &self,
+        service: &ServiceName,
+        env: &tug_core::EnvName,
+    ) -> Result<tug_api::Resumed> {
         let path = format!("/v1/services/{service}/environments/{env}/resume");
-        self.send(self.request(Method::POST, &path)).await.map(|_| ())
+        self.json(self.request(Method::POST, &path)).await
     }
 
     pub async fn yank(&self, reference: &str, reason: Option<String>) -> Result<Build> {

@@ -298,7 +298,7 @@ pub fn evaluate(p: &Proposal) -> Verdict {
         if p.auto_release_held {
             refuse(
                 Violation::AUTO_RELEASE_HOLD,
-                format!("auto-release into {name} is on hold since a manual release; release the build explicitly or lift the hold"),
+                format!("auto-release into {name} is on hold since a manual release or rollback; release the build explicitly or lift the hold (tug policy resume)"),
             );
         }
     }

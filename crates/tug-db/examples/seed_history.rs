@@ -183,6 +183,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 reason: None,
                 override_freeze: false,
                 at,
+                request: None,
             },
             state.seq,
             None,

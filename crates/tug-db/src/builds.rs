@@ -320,6 +320,27 @@ impl Db {
         Ok(builds)
     }
 
+    /// The newest sealed build of `branch` by seal time (ties broken by id)
+    /// that may still be deployed: not yanked, and not embargoed unless
+    /// `embargoed` allows it. What auto-release wants an environment to run.
+    pub async fn newest_releasable(
+        &self,
+        service: &ServiceName,
+        branch: &str,
+        embargoed: bool,
+    ) -> Result<Option<BuildRow>> {
+        let row = sqlx::query(&format!(
+            "SELECT {LIST_COLUMNS} FROM builds b WHERE b.service = $1 AND b.branch = $2 AND b.state = 'sealed' \
+             AND b.yanked_at IS NULL{} ORDER BY b.sealed_at DESC, b.id DESC LIMIT 1",
+            if embargoed { "" } else { " AND b.embargoed = 0" }
+        ))
+        .bind(service.as_str())
+        .bind(branch)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(build_from_row).transpose()
+    }
+
     /// A build's artifacts, by name.
     pub async fn artifacts(&self, id: &BuildId) -> Result<Vec<ArtifactSpec>> {
         let rows = sqlx::query(

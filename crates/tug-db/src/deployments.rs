@@ -2,7 +2,11 @@
 //! row of an environment is what it should run. A deployment is written
 //! with a compare-and-set on the environment's sequence number, so of two
 //! concurrent deployments to one environment exactly one wins, on any
-//! number of servers sharing the database.
+//! number of servers sharing the database. A deployment that carries out an
+//! approved request closes the request in the same transaction, so one
+//! request deploys at most once; at most one request per build and
+//! environment is pending at a time (a unique index), and requests past
+//! their expiry are never read as pending.
 
 use chrono::{DateTime, Utc};
 use sqlx::any::AnyRow;
@@ -34,6 +38,9 @@ pub struct NewDeployment {
     pub reason: Option<String>,
     pub override_freeze: bool,
     pub at: DateTime<Utc>,
+    /// The approved request this deployment carries out: it must still be
+    /// pending (and not expired) and is closed with the deployment.
+    pub request: Option<String>,
 }
 
 /// A recorded deployment.
@@ -51,6 +58,10 @@ pub struct DeploymentRow {
     pub replaced: Option<BuildId>,
     pub reason: Option<String>,
     pub override_freeze: bool,
+    /// The request it carried out, when the environment needed approvals.
+    pub request: Option<String>,
+    /// Who approved that request, oldest approval first.
+    pub approved_by: Vec<String>,
 }
 
 /// An environment's position in the log.
@@ -73,8 +84,8 @@ fn kind(s: &str) -> Result<DeployKind> {
     }
 }
 
-const COLUMNS: &str =
-    "id, service, environment, seq, build_id, kind, requested_by, deployed_at, replaced_build, reason, override";
+const COLUMNS: &str = "id, service, environment, seq, build_id, kind, requested_by, deployed_at, replaced_build, \
+     reason, override, request_id";
 
 fn deployment_from_row(r: &AnyRow) -> Result<DeploymentRow> {
     Ok(DeploymentRow {
@@ -89,6 +100,8 @@ fn deployment_from_row(r: &AnyRow) -> Result<DeploymentRow> {
         replaced: opt_parse(r.try_get("replaced_build")?, BuildId::parse)?,
         reason: r.try_get("reason")?,
         override_freeze: r.try_get::<i64, _>("override")? != 0,
+        request: r.try_get("request_id")?,
+        approved_by: Vec::new(),
     })
 }
 
@@ -190,7 +203,13 @@ impl Db {
             .bind(seq)
             .fetch_optional(&self.pool)
             .await?;
-            r.as_ref().map(deployment_from_row).transpose()?
+            match r.as_ref().map(deployment_from_row).transpose()? {
+                Some(mut d) => {
+                    self.fill_approvers(std::slice::from_mut(&mut d)).await?;
+                    Some(d)
+                }
+                None => None,
+            }
         } else {
             None
         };
@@ -204,8 +223,11 @@ impl Db {
     /// Appends a deployment if the environment is still at `expected_seq`
     /// (what [`Db::env_state`] said when the policies were checked). When
     /// another deployment got there first: [`Error::Conflict`], nothing
-    /// written. `hold` sets or clears the environment's auto-release hold in
-    /// the same transaction.
+    /// written. When `d.request` names a request, it moves from pending to
+    /// deployed in the same transaction; if it is no longer pending (another
+    /// approval carried it out, it was rejected, or it expired by `d.at`):
+    /// [`Error::RequestNotPending`], nothing written. `hold` sets or clears
+    /// the environment's auto-release hold in the same transaction.
     pub async fn deploy(&self, d: &NewDeployment, expected_seq: i64, hold: Option<bool>) -> Result<DeploymentRow> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
@@ -215,6 +237,23 @@ impl Db {
         .bind(d.environment.as_str())
         .execute(&mut *tx)
         .await?;
+        // The request first: of several approvals completing it at once,
+        // the first to close it deploys; the others find it closed and
+        // abandon their transaction (PostgreSQL re-checks the condition
+        // after the winner commits; SQLite has one writer).
+        if let Some(request) = &d.request {
+            let closed = sqlx::query(
+                "UPDATE deployment_requests SET state = 'deployed' WHERE id = $1 AND state = 'pending' \
+                 AND (expires_at IS NULL OR expires_at > $2)",
+            )
+            .bind(request)
+            .bind(d.at.timestamp_millis())
+            .execute(&mut *tx)
+            .await?;
+            if closed.rows_affected() != 1 {
+                return Err(Error::RequestNotPending(request.clone()));
+            }
+        }
         let moved = sqlx::query("UPDATE environments SET seq = seq + 1 WHERE service = $1 AND name = $2 AND seq = $3")
             .bind(d.service.as_str())
             .bind(d.environment.as_str())
@@ -249,7 +288,7 @@ impl Db {
         };
         sqlx::query(
             "INSERT INTO deployments (id, service, environment, seq, build_id, kind, requested_by, deployed_at, \
-             replaced_build, reason, override) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+             replaced_build, reason, override, request_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(&d.id)
         .bind(d.service.as_str())
@@ -262,8 +301,17 @@ impl Db {
         .bind(replaced.clone())
         .bind(d.reason.clone())
         .bind(i64::from(d.override_freeze))
+        .bind(d.request.clone())
         .execute(&mut *tx)
         .await?;
+        let approved_by = match &d.request {
+            Some(request) => approvers(&mut tx, std::slice::from_ref(request))
+                .await?
+                .into_iter()
+                .map(|(_, who)| who)
+                .collect(),
+            None => Vec::new(),
+        };
         tx.commit().await?;
         Ok(DeploymentRow {
             id: d.id.clone(),
@@ -277,6 +325,8 @@ impl Db {
             replaced: replaced.as_deref().map(|b| parse(b, BuildId::parse)).transpose()?,
             reason: d.reason.clone(),
             override_freeze: d.override_freeze,
+            request: d.request.clone(),
+            approved_by,
         })
     }
 
@@ -310,7 +360,41 @@ impl Db {
         .bind(env.as_str())
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(deployment_from_row).collect()
+        let mut deployments = rows.iter().map(deployment_from_row).collect::<Result<Vec<_>>>()?;
+        self.fill_approvers(&mut deployments).await?;
+        Ok(deployments)
+    }
+
+    /// Sets `approved_by` of deployments that carried out a request.
+    async fn fill_approvers(&self, deployments: &mut [DeploymentRow]) -> Result<()> {
+        let requests: Vec<String> = deployments.iter().filter_map(|d| d.request.clone()).collect();
+        if requests.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.pool.acquire().await?;
+        let mut by_request: std::collections::HashMap<String, Vec<String>> = std::collections::HashMap::new();
+        for (request, who) in approvers(&mut conn, &requests).await? {
+            by_request.entry(request).or_default().push(who);
+        }
+        for d in deployments {
+            if let Some(who) = d.request.as_ref().and_then(|r| by_request.remove(r)) {
+                d.approved_by = who;
+            }
+        }
+        Ok(())
+    }
+
+    /// The deployment that carried out a request, if one did.
+    pub async fn deployment_of_request(&self, request: &str) -> Result<Option<DeploymentRow>> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM deployments WHERE request_id = $1"))
+            .bind(request)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(mut d) = row.as_ref().map(deployment_from_row).transpose()? else {
+            return Ok(None);
+        };
+        self.fill_approvers(std::slice::from_mut(&mut d)).await?;
+        Ok(Some(d))
     }
 
     /// When `build` last became current in `env`, if it ever did.
@@ -332,6 +416,30 @@ impl Db {
     }
 }
 
+/// (request, approver) of every approval of `requests`, oldest first per
+/// request. The requester never counts, whatever the table says.
+async fn approvers(conn: &mut sqlx::AnyConnection, requests: &[String]) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    // Well under both dialects' limits on bound parameters.
+    for chunk in requests.chunks(500) {
+        let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT a.request_id, a.approver FROM approvals a JOIN deployment_requests r ON r.id = a.request_id \
+             WHERE a.decision = 'approve' AND a.approver <> r.requested_by AND a.request_id IN ({}) \
+             ORDER BY a.request_id, a.decided_at, a.approver",
+            placeholders.join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for r in chunk {
+            q = q.bind(r.as_str());
+        }
+        for row in q.fetch_all(&mut *conn).await? {
+            out.push((row.try_get("request_id")?, row.try_get("approver")?));
+        }
+    }
+    Ok(out)
+}
+
 /// A deployment waiting for approvals.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestRow {
@@ -340,7 +448,8 @@ pub struct RequestRow {
     pub environment: EnvName,
     pub build: BuildId,
     pub kind: DeployKind,
-    /// pending, deployed, rejected or expired.
+    /// pending, deployed, rejected, expired or superseded (by a newer
+    /// auto-release request).
     pub state: String,
     pub requested_by: String,
     pub requested_at: DateTime<Utc>,
@@ -351,13 +460,42 @@ pub struct RequestRow {
     pub decisions: Vec<(String, String)>,
 }
 
+impl RequestRow {
+    /// Whether the request's time ran out by `now` (whatever its state says:
+    /// a pending request past its expiry is expired, swept or not).
+    pub fn is_due(&self, now: DateTime<Utc>) -> bool {
+        self.expires_at.is_some_and(|t| t <= now)
+    }
+}
+
+/// What [`Db::create_request`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreatedRequest {
+    /// The request is stored; these older auto-release requests of the
+    /// environment were superseded by it.
+    Created { superseded: Vec<RequestRow> },
+    /// A request for the same build and environment is pending already
+    /// (made at the same moment by someone else); nothing was stored.
+    AlreadyPending,
+}
+
 const REQUEST_COLUMNS: &str =
     "id, service, environment, build_id, kind, state, requested_by, requested_at, expires_at, reason, override";
 
+/// Requests that are pending and not past their expiry at `$n`.
+fn open_at(n: usize) -> String {
+    format!("state = 'pending' AND (expires_at IS NULL OR expires_at > ${n})")
+}
+
 impl Db {
-    /// Records a deployment that waits for approvals.
-    pub async fn create_request(&self, r: &RequestRow) -> Result<()> {
-        sqlx::query(&format!(
+    /// Records a deployment that waits for approvals. At most one request
+    /// per build and environment is pending (a unique index decides between
+    /// concurrent requests). With `supersede`, the environment's other
+    /// pending auto-release requests are superseded in the same transaction:
+    /// only the newest build auto-release wants waits for approvers.
+    pub async fn create_request(&self, r: &RequestRow, supersede: bool) -> Result<CreatedRequest> {
+        let mut tx = self.pool.begin().await?;
+        let res = sqlx::query(&format!(
             "INSERT INTO deployment_requests ({REQUEST_COLUMNS}) VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $9, $10)"
         ))
         .bind(&r.id)
@@ -370,15 +508,45 @@ impl Db {
         .bind(r.expires_at.map(|t| t.timestamp_millis()))
         .bind(r.reason.clone())
         .bind(i64::from(r.override_freeze))
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        .execute(&mut *tx)
+        .await;
+        match res {
+            Ok(_) => {}
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => return Ok(CreatedRequest::AlreadyPending),
+            Err(e) => return Err(e.into()),
+        }
+        let superseded = if supersede {
+            sqlx::query(&format!(
+                "UPDATE deployment_requests SET state = 'superseded' WHERE service = $1 AND environment = $2 \
+                 AND kind = $3 AND state = 'pending' AND id <> $4 RETURNING {REQUEST_COLUMNS}"
+            ))
+            .bind(r.service.as_str())
+            .bind(r.environment.as_str())
+            .bind(DeployKind::AutoRelease.as_str())
+            .bind(&r.id)
+            .fetch_all(&mut *tx)
+            .await?
+        } else {
+            Vec::new()
+        };
+        tx.commit().await?;
+        Ok(CreatedRequest::Created {
+            superseded: self.requests_from_rows(&superseded).await?,
+        })
+    }
+
+    async fn requests_from_rows(&self, rows: &[AnyRow]) -> Result<Vec<RequestRow>> {
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            out.push(self.request_from_row(r).await?);
+        }
+        Ok(out)
     }
 
     async fn request_from_row(&self, row: &AnyRow) -> Result<RequestRow> {
         let id: String = row.try_get("id")?;
         let decisions =
-            sqlx::query("SELECT approver, decision FROM approvals WHERE request_id = $1 ORDER BY decided_at")
+            sqlx::query("SELECT approver, decision FROM approvals WHERE request_id = $1 ORDER BY decided_at, approver")
                 .bind(&id)
                 .fetch_all(&self.pool)
                 .await?
@@ -401,41 +569,132 @@ impl Db {
         })
     }
 
-    /// The pending request to deploy `build` into `env`, if any.
-    pub async fn pending_request(
-        &self,
-        service: &ServiceName,
-        env: &EnvName,
-        build: &BuildId,
-    ) -> Result<Option<RequestRow>> {
-        let row = sqlx::query(&format!(
-            "SELECT {REQUEST_COLUMNS} FROM deployment_requests WHERE service = $1 AND environment = $2 \
-             AND build_id = $3 AND state = 'pending' ORDER BY requested_at DESC LIMIT 1"
-        ))
-        .bind(service.as_str())
-        .bind(env.as_str())
-        .bind(build.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
+    async fn opt_request(&self, row: Option<AnyRow>) -> Result<Option<RequestRow>> {
         match row {
             Some(r) => Ok(Some(self.request_from_row(&r).await?)),
             None => Ok(None),
         }
     }
 
-    /// Every pending request of a service, oldest first.
-    pub async fn pending_requests(&self, service: &ServiceName) -> Result<Vec<RequestRow>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {REQUEST_COLUMNS} FROM deployment_requests WHERE service = $1 AND state = 'pending' ORDER BY requested_at"
+    /// A request by id, whatever its state.
+    pub async fn request(&self, id: &str) -> Result<Option<RequestRow>> {
+        let row = sqlx::query(&format!(
+            "SELECT {REQUEST_COLUMNS} FROM deployment_requests WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        self.opt_request(row).await
+    }
+
+    /// The request to deploy `build` into `env` that is pending at `now`,
+    /// if any (one past its expiry is not, even before it is swept).
+    pub async fn pending_request(
+        &self,
+        service: &ServiceName,
+        env: &EnvName,
+        build: &BuildId,
+        now: DateTime<Utc>,
+    ) -> Result<Option<RequestRow>> {
+        let row = sqlx::query(&format!(
+            "SELECT {REQUEST_COLUMNS} FROM deployment_requests WHERE service = $1 AND environment = $2 \
+             AND build_id = $3 AND {} ORDER BY requested_at DESC LIMIT 1",
+            open_at(4)
         ))
         .bind(service.as_str())
+        .bind(env.as_str())
+        .bind(build.as_str())
+        .bind(now.timestamp_millis())
+        .fetch_optional(&self.pool)
+        .await?;
+        self.opt_request(row).await
+    }
+
+    /// The newest request (of `kind`, or of any kind) to deploy `build` into
+    /// `env`, in any state.
+    pub async fn last_request(
+        &self,
+        service: &ServiceName,
+        env: &EnvName,
+        build: &BuildId,
+        kind: Option<DeployKind>,
+    ) -> Result<Option<RequestRow>> {
+        let row = sqlx::query(&format!(
+            "SELECT {REQUEST_COLUMNS} FROM deployment_requests WHERE service = $1 AND environment = $2 \
+             AND build_id = $3 AND ($4 = '' OR kind = $4) ORDER BY id DESC LIMIT 1"
+        ))
+        .bind(service.as_str())
+        .bind(env.as_str())
+        .bind(build.as_str())
+        .bind(kind.map_or("", DeployKind::as_str))
+        .fetch_optional(&self.pool)
+        .await?;
+        self.opt_request(row).await
+    }
+
+    /// Every request of a service pending at `now`, oldest first.
+    pub async fn pending_requests(&self, service: &ServiceName, now: DateTime<Utc>) -> Result<Vec<RequestRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {REQUEST_COLUMNS} FROM deployment_requests WHERE service = $1 AND {} ORDER BY requested_at, id",
+            open_at(2)
+        ))
+        .bind(service.as_str())
+        .bind(now.timestamp_millis())
         .fetch_all(&self.pool)
         .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in &rows {
-            out.push(self.request_from_row(r).await?);
+        self.requests_from_rows(&rows).await
+    }
+
+    /// Requests into `env` that expired after `since` and by `now` (swept
+    /// or still marked pending), newest first, at most `limit`. Each is
+    /// returned with state `expired`.
+    pub async fn expired_requests(
+        &self,
+        service: &ServiceName,
+        env: &EnvName,
+        since: DateTime<Utc>,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<RequestRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {REQUEST_COLUMNS} FROM deployment_requests WHERE service = $1 AND environment = $2 \
+             AND state IN ('pending', 'expired') AND expires_at > $3 AND expires_at <= $4 \
+             ORDER BY expires_at DESC, id DESC LIMIT {}",
+            limit.max(1)
+        ))
+        .bind(service.as_str())
+        .bind(env.as_str())
+        .bind(since.timestamp_millis())
+        .bind(now.timestamp_millis())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = self.requests_from_rows(&rows).await?;
+        for r in &mut out {
+            r.state = "expired".into();
         }
         Ok(out)
+    }
+
+    /// Marks every pending request past its expiry at `now` as expired and
+    /// returns those this call moved: of several servers sweeping at once,
+    /// each request is returned to exactly one.
+    pub async fn expire_due_requests(&self, now: DateTime<Utc>) -> Result<Vec<RequestRow>> {
+        let rows = sqlx::query(&format!(
+            "UPDATE deployment_requests SET state = 'expired' WHERE state = 'pending' AND expires_at <= $1 \
+             RETURNING {REQUEST_COLUMNS}"
+        ))
+        .bind(now.timestamp_millis())
+        .fetch_all(&self.pool)
+        .await?;
+        self.requests_from_rows(&rows).await
+    }
+
+    /// When the next pending request expires, if any does.
+    pub async fn next_expiry(&self) -> Result<Option<DateTime<Utc>>> {
+        let row = sqlx::query("SELECT MIN(expires_at) AS at FROM deployment_requests WHERE state = 'pending'")
+            .fetch_one(&self.pool)
+            .await?;
+        opt_millis(row.try_get("at")?)
     }
 
     /// Records one approver's decision; a second decision by the same

@@ -31,7 +31,7 @@ mod tokens;
 
 pub use agents::AgentRow;
 pub use builds::{BuildFilter, BuildRow, NewBuild};
-pub use deployments::{DeploymentRow, EnvState, NewDeployment, PipelineRow, RequestRow};
+pub use deployments::{CreatedRequest, DeploymentRow, EnvState, NewDeployment, PipelineRow, RequestRow};
 pub use events::EventRow;
 pub use rollouts::{RolloutCounts, RolloutRow, SoakClock};
 pub use tokens::{NewToken, TokenRow};
@@ -60,6 +60,8 @@ pub enum Error {
     ServiceNotFound(ServiceName),
     #[error("{0}")]
     Conflict(String),
+    #[error("deployment request {0} is no longer pending")]
+    RequestNotPending(String),
     #[error("stored row is not valid: {0}")]
     Corrupt(String),
 }

@@ -154,6 +154,11 @@ impl From<Error> for ApiError {
             ),
             Error::NothingToDeploy(m) => ApiError::new(S::CONFLICT, "nothing_to_deploy", m),
             Error::Conflict(m) => ApiError::new(S::CONFLICT, "conflict", m),
+            Error::RequestClosed(id) => ApiError::new(
+                S::CONFLICT,
+                "request_closed",
+                format!("deployment request {id} is no longer pending; see tug status"),
+            ),
             Error::Store(e) => match e {
                 e @ tug_store::Error::DigestMismatch { .. } => {
                     ApiError::bad_request("digest_mismatch", format!("{e}; upload the bytes under their real digest"))
@@ -189,7 +194,8 @@ impl From<Error> for ApiError {
                 e @ (tug_db::Error::BuildNotFound(_)
                 | tug_db::Error::ServiceNotFound(_)
                 | tug_db::Error::TokenNameTaken(_)
-                | tug_db::Error::Conflict(_)) => ApiError::from(Error::from(e)),
+                | tug_db::Error::Conflict(_)
+                | tug_db::Error::RequestNotPending(_)) => ApiError::from(Error::from(e)),
                 e @ (tug_db::Error::Sqlx(_)
                 | tug_db::Error::Migrate(_)
                 | tug_db::Error::UnsupportedUrl(_)

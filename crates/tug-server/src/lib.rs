@@ -263,9 +263,14 @@ impl Started {
         // the whole route table for every accepted connection (`with_state`
         // on a clone), and the connection keeps its copy: about 37 KiB of heap
         // per connection, most of what a held long-poll cost.
-        axum::serve(self.listener, self.router.into_make_service())
+        // Auto-release reconciliation and approval expiry: at once (a seal
+        // whose release a crash lost is released now) and then periodically.
+        let sweeper = tokio::spawn(self.tugboat.clone().sweeper(tug_service::SWEEP_EVERY));
+        let served = axum::serve(self.listener, self.router.into_make_service())
             .with_graceful_shutdown(shutdown)
-            .await?;
+            .await;
+        sweeper.abort();
+        served?;
         self.tugboat.db().close().await;
         Ok(())
     }

@@ -5,13 +5,14 @@
 //! the environment's compare-and-set, so concurrent deployments never both
 //! win. A promotion is a metadata write: no byte of the build moves.
 
+use chrono::{DateTime, Utc};
 use tug_core::pipeline_changes::PipelineChange;
 use tug_core::short_id::IdPrefix;
 use tug_core::{
     bump, evaluate, next_cloud_version, Action, BuildFacts, BuildId, BuildState, DeployKind, EnvName, Environment,
     Part, Pipeline, Proposal, Role, ServerRule, ServiceName, Verdict, Version,
 };
-use tug_db::{BuildFilter, BuildRow, DeploymentRow, EnvState, NewDeployment, PipelineRow, RequestRow};
+use tug_db::{BuildFilter, BuildRow, CreatedRequest, DeploymentRow, EnvState, NewDeployment, PipelineRow, RequestRow};
 
 use crate::{Error, Principal, Result, Tugboat};
 
@@ -50,10 +51,13 @@ pub enum Outcome {
 /// What an approval or rejection came to.
 #[derive(Debug, Clone)]
 pub struct Decision {
+    /// The request as it stands after the decision: still pending,
+    /// rejected, or deployed (by this approval or by one made at the same
+    /// moment).
     pub request: RequestRow,
     pub need: u32,
-    /// Set, with the deployed build, when this approval was the last one
-    /// needed.
+    /// Set, with the deployed build, when this approval carried the
+    /// deployment out.
     pub deployment: Option<(DeploymentRow, Box<BuildRow>)>,
 }
 
@@ -68,6 +72,13 @@ pub(crate) struct Intent<'a> {
     pub(crate) admin: bool,
     /// Approvals from distinct approvers other than the requester.
     pub(crate) approvals: u32,
+    /// The approved request this deployment carries out (closed in the
+    /// deployment's transaction, so it deploys once).
+    pub(crate) request: Option<String>,
+    /// The environment's state the caller has already judged (auto-release
+    /// compares builds with what runs): the deployment happens only if the
+    /// environment is still there. Read afresh when `None`.
+    pub(crate) state: Option<EnvState>,
 }
 
 /// What changed between two builds.
@@ -88,6 +99,9 @@ pub struct EnvStatus {
     pub build: Option<BuildRow>,
     /// Deployments into this environment waiting for approvals.
     pub pending: Vec<RequestRow>,
+    /// Requests into this environment that expired since its current
+    /// deployment (since ever, when it runs nothing), newest first.
+    pub expired: Vec<RequestRow>,
     /// The rollout of the current build to the environment's agents.
     pub rollout: crate::RolloutStatus,
 }
@@ -165,6 +179,8 @@ impl Tugboat {
             serde_json::json!({"revision": row.revision}),
         )
         .await;
+        // An environment may have just gained its auto-release.
+        self.reconcile_service(service).await;
         Ok(self.view(row, pipeline, true))
     }
 
@@ -297,10 +313,13 @@ impl Tugboat {
                     .build
             }
             (None, Some(branch)) => {
-                self.newest_sealed(service, Some(branch.clone()), None)
+                self.db
+                    .newest_releasable(service, branch, environment.private)
                     .await?
                     .ok_or_else(|| {
-                        Error::NothingToDeploy(format!("service {service} has no sealed build of branch {branch}"))
+                        Error::NothingToDeploy(format!(
+                            "service {service} has no sealed build of branch {branch} that may go into {to}"
+                        ))
                     })?
                     .id
             }
@@ -387,44 +406,6 @@ impl Tugboat {
             options,
         ))
         .await
-    }
-
-    /// Releases a newly sealed build into every environment that
-    /// auto-releases its branch. Refusals are logged, not returned: the
-    /// seal itself succeeded.
-    pub(crate) async fn auto_release(&self, build: &BuildRow) -> Vec<Outcome> {
-        let Some(branch) = build.source.branch.clone() else {
-            return Vec::new();
-        };
-        let view = match self.pipeline_of(&build.service).await {
-            Ok(v) => v,
-            Err(_) => return Vec::new(),
-        };
-        let mut done = Vec::new();
-        for environment in view
-            .pipeline
-            .environments
-            .iter()
-            .filter(|e| e.auto_release.as_deref() == Some(branch.as_str()))
-        {
-            let intent = Intent {
-                service: &build.service,
-                environment,
-                build: build.clone(),
-                kind: DeployKind::AutoRelease,
-                options: DeployOptions::default(),
-                requested_by: None,
-                admin: false,
-                approvals: 0,
-            };
-            match self.carry_out(intent).await {
-                Ok(d) => done.push(d),
-                Err(e) => {
-                    tracing::info!(build = %build.id, env = %environment.name, error = %e, "no auto-release")
-                }
-            }
-        }
-        done
     }
 
     /// The next version of a service: a cloud version (`<major>.0.0-cloud.
@@ -525,11 +506,22 @@ impl Tugboat {
         })
     }
 
-    /// Clears an environment's auto-release hold.
-    pub async fn resume_auto_release(&self, who: &Principal, service: &ServiceName, env: &EnvName) -> Result<()> {
+    /// Clears an environment's auto-release hold and catches up at once:
+    /// the newest eligible build of its branch is released (or waits for
+    /// approvals) unless it runs already. The outer result is the resume's;
+    /// the inner one says what catching up came to (`None`: nothing to
+    /// release). When catching up is refused (a freeze window, say) the
+    /// hold stays lifted and the periodic sweep releases the build once the
+    /// policies allow it.
+    pub async fn resume_auto_release(
+        &self,
+        who: &Principal,
+        service: &ServiceName,
+        env: &EnvName,
+    ) -> Result<Result<Option<Outcome>>> {
         self.require(who, Action::Deploy)?;
         let view = self.pipeline_of(service).await?;
-        environment(&view.pipeline, env)?;
+        let environment = environment(&view.pipeline, env)?;
         self.db.set_auto_release_hold(service, env, false).await?;
         self.emit(
             "auto_release.resumed",
@@ -538,13 +530,14 @@ impl Tugboat {
             serde_json::json!({"environment": env}),
         )
         .await;
-        Ok(())
+        Ok(self.reconcile(service, environment).await)
     }
 
     /// Every environment of the service in pipeline order with what it runs.
     pub async fn status(&self, who: &Principal, service: &ServiceName) -> Result<(PipelineView, Vec<EnvStatus>)> {
         self.require(who, Action::Read)?;
         let view = self.pipeline_of(service).await?;
+        let now = self.now();
         let mut out = Vec::with_capacity(view.pipeline.environments.len());
         for environment in &view.pipeline.environments {
             let state = self.db.env_state(service, &environment.name).await?;
@@ -554,15 +547,24 @@ impl Tugboat {
             };
             let pacing = crate::Pacing::of(service, environment, &state, build.as_ref().is_some_and(|b| b.critical));
             let rollout = self.status_of(&pacing).await?;
+            let since = state
+                .current
+                .as_ref()
+                .map_or(DateTime::<Utc>::MIN_UTC, |d| d.deployed_at);
+            let expired = self
+                .db
+                .expired_requests(service, &environment.name, since, now, EXPIRED_SHOWN)
+                .await?;
             out.push(EnvStatus {
                 environment: environment.clone(),
                 state,
                 build,
                 pending: Vec::new(),
+                expired,
                 rollout,
             });
         }
-        for request in self.db.pending_requests(service).await? {
+        for request in self.db.pending_requests(service, now).await? {
             if let Some(s) = out.iter_mut().find(|s| s.environment.name == request.environment) {
                 s.pending.push(request);
             }
@@ -610,7 +612,9 @@ impl Tugboat {
     /// Approves or rejects the pending deployment of `build` into `env`.
     /// The requester never approves their own deployment; each approver
     /// decides once; the last approval needed carries the deployment out
-    /// (the policies are checked again then).
+    /// (the policies are checked again then). Of several approvals that
+    /// complete a request at the same moment exactly one deploys; the others
+    /// are recorded and answered with the request as deployed.
     pub async fn decide(
         &self,
         who: &Principal,
@@ -623,24 +627,14 @@ impl Tugboat {
         let view = self.pipeline_of(service).await?;
         let environment = environment(&view.pipeline, env)?;
         let build = self.resolve(build).await?;
-        let request = self.db.pending_request(service, env, &build.id).await?.ok_or_else(|| {
-            Error::NothingToDeploy(format!(
-                "no deployment of build {} into {env} of {service} waits for approval",
-                build.id
-            ))
-        })?;
+        let now = self.now();
+        let Some(request) = self.db.pending_request(service, env, &build.id, now).await? else {
+            return Err(self.nothing_waits(service, env, &build.id, now).await);
+        };
         if request.requested_by == who.name.as_str() {
             return Err(Error::SelfApproval {
                 token: who.name.clone(),
             });
-        }
-        let now = self.now();
-        if request.expires_at.is_some_and(|t| t <= now) {
-            self.db.close_request(&request.id, "expired").await?;
-            return Err(Error::NothingToDeploy(format!(
-                "the request to deploy build {} into {env} expired; ask for the deployment again",
-                build.id
-            )));
         }
         let decision = if approve { "approve" } else { "reject" };
         self.db.decide(&request.id, who.name.as_str(), decision, now).await?;
@@ -653,61 +647,128 @@ impl Tugboat {
         let need = environment.approvals;
         if !approve {
             self.db.close_request(&request.id, "rejected").await?;
-            let request = RequestRow {
-                state: "rejected".into(),
-                ..request
-            };
+            // Whatever it came to (rejected now, or deployed by an approval
+            // that got there first).
+            let request = self.db.request(&request.id).await?.unwrap_or(request);
             return Ok(Decision {
                 request,
                 need,
                 deployment: None,
             });
         }
-        let request = self
-            .db
-            .pending_request(service, env, &build.id)
-            .await?
-            .unwrap_or(request);
-        let approvals = approvals(&request);
-        if approvals < need {
-            return Ok(Decision {
-                request,
-                need,
-                deployment: None,
-            });
-        }
-        let intent = Intent {
-            service,
-            environment,
-            build,
-            kind: request.kind,
-            options: DeployOptions {
-                override_freeze: request.override_freeze,
-                reason: request.reason.clone(),
-            },
-            requested_by: Some(request.requested_by.clone()),
-            // The override was checked when the request was made.
-            admin: request.override_freeze,
-            approvals,
+        self.carry_out_request(environment, build, &request.id, need).await
+    }
+
+    /// Why no request for `build` into `env` waits for approval: it expired
+    /// (say so, and expire it if no sweep has yet), or there is none.
+    async fn nothing_waits(&self, service: &ServiceName, env: &EnvName, build: &BuildId, now: DateTime<Utc>) -> Error {
+        let last = match self.db.last_request(service, env, build, None).await {
+            Ok(last) => last,
+            Err(e) => return e.into(),
         };
-        match self.carry_out(intent).await? {
-            Outcome::Deployed { deployment, build } => {
-                self.db.close_request(&request.id, "deployed").await?;
-                let request = RequestRow {
-                    state: "deployed".into(),
-                    ..request
-                };
-                Ok(Decision {
+        match last {
+            Some(r) if r.state == "expired" || (r.state == "pending" && r.is_due(now)) => {
+                if let Err(e) = self.expire_due_requests().await {
+                    tracing::warn!(error = %e, "cannot expire due requests");
+                }
+                Error::NothingToDeploy(format!(
+                    "the request to deploy build {build} into {env} expired{}; ask for the deployment again",
+                    r.expires_at
+                        .map(|t| format!(" at {}", crate::rfc3339(t)))
+                        .unwrap_or_default()
+                ))
+            }
+            _ => Error::NothingToDeploy(format!(
+                "no deployment of build {build} into {env} of {service} waits for approval"
+            )),
+        }
+    }
+
+    /// Carries out an approved request if it has the approvals it needs.
+    /// Another deployment into the environment landing first is not the
+    /// approver's problem: it is tried again. The request being closed
+    /// meanwhile (deployed by a concurrent approval, rejected, expired) is
+    /// answered with the request as it stands.
+    async fn carry_out_request(
+        &self,
+        environment: &Environment,
+        build: BuildRow,
+        request_id: &str,
+        need: u32,
+    ) -> Result<Decision> {
+        let mut attempt = 0;
+        loop {
+            let request = self
+                .db
+                .request(request_id)
+                .await?
+                .ok_or_else(|| Error::NothingToDeploy(format!("deployment request {request_id} is gone")))?;
+            let now = self.now();
+            match request.state.as_str() {
+                "pending" if !request.is_due(now) => {}
+                "deployed" => {
+                    return Ok(Decision {
+                        request,
+                        need,
+                        deployment: None,
+                    })
+                }
+                _ => {
+                    return Err(self
+                        .nothing_waits(&request.service, &environment.name, &build.id, now)
+                        .await)
+                }
+            }
+            let approvals = approvals(&request);
+            if approvals < need {
+                return Ok(Decision {
                     request,
                     need,
-                    deployment: Some((deployment, build)),
-                })
+                    deployment: None,
+                });
             }
-            Outcome::Pending { request, need } => Ok(Decision {
-                request,
-                need,
-                deployment: None,
-            }),
+            let intent = Intent {
+                service: &request.service,
+                environment,
+                build: build.clone(),
+                kind: request.kind,
+                options: DeployOptions {
+                    override_freeze: request.override_freeze,
+                    reason: request.reason.clone(),
+                },
+                requested_by: Some(request.requested_by.clone()),
+                // The override was checked when the request was made.
+                admin: request.override_freeze,
+                approvals,
+                request: Some(request.id.clone()),
+                state: None,
+            };
+            match self.carry_out(intent).await {
+                Ok(Outcome::Deployed { deployment, build }) => {
+                    let request = RequestRow {
+                        state: "deployed".into(),
+                        ..request
+                    };
+                    return Ok(Decision {
+                        request,
+                        need,
+                        deployment: Some((deployment, build)),
+                    });
+                }
+                Ok(Outcome::Pending { request, need }) => {
+                    return Ok(Decision {
+                        request,
+                        need,
+                        deployment: None,
+                    })
+                }
+                Err(Error::RequestClosed(_)) => {}
+                Err(Error::Conflict(_)) if attempt < CONFLICT_ATTEMPTS => {
+                    attempt += 1;
+                    crate::reconcile::jitter(attempt).await;
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
 
@@ -723,6 +784,8 @@ impl Tugboat {
             requested_by,
             admin,
             approvals,
+            request,
+            state,
         } = intent;
         if options.override_freeze {
             if !admin {
@@ -734,7 +797,10 @@ impl Tugboat {
                 return Err(Error::Invalid("an override needs a reason: pass --reason \"…\"".into()));
             }
         }
-        let state = self.db.env_state(service, &environment.name).await?;
+        let state = match state {
+            Some(s) => s,
+            None => self.db.env_state(service, &environment.name).await?,
+        };
         let (passed_upstream, in_upstream_since) = match &environment.upstream {
             Some(up) => {
                 let at = self.db.last_deployed_at(service, up, &build.id).await?;
@@ -775,33 +841,18 @@ impl Tugboat {
             Verdict::Allowed => {}
             Verdict::Refused(violations) => return Err(Error::Policy(violations)),
             Verdict::NeedsApproval { need, .. } => {
-                if let Some(request) = self.db.pending_request(service, &environment.name, &build.id).await? {
-                    return Ok(Outcome::Pending { request, need });
-                }
-                let timeout = environment.approval_timeout.unwrap_or(self.settings.approval_timeout);
-                let request = RequestRow {
-                    id: uuid::Uuid::now_v7().to_string(),
-                    service: service.clone(),
-                    environment: environment.name.clone(),
-                    build: build.id.clone(),
-                    kind,
-                    state: "pending".into(),
-                    requested_by: requested_by.unwrap_or_else(|| "auto-release".into()),
-                    requested_at: now,
-                    expires_at: chrono::Duration::from_std(timeout).ok().map(|d| now + d),
-                    reason: options.reason,
-                    override_freeze: options.override_freeze,
-                    decisions: Vec::new(),
-                };
-                self.db.create_request(&request).await?;
-                self.emit_request("approval.requested", Some(request.requested_by.as_str()), &request)
-                    .await;
+                let request = self
+                    .request_approvals(service, environment, &build, kind, options, requested_by)
+                    .await?;
                 return Ok(Outcome::Pending { request, need });
             }
         }
-        // A manual release into an auto-releasing environment holds its
-        // auto-release until `tug policy resume`.
-        let hold = (kind == DeployKind::Release && environment.auto_release.is_some()).then_some(true);
+        // A manual release or rollback into an auto-releasing environment
+        // holds its auto-release until `tug policy resume`: otherwise the
+        // next reconciliation would replace the build someone chose (or
+        // bring back the one they rolled back from).
+        let manual = matches!(kind, DeployKind::Release | DeployKind::Rollback);
+        let hold = (manual && environment.auto_release.is_some()).then_some(true);
         let deployment = NewDeployment {
             id: uuid::Uuid::now_v7().to_string(),
             service: service.clone(),
@@ -812,6 +863,7 @@ impl Tugboat {
             reason: options.reason,
             override_freeze: options.override_freeze,
             at: now,
+            request,
         };
         let done = self.db.deploy(&deployment, state.seq, hold).await?;
         self.emit_deployment(&done).await;
@@ -820,6 +872,87 @@ impl Tugboat {
             build: Box::new(build),
         })
     }
+
+    /// Finds the pending request to deploy `build` into the environment, or
+    /// makes it: never a second one, however many ask at once.
+    async fn request_approvals(
+        &self,
+        service: &ServiceName,
+        environment: &Environment,
+        build: &BuildRow,
+        kind: DeployKind,
+        options: DeployOptions,
+        requested_by: Option<String>,
+    ) -> Result<RequestRow> {
+        let timeout = environment.approval_timeout.unwrap_or(self.settings.approval_timeout);
+        for _ in 0..CONFLICT_ATTEMPTS {
+            let now = self.now();
+            if let Some(request) = self
+                .db
+                .pending_request(service, &environment.name, &build.id, now)
+                .await?
+            {
+                return Ok(request);
+            }
+            let request = RequestRow {
+                id: uuid::Uuid::now_v7().to_string(),
+                service: service.clone(),
+                environment: environment.name.clone(),
+                build: build.id.clone(),
+                kind,
+                state: "pending".into(),
+                requested_by: requested_by.clone().unwrap_or_else(|| "auto-release".into()),
+                requested_at: now,
+                expires_at: Some(expiry(now, timeout, &environment.name)?),
+                reason: options.reason.clone(),
+                override_freeze: options.override_freeze,
+                decisions: Vec::new(),
+            };
+            let supersede = kind == DeployKind::AutoRelease;
+            match self.db.create_request(&request, supersede).await? {
+                CreatedRequest::Created { superseded } => {
+                    self.emit_request("approval.requested", Some(request.requested_by.as_str()), &request)
+                        .await;
+                    for old in &superseded {
+                        self.emit_request("approval.superseded", None, old).await;
+                    }
+                    self.requests.notify_one();
+                    return Ok(request);
+                }
+                // Made by someone else at the same moment (read it next
+                // round), or one past its expiry that no sweep has marked
+                // yet keeps the place (mark it, then make ours).
+                CreatedRequest::AlreadyPending => {
+                    self.expire_due_requests().await?;
+                }
+            }
+        }
+        Err(Error::Conflict(format!(
+            "could not record the request to deploy build {} into {}; try again",
+            build.id, environment.name
+        )))
+    }
+}
+
+/// How often an approval that completes a request, or a request made while
+/// others are made, tries again after losing a race it need not lose.
+const CONFLICT_ATTEMPTS: u32 = 20;
+
+/// How many expired requests `status` shows per environment.
+const EXPIRED_SHOWN: u32 = 10;
+
+/// When a request made at `now` expires: refused (rather than overflowing)
+/// when the timeout reaches past what a timestamp can hold.
+fn expiry(now: DateTime<Utc>, timeout: std::time::Duration, env: &EnvName) -> Result<DateTime<Utc>> {
+    chrono::Duration::from_std(timeout)
+        .ok()
+        .and_then(|d| now.checked_add_signed(d))
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "the approval_timeout of {env} ({}) is too long to compute an expiry; set a shorter one",
+                tug_core::format_duration(timeout)
+            ))
+        })
 }
 
 /// Distinct approvals of a request (each approver decides once; the
@@ -850,6 +983,8 @@ impl<'a> Intent<'a> {
             requested_by: Some(who.name.to_string()),
             admin: who.role == Role::Admin,
             approvals: 0,
+            request: None,
+            state: None,
         }
     }
 }
@@ -865,4 +1000,30 @@ pub(crate) fn environment<'p>(pipeline: &'p Pipeline, name: &EnvName) -> Result<
             .collect::<Vec<_>>()
             .join(", "),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn an_approval_timeout_past_the_end_of_time_is_refused_not_a_panic() {
+        let env = EnvName::parse("production").unwrap();
+        let now = Utc::now();
+        let day = Duration::from_secs(86_400);
+        assert_eq!(expiry(now, day, &env).unwrap(), now + chrono::Duration::days(1));
+        for timeout in [day * 99_999_999, Duration::MAX, Duration::from_secs(i64::MAX as u64)] {
+            let err = expiry(now, timeout, &env).unwrap_err();
+            assert!(
+                matches!(err, Error::Invalid(ref m) if m.contains("approval_timeout")),
+                "{err}"
+            );
+        }
+        // The latest instant still works.
+        let last = DateTime::<Utc>::MAX_UTC - chrono::Duration::seconds(1);
+        assert!(expiry(last, Duration::from_secs(1), &env).is_ok());
+        assert!(expiry(last, Duration::from_secs(2), &env).is_err());
+    }
 }

@@ -66,6 +66,8 @@ pub enum Error {
     SelfApproval { token: TokenName },
     #[error("{0}")]
     Conflict(String),
+    #[error("deployment request {0} is no longer pending")]
+    RequestClosed(String),
     #[error(transparent)]
     Store(tug_store::Error),
     #[error(transparent)]
@@ -85,6 +87,7 @@ impl From<tug_db::Error> for Error {
             tug_db::Error::ServiceNotFound(s) => Error::ServiceNotFound(s),
             tug_db::Error::BuildNotFound(id) => Error::BuildNotFound(id.to_string()),
             tug_db::Error::Conflict(m) => Error::Conflict(m),
+            tug_db::Error::RequestNotPending(id) => Error::RequestClosed(id),
             other => Error::Db(other),
         }
     }

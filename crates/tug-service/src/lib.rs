@@ -25,11 +25,13 @@ mod agents;
 mod deploy;
 mod error;
 mod events;
+mod reconcile;
 mod rollouts;
 
 pub use agents::{ChannelView, STALE_AFTER};
 pub use deploy::{BuildSelector, Decision, DeployOptions, Diff, EnvStatus, Outcome, PipelineRevision, PipelineView};
 pub use error::Error;
+pub use reconcile::SWEEP_EVERY;
 pub use rollouts::{Grant, Pacing, RolloutStatus};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -153,6 +155,9 @@ pub struct Tugboat {
     grants: Arc<tokio::sync::Mutex<()>>,
     /// Woken after every event recorded here (see [`Tugboat::recorded`]).
     recorded: Arc<tokio::sync::Notify>,
+    /// Woken when this instance makes an approval request, so the sweeper
+    /// learns when it expires (see [`Tugboat::sweeper`]).
+    requests: Arc<tokio::sync::Notify>,
 }
 
 /// What a build reference on the command line or in a URL names.
@@ -186,7 +191,7 @@ fn hash_secret(secret: &str) -> String {
     Digest::of(secret.as_bytes()).hex()
 }
 
-fn rfc3339(t: DateTime<Utc>) -> String {
+pub(crate) fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
@@ -199,6 +204,7 @@ impl Tugboat {
             clock: Arc::new(Utc::now),
             grants: Arc::default(),
             recorded: Arc::default(),
+            requests: Arc::default(),
         }
     }
 
@@ -661,6 +667,9 @@ impl Tugboat {
 
     /// Seals a draft: checks the expected artifacts and derivations, stores
     /// the canonical manifest. Sealing a sealed build returns it unchanged.
+    /// Either way, the environments that auto-release the build's branch
+    /// are reconciled before the answer (so sealing again repairs a release
+    /// a crash lost right after the seal).
     pub async fn seal_build(&self, who: &Principal, reference: &str) -> Result<BuildRow> {
         self.require(who, Action::WriteBuilds)?;
         let build = self.resolve(reference).await?;
@@ -683,18 +692,22 @@ impl Tugboat {
         match sealed {
             Ok(Ok(row)) => {
                 self.emit_build("build.sealed", Some(who.name.as_str()), &row).await;
-                self.auto_release(&row).await;
+                self.reconcile_after_seal(&row).await;
                 Ok(row)
             }
             Ok(Err(e)) => Err(Error::Seal(e)),
             Err(tug_db::Error::NotDraft {
                 state: BuildState::Sealed,
                 ..
-            }) => self
-                .db
-                .build(&build.id)
-                .await?
-                .ok_or(Error::BuildNotFound(build.id.to_string())),
+            }) => {
+                let row = self
+                    .db
+                    .build(&build.id)
+                    .await?
+                    .ok_or(Error::BuildNotFound(build.id.to_string()))?;
+                self.reconcile_after_seal(&row).await;
+                Ok(row)
+            }
             Err(e) => Err(e.into()),
         }
     }

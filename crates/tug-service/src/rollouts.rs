@@ -466,6 +466,8 @@ impl Tugboat {
                 requested_by: Some("auto-rollback".into()),
                 admin: true,
                 approvals: 0,
+                request: None,
+                state: None,
             };
             self.carry_out(intent).await
         }

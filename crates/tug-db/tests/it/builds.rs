@@ -8,11 +8,11 @@ use tug_core::{
 };
 use tug_db::{BuildFilter, Db, Error, NewBuild};
 
-fn service() -> ServiceName {
+pub(crate) fn service() -> ServiceName {
     ServiceName::parse("api").unwrap()
 }
 
-async fn draft(db: &Db, branch: &str, version: &str, expected: &[&str]) -> BuildId {
+pub(crate) async fn draft(db: &Db, branch: &str, version: &str, expected: &[&str]) -> BuildId {
     db.create_service(&service(), Utc::now()).await.unwrap();
     let id = BuildId::parse(&uuid::Uuid::now_v7().to_string()).unwrap();
     db.insert_build(&NewBuild {
@@ -35,7 +35,7 @@ async fn draft(db: &Db, branch: &str, version: &str, expected: &[&str]) -> Build
     id
 }
 
-fn spec(name: &str, body: &str, from: &[&str]) -> ArtifactSpec {
+pub(crate) fn spec(name: &str, body: &str, from: &[&str]) -> ArtifactSpec {
     ArtifactSpec {
         name: ArtifactName::parse(name).unwrap(),
         kind: ArtifactKind::guess(name),
@@ -50,10 +50,19 @@ fn seal_with(
     db: &Db,
     id: &BuildId,
 ) -> impl std::future::Future<Output = tug_db::Result<Result<tug_db::BuildRow, SealError>>> {
+    seal_at(db, id, Utc::now())
+}
+
+/// Seals `id` as if at `at`.
+pub(crate) fn seal_at(
+    db: &Db,
+    id: &BuildId,
+    at: chrono::DateTime<Utc>,
+) -> impl std::future::Future<Output = tug_db::Result<Result<tug_db::BuildRow, SealError>>> {
     let db = db.clone();
     let id = id.clone();
     async move {
-        db.seal_build(&id, Utc::now(), |b, artifacts| {
+        db.seal_build(&id, at, |b, artifacts| {
             BuildManifest::seal(Draft {
                 id: &b.id,
                 service: &b.service,

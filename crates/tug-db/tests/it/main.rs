@@ -3,6 +3,7 @@
 //! server the test command started).
 
 mod builds;
+mod deployments;
 mod tokens;
 
 use tug_db::Db;

@@ -50,6 +50,7 @@ pub fn deployment(d: DeploymentRow, build: Option<&BuildRow>) -> Deployment {
         replaced_short_id: None,
         reason: d.reason,
         override_freeze: d.override_freeze,
+        approved_by: d.approved_by,
     }
 }
 
@@ -166,26 +167,28 @@ pub fn pending(r: RequestRow, need: u32) -> PendingDeployment {
 
 /// 201 with the deployment, or 202 with the request that waits.
 async fn answer(state: &AppState, who: &Principal, outcome: Outcome) -> (StatusCode, axum::Json<DeployResult>) {
-    let (status, mut result) = match outcome {
-        Outcome::Deployed { deployment: d, build } => (
-            StatusCode::CREATED,
-            DeployResult {
-                status: "deployed".into(),
-                deployment: Some(deployment(d, Some(&build))),
-                pending: None,
-            },
-        ),
-        Outcome::Pending { request, need } => (
-            StatusCode::ACCEPTED,
-            DeployResult {
-                status: "pending_approval".into(),
-                deployment: None,
-                pending: Some(pending(request, need)),
-            },
-        ),
+    let status = match outcome {
+        Outcome::Deployed { .. } => StatusCode::CREATED,
+        Outcome::Pending { .. } => StatusCode::ACCEPTED,
     };
+    let mut result = deploy_result(outcome);
     fill_short_ids(state, who, result.deployment.as_mut(), result.pending.as_mut()).await;
     (status, axum::Json(result))
+}
+
+fn deploy_result(outcome: Outcome) -> DeployResult {
+    match outcome {
+        Outcome::Deployed { deployment: d, build } => DeployResult {
+            status: "deployed".into(),
+            deployment: Some(deployment(d, Some(&build))),
+            pending: None,
+        },
+        Outcome::Pending { request, need } => DeployResult {
+            status: "pending_approval".into(),
+            deployment: None,
+            pending: Some(pending(request, need)),
+        },
+    }
 }
 
 pub async fn release(
@@ -296,21 +299,22 @@ pub async fn status(
                     .into_iter()
                     .map(|r| pending(r, s.environment.approvals))
                     .collect(),
+                expired: s
+                    .expired
+                    .into_iter()
+                    .map(|r| pending(r, s.environment.approvals))
+                    .collect(),
             })
             .collect(),
     };
-    let (current, waiting): (Vec<_>, Vec<_>) = status
-        .environments
-        .iter_mut()
-        .map(|e| (e.current.as_mut(), e.pending.iter_mut()))
-        .unzip();
-    fill_short_ids(
-        &state,
-        &who,
-        current.into_iter().flatten(),
-        waiting.into_iter().flatten(),
-    )
-    .await;
+    let mut current = Vec::new();
+    let mut waiting = Vec::new();
+    for e in &mut status.environments {
+        current.extend(e.current.as_mut());
+        waiting.extend(e.pending.iter_mut());
+        waiting.extend(e.expired.iter_mut());
+    }
+    fill_short_ids(&state, &who, current, waiting).await;
     Ok(axum::Json(status))
 }
 
@@ -343,16 +347,35 @@ pub async fn history(
     Ok(axum::Json(History { deployments }))
 }
 
+/// Lifts the hold and says what catching up came to.
 pub async fn resume(
     State(state): State<AppState>,
     Caller(who): Caller,
     Path((segment, environment)): Path<(String, String)>,
-) -> Result<StatusCode, ApiError> {
-    state
-        .tugboat
-        .resume_auto_release(&who, &service(&segment)?, &env(&environment)?)
-        .await?;
-    Ok(StatusCode::NO_CONTENT)
+) -> Result<axum::Json<tug_api::Resumed>, ApiError> {
+    let (service, environment) = (service(&segment)?, env(&environment)?);
+    let caught_up = state.tugboat.resume_auto_release(&who, &service, &environment).await?;
+    let (mut result, refused) = match caught_up {
+        Ok(outcome) => (outcome.map(deploy_result), None),
+        Err(e) => {
+            let e = ApiError::from(e);
+            let body = tug_api::ErrorBody {
+                code: e.code.to_string(),
+                message: e.message,
+            };
+            (None, Some(body))
+        }
+    };
+    if let Some(r) = result.as_mut() {
+        fill_short_ids(&state, &who, r.deployment.as_mut(), r.pending.as_mut()).await;
+    }
+    Ok(axum::Json(tug_api::Resumed {
+        service,
+        environment,
+        auto_release_held: false,
+        result,
+        refused,
+    }))
 }
 
 async fn decide(

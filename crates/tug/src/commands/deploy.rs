@@ -90,6 +90,11 @@ pub async fn decide(client: &Client, out: Output, a: DecideArgs, approve: bool) 
             short(&d.pending.build_short_id, &d.pending.build),
             d.pending.environment
         ),
+        (None, "deployed") => format!(
+            "Approved. Another approval completed the request at the same moment: build {} is deployed into {}.",
+            short(&d.pending.build_short_id, &d.pending.build),
+            d.pending.environment
+        ),
         _ => format!("Approved. {}", pending_line(&d.pending)),
     })?;
     Ok(ExitCode::SUCCESS)
@@ -299,6 +304,7 @@ pub async fn status(client: &Client, out: Output, service: &str) -> anyhow::Resu
             text.push('\n');
             text.push_str(&n);
         }
+        text.push_str(&approval_lines(s));
         text
     })?;
     Ok(ExitCode::SUCCESS)
@@ -307,6 +313,54 @@ pub async fn status(client: &Client, out: Output, service: &str) -> anyhow::Resu
 /// A commit for tables: its first 12 characters.
 fn commit(c: Option<&str>) -> String {
     c.map(|c| c.chars().take(12).collect()).unwrap_or_else(|| "-".into())
+}
+
+/// Under the status table: each environment's requests waiting for
+/// approval, and those that expired since its current deployment.
+fn approval_lines(s: &tug_api::Status) -> String {
+    let now = chrono::Utc::now();
+    let mut lines = Vec::new();
+    for e in &s.environments {
+        for p in &e.pending {
+            let approved = if p.approved_by.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", p.approved_by.join(", "))
+            };
+            let expires = p
+                .expires_at
+                .map(|t| {
+                    let left = (t - now).to_std().unwrap_or_default();
+                    format!(", expires in {}", tug_core::format_duration(left))
+                })
+                .unwrap_or_default();
+            lines.push(format!(
+                "{}: build {} waits for approval: {} of {}{approved}, requested by {}{expires}",
+                e.environment,
+                short(&p.build_short_id, &p.build),
+                p.approved_by.len(),
+                p.need,
+                p.requested_by
+            ));
+        }
+        for p in &e.expired {
+            lines.push(format!(
+                "{}: the request to deploy build {} expired{} with {} of {} {} (requested by {})",
+                e.environment,
+                short(&p.build_short_id, &p.build),
+                p.expires_at.map(|t| format!(" at {}", time(&t))).unwrap_or_default(),
+                p.approved_by.len(),
+                p.need,
+                if p.need == 1 { "approval" } else { "approvals" },
+                p.requested_by
+            ));
+        }
+    }
+    if lines.is_empty() {
+        String::new()
+    } else {
+        format!("\n{}", lines.join("\n"))
+    }
 }
 
 pub async fn history(client: &Client, out: Output, service: &str, env: &str, limit: u32) -> anyhow::Result<ExitCode> {
@@ -320,11 +374,12 @@ pub async fn history(client: &Client, out: Output, service: &str, env: &str, lim
             col("KIND", 2),
             keep("BUILD"),
             col("VERSION", 1),
-            col("BRANCH", 5),
-            col("COMMIT", 7),
-            col("BY", 4),
-            col("REPLACED", 6),
-            text("REASON", 8),
+            col("BRANCH", 6),
+            col("COMMIT", 8),
+            col("BY", 5),
+            col("APPROVED BY", 4),
+            col("REPLACED", 7),
+            text("REASON", 9),
         ]);
         for d in ds {
             let summary = d.summary.as_ref();
@@ -338,6 +393,7 @@ pub async fn history(client: &Client, out: Output, service: &str, env: &str, lim
                 opt(&src.branch),
                 commit(src.commit.as_deref()),
                 d.requested_by.clone().unwrap_or_else(|| "auto".into()),
+                approvers(d),
                 d.replaced.as_ref().map_or_else(
                     || "-".to_string(),
                     |r| short(d.replaced_short_id.as_deref().unwrap_or_default(), r),
@@ -348,6 +404,15 @@ pub async fn history(client: &Client, out: Output, service: &str, env: &str, lim
         t.to_string()
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Who approved a deployment, `-` when nobody had to.
+fn approvers(d: &Deployment) -> String {
+    if d.approved_by.is_empty() {
+        "-".into()
+    } else {
+        d.approved_by.join(", ")
+    }
 }
 
 /// Reads the pipeline, lets `edit` change one environment's spec, and
@@ -551,10 +616,25 @@ pub async fn policy(client: &Client, out: Output, c: PolicyCommand) -> anyhow::R
         }
         PolicyCommand::Resume { service, env } => {
             let env = EnvName::parse(&env)?;
-            client.resume_auto_release(&ServiceName::parse(&service)?, &env).await?;
-            let answer = serde_json::json!({"service": service, "environment": env, "auto_release_held": false});
-            print(out, &answer, |_| {
-                format!("Auto-release into {env} of {service} resumed.")
+            let resumed = client.resume_auto_release(&ServiceName::parse(&service)?, &env).await?;
+            print(out, &resumed, |r| {
+                let caught_up = match (&r.result, &r.refused) {
+                    (
+                        Some(DeployResult {
+                            deployment: Some(d), ..
+                        }),
+                        _,
+                    ) => {
+                        format!("\nReleased {} into {env} (deployment {}).", build_line(d), d.seq)
+                    }
+                    (Some(DeployResult { pending: Some(p), .. }), _) => format!("\n{}", pending_line(p)),
+                    (_, Some(e)) => format!(
+                        "\nThe newest build cannot go in yet ({}); auto-release tries again periodically.",
+                        e.message
+                    ),
+                    _ => format!("\n{env} already runs the newest build auto-release may deploy."),
+                };
+                format!("Auto-release into {env} of {service} resumed.{caught_up}")
             })?;
         }
     }

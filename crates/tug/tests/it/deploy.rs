@@ -20,13 +20,13 @@ upstream = "dev"
 branch_restriction = "^master$"
 "#;
 
-fn apply(server: &TestServer, w: &Path, text: &str) -> crate::support::Run {
+pub fn apply(server: &TestServer, w: &Path, text: &str) -> crate::support::Run {
     std::fs::write(w.join("pipeline.toml"), text).unwrap();
     server.tug(w, &["pipeline", "apply", "-f", "pipeline.toml", "--output", "json"])
 }
 
 /// Pushes and seals a build of `branch`; returns its id.
-fn sealed(server: &TestServer, w: &Path, branch: &str, commit: &str, version: &str) -> String {
+pub fn sealed(server: &TestServer, w: &Path, branch: &str, commit: &str, version: &str) -> String {
     let file = format!("{commit}.bin");
     write_files(w, &[(file.as_str(), commit.as_bytes())]);
     let out = server
@@ -52,7 +52,7 @@ fn sealed(server: &TestServer, w: &Path, branch: &str, commit: &str, version: &s
     out["build"].as_str().unwrap().to_string()
 }
 
-fn current(server: &TestServer, w: &Path, env: &str) -> Option<String> {
+pub fn current(server: &TestServer, w: &Path, env: &str) -> Option<String> {
     let status = server.tug(w, &["status", "api", "--output", "json"]).json();
     let e = status["environments"]
         .as_array()
@@ -357,6 +357,43 @@ async fn freeze_windows_soak_and_server_rules() {
     assert!(err.contains("server_branch_restriction"), "{err}");
 }
 
+/// A draft of `branch` with one artifact (its bytes name the version),
+/// ready to be sealed.
+pub async fn filled_draft(
+    client: &tug_client::Client,
+    service: &tug_core::ServiceName,
+    branch: &str,
+    version: &str,
+) -> tug_api::Build {
+    let b = client
+        .create_build(&tug_api::CreateBuild {
+            service: service.clone(),
+            version: tug_core::Version::parse(version).unwrap(),
+            source: tug_core::BuildSource {
+                branch: Some(branch.into()),
+                ..Default::default()
+            },
+            ci: Default::default(),
+            expected: vec![],
+            embargoed: false,
+        })
+        .await
+        .unwrap();
+    let body = format!("build {version} {}", b.id).into_bytes();
+    let digest = tug_core::Digest::of(&body);
+    client.put_blob_bytes(&digest, body.clone()).await.unwrap();
+    let spec = tug_core::ArtifactSpec {
+        name: tug_core::ArtifactName::parse("app.bin").unwrap(),
+        kind: tug_core::ArtifactKind::Binary,
+        platform: None,
+        size: body.len() as u64,
+        digest,
+        derived_from: vec![],
+    };
+    client.register_artifacts(b.id.as_str(), vec![spec]).await.unwrap();
+    b
+}
+
 /// Fires 50 releases of 50 different builds at one environment at once.
 /// Each either wins or gets 409 conflict; the log has exactly the winners,
 /// in an unbroken chain where each replaced the one before: no lost update.
@@ -370,32 +407,7 @@ pub async fn concurrent_releases(servers: &[&TestServer]) {
     let service = tug_core::ServiceName::parse("api").unwrap();
     let mut builds = Vec::new();
     for i in 0..50 {
-        let b = client
-            .create_build(&tug_api::CreateBuild {
-                service: service.clone(),
-                version: tug_core::Version::parse(&format!("1.0.{i}")).unwrap(),
-                source: tug_core::BuildSource {
-                    branch: Some("feature".into()),
-                    ..Default::default()
-                },
-                ci: Default::default(),
-                expected: vec![],
-                embargoed: false,
-            })
-            .await
-            .unwrap();
-        let body = format!("build {i}").into_bytes();
-        let digest = tug_core::Digest::of(&body);
-        client.put_blob_bytes(&digest, body.clone()).await.unwrap();
-        let spec = tug_core::ArtifactSpec {
-            name: tug_core::ArtifactName::parse("app.bin").unwrap(),
-            kind: tug_core::ArtifactKind::Binary,
-            platform: None,
-            size: body.len() as u64,
-            digest,
-            derived_from: vec![],
-        };
-        client.register_artifacts(b.id.as_str(), vec![spec]).await.unwrap();
+        let b = filled_draft(&client, &service, "feature", &format!("1.0.{i}")).await;
         client.seal(b.id.as_str()).await.unwrap();
         builds.push(b.id.to_string());
     }
@@ -452,7 +464,18 @@ async fn concurrent_releases_on_two_servers_sharing_postgres() {
     concurrent_releases(&[&a, &b]).await;
 }
 
-const TRAIN: &str = r#"
+/// Creates a token; returns its secret.
+pub fn token(server: &TestServer, w: &Path, name: &str, role: &str) -> String {
+    let t = server
+        .tug(
+            w,
+            &["token", "create", "--name", name, "--role", role, "--output", "json"],
+        )
+        .json();
+    t["secret"].as_str().unwrap().to_string()
+}
+
+pub const TRAIN: &str = r#"
 service = "api"
 
 [[environments]]
@@ -472,15 +495,7 @@ async fn approvals_from_distinct_approvers_carry_a_deployment_out() {
     let w = w.path();
     server.tug(w, &["service", "create", "api"]).ok();
     apply(&server, w, TRAIN).ok();
-    let token = |name: &str, role: &str| -> String {
-        let t = server
-            .tug(
-                w,
-                &["token", "create", "--name", name, "--role", role, "--output", "json"],
-            )
-            .json();
-        t["secret"].as_str().unwrap().to_string()
-    };
+    let token = |name: &str, role: &str| token(&server, w, name, role);
     let (deployer, alice, bob, viewer) = (
         token("deployer", "deployer"),
         token("alice", "approver"),

@@ -6,6 +6,7 @@ mod agents;
 mod auth;
 mod bad_input;
 mod cli;
+mod concurrency;
 mod config;
 mod crash;
 mod deploy;

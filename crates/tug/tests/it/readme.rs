@@ -107,7 +107,10 @@ fn script(blocks: &[Block], url: &str) -> String {
             }
             "toml" => {
                 if let Some(file) = toml_file(&b.body) {
-                    s.push_str(&format!("cat > {file} <<'README_TOML_EOF'\n{}README_TOML_EOF\n", b.body));
+                    s.push_str(&format!(
+                        "cat > {file} <<'README_TOML_EOF'\n{}README_TOML_EOF\n",
+                        b.body
+                    ));
                 }
             }
             _ => {}
@@ -200,7 +203,10 @@ mod parsing {
 
     #[test]
     fn a_fails_comment_inverts_the_command() {
-        assert_eq!(must_fail("tug build seal \"$B\"   # fails: missing"), Some("tug build seal \"$B\"  "));
+        assert_eq!(
+            must_fail("tug build seal \"$B\"   # fails: missing"),
+            Some("tug build seal \"$B\"  ")
+        );
         assert_eq!(must_fail("tug build seal \"$B\"   # seals it"), None);
     }
 }

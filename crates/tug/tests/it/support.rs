@@ -106,6 +106,15 @@ impl TestServer {
         self.dir.path().join("tug-data")
     }
 
+    /// The database this server uses, for a test that changes it behind
+    /// the server's back.
+    pub fn database_url(&self) -> String {
+        match &self.backend {
+            Backend::Embedded => format!("sqlite://{}/tug.db", self.data_dir().display()),
+            Backend::Shared { database, .. } => database.clone(),
+        }
+    }
+
     /// A second server on the same database and store (Shared backends) or
     /// the same data directory.
     pub async fn sibling(&self) -> TestServer {
