@@ -370,7 +370,10 @@ async fn resume_catches_up(backend: Backend) {
         .tug(w, &["policy", "resume", "api", "--env", "trials"])
         .ok()
         .to_string();
-    assert!(resumed.contains("resumed") && resumed.contains(&b3), "{resumed}");
+    assert!(
+        resumed.contains("resumed") && resumed.contains(&short_id(&server, w, &b3)),
+        "{resumed}"
+    );
     assert_eq!(
         current(&server, w, "trials").as_deref(),
         Some(b3.as_str()),
@@ -434,10 +437,11 @@ async fn approvals_expire(backend: Backend) {
     server
         .tug_as(&alice, w, &["approve", "api", "--env", "production", "--build", &b])
         .ok();
+    let short = short_id(&server, w, &b);
     let table = server.tug(w, &["status", "api"]).ok().to_string();
     assert!(
         table.contains(&format!(
-            "production: build {b} waits for approval: 1 of 2 (alice), requested by deployer, expires in"
+            "production: build {short} waits for approval: 1 of 2 (alice), requested by deployer, expires in"
         )),
         "{table}"
     );
@@ -467,7 +471,7 @@ async fn approvals_expire(backend: Backend) {
     assert_eq!(production["expired"][0]["approved_by"], serde_json::json!(["alice"]));
     let table = server.tug(w, &["status", "api"]).ok().to_string();
     assert!(
-        table.contains(&format!("production: the request to deploy build {b} expired at")),
+        table.contains(&format!("production: the request to deploy build {short} expired at")),
         "{table}"
     );
     let err = server
@@ -504,4 +508,10 @@ async fn approval_requests_expire_by_themselves_on_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn approval_requests_expire_by_themselves_on_postgres() {
     approvals_expire(Backend::postgres_s3().await).await;
+}
+
+/// The short id `tug` shows for a build.
+fn short_id(server: &TestServer, w: &Path, build: &str) -> String {
+    let b = server.tug(w, &["build", "show", build, "--output", "json"]).json();
+    b["short_id"].as_str().expect("short_id").to_string()
 }
