@@ -6,6 +6,7 @@
 //! This crate does no I/O, spawns nothing and depends on no runtime, database
 //! or HTTP crate, so every rule in it is tested with plain unit tests.
 
+pub mod access;
 pub mod diff;
 pub mod digest;
 pub mod graph;
@@ -16,6 +17,7 @@ pub mod policy;
 pub mod role;
 pub mod versioning;
 
+pub use access::{BuildAccess, Reader, ScopeError, Sight};
 pub use digest::{Digest, DigestError, Hasher};
 pub use manifest::{
     ArtifactKind, ArtifactSpec, BuildManifest, BuildSource, BuildState, CiRun, DerivedFrom, Draft, ManifestArtifact,
