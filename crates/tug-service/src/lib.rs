@@ -14,21 +14,24 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use futures::StreamExt;
 use rand::RngCore;
 use tug_core::{
-    Action, ArtifactName, ArtifactSpec, BuildId, BuildManifest, BuildSource, BuildState, CiRun, Digest, Draft, Hasher,
-    Role, ServiceName, TokenName, Version,
+    Action, ArtifactName, ArtifactSpec, BuildId, BuildManifest, BuildSource, BuildState, CiRun, Digest, Draft, EnvName,
+    Hasher, Role, ServiceName, TokenName, Version,
 };
-use tug_db::{BuildFilter, BuildRow, Db, NewBuild, NewToken, TokenRow};
+use tug_db::{BuildFilter, BuildRow, Db, NewBuild, NewToken, Revocation, TokenRow};
 use tug_store::{Blob, BlobInfo, BlobStore, ByteStream};
 
+mod access;
 mod agents;
 mod deploy;
 mod error;
 mod events;
 mod rollouts;
 
-pub use agents::{ChannelView, STALE_AFTER};
-pub use deploy::{BuildSelector, Decision, DeployOptions, Diff, EnvStatus, Outcome, PipelineView};
+pub use access::{AgentView, DeploymentView, Shown};
+pub use agents::{AgentCounts, ChannelView, STALE_AFTER};
+pub use deploy::{Answer, BuildSelector, Decision, DeployOptions, Diff, EnvStatus, Outcome, PipelineView};
 pub use error::Error;
+pub use events::{EventPage, EventView};
 pub use rollouts::{Grant, Pacing, RolloutStatus};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -69,8 +72,11 @@ pub struct Principal {
     pub token_id: String,
     pub name: TokenName,
     pub role: Role,
-    /// A token scoped to one service may write only that service's builds.
+    /// A token scoped to one service sees and acts on that service only.
     pub service: Option<ServiceName>,
+    /// An agent token scoped to one environment of its service follows
+    /// only that environment.
+    pub environment: Option<EnvName>,
 }
 
 /// The source of the current time, injectable for tests.
@@ -136,6 +142,14 @@ pub struct GcOptions {
 pub struct CreatedToken {
     pub token: TokenRow,
     pub secret: String,
+}
+
+/// What a new token is limited to; empty: everything its role allows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scope {
+    pub service: Option<ServiceName>,
+    /// Agent tokens only, with `service`.
+    pub environment: Option<EnvName>,
 }
 
 /// The prefix of every token secret, so a leaked one is easy to recognise.
@@ -238,6 +252,7 @@ impl Tugboat {
             name: row.name,
             role: row.role,
             service: row.service,
+            environment: row.environment,
         })
     }
 
@@ -254,18 +269,6 @@ impl Tugboat {
         }
     }
 
-    fn require_service(&self, who: &Principal, service: &ServiceName) -> Result<()> {
-        self.require(who, Action::WriteBuilds)?;
-        match &who.service {
-            Some(scope) if scope != service => Err(Error::OutOfScope {
-                token: who.name.clone(),
-                scope: scope.clone(),
-                service: service.clone(),
-            }),
-            _ => Ok(()),
-        }
-    }
-
     /// Creates the first admin token if the database has none (a new
     /// installation). Returns its secret when one was made.
     pub async fn bootstrap_admin(&self) -> Result<Option<String>> {
@@ -273,7 +276,7 @@ impl Tugboat {
             return Ok(None);
         }
         let name = TokenName::parse("admin").map_err(|e| Error::Invalid(e.to_string()))?;
-        match self.insert_token(name, Role::Admin, None, None).await {
+        match self.insert_token(name, Role::Admin, Scope::default(), None).await {
             Ok(created) => Ok(Some(created.secret)),
             // Another server sharing the database won the race.
             Err(Error::TokenNameTaken(_)) => Ok(None),
@@ -285,9 +288,11 @@ impl Tugboat {
         &self,
         name: TokenName,
         role: Role,
-        service: Option<ServiceName>,
+        scope: Scope,
         created_by: Option<String>,
     ) -> Result<CreatedToken> {
+        tug_core::access::check_scope(role, scope.service.as_ref(), scope.environment.as_ref())
+            .map_err(|e| Error::Invalid(e.to_string()))?;
         let mut raw = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut raw);
         let secret = format!("{TOKEN_PREFIX}{}", hex::encode(raw));
@@ -295,7 +300,8 @@ impl Tugboat {
             id: uuid::Uuid::now_v7().to_string(),
             name,
             role,
-            service,
+            service: scope.service,
+            environment: scope.environment,
             secret_hash: hash_secret(&secret),
             created_at: self.now(),
             created_by,
@@ -314,10 +320,16 @@ impl Tugboat {
         who: &Principal,
         name: TokenName,
         role: Role,
-        service: Option<ServiceName>,
+        scope: Scope,
     ) -> Result<CreatedToken> {
         self.require(who, Action::ManageTokens)?;
-        self.insert_token(name, role, service, Some(who.name.to_string())).await
+        if let (Some(service), Some(env)) = (&scope.service, &scope.environment) {
+            // The environment must exist now; a later pipeline may drop
+            // it, and the token then follows nothing.
+            let view = self.pipeline_view(service).await?;
+            deploy::environment(&view.pipeline, env)?;
+        }
+        self.insert_token(name, role, scope, Some(who.name.to_string())).await
     }
 
     pub async fn list_tokens(&self, who: &Principal) -> Result<Vec<TokenRow>> {
@@ -325,24 +337,39 @@ impl Tugboat {
         Ok(self.db.list_tokens().await?)
     }
 
-    /// Revokes a token by name or id. The last active admin token cannot be
-    /// revoked: nobody could create another.
+    /// Revokes a token by id, or the active token of a name (names are
+    /// unique among active tokens; a revoked name may be reused, and the
+    /// name then means the new token). The last active admin token cannot
+    /// be revoked: nobody could create another. That check and the
+    /// revocation are one atomic step in the database, so two admins
+    /// revoking each other at once leave one of them.
     pub async fn revoke_token(&self, who: &Principal, name_or_id: &str) -> Result<TokenRow> {
         self.require(who, Action::ManageTokens)?;
-        let target = self
-            .db
-            .list_tokens()
-            .await?
-            .into_iter()
-            .find(|t| t.revoked_at.is_none() && (t.name.as_str() == name_or_id || t.id == name_or_id))
-            .ok_or_else(|| Error::TokenNotFound(name_or_id.chars().take(80).collect()))?;
-        if target.role == Role::Admin && self.db.count_active_admin_tokens().await? <= 1 {
-            return Err(Error::LastAdmin);
+        let shown = || name_or_id.chars().take(80).collect::<String>();
+        let tokens = self.db.list_tokens().await?;
+        let target = tokens.iter().find(|t| t.id == name_or_id).or_else(|| {
+            tokens
+                .iter()
+                .find(|t| t.revoked_at.is_none() && t.name.as_str() == name_or_id)
+        });
+        let Some(target) = target else {
+            return match tokens.iter().rev().find(|t| t.name.as_str() == name_or_id) {
+                Some(t) => Err(Error::TokenAlreadyRevoked {
+                    name: t.name.clone(),
+                    at: t.revoked_at.map(rfc3339).unwrap_or_default(),
+                }),
+                None => Err(Error::TokenNotFound(shown())),
+            };
+        };
+        match self.db.revoke_token(&target.id, self.now()).await? {
+            Revocation::Revoked(t) => Ok(t),
+            Revocation::AlreadyRevoked(t) => Err(Error::TokenAlreadyRevoked {
+                name: t.name,
+                at: t.revoked_at.map(rfc3339).unwrap_or_default(),
+            }),
+            Revocation::LastAdmin => Err(Error::LastAdmin),
+            Revocation::NotFound => Err(Error::TokenNotFound(shown())),
         }
-        self.db
-            .revoke_token(&target.id, self.now())
-            .await?
-            .ok_or_else(|| Error::TokenNotFound(name_or_id.chars().take(80).collect()))
     }
 
     // ---- services ----
@@ -353,9 +380,12 @@ impl Tugboat {
         Ok(self.db.create_service(name, self.now()).await?)
     }
 
+    /// Every service the caller's scope covers.
     pub async fn list_services(&self, who: &Principal) -> Result<Vec<(ServiceName, DateTime<Utc>)>> {
         self.require(who, Action::Read)?;
-        Ok(self.db.list_services().await?)
+        let mut services = self.db.list_services().await?;
+        services.retain(|(s, _)| who.reader().in_scope(s));
+        Ok(services)
     }
 
     // ---- blobs ----
@@ -418,13 +448,26 @@ impl Tugboat {
             .await
     }
 
+    /// The size of a blob the caller may read (see
+    /// [`Tugboat::get_blob`]); `None` when it is not stored or not the
+    /// caller's to read.
     pub async fn stat_blob(&self, who: &Principal, digest: &Digest) -> Result<Option<u64>> {
         self.require(who, Action::Follow)?;
+        if !self.may_read_blob(who, digest).await? {
+            return Ok(None);
+        }
         Ok(self.store.stat(digest).await?)
     }
 
+    /// A blob's bytes. The caller must be able to see a build that refers
+    /// to it (a blob only embargoed builds or other services' builds refer
+    /// to is not found); a blob no build refers to yet is readable by those
+    /// who may upload.
     pub async fn get_blob(&self, who: &Principal, digest: &Digest, start: u64, end: Option<u64>) -> Result<Blob> {
         self.require(who, Action::Follow)?;
+        if !self.may_read_blob(who, digest).await? {
+            return Err(Error::BlobNotFound(*digest));
+        }
         self.store
             .get(digest, start, end)
             .await?
@@ -442,7 +485,7 @@ impl Tugboat {
             expected,
             embargoed,
         } = draft;
-        self.require_service(who, &service)?;
+        self.require_in(who, Action::WriteBuilds, &service)?;
         check_text("source.commit", source.commit.as_deref(), 200)?;
         check_text("source.branch", source.branch.as_deref(), 255)?;
         check_text("source.tag", source.tag.as_deref(), 255)?;
@@ -472,6 +515,7 @@ impl Tugboat {
                 expected,
                 created_at: now,
                 created_by: Some(who.name.to_string()),
+                created_by_token: Some(who.token_id.clone()),
                 embargoed,
             })
             .await?;
@@ -486,17 +530,6 @@ impl Tugboat {
             BuildRef::Manifest(d) => self.db.build_by_manifest(&d).await?,
         };
         found.ok_or_else(|| Error::BuildNotFound(reference.chars().take(80).collect()))
-    }
-
-    /// Resolves a build the caller may see: an embargoed build is visible
-    /// to admins, approvers and the token that created it only; to anyone
-    /// else it does not exist.
-    pub(crate) async fn resolve_visible(&self, who: &Principal, reference: &str) -> Result<BuildRow> {
-        let build = self.resolve(reference).await?;
-        if build.embargoed && !may_see_embargoed(who, &build) {
-            return Err(Error::BuildNotFound(reference.chars().take(80).collect()));
-        }
-        Ok(build)
     }
 
     /// Yanks a sealed build: it never deploys again.
@@ -542,10 +575,10 @@ impl Tugboat {
     }
 
     /// Lifts a build's embargo (admin only): it becomes visible to everyone
-    /// and may go to any environment.
+    /// and may go to any environment, and so do its deployments and events.
     pub async fn unembargo_build(&self, who: &Principal, reference: &str) -> Result<BuildRow> {
         self.require(who, Action::ManagePipelines)?;
-        let build = self.resolve(reference).await?;
+        let build = self.resolve_visible(who, reference).await?;
         self.db.unembargo_build(&build.id).await?;
         let row = self
             .db
@@ -578,22 +611,28 @@ impl Tugboat {
         }
     }
 
+    /// Builds matching `filter` that the caller may see: of its service
+    /// when scoped, and no embargoed build but its own unless it sees them
+    /// all.
     pub async fn list_builds(&self, who: &Principal, mut filter: BuildFilter) -> Result<Vec<BuildRow>> {
-        self.require(who, Action::Read)?;
-        filter.hide_embargoed = !matches!(who.role, Role::Admin | Role::Approver);
+        filter.service = self.listing_scope(who, Action::Read, filter.service.as_ref())?;
+        filter.hide_embargoed = !who.reader().sees_every_embargoed_build();
+        filter.unless_created_by_token = Some(who.token_id.clone());
         if let Some(s) = &filter.service {
             if !self.db.service_exists(s).await? {
                 return Err(Error::ServiceNotFound(s.clone()));
             }
         }
-        Ok(self.db.list_builds(&filter).await?)
+        let builds = self.db.list_builds(&filter).await?;
+        // The query left out what the rule hides; the rule has the last word.
+        let sights = self.sights(who, builds.iter().map(|b| b.id.clone()).collect()).await?;
+        Ok(builds.into_iter().filter(|b| sights.full(&b.id)).collect())
     }
 
     /// Registers artifacts whose blobs are already stored. All or nothing.
     pub async fn register_artifacts(&self, who: &Principal, reference: &str, specs: Vec<ArtifactSpec>) -> Result<u64> {
         self.require(who, Action::WriteBuilds)?;
-        let build = self.resolve(reference).await?;
-        self.require_service(who, &build.service)?;
+        let build = self.resolve_visible(who, reference).await?;
         if specs.is_empty() {
             return Err(Error::Invalid("no artifacts given; send at least one".into()));
         }
@@ -631,8 +670,7 @@ impl Tugboat {
     /// the canonical manifest. Sealing a sealed build returns it unchanged.
     pub async fn seal_build(&self, who: &Principal, reference: &str) -> Result<BuildRow> {
         self.require(who, Action::WriteBuilds)?;
-        let build = self.resolve(reference).await?;
-        self.require_service(who, &build.service)?;
+        let build = self.resolve_visible(who, reference).await?;
         let sealed = self
             .db
             .seal_build(&build.id, self.now(), |b, artifacts| {
@@ -745,12 +783,6 @@ impl Tugboat {
         }
         Ok(report)
     }
-}
-
-/// Admins and approvers see embargoed builds; so does the token that
-/// created one, so CI can fill and seal it.
-fn may_see_embargoed(who: &Principal, build: &BuildRow) -> bool {
-    matches!(who.role, Role::Admin | Role::Approver) || build.created_by.as_deref() == Some(who.name.as_str())
 }
 
 /// Refuses over-long or control-character-laden metadata fields.

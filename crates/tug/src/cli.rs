@@ -158,9 +158,15 @@ pub enum TokenCommand {
         /// admin, ci, deployer, approver, agent or viewer.
         #[arg(long)]
         role: String,
-        /// Limit the token to one service's builds.
+        /// Limit the token to one service: it sees and acts on nothing
+        /// else, whatever its role (not for admin tokens).
         #[arg(long)]
         service: Option<String>,
+        /// Limit an agent token to one environment of --service: it
+        /// follows only that one (the agents of a private environment need
+        /// this to see the embargoed builds deployed there).
+        #[arg(long, requires = "service")]
+        env: Option<String>,
     },
     /// List tokens (never their secrets).
     List,

@@ -51,6 +51,17 @@ fn etag(seq: i64, critical: bool, may_update: bool) -> String {
 /// maintenance window opening, agents going stale).
 const RECHECK_WAITING: Duration = Duration::from_secs(5);
 
+/// How often a held long-poll looks its token up again, so a revocation
+/// ends it within a few seconds.
+const RECHECK_TOKEN: Duration = Duration::from_secs(1);
+
+/// Names a redacted answer: the environment runs a build embargoed from
+/// the caller. It differs from the whole answer's tag, so a long-poll
+/// holding it ends when the embargo is lifted.
+fn etag_embargoed(seq: i64) -> String {
+    format!("\"d{seq}e\"")
+}
+
 pub async fn channel(
     State(state): State<AppState>,
     Caller(who): Caller,
@@ -86,6 +97,7 @@ pub async fn channel(
     if known.as_deref() == Some(tag.as_str()) {
         let deadline = tokio::time::Instant::now() + wait;
         let mut changes = state.changes.clone();
+        let mut token_due = tokio::time::Instant::now() + RECHECK_TOKEN;
         loop {
             let waiting = tag.ends_with("w\"");
             let recheck = if waiting {
@@ -93,20 +105,34 @@ pub async fn channel(
             } else {
                 deadline
             };
-            tokio::select! {
-                changed = changes.changed() => {
-                    if changed.is_err() {
-                        tokio::time::sleep_until(deadline).await;
+            let wake = recheck.min(token_due);
+            let changed = tokio::select! {
+                changed = changes.changed() => match changed {
+                    Ok(()) => true,
+                    Err(_) => {
+                        // The change poller is gone (the server is
+                        // stopping): only the clock wakes this request.
+                        tokio::time::sleep_until(wake).await;
+                        false
                     }
+                },
+                _ = tokio::time::sleep_until(wake) => false,
+            };
+            let now = tokio::time::Instant::now();
+            if now >= token_due {
+                state.tugboat.recheck(&who).await?;
+                token_due = now + RECHECK_TOKEN;
+            }
+            if !changed {
+                if now >= deadline {
+                    let mut res = StatusCode::NOT_MODIFIED.into_response();
+                    if let Ok(v) = HeaderValue::from_str(&tag) {
+                        res.headers_mut().insert(header::ETAG, v);
+                    }
+                    return Ok(res);
                 }
-                _ = tokio::time::sleep_until(recheck) => {
-                    if recheck == deadline {
-                        let mut res = StatusCode::NOT_MODIFIED.into_response();
-                        if let Ok(v) = HeaderValue::from_str(&tag) {
-                            res.headers_mut().insert(header::ETAG, v);
-                        }
-                        return Ok(res);
-                    }
+                if now < recheck {
+                    continue;
                 }
             }
             (tag, body) = Box::pin(answer(&state, &who, &service, &env, &platform, agent)).await?;
@@ -124,13 +150,16 @@ pub async fn channel(
     Ok(res)
 }
 
-/// A channel's answer for every agent at one event: the channel, its JSON
-/// body for agents that may update, and what decides who may.
+/// A channel's answer for every caller at one event, in each shape a
+/// caller may be given: the channel and its JSON body for callers who may
+/// see its build, the redacted body for those it is embargoed from, and
+/// the service's view, which decides who gets which and who may update.
 #[derive(Debug)]
 pub struct Answer {
     channel: Channel,
     body: bytes::Bytes,
-    pacing: tug_service::Pacing,
+    embargoed: bytes::Bytes,
+    view: tug_service::ChannelView,
 }
 
 /// A channel's answer (its ETag and JSON body) for one agent. The part all
@@ -148,14 +177,19 @@ async fn answer(
     platform: &Platform,
     agent: Option<&str>,
 ) -> Result<(String, bytes::Bytes), ApiError> {
-    state.tugboat.check(who, tug_core::Action::Follow)?;
+    state.tugboat.check_follow(who, service, env)?;
     let shared = shared_answer(state, who, service, env, platform).await?;
-    let seq = shared.pacing.seq;
+    let pacing = &shared.view.pacing;
+    let seq = pacing.seq;
+    // Whose answer this is, decided per caller: the cache holds every shape.
+    if !state.tugboat.channel_sight(who, &shared.view)?.is_full() {
+        return Ok((etag_embargoed(seq), shared.embargoed.clone()));
+    }
     let critical = shared.channel.critical;
-    if !(shared.pacing.per_agent() || shared.pacing.timed()) {
+    if !(pacing.per_agent() || pacing.timed()) {
         return Ok((etag(seq, critical, true), shared.body.clone()));
     }
-    let grant = state.tugboat.may_update(&shared.pacing, agent).await?;
+    let grant = state.tugboat.may_update(pacing, agent).await?;
     if grant.may_update {
         return Ok((etag(seq, critical, true), shared.body.clone()));
     }
@@ -207,9 +241,11 @@ async fn shared_answer(
         critical: view.build.as_ref().is_some_and(|b| b.critical),
         may_update: true,
         waiting: None,
+        embargoed: false,
         artifacts: view
             .artifacts
-            .into_iter()
+            .iter()
+            .cloned()
             .map(|a| ChannelArtifact {
                 url: format!("/v1/blobs/{}", a.digest),
                 name: a.name,
@@ -220,10 +256,25 @@ async fn shared_answer(
             })
             .collect(),
     };
+    let embargoed = Channel {
+        service: service.clone(),
+        environment: env.clone(),
+        build: None,
+        version: None,
+        manifest_digest: None,
+        critical: false,
+        may_update: false,
+        waiting: Some(format!(
+            "{env} runs an embargoed build this token may not see; its agents follow it with an agent token scoped to it (tug token create --role agent --service {service} --env {env})"
+        )),
+        artifacts: Vec::new(),
+        embargoed: true,
+    };
     let answer = std::sync::Arc::new(Answer {
         body: encode(&channel)?,
+        embargoed: encode(&embargoed)?,
         channel,
-        pacing: view.pacing,
+        view,
     });
     if let Ok(mut answers) = state.channel_answers.write() {
         answers.insert(key, (now, answer.clone()));
@@ -336,8 +387,10 @@ pub async fn report(
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub fn agent(state: &AppState, a: AgentRow) -> Agent {
+pub fn agent(state: &AppState, view: tug_service::AgentView) -> Agent {
+    let a = view.agent;
     Agent {
+        embargoed: view.embargoed,
         stale: state.tugboat.is_stale(a.last_seen),
         last_seen: a.last_seen,
         report: AgentReport {
@@ -405,6 +458,7 @@ pub fn rollout(s: tug_service::RolloutStatus) -> tug_api::Rollout {
         halt_after_failures: s.halt_after_failures,
         auto_rollback: s.auto_rollback,
         in_maintenance: s.in_maintenance,
+        embargoed: s.embargoed,
     }
 }
 

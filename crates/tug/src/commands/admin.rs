@@ -3,20 +3,28 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use tug_api::GcRequest;
+use tug_api::{CreateToken, GcRequest};
 use tug_client::Client;
-use tug_core::{Role, ServiceName, TokenName};
+use tug_core::{EnvName, ServiceName, TokenName};
 
 use crate::cli::{GcArgs, Output, ServiceCommand, TokenCommand};
 use crate::output::{self, opt, print, table, time};
 
 pub async fn token(client: &Client, out: Output, c: TokenCommand) -> anyhow::Result<ExitCode> {
     match c {
-        TokenCommand::Create { name, role, service } => {
-            let name = TokenName::parse(&name)?;
-            let role: Role = role.parse().map_err(anyhow::Error::msg)?;
-            let service = service.as_deref().map(ServiceName::parse).transpose()?;
-            let created = client.create_token(name, role, service).await?;
+        TokenCommand::Create {
+            name,
+            role,
+            service,
+            env,
+        } => {
+            let req = CreateToken {
+                name: TokenName::parse(&name)?,
+                role: role.parse().map_err(anyhow::Error::msg)?,
+                service: service.as_deref().map(ServiceName::parse).transpose()?,
+                environment: env.as_deref().map(EnvName::parse).transpose()?,
+            };
+            let created = client.create_token_with(&req).await?;
             print(out, &created, |c| {
                 format!(
                     "{}\n\nToken {} ({}) created. The secret above is shown only once: store it now (e.g. as TUG_TOKEN in CI).",
@@ -27,12 +35,13 @@ pub async fn token(client: &Client, out: Output, c: TokenCommand) -> anyhow::Res
         TokenCommand::List => {
             let tokens = client.list_tokens().await?;
             print(out, &tokens, |tokens| {
-                let mut t = table(&["NAME", "ROLE", "SERVICE", "CREATED", "BY", "REVOKED"]);
+                let mut t = table(&["NAME", "ROLE", "SERVICE", "ENV", "CREATED", "BY", "REVOKED"]);
                 for tok in tokens {
                     t.add_row(vec![
                         tok.name.to_string(),
                         tok.role.to_string(),
                         opt(&tok.service),
+                        opt(&tok.environment),
                         time(&tok.created_at),
                         opt(&tok.created_by),
                         tok.revoked_at.as_ref().map(time).unwrap_or_else(|| "-".into()),

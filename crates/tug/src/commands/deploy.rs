@@ -21,8 +21,22 @@ fn flags(a: OverrideArgs) -> DeployFlags {
     }
 }
 
+/// What the CLI says of a build embargoed from the token asking.
+const EMBARGOED: &str = "an embargoed build";
+
+/// A build id, or "an embargoed build" when it is embargoed from the token.
+fn build_id(id: &Option<tug_core::BuildId>, embargoed: bool) -> String {
+    match (id, embargoed) {
+        (_, true) => EMBARGOED.to_string(),
+        (id, false) => opt(id),
+    }
+}
+
 /// `api 1.4.0 (master@4f2a9c1e)` for a deployment's build.
 fn build_line(d: &Deployment) -> String {
+    if d.embargoed {
+        return EMBARGOED.to_string();
+    }
     match &d.summary {
         Some(s) => format!(
             "{} {} ({}@{})",
@@ -35,7 +49,7 @@ fn build_line(d: &Deployment) -> String {
                 .map(|c| c.chars().take(12).collect::<String>())
                 .unwrap_or_else(|| "-".into())
         ),
-        None => d.build.to_string(),
+        None => opt(&d.build),
     }
 }
 
@@ -49,8 +63,8 @@ fn deployed(out: Output, r: &DeployResult, verb: &str) -> anyhow::Result<ExitCod
                 d.service,
                 d.seq
             );
-            if let Some(prev) = &d.replaced {
-                s.push_str(&format!("\nIt replaced build {prev}."));
+            if d.replaced.is_some() || d.replaced_embargoed {
+                s.push_str(&format!("\nIt replaced {}.", replaced(d)));
             }
             s
         }
@@ -58,6 +72,15 @@ fn deployed(out: Output, r: &DeployResult, verb: &str) -> anyhow::Result<ExitCod
         (None, None) => r.status.clone(),
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `build ID`, or "an embargoed build", for what a deployment replaced.
+fn replaced(d: &Deployment) -> String {
+    match (&d.replaced, d.replaced_embargoed) {
+        (_, true) => EMBARGOED.to_string(),
+        (Some(b), false) => format!("build {b}"),
+        (None, false) => "-".into(),
+    }
 }
 
 fn pending_line(p: &PendingDeployment) -> String {
@@ -221,6 +244,13 @@ pub async fn status(client: &Client, out: Output, service: &str) -> anyhow::Resu
             };
             let mut row: Vec<String> = match &e.current {
                 None => vec!["-".into(); 7],
+                Some(d) if d.embargoed => {
+                    let mut row = vec![EMBARGOED.to_string()];
+                    row.extend(vec!["-".to_string(); 4]);
+                    row.push(format!("{} ({})", time(&d.deployed_at), d.kind));
+                    row.push(d.requested_by.clone().unwrap_or_else(|| "auto".into()));
+                    row
+                }
                 Some(d) => {
                     let src = d.summary.as_ref().map(|s| s.source.clone()).unwrap_or_default();
                     vec![
@@ -251,7 +281,7 @@ pub async fn status(client: &Client, out: Output, service: &str) -> anyhow::Resu
             row.push(
                 e.current
                     .as_ref()
-                    .map(|d| d.build.to_string())
+                    .map(|d| build_id(&d.build, d.embargoed))
                     .unwrap_or_else(|| "-".into()),
             );
             t.add_row(row);
@@ -274,7 +304,7 @@ pub async fn history(client: &Client, out: Output, service: &str, env: &str, lim
                 d.kind.to_string(),
                 build_line(d),
                 d.requested_by.clone().unwrap_or_else(|| "auto".into()),
-                opt(&d.replaced),
+                build_id(&d.replaced, d.replaced_embargoed),
                 opt(&d.reason),
             ]);
         }
@@ -494,16 +524,21 @@ pub async fn version(client: &Client, out: Output, c: crate::cli::VersionCommand
 pub async fn diff(client: &Client, out: Output, service: &str, from: &str, to: &str) -> anyhow::Result<ExitCode> {
     let d = client.diff(&ServiceName::parse(service)?, from, to).await?;
     print(out, &d, |d| {
-        let side = |label: &str, b: &tug_api::BuildSummary| {
-            format!(
+        let side = |label: &str, b: Option<&tug_api::BuildSummary>| match b {
+            Some(b) => format!(
                 "{label:<5} {} {} ({}@{})",
                 b.id,
                 b.version,
                 b.source.branch.as_deref().unwrap_or("-"),
                 b.source.commit.as_deref().unwrap_or("-")
-            )
+            ),
+            None => format!("{label:<5} {EMBARGOED}"),
         };
-        let mut s = format!("{}\n{}\n", side("from", &d.from), side("to", &d.to));
+        let mut s = format!("{}\n{}\n", side("from", d.from.as_ref()), side("to", d.to.as_ref()));
+        if d.from_embargoed || d.to_embargoed {
+            s.push_str("Nothing is compared with an embargoed build.");
+            return s;
+        }
         if let Some(url) = &d.source.compare_url {
             s.push_str(&format!("source {url}\n"));
         } else if d.source.old_commit != d.source.new_commit {
@@ -559,6 +594,9 @@ pub async fn watch(
             Output::Json => println!("{}", serde_json::to_string(&e)?),
             Output::Table => {
                 let mut details: Vec<String> = Vec::new();
+                if e.embargoed {
+                    details.push(EMBARGOED.to_string());
+                }
                 if let Some(obj) = e.payload.as_object() {
                     for key in ["environment", "build", "version", "kind", "state", "revision"] {
                         if let Some(v) = obj.get(key).filter(|v| !v.is_null()) {
@@ -617,7 +655,7 @@ pub async fn agents(
                 r.hostname.clone(),
                 r.agent_id.chars().take(13).collect(),
                 r.platform.to_string(),
-                opt(&r.build),
+                build_id(&r.build, a.embargoed),
                 state,
                 format!("{}{}", time(&a.last_seen), if a.stale { " (stale)" } else { "" }),
             ]);
@@ -650,7 +688,7 @@ pub async fn rollout(client: &Client, out: Output, c: RolloutCommand) -> anyhow:
             "{} of {}: build {}, rollout {}",
             r.environment,
             r.service,
-            opt(&r.build),
+            build_id(&r.build, r.embargoed),
             r.state
         )];
         if let Some(s) = &r.strategy {

@@ -434,7 +434,7 @@ pub async fn concurrent_releases(servers: &[&TestServer]) {
     assert_eq!(chain.len(), history.len(), "sequence numbers are unique");
     for (k, d) in chain.iter().enumerate() {
         assert_eq!(d.seq, k as i64 + 1);
-        let before = if k == 0 { None } else { Some(chain[k - 1].build.clone()) };
+        let before = if k == 0 { None } else { chain[k - 1].build.clone() };
         assert_eq!(d.replaced, before, "deployment {} replaced what ran before it", d.seq);
     }
 }
