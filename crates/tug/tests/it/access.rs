@@ -76,7 +76,13 @@ fn apply(server: &TestServer, pipeline: &str) {
 
 /// One request with `token`: the status and, unless it is an event
 /// stream, the body.
-async fn call(server: &TestServer, token: &str, method: Method, path: &str, body: Option<Value>) -> (u16, String) {
+pub(crate) async fn call(
+    server: &TestServer,
+    token: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, String) {
     let mut req = reqwest::Client::new()
         .request(method, format!("{}{path}", server.url))
         .bearer_auth(token);

@@ -1275,12 +1275,19 @@ async fn teleport_cloud_train() {
         Some(second.as_str()),
         "an embargoed build is not auto-released to canary"
     );
+    // A deployer may not see it at all; an admin may, but not into
+    // production.
     let err = server
         .tug_as(
             &deployer,
             &w,
-            &["release", "teleport", "--env", "production", "--build", &fix],
+            &["release", "teleport", "--env", "security", "--build", &fix],
         )
+        .fails()
+        .to_string();
+    assert!(err.contains("build_not_found"), "{err}");
+    let err = server
+        .tug(&w, &["release", "teleport", "--env", "production", "--build", &fix])
         .fails()
         .to_string();
     assert!(err.contains("embargo"), "{err}");
