@@ -165,6 +165,16 @@ impl Db {
         Ok(Revocation::Revoked(token))
     }
 
+    /// How many tokens were ever revoked: it grows with every revocation
+    /// (tokens are never deleted), so a server that reads it now and then
+    /// learns that some token was revoked, on any server.
+    pub async fn revocation_count(&self) -> Result<i64> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM tokens WHERE revoked_at IS NOT NULL")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("n")?)
+    }
+
     /// How many admin tokens are active (zero on a new database).
     pub async fn count_active_admin_tokens(&self) -> Result<i64> {
         let row = sqlx::query("SELECT COUNT(*) AS n FROM tokens WHERE role = 'admin' AND revoked_at IS NULL")

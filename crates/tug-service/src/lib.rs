@@ -362,7 +362,12 @@ impl Tugboat {
             };
         };
         match self.db.revoke_token(&target.id, self.now()).await? {
-            Revocation::Revoked(t) => Ok(t),
+            Revocation::Revoked(t) => {
+                // Requests of the token that are still open learn of it
+                // from this server's change watcher at once.
+                self.recorded.notify_one();
+                Ok(t)
+            }
             Revocation::AlreadyRevoked(t) => Err(Error::TokenAlreadyRevoked {
                 name: t.name,
                 at: t.revoked_at.map(rfc3339).unwrap_or_default(),

@@ -51,10 +51,6 @@ fn etag(seq: i64, critical: bool, may_update: bool) -> String {
 /// maintenance window opening, agents going stale).
 const RECHECK_WAITING: Duration = Duration::from_secs(5);
 
-/// How often a held long-poll looks its token up again, so a revocation
-/// ends it within a few seconds.
-const RECHECK_TOKEN: Duration = Duration::from_secs(1);
-
 /// Names a redacted answer: the environment runs a build embargoed from
 /// the caller. It differs from the whole answer's tag, so a long-poll
 /// holding it ends when the embargo is lifted.
@@ -97,7 +93,10 @@ pub async fn channel(
     if known.as_deref() == Some(tag.as_str()) {
         let deadline = tokio::time::Instant::now() + wait;
         let mut changes = state.changes.clone();
-        let mut token_due = tokio::time::Instant::now() + RECHECK_TOKEN;
+        // Revocations before now were checked when the request was
+        // authenticated.
+        let mut revocations = state.revocations.clone();
+        revocations.mark_unchanged();
         loop {
             let waiting = tag.ends_with("w\"");
             let recheck = if waiting {
@@ -105,34 +104,32 @@ pub async fn channel(
             } else {
                 deadline
             };
-            let wake = recheck.min(token_due);
             let changed = tokio::select! {
                 changed = changes.changed() => match changed {
                     Ok(()) => true,
                     Err(_) => {
                         // The change poller is gone (the server is
                         // stopping): only the clock wakes this request.
-                        tokio::time::sleep_until(wake).await;
+                        tokio::time::sleep_until(recheck).await;
                         false
                     }
                 },
-                _ = tokio::time::sleep_until(wake) => false,
+                Ok(()) = revocations.changed() => {
+                    // Some token was revoked: if it was this one, the
+                    // request ends here (401 token_revoked).
+                    state.tugboat.recheck(&who).await?;
+                    continue;
+                }
+                _ = tokio::time::sleep_until(recheck) => false,
             };
-            let now = tokio::time::Instant::now();
-            if now >= token_due {
-                state.tugboat.recheck(&who).await?;
-                token_due = now + RECHECK_TOKEN;
-            }
             if !changed {
+                let now = tokio::time::Instant::now();
                 if now >= deadline {
                     let mut res = StatusCode::NOT_MODIFIED.into_response();
                     if let Ok(v) = HeaderValue::from_str(&tag) {
                         res.headers_mut().insert(header::ETAG, v);
                     }
                     return Ok(res);
-                }
-                if now < recheck {
-                    continue;
                 }
             }
             (tag, body) = Box::pin(answer(&state, &who, &service, &env, &platform, agent)).await?;

@@ -2,12 +2,12 @@
 //! event table for ids above the last one read, so it carries the changes
 //! made through every server sharing the database, in order, once; each
 //! event as the caller may see it (the service decides). The stream looks
-//! its token up again every second: once the token is revoked it sends an
-//! `error` event (`token_revoked`) and ends.
+//! its token up again whenever the server learns of a revocation: once the
+//! token is revoked it sends an `error` event (`token_revoked`) and ends.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
@@ -26,8 +26,6 @@ use crate::AppState;
 const POLL: Duration = Duration::from_millis(250);
 /// Events read per query.
 const BATCH: u32 = 200;
-/// How often a stream looks its token up again.
-const RECHECK_TOKEN: Duration = Duration::from_secs(1);
 
 pub fn event(e: EventView) -> tug_api::Event {
     tug_api::Event {
@@ -48,7 +46,8 @@ struct Cursor {
     /// The id of the last event read, sent or not.
     last: i64,
     queue: VecDeque<EventView>,
-    token_checked: Instant,
+    /// Moves when some token is revoked (see `AppState::revocations`).
+    revocations: tokio::sync::watch::Receiver<i64>,
     /// Set once the stream has said why it ends.
     ended: bool,
 }
@@ -87,13 +86,15 @@ pub async fn stream(
         Some(id) => id,
         None => state.tugboat.last_event_id(&who).await?,
     };
+    let mut revocations = state.revocations.clone();
+    revocations.mark_unchanged();
     let cursor = Cursor {
         tugboat: state.tugboat.clone(),
         who,
         service,
         last,
         queue: VecDeque::new(),
-        token_checked: Instant::now(),
+        revocations,
         ended: false,
     };
     let events = futures::stream::unfold(cursor, |mut c| async move {
@@ -101,13 +102,13 @@ pub async fn stream(
             return None;
         }
         loop {
-            if c.token_checked.elapsed() >= RECHECK_TOKEN {
+            if c.revocations.has_changed().unwrap_or(false) {
+                c.revocations.mark_unchanged();
                 if let Err(e) = c.tugboat.recheck(&c.who).await {
                     tracing::info!(error = %e, "event stream ended");
                     c.ended = true;
                     return Some((Ok(error_event(e)), c));
                 }
-                c.token_checked = Instant::now();
             }
             if let Some(e) = c.queue.pop_front() {
                 let id = e.id.to_string();

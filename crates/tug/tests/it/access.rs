@@ -453,6 +453,54 @@ async fn embargo_follows_the_token_not_its_name(backend: Backend) {
 
 on_both_backends!(embargo_follows_the_token_not_its_name);
 
+// Teleport's updaters ask without a token: a public environment never
+// names an embargoed build, even one it runs because it was made public
+// after the build went in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_updater_endpoints_never_name_an_embargoed_build() {
+    let server = TestServer::start().await;
+    let w = tempfile::tempdir().unwrap();
+    let w = w.path();
+    server.tug(w, &["service", "create", "api"]).ok();
+    let private = API.replace("approvals = 1", "");
+    apply(&server, &private);
+    write_files(w, &[("fix.bin", b"fix")]);
+    let out = server
+        .tug(
+            w,
+            &[
+                "push",
+                "--service",
+                "api",
+                "--version",
+                "7.31.337",
+                "--embargo",
+                "--seal",
+                "fix.bin",
+                "--output",
+                "json",
+            ],
+        )
+        .json();
+    let fix = out["build"].as_str().unwrap().to_string();
+    server.tug(w, &["build", "mark-critical", &fix]).ok();
+    server.tug(w, &["release", "api", "--env", "sec", "--build", &fix]).ok();
+    let public = |what: &str| {
+        let url = format!("{}/v1/webapi/automaticupgrades/channel/api/sec/{what}", server.url);
+        async move {
+            let res = reqwest::get(url).await.unwrap();
+            (res.status().as_u16(), res.text().await.unwrap())
+        }
+    };
+    assert_eq!(public("version").await.0, 404, "a private environment is not public");
+    apply(&server, &private.replace("private = true", ""));
+    assert_eq!(public("version").await, (200, "none".to_string()));
+    assert_eq!(public("critical").await, (200, "no".to_string()));
+    server.tug(w, &["build", "unembargo", &fix]).ok();
+    assert_eq!(public("version").await, (200, "v7.31.337".to_string()));
+    assert_eq!(public("critical").await, (200, "yes".to_string()));
+}
+
 /// A sealed build of `service` with one artifact; returns its id and its
 /// blob's digest.
 async fn shipped(server: &TestServer, service: &str, version: &str) -> (String, tug_core::Digest) {
