@@ -135,6 +135,15 @@ async fn events_until_marker(server: &TestServer, token: &str) -> Vec<tug_api::E
     seen
 }
 
+/// Pushes `fix.bin` (in `w`) as a sealed embargoed build of `api` with
+/// `token` and the build metadata in `meta`; returns the push's JSON.
+fn push_embargoed(server: &TestServer, token: &str, w: &std::path::Path, meta: &[&str]) -> Value {
+    let mut args = vec!["push", "--service", "api", "--embargo", "--seal", "--output", "json"];
+    args.extend_from_slice(meta);
+    args.push("fix.bin");
+    server.tug_as(token, w, &args).json()
+}
+
 /// What must not reach a reader the build is embargoed from.
 struct Secrets(Vec<String>);
 
@@ -192,30 +201,17 @@ async fn embargoed_builds_leak_to_no_reader(backend: Backend) {
     // CI pushes and seals the security fix under embargo; an admin
     // releases it into the private sec, and an approver lets it in.
     let commit = "5ec0ffee".repeat(5);
-    let out = server
-        .tug_as(
-            &ci,
-            w,
-            &[
-                "push",
-                "--service",
-                "api",
-                "--version",
-                "7.31.337",
-                "--branch",
-                "hotfix-31337",
-                "--commit",
-                &commit,
-                "--message",
-                "fix CVE-2024-31337",
-                "--embargo",
-                "--seal",
-                "fix.bin",
-                "--output",
-                "json",
-            ],
-        )
-        .json();
+    let meta = [
+        "--version",
+        "7.31.337",
+        "--branch",
+        "hotfix-31337",
+        "--commit",
+        &commit,
+        "--message",
+        "fix CVE-2024-31337",
+    ];
+    let out = push_embargoed(&server, &ci, w, &meta);
     let fix = out["build"].as_str().unwrap().to_string();
     let manifest = out["sealed"]["manifest_digest"].as_str().unwrap().to_string();
     let blob = tug_core::Digest::of(b"the security fix");
@@ -412,24 +408,7 @@ async fn embargo_follows_the_token_not_its_name(backend: Backend) {
     server.tug(w, &["service", "create", "api"]).ok();
     let ci = token(&server, "ci-sec", "ci", &[]);
     write_files(w, &[("fix.bin", b"fix")]);
-    let out = server
-        .tug_as(
-            &ci,
-            w,
-            &[
-                "push",
-                "--service",
-                "api",
-                "--version",
-                "2.0.1",
-                "--embargo",
-                "--seal",
-                "fix.bin",
-                "--output",
-                "json",
-            ],
-        )
-        .json();
+    let out = push_embargoed(&server, &ci, w, &["--version", "2.0.1"]);
     let fix = out["build"].as_str().unwrap().to_string();
     assert_eq!(get(&server, &ci, &format!("/v1/builds/{fix}")).await.0, 200);
 
@@ -465,23 +444,7 @@ async fn public_updater_endpoints_never_name_an_embargoed_build() {
     let private = API.replace("approvals = 1", "");
     apply(&server, &private);
     write_files(w, &[("fix.bin", b"fix")]);
-    let out = server
-        .tug(
-            w,
-            &[
-                "push",
-                "--service",
-                "api",
-                "--version",
-                "7.31.337",
-                "--embargo",
-                "--seal",
-                "fix.bin",
-                "--output",
-                "json",
-            ],
-        )
-        .json();
+    let out = push_embargoed(&server, &server.admin_token, w, &["--version", "7.31.337"]);
     let fix = out["build"].as_str().unwrap().to_string();
     server.tug(w, &["build", "mark-critical", &fix]).ok();
     server.tug(w, &["release", "api", "--env", "sec", "--build", &fix]).ok();
