@@ -97,6 +97,7 @@ pub async fn channel(
         // authenticated.
         let mut revocations = state.revocations.clone();
         revocations.mark_unchanged();
+        tracing::debug!(%service, %env, token = %who.name, "holding a channel long-poll");
         loop {
             let waiting = tag.ends_with("w\"");
             let recheck = if waiting {
