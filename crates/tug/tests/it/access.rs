@@ -816,7 +816,15 @@ async fn revoked_tokens_end_streams_and_long_polls(backend: Backend) {
     // The server says when it holds a long-poll, so the test revokes only
     // once it does.
     let log = [("RUST_LOG", "info,tug_server::routes::agents=debug")];
-    let server = TestServer::start_in(tempfile::tempdir().unwrap(), backend, &[], &log);
+    let server = TestServer::start_in(tempfile::tempdir().unwrap(), backend.clone(), &[], &log);
+    // On a shared database a second server holds the long-poll: the
+    // revocation reaches it through the database, not through this
+    // server's own notice.
+    let second = match backend {
+        Backend::Shared { .. } => Some(TestServer::start_in(tempfile::tempdir().unwrap(), backend, &[], &log)),
+        Backend::Embedded => None,
+    };
+    let holder = second.as_ref().unwrap_or(&server);
     let w = tempfile::tempdir().unwrap();
     let w = w.path();
     server.tug(w, &["service", "create", "web"]).ok();
@@ -831,7 +839,7 @@ async fn revoked_tokens_end_streams_and_long_polls(backend: Backend) {
     });
 
     // A held long-poll: the channel's answer has not changed.
-    let (_, tag) = server
+    let (_, tag) = holder
         .client_with(&follower)
         .channel(
             &tug_core::ServiceName::parse("web").unwrap(),
@@ -844,7 +852,7 @@ async fn revoked_tokens_end_streams_and_long_polls(backend: Backend) {
         .await
         .unwrap()
         .unwrap();
-    let url = format!("{}/v1/channels/web/dev?platform=linux/amd64&wait=60s", server.url);
+    let url = format!("{}/v1/channels/web/dev?platform=linux/amd64&wait=60s", holder.url);
     let held = tokio::spawn({
         let follower = follower.clone();
         async move {
@@ -861,7 +869,7 @@ async fn revoked_tokens_end_streams_and_long_polls(backend: Backend) {
     });
 
     eventually(30, || {
-        server.log().contains("holding a channel long-poll").then_some(())
+        holder.log().contains("holding a channel long-poll").then_some(())
     });
 
     // Each is timed from the start of its token's revocation.
