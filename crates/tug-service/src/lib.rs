@@ -256,11 +256,6 @@ impl Tugboat {
         })
     }
 
-    /// Whether `who` may do `action` (for callers that answer from a cache).
-    pub fn check(&self, who: &Principal, action: Action) -> Result<()> {
-        self.require(who, action)
-    }
-
     pub(crate) fn require(&self, who: &Principal, action: Action) -> Result<()> {
         if who.role.allows(action) {
             Ok(())
