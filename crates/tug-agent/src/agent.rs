@@ -561,6 +561,7 @@ mod tests {
             may_update: false,
             waiting: None,
             artifacts: Vec::new(),
+            embargoed: false,
         }
     }
 

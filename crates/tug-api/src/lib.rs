@@ -15,7 +15,8 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tug_core::{
-    ArtifactName, ArtifactSpec, BuildId, BuildSource, BuildState, CiRun, Digest, Role, ServiceName, TokenName, Version,
+    ArtifactName, ArtifactSpec, BuildId, BuildSource, BuildState, CiRun, Digest, EnvName, Role, ServiceName, TokenName,
+    Version,
 };
 
 /// The body of every 4xx and 5xx response.
@@ -50,9 +51,16 @@ pub struct ServiceList {
 pub struct CreateToken {
     pub name: TokenName,
     pub role: Role,
-    /// Limits a `ci` token to one service's builds.
+    /// Limits the token to one service: it sees and acts on nothing else,
+    /// whatever its role (not for admin tokens).
     #[serde(default)]
     pub service: Option<ServiceName>,
+    /// Limits an agent token to one environment of `service`: it follows
+    /// (channel, blobs, reports) only that environment. The agents of a
+    /// private environment need such a token to see the embargoed builds
+    /// deployed there.
+    #[serde(default, alias = "env", skip_serializing_if = "Option::is_none")]
+    pub environment: Option<EnvName>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,6 +73,9 @@ pub struct Token {
     pub name: TokenName,
     pub role: Role,
     pub service: Option<ServiceName>,
+    /// The one environment of `service` an agent token follows.
+    #[serde(default)]
+    pub environment: Option<EnvName>,
     pub created_at: DateTime<Utc>,
     pub created_by: Option<String>,
     pub revoked_at: Option<DateTime<Utc>>,
@@ -329,7 +340,11 @@ pub struct BuildSummary {
     pub source: BuildSource,
 }
 
-/// One recorded deployment.
+/// One recorded deployment. When its build is embargoed from the token
+/// asking, `build`, `summary` and `reason` are absent and `embargoed` is
+/// set: the environment runs "an embargoed build". Likewise `replaced` and
+/// `replaced_embargoed` for the build it replaced (the reason is then
+/// absent too).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Deployment {
     pub id: String,
@@ -337,7 +352,10 @@ pub struct Deployment {
     pub environment: tug_core::EnvName,
     pub seq: i64,
     pub kind: tug_core::DeployKind,
-    pub build: BuildId,
+    #[serde(default)]
+    pub build: Option<BuildId>,
+    #[serde(default)]
+    pub embargoed: bool,
     /// The build's version and source, when it is known.
     pub summary: Option<BuildSummary>,
     pub requested_by: Option<String>,
@@ -347,6 +365,10 @@ pub struct Deployment {
     /// The short id of `replaced`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replaced_short_id: Option<String>,
+    /// The build that ran before is one the caller may not see: `replaced`
+    /// is then empty.
+    #[serde(default)]
+    pub replaced_embargoed: bool,
     pub reason: Option<String>,
     pub override_freeze: bool,
     /// Who approved the request this deployment carried out (none when the
@@ -410,6 +432,10 @@ pub struct Rollout {
     pub auto_rollback: bool,
     /// Inside a maintenance window now (or there is none).
     pub in_maintenance: bool,
+    /// The build is embargoed from the token asking: `build` and `reason`
+    /// are absent.
+    #[serde(default)]
+    pub embargoed: bool,
 }
 
 /// `POST …/rollout/halt`.
@@ -437,7 +463,8 @@ pub struct AgentCounts {
     pub failed: u64,
     /// No heartbeat for a minute.
     pub stale: u64,
-    /// Agents per build they run.
+    /// Agents per build they run (`none`; `embargoed` for the builds the
+    /// token asking may not see).
     pub by_build: std::collections::BTreeMap<String, u64>,
 }
 
@@ -554,10 +581,19 @@ pub struct DiffQuery {
     pub to: String,
 }
 
+/// A side the token asking may not see is absent, with `from_embargoed`
+/// or `to_embargoed` set; nothing is compared then (no changes, and the
+/// source range names the visible side only).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DiffResult {
-    pub from: BuildSummary,
-    pub to: BuildSummary,
+    #[serde(default)]
+    pub from: Option<BuildSummary>,
+    #[serde(default)]
+    pub from_embargoed: bool,
+    #[serde(default)]
+    pub to: Option<BuildSummary>,
+    #[serde(default)]
+    pub to_embargoed: bool,
     pub changes: Vec<tug_core::diff::ArtifactChange>,
     pub unchanged: u64,
     pub source: tug_core::diff::SourceRange,
@@ -578,7 +614,14 @@ pub struct Event {
     pub kind: String,
     pub service: Option<ServiceName>,
     pub actor: Option<String>,
+    /// What changed. For an event about a build embargoed from the token
+    /// asking, only what concerns the environment (`environment`, `kind`,
+    /// `seq`, …) with `"embargoed": true`; a `replaced` build embargoed from
+    /// it is `null` with `"replaced_embargoed": true`.
     pub payload: serde_json::Value,
+    /// The event is about a build embargoed from the token asking.
+    #[serde(default)]
+    pub embargoed: bool,
 }
 
 /// Query of `GET /v1/events`.
@@ -634,6 +677,12 @@ pub struct Channel {
     pub manifest_digest: Option<Digest>,
     /// Install even outside maintenance windows.
     pub critical: bool,
+    /// The environment runs a build embargoed from the token asking: no
+    /// build, version, digest or artifact is named (an agent keeps what it
+    /// runs). The agents of a private environment follow it with an agent
+    /// token scoped to it (`--service S --env E`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub embargoed: bool,
     /// Whether the asking agent may update now (maintenance windows and
     /// rollout pacing).
     pub may_update: bool,
@@ -692,4 +741,8 @@ pub struct Agent {
     pub last_seen: DateTime<Utc>,
     /// No heartbeat for longer than the server's stale limit.
     pub stale: bool,
+    /// The agent runs (or gave up on) a build embargoed from the token
+    /// asking: `build`, `failed_build` and `error` are absent.
+    #[serde(default)]
+    pub embargoed: bool,
 }

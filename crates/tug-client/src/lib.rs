@@ -221,8 +221,19 @@ impl Client {
         role: Role,
         service: Option<ServiceName>,
     ) -> Result<CreatedToken> {
-        self.json(self.with_json(Method::POST, "/v1/tokens", &CreateToken { name, role, service }))
-            .await
+        self.create_token_with(&CreateToken {
+            name,
+            role,
+            service,
+            environment: None,
+        })
+        .await
+    }
+
+    /// Creates a token with every option of `POST /v1/tokens` (an agent
+    /// token scoped to one environment, say).
+    pub async fn create_token_with(&self, req: &CreateToken) -> Result<CreatedToken> {
+        self.json(self.with_json(Method::POST, "/v1/tokens", req)).await
     }
 
     pub async fn list_tokens(&self) -> Result<Vec<Token>> {
@@ -439,7 +450,8 @@ impl Client {
     }
 
     /// Follows `GET /v1/events`: a stream of events, oldest first, that
-    /// ends only when the connection does.
+    /// ends when the connection does. When the server ends it for a reason
+    /// (the token was revoked), the last item is that error.
     pub async fn events(
         &self,
         query: &tug_api::EventQuery,
@@ -459,7 +471,24 @@ impl Client {
                     if data.is_empty() {
                         continue; // a keep-alive comment
                     }
-                    let parsed = serde_json::from_str(&data.join("\n")).map_err(|e| Error::Protocol(e.to_string()));
+                    let data = data.join("\n");
+                    let is_error = block
+                        .lines()
+                        .any(|l| l.strip_prefix("event:").map(str::trim) == Some("error"));
+                    if is_error {
+                        let e = match serde_json::from_str::<ErrorBody>(&data) {
+                            // A stream ends with its token (401) or with
+                            // the server's database (500).
+                            Ok(b) => Error::Api {
+                                status: if b.code == "internal" { 500 } else { 401 },
+                                code: b.code,
+                                message: b.message,
+                            },
+                            Err(e) => Error::Protocol(e.to_string()),
+                        };
+                        return Some((Err(e), (body, buf)));
+                    }
+                    let parsed = serde_json::from_str(&data).map_err(|e| Error::Protocol(e.to_string()));
                     return Some((parsed, (body, buf)));
                 }
                 match body.next().await {

@@ -6,6 +6,7 @@
 //! This crate does no I/O, spawns nothing and depends on no runtime, database
 //! or HTTP crate, so every rule in it is tested with plain unit tests.
 
+pub mod access;
 pub mod diff;
 pub mod digest;
 pub mod graph;
@@ -18,6 +19,7 @@ pub mod role;
 pub mod short_id;
 pub mod versioning;
 
+pub use access::{BuildAccess, Reader, ScopeError, Sight};
 pub use digest::{Digest, DigestError, Hasher};
 pub use manifest::{
     ArtifactKind, ArtifactSpec, BuildManifest, BuildSource, BuildState, CiRun, DerivedFrom, Draft, ManifestArtifact,

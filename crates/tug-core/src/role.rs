@@ -1,5 +1,6 @@
-//! Roles and what each may do. The server asks [`Role::allows`] before every
-//! use case; nothing else decides access.
+//! Roles and what each may do. Every use case asks [`Role::allows`] first;
+//! what a token may then see and act on (its service and environment scope,
+//! embargoed builds) is decided by [`crate::access`].
 
 use std::fmt;
 use std::str::FromStr;
@@ -17,7 +18,8 @@ pub enum Role {
     Deployer,
     /// Approve deployments that a policy holds.
     Approver,
-    /// Follow a channel and report what runs; nothing else.
+    /// Follow a channel (and the blobs it names) and report what runs;
+    /// nothing else, not even read.
     Agent,
     /// Read everything, change nothing.
     Viewer,

@@ -126,6 +126,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             expected: Vec::new(),
             created_at: at,
             created_by: Some("seed".into()),
+            created_by_token: None,
             embargoed: false,
         })
         .await?;

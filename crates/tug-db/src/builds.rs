@@ -24,6 +24,9 @@ pub struct NewBuild {
     pub expected: Vec<ArtifactName>,
     pub created_at: DateTime<Utc>,
     pub created_by: Option<String>,
+    /// The id of the token that created it (what access is decided by;
+    /// `created_by` is its name, for people).
+    pub created_by_token: Option<String>,
     pub embargoed: bool,
 }
 
@@ -43,6 +46,8 @@ pub struct BuildRow {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub created_by: Option<String>,
+    /// The id of the token that created it.
+    pub created_by_token: Option<String>,
     pub sealed_at: Option<DateTime<Utc>>,
     pub manifest_digest: Option<Digest>,
     /// The canonical manifest bytes, as text, once sealed.
@@ -64,8 +69,10 @@ pub struct BuildFilter {
     pub version: Option<Version>,
     pub state: Option<BuildState>,
     pub limit: u32,
-    /// Leave embargoed builds out (for callers who may not see them).
+    /// Leave embargoed builds out (for callers who may not see them)…
     pub hide_embargoed: bool,
+    /// …except those created by the token with this id.
+    pub unless_created_by_token: Option<String>,
     /// Newest by semantic-version precedence instead of by creation.
     pub by_version: bool,
 }
@@ -104,6 +111,7 @@ macro_rules! build_columns {
         concat!(
             "b.id, b.service, b.version, b.state, b.repo, b.branch, b.commit_sha, b.tag, b.author, ",
             "b.message, b.ci_url, b.builder_image, b.expected, b.created_at, b.updated_at, b.created_by, ",
+            "b.created_by_token, ",
             "b.sealed_at, b.manifest_digest, ",
             $manifest,
             ", b.yanked_at, b.yanked_by, b.yank_reason, b.embargoed, b.critical, ",
@@ -148,6 +156,7 @@ fn build_from_row(r: &AnyRow) -> Result<BuildRow> {
         created_at: millis(r.try_get("created_at")?)?,
         updated_at: millis(r.try_get("updated_at")?)?,
         created_by: r.try_get("created_by")?,
+        created_by_token: r.try_get("created_by_token")?,
         sealed_at: opt_millis(r.try_get("sealed_at")?)?,
         manifest_digest: opt_parse(r.try_get("manifest_digest")?, Digest::parse)?,
         manifest: r.try_get("manifest")?,
@@ -160,6 +169,26 @@ fn build_from_row(r: &AnyRow) -> Result<BuildRow> {
     })
 }
 
+/// What deciding who may see a build needs to know of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildAccessRow {
+    pub id: BuildId,
+    pub service: ServiceName,
+    pub embargoed: bool,
+    pub created_by_token: Option<String>,
+}
+
+const ACCESS_COLUMNS: &str = "b.id, b.service, b.embargoed, b.created_by_token";
+
+fn access_from_row(r: &AnyRow) -> Result<BuildAccessRow> {
+    Ok(BuildAccessRow {
+        id: parse(&r.try_get::<String, _>("id")?, BuildId::parse)?,
+        service: parse(&r.try_get::<String, _>("service")?, ServiceName::parse)?,
+        embargoed: r.try_get::<i64, _>("embargoed")? != 0,
+        created_by_token: r.try_get("created_by_token")?,
+    })
+}
+
 /// Rows per multi-row INSERT: well under both dialects' parameter limits.
 const INSERT_CHUNK: usize = 100;
 
@@ -168,8 +197,8 @@ impl Db {
         let expected: Vec<&str> = b.expected.iter().map(|e| e.as_str()).collect();
         let res = sqlx::query(
             "INSERT INTO builds (id, service, version, state, repo, branch, commit_sha, tag, author, message, \
-             ci_url, builder_image, expected, created_at, updated_at, created_by, embargoed) \
-             VALUES ($1, $2, $3, 'draft', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $14, $15)",
+             ci_url, builder_image, expected, created_at, updated_at, created_by, created_by_token, embargoed) \
+             VALUES ($1, $2, $3, 'draft', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $14, $15, $16)",
         )
         .bind(b.id.as_str())
         .bind(b.service.as_str())
@@ -185,6 +214,7 @@ impl Db {
         .bind(serde_json::to_string(&expected).map_err(|e| Error::Corrupt(e.to_string()))?)
         .bind(b.created_at.timestamp_millis())
         .bind(b.created_by.clone())
+        .bind(b.created_by_token.clone())
         .bind(i64::from(b.embargoed))
         .execute(&self.pool)
         .await;
@@ -273,6 +303,37 @@ impl Db {
         Ok(out)
     }
 
+    /// The access facts of the builds with these ids (those that exist).
+    pub async fn build_access(&self, ids: &[BuildId]) -> Result<Vec<BuildAccessRow>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(INSERT_CHUNK) {
+            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT {ACCESS_COLUMNS} FROM builds b WHERE b.id IN ({})",
+                marks.join(", ")
+            );
+            let mut q = sqlx::query(&sql);
+            for id in chunk {
+                q = q.bind(id.as_str());
+            }
+            for r in q.fetch_all(&self.pool).await? {
+                out.push(access_from_row(&r)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The access facts of every build with an artifact stored as `digest`.
+    pub async fn blob_builds(&self, digest: &Digest) -> Result<Vec<BuildAccessRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT DISTINCT {ACCESS_COLUMNS} FROM artifacts a JOIN builds b ON b.id = a.build_id WHERE a.digest = $1"
+        ))
+        .bind(digest.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(access_from_row).collect()
+    }
+
     /// Builds matching `filter`, newest first.
     pub async fn list_builds(&self, filter: &BuildFilter) -> Result<Vec<BuildRow>> {
         let mut sql = format!("SELECT {LIST_COLUMNS} FROM builds b WHERE 1 = 1");
@@ -294,7 +355,16 @@ impl Db {
             add("state", s.as_str().to_string(), &mut sql);
         }
         if filter.hide_embargoed {
-            sql.push_str(" AND b.embargoed = 0");
+            match &filter.unless_created_by_token {
+                Some(token) => {
+                    args.push(token.clone());
+                    sql.push_str(&format!(
+                        " AND (b.embargoed = 0 OR b.created_by_token = ${})",
+                        args.len()
+                    ));
+                }
+                None => sql.push_str(" AND b.embargoed = 0"),
+            }
         }
         // Semantic-version order is computed here (text order is not
         // precedence: 1.10.0 > 1.9.0), over every match, then cut.
@@ -591,14 +661,22 @@ impl Db {
 }
 
 impl Db {
-    /// The versions of a service's builds that are not abandoned.
-    pub async fn versions(&self, service: &ServiceName) -> Result<Vec<Version>> {
-        let rows = sqlx::query("SELECT DISTINCT version FROM builds WHERE service = $1 AND state <> 'abandoned'")
-            .bind(service.as_str())
-            .fetch_all(&self.pool)
-            .await?;
+    /// The version of each build of a service that is not abandoned, with
+    /// what deciding who may see it needs.
+    pub async fn build_versions(&self, service: &ServiceName) -> Result<Vec<(Version, BuildAccessRow)>> {
+        let rows = sqlx::query(&format!(
+            "SELECT b.version, {ACCESS_COLUMNS} FROM builds b WHERE b.service = $1 AND b.state <> 'abandoned'"
+        ))
+        .bind(service.as_str())
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
-            .map(|r| parse(&r.try_get::<String, _>("version")?, Version::parse))
+            .map(|r| {
+                Ok((
+                    parse(&r.try_get::<String, _>("version")?, Version::parse)?,
+                    access_from_row(r)?,
+                ))
+            })
             .collect()
     }
 

@@ -30,11 +30,11 @@ mod rollouts;
 mod tokens;
 
 pub use agents::AgentRow;
-pub use builds::{BuildFilter, BuildRow, NewBuild};
+pub use builds::{BuildAccessRow, BuildFilter, BuildRow, NewBuild};
 pub use deployments::{CreatedRequest, DeploymentRow, EnvState, NewDeployment, PipelineRow, RequestRow};
-pub use events::EventRow;
+pub use events::{EventRow, NewEvent};
 pub use rollouts::{RolloutCounts, RolloutRow, SoakClock};
-pub use tokens::{NewToken, TokenRow};
+pub use tokens::{NewToken, Revocation, TokenRow};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -75,6 +75,11 @@ impl From<Error> for ApiError {
                 "token_not_found",
                 format!("no active token is named {name:?}; see tug token list"),
             ),
+            e @ Error::TokenAlreadyRevoked { .. } => ApiError::new(
+                S::CONFLICT,
+                "token_already_revoked",
+                format!("{e}; see tug token list"),
+            ),
             Error::TokenNameTaken(name) => ApiError::new(
                 S::CONFLICT,
                 "token_exists",
@@ -103,6 +108,7 @@ impl From<Error> for ApiError {
                     )
                 },
             ),
+            Error::HiddenBuild(message) => ApiError::new(S::NOT_FOUND, "build_not_found", message),
             Error::NotSealed(b) => ApiError::new(
                 S::CONFLICT,
                 "build_not_sealed",

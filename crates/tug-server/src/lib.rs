@@ -32,6 +32,11 @@ pub struct AppState {
     /// The newest event id, updated by a poller: long-polls wake on it, so
     /// they see changes made through any server sharing the database.
     pub changes: tokio::sync::watch::Receiver<i64>,
+    /// How many tokens were ever revoked, updated by the same poller: held
+    /// long-polls and event streams look their token up again when it
+    /// moves, so a revocation through any server ends them within moments
+    /// at the cost of one query per interval for the whole server.
+    pub revocations: tokio::sync::watch::Receiver<i64>,
     /// Answers of Teleport's public version/critical endpoints, each with
     /// the event id it was computed at: valid until the next change.
     pub public_answers: std::sync::Arc<std::sync::RwLock<std::collections::HashMap<String, (i64, String)>>>,
@@ -234,10 +239,12 @@ async fn start_with(config: &Config, db: tug_db::Db, store: Arc<dyn tug_store::B
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
+    let (changes, revocations) = watch_changes(tugboat.db().clone(), tugboat.recorded());
     let router = router(AppState {
         tugboat: tugboat.clone(),
         max_json_body: config.max_json_body,
-        changes: watch_changes(tugboat.db().clone(), tugboat.recorded()),
+        changes,
+        revocations,
         public_answers: Default::default(),
         channel_answers: Default::default(),
         channel_flights: Default::default(),
@@ -279,26 +286,34 @@ impl Started {
 /// How often the server looks for changes made through any server.
 const CHANGE_POLL: Duration = Duration::from_millis(200);
 
-/// Starts the poller that publishes the newest event id. One query per
-/// interval for the whole server, however many long-polls wait, and one
-/// at once when this server records an event; it ends when every receiver
-/// is gone.
-fn watch_changes(db: tug_db::Db, recorded: std::sync::Arc<tokio::sync::Notify>) -> tokio::sync::watch::Receiver<i64> {
+/// Starts the poller that publishes the newest event id and the number of
+/// revoked tokens. Two queries per interval for the whole server, however
+/// many long-polls wait, and at once when this server records an event or
+/// revokes a token; it ends when every receiver is gone.
+fn watch_changes(
+    db: tug_db::Db,
+    recorded: std::sync::Arc<tokio::sync::Notify>,
+) -> (tokio::sync::watch::Receiver<i64>, tokio::sync::watch::Receiver<i64>) {
     let (tx, rx) = tokio::sync::watch::channel(0);
+    let (revoked_tx, revoked_rx) = tokio::sync::watch::channel(0);
     tokio::spawn(async move {
         let mut last = 0;
         loop {
             match db.last_event_id().await {
                 Ok(id) if id != last => {
                     last = id;
-                    if tx.send(id).is_err() {
-                        return;
-                    }
+                    let _ = tx.send(id);
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "cannot read the newest event"),
             }
-            if tx.is_closed() {
+            match db.revocation_count().await {
+                Ok(n) => {
+                    revoked_tx.send_if_modified(|seen| std::mem::replace(seen, n) != n);
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot read the revoked tokens"),
+            }
+            if tx.is_closed() && revoked_tx.is_closed() {
                 return;
             }
             tokio::select! {
@@ -307,7 +322,7 @@ fn watch_changes(db: tug_db::Db, recorded: std::sync::Arc<tokio::sync::Notify>) 
             }
         }
     });
-    rx
+    (rx, revoked_rx)
 }
 
 /// Writes a secret readable by its owner only (mode 0600), atomically.

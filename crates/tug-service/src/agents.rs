@@ -1,12 +1,18 @@
 //! Channels and agents: what an environment wants its agents to run (for
 //! one platform), the agents' reports, and the fleet view.
 
-use tug_core::{Action, ArtifactSpec, EnvName, Environment, Platform, ServiceName};
+use std::collections::BTreeMap;
+
+use tug_core::access::BuildAccess;
+use tug_core::{Action, ArtifactSpec, BuildId, EnvName, Environment, Platform, ServiceName};
 use tug_db::{AgentRow, BuildRow};
 
+use crate::access::{facts_of, AgentView, Sights};
 use crate::{Error, Principal, Result, Tugboat};
 
-/// An environment's channel for one platform.
+/// An environment's channel for one platform, whole: what it shows a
+/// caller is decided by [`Tugboat::channel_sight`], so one view can be
+/// shared by many callers.
 #[derive(Debug, Clone)]
 pub struct ChannelView {
     pub environment: Environment,
@@ -18,6 +24,20 @@ pub struct ChannelView {
     pub artifacts: Vec<ArtifactSpec>,
     /// What decides which agent may take the build now.
     pub pacing: crate::Pacing,
+}
+
+/// How many agents of an environment run what, and how they are.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentCounts {
+    pub total: u64,
+    /// Agents running the environment's current build.
+    pub on_current: u64,
+    pub healthy: u64,
+    pub failed: u64,
+    pub stale: u64,
+    /// Agents per build they run (`none`, or `embargoed` for builds the
+    /// caller may not see).
+    pub by_build: BTreeMap<String, u64>,
 }
 
 /// How long without a heartbeat makes an agent stale.
@@ -32,7 +52,7 @@ impl Tugboat {
         env: &EnvName,
         platform: &Platform,
     ) -> Result<ChannelView> {
-        self.require(who, Action::Follow)?;
+        self.require_follow(who, Action::Follow, service, env)?;
         self.channel_of(service, env, platform).await
     }
 
@@ -71,7 +91,9 @@ impl Tugboat {
 
     /// The version a public (non-private) environment runs, for updaters
     /// that ask without a token (Teleport's `…/version` endpoint): `None`
-    /// while it runs nothing. A private environment does not exist here.
+    /// while it runs nothing, or runs an embargoed build (which a public
+    /// environment cannot receive, but may still run if it was made public
+    /// after). A private environment does not exist here.
     pub async fn public_version(&self, service: &ServiceName, env: &EnvName) -> Result<Option<BuildRow>> {
         let platform = Platform::parse("linux/amd64").map_err(|e| Error::Invalid(e.to_string()))?;
         let channel = self.channel_of(service, env, &platform).await?;
@@ -82,19 +104,31 @@ impl Tugboat {
                 known: "the public ones".into(),
             });
         }
-        Ok(channel.build)
+        Ok(channel.build.filter(|b| {
+            let facts = facts_of(b);
+            tug_core::access::public_sight(&BuildAccess {
+                service: &facts.service,
+                embargoed: facts.embargoed,
+                created_by_token: None,
+                private_deployments: &[],
+            })
+            .is_full()
+        }))
     }
 
     /// Stores an agent's report. The environment must exist in the
     /// service's pipeline and the builds it names must exist; nothing is
     /// stored otherwise.
     pub async fn report(&self, who: &Principal, mut report: AgentRow) -> Result<()> {
-        self.require(who, Action::Report)?;
+        self.require_follow(who, Action::Report, &report.service, &report.environment)?;
         let view = self.pipeline_view(&report.service).await?;
         let environment = crate::deploy::environment(&view.pipeline, &report.environment)?;
         for b in report.build.iter().chain(&report.failed_build) {
-            if self.db.build_summary(b).await?.is_none() {
-                return Err(Error::BuildNotFound(b.to_string()));
+            match self.db.build_summary(b).await? {
+                Some(row) => {
+                    self.require_visible(who, row, b.as_str()).await?;
+                }
+                None => return Err(Error::BuildNotFound(b.to_string())),
             }
         }
         for (field, value, max) in [
@@ -132,15 +166,65 @@ impl Tugboat {
         Ok(())
     }
 
-    /// Agents, optionally of one service and environment.
+    /// Agents, optionally of one service and environment: of the caller's
+    /// service when it is scoped, without the builds it may not see.
     pub async fn agents(
         &self,
         who: &Principal,
         service: Option<&ServiceName>,
         env: Option<&EnvName>,
-    ) -> Result<Vec<AgentRow>> {
-        self.require(who, Action::Read)?;
-        Ok(self.db.agents(service, env).await?)
+    ) -> Result<Vec<AgentView>> {
+        let service = self.listing_scope(who, Action::Read, service)?;
+        let rows = self.db.agents(service.as_ref(), env).await?;
+        let sights = self.agent_sights(who, &rows).await?;
+        Ok(rows.into_iter().map(|a| sights.agent(a)).collect())
+    }
+
+    async fn agent_sights(&self, who: &Principal, rows: &[AgentRow]) -> Result<Sights> {
+        let ids = rows
+            .iter()
+            .flat_map(|a| a.build.iter().chain(&a.failed_build))
+            .cloned()
+            .collect();
+        self.sights(who, ids).await
+    }
+
+    /// Counts the agents of each environment of a service (reported in
+    /// `status`): `current` is what each environment runs.
+    pub(crate) async fn agent_counts(
+        &self,
+        who: &Principal,
+        service: &ServiceName,
+        current: &[(EnvName, Option<BuildId>)],
+    ) -> Result<Vec<AgentCounts>> {
+        let rows = self.db.agents(Some(service), None).await?;
+        let sights = self.agent_sights(who, &rows).await?;
+        Ok(current
+            .iter()
+            .map(|(env, build)| {
+                let mut c = AgentCounts::default();
+                for a in rows.iter().filter(|a| &a.environment == env) {
+                    c.total += 1;
+                    if self.is_stale(a.last_seen) {
+                        c.stale += 1;
+                    } else if a.state == "healthy" {
+                        c.healthy += 1;
+                    } else if a.state == "failed" {
+                        c.failed += 1;
+                    }
+                    if a.build.is_some() && a.build.as_ref() == build.as_ref() {
+                        c.on_current += 1;
+                    }
+                    let key = match &a.build {
+                        None => "none".to_string(),
+                        Some(b) if sights.full(b) => b.to_string(),
+                        Some(_) => "embargoed".to_string(),
+                    };
+                    *c.by_build.entry(key).or_default() += 1;
+                }
+                c
+            })
+            .collect())
     }
 
     /// The short form of every agent's id, unique among all agents (not

@@ -14,7 +14,8 @@ use tug_core::{
 };
 use tug_db::{BuildFilter, BuildRow, CreatedRequest, DeploymentRow, EnvState, NewDeployment, PipelineRow, RequestRow};
 
-use crate::{Error, Principal, Result, Tugboat};
+use crate::access::facts_of;
+use crate::{AgentCounts, DeploymentView, Error, Principal, Result, Shown, Tugboat};
 
 /// Which build a release names.
 #[derive(Debug, Clone)]
@@ -46,6 +47,14 @@ pub enum Outcome {
     },
     /// The environment needs approvals; the request waits for them.
     Pending { request: RequestRow, need: u32 },
+}
+
+/// What a release, promotion or rollback came to, as its caller may see
+/// it (the build it replaced may be embargoed from a deployer).
+#[derive(Debug, Clone)]
+pub enum Answer {
+    Deployed(Box<DeploymentView>),
+    Pending { request: Box<RequestRow>, need: u32 },
 }
 
 /// What an approval or rejection came to.
@@ -81,29 +90,35 @@ pub(crate) struct Intent<'a> {
     pub(crate) state: Option<EnvState>,
 }
 
-/// What changed between two builds.
+/// What changed between two builds. When either side is embargoed from
+/// the caller, nothing is compared: the changes are empty and the source
+/// range names the visible side only.
 #[derive(Debug, Clone)]
 pub struct Diff {
-    pub old: BuildRow,
-    pub new: BuildRow,
+    pub old: Shown<BuildRow>,
+    pub new: Shown<BuildRow>,
     pub changes: Vec<tug_core::diff::ArtifactChange>,
     pub unchanged: u64,
     pub source: tug_core::diff::SourceRange,
 }
 
-/// One environment in `status`.
+/// One environment in `status`, as the caller may see it.
 #[derive(Debug, Clone)]
 pub struct EnvStatus {
     pub environment: Environment,
-    pub state: EnvState,
-    pub build: Option<BuildRow>,
-    /// Deployments into this environment waiting for approvals.
+    pub auto_release_held: bool,
+    /// What it runs.
+    pub current: Option<DeploymentView>,
+    /// Deployments into this environment waiting for approvals (of builds
+    /// the caller may see).
     pub pending: Vec<RequestRow>,
     /// Requests into this environment that expired since its current
     /// deployment (since ever, when it runs nothing), newest first.
     pub expired: Vec<RequestRow>,
     /// The rollout of the current build to the environment's agents.
     pub rollout: crate::RolloutStatus,
+    /// The agents following it.
+    pub agents: AgentCounts,
 }
 
 /// A pipeline as stored, parsed.
@@ -202,14 +217,14 @@ impl Tugboat {
 
     /// The current pipeline of a service.
     pub async fn show_pipeline(&self, who: &Principal, service: &ServiceName) -> Result<PipelineView> {
-        self.require(who, Action::Read)?;
+        self.require_in(who, Action::Read, service)?;
         self.pipeline_of(service).await
     }
 
     /// Every revision of a service's pipeline, newest first, with who
     /// applied it, when, and what it changed.
     pub async fn pipeline_history(&self, who: &Principal, service: &ServiceName) -> Result<Vec<PipelineRevision>> {
-        self.require(who, Action::Read)?;
+        self.require_in(who, Action::Read, service)?;
         self.pipeline_of(service).await?;
         let rows = self.db.pipeline_history(service).await?;
         let parsed: Vec<Option<Pipeline>> = rows.iter().map(|r| Pipeline::parse(&r.spec).ok()).collect();
@@ -250,25 +265,24 @@ impl Tugboat {
         env: &EnvName,
         selector: BuildSelector,
         options: DeployOptions,
-    ) -> Result<Outcome> {
-        self.require(who, Action::Deploy)?;
+    ) -> Result<Answer> {
+        self.require_in(who, Action::Deploy, service)?;
         let view = self.pipeline_of(service).await?;
         let environment = environment(&view.pipeline, env)?;
         let build = match selector {
-            BuildSelector::Reference(r) => self.resolve(&r).await?,
+            BuildSelector::Reference(r) => self.resolve_visible(who, &r).await?,
             BuildSelector::Branch(b) => self
-                .newest_sealed(service, Some(b.clone()), None)
+                .newest_sealed_seen_by(Some(who), service, Some(b.clone()), None)
                 .await?
                 .ok_or_else(|| {
                     Error::NothingToDeploy(format!("service {service} has no sealed build of branch {b}"))
                 })?,
-            BuildSelector::Version(v) => {
-                self.newest_sealed(service, None, Some(v.clone()))
-                    .await?
-                    .ok_or_else(|| {
-                        Error::NothingToDeploy(format!("service {service} has no sealed build with version {v}"))
-                    })?
-            }
+            BuildSelector::Version(v) => self
+                .newest_sealed_seen_by(Some(who), service, None, Some(v.clone()))
+                .await?
+                .ok_or_else(|| {
+                    Error::NothingToDeploy(format!("service {service} has no sealed build with version {v}"))
+                })?,
         };
         if &build.service != service {
             return Err(Error::Invalid(format!(
@@ -276,15 +290,8 @@ impl Tugboat {
                 build.id, build.service
             )));
         }
-        self.carry_out(Intent::by(
-            who,
-            service,
-            environment,
-            build,
-            DeployKind::Release,
-            options,
-        ))
-        .await
+        self.deploy_as(who, service, environment, build, DeployKind::Release, options)
+            .await
     }
 
     /// Takes the build running in the environment's upstream (for the first
@@ -296,8 +303,8 @@ impl Tugboat {
         service: &ServiceName,
         to: &EnvName,
         options: DeployOptions,
-    ) -> Result<Outcome> {
-        self.require(who, Action::Deploy)?;
+    ) -> Result<Answer> {
+        self.require_in(who, Action::Deploy, service)?;
         let view = self.pipeline_of(service).await?;
         let environment = environment(&view.pipeline, to)?;
         let build_id = match (&environment.upstream, &environment.auto_release) {
@@ -329,26 +336,24 @@ impl Tugboat {
                 )))
             }
         };
+        let build = self
+            .db
+            .build(&build_id)
+            .await?
+            .ok_or_else(|| Error::BuildNotFound(build_id.to_string()))?;
+        let upstream = environment.upstream.as_ref().map_or("its branch", |u| u.as_str());
+        let build = self.require_seen(who, build, || {
+            format!("{upstream} of {service} runs an embargoed build this token may not see; an admin or an approver may promote it")
+        })
+        .await?;
         let current = self.db.env_state(service, to).await?.current;
         if current.as_ref().is_some_and(|c| c.build == build_id) {
             return Err(Error::NothingToDeploy(format!(
                 "{to} of {service} already runs build {build_id}"
             )));
         }
-        let build = self
-            .db
-            .build(&build_id)
-            .await?
-            .ok_or_else(|| Error::BuildNotFound(build_id.to_string()))?;
-        self.carry_out(Intent::by(
-            who,
-            service,
-            environment,
-            build,
-            DeployKind::Promote,
-            options,
-        ))
-        .await
+        self.deploy_as(who, service, environment, build, DeployKind::Promote, options)
+            .await
     }
 
     /// Puts the previous build (or `to`, which must have run there before)
@@ -360,8 +365,8 @@ impl Tugboat {
         env: &EnvName,
         to: Option<String>,
         options: DeployOptions,
-    ) -> Result<Outcome> {
-        self.require(who, Action::Deploy)?;
+    ) -> Result<Answer> {
+        self.require_in(who, Action::Deploy, service)?;
         let view = self.pipeline_of(service).await?;
         let environment = environment(&view.pipeline, env)?;
         let current = self.db.env_state(service, env).await?.current.ok_or_else(|| {
@@ -369,7 +374,7 @@ impl Tugboat {
         })?;
         let target = match to {
             Some(r) => {
-                let b = self.resolve(&r).await?;
+                let b = self.resolve_visible(who, &r).await?;
                 if self.db.last_deployed_at(service, env, &b.id).await?.is_none() {
                     return Err(Error::NothingToDeploy(format!(
                         "build {} never ran in {env} of {service}; roll back only to a build that did (see tug history)",
@@ -385,10 +390,15 @@ impl Tugboat {
                         current.build
                     ))
                 })?;
-                self.db
+                let b = self
+                    .db
                     .build(&previous)
                     .await?
-                    .ok_or_else(|| Error::BuildNotFound(previous.to_string()))?
+                    .ok_or_else(|| Error::BuildNotFound(previous.to_string()))?;
+                self.require_seen(who, b, || {
+                    format!("{env} of {service} ran an embargoed build before this one, which this token may not see; an admin or an approver may roll back to it")
+                })
+                .await?
             }
         };
         if target.id == current.build {
@@ -397,15 +407,56 @@ impl Tugboat {
                 target.id
             )));
         }
-        self.carry_out(Intent::by(
-            who,
-            service,
-            environment,
-            target,
-            DeployKind::Rollback,
-            options,
-        ))
-        .await
+        self.deploy_as(who, service, environment, target, DeployKind::Rollback, options)
+            .await
+    }
+
+    /// `build` if the caller may see it; otherwise refused as a build that
+    /// does not exist, with `why` saying where it is.
+    async fn require_seen(&self, who: &Principal, build: BuildRow, why: impl FnOnce() -> String) -> Result<BuildRow> {
+        if self.sight(who, &facts_of(&build)).await?.is_full() {
+            Ok(build)
+        } else {
+            Err(Error::HiddenBuild(why()))
+        }
+    }
+
+    /// Carries out a deployment `who` asked for and answers as `who` may
+    /// see it.
+    async fn deploy_as(
+        &self,
+        who: &Principal,
+        service: &ServiceName,
+        environment: &Environment,
+        build: BuildRow,
+        kind: DeployKind,
+        options: DeployOptions,
+    ) -> Result<Answer> {
+        let outcome = self
+            .carry_out(Intent::by(who, service, environment, build, kind, options))
+            .await?;
+        let answer = self.answer_as(who, outcome).await?;
+        // The caller named the build, so it may see the request for it.
+        answer.ok_or_else(|| Error::Conflict("the deployment cannot be shown to its caller".into()))
+    }
+
+    /// What a deployment came to, as `who` may see it: `None` for a
+    /// request to deploy a build `who` may not see (auto-release caught up
+    /// with an embargoed build in a private environment, say).
+    async fn answer_as(&self, who: &Principal, outcome: Outcome) -> Result<Option<Answer>> {
+        Ok(match outcome {
+            Outcome::Deployed { deployment, build } => {
+                let sights = self.sights(who, deployment_builds(&deployment).collect()).await?;
+                Some(Answer::Deployed(Box::new(sights.deployment(deployment, Some(*build)))))
+            }
+            Outcome::Pending { request, need } => {
+                let sights = self.sights(who, vec![request.build.clone()]).await?;
+                sights.full(&request.build).then(|| Answer::Pending {
+                    request: Box::new(request),
+                    need,
+                })
+            }
+        })
     }
 
     /// The next version of a service: a cloud version (`<major>.0.0-cloud.
@@ -419,17 +470,20 @@ impl Tugboat {
         part: Option<Part>,
         commit: Option<&str>,
     ) -> Result<Version> {
-        self.require(who, Action::Read)?;
+        self.require_in(who, Action::Read, service)?;
         if !self.db.service_exists(service).await? {
             return Err(Error::ServiceNotFound(service.clone()));
         }
-        let stable: Vec<Version> = self
-            .db
-            .versions(service)
-            .await?
-            .into_iter()
-            .filter(|v| v.semver().pre.is_empty())
-            .collect();
+        // Versions of builds the caller may not see count as if those
+        // builds did not exist: an embargoed 2.0.1 must not show through
+        // a next patch version of 2.0.2.
+        let versions = self.db.build_versions(service).await?;
+        let mut stable = Vec::with_capacity(versions.len());
+        for (v, facts) in versions {
+            if v.semver().pre.is_empty() && self.sight(who, &facts).await?.is_full() {
+                stable.push(v);
+            }
+        }
         let newest = stable.iter().max().cloned();
         match (part, commit) {
             (None, Some(commit)) => next_cloud_version(newest.map(|v| v.semver().major), self.now(), commit)
@@ -451,7 +505,7 @@ impl Tugboat {
         who: &Principal,
         service: &ServiceName,
         side: &str,
-    ) -> Result<(BuildRow, Vec<tug_core::ArtifactSpec>)> {
+    ) -> Result<(Shown<BuildRow>, Vec<tug_core::ArtifactSpec>)> {
         let is_build = side.starts_with(tug_core::digest::PREFIX)
             || BuildId::parse(side).is_ok()
             || (IdPrefix::parse(side).is_some() && !self.names_environment(service, side).await);
@@ -477,8 +531,11 @@ impl Tugboat {
                 build.id, build.service
             )));
         }
+        if !self.sight(who, &facts_of(&build)).await?.is_full() {
+            return Ok((Shown::Embargoed, Vec::new()));
+        }
         let artifacts = self.db.artifacts(&build.id).await?;
-        Ok((build, artifacts))
+        Ok((Shown::Visible(build), artifacts))
     }
 
     /// Whether `name` is an environment of the service's pipeline: `cafe`
@@ -492,11 +549,19 @@ impl Tugboat {
 
     /// What changed from one environment or build to another.
     pub async fn diff(&self, who: &Principal, service: &ServiceName, from: &str, to: &str) -> Result<Diff> {
-        self.require(who, Action::Read)?;
+        self.require_in(who, Action::Read, service)?;
         let (old, old_artifacts) = self.diff_side(who, service, from).await?;
         let (new, new_artifacts) = self.diff_side(who, service, to).await?;
-        let (changes, unchanged) = tug_core::diff::artifacts(&old_artifacts, &new_artifacts);
-        let source = tug_core::diff::source_range(&old.source, &new.source);
+        let (changes, unchanged) = if old.is_embargoed() || new.is_embargoed() {
+            (Vec::new(), 0)
+        } else {
+            tug_core::diff::artifacts(&old_artifacts, &new_artifacts)
+        };
+        let unseen = tug_core::BuildSource::default();
+        let source = tug_core::diff::source_range(
+            old.visible().map_or(&unseen, |b| &b.source),
+            new.visible().map_or(&unseen, |b| &b.source),
+        );
         Ok(Diff {
             old,
             new,
@@ -510,16 +575,16 @@ impl Tugboat {
     /// the newest eligible build of its branch is released (or waits for
     /// approvals) unless it runs already. The outer result is the resume's;
     /// the inner one says what catching up came to (`None`: nothing to
-    /// release). When catching up is refused (a freeze window, say) the
-    /// hold stays lifted and the periodic sweep releases the build once the
-    /// policies allow it.
+    /// release), as the caller may see it. When catching up is refused (a
+    /// freeze window, say) the hold stays lifted and the periodic sweep
+    /// releases the build once the policies allow it.
     pub async fn resume_auto_release(
         &self,
         who: &Principal,
         service: &ServiceName,
         env: &EnvName,
-    ) -> Result<Result<Option<Outcome>>> {
-        self.require(who, Action::Deploy)?;
+    ) -> Result<Result<Option<Answer>>> {
+        self.require_in(who, Action::Deploy, service)?;
         let view = self.pipeline_of(service).await?;
         let environment = environment(&view.pipeline, env)?;
         self.db.set_auto_release_hold(service, env, false).await?;
@@ -530,69 +595,113 @@ impl Tugboat {
             serde_json::json!({"environment": env}),
         )
         .await;
-        Ok(self.reconcile(service, environment).await)
+        Ok(match self.reconcile(service, environment).await {
+            Ok(Some(outcome)) => self.answer_as(who, outcome).await,
+            Ok(None) => Ok(None),
+            Err(e) => Err(e),
+        })
     }
 
-    /// Every environment of the service in pipeline order with what it runs.
+    /// Every environment of the service in pipeline order with what it
+    /// runs, as the caller may see it.
     pub async fn status(&self, who: &Principal, service: &ServiceName) -> Result<(PipelineView, Vec<EnvStatus>)> {
-        self.require(who, Action::Read)?;
+        self.require_in(who, Action::Read, service)?;
         let view = self.pipeline_of(service).await?;
         let now = self.now();
-        let mut out = Vec::with_capacity(view.pipeline.environments.len());
+        let mut states = Vec::with_capacity(view.pipeline.environments.len());
         for environment in &view.pipeline.environments {
             let state = self.db.env_state(service, &environment.name).await?;
             let build = match &state.current {
                 Some(d) => self.db.build_summary(&d.build).await?,
                 None => None,
             };
-            let pacing = crate::Pacing::of(service, environment, &state, build.as_ref().is_some_and(|b| b.critical));
-            let rollout = self.status_of(&pacing).await?;
+            states.push((environment, state, build));
+        }
+        let pending = self.db.pending_requests(service, now).await?;
+        let mut expired = Vec::with_capacity(states.len());
+        for (environment, state, _) in &states {
             let since = state
                 .current
                 .as_ref()
                 .map_or(DateTime::<Utc>::MIN_UTC, |d| d.deployed_at);
-            let expired = self
-                .db
-                .expired_requests(service, &environment.name, since, now, EXPIRED_SHOWN)
-                .await?;
+            expired.push(
+                self.db
+                    .expired_requests(service, &environment.name, since, now, EXPIRED_SHOWN)
+                    .await?,
+            );
+        }
+        let sights = self
+            .sights(
+                who,
+                states
+                    .iter()
+                    .flat_map(|(_, s, _)| s.current.iter().flat_map(deployment_builds))
+                    .chain(pending.iter().map(|r| r.build.clone()))
+                    .chain(expired.iter().flatten().map(|r| r.build.clone()))
+                    .collect(),
+            )
+            .await?;
+        let current: Vec<(EnvName, Option<BuildId>)> = states
+            .iter()
+            .map(|(e, s, _)| (e.name.clone(), s.current.as_ref().map(|d| d.build.clone())))
+            .collect();
+        let mut counts = self.agent_counts(who, service, &current).await?.into_iter();
+        let mut out = Vec::with_capacity(states.len());
+        for ((environment, state, build), expired) in states.into_iter().zip(expired) {
+            let pacing = crate::Pacing::of(service, environment, &state, build.as_ref().is_some_and(|b| b.critical));
+            let rollout = self.status_of(&pacing).await?;
             out.push(EnvStatus {
                 environment: environment.clone(),
-                state,
-                build,
-                pending: Vec::new(),
-                expired,
-                rollout,
+                auto_release_held: state.auto_release_held,
+                rollout: crate::rollouts::shown(rollout, &sights),
+                current: state.current.map(|d| sights.deployment(d, build)),
+                pending: pending
+                    .iter()
+                    .filter(|r| r.environment == environment.name && sights.full(&r.build))
+                    .cloned()
+                    .collect(),
+                // A request for a build the caller may not see is left out
+                // altogether, as a pending one is.
+                expired: expired.into_iter().filter(|r| sights.full(&r.build)).collect(),
+                agents: counts.next().unwrap_or_default(),
             });
-        }
-        for request in self.db.pending_requests(service, now).await? {
-            if let Some(s) = out.iter_mut().find(|s| s.environment.name == request.environment) {
-                s.pending.push(request);
-            }
         }
         Ok((view, out))
     }
 
-    /// An environment's deployments, newest first, with their builds.
+    /// An environment's deployments, newest first, as the caller may see
+    /// them.
     pub async fn history(
         &self,
         who: &Principal,
         service: &ServiceName,
         env: &EnvName,
         limit: u32,
-    ) -> Result<Vec<(DeploymentRow, Option<BuildRow>)>> {
-        self.require(who, Action::Read)?;
+    ) -> Result<Vec<DeploymentView>> {
+        self.require_in(who, Action::Read, service)?;
         let view = self.pipeline_of(service).await?;
         environment(&view.pipeline, env)?;
-        let mut out = Vec::new();
-        for d in self.db.history(service, env, limit).await? {
-            let b = self.db.build_summary(&d.build).await?;
-            out.push((d, b));
+        let deployments = self.db.history(service, env, limit).await?;
+        let sights = self
+            .sights(who, deployments.iter().flat_map(deployment_builds).collect())
+            .await?;
+        let mut out = Vec::with_capacity(deployments.len());
+        for d in deployments {
+            let b = match sights.full(&d.build) {
+                true => self.db.build_summary(&d.build).await?,
+                false => None,
+            };
+            out.push(sights.deployment(d, b));
         }
         Ok(out)
     }
 
-    async fn newest_sealed(
+    /// The newest sealed build of a branch or version; with `who`, the
+    /// newest that caller may see (a deployer's `--branch master` passes
+    /// over an embargoed build it cannot see).
+    async fn newest_sealed_seen_by(
         &self,
+        who: Option<&Principal>,
         service: &ServiceName,
         branch: Option<String>,
         version: Option<Version>,
@@ -603,7 +712,8 @@ impl Tugboat {
             version,
             state: Some(BuildState::Sealed),
             limit: 1,
-            hide_embargoed: false,
+            hide_embargoed: who.is_some_and(|w| !w.reader().sees_every_embargoed_build()),
+            unless_created_by_token: who.map(|w| w.token_id.clone()),
             by_version: false,
         };
         Ok(self.db.list_builds(&filter).await?.into_iter().next())
@@ -623,10 +733,10 @@ impl Tugboat {
         build: &str,
         approve: bool,
     ) -> Result<Decision> {
-        self.require(who, Action::Approve)?;
+        self.require_in(who, Action::Approve, service)?;
         let view = self.pipeline_of(service).await?;
         let environment = environment(&view.pipeline, env)?;
-        let build = self.resolve(build).await?;
+        let build = self.resolve_visible(who, build).await?;
         let now = self.now();
         let Some(request) = self.db.pending_request(service, env, &build.id, now).await? else {
             return Err(self.nothing_waits(service, env, &build.id, now).await);
@@ -953,6 +1063,11 @@ fn expiry(now: DateTime<Utc>, timeout: std::time::Duration, env: &EnvName) -> Re
                 tug_core::format_duration(timeout)
             ))
         })
+}
+
+/// The builds a deployment names: its own and the one it replaced.
+fn deployment_builds(d: &DeploymentRow) -> impl Iterator<Item = BuildId> + '_ {
+    d.replaced.iter().chain([&d.build]).cloned()
 }
 
 /// Distinct approvals of a request (each approver decides once; the

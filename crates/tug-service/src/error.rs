@@ -12,14 +12,17 @@ pub enum Error {
     TokenRevoked(TokenName),
     #[error("role {role} may not {action:?}")]
     Forbidden { role: Role, action: Action },
-    #[error("token {token} may only write builds of service {scope}, not {service}")]
+    #[error("token {token} is scoped to {scope} and cannot act on {asked}; use a token for {asked}")]
     OutOfScope {
         token: TokenName,
-        scope: ServiceName,
-        service: ServiceName,
+        /// `api`, or `api/sec` for an agent token scoped to an environment.
+        scope: String,
+        asked: String,
     },
     #[error("no active token is named {0}")]
     TokenNotFound(String),
+    #[error("token {name} was already revoked at {at}")]
+    TokenAlreadyRevoked { name: TokenName, at: String },
     #[error("an active token named {0} already exists")]
     TokenNameTaken(TokenName),
     #[error("this is the last active admin token; create another admin token before revoking it")]
@@ -34,6 +37,10 @@ pub enum Error {
     /// caller may know of.
     #[error("{prefix} starts more than one id")]
     AmbiguousId { prefix: String, candidates: Vec<String> },
+    /// An action would take a build the caller may not see (an
+    /// environment runs an embargoed build); the message says where.
+    #[error("{0}")]
+    HiddenBuild(String),
     #[error("build {0} is not sealed")]
     NotSealed(BuildId),
     #[error("blob {0} is not stored")]

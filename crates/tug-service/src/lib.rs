@@ -15,12 +15,13 @@ use futures::StreamExt;
 use rand::RngCore;
 use tug_core::short_id::{IdPrefix, MIN_PREFIX};
 use tug_core::{
-    Action, ArtifactName, ArtifactSpec, BuildId, BuildManifest, BuildSource, BuildState, CiRun, Digest, Draft, Hasher,
-    Role, ServiceName, TokenName, Version,
+    Action, ArtifactName, ArtifactSpec, BuildId, BuildManifest, BuildSource, BuildState, CiRun, Digest, Draft, EnvName,
+    Hasher, Role, ServiceName, TokenName, Version,
 };
-use tug_db::{BuildFilter, BuildRow, Db, NewBuild, NewToken, TokenRow};
+use tug_db::{BuildFilter, BuildRow, Db, NewBuild, NewToken, Revocation, TokenRow};
 use tug_store::{Blob, BlobInfo, BlobStore, ByteStream};
 
+mod access;
 mod agents;
 mod deploy;
 mod error;
@@ -28,9 +29,13 @@ mod events;
 mod reconcile;
 mod rollouts;
 
-pub use agents::{ChannelView, STALE_AFTER};
-pub use deploy::{BuildSelector, Decision, DeployOptions, Diff, EnvStatus, Outcome, PipelineRevision, PipelineView};
+pub use access::{AgentView, DeploymentView, Shown};
+pub use agents::{AgentCounts, ChannelView, STALE_AFTER};
+pub use deploy::{
+    Answer, BuildSelector, Decision, DeployOptions, Diff, EnvStatus, Outcome, PipelineRevision, PipelineView,
+};
 pub use error::Error;
+pub use events::{EventPage, EventView};
 pub use reconcile::SWEEP_EVERY;
 pub use rollouts::{Grant, Pacing, RolloutStatus};
 
@@ -72,8 +77,11 @@ pub struct Principal {
     pub token_id: String,
     pub name: TokenName,
     pub role: Role,
-    /// A token scoped to one service may write only that service's builds.
+    /// A token scoped to one service sees and acts on that service only.
     pub service: Option<ServiceName>,
+    /// An agent token scoped to one environment of its service follows
+    /// only that environment.
+    pub environment: Option<EnvName>,
 }
 
 /// The source of the current time, injectable for tests.
@@ -141,6 +149,14 @@ pub struct CreatedToken {
     pub secret: String,
 }
 
+/// What a new token is limited to; empty: everything its role allows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scope {
+    pub service: Option<ServiceName>,
+    /// Agent tokens only, with `service`.
+    pub environment: Option<EnvName>,
+}
+
 /// The prefix of every token secret, so a leaked one is easy to recognise.
 pub const TOKEN_PREFIX: &str = "tug_";
 
@@ -185,7 +201,11 @@ enum BuildRef {
 }
 
 /// How many builds an ambiguous prefix names at most in its error.
-const AMBIGUOUS_SHOWN: u32 = 10;
+const AMBIGUOUS_SHOWN: usize = 10;
+
+/// How many builds a prefix lookup reads before it calls the prefix
+/// ambiguous without looking further.
+const PREFIX_MATCHES: u32 = 50;
 
 fn hash_secret(secret: &str) -> String {
     Digest::of(secret.as_bytes()).hex()
@@ -254,12 +274,8 @@ impl Tugboat {
             name: row.name,
             role: row.role,
             service: row.service,
+            environment: row.environment,
         })
-    }
-
-    /// Whether `who` may do `action` (for callers that answer from a cache).
-    pub fn check(&self, who: &Principal, action: Action) -> Result<()> {
-        self.require(who, action)
     }
 
     pub(crate) fn require(&self, who: &Principal, action: Action) -> Result<()> {
@@ -270,18 +286,6 @@ impl Tugboat {
         }
     }
 
-    fn require_service(&self, who: &Principal, service: &ServiceName) -> Result<()> {
-        self.require(who, Action::WriteBuilds)?;
-        match &who.service {
-            Some(scope) if scope != service => Err(Error::OutOfScope {
-                token: who.name.clone(),
-                scope: scope.clone(),
-                service: service.clone(),
-            }),
-            _ => Ok(()),
-        }
-    }
-
     /// Creates the first admin token if the database has none (a new
     /// installation). Returns its secret when one was made.
     pub async fn bootstrap_admin(&self) -> Result<Option<String>> {
@@ -289,7 +293,7 @@ impl Tugboat {
             return Ok(None);
         }
         let name = TokenName::parse("admin").map_err(|e| Error::Invalid(e.to_string()))?;
-        match self.insert_token(name, Role::Admin, None, None).await {
+        match self.insert_token(name, Role::Admin, Scope::default(), None).await {
             Ok(created) => Ok(Some(created.secret)),
             // Another server sharing the database won the race.
             Err(Error::TokenNameTaken(_)) => Ok(None),
@@ -301,9 +305,11 @@ impl Tugboat {
         &self,
         name: TokenName,
         role: Role,
-        service: Option<ServiceName>,
+        scope: Scope,
         created_by: Option<String>,
     ) -> Result<CreatedToken> {
+        tug_core::access::check_scope(role, scope.service.as_ref(), scope.environment.as_ref())
+            .map_err(|e| Error::Invalid(e.to_string()))?;
         let mut raw = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut raw);
         let secret = format!("{TOKEN_PREFIX}{}", hex::encode(raw));
@@ -311,7 +317,8 @@ impl Tugboat {
             id: uuid::Uuid::now_v7().to_string(),
             name,
             role,
-            service,
+            service: scope.service,
+            environment: scope.environment,
             secret_hash: hash_secret(&secret),
             created_at: self.now(),
             created_by,
@@ -330,10 +337,16 @@ impl Tugboat {
         who: &Principal,
         name: TokenName,
         role: Role,
-        service: Option<ServiceName>,
+        scope: Scope,
     ) -> Result<CreatedToken> {
         self.require(who, Action::ManageTokens)?;
-        self.insert_token(name, role, service, Some(who.name.to_string())).await
+        if let (Some(service), Some(env)) = (&scope.service, &scope.environment) {
+            // The environment must exist now; a later pipeline may drop
+            // it, and the token then follows nothing.
+            let view = self.pipeline_view(service).await?;
+            deploy::environment(&view.pipeline, env)?;
+        }
+        self.insert_token(name, role, scope, Some(who.name.to_string())).await
     }
 
     pub async fn list_tokens(&self, who: &Principal) -> Result<Vec<TokenRow>> {
@@ -341,18 +354,48 @@ impl Tugboat {
         Ok(self.db.list_tokens().await?)
     }
 
-    /// Revokes a token by name or id. The last active admin token cannot be
-    /// revoked: nobody could create another.
+    /// Revokes a token by id, or the active token of a name (names are
+    /// unique among active tokens; a revoked name may be reused, and the
+    /// name then means the new token). The last active admin token cannot
+    /// be revoked: nobody could create another. That check and the
+    /// revocation are one atomic step in the database, so two admins
+    /// revoking each other at once leave one of them.
     pub async fn revoke_token(&self, who: &Principal, name_or_id: &str) -> Result<TokenRow> {
         self.require(who, Action::ManageTokens)?;
-        let target = find_token(self.db.list_tokens().await?, name_or_id)?;
-        if target.role == Role::Admin && self.db.count_active_admin_tokens().await? <= 1 {
-            return Err(Error::LastAdmin);
+        let shown = || name_or_id.chars().take(80).collect::<String>();
+        let tokens = self.db.list_tokens().await?;
+        let target = match find_token(&tokens, name_or_id) {
+            Ok(t) => t,
+            Err(Error::TokenNotFound(_)) => {
+                // Not active under that name or id: say so when it was.
+                let revoked = tokens
+                    .iter()
+                    .rev()
+                    .find(|t| t.revoked_at.is_some() && (t.id == name_or_id || t.name.as_str() == name_or_id));
+                return Err(match revoked {
+                    Some(t) => Error::TokenAlreadyRevoked {
+                        name: t.name.clone(),
+                        at: t.revoked_at.map(rfc3339).unwrap_or_default(),
+                    },
+                    None => Error::TokenNotFound(shown()),
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        match self.db.revoke_token(&target.id, self.now()).await? {
+            Revocation::Revoked(t) => {
+                // Requests of the token that are still open learn of it
+                // from this server's change watcher at once.
+                self.recorded.notify_one();
+                Ok(t)
+            }
+            Revocation::AlreadyRevoked(t) => Err(Error::TokenAlreadyRevoked {
+                name: t.name,
+                at: t.revoked_at.map(rfc3339).unwrap_or_default(),
+            }),
+            Revocation::LastAdmin => Err(Error::LastAdmin),
+            Revocation::NotFound => Err(Error::TokenNotFound(shown())),
         }
-        self.db
-            .revoke_token(&target.id, self.now())
-            .await?
-            .ok_or_else(|| Error::TokenNotFound(name_or_id.chars().take(80).collect()))
     }
 
     // ---- services ----
@@ -363,9 +406,12 @@ impl Tugboat {
         Ok(self.db.create_service(name, self.now()).await?)
     }
 
+    /// Every service the caller's scope covers.
     pub async fn list_services(&self, who: &Principal) -> Result<Vec<(ServiceName, DateTime<Utc>)>> {
         self.require(who, Action::Read)?;
-        Ok(self.db.list_services().await?)
+        let mut services = self.db.list_services().await?;
+        services.retain(|(s, _)| who.reader().in_scope(s));
+        Ok(services)
     }
 
     // ---- blobs ----
@@ -428,13 +474,26 @@ impl Tugboat {
             .await
     }
 
+    /// The size of a blob the caller may read (see
+    /// [`Tugboat::get_blob`]); `None` when it is not stored or not the
+    /// caller's to read.
     pub async fn stat_blob(&self, who: &Principal, digest: &Digest) -> Result<Option<u64>> {
         self.require(who, Action::Follow)?;
+        if !self.may_read_blob(who, digest).await? {
+            return Ok(None);
+        }
         Ok(self.store.stat(digest).await?)
     }
 
+    /// A blob's bytes. The caller must be able to see a build that refers
+    /// to it (a blob only embargoed builds or other services' builds refer
+    /// to is not found); a blob no build refers to yet is readable by those
+    /// who may upload.
     pub async fn get_blob(&self, who: &Principal, digest: &Digest, start: u64, end: Option<u64>) -> Result<Blob> {
         self.require(who, Action::Follow)?;
+        if !self.may_read_blob(who, digest).await? {
+            return Err(Error::BlobNotFound(*digest));
+        }
         self.store
             .get(digest, start, end)
             .await?
@@ -452,7 +511,7 @@ impl Tugboat {
             expected,
             embargoed,
         } = draft;
-        self.require_service(who, &service)?;
+        self.require_in(who, Action::WriteBuilds, &service)?;
         check_text("source.commit", source.commit.as_deref(), 200)?;
         check_text("source.branch", source.branch.as_deref(), 255)?;
         check_text("source.tag", source.tag.as_deref(), 255)?;
@@ -482,6 +541,7 @@ impl Tugboat {
                 expected,
                 created_at: now,
                 created_by: Some(who.name.to_string()),
+                created_by_token: Some(who.token_id.clone()),
                 embargoed,
             })
             .await?;
@@ -490,51 +550,28 @@ impl Tugboat {
         Ok(row)
     }
 
-    /// The build a reference names: its id, a unique prefix of its id, or
-    /// its manifest digest. Every place that reads a build reference comes
-    /// here, so a short id works wherever an id does.
-    pub(crate) async fn resolve(&self, reference: &str) -> Result<BuildRow> {
-        let found = match parse_build_ref(reference)? {
-            BuildRef::Id(id) => self.db.build(&id).await?,
-            BuildRef::Manifest(d) => self.db.build_by_manifest(&d).await?,
+    /// What a build reference names (its id, a prefix of its id, or its
+    /// manifest digest), before anyone's sight is applied. Every place that
+    /// reads a build reference comes through here by
+    /// [`Tugboat::resolve_visible`], so a short id works wherever an id
+    /// does.
+    pub(crate) async fn named(&self, reference: &str) -> Result<Named> {
+        Ok(match parse_build_ref(reference)? {
+            BuildRef::Id(id) => Named::One(self.db.build(&id).await?.map(Box::new)),
+            BuildRef::Manifest(d) => Named::One(self.db.build_by_manifest(&d).await?.map(Box::new)),
             BuildRef::Prefix(prefix) => {
-                let mut matches = self.db.builds_by_id_prefix(&prefix, AMBIGUOUS_SHOWN + 1).await?;
-                match matches.len() {
-                    0 => None,
-                    1 => self.db.build(&matches.remove(0).id).await?,
-                    _ => {
-                        return Err(Error::AmbiguousId {
-                            prefix: prefix.to_string(),
-                            // An embargoed build is not named to a caller
-                            // who may not know it exists.
-                            candidates: matches
-                                .iter()
-                                .filter(|b| !b.embargoed)
-                                .map(|b| format!("{} ({} {})", b.id, b.service, b.version))
-                                .collect(),
-                        });
-                    }
-                }
+                let mut matches = self.db.builds_by_id_prefix(&prefix, PREFIX_MATCHES + 1).await?;
+                let more = matches.len() > PREFIX_MATCHES as usize;
+                matches.truncate(PREFIX_MATCHES as usize);
+                Named::Prefix { prefix, matches, more }
             }
-        };
-        found.ok_or_else(|| Error::BuildNotFound(reference.chars().take(80).collect()))
+        })
     }
 
     /// The short id of each of `ids` (unique among every build now).
     pub async fn short_build_ids(&self, who: &Principal, ids: &[BuildId]) -> Result<HashMap<BuildId, String>> {
         self.require(who, Action::Read)?;
         Ok(self.db.short_build_ids(ids).await?)
-    }
-
-    /// Resolves a build the caller may see: an embargoed build is visible
-    /// to admins, approvers and the token that created it only; to anyone
-    /// else it does not exist.
-    pub(crate) async fn resolve_visible(&self, who: &Principal, reference: &str) -> Result<BuildRow> {
-        let build = self.resolve(reference).await?;
-        if build.embargoed && !may_see_embargoed(who, &build) {
-            return Err(Error::BuildNotFound(reference.chars().take(80).collect()));
-        }
-        Ok(build)
     }
 
     /// Yanks a sealed build: it never deploys again.
@@ -580,10 +617,10 @@ impl Tugboat {
     }
 
     /// Lifts a build's embargo (admin only): it becomes visible to everyone
-    /// and may go to any environment.
+    /// and may go to any environment, and so do its deployments and events.
     pub async fn unembargo_build(&self, who: &Principal, reference: &str) -> Result<BuildRow> {
         self.require(who, Action::ManagePipelines)?;
-        let build = self.resolve(reference).await?;
+        let build = self.resolve_visible(who, reference).await?;
         self.db.unembargo_build(&build.id).await?;
         let row = self
             .db
@@ -616,22 +653,28 @@ impl Tugboat {
         }
     }
 
+    /// Builds matching `filter` that the caller may see: of its service
+    /// when scoped, and no embargoed build but its own unless it sees them
+    /// all.
     pub async fn list_builds(&self, who: &Principal, mut filter: BuildFilter) -> Result<Vec<BuildRow>> {
-        self.require(who, Action::Read)?;
-        filter.hide_embargoed = !matches!(who.role, Role::Admin | Role::Approver);
+        filter.service = self.listing_scope(who, Action::Read, filter.service.as_ref())?;
+        filter.hide_embargoed = !who.reader().sees_every_embargoed_build();
+        filter.unless_created_by_token = Some(who.token_id.clone());
         if let Some(s) = &filter.service {
             if !self.db.service_exists(s).await? {
                 return Err(Error::ServiceNotFound(s.clone()));
             }
         }
-        Ok(self.db.list_builds(&filter).await?)
+        let builds = self.db.list_builds(&filter).await?;
+        // The query left out what the rule hides; the rule has the last word.
+        let sights = self.sights(who, builds.iter().map(|b| b.id.clone()).collect()).await?;
+        Ok(builds.into_iter().filter(|b| sights.full(&b.id)).collect())
     }
 
     /// Registers artifacts whose blobs are already stored. All or nothing.
     pub async fn register_artifacts(&self, who: &Principal, reference: &str, specs: Vec<ArtifactSpec>) -> Result<u64> {
         self.require(who, Action::WriteBuilds)?;
-        let build = self.resolve(reference).await?;
-        self.require_service(who, &build.service)?;
+        let build = self.resolve_visible(who, reference).await?;
         if specs.is_empty() {
             return Err(Error::Invalid("no artifacts given; send at least one".into()));
         }
@@ -672,8 +715,7 @@ impl Tugboat {
     /// a crash lost right after the seal).
     pub async fn seal_build(&self, who: &Principal, reference: &str) -> Result<BuildRow> {
         self.require(who, Action::WriteBuilds)?;
-        let build = self.resolve(reference).await?;
-        self.require_service(who, &build.service)?;
+        let build = self.resolve_visible(who, reference).await?;
         let sealed = self
             .db
             .seal_build(&build.id, self.now(), |b, artifacts| {
@@ -792,10 +834,40 @@ impl Tugboat {
     }
 }
 
+/// What a build reference names: one build (or none), or the builds an
+/// id prefix starts.
+pub(crate) enum Named {
+    One(Option<Box<BuildRow>>),
+    Prefix {
+        prefix: IdPrefix,
+        matches: Vec<BuildRow>,
+        /// More builds start with the prefix than `matches` holds.
+        more: bool,
+    },
+}
+
+/// The one build among a prefix's `matches`, or why there is none: not
+/// found, or ambiguous naming the candidates (the caller passes only
+/// builds it may name).
+pub(crate) fn pick(reference: &str, prefix: &IdPrefix, mut matches: Vec<BuildRow>, more: bool) -> Result<BuildRow> {
+    match (matches.len(), more) {
+        (0, false) => Err(Error::BuildNotFound(reference.chars().take(80).collect())),
+        (1, false) => Ok(matches.remove(0)),
+        _ => Err(Error::AmbiguousId {
+            prefix: prefix.to_string(),
+            candidates: matches
+                .iter()
+                .take(AMBIGUOUS_SHOWN)
+                .map(|b| format!("{} ({} {})", b.id, b.service, b.version))
+                .collect(),
+        }),
+    }
+}
+
 /// The active token named `name_or_id`, or with that id, or whose id
 /// starts with it (a short id as `tug token list` shows it).
-fn find_token(tokens: Vec<TokenRow>, name_or_id: &str) -> Result<TokenRow> {
-    let mut active: Vec<TokenRow> = tokens.into_iter().filter(|t| t.revoked_at.is_none()).collect();
+fn find_token(tokens: &[TokenRow], name_or_id: &str) -> Result<TokenRow> {
+    let mut active: Vec<TokenRow> = tokens.iter().filter(|t| t.revoked_at.is_none()).cloned().collect();
     if let Some(i) = active
         .iter()
         .position(|t| t.name.as_str() == name_or_id || t.id == name_or_id)
@@ -812,12 +884,6 @@ fn find_token(tokens: Vec<TokenRow>, name_or_id: &str) -> Result<TokenRow> {
             candidates: active.iter().map(|t| format!("{} ({})", t.id, t.name)).collect(),
         }),
     }
-}
-
-/// Admins and approvers see embargoed builds; so does the token that
-/// created one, so CI can fill and seal it.
-fn may_see_embargoed(who: &Principal, build: &BuildRow) -> bool {
-    matches!(who.role, Role::Admin | Role::Approver) || build.created_by.as_deref() == Some(who.name.as_str())
 }
 
 /// Refuses over-long or control-character-laden metadata fields.

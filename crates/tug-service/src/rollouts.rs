@@ -10,6 +10,7 @@ use serde_json::json;
 use tug_core::{Action, BuildId, DeployKind, EnvName, Environment, Pipeline, ServiceName, Share, Strategy, Version};
 use tug_db::{AgentRow, EnvState, RolloutCounts, RolloutRow, SoakClock};
 
+use crate::access::Sights;
 use crate::agents::STALE_AFTER;
 use crate::deploy::{environment, Intent};
 use crate::{DeployOptions, Error, Principal, Result, Tugboat};
@@ -102,6 +103,19 @@ pub struct RolloutStatus {
     pub auto_rollback: bool,
     /// Inside a maintenance window now (or the environment has none).
     pub in_maintenance: bool,
+    /// The build is embargoed from the caller: `build` and `reason` (which
+    /// may name it) are left out.
+    pub embargoed: bool,
+}
+
+/// A rollout's status as the caller may see it.
+pub(crate) fn shown(mut status: RolloutStatus, sights: &Sights) -> RolloutStatus {
+    if status.build.as_ref().is_some_and(|b| !sights.full(b)) {
+        status.build = None;
+        status.reason = None;
+        status.embargoed = true;
+    }
+    status
 }
 
 impl Tugboat {
@@ -185,11 +199,17 @@ impl Tugboat {
 
     /// The rollout of an environment's current build.
     pub async fn rollout_status(&self, who: &Principal, service: &ServiceName, env: &EnvName) -> Result<RolloutStatus> {
-        self.require(who, Action::Read)?;
+        self.require_in(who, Action::Read, service)?;
         let view = self.pipeline_view(service).await?;
         let environment = environment(&view.pipeline, env)?;
         let pacing = self.pacing(service, environment).await?;
-        self.status_of(&pacing).await
+        let status = self.status_of(&pacing).await?;
+        self.rollout_seen_by(who, status).await
+    }
+
+    async fn rollout_seen_by(&self, who: &Principal, status: RolloutStatus) -> Result<RolloutStatus> {
+        let sights = self.sights(who, status.build.iter().cloned().collect()).await?;
+        Ok(shown(status, &sights))
     }
 
     pub(crate) async fn status_of(&self, pacing: &Pacing) -> Result<RolloutStatus> {
@@ -209,6 +229,7 @@ impl Tugboat {
             halt_after_failures: env.rollout.as_ref().map(|r| r.halt_after_failures),
             auto_rollback: env.rollout.as_ref().is_some_and(|r| r.auto_rollback),
             in_maintenance: env.in_maintenance(self.now()),
+            embargoed: false,
         };
         let Some(build) = &pacing.build else {
             return Ok(status);
@@ -249,7 +270,7 @@ impl Tugboat {
         env: &EnvName,
         reason: &str,
     ) -> Result<RolloutStatus> {
-        self.require(who, Action::Deploy)?;
+        self.require_in(who, Action::Deploy, service)?;
         let reason = reason.trim();
         if reason.is_empty() || reason.len() > 1000 {
             return Err(Error::Invalid(
@@ -266,12 +287,13 @@ impl Tugboat {
         }
         self.set_state(&pacing, &row, "halted", reason, None, who.name.as_str())
             .await?;
-        self.status_of(&pacing).await
+        let status = self.status_of(&pacing).await?;
+        self.rollout_seen_by(who, status).await
     }
 
     /// Lets a halted rollout go on; failures so far no longer count.
     pub async fn resume_rollout(&self, who: &Principal, service: &ServiceName, env: &EnvName) -> Result<RolloutStatus> {
-        self.require(who, Action::Deploy)?;
+        self.require_in(who, Action::Deploy, service)?;
         let (pacing, row) = self.paced_rollout(service, env).await?;
         if row.state != "halted" {
             return Err(Error::Conflict(format!(
@@ -289,7 +311,8 @@ impl Tugboat {
             who.name.as_str(),
         )
         .await?;
-        self.status_of(&pacing).await
+        let status = self.status_of(&pacing).await?;
+        self.rollout_seen_by(who, status).await
     }
 
     async fn paced_rollout(&self, service: &ServiceName, env: &EnvName) -> Result<(Pacing, RolloutRow)> {

@@ -230,9 +230,15 @@ pub enum TokenCommand {
         /// What the token may do.
         #[arg(long, value_parser = role_parser())]
         role: Role,
-        /// Limit the token to one service.
+        /// Limit the token to one service: it sees and acts on nothing
+        /// else, whatever its role (not for admin tokens).
         #[arg(long)]
         service: Option<String>,
+        /// Limit an agent token to one environment of --service: it
+        /// follows only that one (the agents of a private environment need
+        /// this to see the embargoed builds deployed there).
+        #[arg(long, requires = "service")]
+        env: Option<String>,
     },
     /// List tokens (never their secrets).
     List,

@@ -28,6 +28,7 @@ pub(crate) async fn draft(db: &Db, branch: &str, version: &str, expected: &[&str
         expected: expected.iter().map(|e| ArtifactName::parse(e).unwrap()).collect(),
         created_at: Utc::now(),
         created_by: Some("ci".into()),
+        created_by_token: None,
         embargoed: false,
     })
     .await
@@ -89,6 +90,7 @@ crate::db_test!(unknown_service_is_refused, |db: Db| async move {
             expected: vec![],
             created_at: Utc::now(),
             created_by: None,
+            created_by_token: None,
             embargoed: false,
         })
         .await

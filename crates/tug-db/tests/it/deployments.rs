@@ -291,6 +291,7 @@ crate::db_test!(newest_releasable_build_goes_by_seal_time, |db: Db| async move {
         expected: vec![],
         created_at: t0,
         created_by: Some("ci".into()),
+        created_by_token: None,
         embargoed: true,
     })
     .await

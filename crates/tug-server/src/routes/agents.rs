@@ -51,6 +51,13 @@ fn etag(seq: i64, critical: bool, may_update: bool) -> String {
 /// maintenance window opening, agents going stale).
 const RECHECK_WAITING: Duration = Duration::from_secs(5);
 
+/// Names a redacted answer: the environment runs a build embargoed from
+/// the caller. It differs from the whole answer's tag, so a long-poll
+/// holding it ends when the embargo is lifted.
+fn etag_embargoed(seq: i64) -> String {
+    format!("\"d{seq}e\"")
+}
+
 pub async fn channel(
     State(state): State<AppState>,
     Caller(who): Caller,
@@ -86,6 +93,11 @@ pub async fn channel(
     if known.as_deref() == Some(tag.as_str()) {
         let deadline = tokio::time::Instant::now() + wait;
         let mut changes = state.changes.clone();
+        // Revocations before now were checked when the request was
+        // authenticated.
+        let mut revocations = state.revocations.clone();
+        revocations.mark_unchanged();
+        tracing::debug!(%service, %env, token = %who.name, "holding a channel long-poll");
         loop {
             let waiting = tag.ends_with("w\"");
             let recheck = if waiting {
@@ -93,20 +105,32 @@ pub async fn channel(
             } else {
                 deadline
             };
-            tokio::select! {
-                changed = changes.changed() => {
-                    if changed.is_err() {
-                        tokio::time::sleep_until(deadline).await;
+            let changed = tokio::select! {
+                changed = changes.changed() => match changed {
+                    Ok(()) => true,
+                    Err(_) => {
+                        // The change poller is gone (the server is
+                        // stopping): only the clock wakes this request.
+                        tokio::time::sleep_until(recheck).await;
+                        false
                     }
+                },
+                Ok(()) = revocations.changed() => {
+                    // Some token was revoked: if it was this one, the
+                    // request ends here (401 token_revoked).
+                    state.tugboat.recheck(&who).await?;
+                    continue;
                 }
-                _ = tokio::time::sleep_until(recheck) => {
-                    if recheck == deadline {
-                        let mut res = StatusCode::NOT_MODIFIED.into_response();
-                        if let Ok(v) = HeaderValue::from_str(&tag) {
-                            res.headers_mut().insert(header::ETAG, v);
-                        }
-                        return Ok(res);
+                _ = tokio::time::sleep_until(recheck) => false,
+            };
+            if !changed {
+                let now = tokio::time::Instant::now();
+                if now >= deadline {
+                    let mut res = StatusCode::NOT_MODIFIED.into_response();
+                    if let Ok(v) = HeaderValue::from_str(&tag) {
+                        res.headers_mut().insert(header::ETAG, v);
                     }
+                    return Ok(res);
                 }
             }
             (tag, body) = Box::pin(answer(&state, &who, &service, &env, &platform, agent)).await?;
@@ -124,13 +148,16 @@ pub async fn channel(
     Ok(res)
 }
 
-/// A channel's answer for every agent at one event: the channel, its JSON
-/// body for agents that may update, and what decides who may.
+/// A channel's answer for every caller at one event, in each shape a
+/// caller may be given: the channel and its JSON body for callers who may
+/// see its build, the redacted body for those it is embargoed from, and
+/// the service's view, which decides who gets which and who may update.
 #[derive(Debug)]
 pub struct Answer {
     channel: Channel,
     body: bytes::Bytes,
-    pacing: tug_service::Pacing,
+    embargoed: bytes::Bytes,
+    view: tug_service::ChannelView,
 }
 
 /// A channel's answer (its ETag and JSON body) for one agent. The part all
@@ -148,14 +175,19 @@ async fn answer(
     platform: &Platform,
     agent: Option<&str>,
 ) -> Result<(String, bytes::Bytes), ApiError> {
-    state.tugboat.check(who, tug_core::Action::Follow)?;
+    state.tugboat.check_follow(who, service, env)?;
     let shared = shared_answer(state, who, service, env, platform).await?;
-    let seq = shared.pacing.seq;
+    let pacing = &shared.view.pacing;
+    let seq = pacing.seq;
+    // Whose answer this is, decided per caller: the cache holds every shape.
+    if !state.tugboat.channel_sight(who, &shared.view)?.is_full() {
+        return Ok((etag_embargoed(seq), shared.embargoed.clone()));
+    }
     let critical = shared.channel.critical;
-    if !(shared.pacing.per_agent() || shared.pacing.timed()) {
+    if !(pacing.per_agent() || pacing.timed()) {
         return Ok((etag(seq, critical, true), shared.body.clone()));
     }
-    let grant = state.tugboat.may_update(&shared.pacing, agent).await?;
+    let grant = state.tugboat.may_update(pacing, agent).await?;
     if grant.may_update {
         return Ok((etag(seq, critical, true), shared.body.clone()));
     }
@@ -207,9 +239,11 @@ async fn shared_answer(
         critical: view.build.as_ref().is_some_and(|b| b.critical),
         may_update: true,
         waiting: None,
+        embargoed: false,
         artifacts: view
             .artifacts
-            .into_iter()
+            .iter()
+            .cloned()
             .map(|a| ChannelArtifact {
                 url: format!("/v1/blobs/{}", a.digest),
                 name: a.name,
@@ -220,10 +254,25 @@ async fn shared_answer(
             })
             .collect(),
     };
+    let embargoed = Channel {
+        service: service.clone(),
+        environment: env.clone(),
+        build: None,
+        version: None,
+        manifest_digest: None,
+        critical: false,
+        may_update: false,
+        waiting: Some(format!(
+            "{env} runs an embargoed build this token may not see; its agents follow it with an agent token scoped to it (tug token create --role agent --service {service} --env {env})"
+        )),
+        artifacts: Vec::new(),
+        embargoed: true,
+    };
     let answer = std::sync::Arc::new(Answer {
         body: encode(&channel)?,
+        embargoed: encode(&embargoed)?,
         channel,
-        pacing: view.pacing,
+        view,
     });
     if let Ok(mut answers) = state.channel_answers.write() {
         answers.insert(key, (now, answer.clone()));
@@ -336,10 +385,12 @@ pub async fn report(
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub fn agent(state: &AppState, a: AgentRow) -> Agent {
+pub fn agent(state: &AppState, view: tug_service::AgentView) -> Agent {
+    let a = view.agent;
     Agent {
         short_id: String::new(),
         build_short_id: None,
+        embargoed: view.embargoed,
         stale: state.tugboat.is_stale(a.last_seen),
         last_seen: a.last_seen,
         report: AgentReport {
@@ -386,7 +437,11 @@ pub async fn list(
     // Short ids are unique among every agent and build, not only among
     // those this list shows.
     let short_agents = state.tugboat.short_agent_ids(&who).await?;
-    let builds: Vec<tug_core::BuildId> = rows.iter().filter_map(|a| a.build.clone()).collect();
+    let builds: Vec<tug_core::BuildId> = rows
+        .iter()
+        .filter(|a| !a.embargoed)
+        .filter_map(|a| a.agent.build.clone())
+        .collect();
     let short_builds = state.tugboat.short_build_ids(&who, &builds).await?;
     let mut agents: Vec<Agent> = rows.into_iter().map(|a| agent(&state, a)).collect();
     for a in &mut agents {
@@ -417,6 +472,7 @@ pub fn rollout(s: tug_service::RolloutStatus) -> tug_api::Rollout {
         halt_after_failures: s.halt_after_failures,
         auto_rollback: s.auto_rollback,
         in_maintenance: s.in_maintenance,
+        embargoed: s.embargoed,
     }
 }
 

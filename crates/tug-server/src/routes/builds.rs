@@ -93,7 +93,9 @@ pub async fn list(
             })
             .transpose()?,
         limit,
-        hide_embargoed: false,
+        // The service decides what the caller may see.
+        hide_embargoed: true,
+        unless_created_by_token: None,
         by_version: match q.sort.as_deref() {
             None | Some("created") => false,
             Some("version") => true,

@@ -9,8 +9,8 @@ use tug_api::{
     PendingDeployment, PipelineView, Promote, Release, Rollback, ServerRuleView, Status,
 };
 use tug_core::{BuildId, EnvName, ServiceName};
-use tug_db::{BuildRow, DeploymentRow, RequestRow};
-use tug_service::{BuildSelector, DeployOptions, Outcome, Principal};
+use tug_db::{BuildRow, RequestRow};
+use tug_service::{Answer, BuildSelector, DeployOptions, DeploymentView, Principal, Shown};
 
 use crate::error::ApiError;
 use crate::extract::{Caller, Json};
@@ -35,19 +35,23 @@ fn summary(b: &BuildRow) -> BuildSummary {
     }
 }
 
-pub fn deployment(d: DeploymentRow, build: Option<&BuildRow>) -> Deployment {
+/// The wire form of a deployment the service shaped for its caller.
+pub fn deployment(d: DeploymentView) -> Deployment {
+    let replaced_embargoed = d.replaced.as_ref().is_some_and(Shown::is_embargoed);
     Deployment {
         id: d.id,
         service: d.service,
         environment: d.environment,
         seq: d.seq,
         kind: d.kind,
-        build: d.build,
-        summary: build.map(summary),
+        embargoed: d.build.is_embargoed(),
+        build: d.build.visible().cloned(),
+        summary: d.summary.as_ref().map(summary),
         requested_by: d.requested_by,
         deployed_at: d.deployed_at,
-        replaced: d.replaced,
+        replaced: d.replaced.as_ref().and_then(|r| r.visible().cloned()),
         replaced_short_id: None,
+        replaced_embargoed,
         reason: d.reason,
         override_freeze: d.override_freeze,
         approved_by: d.approved_by,
@@ -166,27 +170,27 @@ pub fn pending(r: RequestRow, need: u32) -> PendingDeployment {
 }
 
 /// 201 with the deployment, or 202 with the request that waits.
-async fn answer(state: &AppState, who: &Principal, outcome: Outcome) -> (StatusCode, axum::Json<DeployResult>) {
+async fn answer(state: &AppState, who: &Principal, outcome: Answer) -> (StatusCode, axum::Json<DeployResult>) {
     let status = match outcome {
-        Outcome::Deployed { .. } => StatusCode::CREATED,
-        Outcome::Pending { .. } => StatusCode::ACCEPTED,
+        Answer::Deployed(_) => StatusCode::CREATED,
+        Answer::Pending { .. } => StatusCode::ACCEPTED,
     };
     let mut result = deploy_result(outcome);
     fill_short_ids(state, who, result.deployment.as_mut(), result.pending.as_mut()).await;
     (status, axum::Json(result))
 }
 
-fn deploy_result(outcome: Outcome) -> DeployResult {
+fn deploy_result(outcome: Answer) -> DeployResult {
     match outcome {
-        Outcome::Deployed { deployment: d, build } => DeployResult {
+        Answer::Deployed(d) => DeployResult {
             status: "deployed".into(),
-            deployment: Some(deployment(d, Some(&build))),
+            deployment: Some(deployment(*d)),
             pending: None,
         },
-        Outcome::Pending { request, need } => DeployResult {
+        Answer::Pending { request, need } => DeployResult {
             status: "pending_approval".into(),
             deployment: None,
-            pending: Some(pending(request, need)),
+            pending: Some(pending(*request, need)),
         },
     }
 }
@@ -254,31 +258,6 @@ pub async fn status(
 ) -> Result<axum::Json<Status>, ApiError> {
     let service = service(&segment)?;
     let (view, envs) = state.tugboat.status(&who, &service).await?;
-    let agents = state
-        .tugboat
-        .db()
-        .agents(Some(&service), None)
-        .await
-        .map_err(tug_service::Error::from)?;
-    let counts = |env: &EnvName, current: Option<&tug_core::BuildId>| {
-        let mut c = tug_api::AgentCounts::default();
-        for a in agents.iter().filter(|a| &a.environment == env) {
-            c.total += 1;
-            if state.tugboat.is_stale(a.last_seen) {
-                c.stale += 1;
-            } else if a.state == "healthy" {
-                c.healthy += 1;
-            } else if a.state == "failed" {
-                c.failed += 1;
-            }
-            if a.build.is_some() && a.build.as_ref() == current {
-                c.on_current += 1;
-            }
-            let key = a.build.as_ref().map_or_else(|| "none".to_string(), |b| b.to_string());
-            *c.by_build.entry(key).or_default() += 1;
-        }
-        c
-    };
     let mut status = Status {
         service: view.row.service,
         pipeline_revision: view.row.revision,
@@ -288,12 +267,19 @@ pub async fn status(
                 environment: s.environment.name.clone(),
                 upstream: s.environment.upstream.clone(),
                 auto_release: s.environment.auto_release.clone(),
-                auto_release_held: s.state.auto_release_held,
+                auto_release_held: s.auto_release_held,
                 approvals: s.environment.approvals,
                 private: s.environment.private,
-                agents: counts(&s.environment.name, s.state.current.as_ref().map(|d| &d.build)),
+                agents: tug_api::AgentCounts {
+                    total: s.agents.total,
+                    on_current: s.agents.on_current,
+                    healthy: s.agents.healthy,
+                    failed: s.agents.failed,
+                    stale: s.agents.stale,
+                    by_build: s.agents.by_build,
+                },
                 rollout: Some(super::agents::rollout(s.rollout)),
-                current: s.state.current.map(|d| deployment(d, s.build.as_ref())),
+                current: s.current.map(deployment),
                 pending: s
                     .pending
                     .into_iter()
@@ -342,7 +328,7 @@ pub async fn history(
         .tugboat
         .history(&who, &service(&segment)?, &env(&environment)?, limit)
         .await?;
-    let mut deployments: Vec<Deployment> = rows.into_iter().map(|(d, b)| deployment(d, b.as_ref())).collect();
+    let mut deployments: Vec<Deployment> = rows.into_iter().map(deployment).collect();
     fill_short_ids(&state, &who, deployments.iter_mut(), []).await;
     Ok(axum::Json(History { deployments }))
 }
@@ -391,7 +377,11 @@ async fn decide(
         .await?;
     let mut decided = Decided {
         pending: pending(d.request, d.need),
-        deployment: d.deployment.map(|(dep, build)| deployment(dep, Some(&build))),
+        // Only approvers and admins decide, and they see every build of
+        // their service.
+        deployment: d
+            .deployment
+            .map(|(dep, build)| deployment(DeploymentView::whole(dep, Some(*build)))),
     };
     fill_short_ids(&state, &who, decided.deployment.as_mut(), [&mut decided.pending]).await;
     Ok(axum::Json(decided))
@@ -460,8 +450,10 @@ pub async fn diff(
     let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let d = state.tugboat.diff(&who, &service(&segment)?, &q.from, &q.to).await?;
     Ok(axum::Json(tug_api::DiffResult {
-        from: summary(&d.old),
-        to: summary(&d.new),
+        from: d.old.visible().map(summary),
+        from_embargoed: d.old.is_embargoed(),
+        to: d.new.visible().map(summary),
+        to_embargoed: d.new.is_embargoed(),
         changes: d.changes,
         unchanged: d.unchanged,
         source: d.source,

@@ -1,6 +1,9 @@
 //! `GET /v1/events`: changes as Server-Sent Events. The stream polls the
-//! event table for ids above the last one sent, so it carries the changes
-//! made through every server sharing the database, in order, once.
+//! event table for ids above the last one read, so it carries the changes
+//! made through every server sharing the database, in order, once; each
+//! event as the caller may see it (the service decides). The stream looks
+//! its token up again whenever the server learns of a revocation: once the
+//! token is revoked it sends an `error` event (`token_revoked`) and ends.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -13,8 +16,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
 use tug_api::EventQuery;
 use tug_core::ServiceName;
-use tug_db::EventRow;
-use tug_service::{Principal, Tugboat};
+use tug_service::{EventView, Principal, Tugboat};
 
 use crate::error::ApiError;
 use crate::extract::Caller;
@@ -25,14 +27,15 @@ const POLL: Duration = Duration::from_millis(250);
 /// Events read per query.
 const BATCH: u32 = 200;
 
-pub fn event(row: EventRow) -> tug_api::Event {
+pub fn event(e: EventView) -> tug_api::Event {
     tug_api::Event {
-        id: row.id,
-        at: row.at,
-        kind: row.kind,
-        service: row.service,
-        actor: row.actor,
-        payload: serde_json::from_str(&row.payload).unwrap_or(serde_json::Value::Null),
+        id: e.id,
+        at: e.at,
+        kind: e.kind,
+        service: e.service,
+        actor: e.actor,
+        payload: e.payload,
+        embargoed: e.embargoed,
     }
 }
 
@@ -40,8 +43,25 @@ struct Cursor {
     tugboat: Tugboat,
     who: Principal,
     service: Option<ServiceName>,
+    /// The id of the last event read, sent or not.
     last: i64,
-    queue: VecDeque<EventRow>,
+    queue: VecDeque<EventView>,
+    /// Moves when some token is revoked (see `AppState::revocations`).
+    revocations: tokio::sync::watch::Receiver<i64>,
+    /// Set once the stream has said why it ends.
+    ended: bool,
+}
+
+/// The `error` event that ends a stream, with the API's error body.
+fn error_event(e: tug_service::Error) -> Event {
+    let e = ApiError::from(e);
+    let body = tug_api::ErrorBody {
+        code: e.code.to_string(),
+        message: e.message,
+    };
+    Event::default()
+        .event("error")
+        .data(serde_json::to_string(&body).unwrap_or_default())
 }
 
 pub async fn stream(
@@ -57,6 +77,7 @@ pub async fn stream(
         .map(ServiceName::parse)
         .transpose()
         .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))?;
+    state.tugboat.check_watch(&who, service.as_ref())?;
     let resume = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -65,30 +86,52 @@ pub async fn stream(
         Some(id) => id,
         None => state.tugboat.last_event_id(&who).await?,
     };
+    let mut revocations = state.revocations.clone();
+    revocations.mark_unchanged();
     let cursor = Cursor {
         tugboat: state.tugboat.clone(),
         who,
         service,
         last,
         queue: VecDeque::new(),
+        revocations,
+        ended: false,
     };
     let events = futures::stream::unfold(cursor, |mut c| async move {
+        if c.ended {
+            return None;
+        }
         loop {
-            if let Some(row) = c.queue.pop_front() {
-                c.last = row.id;
-                let id = row.id.to_string();
-                let kind = row.kind.clone();
-                let data = serde_json::to_string(&event(row)).unwrap_or_default();
+            if c.revocations.has_changed().unwrap_or(false) {
+                c.revocations.mark_unchanged();
+                if let Err(e) = c.tugboat.recheck(&c.who).await {
+                    tracing::info!(error = %e, "event stream ended");
+                    c.ended = true;
+                    return Some((Ok(error_event(e)), c));
+                }
+            }
+            if let Some(e) = c.queue.pop_front() {
+                let id = e.id.to_string();
+                let kind = e.kind.clone();
+                let data = serde_json::to_string(&event(e)).unwrap_or_default();
                 return Some((Ok(Event::default().id(id).event(kind).data(data)), c));
             }
             match c.tugboat.events(&c.who, c.last, c.service.as_ref(), BATCH).await {
-                Ok(rows) if !rows.is_empty() => c.queue.extend(rows),
-                Ok(_) => tokio::time::sleep(POLL).await,
+                Ok(page) => {
+                    // Events the caller may not see are skipped, not re-read.
+                    let fresh = page.last != c.last;
+                    c.last = page.last;
+                    c.queue.extend(page.events);
+                    if !fresh {
+                        tokio::time::sleep(POLL).await;
+                    }
+                }
                 Err(e) => {
-                    // A revoked token or a lost database ends the stream;
-                    // the client reconnects with Last-Event-ID.
+                    // A lost database ends the stream; the client
+                    // reconnects with Last-Event-ID.
                     tracing::info!(error = %e, "event stream ended");
-                    return None;
+                    c.ended = true;
+                    return Some((Ok(error_event(e)), c));
                 }
             }
         }

@@ -21,6 +21,7 @@ pub fn token(t: TokenRow, short: &HashMap<String, String>) -> Token {
         name: t.name,
         role: t.role,
         service: t.service,
+        environment: t.environment,
         created_at: t.created_at,
         created_by: t.created_by,
         revoked_at: t.revoked_at,
@@ -48,7 +49,15 @@ pub async fn create(
 ) -> Result<(StatusCode, axum::Json<CreatedToken>), ApiError> {
     let created = state
         .tugboat
-        .create_token(&who, req.name, req.role, req.service)
+        .create_token(
+            &who,
+            req.name,
+            req.role,
+            tug_service::Scope {
+                service: req.service,
+                environment: req.environment,
+            },
+        )
         .await?;
     let short = short_ids(&state, &who).await;
     Ok((

@@ -3,25 +3,38 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use tug_api::GcRequest;
+use tug_api::{CreateToken, GcRequest};
 use tug_client::Client;
-use tug_core::{ServiceName, TokenName};
+use tug_core::{EnvName, ServiceName, TokenName};
 
 use crate::cli::{GcArgs, Output, ServiceCommand, TokenCommand};
 use crate::output::{self, col, keep, opt, plural, print, time, Table};
 
 pub async fn token(client: &Client, out: Output, c: TokenCommand) -> anyhow::Result<ExitCode> {
     match c {
-        TokenCommand::Create { name, role, service } => {
-            let name = TokenName::parse(&name)?;
-            let service = service.as_deref().map(ServiceName::parse).transpose()?;
-            let created = client.create_token(name, role, service).await?;
-            print(out, &created, |c| {
-                format!(
-                    "{}\n\nToken {} ({}) created. The secret above is shown only once: store it now (e.g. as TUG_TOKEN in CI).",
-                    c.secret, c.token.name, c.token.role
-                )
-            })?;
+        TokenCommand::Create {
+            name,
+            role,
+            service,
+            env,
+        } => {
+            let req = CreateToken {
+                name: TokenName::parse(&name)?,
+                role,
+                service: service.as_deref().map(ServiceName::parse).transpose()?,
+                environment: env.as_deref().map(EnvName::parse).transpose()?,
+            };
+            let created = client.create_token_with(&req).await?;
+            // The secret alone goes to stdout, so `T=$(tug token create …)`
+            // holds just the secret; the note is for the person at the
+            // terminal.
+            print(out, &created, |c| c.secret.clone())?;
+            if out == Output::Table {
+                eprintln!(
+                    "Token {} ({}) created. The secret above is shown only once: store it now (e.g. as TUG_TOKEN in CI).",
+                    created.token.name, created.token.role
+                );
+            }
         }
         TokenCommand::List => {
             let tokens = client.list_tokens().await?;
@@ -31,9 +44,10 @@ pub async fn token(client: &Client, out: Output, c: TokenCommand) -> anyhow::Res
                     keep("ID"),
                     col("ROLE", 1),
                     col("SERVICE", 2),
-                    col("CREATED", 4),
-                    col("BY", 5),
-                    col("REVOKED", 3),
+                    col("ENV", 3),
+                    col("CREATED", 5),
+                    col("BY", 6),
+                    col("REVOKED", 4),
                 ]);
                 for tok in tokens {
                     t.row(vec![
@@ -41,6 +55,7 @@ pub async fn token(client: &Client, out: Output, c: TokenCommand) -> anyhow::Res
                         output::short(&tok.short_id, &tok.id),
                         tok.role.to_string(),
                         opt(&tok.service),
+                        opt(&tok.environment),
                         time(&tok.created_at),
                         opt(&tok.created_by),
                         tok.revoked_at.as_ref().map(time).unwrap_or_else(|| "-".into()),

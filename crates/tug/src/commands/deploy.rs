@@ -21,8 +21,24 @@ fn flags(a: OverrideArgs) -> DeployFlags {
     }
 }
 
+/// What the CLI says of a build embargoed from the token asking.
+const EMBARGOED: &str = "an embargoed build";
+
+/// A deployment's build for a table cell: its short id, or "an embargoed
+/// build" when it is embargoed from the token.
+fn build_cell(d: &Deployment) -> String {
+    match (&d.build, d.embargoed) {
+        (_, true) => EMBARGOED.to_string(),
+        (Some(b), false) => short(d.summary.as_ref().map_or("", |s| s.short_id.as_str()), b),
+        (None, false) => "-".into(),
+    }
+}
+
 /// `0190c3f2-6a2 1.4.0 (master@4f2a9c1e)` for a deployment's build.
 fn build_line(d: &Deployment) -> String {
+    if d.embargoed {
+        return EMBARGOED.to_string();
+    }
     match &d.summary {
         Some(s) => format!(
             "{} {} ({}@{})",
@@ -35,7 +51,7 @@ fn build_line(d: &Deployment) -> String {
                 .map(|c| c.chars().take(12).collect::<String>())
                 .unwrap_or_else(|| "-".into())
         ),
-        None => d.build.to_string(),
+        None => opt(&d.build),
     }
 }
 
@@ -49,9 +65,8 @@ fn deployed(out: Output, r: &DeployResult, verb: &str) -> anyhow::Result<ExitCod
                 d.service,
                 d.seq
             );
-            if let Some(prev) = &d.replaced {
-                let prev = short(d.replaced_short_id.as_deref().unwrap_or_default(), prev);
-                s.push_str(&format!("\nIt replaced build {prev}."));
+            if d.replaced.is_some() || d.replaced_embargoed {
+                s.push_str(&format!("\nIt replaced {}.", replaced(d)));
             }
             s
         }
@@ -59,6 +74,24 @@ fn deployed(out: Output, r: &DeployResult, verb: &str) -> anyhow::Result<ExitCod
         (None, None) => r.status.clone(),
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `build ID`, or "an embargoed build", for what a deployment replaced.
+fn replaced(d: &Deployment) -> String {
+    match (&d.replaced, d.replaced_embargoed) {
+        (Some(_), false) => format!("build {}", replaced_cell(d)),
+        _ => replaced_cell(d),
+    }
+}
+
+/// What a deployment replaced, for a table cell: a short id, "an
+/// embargoed build", or `-`.
+fn replaced_cell(d: &Deployment) -> String {
+    match (&d.replaced, d.replaced_embargoed) {
+        (_, true) => EMBARGOED.to_string(),
+        (Some(b), false) => short(d.replaced_short_id.as_deref().unwrap_or_default(), b),
+        (None, false) => "-".into(),
+    }
 }
 
 fn pending_line(p: &PendingDeployment) -> String {
@@ -272,6 +305,15 @@ pub async fn status(client: &Client, out: Output, service: &str) -> anyhow::Resu
                     row.extend(std::iter::repeat_n("-".to_string(), 3));
                     row
                 }
+                Some(d) if d.embargoed => {
+                    let mut row = vec![env.to_string(), EMBARGOED.to_string(), "-".into(), "-".into()];
+                    row.push(time(&d.deployed_at));
+                    row.push(d.kind.to_string());
+                    row.push(d.requested_by.clone().unwrap_or_else(|| "auto".into()));
+                    row.push(agents);
+                    row.extend(std::iter::repeat_n("-".to_string(), 3));
+                    row
+                }
                 Some(d) => {
                     let src = summary.map(|s| s.source.clone()).unwrap_or_default();
                     let version = summary.map_or_else(
@@ -280,7 +322,7 @@ pub async fn status(client: &Client, out: Output, service: &str) -> anyhow::Resu
                     );
                     vec![
                         env.to_string(),
-                        short(summary.map(|b| b.short_id.as_str()).unwrap_or_default(), &d.build),
+                        build_cell(d),
                         version,
                         opt(&src.branch),
                         time(&d.deployed_at),
@@ -388,16 +430,13 @@ pub async fn history(client: &Client, out: Output, service: &str, env: &str, lim
                 d.seq.to_string(),
                 time(&d.deployed_at),
                 d.kind.to_string(),
-                short(summary.map(|b| b.short_id.as_str()).unwrap_or_default(), &d.build),
+                build_cell(d),
                 summary.map_or_else(|| "-".to_string(), |b| b.version.to_string()),
                 opt(&src.branch),
                 commit(src.commit.as_deref()),
                 d.requested_by.clone().unwrap_or_else(|| "auto".into()),
                 approvers(d),
-                d.replaced.as_ref().map_or_else(
-                    || "-".to_string(),
-                    |r| short(d.replaced_short_id.as_deref().unwrap_or_default(), r),
-                ),
+                replaced_cell(d),
                 opt(&d.reason),
             ]);
         }
@@ -667,16 +706,21 @@ pub async fn version(client: &Client, out: Output, c: crate::cli::VersionCommand
 pub async fn diff(client: &Client, out: Output, service: &str, from: &str, to: &str) -> anyhow::Result<ExitCode> {
     let d = client.diff(&ServiceName::parse(service)?, from, to).await?;
     print(out, &d, |d| {
-        let side = |label: &str, b: &tug_api::BuildSummary| {
-            format!(
+        let side = |label: &str, b: Option<&tug_api::BuildSummary>| match b {
+            Some(b) => format!(
                 "{label:<5} {} {} ({}@{})",
                 short(&b.short_id, &b.id),
                 b.version,
                 b.source.branch.as_deref().unwrap_or("-"),
                 b.source.commit.as_deref().unwrap_or("-")
-            )
+            ),
+            None => format!("{label:<5} {EMBARGOED}"),
         };
-        let mut s = format!("{}\n{}\n", side("from", &d.from), side("to", &d.to));
+        let mut s = format!("{}\n{}\n", side("from", d.from.as_ref()), side("to", d.to.as_ref()));
+        if d.from_embargoed || d.to_embargoed {
+            s.push_str("Nothing is compared with an embargoed build.");
+            return s;
+        }
         if let Some(url) = &d.source.compare_url {
             s.push_str(&format!("source {url}\n"));
         } else if d.source.old_commit != d.source.new_commit {
@@ -738,6 +782,9 @@ pub async fn watch(
             Output::Json => output::write(serde_json::to_string(&e)?)?,
             Output::Table => {
                 let mut details: Vec<String> = Vec::new();
+                if e.embargoed {
+                    details.push(EMBARGOED.to_string());
+                }
                 if let Some(obj) = e.payload.as_object() {
                     for key in ["environment", "build", "version", "kind", "state", "revision"] {
                         if let Some(v) = obj.get(key).filter(|v| !v.is_null()) {
@@ -796,10 +843,11 @@ pub async fn agents(
                 r.hostname.clone(),
                 short(&a.short_id, &r.agent_id),
                 r.platform.to_string(),
-                r.build.as_ref().map_or_else(
-                    || "-".to_string(),
-                    |b| short(a.build_short_id.as_deref().unwrap_or_default(), b),
-                ),
+                match (&r.build, a.embargoed) {
+                    (_, true) => EMBARGOED.to_string(),
+                    (Some(b), false) => short(a.build_short_id.as_deref().unwrap_or_default(), b),
+                    (None, false) => "-".to_string(),
+                },
                 state,
                 format!("{}{}", time(&a.last_seen), if a.stale { " (stale)" } else { "" }),
             ]);
@@ -832,7 +880,10 @@ pub async fn rollout(client: &Client, out: Output, c: RolloutCommand) -> anyhow:
             "{} of {}: build {}, rollout {}",
             r.environment,
             r.service,
-            opt(&r.build),
+            match (&r.build, r.embargoed) {
+                (_, true) => EMBARGOED.to_string(),
+                (build, false) => opt(build),
+            },
             r.state
         )];
         if let Some(s) = &r.strategy {

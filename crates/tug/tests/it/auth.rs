@@ -160,3 +160,231 @@ async fn missing_wrong_and_revoked_tokens_get_401_missing_roles_403() {
     let res = server.http(Method::DELETE, "/v1/tokens/nobody").send().await.unwrap();
     assert_eq!(res.status(), 404);
 }
+
+/// Which roles may use which route: every authenticated route, asked by a
+/// token of every role. A role the route is not for gets 403 `forbidden`;
+/// the others get past the role check (whatever the request then comes
+/// to). Roles are written by letter: Admin, Ci, Deployer, aPprover,
+/// aGent, Viewer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_refuses_the_roles_that_may_not_use_it() {
+    use serde_json::json;
+    let server = TestServer::start().await;
+    let w = tempfile::tempdir().unwrap();
+    let w = w.path();
+    server.tug(w, &["service", "create", "web"]).ok();
+    std::fs::write(
+        w.join("p.toml"),
+        "service = \"web\"\n\n[[environments]]\nname = \"dev\"\n\n[[environments]]\nname = \"prod\"\nupstream = \"dev\"\n",
+    )
+    .unwrap();
+    server.tug(w, &["pipeline", "apply", "-f", "p.toml"]).ok();
+    let spec = server.tug(w, &["pipeline", "show", "web", "--output", "json"]).json()["spec"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let body = b"web 1.0.0".to_vec();
+    let blob = crate::support::digest_of(&body);
+    let build = crate::agents::sealed(&server, "web", "1.0.0", &[("app", None, body)]).await;
+    server
+        .tug(w, &["release", "web", "--env", "dev", "--build", &build])
+        .ok();
+    let draft = server
+        .tug(
+            w,
+            &[
+                "build",
+                "create",
+                "--service",
+                "web",
+                "--version",
+                "2.0.0",
+                "--output",
+                "json",
+            ],
+        )
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let roles = [
+        ('A', server.admin_token.clone()),
+        ('C', token(&server, w, "ci")),
+        ('D', token(&server, w, "deployer")),
+        ('P', token(&server, w, "approver")),
+        ('G', token(&server, w, "agent")),
+        ('V', token(&server, w, "viewer")),
+    ];
+    let env = json!({"environment": "dev"});
+    let report = json!({
+        "agent_id": "a1", "hostname": "h", "platform": "linux/amd64", "agent_version": "1",
+        "service": "web", "environment": "dev", "build": null, "state": "idle",
+    });
+    let routes: Vec<(&str, Method, String, Option<serde_json::Value>)> = vec![
+        ("ACDPV", Method::GET, "/v1/services".into(), None),
+        ("A", Method::POST, "/v1/services".into(), Some(json!({"name": "other"}))),
+        ("A", Method::GET, "/v1/tokens".into(), None),
+        (
+            "A",
+            Method::POST,
+            "/v1/tokens".into(),
+            Some(json!({"name": "m", "role": "viewer"})),
+        ),
+        ("A", Method::DELETE, "/v1/tokens/nobody".into(), None),
+        (
+            "AC",
+            Method::POST,
+            "/v1/blobs/missing".into(),
+            Some(json!({"digests": [blob]})),
+        ),
+        ("ACDPGV", Method::GET, format!("/v1/blobs/{blob}"), None),
+        ("ACDPGV", Method::HEAD, format!("/v1/blobs/{blob}"), None),
+        ("AC", Method::PUT, format!("/v1/blobs/{blob}"), None),
+        ("ACDPV", Method::GET, "/v1/builds?service=web".into(), None),
+        (
+            "AC",
+            Method::POST,
+            "/v1/builds".into(),
+            Some(json!({"service": "web", "version": "3.0.0"})),
+        ),
+        ("ACDPV", Method::GET, format!("/v1/builds/{build}"), None),
+        ("ACDPV", Method::GET, format!("/v1/builds/{build}/manifest"), None),
+        (
+            "AC",
+            Method::POST,
+            format!("/v1/builds/{draft}/artifacts"),
+            Some(json!({"artifacts": []})),
+        ),
+        ("AC", Method::POST, format!("/v1/builds/{draft}/seal"), None),
+        ("AD", Method::POST, format!("/v1/builds/{draft}/yank"), Some(json!({}))),
+        ("A", Method::POST, format!("/v1/builds/{build}/unembargo"), None),
+        ("AD", Method::POST, format!("/v1/builds/{draft}/critical"), None),
+        ("ACDPV", Method::GET, "/v1/services/web/pipeline".into(), None),
+        (
+            "A",
+            Method::PUT,
+            "/v1/services/web/pipeline".into(),
+            Some(json!({"spec": spec})),
+        ),
+        ("ACDPV", Method::GET, "/v1/services/web/pipeline/history".into(), None),
+        (
+            "AD",
+            Method::POST,
+            "/v1/services/web/release".into(),
+            Some(json!({"environment": "dev", "build": build})),
+        ),
+        (
+            "AD",
+            Method::POST,
+            "/v1/services/web/promote".into(),
+            Some(json!({"to": "prod"})),
+        ),
+        (
+            "AD",
+            Method::POST,
+            "/v1/services/web/rollback".into(),
+            Some(env.clone()),
+        ),
+        (
+            "AP",
+            Method::POST,
+            "/v1/services/web/approve".into(),
+            Some(json!({"environment": "dev", "build": build})),
+        ),
+        (
+            "AP",
+            Method::POST,
+            "/v1/services/web/reject".into(),
+            Some(json!({"environment": "dev", "build": build})),
+        ),
+        ("ACDPV", Method::GET, "/v1/services/web/status".into(), None),
+        (
+            "ACDPV",
+            Method::GET,
+            "/v1/services/web/next-version?bump=patch".into(),
+            None,
+        ),
+        (
+            "ACDPV",
+            Method::GET,
+            "/v1/services/web/diff?from=dev&to=dev".into(),
+            None,
+        ),
+        (
+            "ACDPV",
+            Method::GET,
+            "/v1/services/web/environments/dev/history".into(),
+            None,
+        ),
+        (
+            "AD",
+            Method::POST,
+            "/v1/services/web/environments/dev/resume".into(),
+            None,
+        ),
+        ("ACDPV", Method::GET, "/v1/events?since=0".into(), None),
+        (
+            "ACDPGV",
+            Method::GET,
+            "/v1/channels/web/dev?platform=linux/amd64".into(),
+            None,
+        ),
+        ("AG", Method::POST, "/v1/agents/report".into(), Some(report)),
+        ("ACDPV", Method::GET, "/v1/agents".into(), None),
+        ("ACDPV", Method::GET, "/v1/services/web/rollout?env=dev".into(), None),
+        (
+            "AD",
+            Method::POST,
+            "/v1/services/web/rollout/halt".into(),
+            Some(json!({"environment": "dev", "reason": "r"})),
+        ),
+        (
+            "AD",
+            Method::POST,
+            "/v1/services/web/rollout/resume".into(),
+            Some(env.clone()),
+        ),
+        ("A", Method::POST, "/v1/admin/fsck".into(), None),
+        ("A", Method::POST, "/v1/admin/gc".into(), Some(json!({"dry_run": true}))),
+    ];
+    for (allowed, method, path, body) in &routes {
+        for (role, secret) in &roles {
+            let (status, text) = crate::access::call(&server, secret, method.clone(), path, body.clone()).await;
+            if allowed.contains(*role) {
+                assert!(
+                    status != 401 && status != 403,
+                    "{role} {method} {path}: {status} {text}"
+                );
+            } else {
+                assert_eq!(status, 403, "{role} {method} {path}: {text}");
+                if *method != Method::HEAD {
+                    assert!(text.contains("forbidden"), "{role} {method} {path}: {text}");
+                }
+            }
+        }
+    }
+    // The public endpoints need no token.
+    for what in ["version", "critical"] {
+        let url = format!("{}/v1/webapi/automaticupgrades/channel/web/dev/{what}", server.url);
+        assert_eq!(reqwest::get(url).await.unwrap().status(), 200);
+    }
+}
+
+fn token(server: &TestServer, w: &std::path::Path, role: &str) -> String {
+    let t = server
+        .tug(
+            w,
+            &[
+                "token",
+                "create",
+                "--name",
+                &format!("matrix-{role}"),
+                "--role",
+                role,
+                "--output",
+                "json",
+            ],
+        )
+        .json();
+    t["secret"].as_str().unwrap().to_string()
+}

@@ -52,7 +52,7 @@ async fn trials_runs(client: &tug_client::Client) -> Option<String> {
         .iter()
         .find(|e| e.environment.as_str() == "trials")
         .and_then(|e| e.current.as_ref())
-        .map(|d| d.build.to_string())
+        .and_then(|d| d.build.as_ref().map(|b| b.to_string()))
 }
 
 /// A moment between 0 and `max_ms` milliseconds that differs from run to
@@ -223,7 +223,8 @@ async fn concurrent_seals(servers: &[&TestServer]) {
     for d in &history {
         assert_eq!(d.kind, tug_core::DeployKind::AutoRelease);
         if let Some(before) = &d.replaced {
-            assert!(order(before) < order(&d.build), "deployment {} went backwards", d.seq);
+            let after = d.build.as_ref().expect("the admin sees every build");
+            assert!(order(before) < order(after), "deployment {} went backwards", d.seq);
         }
     }
 }

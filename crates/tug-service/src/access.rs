@@ -1,0 +1,384 @@
+//! Where every use case asks what its caller may see or act on. The rule
+//! itself is `tug_core::access` (pure); this module gathers the facts it
+//! needs (a build's service, embargo and creating token; for an agent token
+//! scoped to an environment, whether the build was deployed there and the
+//! environment is private) and shapes answers by it:
+//!
+//! - a service outside the caller's scope is refused with 403
+//!   `out_of_scope` before anything is looked up, so the refusal says
+//!   nothing about what exists there;
+//! - a build named by id or digest that the caller may not see (embargoed,
+//!   or of another service) does not exist for it: 404, and so does a blob
+//!   that only such builds refer to;
+//! - views of an environment (status, history, diff, channel, rollout,
+//!   agents, deployment events) say it runs "an embargoed build" and carry
+//!   no id, version, source, digest or reason of it ([`Shown::Embargoed`]);
+//! - views of the build itself (its events, requests to deploy it) are
+//!   left out.
+//!
+//! It does not authenticate (see [`Tugboat::authenticate`]) and holds no
+//! state: every answer is decided at the moment it is asked.
+
+use std::collections::HashMap;
+
+use tug_core::access::{BuildAccess, Reader, Sight};
+use tug_core::{Action, BuildId, DeployKind, EnvName, ServiceName};
+use tug_db::{AgentRow, BuildAccessRow, BuildRow, DeploymentRow};
+
+use crate::{Error, Principal, Result, Tugboat};
+
+impl Principal {
+    /// The caller as the access rule sees it.
+    pub fn reader(&self) -> Reader<'_> {
+        Reader {
+            token_id: &self.token_id,
+            role: self.role,
+            service: self.service.as_ref(),
+            environment: self.environment.as_ref(),
+        }
+    }
+
+    /// The scope, as messages name it: `api` or `api/sec`.
+    fn scope_text(&self) -> String {
+        match (&self.service, &self.environment) {
+            (Some(s), Some(e)) => format!("{s}/{e}"),
+            (Some(s), None) => s.to_string(),
+            (None, _) => "every service".into(),
+        }
+    }
+}
+
+/// What the caller may know of one build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Shown<T> {
+    Visible(T),
+    /// Only that it is an embargoed build.
+    Embargoed,
+}
+
+impl<T> Shown<T> {
+    pub fn visible(&self) -> Option<&T> {
+        match self {
+            Shown::Visible(v) => Some(v),
+            Shown::Embargoed => None,
+        }
+    }
+
+    pub fn is_embargoed(&self) -> bool {
+        matches!(self, Shown::Embargoed)
+    }
+
+    fn of(value: T, sight: Sight) -> Shown<T> {
+        if sight.is_full() {
+            Shown::Visible(value)
+        } else {
+            Shown::Embargoed
+        }
+    }
+}
+
+/// A deployment as one caller may see it. When its build is embargoed
+/// from the caller, so are the build's summary and the deployment's reason
+/// (a security release's reason names the vulnerability); likewise when
+/// the build it replaced is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeploymentView {
+    pub id: String,
+    pub service: ServiceName,
+    pub environment: EnvName,
+    pub seq: i64,
+    pub kind: DeployKind,
+    pub build: Shown<BuildId>,
+    /// The build's version and source, when known and visible.
+    pub summary: Option<BuildRow>,
+    pub requested_by: Option<String>,
+    pub deployed_at: chrono::DateTime<chrono::Utc>,
+    pub replaced: Option<Shown<BuildId>>,
+    pub reason: Option<String>,
+    pub override_freeze: bool,
+    /// Who approved the request it carried out (left out with the build).
+    pub approved_by: Vec<String>,
+}
+
+impl DeploymentView {
+    /// The deployment as a caller who sees every build of its service sees
+    /// it (the approvers and admins who decide on a request).
+    pub fn whole(d: DeploymentRow, summary: Option<BuildRow>) -> DeploymentView {
+        DeploymentView::shaped(d, summary, Sight::Full, Sight::Full)
+    }
+
+    fn shaped(d: DeploymentRow, summary: Option<BuildRow>, build: Sight, replaced: Sight) -> DeploymentView {
+        let secret = !(build.is_full() && replaced.is_full());
+        DeploymentView {
+            id: d.id,
+            service: d.service,
+            environment: d.environment,
+            seq: d.seq,
+            kind: d.kind,
+            summary: summary.filter(|_| build.is_full()),
+            build: Shown::of(d.build, build),
+            requested_by: d.requested_by,
+            deployed_at: d.deployed_at,
+            replaced: d.replaced.map(|r| Shown::of(r, replaced)),
+            reason: d.reason.filter(|_| !secret),
+            override_freeze: d.override_freeze,
+            approved_by: if build.is_full() { d.approved_by } else { Vec::new() },
+        }
+    }
+}
+
+/// An agent as one caller may see it: the builds it runs or gave up on,
+/// and its error text (which may name them), are left out when either is
+/// embargoed from the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentView {
+    pub agent: AgentRow,
+    pub embargoed: bool,
+}
+
+/// The sight of each build one answer names, gathered in one query.
+pub(crate) struct Sights(HashMap<BuildId, Sight>);
+
+impl Sights {
+    /// The sight of `id`; a build that does not exist is shown as little
+    /// as an embargoed one.
+    pub(crate) fn of(&self, id: &BuildId) -> Sight {
+        self.0.get(id).copied().unwrap_or(Sight::Embargoed)
+    }
+
+    pub(crate) fn full(&self, id: &BuildId) -> bool {
+        self.of(id).is_full()
+    }
+
+    pub(crate) fn deployment(&self, d: DeploymentRow, summary: Option<BuildRow>) -> DeploymentView {
+        let build = self.of(&d.build);
+        let replaced = d.replaced.as_ref().map_or(Sight::Full, |r| self.of(r));
+        DeploymentView::shaped(d, summary, build, replaced)
+    }
+
+    pub(crate) fn agent(&self, mut a: AgentRow) -> AgentView {
+        let embargoed = a.build.iter().chain(&a.failed_build).any(|b| !self.full(b));
+        if embargoed {
+            a.build = None;
+            a.failed_build = None;
+            a.error = None;
+        }
+        AgentView { agent: a, embargoed }
+    }
+}
+
+/// The access facts of a build row.
+pub(crate) fn facts_of(b: &BuildRow) -> BuildAccessRow {
+    BuildAccessRow {
+        id: b.id.clone(),
+        service: b.service.clone(),
+        embargoed: b.embargoed,
+        created_by_token: b.created_by_token.clone(),
+    }
+}
+
+impl Tugboat {
+    /// 403 unless the caller's role may do `action` and its scope covers
+    /// `service`.
+    pub(crate) fn require_in(&self, who: &Principal, action: Action, service: &ServiceName) -> Result<()> {
+        self.require(who, action)?;
+        if who.reader().in_scope(service) {
+            Ok(())
+        } else {
+            Err(self.out_of_scope(who, service.to_string()))
+        }
+    }
+
+    /// 403 unless the caller may follow `env` of `service` (its channel,
+    /// the blobs it names, reports from its agents).
+    pub(crate) fn require_follow(
+        &self,
+        who: &Principal,
+        action: Action,
+        service: &ServiceName,
+        env: &EnvName,
+    ) -> Result<()> {
+        self.require(who, action)?;
+        if who.reader().may_follow(service, env) {
+            Ok(())
+        } else {
+            Err(self.out_of_scope(who, format!("{service}/{env}")))
+        }
+    }
+
+    fn out_of_scope(&self, who: &Principal, asked: String) -> Error {
+        Error::OutOfScope {
+            token: who.name.clone(),
+            scope: who.scope_text(),
+            asked,
+        }
+    }
+
+    /// Whether the caller may follow `env` of `service` (for callers that
+    /// answer from a cache).
+    pub fn check_follow(&self, who: &Principal, service: &ServiceName, env: &EnvName) -> Result<()> {
+        self.require_follow(who, Action::Follow, service, env)
+    }
+
+    /// The service a listing is limited to: the one asked for (which must
+    /// be in scope), else the caller's own scope, else none (all).
+    pub(crate) fn listing_scope(
+        &self,
+        who: &Principal,
+        action: Action,
+        asked: Option<&ServiceName>,
+    ) -> Result<Option<ServiceName>> {
+        match asked {
+            Some(s) => {
+                self.require_in(who, action, s)?;
+                Ok(Some(s.clone()))
+            }
+            None => {
+                self.require(who, action)?;
+                Ok(who.service.clone())
+            }
+        }
+    }
+
+    /// How much of one build the caller may see.
+    pub(crate) async fn sight(&self, who: &Principal, build: &BuildAccessRow) -> Result<Sight> {
+        let reader = who.reader();
+        if reader.sees_everything() {
+            return Ok(Sight::Full);
+        }
+        let deployed = self.private_deployments(&reader, build).await?;
+        Ok(reader.sight(&BuildAccess {
+            service: &build.service,
+            embargoed: build.embargoed,
+            created_by_token: build.created_by_token.as_deref(),
+            private_deployments: &deployed,
+        }))
+    }
+
+    /// The private environment the caller (an agent token scoped to one)
+    /// follows, if `build` was deployed into it: the one fact of
+    /// deployments the rule needs, and only for such a caller.
+    async fn private_deployments(&self, reader: &Reader<'_>, build: &BuildAccessRow) -> Result<Vec<EnvName>> {
+        let Some(env) = reader.environment.filter(|_| reader.needs_private_deployments()) else {
+            return Ok(Vec::new());
+        };
+        if !build.embargoed || !reader.in_scope(&build.service) {
+            return Ok(Vec::new());
+        }
+        let private = match self.db.pipeline(&build.service).await? {
+            Some(row) => tug_core::Pipeline::parse(&row.spec)
+                .ok()
+                .and_then(|p| p.environment(env).map(|e| e.private))
+                .unwrap_or(false),
+            None => false,
+        };
+        if private
+            && self
+                .db
+                .last_deployed_at(&build.service, env, &build.id)
+                .await?
+                .is_some()
+        {
+            Ok(vec![env.clone()])
+        } else {
+            Ok(Vec::new())
+        }
+    }
+
+    /// The sight of every build in `ids`, with one query for their facts.
+    pub(crate) async fn sights(&self, who: &Principal, mut wanted: Vec<BuildId>) -> Result<Sights> {
+        wanted.sort();
+        wanted.dedup();
+        let mut out = HashMap::with_capacity(wanted.len());
+        if who.reader().sees_everything() {
+            out.extend(wanted.into_iter().map(|id| (id, Sight::Full)));
+            return Ok(Sights(out));
+        }
+        for facts in self.db.build_access(&wanted).await? {
+            let sight = self.sight(who, &facts).await?;
+            out.insert(facts.id, sight);
+        }
+        Ok(Sights(out))
+    }
+
+    /// A build by id or manifest digest, if the caller may see all of it;
+    /// otherwise it does not exist for the caller.
+    /// A prefix counts only the builds the caller may see: a hidden build
+    /// never makes a prefix ambiguous (which would betray that it exists).
+    pub(crate) async fn resolve_visible(&self, who: &Principal, reference: &str) -> Result<BuildRow> {
+        match self.named(reference).await? {
+            crate::Named::One(found) => {
+                let build = found.ok_or_else(|| Error::BuildNotFound(reference.chars().take(80).collect()))?;
+                self.require_visible(who, *build, reference).await
+            }
+            crate::Named::Prefix { prefix, matches, more } => {
+                let mut visible = Vec::with_capacity(matches.len());
+                for b in matches {
+                    if self.sight(who, &facts_of(&b)).await?.is_full() {
+                        visible.push(b);
+                    }
+                }
+                crate::pick(reference, &prefix, visible, more)
+            }
+        }
+    }
+
+    /// `build` if the caller may see all of it, else the error of a build
+    /// that does not exist (named as the caller named it).
+    pub(crate) async fn require_visible(&self, who: &Principal, build: BuildRow, named: &str) -> Result<BuildRow> {
+        if self.sight(who, &facts_of(&build)).await?.is_full() {
+            Ok(build)
+        } else {
+            Err(Error::BuildNotFound(named.chars().take(80).collect()))
+        }
+    }
+
+    /// Whether the caller may read the blob `digest`: some build it may
+    /// see refers to it. A blob no build refers to yet (an upload before
+    /// its registration) is readable by those who may upload.
+    pub(crate) async fn may_read_blob(&self, who: &Principal, digest: &tug_core::Digest) -> Result<bool> {
+        if who.reader().sees_everything() {
+            return Ok(true);
+        }
+        let builds = self.db.blob_builds(digest).await?;
+        if builds.is_empty() {
+            return Ok(who.role.allows(Action::WriteBuilds));
+        }
+        for b in &builds {
+            if self.sight(who, b).await?.is_full() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// How much of the build an environment's channel names the caller may
+    /// see. The build runs in that environment, so it was deployed there:
+    /// no query is needed, and a channel answer shared by many callers is
+    /// shaped per caller from the facts it carries.
+    pub fn channel_sight(&self, who: &Principal, view: &crate::ChannelView) -> Result<Sight> {
+        let service = &view.pacing.service;
+        self.require_follow(who, Action::Follow, service, &view.environment.name)?;
+        let Some(build) = &view.build else {
+            return Ok(Sight::Full);
+        };
+        let here = [view.environment.name.clone()];
+        Ok(who.reader().sight(&BuildAccess {
+            service: &build.service,
+            embargoed: build.embargoed,
+            created_by_token: build.created_by_token.as_deref(),
+            private_deployments: if view.environment.private { &here } else { &[] },
+        }))
+    }
+
+    /// Checks a token again by id: requests that last (event streams,
+    /// held long-polls) call this every second or two, so a revocation
+    /// ends them within a few seconds on every server.
+    pub async fn recheck(&self, who: &Principal) -> Result<()> {
+        match self.db.token_by_id(&who.token_id).await? {
+            Some(t) if t.revoked_at.is_none() => Ok(()),
+            Some(t) => Err(Error::TokenRevoked(t.name)),
+            None => Err(Error::InvalidToken),
+        }
+    }
+}
