@@ -107,7 +107,7 @@ impl Tugboat {
         base_revision: Option<i64>,
     ) -> Result<PipelineView> {
         self.require(who, Action::ManagePipelines)?;
-        let pipeline = Pipeline::parse(text).map_err(Error::Pipeline)?;
+        let pipeline = Pipeline::parse_submitted(text).map_err(Error::Pipeline)?;
         if &pipeline.service != service {
             return Err(Error::Invalid(format!(
                 "the pipeline is for service {}, not {service}; fix `service` in the file",
@@ -660,9 +660,7 @@ impl Tugboat {
         } = intent;
         if options.override_freeze {
             if !admin {
-                return Err(Error::Invalid(
-                    "only an admin token may override a freeze window".into(),
-                ));
+                return Err(Error::AdminOnly("override a freeze window"));
             }
             if options.reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
                 return Err(Error::Invalid("an override needs a reason: pass --reason \"…\"".into()));
@@ -722,7 +720,9 @@ impl Tugboat {
                     state: "pending".into(),
                     requested_by: requested_by.unwrap_or_else(|| "auto-release".into()),
                     requested_at: now,
-                    expires_at: chrono::Duration::from_std(timeout).ok().map(|d| now + d),
+                    expires_at: chrono::Duration::from_std(timeout)
+                        .ok()
+                        .and_then(|d| now.checked_add_signed(d)),
                     reason: options.reason,
                     override_freeze: options.override_freeze,
                     decisions: Vec::new(),
