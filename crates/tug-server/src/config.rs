@@ -123,6 +123,11 @@ pub enum ConfigError {
 /// representable instants that ages are subtracted from.
 pub const MAX_AGE_SECS: u64 = 100 * 365 * 86_400;
 
+/// The shortest header-read timeout. It also closes idle keep-alive
+/// connections, and Tugboat's own clients drop theirs after 4 s idle: a
+/// shorter timeout would close connections they are about to reuse.
+pub const MIN_HEADER_READ_TIMEOUT_SECS: u64 = 5;
+
 /// The longest header-read timeout: longer lets idle and slow clients hold
 /// connections for no good reason.
 pub const MAX_HEADER_READ_TIMEOUT_SECS: u64 = 300;
@@ -275,9 +280,9 @@ impl Config {
                 "header_read_timeout_secs",
                 "TUG_HEADER_READ_TIMEOUT_SECS",
                 self.header_read_timeout_secs,
-                1,
+                MIN_HEADER_READ_TIMEOUT_SECS,
                 MAX_HEADER_READ_TIMEOUT_SECS,
-                format!("1 to {MAX_HEADER_READ_TIMEOUT_SECS} seconds"),
+                format!("{MIN_HEADER_READ_TIMEOUT_SECS} to {MAX_HEADER_READ_TIMEOUT_SECS} seconds"),
             ),
         ];
         for (key, var, value, min, max, range) in checks {
@@ -379,19 +384,19 @@ mod tests {
     #[test]
     fn out_of_range_values_are_refused_naming_the_key_and_range() {
         Config::default().validate().unwrap();
-        let env: HashMap<String, String> = [("TUG_HEADER_READ_TIMEOUT_SECS".to_string(), "3".to_string())]
+        let env: HashMap<String, String> = [("TUG_HEADER_READ_TIMEOUT_SECS".to_string(), "5".to_string())]
             .into_iter()
             .collect();
         let c = Config::default().apply(Layer::from_env(&env).unwrap());
-        assert_eq!(c.header_read_timeout_secs, 3);
+        assert_eq!(c.header_read_timeout_secs, 5);
         c.validate().unwrap();
         for (toml, key) in [
-            ("header_read_timeout_secs = 0", "header_read_timeout_secs"),
+            ("header_read_timeout_secs = 4", "header_read_timeout_secs"),
             ("header_read_timeout_secs = 301", "header_read_timeout_secs"),
             ("approval_timeout_secs = 8639999913600", "approval_timeout_secs"),
             ("approval_timeout_secs = 0", "approval_timeout_secs"),
             ("gc_grace_secs = 9000000000000", "gc_grace_secs"),
-            ("draft_max_age_secs = 18446744073709551615", "draft_max_age_secs"),
+            ("draft_max_age_secs = 9223372036854775807", "draft_max_age_secs"),
             ("max_json_body = 0", "max_json_body"),
             ("max_blob_size = 0", "max_blob_size"),
         ] {

@@ -74,7 +74,7 @@ fn a_bad_configuration_stops_the_server_with_a_clear_message() {
         (
             "header_read_timeout_secs = 0\n",
             None,
-            "header_read_timeout_secs = 0 is out of range: use 1 to 300 seconds (tug.toml key header_read_timeout_secs, environment variable TUG_HEADER_READ_TIMEOUT_SECS)",
+            "header_read_timeout_secs = 0 is out of range: use 5 to 300 seconds (tug.toml key header_read_timeout_secs, environment variable TUG_HEADER_READ_TIMEOUT_SECS)",
         ),
     ] {
         let dir = tempfile::tempdir().unwrap();
