@@ -232,9 +232,13 @@ fn create_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let context = || format!("cannot create data directory {}", dir.display());
     match std::fs::metadata(dir) {
+        Ok(meta) if !meta.is_dir() => anyhow::bail!(
+            "data directory {} is not a directory; choose another with --data-dir DIR or TUG_DATA_DIR",
+            dir.display()
+        ),
         Ok(meta) => {
             let mode = meta.permissions().mode() & 0o777;
-            if meta.is_dir() && mode & 0o077 != 0 {
+            if mode & 0o077 != 0 {
                 tracing::warn!(
                     "data directory {} has mode {mode:04o}: other users may read its database and blobs; \
                      restrict it with chmod 700 {}",

@@ -183,6 +183,26 @@ async fn an_existing_data_directory_open_to_others_is_kept_with_a_warning() {
     assert_eq!(mode(&server.data_dir().join("tug.db")), 0o600);
 }
 
+#[test]
+fn a_data_directory_that_is_a_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tug-data"), "not a directory").unwrap();
+    let out = Command::new(TUG)
+        .args(["server", "--listen", "127.0.0.1:0", "--data-dir", "tug-data"])
+        .current_dir(dir.path())
+        .env_clear()
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr
+            .contains("data directory tug-data is not a directory; choose another with --data-dir DIR or TUG_DATA_DIR"),
+        "{stderr}"
+    );
+}
+
 // ---- item 21: the socket before anything on disk --------------------------
 
 #[test]
