@@ -132,6 +132,10 @@ impl Client {
         }
         let http = reqwest::Client::builder()
             .connect_timeout(std::time::Duration::from_secs(10))
+            // Below the server's shortest header-read timeout (5 s), which
+            // also closes idle keep-alive connections: a connection is
+            // never reused just as the server closes it.
+            .pool_idle_timeout(std::time::Duration::from_secs(4))
             .build()
             .map_err(Error::Http)?;
         Ok(Client {

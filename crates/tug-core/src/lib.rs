@@ -25,7 +25,7 @@ pub use manifest::{
     ArtifactKind, ArtifactSpec, BuildManifest, BuildSource, BuildState, CiRun, DerivedFrom, Draft, ManifestArtifact,
     SealError,
 };
-pub use names::{ArtifactName, BuildId, NameError, Platform, ServiceName, TokenName, Version};
+pub use names::{ArtifactName, BuildId, CommitId, NameError, Platform, ServiceName, TokenName, Version};
 pub use pipeline::{
     format_duration, parse_duration, BranchRestriction, Compatibility, EnvName, Environment, FreezeWindow, Pipeline,
     PipelineError, PipelineSpec, Rollout, ServerRule, Share, Strategy,

@@ -22,8 +22,10 @@ pub enum NameError {
     Platform(String),
     #[error("build id {0:?} is invalid: a build id looks like 0190c3f2-6a2b-7d4e-9f10-2b3c4d5e6f70")]
     BuildId(String),
-    #[error("version {0:?} is not a semantic version: write it as MAJOR.MINOR.PATCH, e.g. 1.4.0 or 1.4.0-rc.1")]
+    #[error("version {0:?} is not a semantic version: write it as MAJOR.MINOR.PATCH, e.g. 1.4.0 or 1.4.0-rc.1 (a leading v, as in v1.4.0, is accepted)")]
     Version(String),
+    #[error("commit {0:?} is invalid: a commit must be a hexadecimal git object id of {MIN_COMMIT} to {MAX_COMMIT} digits, e.g. 4f2a9c1e; is $GIT_SHA set?")]
+    Commit(String),
 }
 
 pub(crate) fn shown(s: &str) -> String {
@@ -196,13 +198,38 @@ string_newtype!(BuildId, |s| {
     }
 });
 
-/// A build's version: a semantic version, kept as written.
+/// The fewest hexadecimal digits a commit id may have: git itself never
+/// abbreviates to fewer than four.
+pub const MIN_COMMIT: usize = 4;
+
+/// The most hexadecimal digits a commit id may have: a full SHA-256 object
+/// id (a SHA-1 one has 40).
+pub const MAX_COMMIT: usize = 64;
+
+/// The git commit a build was made from: a full or abbreviated object id,
+/// 4 to 64 hexadecimal digits, kept as written. An empty value (an unset
+/// `$GIT_SHA` in CI) or anything that is not hexadecimal is refused, so a
+/// build never claims a source it cannot name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CommitId(String);
+string_newtype!(CommitId, |s| {
+    if (MIN_COMMIT..=MAX_COMMIT).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(())
+    } else {
+        Err(NameError::Commit(shown(s)))
+    }
+});
+
+/// A build's version: a semantic version. One leading `v` is accepted and
+/// dropped (`v14.0.2` is `14.0.2`), because tags and `tug version next`
+/// write versions that way; the version is always shown and stored without
+/// it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Version(semver::Version);
 
 impl Version {
     pub fn parse(s: &str) -> Result<Version, NameError> {
-        semver::Version::parse(s)
+        semver::Version::parse(s.strip_prefix('v').unwrap_or(s))
             .map(Version)
             .map_err(|_| NameError::Version(shown(s)))
     }
@@ -315,9 +342,44 @@ mod tests {
         let b = Version::parse("1.10.0-rc.1").unwrap();
         assert!(a < b);
         assert_eq!(b.to_string(), "1.10.0-rc.1");
-        for bad in ["", "1.4", "v1.4.0", "1.4.0.0", "latest"] {
+        for bad in ["", "1.4", "vv1.4.0", "v", "V1.4.0", " 1.4.0", "1.4.0.0", "latest"] {
             let err = Version::parse(bad).unwrap_err();
             assert!(err.to_string().contains("MAJOR.MINOR.PATCH"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_leading_v_is_accepted_and_dropped() {
+        let v = Version::parse("v14.0.2").unwrap();
+        assert_eq!(v, Version::parse("14.0.2").unwrap());
+        assert_eq!(v.to_string(), "14.0.2");
+        let cloud = Version::parse("v16.0.0-cloud.20261122T031405.4f2a9c").unwrap();
+        assert_eq!(cloud.to_string(), "16.0.0-cloud.20261122T031405.4f2a9c");
+        let json: Version = serde_json::from_str("\"v1.2.3\"").unwrap();
+        assert_eq!(serde_json::to_string(&json).unwrap(), "\"1.2.3\"");
+    }
+
+    #[test]
+    fn commits_are_hexadecimal_object_ids() {
+        for good in ["4f2a", "4f2a9c1e", "ABCDEF0123", &"a".repeat(40), &"0".repeat(64)] {
+            assert_eq!(CommitId::parse(good).unwrap().as_str(), good);
+        }
+        for bad in [
+            "",
+            "abc",
+            "not a sha!",
+            "4f2a9c1g",
+            " 4f2a9c1e",
+            "4f2a 9c1e",
+            &"a".repeat(65),
+        ] {
+            let err = CommitId::parse(bad).unwrap_err();
+            assert!(matches!(err, NameError::Commit(_)), "{bad:?}");
+            let text = err.to_string();
+            assert!(
+                text.contains("hexadecimal git object id") && text.contains("$GIT_SHA"),
+                "{text}"
+            );
         }
     }
 

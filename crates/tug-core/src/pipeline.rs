@@ -31,6 +31,40 @@ use crate::names::{is_slug, shown, string_newtype, NameError, ServiceName};
 /// in a small team.
 pub const MAX_APPROVALS: u32 = 10;
 
+// Limits on what a pipeline may hold. Every environment costs the server
+// work on each status, history and deployment, so a client must not be able
+// to make that work unbounded; each limit is far above what a real
+// pipeline needs and is named in the error that refuses it.
+
+/// The largest pipeline file a client may submit, in bytes.
+pub const MAX_PIPELINE_BYTES: usize = 256 * 1024;
+
+/// The most environments one pipeline may have.
+pub const MAX_ENVIRONMENTS: usize = 100;
+
+/// The most freeze windows, and separately the most maintenance windows,
+/// one environment may have.
+pub const MAX_WINDOWS: usize = 50;
+
+/// The longest branch restriction or server rule pattern, in bytes.
+pub const MAX_PATTERN_BYTES: usize = 1024;
+
+/// How large a compiled branch restriction may grow, in bytes. A short
+/// pattern such as `(a{100}){100}` compiles to a large program; the
+/// `regex` crate refuses it above this size instead of building it.
+const MAX_COMPILED_PATTERN: usize = 256 * 1024;
+
+/// The longest auto-release branch name, in bytes (as for a build's branch).
+pub const MAX_BRANCH_BYTES: usize = 255;
+
+/// The longest soak or approval timeout: a year. Longer is a typo
+/// (`99999999d`), and instants that far ahead are not representable.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
+
+/// The longest parser message quoted in an error: TOML errors quote the
+/// offending line, which may be as long as the file.
+const MAX_QUOTED: usize = 1000;
+
 /// The name of one stage of a pipeline: `canary`, `production`, … Same rules
 /// as a service name: 1 to 63 lowercase letters, digits, '-' or '_',
 /// starting with a letter or digit.
@@ -50,6 +84,16 @@ string_newtype!(EnvName, |s| {
 pub enum PipelineError {
     #[error("the pipeline file is invalid: {0}")]
     Toml(String),
+    #[error("the pipeline file is {size} bytes: at most {MAX_PIPELINE_BYTES} bytes (256 KiB) are accepted")]
+    TooLarge { size: usize },
+    #[error("the pipeline has {count} environments: at most {MAX_ENVIRONMENTS} are allowed per pipeline")]
+    TooManyEnvironments { count: usize },
+    #[error("environment {env} has {count} {field} windows: at most {MAX_WINDOWS} are allowed per environment; merge adjacent windows")]
+    TooManyWindows {
+        env: EnvName,
+        field: &'static str,
+        count: usize,
+    },
     #[error("the pipeline's {0}")]
     Service(NameError),
     #[error("{0}")]
@@ -77,6 +121,15 @@ pub enum PipelineError {
     },
     #[error("environment {env}: {field} {value:?} is invalid: use e.g. 30m, 1h, 2d, 1h30m")]
     Duration {
+        env: EnvName,
+        field: &'static str,
+        value: String,
+    },
+    #[error(
+        "environment {env}: {field} {value:?} is too long: at most {} (a year) is allowed",
+        format_duration(MAX_DURATION)
+    )]
+    DurationTooLong {
         env: EnvName,
         field: &'static str,
         value: String,
@@ -295,10 +348,24 @@ pub struct BranchRestriction {
 }
 
 impl BranchRestriction {
-    pub fn new(pattern: &str) -> Result<BranchRestriction, regex::Error> {
+    /// Compiles `pattern`; the error says why it is not acceptable (a
+    /// syntax error, or a pattern longer than [`MAX_PATTERN_BYTES`] or too
+    /// large once compiled).
+    pub fn new(pattern: &str) -> Result<BranchRestriction, String> {
+        if pattern.len() > MAX_PATTERN_BYTES {
+            return Err(format!(
+                "it is {} bytes long: at most {MAX_PATTERN_BYTES} are allowed",
+                pattern.len()
+            ));
+        }
+        let regex = regex::RegexBuilder::new(pattern)
+            .size_limit(MAX_COMPILED_PATTERN)
+            .dfa_size_limit(MAX_COMPILED_PATTERN)
+            .build()
+            .map_err(|e| e.to_string())?;
         Ok(BranchRestriction {
             source: pattern.to_string(),
-            regex: Regex::new(pattern)?,
+            regex,
         })
     }
 
@@ -362,7 +429,7 @@ impl ServerRule {
         let (env, pattern) = text.split_once('=').ok_or_else(|| bad("it has no '='".to_string()))?;
         let environment = EnvName::parse(env.trim()).map_err(|e| bad(e.to_string()))?;
         let restriction = BranchRestriction::new(pattern)
-            .map_err(|e| bad(format!("{pattern:?} is not a valid regular expression: {e}")))?;
+            .map_err(|e| bad(format!("{:?} is not a valid regular expression: {e}", shown(pattern))))?;
         Ok(ServerRule {
             environment,
             restriction,
@@ -440,9 +507,12 @@ fn day_bit(d: Weekday) -> u8 {
 /// over the week's end).
 fn parse_days(text: &str) -> Result<u8, String> {
     let weekday = |t: &str| -> Result<Weekday, String> {
-        t.trim()
-            .parse()
-            .map_err(|_| format!("{t:?} is not a weekday: use Mon, Tue, Wed, Thu, Fri, Sat or Sun"))
+        t.trim().parse().map_err(|_| {
+            format!(
+                "{:?} is not a weekday: use Mon, Tue, Wed, Thu, Fri, Sat or Sun",
+                shown(t)
+            )
+        })
     };
     let mut days = 0;
     for item in text.split(',') {
@@ -493,7 +563,7 @@ fn parse_time(time: &str) -> Result<NaiveTime, String> {
     NaiveTime::parse_from_str(time, "%H:%M")
         .ok()
         .filter(|_| valid_shape)
-        .ok_or_else(|| format!("{time:?} is not a time of day: use 24-hour HH:MM, e.g. 06:00"))
+        .ok_or_else(|| format!("{:?} is not a time of day: use 24-hour HH:MM, e.g. 06:00", shown(time)))
 }
 
 fn weekday_text(d: Weekday) -> &'static str {
@@ -517,20 +587,29 @@ fn parse_day_time(text: &str) -> Result<(Weekday, NaiveTime), String> {
     let mut parts = text.split_whitespace();
     let (Some(day), Some(time), None) = (parts.next(), parts.next(), parts.next()) else {
         return Err(format!(
-            "{text:?} is not a weekday and a time: write e.g. \"Sat 00:00\""
+            "{:?} is not a weekday and a time: write e.g. \"Sat 00:00\"",
+            shown(text)
         ));
     };
     // chrono reads Mon..Sun and Monday..Sunday, in any case.
-    let day: Weekday = day
-        .parse()
-        .map_err(|_| format!("{day:?} is not a weekday: use Mon, Tue, Wed, Thu, Fri, Sat or Sun"))?;
+    let day: Weekday = day.parse().map_err(|_| {
+        format!(
+            "{:?} is not a weekday: use Mon, Tue, Wed, Thu, Fri, Sat or Sun",
+            shown(day)
+        )
+    })?;
     Ok((day, parse_time(time)?))
 }
 
 fn parse_instant(field: &str, text: &str) -> Result<DateTime<Utc>, String> {
     DateTime::parse_from_rfc3339(text)
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| format!("{field} {text:?} is not an RFC 3339 time ({e}): write e.g. 2026-12-24T00:00:00Z"))
+        .map_err(|e| {
+            format!(
+                "{field} {:?} is not an RFC 3339 time ({e}): write e.g. 2026-12-24T00:00:00Z",
+                shown(text)
+            )
+        })
 }
 
 impl FreezeWindow {
@@ -548,12 +627,19 @@ impl FreezeWindow {
             .find(|&i| text[..i].trim_end().ends_with(|c: char| c.is_ascii_digit()))
             .or_else(|| text.find('-'))
             .ok_or_else(|| {
-                format!("{text:?} has no '-': write e.g. \"Sat 00:00 - Mon 06:00\" or \"Mon-Fri 02:00 - 04:00\"")
+                format!(
+                    "{:?} has no '-': write e.g. \"Sat 00:00 - Mon 06:00\" or \"Mon-Fri 02:00 - 04:00\"",
+                    shown(text)
+                )
             })?;
         let (start, end) = (text[..split].trim(), text[split + 1..].trim());
         let tz = || -> Result<Tz, String> {
-            tz.parse()
-                .map_err(|_| format!("{tz:?} is not a known time zone: use an IANA name such as Europe/Berlin, or UTC"))
+            tz.parse().map_err(|_| {
+                format!(
+                    "{:?} is not a known time zone: use an IANA name such as Europe/Berlin, or UTC",
+                    shown(tz)
+                )
+            })
         };
         if end.split_whitespace().count() == 1 {
             // The same hours on some days (or every day).
@@ -783,7 +869,14 @@ impl Share {
     pub fn of(self, total: u64) -> u64 {
         match self {
             Share::Count(n) => u64::from(n),
-            Share::Percent(p) => (total * u64::from(p)).div_ceil(100).max(1),
+            // Split so that no product overflows, whatever `total` is:
+            // ceil(total * p / 100) = (total / 100) * p + ceil((total % 100) * p / 100).
+            Share::Percent(p) => {
+                let p = u64::from(p);
+                ((total / 100).saturating_mul(p))
+                    .saturating_add(((total % 100) * p).div_ceil(100))
+                    .max(1)
+            }
         }
     }
 
@@ -941,7 +1034,9 @@ impl Environment {
         let auto_release = match &spec.auto_release {
             None => None,
             Some(AutoReleaseSpec { branch }) => {
-                let bad = branch.trim().is_empty() || branch.chars().any(|c| c.is_control() || c.is_whitespace());
+                let bad = branch.trim().is_empty()
+                    || branch.len() > MAX_BRANCH_BYTES
+                    || branch.chars().any(|c| c.is_control() || c.is_whitespace());
                 if bad {
                     return Err(PipelineError::AutoReleaseBranch {
                         env: env(),
@@ -954,11 +1049,19 @@ impl Environment {
 
         let duration = |field: &'static str, value: &Option<String>| match value {
             None => Ok(None),
-            Some(text) => parse_duration(text).map(Some).ok_or_else(|| PipelineError::Duration {
-                env: env(),
-                field,
-                value: shown(text),
-            }),
+            Some(text) => match parse_duration(text) {
+                None => Err(PipelineError::Duration {
+                    env: env(),
+                    field,
+                    value: shown(text),
+                }),
+                Some(d) if d > MAX_DURATION => Err(PipelineError::DurationTooLong {
+                    env: env(),
+                    field,
+                    value: shown(text),
+                }),
+                Some(d) => Ok(Some(d)),
+            },
         };
         let soak = duration("soak", &spec.soak)?;
         let approval_timeout = duration("approval_timeout", &spec.approval_timeout)?;
@@ -972,13 +1075,22 @@ impl Environment {
 
         let branch_restriction = match &spec.branch_restriction {
             None => None,
-            Some(pattern) => Some(BranchRestriction::new(pattern).map_err(|e| PipelineError::Regex {
+            Some(pattern) => Some(BranchRestriction::new(pattern).map_err(|message| PipelineError::Regex {
                 env: env(),
                 pattern: shown(pattern),
-                message: e.to_string(),
+                message,
             })?),
         };
 
+        for (field, windows) in [("freeze", &spec.freeze), ("maintenance", &spec.maintenance)] {
+            if windows.len() > MAX_WINDOWS {
+                return Err(PipelineError::TooManyWindows {
+                    env: env(),
+                    field,
+                    count: windows.len(),
+                });
+            }
+        }
         let freeze = spec
             .freeze
             .iter()
@@ -1138,8 +1250,26 @@ pub struct Pipeline {
 impl Pipeline {
     /// Reads and validates a pipeline file.
     pub fn parse(text: &str) -> Result<Pipeline, PipelineError> {
-        let spec: PipelineSpec = toml::from_str(text).map_err(|e| PipelineError::Toml(e.to_string()))?;
+        let spec: PipelineSpec = toml::from_str(text).map_err(|e| {
+            let message = e.to_string();
+            if message.chars().count() > MAX_QUOTED {
+                PipelineError::Toml(message.chars().take(MAX_QUOTED).chain(['…']).collect())
+            } else {
+                PipelineError::Toml(message)
+            }
+        })?;
         Pipeline::from_spec(&spec)
+    }
+
+    /// Reads and validates a pipeline file a client submits: a file larger
+    /// than [`MAX_PIPELINE_BYTES`] is refused before it is read. Stored
+    /// pipelines are read with [`Pipeline::parse`]: their canonical form
+    /// may be longer than the file that was applied.
+    pub fn parse_submitted(text: &str) -> Result<Pipeline, PipelineError> {
+        if text.len() > MAX_PIPELINE_BYTES {
+            return Err(PipelineError::TooLarge { size: text.len() });
+        }
+        Pipeline::parse(text)
     }
 
     /// Validates a pipeline as written. Errors come in file order, one at a
@@ -1148,6 +1278,11 @@ impl Pipeline {
         let service = ServiceName::parse(&spec.service).map_err(PipelineError::Service)?;
         if spec.environments.is_empty() {
             return Err(PipelineError::NoEnvironments);
+        }
+        if spec.environments.len() > MAX_ENVIRONMENTS {
+            return Err(PipelineError::TooManyEnvironments {
+                count: spec.environments.len(),
+            });
         }
         let environments = spec
             .environments
@@ -1668,6 +1803,76 @@ upstream = "canary"
             ),
             "{err}"
         );
+    }
+
+    #[test]
+    fn approval_timeout_of_99999999d_is_refused_when_applied() {
+        // Accepted before, it made every release into the environment
+        // panic computing when the approval request expires.
+        let err = parse_err(&one_env("approvals = 1\napproval_timeout = \"99999999d\""));
+        assert_eq!(
+            err.to_string(),
+            "environment production: approval_timeout \"99999999d\" is too long: at most 365d (a year) is allowed"
+        );
+        let err = parse_err(&one_env("upstream = \"x\"\nsoak = \"366d\""));
+        assert!(
+            matches!(err, PipelineError::DurationTooLong { field: "soak", .. }),
+            "{err}"
+        );
+        let p = Pipeline::parse(&one_env("approvals = 1\napproval_timeout = \"365d\"")).unwrap();
+        assert_eq!(p.environments[0].approval_timeout, Some(MAX_DURATION));
+    }
+
+    #[test]
+    fn limits_on_what_a_pipeline_holds_are_named() {
+        let windows = |key: &str, n: usize| {
+            let list = vec!["{ weekly = \"Sat 00:00 - Sun 00:00\" }"; n].join(", ");
+            one_env(&format!("{key} = [{list}]"))
+        };
+        Pipeline::parse(&windows("freeze", MAX_WINDOWS)).unwrap();
+        let err = parse_err(&windows("freeze", MAX_WINDOWS + 1));
+        assert_eq!(
+            err.to_string(),
+            "environment production has 51 freeze windows: at most 50 are allowed per environment; merge adjacent windows"
+        );
+        let err = parse_err(&windows("maintenance", MAX_WINDOWS + 1));
+        assert!(
+            matches!(
+                err,
+                PipelineError::TooManyWindows {
+                    field: "maintenance",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+
+        let long = "a".repeat(MAX_PATTERN_BYTES + 1);
+        let err = parse_err(&one_env(&format!("branch_restriction = \"{long}\"")));
+        assert!(err.to_string().contains("at most 1024 are allowed"), "{err}");
+        // Short to write, huge once compiled.
+        let err = parse_err(&one_env("branch_restriction = \"(a{100}){100}\""));
+        assert!(err.to_string().contains("size limit"), "{err}");
+        let err = ServerRule::parse(&format!("production={long}")).unwrap_err();
+        assert!(err.to_string().contains("at most 1024 are allowed"), "{err}");
+
+        let branch = "b".repeat(MAX_BRANCH_BYTES + 1);
+        let err = parse_err(&one_env(&format!("auto_release = {{ branch = \"{branch}\" }}")));
+        assert!(matches!(err, PipelineError::AutoReleaseBranch { .. }), "{err}");
+
+        let big = format!("{}\n# {}\n", one_env(""), "x".repeat(MAX_PIPELINE_BYTES));
+        assert!(
+            Pipeline::parse(&big).is_ok(),
+            "stored pipelines are not held to the file limit"
+        );
+        let err = Pipeline::parse_submitted(&big).unwrap_err();
+        assert!(matches!(err, PipelineError::TooLarge { .. }), "{err}");
+    }
+
+    #[test]
+    fn toml_errors_quote_at_most_a_thousand_characters() {
+        let err = parse_err(&format!("service = \"api\" {}", "x".repeat(100_000)));
+        assert!(err.to_string().chars().count() < 1100, "{}", err.to_string().len());
     }
 
     #[test]

@@ -75,6 +75,34 @@ pub enum Dialect {
     Postgres,
 }
 
+/// Creates the file of a new SQLite database readable and writable by its
+/// owner only (mode 0600), before SQLite opens it: SQLite would create it
+/// with mode 0644 less the umask, and it gives the `-wal` and `-shm` files
+/// it creates beside the database the database file's mode. An existing
+/// file is left as it is; an in-memory database, or one SQLite must not
+/// create (`mode=ro`, `mode=rw`), is not touched.
+fn create_private_sqlite_file(url: &str) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)?;
+    let path = options.get_filename();
+    let creates = url.contains("mode=rwc");
+    if !creates || path.as_os_str().is_empty() || path.to_string_lossy().starts_with("file:sqlx-in-memory") {
+        return Ok(());
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        // A missing directory and the like: SQLite says it in its own words.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(sqlx::Error::Io(e).into()),
+    }
+}
+
 /// The repository. Cheap to clone (the pool is shared).
 #[derive(Clone)]
 pub struct Db {
@@ -106,6 +134,7 @@ impl Db {
                 } else {
                     format!("{url}?mode=rwc")
                 };
+                create_private_sqlite_file(&url)?;
                 options
                     .max_connections(8)
                     .after_connect(|conn, _| {

@@ -29,6 +29,10 @@ pub struct Config {
     /// How long a deployment waits for approvals when its environment sets
     /// no `approval_timeout`.
     pub approval_timeout_secs: u64,
+    /// How long a client may take to send a request's headers; a
+    /// connection that has not sent them by then, or that stays idle
+    /// between requests that long, is closed.
+    pub header_read_timeout_secs: u64,
 }
 
 impl Default for Config {
@@ -44,6 +48,7 @@ impl Default for Config {
             gc_grace_secs: 3600,
             server_rules: Vec::new(),
             approval_timeout_secs: 24 * 3600,
+            header_read_timeout_secs: 10,
         }
     }
 }
@@ -62,6 +67,7 @@ impl std::fmt::Debug for Config {
             .field("gc_grace_secs", &self.gc_grace_secs)
             .field("server_rules", &self.server_rules)
             .field("approval_timeout_secs", &self.approval_timeout_secs)
+            .field("header_read_timeout_secs", &self.header_read_timeout_secs)
             .finish()
     }
 }
@@ -94,6 +100,7 @@ pub struct Layer {
     pub gc_grace_secs: Option<u64>,
     pub server_rules: Option<Vec<tug_core::ServerRule>>,
     pub approval_timeout_secs: Option<u64>,
+    pub header_read_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,7 +109,31 @@ pub enum ConfigError {
     File { path: String, source: toml::de::Error },
     #[error("environment variable {var}={value:?} is invalid: {why}")]
     Env { var: String, value: String, why: String },
+    #[error("{key} = {value} is out of range: use {range} (tug.toml key {key}, environment variable {var})")]
+    OutOfRange {
+        key: &'static str,
+        var: &'static str,
+        value: u64,
+        range: String,
+    },
 }
+
+/// The longest age a `*_secs` setting about stored data may give: a
+/// century, far beyond any real retention, and far from the edge of the
+/// representable instants that ages are subtracted from.
+pub const MAX_AGE_SECS: u64 = 100 * 365 * 86_400;
+
+/// The shortest header-read timeout. It also closes idle keep-alive
+/// connections, and Tugboat's own clients drop theirs after 4 s idle: a
+/// shorter timeout would close connections they are about to reuse.
+pub const MIN_HEADER_READ_TIMEOUT_SECS: u64 = 5;
+
+/// The longest header-read timeout: longer lets idle and slow clients hold
+/// connections for no good reason.
+pub const MAX_HEADER_READ_TIMEOUT_SECS: u64 = 300;
+
+/// The largest JSON body limit. Bodies are read into memory whole.
+pub const MAX_JSON_BODY: u64 = 1 << 30;
 
 impl Layer {
     /// Parses `tug.toml`; unknown keys are refused.
@@ -139,6 +170,7 @@ impl Layer {
             draft_max_age_secs: num(env, "TUG_DRAFT_MAX_AGE_SECS")?,
             gc_grace_secs: num(env, "TUG_GC_GRACE_SECS")?,
             approval_timeout_secs: num(env, "TUG_APPROVAL_TIMEOUT_SECS")?,
+            header_read_timeout_secs: num(env, "TUG_HEADER_READ_TIMEOUT_SECS")?,
             server_rules: env
                 .get("TUG_SERVER_RULES")
                 .map(|v| {
@@ -192,7 +224,73 @@ impl Config {
         if let Some(v) = l.approval_timeout_secs {
             self.approval_timeout_secs = v;
         }
+        if let Some(v) = l.header_read_timeout_secs {
+            self.header_read_timeout_secs = v;
+        }
         self
+    }
+
+    /// Refuses values that are out of range, naming the key and its range:
+    /// every duration and size here is used in arithmetic on times and
+    /// sizes, which must never overflow.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let secs = |max: u64| format!("0 to {max} seconds");
+        let checks: [(&'static str, &'static str, u64, u64, u64, String); 6] = [
+            (
+                "max_blob_size",
+                "TUG_MAX_BLOB_SIZE",
+                self.max_blob_size,
+                1,
+                u64::MAX,
+                "at least 1 byte".into(),
+            ),
+            (
+                "max_json_body",
+                "TUG_MAX_JSON_BODY",
+                self.max_json_body as u64,
+                1024,
+                MAX_JSON_BODY,
+                format!("1024 to {MAX_JSON_BODY} bytes"),
+            ),
+            (
+                "draft_max_age_secs",
+                "TUG_DRAFT_MAX_AGE_SECS",
+                self.draft_max_age_secs,
+                0,
+                MAX_AGE_SECS,
+                secs(MAX_AGE_SECS),
+            ),
+            (
+                "gc_grace_secs",
+                "TUG_GC_GRACE_SECS",
+                self.gc_grace_secs,
+                0,
+                MAX_AGE_SECS,
+                secs(MAX_AGE_SECS),
+            ),
+            (
+                "approval_timeout_secs",
+                "TUG_APPROVAL_TIMEOUT_SECS",
+                self.approval_timeout_secs,
+                1,
+                tug_core::pipeline::MAX_DURATION.as_secs(),
+                format!("1 to {} seconds (a year)", tug_core::pipeline::MAX_DURATION.as_secs()),
+            ),
+            (
+                "header_read_timeout_secs",
+                "TUG_HEADER_READ_TIMEOUT_SECS",
+                self.header_read_timeout_secs,
+                MIN_HEADER_READ_TIMEOUT_SECS,
+                MAX_HEADER_READ_TIMEOUT_SECS,
+                format!("{MIN_HEADER_READ_TIMEOUT_SECS} to {MAX_HEADER_READ_TIMEOUT_SECS} seconds"),
+            ),
+        ];
+        for (key, var, value, min, max, range) in checks {
+            if !(min..=max).contains(&value) {
+                return Err(ConfigError::OutOfRange { key, var, value, range });
+            }
+        }
+        Ok(())
     }
 
     /// The database URL in force.
@@ -281,6 +379,35 @@ mod tests {
             .collect();
         let err = Layer::from_env(&env).unwrap_err();
         assert!(err.to_string().contains("TUG_MAX_BLOB_SIZE"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused_naming_the_key_and_range() {
+        Config::default().validate().unwrap();
+        let env: HashMap<String, String> = [("TUG_HEADER_READ_TIMEOUT_SECS".to_string(), "5".to_string())]
+            .into_iter()
+            .collect();
+        let c = Config::default().apply(Layer::from_env(&env).unwrap());
+        assert_eq!(c.header_read_timeout_secs, 5);
+        c.validate().unwrap();
+        for (toml, key) in [
+            ("header_read_timeout_secs = 4", "header_read_timeout_secs"),
+            ("header_read_timeout_secs = 301", "header_read_timeout_secs"),
+            ("approval_timeout_secs = 8639999913600", "approval_timeout_secs"),
+            ("approval_timeout_secs = 0", "approval_timeout_secs"),
+            ("gc_grace_secs = 9000000000000", "gc_grace_secs"),
+            ("draft_max_age_secs = 9223372036854775807", "draft_max_age_secs"),
+            ("max_json_body = 0", "max_json_body"),
+            ("max_blob_size = 0", "max_blob_size"),
+        ] {
+            let c = Config::default().apply(Layer::from_toml("tug.toml", toml).unwrap());
+            let err = c.validate().unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("{key} = ")) && err.contains("out of range"),
+                "{toml}: {err}"
+            );
+            assert!(err.contains(&format!("TUG_{}", key.to_uppercase())), "{err}");
+        }
     }
 
     #[test]

@@ -19,6 +19,7 @@ use tug_service::{Settings, Tugboat};
 pub mod config;
 mod error;
 mod extract;
+mod json_errors;
 mod routes;
 
 pub use config::{Config, Layer};
@@ -109,7 +110,7 @@ pub fn router(state: AppState) -> Router {
         // Blob bodies stream to the store and are limited by max_blob_size
         // there, not by the JSON limit.
         .layer(DefaultBodyLimit::disable());
-    Router::new()
+    let api = Router::new()
         .route("/healthz", get(routes::health))
         .route(
             "/v1/services",
@@ -170,7 +171,14 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(state.max_json_body))
         .merge(blobs)
         .fallback(routes::not_found)
-        .with_state(state)
+        .with_state(state);
+    // Around the whole API, so that these layers see every answer as the
+    // client gets it: a layer on the routes themselves runs inside each
+    // route, before axum adds the `Allow` header to a 405.
+    Router::new()
+        .fallback_service(api)
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(json_errors::panicked))
+        .layer(axum::middleware::from_fn(json_errors::ensure_json))
 }
 
 /// A started server.
@@ -181,15 +189,21 @@ pub struct Started {
     listener: tokio::net::TcpListener,
     router: Router,
     tugboat: Tugboat,
+    header_read_timeout: Duration,
 }
 
-/// Opens the database and the store (running migrations and removing what
-/// interrupted uploads left), creates the first admin token on a new
-/// installation, and binds the listener. `env` holds the variables the
-/// binary read (`AWS_*` credentials for an S3 store).
+/// Checks the configuration, binds the listener, then opens the database
+/// and the store (running migrations and removing what interrupted uploads
+/// left) and creates the first admin token on a new installation. `env`
+/// holds the variables the binary read (`AWS_*` credentials for an S3
+/// store).
+///
+/// The socket comes first: a server that cannot listen (the port is taken,
+/// the address is wrong) stops before it creates anything on disk.
 pub async fn start(config: &Config, env: &std::collections::HashMap<String, String>) -> anyhow::Result<Started> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    config.validate()?;
+    let listener = listen(config.listen).await?;
+    create_data_dir(&config.data_dir)?;
     let db_url = config.database_url();
     let db = tug_db::Db::connect(&db_url)
         .await
@@ -197,7 +211,60 @@ pub async fn start(config: &Config, env: &std::collections::HashMap<String, Stri
     let store_address = config.blob_store_address();
     let store = tug_store::open(&store_address, s3_credentials_from(env))
         .with_context(|| format!("cannot open blob store {store_address}"))?;
-    start_with(config, db, store).await
+    start_with(config, listener, db, store).await
+}
+
+/// Binds `addr`, saying what to do when it cannot.
+async fn listen(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    use std::io::ErrorKind;
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        let why = match e.kind() {
+            ErrorKind::AddrInUse => "the address is in use (is another tug server running?)".to_string(),
+            ErrorKind::AddrNotAvailable => "the address is not one of this machine's".to_string(),
+            ErrorKind::PermissionDenied => "permission denied (ports below 1024 need privileges)".to_string(),
+            _ => e.to_string(),
+        };
+        anyhow::anyhow!("cannot listen on {addr}: {why}; choose another with --listen ADDR or TUG_LISTEN")
+    })
+}
+
+/// Creates the data directory readable by its owner only (mode 0700,
+/// whatever the umask), since it holds the database, the blobs and the
+/// first admin token. An existing directory is left as it is, with a
+/// warning if other users may enter it: changing the mode of a directory
+/// someone chose is theirs to do.
+fn create_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let context = || format!("cannot create data directory {}", dir.display());
+    match std::fs::metadata(dir) {
+        Ok(meta) if !meta.is_dir() => anyhow::bail!(
+            "data directory {} is not a directory; choose another with --data-dir DIR or TUG_DATA_DIR",
+            dir.display()
+        ),
+        Ok(meta) => {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    "data directory {} has mode {mode:04o}: other users may read its database and blobs; \
+                     restrict it with chmod 700 {}",
+                    dir.display(),
+                    dir.display()
+                );
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .with_context(context)?;
+            // The mode given at creation is narrowed by the umask; set it
+            // exactly.
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).with_context(context)
+        }
+        Err(e) => Err(e).with_context(context),
+    }
 }
 
 /// S3 credentials from the usual `AWS_*` variables, if set.
@@ -209,7 +276,12 @@ pub fn s3_credentials_from(env: &std::collections::HashMap<String, String>) -> O
     })
 }
 
-async fn start_with(config: &Config, db: tug_db::Db, store: Arc<dyn tug_store::BlobStore>) -> anyhow::Result<Started> {
+async fn start_with(
+    config: &Config,
+    listener: tokio::net::TcpListener,
+    db: tug_db::Db,
+    store: Arc<dyn tug_store::BlobStore>,
+) -> anyhow::Result<Started> {
     let cleaned = store
         .clean_temporary()
         .await
@@ -235,9 +307,6 @@ async fn start_with(config: &Config, db: tug_db::Db, store: Arc<dyn tug_store::B
         write_secret(&path, &secret).with_context(|| format!("cannot write {}", path.display()))?;
         admin_token_path = Some(path);
     }
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
     let (changes, revocations) = watch_changes(tugboat.db().clone(), tugboat.recorded());
     let router = router(AppState {
@@ -255,6 +324,7 @@ async fn start_with(config: &Config, db: tug_db::Db, store: Arc<dyn tug_store::B
         listener,
         router,
         tugboat,
+        header_read_timeout: Duration::from_secs(config.header_read_timeout_secs),
     })
 }
 
@@ -264,21 +334,60 @@ impl Started {
     }
 
     /// Serves until `shutdown` resolves, then finishes requests in flight.
+    ///
+    /// Connections are served by hyper's HTTP/1.1 connection builder
+    /// rather than `axum::serve`, which offers no header-read timeout: a
+    /// client that does not send a request's headers within the timeout,
+    /// or keeps a connection idle between requests that long, is
+    /// disconnected, so idle and half-open connections cannot pile up. A
+    /// long-poll is unaffected: its headers arrived, and its answer may
+    /// take as long as it waits.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        // Served through `into_make_service`, the routes are resolved once and
-        // each connection shares them. Served as a bare `Router`, axum rebuilds
-        // the whole route table for every accepted connection (`with_state`
-        // on a clone), and the connection keeps its copy: about 37 KiB of heap
-        // per connection, most of what a held long-poll cost.
+        let Started {
+            mut listener,
+            router,
+            tugboat,
+            header_read_timeout,
+            ..
+        } = self;
+        // The routes are resolved once here and every connection shares
+        // them (cloning a `Router<()>` clones a pointer). `axum::serve` of a
+        // bare `Router` would rebuild the route table for every accepted
+        // connection (`with_state` on a clone) and the connection would keep
+        // its copy: about 37 KiB of heap per connection, most of what a held
+        // long-poll cost.
+        let router = router.with_state(());
         // Auto-release reconciliation and approval expiry: at once (a seal
         // whose release a crash lost is released now) and then periodically.
-        let sweeper = tokio::spawn(self.tugboat.clone().sweeper(tug_service::SWEEP_EVERY));
-        let served = axum::serve(self.listener, self.router.into_make_service())
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let sweeper = tokio::spawn(tugboat.clone().sweeper(tug_service::SWEEP_EVERY));
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(header_read_timeout)
+            .keep_alive(true);
+        let connections = hyper_util::server::graceful::GracefulShutdown::new();
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            let (stream, _peer) = tokio::select! {
+                // axum's accept retries on transient errors (too many open
+                // files) instead of ending the server.
+                accepted = axum::serve::Listener::accept(&mut listener) => accepted,
+                () = &mut shutdown => break,
+            };
+            let service = hyper_util::service::TowerToHyperService::new(router.clone());
+            let connection = connections.watch(http.serve_connection(hyper_util::rt::TokioIo::new(stream), service));
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    // Clients that hang up or time out end here; nothing for
+                    // the operator to do.
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+            });
+        }
+        // No new connections; the open ones finish the request they serve.
+        drop(listener);
+        connections.shutdown().await;
         sweeper.abort();
-        served?;
-        self.tugboat.db().close().await;
+        tugboat.db().close().await;
         Ok(())
     }
 }

@@ -151,7 +151,7 @@ impl Tugboat {
         base_revision: Option<i64>,
     ) -> Result<PipelineView> {
         self.require(who, Action::ManagePipelines)?;
-        let pipeline = Pipeline::parse(text).map_err(Error::Pipeline)?;
+        let pipeline = Pipeline::parse_submitted(text).map_err(Error::Pipeline)?;
         if &pipeline.service != service {
             return Err(Error::Invalid(format!(
                 "the pipeline is for service {}, not {service}; fix `service` in the file",
@@ -899,9 +899,7 @@ impl Tugboat {
         } = intent;
         if options.override_freeze {
             if !admin {
-                return Err(Error::Invalid(
-                    "only an admin token may override a freeze window".into(),
-                ));
+                return Err(Error::AdminOnly("override a freeze window"));
             }
             if options.reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
                 return Err(Error::Invalid("an override needs a reason: pass --reason \"…\"".into()));

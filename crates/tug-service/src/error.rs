@@ -12,6 +12,10 @@ pub enum Error {
     TokenRevoked(TokenName),
     #[error("role {role} may not {action:?}")]
     Forbidden { role: Role, action: Action },
+    /// Something only an admin token may do, whatever the role allows
+    /// otherwise (e.g. "override a freeze window").
+    #[error("only an admin token may {0}")]
+    AdminOnly(&'static str),
     #[error("token {token} is scoped to {scope} and cannot act on {asked}; use a token for {asked}")]
     OutOfScope {
         token: TokenName,

@@ -512,7 +512,9 @@ impl Tugboat {
             embargoed,
         } = draft;
         self.require_in(who, Action::WriteBuilds, &service)?;
-        check_text("source.commit", source.commit.as_deref(), 200)?;
+        if let Some(commit) = &source.commit {
+            tug_core::CommitId::parse(commit).map_err(|e| Error::Invalid(format!("source.{e}")))?;
+        }
         check_text("source.branch", source.branch.as_deref(), 255)?;
         check_text("source.tag", source.tag.as_deref(), 255)?;
         check_text("source.repo", source.repo.as_deref(), 2048)?;

@@ -9,12 +9,15 @@
 //!
 //! A put streams into a temporary file while hashing, fsyncs it, renames it
 //! into place and fsyncs the directory, so after a crash a blob is either
-//! whole or absent. Anything left in `tmp/` is removed by
+//! whole or absent. Directories the store creates are private to the
+//! server's user (mode 0700) and blob files, temporary ones included, are
+//! readable by it only (0600): what was released is nobody else's to read. Anything left in `tmp/` is removed by
 //! [`BlobStore::clean_temporary`] at start. This module does not check
 //! stored files for bit rot; that is fsck's job, through [`BlobStore::list`].
 
 use std::fs::File;
 use std::io::{self, IoSlice, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
@@ -62,8 +65,8 @@ impl FsStore {
         let store = FsStore {
             root: root.as_ref().to_path_buf(),
         };
-        std::fs::create_dir_all(store.blobs_dir())?;
-        std::fs::create_dir_all(store.tmp_dir())?;
+        create_private_dir(&store.blobs_dir())?;
+        create_private_dir(&store.tmp_dir())?;
         Ok(store)
     }
 
@@ -222,11 +225,16 @@ fn read_stream(file: File, start: u64, len: u64) -> io::Result<ByteStream> {
     Ok(futures::stream::iter(chunks).boxed())
 }
 
+/// Creates `dir` and any missing parents with mode 0700 (less the umask).
+fn create_private_dir(dir: &Path) -> io::Result<()> {
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
 /// Creates a new, empty file with a random name in `dir`.
 fn create_temporary(dir: &Path) -> io::Result<(PathBuf, File)> {
     loop {
         let path = dir.join(format!("{:016x}.part", rand::random::<u64>()));
-        match File::options().write(true).create_new(true).open(&path) {
+        match File::options().write(true).create_new(true).mode(0o600).open(&path) {
             Ok(file) => return Ok((path, file)),
             // Another put drew the same name; draw again.
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
@@ -325,7 +333,7 @@ fn commit(file: File, tmp_path: &Path, final_path: &Path) -> io::Result<()> {
     drop(file);
     let parent = final_path.parent().expect("a blob path has a fan-out directory");
     if !parent.exists() {
-        std::fs::create_dir_all(parent)?;
+        create_private_dir(parent)?;
         // The new fan-out directory's own entry must be durable too.
         if let Some(grandparent) = parent.parent() {
             File::open(grandparent)?.sync_all()?;

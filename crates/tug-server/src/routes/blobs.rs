@@ -144,19 +144,17 @@ pub async fn get(
             (size.saturating_sub(n), None)
         }
     };
-    let blob = state.tugboat.get_blob(&who, &digest, start, end).await?;
+    let blob = match state.tugboat.get_blob(&who, &digest, start, end).await {
+        // The store refuses a start past the end; the answer names the
+        // size all the same, so a client can resume correctly.
+        Err(tug_service::Error::Store(tug_store::Error::RangeNotSatisfiable { start, size })) => {
+            return Ok(unsatisfiable(start, size))
+        }
+        blob => blob?,
+    };
     let end = end.map_or(blob.size, |e| e.min(blob.size));
     if range.is_some() && blob.size > 0 && start >= blob.size {
-        let mut res = ApiError::new(
-            StatusCode::RANGE_NOT_SATISFIABLE,
-            "range_not_satisfiable",
-            format!("range starts at {start}, past the end of the {}-byte blob", blob.size),
-        )
-        .into_response();
-        if let Ok(v) = HeaderValue::from_str(&format!("bytes */{}", blob.size)) {
-            res.headers_mut().insert(header::CONTENT_RANGE, v);
-        }
-        return Ok(res);
+        return Ok(unsatisfiable(start, blob.size));
     }
     let partial = range.is_some() && blob.size > 0;
     let mut res = Response::new(Body::from_stream(blob.body));
@@ -181,6 +179,21 @@ pub async fn get(
         }
     }
     Ok(res)
+}
+
+/// 416 with `Content-Range: bytes */SIZE`, as RFC 9110 asks, so that the
+/// client learns the blob's size.
+fn unsatisfiable(start: u64, size: u64) -> Response {
+    let mut res = ApiError::new(
+        StatusCode::RANGE_NOT_SATISFIABLE,
+        "range_not_satisfiable",
+        format!("range starts at {start}, past the end of the {size}-byte blob; ask for bytes below {size}"),
+    )
+    .into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+        res.headers_mut().insert(header::CONTENT_RANGE, v);
+    }
+    res
 }
 
 #[cfg(test)]

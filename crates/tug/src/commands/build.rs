@@ -117,6 +117,11 @@ pub async fn create(client: &Client, meta: &BuildMeta) -> anyhow::Result<Build> 
     let Some(service) = &meta.service else {
         bail!("--service is required: which service is this a build of?");
     };
+    // Checked before anything is sent: an unset $GIT_SHA must not become a
+    // build with an empty commit.
+    if let Some(commit) = &meta.commit {
+        tug_core::CommitId::parse(commit)?;
+    }
     let version = match (&meta.version, &meta.commit) {
         (Some(v), _) => Version::parse(v)?,
         (None, Some(commit)) => {

@@ -59,6 +59,23 @@ fn a_bad_configuration_stops_the_server_with_a_clear_message() {
             Some(("TUG_BLOB_STORE", "s3://?endpoint=x")),
             "cannot open blob store",
         ),
+        // Values that would overflow time arithmetic are refused with the
+        // key, its variable and the range.
+        (
+            "approval_timeout_secs = 8639999913600\n",
+            None,
+            "approval_timeout_secs = 8639999913600 is out of range: use 1 to 31536000 seconds (a year)",
+        ),
+        (
+            "",
+            Some(("TUG_GC_GRACE_SECS", "9000000000000")),
+            "gc_grace_secs = 9000000000000 is out of range",
+        ),
+        (
+            "header_read_timeout_secs = 0\n",
+            None,
+            "header_read_timeout_secs = 0 is out of range: use 5 to 300 seconds (tug.toml key header_read_timeout_secs, environment variable TUG_HEADER_READ_TIMEOUT_SECS)",
+        ),
     ] {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("tug.toml"), file).unwrap();

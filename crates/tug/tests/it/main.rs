@@ -14,6 +14,7 @@ mod deploy;
 mod flow;
 mod maintenance;
 mod readme;
+mod robust;
 mod rollouts;
 mod shared;
 mod support;
