@@ -318,7 +318,13 @@ impl Tugboat {
                         visible.push(b);
                     }
                 }
-                crate::pick(reference, &prefix, visible, more)
+                // A prefix's matches are list rows (no manifest text): the
+                // one chosen is read whole.
+                let chosen = crate::pick(reference, &prefix, visible, more)?;
+                self.db
+                    .build(&chosen.id)
+                    .await?
+                    .ok_or_else(|| Error::BuildNotFound(reference.chars().take(80).collect()))
             }
         }
     }

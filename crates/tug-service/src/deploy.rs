@@ -290,8 +290,20 @@ impl Tugboat {
                 build.id, build.service
             )));
         }
+        // Deploying what already runs would only add a deployment that
+        // replaces itself.
+        self.refuse_if_running(service, env, &build.id).await?;
         self.deploy_as(who, service, environment, build, DeployKind::Release, options)
             .await
+    }
+
+    /// Refuses to deploy `build` into an environment that runs it already.
+    async fn refuse_if_running(&self, service: &ServiceName, env: &EnvName, build: &BuildId) -> Result<()> {
+        let current = self.db.env_state(service, env).await?.current;
+        if current.is_some_and(|c| &c.build == build) {
+            return Err(already_runs(service, env, build));
+        }
+        Ok(())
     }
 
     /// Takes the build running in the environment's upstream (for the first
@@ -346,12 +358,7 @@ impl Tugboat {
             format!("{upstream} of {service} runs an embargoed build this token may not see; an admin or an approver may promote it")
         })
         .await?;
-        let current = self.db.env_state(service, to).await?.current;
-        if current.as_ref().is_some_and(|c| c.build == build_id) {
-            return Err(Error::NothingToDeploy(format!(
-                "{to} of {service} already runs build {build_id}"
-            )));
-        }
+        self.refuse_if_running(service, to, &build_id).await?;
         self.deploy_as(who, service, environment, build, DeployKind::Promote, options)
             .await
     }
@@ -402,10 +409,7 @@ impl Tugboat {
             }
         };
         if target.id == current.build {
-            return Err(Error::NothingToDeploy(format!(
-                "{env} of {service} already runs build {}",
-                target.id
-            )));
+            return Err(already_runs(service, env, &target.id));
         }
         self.deploy_as(who, service, environment, target, DeployKind::Rollback, options)
             .await
@@ -1061,6 +1065,10 @@ fn expiry(now: DateTime<Utc>, timeout: std::time::Duration, env: &EnvName) -> Re
                 tug_core::format_duration(timeout)
             ))
         })
+}
+
+fn already_runs(service: &ServiceName, env: &EnvName, build: &BuildId) -> Error {
+    Error::NothingToDeploy(format!("{env} of {service} already runs build {build}"))
 }
 
 /// The builds a deployment names: its own and the one it replaced.

@@ -403,6 +403,17 @@ async fn an_ambiguous_prefix_is_refused_naming_the_candidates(server: &TestServe
     assert_eq!(body["code"], "ambiguous_id");
     let message = body["message"].as_str().unwrap();
     assert!(message.contains(&a) && message.contains(&b), "{message}");
+    // The admin may see the embargoed build, so it is a candidate; a
+    // viewer may not, so it is neither named nor counted.
+    assert!(message.contains(&secret), "the admin sees every build: {message}");
+    let viewer = crate::deploy::token(server, w, "eve", "viewer");
+    let res = server
+        .client_with(&viewer)
+        .build(prefix)
+        .await
+        .expect_err("still ambiguous between two builds the viewer sees");
+    let message = res.to_string();
+    assert!(message.contains(&a) && message.contains(&b), "{message}");
     assert!(!message.contains(&secret), "an embargoed build is not named: {message}");
     let err = refused(server, w, &["build", "show", prefix]);
     assert!(
