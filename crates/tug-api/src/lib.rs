@@ -185,18 +185,21 @@ pub struct GcRequest {
     /// Report what would be removed, remove nothing.
     #[serde(default)]
     pub dry_run: bool,
-    /// Overrides the server's `draft_max_age` (seconds).
+    /// Overrides the server's `draft_max_age` (seconds, at most 100 years).
     #[serde(default)]
     pub draft_max_age_secs: Option<u64>,
-    /// Overrides the server's `gc_grace` (seconds).
+    /// Overrides the server's `gc_grace` (seconds, at most 100 years).
     #[serde(default)]
     pub grace_secs: Option<u64>,
 }
 
+/// What gc did, or in a dry run exactly what it would do.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GcReport {
     pub dry_run: bool,
+    /// Drafts abandoned (or that would be), by id.
     pub abandoned_drafts: Vec<BuildId>,
+    /// Blobs deleted (or that would be), by digest.
     pub deleted: Vec<Digest>,
     pub freed_bytes: u64,
     pub kept: u64,

@@ -126,6 +126,18 @@ fn build_from_row(r: &AnyRow) -> Result<BuildRow> {
     })
 }
 
+/// Parses the text column `column` of every row with the type's own
+/// validation.
+fn parse_column<T, C: FromIterator<T>, E: std::fmt::Display>(
+    rows: &[AnyRow],
+    column: &str,
+    f: impl Fn(&str) -> Result<T, E>,
+) -> Result<C> {
+    rows.iter()
+        .map(|r| parse(&r.try_get::<String, _>(column)?, &f))
+        .collect()
+}
+
 /// Rows per multi-row INSERT: well under both dialects' parameter limits.
 const INSERT_CHUNK: usize = 100;
 
@@ -409,10 +421,7 @@ impl Db {
         .bind(cutoff.timestamp_millis())
         .fetch_all(&mut *tx)
         .await?;
-        let ids: Vec<BuildId> = rows
-            .iter()
-            .map(|r| parse(&r.try_get::<String, _>("id")?, BuildId::parse))
-            .collect::<Result<_>>()?;
+        let ids: Vec<BuildId> = parse_column(&rows, "id", BuildId::parse)?;
         sqlx::query("DELETE FROM artifacts WHERE build_id IN (SELECT id FROM builds WHERE state = 'abandoned')")
             .execute(&mut *tx)
             .await?;
@@ -420,14 +429,35 @@ impl Db {
         Ok(ids)
     }
 
+    /// The drafts `abandon_stale_drafts(cutoff)` would abandon now, by id.
+    pub async fn stale_drafts(&self, cutoff: DateTime<Utc>) -> Result<Vec<BuildId>> {
+        let rows = sqlx::query("SELECT id FROM builds WHERE state = 'draft' AND updated_at < $1 ORDER BY id")
+            .bind(cutoff.timestamp_millis())
+            .fetch_all(&self.pool)
+            .await?;
+        parse_column(&rows, "id", BuildId::parse)
+    }
+
+    /// Every digest a build still refers to once the drafts untouched since
+    /// `draft_cutoff` are abandoned: the same set whether they already were
+    /// (a gc) or not (a dry run, which must report what the gc would do).
+    pub async fn digests_kept_after_abandoning(&self, draft_cutoff: DateTime<Utc>) -> Result<HashSet<Digest>> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT a.digest FROM artifacts a JOIN builds b ON b.id = a.build_id \
+             WHERE NOT (b.state = 'draft' AND b.updated_at < $1)",
+        )
+        .bind(draft_cutoff.timestamp_millis())
+        .fetch_all(&self.pool)
+        .await?;
+        parse_column(&rows, "digest", Digest::parse)
+    }
+
     /// Every digest some draft or sealed build refers to.
     pub async fn referenced_digests(&self) -> Result<HashSet<Digest>> {
         let rows = sqlx::query("SELECT DISTINCT digest FROM artifacts")
             .fetch_all(&self.pool)
             .await?;
-        rows.iter()
-            .map(|r| parse(&r.try_get::<String, _>("digest")?, Digest::parse))
-            .collect()
+        parse_column(&rows, "digest", Digest::parse)
     }
 
     /// Whether any build refers to `digest` now (checked again by gc right
@@ -472,9 +502,7 @@ impl Db {
             .bind(since.timestamp_millis())
             .fetch_all(&self.pool)
             .await?;
-        rows.iter()
-            .map(|r| parse(&r.try_get::<String, _>("digest")?, Digest::parse))
-            .collect()
+        parse_column(&rows, "digest", Digest::parse)
     }
 
     /// Forgets claims of blobs that are gone.

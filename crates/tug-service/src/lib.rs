@@ -707,19 +707,36 @@ impl Tugboat {
 
     /// Abandons stale drafts, then deletes blobs no build refers to. A blob
     /// of a sealed build is never deleted; blobs younger than the grace
-    /// period, or claimed by a push within it, are kept.
+    /// period, or claimed by a push within it, are kept. A dry run changes
+    /// nothing and reports what the same run would do: the drafts it would
+    /// abandon and the blobs that abandoning them would free.
     pub async fn gc(&self, who: &Principal, options: GcOptions) -> Result<GcReport> {
         self.require(who, Action::Maintain)?;
         let now = self.now();
-        let max_age = options.draft_max_age.unwrap_or(self.settings.draft_max_age);
-        let grace = options.grace.unwrap_or(self.settings.gc_grace);
-        let draft_cutoff = now - chrono::Duration::from_std(max_age).map_err(|e| Error::Invalid(e.to_string()))?;
-        let blob_cutoff = now - chrono::Duration::from_std(grace).map_err(|e| Error::Invalid(e.to_string()))?;
-        let mut report = GcReport::default();
-        if !options.dry_run {
-            report.abandoned_drafts = self.db.abandon_stale_drafts(draft_cutoff).await?;
-        }
-        let referenced = self.db.referenced_digests().await?;
+        let draft_cutoff = gc_cutoff(
+            now,
+            options.draft_max_age,
+            "draft_max_age_secs",
+            self.settings.draft_max_age,
+            "the server's draft_max_age_secs",
+        )?;
+        let blob_cutoff = gc_cutoff(
+            now,
+            options.grace,
+            "grace_secs",
+            self.settings.gc_grace,
+            "the server's gc_grace_secs",
+        )?;
+        let mut report = GcReport {
+            abandoned_drafts: if options.dry_run {
+                self.db.stale_drafts(draft_cutoff).await?
+            } else {
+                self.db.abandon_stale_drafts(draft_cutoff).await?
+            },
+            ..GcReport::default()
+        };
+        report.abandoned_drafts.sort();
+        let referenced = self.db.digests_kept_after_abandoning(draft_cutoff).await?;
         let claimed = self.db.claimed_since(blob_cutoff).await?;
         for blob in self.store.list().await? {
             let young = blob.modified > blob_cutoff;
@@ -747,6 +764,40 @@ impl Tugboat {
     }
 }
 
+/// The longest age gc accepts (100 years): far beyond any sensible grace
+/// period or draft age, and far within the range of the clock's arithmetic.
+pub const MAX_GC_AGE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// `now - age`, where `age` is the caller's `option` (named `name` on the
+/// wire) or else the server's `setting`: an age beyond [`MAX_GC_AGE`] is
+/// refused, naming the limit, instead of overflowing the clock.
+fn gc_cutoff(
+    now: DateTime<Utc>,
+    option: Option<Duration>,
+    name: &str,
+    setting: Duration,
+    setting_name: &str,
+) -> Result<DateTime<Utc>> {
+    let (age, what) = match option {
+        Some(age) => (age, name.to_string()),
+        None => (setting, setting_name.to_string()),
+    };
+    let too_long = || {
+        Error::Invalid(format!(
+            "{what} is {} seconds; it must be at most {} (100 years)",
+            age.as_secs(),
+            MAX_GC_AGE.as_secs()
+        ))
+    };
+    if age > MAX_GC_AGE {
+        return Err(too_long());
+    }
+    chrono::Duration::from_std(age)
+        .ok()
+        .and_then(|age| now.checked_sub_signed(age))
+        .ok_or_else(too_long)
+}
+
 /// Admins and approvers see embargoed builds; so does the token that
 /// created one, so CI can fill and seal it.
 fn may_see_embargoed(who: &Principal, build: &BuildRow) -> bool {
@@ -767,4 +818,44 @@ fn check_text(field: &str, value: Option<&str>, max: usize) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gc_cutoff_refuses_ages_beyond_the_limit_instead_of_overflowing() {
+        let now = Utc::now();
+        let day = Duration::from_secs(86_400);
+        assert_eq!(
+            gc_cutoff(now, Some(day), "grace_secs", Duration::ZERO, "setting").unwrap(),
+            now - chrono::Duration::days(1)
+        );
+        assert_eq!(
+            gc_cutoff(now, None, "grace_secs", day, "setting").unwrap(),
+            now - chrono::Duration::days(1)
+        );
+        assert_eq!(
+            gc_cutoff(now, Some(MAX_GC_AGE), "x", day, "s").unwrap(),
+            now - chrono::Duration::days(36_500)
+        );
+        for huge in [
+            MAX_GC_AGE + Duration::from_secs(1),
+            Duration::from_secs(9_000_000_000_000),
+            Duration::MAX,
+        ] {
+            let Err(Error::Invalid(message)) = gc_cutoff(now, Some(huge), "grace_secs", day, "setting") else {
+                panic!("{huge:?} should be refused");
+            };
+            assert!(message.starts_with("grace_secs is "), "{message}");
+            assert!(message.contains("at most 3153600000 (100 years)"), "{message}");
+        }
+        let Err(Error::Invalid(message)) =
+            gc_cutoff(now, None, "grace_secs", Duration::MAX, "the server's gc_grace_secs")
+        else {
+            panic!("an out-of-range setting should be refused");
+        };
+        assert!(message.starts_with("the server's gc_grace_secs is"), "{message}");
+    }
 }

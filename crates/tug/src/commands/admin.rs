@@ -107,7 +107,8 @@ pub async fn gc(client: &Client, out: Output, a: GcArgs) -> anyhow::Result<ExitC
         let verb = if r.dry_run { "Would delete" } else { "Deleted" };
         let mut s = String::new();
         for b in &r.abandoned_drafts {
-            s.push_str(&format!("abandoned stale draft {b}\n"));
+            let verb = if r.dry_run { "would abandon" } else { "abandoned" };
+            s.push_str(&format!("{verb} stale draft {b}\n"));
         }
         for d in &r.deleted {
             s.push_str(&format!("{} {d}\n", if r.dry_run { "would delete" } else { "deleted" }));

@@ -10,6 +10,7 @@ mod crash;
 mod deploy;
 mod flow;
 mod maintenance;
+mod repair;
 mod rollouts;
 mod shared;
 mod support;
