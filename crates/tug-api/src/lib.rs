@@ -10,7 +10,7 @@
 //! - `GET|POST /v1/builds`, `GET /v1/builds/{id-or-digest}`,
 //!   `GET /v1/builds/{id}/manifest`, `POST /v1/builds/{id}/artifacts`,
 //!   `POST /v1/builds/{id}/seal`
-//! - `POST /v1/admin/fsck`, `POST /v1/admin/gc`
+//! - `POST /v1/admin/fsck[?repair=true]`, `POST /v1/admin/gc`
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -168,6 +168,19 @@ pub struct CorruptBlob {
     /// What the stored bytes hash to now.
     pub actual: Digest,
     pub size: u64,
+    /// Where `repair` moved the bytes (outside the blobs, kept for
+    /// inspection); the digest is then missing until uploaded again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moved_to: Option<String>,
+}
+
+/// Query of `POST /v1/admin/fsck`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FsckQuery {
+    /// Move corrupt blobs aside so the next upload stores them again.
+    #[serde(default)]
+    pub repair: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -175,8 +188,15 @@ pub struct FsckReport {
     pub checked: u64,
     pub bytes: u64,
     pub corrupt: Vec<CorruptBlob>,
-    /// Digests that builds refer to but the store lacks.
+    /// Digests that builds refer to but the store lacks (after a repair,
+    /// including those it moved aside).
     pub missing: Vec<Digest>,
+    /// The artifacts that need a corrupt or missing blob, by digest.
+    #[serde(default)]
+    pub needed_by: Vec<tug_core::BlobUse>,
+    /// Whether corrupt blobs were moved aside.
+    #[serde(default)]
+    pub repaired: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

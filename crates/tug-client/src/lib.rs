@@ -89,6 +89,10 @@ pub struct PushReport {
     pub skipped_bytes: u64,
     /// Artifacts that were new to the build.
     pub registered: u64,
+    /// The build was sealed: the files were its own artifacts, nothing was
+    /// registered, and only the blobs the store lacked (moved aside by
+    /// `fsck --repair`, say) were uploaded again.
+    pub sealed_build: bool,
 }
 
 /// What a pull did.
@@ -548,8 +552,11 @@ impl Client {
 
     // ---- maintenance ----
 
-    pub async fn fsck(&self) -> Result<FsckReport> {
-        self.json(self.request(Method::POST, "/v1/admin/fsck")).await
+    /// Checks every blob; with `repair`, moves corrupt ones aside so they
+    /// can be uploaded again.
+    pub async fn fsck(&self, query: &tug_api::FsckQuery) -> Result<FsckReport> {
+        self.json(self.request(Method::POST, "/v1/admin/fsck").query(query))
+            .await
     }
 
     pub async fn gc(&self, req: &GcRequest) -> Result<GcReport> {
@@ -635,6 +642,11 @@ impl Client {
     /// Pushes files into a draft: hashes them, asks which blobs the server
     /// lacks, uploads only those (`concurrency` at once), then registers the
     /// artifacts. Many pushes may fill one draft at the same time.
+    ///
+    /// Into a sealed build, each file must be one of its artifacts (same
+    /// name and content): nothing is registered, and the blobs the store
+    /// lacks are uploaded again. That is how a blob that `fsck --repair`
+    /// moved aside is restored.
     pub async fn push(
         &self,
         build: &str,
@@ -645,17 +657,32 @@ impl Client {
         // Fail before hashing and uploading gigabytes into a build that can
         // no longer change (the server checks again when registering).
         let target = self.build(build).await?;
-        if target.state != tug_core::BuildState::Draft {
-            return Err(Error::Api {
-                status: 409,
-                code: "build_not_draft".into(),
-                message: format!(
-                    "build {} is {} and can no longer change; create a new build",
-                    target.id, target.state
-                ),
-            });
-        }
+        let not_draft = |why: String| Error::Api {
+            status: 409,
+            code: "build_not_draft".into(),
+            message: format!(
+                "build {} is {} and can no longer change{why}; create a new build",
+                target.id, target.state
+            ),
+        };
+        let sealed = match target.state {
+            tug_core::BuildState::Draft => false,
+            tug_core::BuildState::Sealed => true,
+            tug_core::BuildState::Abandoned => return Err(not_draft(String::new())),
+        };
         let hashed = hash_files(items.iter().map(|i| i.path.clone()).collect()).await?;
+        if sealed {
+            let artifacts = target.artifacts.as_deref().unwrap_or_default();
+            for (item, (digest, _)) in items.iter().zip(&hashed) {
+                if !artifacts.iter().any(|a| a.name == item.name && a.digest == *digest) {
+                    return Err(not_draft(format!(
+                        " ({} is not its artifact {} as sealed)",
+                        item.path.display(),
+                        item.name
+                    )));
+                }
+            }
+        }
         let mut seen = std::collections::HashSet::new();
         let mut unique: Vec<(Digest, u64, PathBuf)> = Vec::new();
         for (item, (digest, size)) in items.iter().zip(&hashed) {
@@ -667,6 +694,7 @@ impl Client {
         let missing: std::collections::HashSet<Digest> = self.missing_blobs(&digests).await?.into_iter().collect();
         let mut report = PushReport {
             artifacts: items.len(),
+            sealed_build: sealed,
             ..Default::default()
         };
         let to_send: Vec<(Digest, u64, PathBuf)> = unique.into_iter().filter(|(d, _, _)| missing.contains(d)).collect();
@@ -689,6 +717,9 @@ impl Client {
             .buffer_unordered(concurrency.max(1))
             .try_collect::<Vec<_>>()
             .await?;
+        if sealed {
+            return Ok(report);
+        }
         let specs: Vec<ArtifactSpec> = items
             .into_iter()
             .zip(hashed)

@@ -18,8 +18,8 @@ pub mod versioning;
 
 pub use digest::{Digest, DigestError, Hasher};
 pub use manifest::{
-    ArtifactKind, ArtifactSpec, BuildManifest, BuildSource, BuildState, CiRun, DerivedFrom, Draft, ManifestArtifact,
-    SealError,
+    ArtifactKind, ArtifactSpec, BlobUse, BuildManifest, BuildSource, BuildState, CiRun, DerivedFrom, Draft,
+    ManifestArtifact, SealError,
 };
 pub use names::{ArtifactName, BuildId, NameError, Platform, ServiceName, TokenName, Version};
 pub use pipeline::{

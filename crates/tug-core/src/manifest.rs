@@ -194,6 +194,19 @@ pub struct ArtifactSpec {
     pub derived_from: Vec<DerivedFrom>,
 }
 
+/// An artifact of a build that needs a blob: what fsck names for a blob
+/// that is damaged or missing, so an operator knows which files to push
+/// again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobUse {
+    pub digest: Digest,
+    pub build: BuildId,
+    pub service: ServiceName,
+    pub version: Version,
+    pub state: BuildState,
+    pub artifact: ArtifactName,
+}
+
 /// Where a build's code came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]

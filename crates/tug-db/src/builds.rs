@@ -7,7 +7,8 @@ use chrono::{DateTime, Utc};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 use tug_core::{
-    ArtifactName, ArtifactSpec, BuildId, BuildManifest, BuildSource, BuildState, CiRun, Digest, ServiceName, Version,
+    ArtifactName, ArtifactSpec, BlobUse, BuildId, BuildManifest, BuildSource, BuildState, CiRun, Digest, ServiceName,
+    Version,
 };
 
 use crate::{artifact_from_row, millis, opt_millis, opt_parse, parse, Db, Error, Result};
@@ -450,6 +451,38 @@ impl Db {
         .fetch_all(&self.pool)
         .await?;
         parse_column(&rows, "digest", Digest::parse)
+    }
+
+    /// The artifacts (and their builds) that need any of `digests`, by
+    /// digest, then build and artifact name.
+    pub async fn blob_users(&self, digests: &[Digest]) -> Result<Vec<BlobUse>> {
+        let mut users = Vec::new();
+        for chunk in digests.chunks(INSERT_CHUNK) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT a.digest, a.name, b.id, b.service, b.version, b.state FROM artifacts a \
+                 JOIN builds b ON b.id = a.build_id WHERE a.digest IN ({})",
+                placeholders.join(", ")
+            );
+            let mut q = sqlx::query(&sql);
+            for d in chunk {
+                q = q.bind(d.to_string());
+            }
+            for r in q.fetch_all(&self.pool).await? {
+                let state: String = r.try_get("state")?;
+                users.push(BlobUse {
+                    digest: parse(&r.try_get::<String, _>("digest")?, Digest::parse)?,
+                    build: parse(&r.try_get::<String, _>("id")?, BuildId::parse)?,
+                    service: parse(&r.try_get::<String, _>("service")?, ServiceName::parse)?,
+                    version: parse(&r.try_get::<String, _>("version")?, Version::parse)?,
+                    state: BuildState::parse(&state)
+                        .ok_or_else(|| Error::Corrupt(format!("unknown build state {state:?}")))?,
+                    artifact: parse(&r.try_get::<String, _>("name")?, ArtifactName::parse)?,
+                });
+            }
+        }
+        users.sort_by(|a, b| (a.digest, &a.build, &a.artifact).cmp(&(b.digest, &b.build, &b.artifact)));
+        Ok(users)
     }
 
     /// Every digest some draft or sealed build refers to.

@@ -104,14 +104,37 @@ pub struct Stored {
     pub created: bool,
 }
 
-/// What `fsck` found.
+/// What `fsck` found (and, repairing, did).
 #[derive(Debug, Clone, Default)]
 pub struct FsckReport {
     pub checked: u64,
     pub bytes: u64,
-    /// (expected digest, actual digest, size)
-    pub corrupt: Vec<(Digest, Digest, u64)>,
+    pub corrupt: Vec<CorruptBlob>,
+    /// Digests builds refer to that the store lacks, after any repair (so
+    /// a blob moved aside is listed here too until it is uploaded again).
     pub missing: Vec<Digest>,
+    /// The artifacts that need a corrupt or missing blob, by digest.
+    pub needed_by: Vec<tug_core::BlobUse>,
+    /// Whether corrupt blobs were moved aside.
+    pub repaired: bool,
+}
+
+/// A stored blob whose bytes no longer hash to its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorruptBlob {
+    pub digest: Digest,
+    /// What the stored bytes hash to now.
+    pub actual: Digest,
+    pub size: u64,
+    /// Where a repair moved the bytes.
+    pub moved_to: Option<String>,
+}
+
+/// Whether fsck only reports or also repairs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fsck {
+    Report,
+    Repair,
 }
 
 /// What `gc` did (or would do, in a dry run).
@@ -670,12 +693,29 @@ impl Tugboat {
     // ---- maintenance ----
 
     /// Re-hashes every stored blob and lists those whose bytes no longer
-    /// match their name, and digests builds refer to that are gone.
+    /// match their name, and digests builds refer to that are gone, with
+    /// the builds that need each.
     pub async fn fsck(&self, who: &Principal) -> Result<FsckReport> {
+        self.check_store(who, Fsck::Report).await
+    }
+
+    /// `fsck`, and moves every corrupt blob aside (see
+    /// [`BlobStore::quarantine`]): it then counts as missing, and the next
+    /// upload of its digest (`tug push` of the right file) stores it again,
+    /// where before it was answered "already stored" and the bytes stayed
+    /// wrong for good.
+    pub async fn fsck_repair(&self, who: &Principal) -> Result<FsckReport> {
+        self.check_store(who, Fsck::Repair).await
+    }
+
+    async fn check_store(&self, who: &Principal, mode: Fsck) -> Result<FsckReport> {
         self.require(who, Action::Maintain)?;
-        let mut report = FsckReport::default();
+        let mut report = FsckReport {
+            repaired: mode == Fsck::Repair,
+            ..FsckReport::default()
+        };
         let blobs = self.store.list().await?;
-        let present: HashSet<Digest> = blobs.iter().map(|b| b.digest).collect();
+        let mut present: HashSet<Digest> = blobs.iter().map(|b| b.digest).collect();
         for BlobInfo { digest, .. } in blobs {
             let Some(mut blob) = self.store.get(&digest, 0, None).await? else {
                 continue; // deleted since it was listed
@@ -688,10 +728,27 @@ impl Tugboat {
             let actual = hasher.finish();
             report.checked += 1;
             report.bytes += size;
-            if actual != digest {
-                tracing::error!(%digest, %actual, size, "stored blob does not match its digest");
-                report.corrupt.push((digest, actual, size));
+            if actual == digest {
+                continue;
             }
+            tracing::error!(%digest, %actual, size, "stored blob does not match its digest");
+            let moved_to = match mode {
+                Fsck::Report => None,
+                Fsck::Repair => {
+                    let moved = self.store.quarantine(&digest).await?;
+                    if let Some(to) = &moved {
+                        tracing::warn!(%digest, to, "moved a corrupt blob aside; upload it again");
+                        present.remove(&digest);
+                    }
+                    moved
+                }
+            };
+            report.corrupt.push(CorruptBlob {
+                digest,
+                actual,
+                size,
+                moved_to,
+            });
         }
         let mut missing: Vec<Digest> = self
             .db
@@ -701,6 +758,13 @@ impl Tugboat {
             .filter(|d| !present.contains(d))
             .collect();
         missing.sort();
+        let damaged: std::collections::BTreeSet<Digest> = report
+            .corrupt
+            .iter()
+            .map(|c| c.digest)
+            .chain(missing.iter().copied())
+            .collect();
+        report.needed_by = self.db.blob_users(&damaged.into_iter().collect::<Vec<_>>()).await?;
         report.missing = missing;
         Ok(report)
     }

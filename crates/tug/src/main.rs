@@ -67,7 +67,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Watch { service, since, count } => commands::deploy::watch(&client, out, service, since, count).await,
         Command::Agents { service, env } => commands::deploy::agents(&client, out, service, env).await,
         Command::Version(c) => commands::deploy::version(&client, out, c).await,
-        Command::Fsck => commands::admin::fsck(&client, out).await,
+        Command::Fsck { repair } => commands::admin::fsck(&client, out, repair).await,
         Command::Gc(a) => commands::admin::gc(&client, out, a).await,
     }
 }

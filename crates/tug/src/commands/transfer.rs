@@ -100,6 +100,16 @@ pub async fn push(client: &Client, out: Output, a: PushArgs) -> anyhow::Result<E
     let result = PushOutput { build, report, sealed };
     print(out, &result, |r| {
         let p = &r.report;
+        if p.sealed_build {
+            return format!(
+                "Build {} is sealed: its {} files are all its own; uploaded {} blobs the store lacked ({}), {} already stored.",
+                r.build,
+                p.artifacts,
+                p.uploaded_blobs,
+                output::bytes(p.uploaded_bytes),
+                p.skipped_blobs
+            );
+        }
         let mut s = format!(
             "Pushed {} artifacts into build {}: uploaded {} blobs ({}), {} already stored ({} not sent); {} newly registered.",
             p.artifacts,

@@ -164,3 +164,174 @@ async fn gc_with_an_out_of_range_age_is_refused_not_a_panic() {
         .json();
     assert_eq!(ok["deleted"], serde_json::json!([]));
 }
+
+/// Where the test can reach a server's blobs behind its back.
+enum Blobs {
+    Dir(std::path::PathBuf),
+    S3(tug_testkit::S3Env),
+}
+
+impl Blobs {
+    /// Replaces the stored bytes of `digest`, as a failing disk or a
+    /// careless operator would.
+    async fn corrupt(&self, digest: &tug_core::Digest, bytes: &[u8]) {
+        let hex = digest.hex();
+        match self {
+            Blobs::Dir(data) => std::fs::write(data.join("blobs/sha256").join(&hex[..2]).join(&hex), bytes).unwrap(),
+            Blobs::S3(s3) => {
+                use object_store::ObjectStore;
+                let bucket = object_store::aws::AmazonS3Builder::new()
+                    .with_bucket_name(&s3.bucket)
+                    .with_region(&s3.region)
+                    .with_endpoint(&s3.endpoint)
+                    .with_allow_http(true)
+                    .with_virtual_hosted_style_request(false)
+                    .with_access_key_id(&s3.access_key_id)
+                    .with_secret_access_key(&s3.secret_access_key)
+                    .build()
+                    .unwrap();
+                let key = object_store::path::Path::from(format!("{}/blobs/sha256/{hex}", s3.prefix));
+                bucket.put(&key, bytes.to_vec().into()).await.unwrap();
+            }
+        }
+    }
+}
+
+/// A corrupt blob used to stay corrupt for good: fsck reported it, but a
+/// push of the right file was answered "already stored". Now fsck names
+/// the build that needs it, `--repair` moves it aside, and pushing the
+/// file again (into the sealed build itself) restores it.
+async fn a_corrupt_blob_is_repaired_by_fsck_repair_and_a_push(server: TestServer, blobs: Blobs) {
+    let w = tempfile::tempdir().unwrap();
+    let w = w.path();
+    server.tug(w, &["service", "create", "api"]).ok();
+    let app: &[u8] = b"the application, as CI built it";
+    write_files(
+        w,
+        &[
+            ("app.bin", app),
+            ("notes.txt", b"release notes"),
+            ("other.bin", b"not in the build"),
+        ],
+    );
+    let build = push_build(&server, w, "1.0.0", &["app.bin", "notes.txt"], true);
+    let digest = digest_of(app);
+    assert_eq!(
+        server.tug(w, &["fsck", "--output", "json"]).json()["corrupt"],
+        serde_json::json!([])
+    );
+
+    blobs.corrupt(&digest, b"the application, after the disk").await;
+    let run = server.tug(w, &["fsck"]);
+    let text = run.fails();
+    assert!(text.is_empty(), "{text}");
+    let out = &run.stdout;
+    assert!(out.contains(&format!("CORRUPT {digest}")), "{out}");
+    assert!(
+        out.contains(&format!("needed by app.bin of build {build} (api 1.0.0, sealed)")),
+        "{out}"
+    );
+    assert!(out.contains("tug fsck --repair"), "{out}");
+    let report = json_of(&server.tug(w, &["fsck", "--output", "json"]));
+    assert_eq!(report["needed_by"].as_array().unwrap().len(), 1, "{report:#}");
+    let user = &report["needed_by"][0];
+    assert_eq!(
+        (
+            &user["digest"],
+            &user["build"],
+            &user["service"],
+            &user["version"],
+            &user["artifact"]
+        ),
+        (
+            &serde_json::json!(digest.to_string()),
+            &serde_json::json!(build),
+            &serde_json::json!("api"),
+            &serde_json::json!("1.0.0"),
+            &serde_json::json!("app.bin")
+        )
+    );
+
+    // Without a repair, pushing the file changes nothing: the store says
+    // it has the blob.
+    let pushed = server.tug(w, &["push", &build, "app.bin", "--output", "json"]).json();
+    assert_eq!(pushed["uploaded_blobs"], 0);
+    assert_eq!(
+        json_of(&server.tug(w, &["fsck", "--output", "json"]))["corrupt"][0]["digest"],
+        digest.to_string()
+    );
+
+    // Only admins repair.
+    let viewer = server.tug(
+        w,
+        &["token", "create", "--name", "v", "--role", "viewer", "--output", "json"],
+    );
+    let viewer = viewer.json()["secret"].as_str().unwrap().to_string();
+    let refused = server.tug_as(&viewer, w, &["fsck", "--repair"]).fails().to_string();
+    assert!(refused.contains("may not run store maintenance"), "{refused}");
+
+    let repaired = json_of(&server.tug(w, &["fsck", "--repair", "--output", "json"]));
+    assert_eq!(repaired["repaired"], true);
+    let moved_to = repaired["corrupt"][0]["moved_to"].as_str().unwrap().to_string();
+    assert!(moved_to.contains("corrupt/sha256/"), "{moved_to}");
+    assert_eq!(repaired["missing"], serde_json::json!([digest.to_string()]));
+    if let Blobs::Dir(data) = &blobs {
+        assert!(
+            std::path::Path::new(&moved_to).starts_with(data.join("corrupt")),
+            "{moved_to}"
+        );
+        assert_eq!(std::fs::read(&moved_to).unwrap(), b"the application, after the disk");
+    }
+    let run = server.tug(w, &["fsck"]);
+    run.fails();
+    assert!(run.stdout.contains(&format!("MISSING {digest}")), "{}", run.stdout);
+    assert!(
+        run.stdout.contains(&format!("needed by app.bin of build {build}")),
+        "{}",
+        run.stdout
+    );
+
+    // A file that is not the build's artifact is refused by the sealed build.
+    let err = server
+        .tug(w, &["push", &build, "other.bin", "--name", "app.bin"])
+        .fails()
+        .to_string();
+    assert!(err.contains("can no longer change"), "{err}");
+
+    let pushed = server.tug(w, &["push", &build, "app.bin", "--output", "json"]).json();
+    assert_eq!(
+        (&pushed["uploaded_blobs"], &pushed["sealed_build"]),
+        (&serde_json::json!(1), &serde_json::json!(true))
+    );
+    let clean = server.tug(w, &["fsck", "--output", "json"]).json();
+    assert_eq!(
+        (&clean["corrupt"], &clean["missing"]),
+        (&serde_json::json!([]), &serde_json::json!([]))
+    );
+    let out = tempfile::tempdir().unwrap();
+    server.tug(out.path(), &["pull", &build]).ok();
+    assert_eq!(std::fs::read(out.path().join("app.bin")).unwrap(), app);
+}
+
+/// The JSON a failing command printed on stdout.
+fn json_of(run: &crate::support::Run) -> Value {
+    serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {run:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_blob_is_repaired_by_fsck_repair_and_a_push_on_sqlite_and_files() {
+    let server = TestServer::start().await;
+    let blobs = Blobs::Dir(server.data_dir());
+    a_corrupt_blob_is_repaired_by_fsck_repair_and_a_push(server, blobs).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_blob_is_repaired_by_fsck_repair_and_a_push_on_postgres_and_s3() {
+    let s3 = tug_testkit::s3_env();
+    let backend = Backend::Shared {
+        database: tug_testkit::postgres_database().await,
+        s3: s3.clone(),
+    };
+    let server = TestServer::start_with(backend, &[]).await;
+    a_corrupt_blob_is_repaired_by_fsck_repair_and_a_push(server, Blobs::S3(s3)).await;
+}
