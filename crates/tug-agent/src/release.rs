@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use tug_api::ChannelArtifact;
-use tug_core::{ArtifactKind, BuildId, Digest, Version};
+use tug_core::{file_mode, BuildId, Digest, Version};
 
 use crate::cache::Cache;
 use crate::error::{io, Error, Result};
@@ -156,7 +156,7 @@ impl Releases {
                     }
                 }
             }
-            place(&cache.path(&a.digest), &path, mode_of(a.kind))?;
+            place(&cache.path(&a.digest), &path, file_mode(a.kind, a.executable))?;
         }
         for d in &dirs {
             sync_dir(d)?;
@@ -290,14 +290,6 @@ impl Releases {
     }
 }
 
-fn mode_of(kind: ArtifactKind) -> u32 {
-    if kind == ArtifactKind::Binary {
-        0o755
-    } else {
-        0o644
-    }
-}
-
 /// Puts the cached blob `src` at `dest` with `mode`: a hard link when the
 /// blob's mode can be set without changing another release's file (the
 /// link shares the inode), a copy otherwise or across file systems.
@@ -320,7 +312,7 @@ fn place(src: &Path, dest: &Path, mode: u32) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tug_core::ArtifactName;
+    use tug_core::{ArtifactKind, ArtifactName};
 
     fn artifact(name: &str, kind: ArtifactKind, bytes: &[u8], cache: &Cache) -> ChannelArtifact {
         let digest = Digest::of(bytes);
@@ -332,6 +324,7 @@ mod tests {
             digest,
             size: bytes.len() as u64,
             url: format!("/v1/blobs/{digest}"),
+            executable: false,
         }
     }
 
@@ -354,6 +347,12 @@ mod tests {
             // The same bytes as a binary and as data: the second must not
             // change the first's mode through a shared inode.
             artifact("data/copy", ArtifactKind::Other, b"#!/bin/sh\n", &cache),
+            // Pushed with its executable bit: the same bytes as the
+            // configuration file, and a mode of its own.
+            ChannelArtifact {
+                executable: true,
+                ..artifact("bin/tool", ArtifactKind::Other, b"x=1\n", &cache)
+            },
         ];
         let b = id(1);
         let path = rel
@@ -363,6 +362,7 @@ mod tests {
         assert_eq!(mode(&path.join("bin/app")), 0o755);
         assert_eq!(mode(&path.join("etc/app.conf")), 0o644);
         assert_eq!(mode(&path.join("data/copy")), 0o644);
+        assert_eq!(mode(&path.join("bin/tool")), 0o755);
         assert_eq!(std::fs::read(path.join("data/copy")).unwrap(), b"#!/bin/sh\n");
         assert!(!dir.path().join("releases").join(format!("{b}.tmp")).exists());
         assert_eq!(rel.version(&b).unwrap().to_string(), "1.2.3");

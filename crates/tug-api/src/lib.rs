@@ -573,6 +573,9 @@ pub struct ChannelArtifact {
     pub size: u64,
     /// Where to GET the bytes, relative to the server (`/v1/blobs/<digest>`).
     pub url: String,
+    /// Install it with its executable bits (omitted when false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub executable: bool,
 }
 
 /// `GET /v1/channels/{service}/{env}?platform=…[&wait=60s]`: what the

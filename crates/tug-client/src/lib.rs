@@ -75,6 +75,9 @@ pub struct PushItem {
     pub kind: ArtifactKind,
     pub platform: Option<Platform>,
     pub derived_from: Vec<DerivedFrom>,
+    /// The file is a program (on disk it has an executable bit): it is
+    /// materialised with its executable bits where it is pulled or deployed.
+    pub executable: bool,
 }
 
 /// What a push did.
@@ -543,11 +546,14 @@ impl Client {
             size,
             digest: *digest,
             derived_from: Vec::new(),
+            executable: false,
         };
         let dir = dest
             .parent()
             .ok_or_else(|| Error::Protocol("destination has no directory".into()))?;
-        Ok(self.pull_one(&spec, dir, None).await?.unwrap_or(0))
+        // The cache's files keep the mode they have: releases hard-link
+        // them, and set the mode they need themselves.
+        Ok(self.pull_one(&spec, dir, None, None).await?.unwrap_or(0))
     }
 
     // ---- maintenance ----
@@ -730,6 +736,7 @@ impl Client {
                 size,
                 digest,
                 derived_from: item.derived_from,
+                executable: item.executable,
             })
             .collect();
         for chunk in specs.chunks(REGISTER_BATCH) {
@@ -766,7 +773,8 @@ impl Client {
         let results = futures::stream::iter(chosen)
             .map(|a| {
                 let progress = hooks.progress.clone();
-                async move { self.pull_one(&a, dir, progress).await }
+                let mode = tug_core::file_mode(a.kind, a.executable);
+                async move { self.pull_one(&a, dir, progress, Some(mode)).await }
             })
             .buffer_unordered(DEFAULT_CONCURRENCY)
             .try_collect::<Vec<_>>()
@@ -783,7 +791,15 @@ impl Client {
     }
 
     /// Returns the bytes downloaded, or `None` if the file was up to date.
-    async fn pull_one(&self, a: &ArtifactSpec, dir: &Path, progress: Option<Progress>) -> Result<Option<u64>> {
+    /// With `mode`, the file ends up with that mode (an executable artifact
+    /// is pulled executable, also when it was there already).
+    async fn pull_one(
+        &self,
+        a: &ArtifactSpec,
+        dir: &Path,
+        progress: Option<Progress>,
+        mode: Option<u32>,
+    ) -> Result<Option<u64>> {
         // ArtifactName is a validated relative path without `..`, so the
         // join stays inside `dir`.
         let dest = dir.join(a.name.as_str());
@@ -803,6 +819,7 @@ impl Client {
             if let Some(p) = &progress {
                 p(a.size);
             }
+            set_mode(&dest, mode).await?;
             return Ok(None);
         }
         let part = PathBuf::from(format!("{}.part", dest.display()));
@@ -860,9 +877,22 @@ impl Client {
                 actual,
             });
         }
+        set_mode(&part, mode).await?;
         tokio::fs::rename(&part, &dest).await.map_err(io(&dest))?;
         Ok(Some(downloaded))
     }
+}
+
+/// Gives a pulled file its artifact's mode, if one is asked for.
+async fn set_mode(path: &Path, mode: Option<u32>) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(mode) = mode else { return Ok(()) };
+    tokio::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .await
+        .map_err(|source| Error::Io {
+            path: path.into(),
+            source,
+        })
 }
 
 /// Percent-encodes a path segment.

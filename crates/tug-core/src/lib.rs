@@ -18,7 +18,7 @@ pub mod versioning;
 
 pub use digest::{Digest, DigestError, Hasher};
 pub use manifest::{
-    ArtifactKind, ArtifactSpec, BlobUse, BuildManifest, BuildSource, BuildState, CiRun, DerivedFrom, Draft,
+    file_mode, ArtifactKind, ArtifactSpec, BlobUse, BuildManifest, BuildSource, BuildState, CiRun, DerivedFrom, Draft,
     ManifestArtifact, SealError,
 };
 pub use names::{ArtifactName, BuildId, NameError, Platform, ServiceName, TokenName, Version};

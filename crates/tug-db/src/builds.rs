@@ -11,7 +11,7 @@ use tug_core::{
     Version,
 };
 
-use crate::{artifact_from_row, millis, opt_millis, opt_parse, parse, Db, Error, Result};
+use crate::{artifact_from_row, millis, opt_millis, opt_parse, parse, Db, Error, Result, ARTIFACT_COLUMNS};
 
 /// A draft to create.
 #[derive(Debug, Clone)]
@@ -253,9 +253,9 @@ impl Db {
 
     /// A build's artifacts, by name.
     pub async fn artifacts(&self, id: &BuildId) -> Result<Vec<ArtifactSpec>> {
-        let rows = sqlx::query(
-            "SELECT name, kind, platform, size, digest, derived_from FROM artifacts WHERE build_id = $1 ORDER BY name",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE build_id = $1 ORDER BY name"
+        ))
         .bind(id.as_str())
         .fetch_all(&self.pool)
         .await?;
@@ -270,12 +270,10 @@ impl Db {
         let mut tx = self.pool.begin().await?;
         self.lock_draft(&mut tx, id, now).await?;
         let existing: BTreeMap<ArtifactName, ArtifactSpec> = {
-            let rows = sqlx::query(
-                "SELECT name, kind, platform, size, digest, derived_from FROM artifacts WHERE build_id = $1",
-            )
-            .bind(id.as_str())
-            .fetch_all(&mut *tx)
-            .await?;
+            let rows = sqlx::query(&format!("SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE build_id = $1"))
+                .bind(id.as_str())
+                .fetch_all(&mut *tx)
+                .await?;
             rows.iter()
                 .map(artifact_from_row)
                 .map(|a| a.map(|a| (a.name.clone(), a)))
@@ -297,24 +295,15 @@ impl Db {
         }
         for chunk in fresh.chunks(INSERT_CHUNK) {
             let mut sql = String::from(
-                "INSERT INTO artifacts (build_id, name, kind, platform, size, digest, derived_from, created_at) VALUES ",
+                "INSERT INTO artifacts (build_id, name, kind, platform, size, digest, derived_from, created_at, executable) \
+                 VALUES ",
             );
             for i in 0..chunk.len() {
-                let b = i * 8;
                 if i > 0 {
                     sql.push_str(", ");
                 }
-                sql.push_str(&format!(
-                    "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                    b + 1,
-                    b + 2,
-                    b + 3,
-                    b + 4,
-                    b + 5,
-                    b + 6,
-                    b + 7,
-                    b + 8
-                ));
+                let row: Vec<String> = (1..=9).map(|n| format!("${}", i * 9 + n)).collect();
+                sql.push_str(&format!("({})", row.join(", ")));
             }
             let mut q = sqlx::query(&sql);
             for s in chunk {
@@ -327,7 +316,8 @@ impl Db {
                     .bind(i64::try_from(s.size).map_err(|e| Error::Corrupt(e.to_string()))?)
                     .bind(s.digest.to_string())
                     .bind(serde_json::to_string(&derived).map_err(|e| Error::Corrupt(e.to_string()))?)
-                    .bind(now.timestamp_millis());
+                    .bind(now.timestamp_millis())
+                    .bind(i64::from(s.executable));
             }
             q.execute(&mut *tx).await?;
         }
@@ -351,9 +341,9 @@ impl Db {
             .fetch_one(&mut *tx)
             .await?;
         let build = build_from_row(&row)?;
-        let rows = sqlx::query(
-            "SELECT name, kind, platform, size, digest, derived_from FROM artifacts WHERE build_id = $1 ORDER BY name",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE build_id = $1 ORDER BY name"
+        ))
         .bind(id.as_str())
         .fetch_all(&mut *tx)
         .await?;

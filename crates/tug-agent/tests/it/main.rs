@@ -123,6 +123,7 @@ impl Server {
                     size,
                     digest,
                     derived_from: Vec::new(),
+                    executable: false,
                 }],
             )
             .await?;

@@ -217,6 +217,7 @@ async fn shared_answer(
                 platform: a.platform,
                 digest: a.digest,
                 size: a.size,
+                executable: a.executable,
             })
             .collect(),
     };

@@ -56,6 +56,7 @@ pub(crate) async fn sealed(
             size: body.len() as u64,
             digest,
             derived_from: vec![],
+            executable: false,
         });
     }
     client.register_artifacts(b.id.as_str(), specs).await.unwrap();

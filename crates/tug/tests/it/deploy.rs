@@ -394,6 +394,7 @@ pub async fn concurrent_releases(servers: &[&TestServer]) {
             size: body.len() as u64,
             digest,
             derived_from: vec![],
+            executable: false,
         };
         client.register_artifacts(b.id.as_str(), vec![spec]).await.unwrap();
         client.seal(b.id.as_str()).await.unwrap();

@@ -8,6 +8,7 @@ mod bad_input;
 mod config;
 mod crash;
 mod deploy;
+mod executables;
 mod flow;
 mod maintenance;
 mod repair;

@@ -1,0 +1,2 @@
+-- An artifact that is a program: materialised with its executable bits.
+ALTER TABLE artifacts ADD COLUMN executable BIGINT NOT NULL DEFAULT 0;
