@@ -607,10 +607,78 @@ pub struct Channel {
 #[serde(rename_all = "lowercase")]
 pub enum AgentState {
     Idle,
+    /// The channel names a build the agent may not take yet (outside a
+    /// maintenance window, or before the rollout lets it go); the report's
+    /// `waiting` says why. What it runs keeps running.
+    Waiting,
     Downloading,
     Activating,
     Healthy,
     Failed,
+}
+
+impl AgentState {
+    pub const ALL: [AgentState; 6] = [
+        AgentState::Idle,
+        AgentState::Waiting,
+        AgentState::Downloading,
+        AgentState::Activating,
+        AgentState::Healthy,
+        AgentState::Failed,
+    ];
+
+    /// The one text form, on the wire and in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentState::Idle => "idle",
+            AgentState::Waiting => "waiting",
+            AgentState::Downloading => "downloading",
+            AgentState::Activating => "activating",
+            AgentState::Healthy => "healthy",
+            AgentState::Failed => "failed",
+        }
+    }
+
+    /// The state named `s`; `None` for anything else (never a default).
+    pub fn parse(s: &str) -> Option<AgentState> {
+        AgentState::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for AgentState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How the process an agent supervises (`--exec`) last ended on its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessExit {
+    /// The build it ran.
+    #[serde(default)]
+    pub build: Option<BuildId>,
+    /// Its exit code, when it exited.
+    #[serde(default)]
+    pub code: Option<i32>,
+    /// The signal that killed it (`SIGKILL`), when one did.
+    #[serde(default)]
+    pub signal: Option<String>,
+    pub at: DateTime<Utc>,
+    /// The last lines it wrote to stderr (at most 20 lines, 4 KiB).
+    #[serde(default)]
+    pub stderr: String,
+}
+
+impl std::fmt::Display for ProcessExit {
+    /// `exited with code 126`, `killed by signal SIGKILL`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.code, &self.signal) {
+            (Some(code), _) => write!(f, "exited with code {code}"),
+            (None, Some(signal)) => write!(f, "killed by signal {signal}"),
+            (None, None) => f.write_str("exited"),
+        }
+    }
 }
 
 /// `POST /v1/agents/report`: an agent's heartbeat and state.
@@ -634,6 +702,12 @@ pub struct AgentReport {
     /// check failed and it went back): what halts a paced rollout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed_build: Option<BuildId>,
+    /// Why, when `waiting`: what the channel said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
+    /// How the supervised process last ended on its own, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit: Option<ProcessExit>,
 }
 
 /// An agent as the fleet view shows it.

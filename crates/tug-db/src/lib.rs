@@ -29,7 +29,7 @@ mod events;
 mod rollouts;
 mod tokens;
 
-pub use agents::AgentRow;
+pub use agents::{AgentRow, ExitRow};
 pub use builds::{BuildFilter, BuildRow, NewBuild};
 pub use deployments::{DeploymentRow, EnvState, NewDeployment, PipelineRow, RequestRow};
 pub use events::EventRow;

@@ -20,6 +20,21 @@ pub struct ChannelView {
     pub pacing: crate::Pacing,
 }
 
+/// The most of a supervised process's stderr an agent's report keeps.
+pub const MAX_STDERR: usize = 4096;
+
+/// Cuts `text` to at most `max` bytes at a character boundary, keeping
+/// the end: what a process wrote last says most about why it stopped.
+fn keep_tail(text: &mut String, max: usize) {
+    if text.len() > max {
+        let mut cut = text.len() - max;
+        while !text.is_char_boundary(cut) {
+            cut += 1;
+        }
+        text.drain(..cut);
+    }
+}
+
 /// How long without a heartbeat makes an agent stale.
 pub const STALE_AFTER: chrono::Duration = chrono::Duration::seconds(60);
 
@@ -108,8 +123,20 @@ impl Tugboat {
                 )));
             }
         }
-        if report.error.as_ref().is_some_and(|e| e.len() > 4096) {
-            report.error = report.error.map(|e| e.chars().take(4096).collect());
+        for text in [&mut report.error, &mut report.waiting].into_iter().flatten() {
+            if text.len() > 4096 {
+                *text = text.chars().take(4096).collect();
+            }
+        }
+        if let Some(exit) = &mut report.exit {
+            if exit
+                .signal
+                .as_ref()
+                .is_some_and(|s| s.is_empty() || s.len() > 32 || s.chars().any(char::is_control))
+            {
+                return Err(Error::Invalid("exit.signal must be a signal name like SIGKILL".into()));
+            }
+            keep_tail(&mut exit.stderr, MAX_STDERR);
         }
         report.last_seen = self.now();
         report.first_seen = report.last_seen;
@@ -146,5 +173,23 @@ impl Tugboat {
     /// Whether an agent last seen at `at` is stale now.
     pub fn is_stale(&self, at: chrono::DateTime<chrono::Utc>) -> bool {
         self.now() - at > STALE_AFTER
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keep_tail_keeps_the_last_bytes_at_a_character_boundary() {
+        let mut t = "ab€cd".to_string(); // € is 3 bytes
+        keep_tail(&mut t, 4);
+        assert_eq!(t, "cd");
+        let mut t = "ab€cd".to_string();
+        keep_tail(&mut t, 5);
+        assert_eq!(t, "€cd");
+        let mut t = "short".to_string();
+        keep_tail(&mut t, 4096);
+        assert_eq!(t, "short");
     }
 }

@@ -72,6 +72,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Logs to stderr, filtered by `RUST_LOG` (else `default_filter`), in
+/// colour only when stderr is a terminal: a log file or journal gets plain
+/// text, not escape codes.
+pub(crate) fn init_logs(default_filter: &str) {
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
 /// The client for `--server`, with `--token`, `TUG_TOKEN`, or the local
 /// admin token a first `tug server` run wrote into ./tug-data.
 fn client(global: &cli::Global) -> anyhow::Result<tug_client::Client> {

@@ -9,9 +9,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use tug_api::{Agent, AgentReport, AgentState, Channel, ChannelArtifact};
+use tug_api::{Agent, AgentReport, AgentState, Channel, ChannelArtifact, ProcessExit};
 use tug_core::{EnvName, Platform, ServiceName};
-use tug_db::AgentRow;
+use tug_db::{AgentRow, ExitRow};
 
 use crate::error::ApiError;
 use crate::extract::{Caller, Json};
@@ -293,26 +293,6 @@ pub async fn teleport_critical(
     cached(&state, key, compute).await
 }
 
-fn state_name(s: AgentState) -> &'static str {
-    match s {
-        AgentState::Idle => "idle",
-        AgentState::Downloading => "downloading",
-        AgentState::Activating => "activating",
-        AgentState::Healthy => "healthy",
-        AgentState::Failed => "failed",
-    }
-}
-
-fn parse_state(s: &str) -> AgentState {
-    match s {
-        "downloading" => AgentState::Downloading,
-        "activating" => AgentState::Activating,
-        "healthy" => AgentState::Healthy,
-        "failed" => AgentState::Failed,
-        _ => AgentState::Idle,
-    }
-}
-
 pub async fn report(
     State(state): State<AppState>,
     Caller(who): Caller,
@@ -327,9 +307,17 @@ pub async fn report(
         platform: r.platform,
         agent_version: r.agent_version,
         build: r.build,
-        state: state_name(r.state).to_string(),
+        state: r.state.as_str().to_string(),
         error: r.error,
         failed_build: r.failed_build,
+        waiting: r.waiting,
+        exit: r.exit.map(|e| ExitRow {
+            build: e.build,
+            code: e.code,
+            signal: e.signal,
+            at: e.at,
+            stderr: e.stderr,
+        }),
         first_seen: now,
         last_seen: now,
     };
@@ -337,8 +325,16 @@ pub async fn report(
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub fn agent(state: &AppState, a: AgentRow) -> Agent {
-    Agent {
+/// The fleet view of a stored report. A state the server does not know
+/// was not written by it: an error, never a guess.
+pub fn agent(state: &AppState, a: AgentRow) -> Result<Agent, ApiError> {
+    let agent_state = AgentState::parse(&a.state).ok_or_else(|| {
+        ApiError::from(tug_service::Error::Db(tug_db::Error::Corrupt(format!(
+            "agent {} has the unknown state {:?}",
+            a.agent_id, a.state
+        ))))
+    })?;
+    Ok(Agent {
         stale: state.tugboat.is_stale(a.last_seen),
         last_seen: a.last_seen,
         report: AgentReport {
@@ -349,11 +345,19 @@ pub fn agent(state: &AppState, a: AgentRow) -> Agent {
             service: a.service,
             environment: a.environment,
             build: a.build,
-            state: parse_state(&a.state),
+            state: agent_state,
             error: a.error,
             failed_build: a.failed_build,
+            waiting: a.waiting,
+            exit: a.exit.map(|e| ProcessExit {
+                build: e.build,
+                code: e.code,
+                signal: e.signal,
+                at: e.at,
+                stderr: e.stderr,
+            }),
         },
-    }
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -382,7 +386,8 @@ pub async fn list(
         .transpose()
         .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))?;
     let rows = state.tugboat.agents(&who, service.as_ref(), env.as_ref()).await?;
-    Ok(axum::Json(rows.into_iter().map(|a| agent(&state, a)).collect()))
+    let agents = rows.into_iter().map(|a| agent(&state, a)).collect::<Result<_, _>>()?;
+    Ok(axum::Json(agents))
 }
 
 /// The wire form of a rollout's status.

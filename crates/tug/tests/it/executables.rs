@@ -5,7 +5,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use crate::support::{eventually, Backend, KillOnDrop, TestServer};
+use crate::support::{eventually, Backend, TestServer};
 
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
@@ -23,7 +23,7 @@ fn dist(w: &Path) -> std::path::PathBuf {
     let dist = w.join("dist");
     write(
         &dist.join("web-server"),
-        "#!/bin/sh\necho up > \"$TUG_AGENT_OUT/running\"\nexec sleep 600\n",
+        "#!/bin/sh\necho up > \"$TUG_OUT/running\"\nexec sleep 600\n",
         0o755,
     );
     write(&dist.join("bin/helper"), "#!/bin/sh\necho helped\n", 0o700);
@@ -93,12 +93,7 @@ async fn an_agent_runs_a_program_pushed_without_a_kind() {
     let server = TestServer::start().await;
     let w = tempfile::tempdir().unwrap();
     let w = w.path();
-    let token = crate::agents::setup_service(
-        &server,
-        w,
-        "web",
-        "service = \"web\"\n[[environments]]\nname = \"prod\"\n",
-    );
+    let token = crate::agent_reports::web_prod(&server, w);
     let build = push_dist(&server, w, "1.0.0");
     server
         .tug(w, &["release", "web", "--env", "prod", "--build", &build])
@@ -108,21 +103,8 @@ async fn an_agent_runs_a_program_pushed_without_a_kind() {
     std::fs::create_dir_all(&out).unwrap();
     let dir = w.join("agent");
     let health = format!("test -f {}", out.join("running").display());
-    let _agent = KillOnDrop(
-        std::process::Command::new(crate::support::TUG)
-            .args(["agent", "--service", "web", "--env", "prod", "--dir"])
-            .arg(&dir)
-            .args(["--exec", "./web-server", "--health-cmd", &health, "--heartbeat", "1"])
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap())
-            .env("TUG_SERVER", &server.url)
-            .env("TUG_TOKEN", &token)
-            .env("TUG_AGENT_OUT", &out)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(w.join("agent.log")).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let _agent =
+        crate::agent_reports::start_agent(&server, &token, w, &["--exec", "./web-server", "--health-cmd", &health]);
     let log = || std::fs::read_to_string(w.join("agent.log")).unwrap_or_default();
     eventually(60, || {
         let fleet = server.tug(w, &["agents", "--output", "json"]).json();

@@ -2,6 +2,7 @@
 //! embedded defaults (SQLite and a local directory) and on PostgreSQL with
 //! an S3 store (SeaweedFS), both started by the test command.
 
+mod agent_reports;
 mod agents;
 mod auth;
 mod bad_input;
