@@ -396,8 +396,27 @@ impl Agent {
         self.before_waiting = None;
         match self.deploy(channel, &build, current.clone()).await {
             Ok(()) => Outcome::Settled,
+            Err(e @ Error::Archive { .. }) => self.give_up(current, &build, e),
             Err(e) => self.failed_attempt(current, e),
         }
+    }
+
+    /// The build itself is broken (an archive it may not unpack): nothing
+    /// was switched, and trying again would fail the same way. It is
+    /// given up like a build that failed its health check, so a paced
+    /// rollout hears of it, and not tried again while the channel names it.
+    fn give_up(&mut self, current: Option<BuildId>, build: &BuildId, e: Error) -> Outcome {
+        let error = e.to_string();
+        tracing::warn!(%build, %error, "giving up on the build");
+        self.state.failed = Some(FailedBuild {
+            build: build.clone(),
+            error: error.clone(),
+        });
+        if let Err(e) = self.save_state() {
+            tracing::warn!(error = %e, "cannot save the agent state");
+        }
+        self.set_status(current, AgentState::Failed, Some(error));
+        Outcome::Settled
     }
 
     /// Reports an attempt that failed before anything was switched; it is

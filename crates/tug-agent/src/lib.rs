@@ -29,6 +29,7 @@ mod health;
 mod release;
 mod state;
 mod supervisor;
+mod unpack;
 
 pub use agent::run;
 pub use config::{default_platform, AgentConfig};

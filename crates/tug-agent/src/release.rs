@@ -23,6 +23,7 @@ use tug_core::{file_mode, BuildId, Digest, Version};
 use crate::cache::Cache;
 use crate::error::{io, Error, Result};
 use crate::state::{sync_dir, write_atomic, State};
+use crate::unpack;
 
 const TMP_SUFFIX: &str = ".tmp";
 
@@ -143,7 +144,9 @@ impl Releases {
         let tmp = tmp.to_path_buf();
         let dest = self.dir(build);
         let mut dirs: HashSet<PathBuf> = HashSet::from([tmp.clone()]);
-        for a in artifacts {
+        let (archives, files): (Vec<_>, Vec<_>) = artifacts.iter().partition(|a| unpack::format(a).is_some());
+        let mut release = unpack::Release::new(&tmp);
+        for a in files {
             // ArtifactName is a validated relative path without `..` or
             // `.` segments, so the join stays inside the release.
             let path = tmp.join(a.name.as_str());
@@ -157,6 +160,22 @@ impl Releases {
                 }
             }
             place(&cache.path(&a.digest), &path, file_mode(a.kind, a.executable))?;
+            release.placed(&a.name);
+        }
+        let mut archives = archives;
+        archives.sort_by(|a, b| a.name.cmp(&b.name));
+        for a in archives {
+            if let Some(compression) = unpack::format(a) {
+                release.unpack(&cache.path(&a.digest), &a.name, compression)?;
+            }
+        }
+        release.check_links()?;
+        if release.unpacked() {
+            // Unpacked files were written here, not linked from the
+            // verified cache: flush them (and every directory) with one
+            // call rather than one per file.
+            let dir = std::fs::File::open(&tmp).map_err(io(&tmp))?;
+            nix::unistd::syncfs(&dir).map_err(|e| io(&tmp)(e.into()))?;
         }
         for d in &dirs {
             sync_dir(d)?;
