@@ -1,8 +1,10 @@
 //! Releases on disk: assembling one from cached blobs, switching `current`
 //! to it, pruning old ones, and cleaning what a crash left behind.
 //!
-//! A release is assembled in `releases/<build>.tmp/`, fsynced, and renamed
-//! to `releases/<build>/`: a directory without `.tmp` is always complete.
+//! A release is assembled in `releases/<build>.tmp/` (plain artifacts
+//! linked or copied from the cache, then tarball artifacts unpacked, see
+//! `unpack`), fsynced, and renamed to `releases/<build>/`: a directory
+//! without `.tmp` is always complete, and a refused archive leaves nothing.
 //! `current` is a relative symlink (`releases/<build>`) replaced by renaming
 //! `current.new` over it, so at every instant, including after `kill -9`, it
 //! names a complete release or does not exist. Each release's artifact list
