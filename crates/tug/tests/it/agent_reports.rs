@@ -76,9 +76,7 @@ fn push(server: &TestServer, w: &Path, version: &str, files: &[(&str, &str, u32)
 /// A program pushed without its executable bit cannot start: the agent
 /// used to report only that its health check timed out while the process
 /// looped on "Permission denied" in a log no one read.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_agent_reports_how_its_process_exited() {
-    let server = TestServer::start().await;
+async fn an_agent_reports_how_its_process_exited(server: TestServer) {
     let w = tempfile::tempdir().unwrap();
     let w = w.path();
     let token = web_prod(&server, w);
@@ -129,6 +127,16 @@ async fn an_agent_reports_how_its_process_exited() {
         "{log}"
     );
     assert!(!log.contains('\u{1b}'), "no colour codes in a log file: {log:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_reports_how_its_process_exited_on_sqlite() {
+    an_agent_reports_how_its_process_exited(TestServer::start().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_reports_how_its_process_exited_on_postgres() {
+    an_agent_reports_how_its_process_exited(TestServer::start_with(Backend::postgres_s3().await, &[]).await).await;
 }
 
 /// An unknown state is refused, not stored as `idle`.
