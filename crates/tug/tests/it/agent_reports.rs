@@ -57,13 +57,15 @@ fn the_agent(server: &TestServer, w: &Path) -> Option<Value> {
     fleet.as_array().unwrap().first().cloned()
 }
 
-/// Pushes `files` (name, contents, mode) as a sealed build of `web`.
-fn push(server: &TestServer, w: &Path, version: &str, files: &[(&str, &str, u32)]) -> String {
+/// Pushes a directory of `files` (name, contents, mode) as a sealed build
+/// of `web`.
+pub(crate) fn push(server: &TestServer, w: &Path, version: &str, files: &[(&str, &str, u32)]) -> String {
     let dir = w.join(format!("dist-{version}"));
-    std::fs::create_dir_all(&dir).unwrap();
     for (name, body, mode) in files {
-        std::fs::write(dir.join(name), body).unwrap();
-        std::fs::set_permissions(dir.join(name), std::fs::Permissions::from_mode(*mode)).unwrap();
+        let path = dir.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, body).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(*mode)).unwrap();
     }
     let args = format!(
         "push --service web --version {version} --seal {} --output json",

@@ -11,36 +11,21 @@ fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
 }
 
-fn write(path: &Path, body: &str, mode: u32) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, body).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
-}
-
-/// `dist/` as CI leaves it: a server program, a helper only its owner may
-/// run, and plain files (one setuid, whose extra bits are not carried).
-fn dist(w: &Path) -> std::path::PathBuf {
-    let dist = w.join("dist");
-    write(
-        &dist.join("web-server"),
-        "#!/bin/sh\necho up > \"$TUG_OUT/running\"\nexec sleep 600\n",
-        0o755,
-    );
-    write(&dist.join("bin/helper"), "#!/bin/sh\necho helped\n", 0o700);
-    write(&dist.join("config.txt"), "port = 8080\n", 0o644);
-    write(&dist.join("odd"), "setuid, but not a program\n", 0o4644);
-    dist
-}
-
-/// Pushes `dist/` into a sealed build of `web` and returns its id.
+/// `dist/` as CI leaves it, pushed into a sealed build of `web`: a server
+/// program, a helper only its owner may run, and plain files (one setuid,
+/// whose extra bits are not carried).
 fn push_dist(server: &TestServer, w: &Path, version: &str) -> String {
-    let dist = dist(w);
-    let args = format!(
-        "push --service web --version {version} --seal {} --output json",
-        dist.display()
-    );
-    let out = server.tug(w, &args.split(' ').collect::<Vec<_>>()).json();
-    out["build"].as_str().unwrap().to_string()
+    let files = [
+        (
+            "web-server",
+            "#!/bin/sh\necho up > \"$TUG_OUT/running\"\nexec sleep 600\n",
+            0o755,
+        ),
+        ("bin/helper", "#!/bin/sh\necho helped\n", 0o700),
+        ("config.txt", "port = 8080\n", 0o644),
+        ("odd", "setuid, but not a program\n", 0o4644),
+    ];
+    crate::agent_reports::push(server, w, version, &files)
 }
 
 async fn executables_keep_their_mode_from_push_to_pull(server: TestServer) {
