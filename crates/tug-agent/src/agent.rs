@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use nix::fcntl::{Flock, FlockArg};
 use tokio::sync::watch;
-use tug_api::{AgentReport, AgentState, Channel};
+use tug_api::{AgentReport, AgentState, Channel, ProcessExit};
 use tug_client::Client;
 use tug_core::{BuildId, Version};
 
@@ -41,6 +41,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         agent.base_report(),
         agent.config.heartbeat,
         agent.status.subscribe(),
+        agent.supervisor.as_ref().map(Supervisor::exits),
     ));
     let result = tokio::select! {
         () = shutdown => Ok(()),
@@ -62,17 +63,31 @@ struct Status {
     /// The build the agent gave up on (`state.failed`), while the channel
     /// still names it.
     failed_build: Option<BuildId>,
+    /// Why it waits, when `waiting`.
+    waiting: Option<String>,
 }
 
-/// The report that carries `status`.
-fn report(base: &AgentReport, status: Status) -> AgentReport {
+/// The report that carries `status` and the supervised process's last
+/// exit.
+fn report(base: &AgentReport, status: Status, exit: Option<ProcessExit>) -> AgentReport {
     AgentReport {
         build: status.build,
         state: status.state,
         error: status.error,
         failed_build: status.failed_build,
+        waiting: status.waiting,
+        exit,
         ..base.clone()
     }
+}
+
+/// Why the channel holds the agent back, in its words (or ours, from a
+/// server that gave none).
+fn waiting_reason(channel: &Channel) -> String {
+    channel
+        .waiting
+        .clone()
+        .unwrap_or_else(|| "the server does not let this agent update yet".to_string())
 }
 
 /// Whether the answer that led to a deployment attempt is settled (wait
@@ -96,6 +111,9 @@ struct Agent {
     health: HealthCheck,
     supervisor: Option<Supervisor>,
     status: watch::Sender<Status>,
+    /// While the channel holds the agent back: the status it had before,
+    /// to go back to when the channel no longer names another build.
+    before_waiting: Option<Status>,
     backoff: Duration,
     /// Held for the agent's life: one agent per directory, so what looks
     /// half-done at start is a leftover, not another agent's work.
@@ -141,6 +159,7 @@ impl Agent {
             state: AgentState::Idle,
             error: None,
             failed_build: state.failed.as_ref().map(|f| f.build.clone()),
+            waiting: None,
         });
         Ok(Agent {
             health: HealthCheck {
@@ -158,6 +177,7 @@ impl Agent {
             hostname: state::hostname(),
             supervisor,
             status,
+            before_waiting: None,
             _lock: lock,
         })
     }
@@ -174,6 +194,8 @@ impl Agent {
             state: AgentState::Idle,
             error: None,
             failed_build: None,
+            waiting: None,
+            exit: None,
         }
     }
 
@@ -183,7 +205,43 @@ impl Agent {
             state,
             error,
             failed_build: self.state.failed.as_ref().map(|f| f.build.clone()),
+            waiting: None,
         });
+    }
+
+    /// The channel names `build` but does not let this agent take it yet
+    /// (a maintenance window, a paced rollout): reported as `waiting`, with
+    /// the channel's reason, and logged once per reason. What runs keeps
+    /// running.
+    fn wait(&mut self, build: &BuildId, reason: String) {
+        let status = self.status.borrow().clone();
+        if status.state == AgentState::Waiting && status.waiting.as_ref() == Some(&reason) {
+            return;
+        }
+        tracing::info!(%build, %reason, "waiting before installing");
+        if status.state != AgentState::Waiting {
+            self.before_waiting = Some(status.clone());
+        }
+        self.status.send_replace(Status {
+            state: AgentState::Waiting,
+            error: None,
+            waiting: Some(reason),
+            ..status
+        });
+    }
+
+    /// The channel no longer holds the agent back: back to the status it
+    /// had before it waited (the build it names may be the one running).
+    fn stop_waiting(&mut self) {
+        if let Some(before) = self.before_waiting.take() {
+            if self.status.borrow().state == AgentState::Waiting {
+                tracing::info!("no longer waiting");
+                self.status.send_replace(Status {
+                    failed_build: self.state.failed.as_ref().map(|f| f.build.clone()),
+                    ..before
+                });
+            }
+        }
     }
 
     /// Forgets the build given up on once the channel names another one:
@@ -308,6 +366,7 @@ impl Agent {
         self.forget_failed(channel.build.as_ref());
         let Some(build) = channel.build.clone() else {
             // The environment runs nothing: keep what runs here.
+            self.stop_waiting();
             return Outcome::Settled;
         };
         let current = match self.releases.current() {
@@ -315,6 +374,7 @@ impl Agent {
             Err(e) => return self.failed_attempt(None, e),
         };
         if current.as_ref() == Some(&build) && self.state.activating.is_none() {
+            self.stop_waiting();
             // The channel names what runs here again (say, the environment
             // was rolled back to it): a failure of another build, already
             // undone, is no longer this agent's state.
@@ -325,15 +385,38 @@ impl Agent {
         }
         if self.state.failed.as_ref().is_some_and(|f| f.build == build) {
             // Failed before: wait until the channel names another build.
+            self.stop_waiting();
             return Outcome::Settled;
         }
         if !channel.may_update {
+            self.wait(&build, waiting_reason(channel));
             return Outcome::Settled;
         }
+        // Going ahead: the statuses of the update replace the waiting one.
+        self.before_waiting = None;
         match self.deploy(channel, &build, current.clone()).await {
             Ok(()) => Outcome::Settled,
+            Err(e @ Error::Archive { .. }) => self.give_up(current, &build, e),
             Err(e) => self.failed_attempt(current, e),
         }
+    }
+
+    /// The build itself is broken (an archive it may not unpack): nothing
+    /// was switched, and trying again would fail the same way. It is
+    /// given up like a build that failed its health check, so a paced
+    /// rollout hears of it, and not tried again while the channel names it.
+    fn give_up(&mut self, current: Option<BuildId>, build: &BuildId, e: Error) -> Outcome {
+        let error = e.to_string();
+        tracing::warn!(%build, %error, "giving up on the build");
+        self.state.failed = Some(FailedBuild {
+            build: build.clone(),
+            error: error.clone(),
+        });
+        if let Err(e) = self.save_state() {
+            tracing::warn!(error = %e, "cannot save the agent state");
+        }
+        self.set_status(current, AgentState::Failed, Some(error));
+        Outcome::Settled
     }
 
     /// Reports an attempt that failed before anything was switched; it is
@@ -457,6 +540,7 @@ impl Agent {
     async fn activate(&self, build: &BuildId) -> Result<(), String> {
         let version: Option<Version> = self.releases.version(build);
         let launch = Launch {
+            build: Some(build.clone()),
             cwd: self.releases.current_link(),
             env: vec![
                 (
@@ -489,13 +573,27 @@ impl Agent {
                 })?
                 .map_err(|e| format!("cannot run the activation hook: {e}"))?;
             if !status.success() {
-                return Err(format!("the activation hook exited with {status}"));
+                return Err(format!("the activation hook {}", supervisor::describe(status)));
             }
         }
-        if let Some(s) = &self.supervisor {
-            s.start(launch.clone()).await.map_err(|e| e.to_string())?;
-        }
-        self.health.wait(&launch, self.config.health_timeout).await
+        let Some(s) = &self.supervisor else {
+            return self.health.wait(&launch, self.config.health_timeout).await;
+        };
+        let mut exits = s.exits();
+        exits.borrow_and_update();
+        s.start(launch.clone()).await.map_err(|e| e.to_string())?;
+        self.health
+            .wait(&launch, self.config.health_timeout)
+            .await
+            .map_err(|reason| match exits.has_changed() {
+                // The process ended while the release was checked: that,
+                // more than a timeout, is why it is not healthy.
+                Ok(true) => match exits.borrow().as_ref() {
+                    Some(exit) => format!("{reason}; --exec {}{}", exit, stderr_hint(&exit.stderr)),
+                    None => reason,
+                },
+                _ => reason,
+            })
     }
 
     /// Deletes old releases and the blobs only they used. A failure here
@@ -523,18 +621,50 @@ impl Agent {
     }
 }
 
-/// Sends the agent's status at once when it changes and every `heartbeat`
-/// otherwise. A failed report is only logged: the next one carries the
-/// same facts.
-async fn report_loop(client: Client, base: AgentReport, heartbeat: Duration, mut status: watch::Receiver<Status>) {
+/// `: <the last line it wrote>` for an error message, or nothing.
+fn stderr_hint(stderr: &str) -> String {
+    stderr
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .map(|l| format!(": {}", l.trim()))
+        .unwrap_or_default()
+}
+
+/// Sends the agent's status at once when it (or the supervised process's
+/// last exit) changes, and every `heartbeat` otherwise. A failed report is
+/// only logged: the next one carries the same facts.
+async fn report_loop(
+    client: Client,
+    base: AgentReport,
+    heartbeat: Duration,
+    mut status: watch::Receiver<Status>,
+    mut exits: Option<watch::Receiver<Option<ProcessExit>>>,
+) {
+    let mut exit = None;
     loop {
-        let report = report(&base, status.borrow_and_update().clone());
+        if let Some(e) = exits.as_mut() {
+            exit = e.borrow_and_update().clone();
+        }
+        let report = report(&base, status.borrow_and_update().clone(), exit.clone());
         if let Err(e) = client.report(&report).await {
             tracing::debug!(error = %e, "cannot report to the server");
         }
+        let exited = async {
+            match exits.as_mut() {
+                Some(e) => e.changed().await,
+                None => std::future::pending().await,
+            }
+        };
+        let mut supervisor_gone = false;
         tokio::select! {
             changed = status.changed() => if changed.is_err() { return },
+            changed = exited => supervisor_gone = changed.is_err(),
             () = tokio::time::sleep(heartbeat) => {}
+        }
+        if supervisor_gone {
+            // Its last exit stays what it was; there will be no other.
+            exits = None;
         }
     }
 }
@@ -578,7 +708,7 @@ mod tests {
     }
 
     fn sent(agent: &Agent) -> AgentReport {
-        report(&agent.base_report(), agent.status.borrow().clone())
+        report(&agent.base_report(), agent.status.borrow().clone(), None)
     }
 
     /// The report names the build given up on for as long as the channel
@@ -621,6 +751,49 @@ mod tests {
         });
         a.apply(&channel(None)).await;
         assert_eq!(sent(&a).failed_build, None);
+    }
+
+    /// A channel that names another build but holds the agent back makes
+    /// it `waiting`, with the channel's reason; when the channel names what
+    /// runs again (or nothing), the agent is back to how it was.
+    #[tokio::test]
+    async fn waiting_is_reported_with_its_reason_and_left_when_the_channel_moves() {
+        let dir = tempfile::tempdir().unwrap();
+        let (running, next) = (id(1), id(2));
+        let mut a = agent(dir.path());
+        a.set_status(Some(running.clone()), AgentState::Healthy, None);
+        let held = |reason: Option<&str>| Channel {
+            waiting: reason.map(str::to_string),
+            ..channel(Some(next.clone()))
+        };
+        assert!(matches!(
+            a.apply(&held(Some("outside the maintenance windows"))).await,
+            Outcome::Settled
+        ));
+        let r = sent(&a);
+        assert_eq!((r.state, r.build.as_ref()), (AgentState::Waiting, Some(&running)));
+        assert_eq!(r.waiting.as_deref(), Some("outside the maintenance windows"));
+        // Another reason replaces the first; what it waited from stays.
+        a.apply(&held(None)).await;
+        let r = sent(&a);
+        assert_eq!(r.state, AgentState::Waiting);
+        assert_eq!(
+            r.waiting.as_deref(),
+            Some("the server does not let this agent update yet")
+        );
+        // Released back to what runs here: healthy on it, as before.
+        let mut back = channel(Some(running.clone()));
+        back.may_update = true;
+        std::fs::create_dir_all(dir.path().join("releases").join(running.as_str())).unwrap();
+        a.releases.switch(Some(&running)).unwrap();
+        a.apply(&back).await;
+        let r = sent(&a);
+        assert_eq!((r.state, r.waiting), (AgentState::Healthy, None));
+        // And when the environment runs nothing, a waiting agent stops too.
+        a.apply(&held(Some("rollout paced"))).await;
+        assert_eq!(sent(&a).state, AgentState::Waiting);
+        a.apply(&channel(None)).await;
+        assert_eq!(sent(&a).state, AgentState::Healthy);
     }
 
     #[tokio::test]

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use tug_core::{BuildId, Digest};
+use tug_core::{ArtifactName, BuildId, Digest};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -25,6 +25,8 @@ pub enum Error {
     },
     #[error("{path}: {message}")]
     State { path: PathBuf, message: String },
+    #[error("cannot unpack {artifact}: {why}")]
+    Archive { artifact: ArtifactName, why: String },
     #[error("build {build} did not become healthy: {reason}")]
     Unhealthy { build: BuildId, reason: String },
     #[error("cannot start the supervised process: {0}")]

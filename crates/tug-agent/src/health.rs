@@ -58,7 +58,10 @@ impl HealthCheck {
                 .await
                 .map_err(|e| format!("cannot run the health command: {e}"))?;
             if !status.success() {
-                return Err(format!("health command {cmd:?} exited with {status}"));
+                return Err(format!(
+                    "health command {cmd:?} {}",
+                    crate::supervisor::describe(status)
+                ));
             }
         }
         if let Some(url) = &self.url {
@@ -77,6 +80,7 @@ mod tests {
 
     fn launch(dir: &std::path::Path) -> Launch {
         Launch {
+            build: None,
             cwd: dir.to_path_buf(),
             env: vec![("WANT".into(), "ok".into())],
         }
@@ -113,7 +117,7 @@ mod tests {
             .wait(&launch(dir.path()), Duration::from_millis(500))
             .await
             .unwrap_err();
-        assert!(err.contains("exit status: 3"), "{err}");
+        assert!(err.ends_with("health command \"exit 3\" exited with code 3"), "{err}");
         assert!(started.elapsed() < Duration::from_secs(5));
     }
 

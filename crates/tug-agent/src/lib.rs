@@ -1,6 +1,6 @@
 //! The Tugboat deploy agent: follows one environment's channel on the
 //! server, fetches the blobs it lacks into a local content-addressed cache,
-//! assembles each release in its own directory, switches `current` to it
+//! assembles each release in its own directory (unpacking tarballs), switches `current` to it
 //! with an atomic rename, activates it (a hook and/or a supervised
 //! process), checks its health, rolls back on failure and reports its state.
 //!
@@ -29,6 +29,7 @@ mod health;
 mod release;
 mod state;
 mod supervisor;
+mod unpack;
 
 pub use agent::run;
 pub use config::{default_platform, AgentConfig};

@@ -1,8 +1,10 @@
 //! Releases on disk: assembling one from cached blobs, switching `current`
 //! to it, pruning old ones, and cleaning what a crash left behind.
 //!
-//! A release is assembled in `releases/<build>.tmp/`, fsynced, and renamed
-//! to `releases/<build>/`: a directory without `.tmp` is always complete.
+//! A release is assembled in `releases/<build>.tmp/` (plain artifacts
+//! linked or copied from the cache, then tarball artifacts unpacked, see
+//! `unpack`), fsynced, and renamed to `releases/<build>/`: a directory
+//! without `.tmp` is always complete, and a refused archive leaves nothing.
 //! `current` is a relative symlink (`releases/<build>`) replaced by renaming
 //! `current.new` over it, so at every instant, including after `kill -9`, it
 //! names a complete release or does not exist. Each release's artifact list
@@ -18,11 +20,12 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use tug_api::ChannelArtifact;
-use tug_core::{ArtifactKind, BuildId, Digest, Version};
+use tug_core::{file_mode, BuildId, Digest, Version};
 
 use crate::cache::Cache;
 use crate::error::{io, Error, Result};
 use crate::state::{sync_dir, write_atomic, State};
+use crate::unpack;
 
 const TMP_SUFFIX: &str = ".tmp";
 
@@ -143,7 +146,9 @@ impl Releases {
         let tmp = tmp.to_path_buf();
         let dest = self.dir(build);
         let mut dirs: HashSet<PathBuf> = HashSet::from([tmp.clone()]);
-        for a in artifacts {
+        let (archives, files): (Vec<_>, Vec<_>) = artifacts.iter().partition(|a| unpack::format(a).is_some());
+        let mut release = unpack::Release::new(&tmp);
+        for a in files {
             // ArtifactName is a validated relative path without `..` or
             // `.` segments, so the join stays inside the release.
             let path = tmp.join(a.name.as_str());
@@ -156,7 +161,23 @@ impl Releases {
                     }
                 }
             }
-            place(&cache.path(&a.digest), &path, mode_of(a.kind))?;
+            place(&cache.path(&a.digest), &path, file_mode(a.kind, a.executable))?;
+            release.placed(&a.name);
+        }
+        let mut archives = archives;
+        archives.sort_by(|a, b| a.name.cmp(&b.name));
+        for a in archives {
+            if let Some(compression) = unpack::format(a) {
+                release.unpack(&cache.path(&a.digest), &a.name, compression)?;
+            }
+        }
+        release.check_links()?;
+        if release.unpacked() {
+            // Unpacked files were written here, not linked from the
+            // verified cache: flush them (and every directory) with one
+            // call rather than one per file.
+            let dir = std::fs::File::open(&tmp).map_err(io(&tmp))?;
+            nix::unistd::syncfs(&dir).map_err(|e| io(&tmp)(e.into()))?;
         }
         for d in &dirs {
             sync_dir(d)?;
@@ -290,14 +311,6 @@ impl Releases {
     }
 }
 
-fn mode_of(kind: ArtifactKind) -> u32 {
-    if kind == ArtifactKind::Binary {
-        0o755
-    } else {
-        0o644
-    }
-}
-
 /// Puts the cached blob `src` at `dest` with `mode`: a hard link when the
 /// blob's mode can be set without changing another release's file (the
 /// link shares the inode), a copy otherwise or across file systems.
@@ -320,7 +333,7 @@ fn place(src: &Path, dest: &Path, mode: u32) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tug_core::ArtifactName;
+    use tug_core::{ArtifactKind, ArtifactName};
 
     fn artifact(name: &str, kind: ArtifactKind, bytes: &[u8], cache: &Cache) -> ChannelArtifact {
         let digest = Digest::of(bytes);
@@ -332,6 +345,7 @@ mod tests {
             digest,
             size: bytes.len() as u64,
             url: format!("/v1/blobs/{digest}"),
+            executable: false,
         }
     }
 
@@ -354,6 +368,12 @@ mod tests {
             // The same bytes as a binary and as data: the second must not
             // change the first's mode through a shared inode.
             artifact("data/copy", ArtifactKind::Other, b"#!/bin/sh\n", &cache),
+            // Pushed with its executable bit: the same bytes as the
+            // configuration file, and a mode of its own.
+            ChannelArtifact {
+                executable: true,
+                ..artifact("bin/tool", ArtifactKind::Other, b"x=1\n", &cache)
+            },
         ];
         let b = id(1);
         let path = rel
@@ -363,6 +383,7 @@ mod tests {
         assert_eq!(mode(&path.join("bin/app")), 0o755);
         assert_eq!(mode(&path.join("etc/app.conf")), 0o644);
         assert_eq!(mode(&path.join("data/copy")), 0o644);
+        assert_eq!(mode(&path.join("bin/tool")), 0o755);
         assert_eq!(std::fs::read(path.join("data/copy")).unwrap(), b"#!/bin/sh\n");
         assert!(!dir.path().join("releases").join(format!("{b}.tmp")).exists());
         assert_eq!(rel.version(&b).unwrap().to_string(), "1.2.3");

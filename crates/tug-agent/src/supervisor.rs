@@ -9,18 +9,29 @@
 //! running: the next agent on the directory stops that group
 //! ([`stop_stale`]) before it starts its own.
 //!
+//! The child's stderr goes through the supervisor to the agent's own
+//! stderr, which keeps its end: when the child exits on its own, the exit
+//! (its code, or the signal that killed it) and the last lines it wrote
+//! are published to the agent's reports (`exits`), because "the health
+//! check timed out" does not say that the program could not even start.
+//!
 //! It does not decide what runs: the agent tells it which release to run
 //! and when.
 
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
-use tokio::process::{Child, Command};
-use tokio::sync::{mpsc, oneshot};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, ChildStderr, Command};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
+use tug_api::ProcessExit;
+use tug_core::BuildId;
 
 use crate::error::{Error, Result};
 use crate::state::write_atomic;
@@ -35,11 +46,20 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// A child that ran this long before exiting is restarted without the
 /// back-off its earlier exits built up.
 const STABLE_AFTER: Duration = Duration::from_secs(10);
+/// The end of a child's stderr kept for the report: this many bytes...
+const TAIL_BYTES: usize = 4096;
+/// ...and of those, this many lines.
+const TAIL_LINES: usize = 20;
+/// How long an exited child's stderr may take to reach its end (what the
+/// group's other processes still write) before the exit is published.
+const TAIL_WAIT: Duration = Duration::from_secs(1);
 
 /// How to start the process: the working directory and the environment
 /// (`TUG_RELEASE_DIR`, `TUG_BUILD`, `TUG_VERSION`) beyond the agent's own.
 #[derive(Debug, Clone)]
 pub struct Launch {
+    /// The build the process runs, for the report of its exit.
+    pub build: Option<BuildId>,
     pub cwd: PathBuf,
     pub env: Vec<(String, String)>,
 }
@@ -56,14 +76,22 @@ enum Request {
 pub struct Supervisor {
     tx: mpsc::Sender<Request>,
     task: tokio::task::JoinHandle<()>,
+    exits: watch::Receiver<Option<ProcessExit>>,
 }
 
 impl Supervisor {
     /// A supervisor that records the group it runs in `pid_file`.
     pub fn new(command: String, max_backoff: Duration, pid_file: PathBuf) -> Supervisor {
         let (tx, rx) = mpsc::channel(8);
-        let task = tokio::spawn(supervise(command, max_backoff.max(FIRST_BACKOFF), pid_file, rx));
-        Supervisor { tx, task }
+        let (exited, exits) = watch::channel(None);
+        let task = tokio::spawn(supervise(command, max_backoff.max(FIRST_BACKOFF), pid_file, rx, exited));
+        Supervisor { tx, task, exits }
+    }
+
+    /// How the child last ended on its own (not stopped by the agent),
+    /// updated at each such exit.
+    pub fn exits(&self) -> watch::Receiver<Option<ProcessExit>> {
+        self.exits.clone()
     }
 
     /// Stops the running child (if any) and starts one for `launch`.
@@ -108,6 +136,11 @@ struct Running {
     pgid: Pid,
     started: Instant,
     pid_file: PathBuf,
+    build: Option<BuildId>,
+    /// The end of what the group wrote to stderr.
+    tail: Arc<Mutex<Vec<u8>>>,
+    /// Copies the group's stderr to the agent's until every writer is gone.
+    stderr: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
@@ -264,16 +297,22 @@ pub async fn stop_stale(pid_file: &Path, releases: &Path) -> Result<Option<i32>>
 }
 
 fn spawn(command: &str, launch: &Launch, pid_file: &Path) -> Result<Running> {
-    let child = Command::new("sh")
+    let mut child = Command::new("sh")
         .arg("-c")
         .arg(command)
         .current_dir(&launch.cwd)
         .envs(launch.env.iter().map(|(k, v)| (k, v)))
         .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .map_err(Error::Spawn)?;
+    let tail = Arc::new(Mutex::new(Vec::new()));
+    let stderr = match child.stderr.take() {
+        Some(pipe) => tokio::spawn(copy_stderr(pipe, tail.clone())),
+        None => tokio::spawn(async {}),
+    };
     let pid = child
         .id()
         .ok_or_else(|| Error::Spawn(std::io::Error::other("the child exited before its pid was read")))?;
@@ -285,7 +324,92 @@ fn spawn(command: &str, launch: &Launch, pid_file: &Path) -> Result<Running> {
         pgid,
         started: Instant::now(),
         pid_file: pid_file.to_path_buf(),
+        build: launch.build.clone(),
+        tail,
+        stderr: Some(stderr),
     })
+}
+
+/// Copies a child's stderr to the agent's own, keeping its last
+/// [`TAIL_BYTES`] in `tail`. Ends when every process holding the pipe is
+/// gone.
+async fn copy_stderr(mut pipe: ChildStderr, tail: Arc<Mutex<Vec<u8>>>) {
+    let mut out = tokio::io::stderr();
+    let mut buf = vec![0u8; 8192];
+    loop {
+        let n = match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        // The agent's stderr is where the child's went before; failing to
+        // write it must not stop the child (nor the tail).
+        let _ = out.write_all(&buf[..n]).await;
+        if let Ok(mut t) = tail.lock() {
+            t.extend_from_slice(&buf[..n]);
+            if t.len() > 2 * TAIL_BYTES {
+                let cut = t.len() - TAIL_BYTES;
+                t.drain(..cut);
+            }
+        }
+    }
+}
+
+/// The last [`TAIL_LINES`] lines of the last [`TAIL_BYTES`] bytes of
+/// `bytes`, as text.
+fn tail_text(bytes: &[u8]) -> String {
+    let bytes = &bytes[bytes.len().saturating_sub(TAIL_BYTES)..];
+    let text = String::from_utf8_lossy(bytes);
+    let text = text.trim_end_matches('\n');
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n")
+}
+
+/// What an exit status says: the code, or the name of the signal.
+pub fn exit_of(status: std::process::ExitStatus) -> (Option<i32>, Option<String>) {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => (Some(code), None),
+        (None, Some(sig)) => {
+            let name = Signal::try_from(sig).map_or_else(|_| format!("signal {sig}"), |s| s.as_str().to_string());
+            (None, Some(name))
+        }
+        (None, None) => (None, None),
+    }
+}
+
+/// `exited with code 126`, `killed by signal SIGKILL`: for logs and
+/// reports, instead of `ExitStatus(unix_wait_status(32256))`.
+pub fn describe(status: std::process::ExitStatus) -> String {
+    let (code, signal) = exit_of(status);
+    ProcessExit {
+        build: None,
+        code,
+        signal,
+        at: chrono::Utc::now(),
+        stderr: String::new(),
+    }
+    .to_string()
+}
+
+/// Turns a child that exited on its own into its report: the group is
+/// stopped (dropping `running`), what it wrote last is collected.
+async fn ended(mut running: Running, status: std::io::Result<std::process::ExitStatus>) -> ProcessExit {
+    let (code, signal) = match status {
+        Ok(status) => exit_of(status),
+        Err(_) => (None, None),
+    };
+    let (tail, build, copying) = (running.tail.clone(), running.build.clone(), running.stderr.take());
+    drop(running);
+    if let Some(copying) = copying {
+        let _ = tokio::time::timeout(TAIL_WAIT, copying).await;
+    }
+    let stderr = tail.lock().map(|t| tail_text(&t)).unwrap_or_default();
+    ProcessExit {
+        build,
+        code,
+        signal,
+        at: chrono::Utc::now(),
+        stderr,
+    }
 }
 
 /// Waits for the child to exit, or forever when there is none.
@@ -296,7 +420,13 @@ async fn exited(running: &mut Option<Running>) -> std::io::Result<std::process::
     }
 }
 
-async fn supervise(command: String, max_backoff: Duration, pid_file: PathBuf, mut rx: mpsc::Receiver<Request>) {
+async fn supervise(
+    command: String,
+    max_backoff: Duration,
+    pid_file: PathBuf,
+    mut rx: mpsc::Receiver<Request>,
+    exits: watch::Sender<Option<ProcessExit>>,
+) {
     let mut running: Option<Running> = None;
     let mut launch: Option<Launch> = None;
     let mut restart_at: Option<Instant> = None;
@@ -335,13 +465,16 @@ async fn supervise(command: String, max_backoff: Duration, pid_file: PathBuf, mu
                 }
             },
             status = exited(&mut running) => {
-                let ran = running.as_ref().map(|r| r.started.elapsed()).unwrap_or_default();
-                // Kill what the shell left in its group before replacing it.
-                running = None;
+                let Some(r) = running.take() else { continue };
+                let ran = r.started.elapsed();
                 if ran >= STABLE_AFTER {
                     backoff = FIRST_BACKOFF;
                 }
-                tracing::warn!(?status, ?backoff, "supervised process exited; restarting it");
+                // Dropping it kills what the shell left in its group.
+                let exit = ended(r, status).await;
+                let build = exit.build.as_ref().map(|b| b.to_string()).unwrap_or_default();
+                tracing::warn!(build, "supervised process {exit}; restarting it in {backoff:?}");
+                exits.send_replace(Some(exit));
                 restart_at = Some(Instant::now() + backoff);
                 backoff = (backoff * 2).min(max_backoff);
             },
@@ -404,6 +537,7 @@ mod tests {
         let pid_file = dir.path().join(PID_FILE);
         let sup = Supervisor::new(cmd, Duration::from_millis(200), pid_file.clone());
         let launch = |b: &str| Launch {
+            build: None,
             cwd: dir.path().to_path_buf(),
             env: vec![("TUG_BUILD".into(), b.into())],
         };
@@ -507,6 +641,65 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_tail_is_the_last_lines_of_the_last_bytes() {
+        let many: String = (1..=30).map(|i| format!("line {i}\n")).collect();
+        let tail = tail_text(many.as_bytes());
+        assert_eq!(tail.lines().count(), 20);
+        assert!(tail.starts_with("line 11\n") && tail.ends_with("line 30"), "{tail}");
+        let long = "x".repeat(10_000);
+        assert_eq!(tail_text(long.as_bytes()).len(), TAIL_BYTES);
+        assert_eq!(tail_text(b"no newline"), "no newline");
+        assert_eq!(tail_text(b""), "");
+    }
+
+    #[tokio::test]
+    async fn exits_are_described_by_code_or_signal() {
+        let status = |cmd: &str| std::process::Command::new("sh").arg("-c").arg(cmd).status().unwrap();
+        assert_eq!(describe(status("exit 126")), "exited with code 126");
+        assert_eq!(describe(status("kill -KILL $$")), "killed by signal SIGKILL");
+        assert_eq!(exit_of(status("kill -TERM $$")), (None, Some("SIGTERM".to_string())));
+    }
+
+    /// A child that exits on its own is reported with how it ended and
+    /// the end of its stderr; one the agent stops is not.
+    #[tokio::test]
+    async fn an_exit_is_published_with_the_end_of_stderr() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("ran");
+        let cmd = format!(
+            "if [ -e {m} ]; then exec sleep 30; fi; touch {m}; echo starting >&2; echo ./web-server: Permission denied >&2; exit 126",
+            m = marker.display()
+        );
+        let sup = Supervisor::new(cmd, Duration::from_millis(100), dir.path().join(PID_FILE));
+        let mut exits = sup.exits();
+        let build = BuildId::parse("0190c3f2-6a2b-7d4e-9f10-2b3c4d5e6f70").unwrap();
+        sup.start(Launch {
+            build: Some(build.clone()),
+            cwd: dir.path().to_path_buf(),
+            env: Vec::new(),
+        })
+        .await
+        .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), exits.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        let exit = exits.borrow_and_update().clone().unwrap();
+        assert_eq!((exit.code, exit.signal.as_deref()), (Some(126), None));
+        assert_eq!(exit.build, Some(build));
+        assert_eq!(exit.stderr, "starting\n./web-server: Permission denied");
+        assert_eq!(exit.to_string(), "exited with code 126");
+        // Restarted, it stays up; stopping it is not an exit of its own.
+        until("the restart", || sup_running(&dir)).await;
+        sup.stop().await;
+        assert!(!exits.has_changed().unwrap());
+    }
+
+    fn sup_running(dir: &tempfile::TempDir) -> bool {
+        dir.path().join(PID_FILE).exists()
+    }
+
     #[tokio::test]
     async fn a_child_that_keeps_exiting_is_restarted() {
         let dir = tempfile::tempdir().unwrap();
@@ -517,6 +710,7 @@ mod tests {
             dir.path().join(PID_FILE),
         );
         sup.start(Launch {
+            build: None,
             cwd: dir.path().to_path_buf(),
             env: Vec::new(),
         })

@@ -10,7 +10,7 @@
 //! - `GET|POST /v1/builds`, `GET /v1/builds/{id-or-digest}`,
 //!   `GET /v1/builds/{id}/manifest`, `POST /v1/builds/{id}/artifacts`,
 //!   `POST /v1/builds/{id}/seal`
-//! - `POST /v1/admin/fsck`, `POST /v1/admin/gc`
+//! - `POST /v1/admin/fsck[?repair=true]`, `POST /v1/admin/gc`
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -187,6 +187,19 @@ pub struct CorruptBlob {
     /// What the stored bytes hash to now.
     pub actual: Digest,
     pub size: u64,
+    /// Where `repair` moved the bytes (outside the blobs, kept for
+    /// inspection); the digest is then missing until uploaded again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moved_to: Option<String>,
+}
+
+/// Query of `POST /v1/admin/fsck`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FsckQuery {
+    /// Move corrupt blobs aside so the next upload stores them again.
+    #[serde(default)]
+    pub repair: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -194,8 +207,15 @@ pub struct FsckReport {
     pub checked: u64,
     pub bytes: u64,
     pub corrupt: Vec<CorruptBlob>,
-    /// Digests that builds refer to but the store lacks.
+    /// Digests that builds refer to but the store lacks (after a repair,
+    /// including those it moved aside).
     pub missing: Vec<Digest>,
+    /// The artifacts that need a corrupt or missing blob, by digest.
+    #[serde(default)]
+    pub needed_by: Vec<tug_core::BlobUse>,
+    /// Whether corrupt blobs were moved aside.
+    #[serde(default)]
+    pub repaired: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -204,18 +224,21 @@ pub struct GcRequest {
     /// Report what would be removed, remove nothing.
     #[serde(default)]
     pub dry_run: bool,
-    /// Overrides the server's `draft_max_age` (seconds).
+    /// Overrides the server's `draft_max_age` (seconds, at most 100 years).
     #[serde(default)]
     pub draft_max_age_secs: Option<u64>,
-    /// Overrides the server's `gc_grace` (seconds).
+    /// Overrides the server's `gc_grace` (seconds, at most 100 years).
     #[serde(default)]
     pub grace_secs: Option<u64>,
 }
 
+/// What gc did, or in a dry run exactly what it would do.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GcReport {
     pub dry_run: bool,
+    /// Drafts abandoned (or that would be), by id.
     pub abandoned_drafts: Vec<BuildId>,
+    /// Blobs deleted (or that would be), by digest.
     pub deleted: Vec<Digest>,
     pub freed_bytes: u64,
     pub kept: u64,
@@ -661,6 +684,9 @@ pub struct ChannelArtifact {
     pub size: u64,
     /// Where to GET the bytes, relative to the server (`/v1/blobs/<digest>`).
     pub url: String,
+    /// Install it with its executable bits (omitted when false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub executable: bool,
 }
 
 /// `GET /v1/channels/{service}/{env}?platform=…[&wait=60s]`: what the
@@ -698,10 +724,78 @@ pub struct Channel {
 #[serde(rename_all = "lowercase")]
 pub enum AgentState {
     Idle,
+    /// The channel names a build the agent may not take yet (outside a
+    /// maintenance window, or before the rollout lets it go); the report's
+    /// `waiting` says why. What it runs keeps running.
+    Waiting,
     Downloading,
     Activating,
     Healthy,
     Failed,
+}
+
+impl AgentState {
+    pub const ALL: [AgentState; 6] = [
+        AgentState::Idle,
+        AgentState::Waiting,
+        AgentState::Downloading,
+        AgentState::Activating,
+        AgentState::Healthy,
+        AgentState::Failed,
+    ];
+
+    /// The one text form, on the wire and in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentState::Idle => "idle",
+            AgentState::Waiting => "waiting",
+            AgentState::Downloading => "downloading",
+            AgentState::Activating => "activating",
+            AgentState::Healthy => "healthy",
+            AgentState::Failed => "failed",
+        }
+    }
+
+    /// The state named `s`; `None` for anything else (never a default).
+    pub fn parse(s: &str) -> Option<AgentState> {
+        AgentState::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for AgentState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How the process an agent supervises (`--exec`) last ended on its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessExit {
+    /// The build it ran.
+    #[serde(default)]
+    pub build: Option<BuildId>,
+    /// Its exit code, when it exited.
+    #[serde(default)]
+    pub code: Option<i32>,
+    /// The signal that killed it (`SIGKILL`), when one did.
+    #[serde(default)]
+    pub signal: Option<String>,
+    pub at: DateTime<Utc>,
+    /// The last lines it wrote to stderr (at most 20 lines, 4 KiB).
+    #[serde(default)]
+    pub stderr: String,
+}
+
+impl std::fmt::Display for ProcessExit {
+    /// `exited with code 126`, `killed by signal SIGKILL`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.code, &self.signal) {
+            (Some(code), _) => write!(f, "exited with code {code}"),
+            (None, Some(signal)) => write!(f, "killed by signal {signal}"),
+            (None, None) => f.write_str("exited"),
+        }
+    }
 }
 
 /// `POST /v1/agents/report`: an agent's heartbeat and state.
@@ -725,6 +819,12 @@ pub struct AgentReport {
     /// check failed and it went back): what halts a paced rollout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed_build: Option<BuildId>,
+    /// Why, when `waiting`: what the channel said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
+    /// How the supervised process last ended on its own, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit: Option<ProcessExit>,
 }
 
 /// An agent as the fleet view shows it.

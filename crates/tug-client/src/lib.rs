@@ -76,6 +76,9 @@ pub struct PushItem {
     pub kind: ArtifactKind,
     pub platform: Option<Platform>,
     pub derived_from: Vec<DerivedFrom>,
+    /// The file is a program (on disk it has an executable bit): it is
+    /// materialised with its executable bits where it is pulled or deployed.
+    pub executable: bool,
 }
 
 /// What a push did.
@@ -90,6 +93,10 @@ pub struct PushReport {
     pub skipped_bytes: u64,
     /// Artifacts that were new to the build.
     pub registered: u64,
+    /// The build was sealed: the files were its own artifacts, nothing was
+    /// registered, and only the blobs the store lacked (moved aside by
+    /// `fsck --repair`, say) were uploaded again.
+    pub sealed_build: bool,
 }
 
 /// What a pull did.
@@ -579,17 +586,23 @@ impl Client {
             size,
             digest: *digest,
             derived_from: Vec::new(),
+            executable: false,
         };
         let dir = dest
             .parent()
             .ok_or_else(|| Error::Protocol("destination has no directory".into()))?;
-        Ok(self.pull_one(&spec, dir, None).await?.unwrap_or(0))
+        // The cache's files keep the mode they have: releases hard-link
+        // them, and set the mode they need themselves.
+        Ok(self.pull_one(&spec, dir, None, None).await?.unwrap_or(0))
     }
 
     // ---- maintenance ----
 
-    pub async fn fsck(&self) -> Result<FsckReport> {
-        self.json(self.request(Method::POST, "/v1/admin/fsck")).await
+    /// Checks every blob; with `repair`, moves corrupt ones aside so they
+    /// can be uploaded again.
+    pub async fn fsck(&self, query: &tug_api::FsckQuery) -> Result<FsckReport> {
+        self.json(self.request(Method::POST, "/v1/admin/fsck").query(query))
+            .await
     }
 
     pub async fn gc(&self, req: &GcRequest) -> Result<GcReport> {
@@ -675,6 +688,11 @@ impl Client {
     /// Pushes files into a draft: hashes them, asks which blobs the server
     /// lacks, uploads only those (`concurrency` at once), then registers the
     /// artifacts. Many pushes may fill one draft at the same time.
+    ///
+    /// Into a sealed build, each file must be one of its artifacts (same
+    /// name and content): nothing is registered, and the blobs the store
+    /// lacks are uploaded again. That is how a blob that `fsck --repair`
+    /// moved aside is restored.
     pub async fn push(
         &self,
         build: &str,
@@ -685,17 +703,32 @@ impl Client {
         // Fail before hashing and uploading gigabytes into a build that can
         // no longer change (the server checks again when registering).
         let target = self.build(build).await?;
-        if target.state != tug_core::BuildState::Draft {
-            return Err(Error::Api {
-                status: 409,
-                code: "build_not_draft".into(),
-                message: format!(
-                    "build {} is {} and can no longer change; create a new build",
-                    target.id, target.state
-                ),
-            });
-        }
+        let not_draft = |why: String| Error::Api {
+            status: 409,
+            code: "build_not_draft".into(),
+            message: format!(
+                "build {} is {} and can no longer change{why}; create a new build",
+                target.id, target.state
+            ),
+        };
+        let sealed = match target.state {
+            tug_core::BuildState::Draft => false,
+            tug_core::BuildState::Sealed => true,
+            tug_core::BuildState::Abandoned => return Err(not_draft(String::new())),
+        };
         let hashed = hash_files(items.iter().map(|i| i.path.clone()).collect()).await?;
+        if sealed {
+            let artifacts = target.artifacts.as_deref().unwrap_or_default();
+            for (item, (digest, _)) in items.iter().zip(&hashed) {
+                if !artifacts.iter().any(|a| a.name == item.name && a.digest == *digest) {
+                    return Err(not_draft(format!(
+                        " ({} is not its artifact {} as sealed)",
+                        item.path.display(),
+                        item.name
+                    )));
+                }
+            }
+        }
         let mut seen = std::collections::HashSet::new();
         let mut unique: Vec<(Digest, u64, PathBuf)> = Vec::new();
         for (item, (digest, size)) in items.iter().zip(&hashed) {
@@ -707,6 +740,7 @@ impl Client {
         let missing: std::collections::HashSet<Digest> = self.missing_blobs(&digests).await?.into_iter().collect();
         let mut report = PushReport {
             artifacts: items.len(),
+            sealed_build: sealed,
             ..Default::default()
         };
         let to_send: Vec<(Digest, u64, PathBuf)> = unique.into_iter().filter(|(d, _, _)| missing.contains(d)).collect();
@@ -729,6 +763,9 @@ impl Client {
             .buffer_unordered(concurrency.max(1))
             .try_collect::<Vec<_>>()
             .await?;
+        if sealed {
+            return Ok(report);
+        }
         let specs: Vec<ArtifactSpec> = items
             .into_iter()
             .zip(hashed)
@@ -739,6 +776,7 @@ impl Client {
                 size,
                 digest,
                 derived_from: item.derived_from,
+                executable: item.executable,
             })
             .collect();
         for chunk in specs.chunks(REGISTER_BATCH) {
@@ -775,7 +813,8 @@ impl Client {
         let results = futures::stream::iter(chosen)
             .map(|a| {
                 let progress = hooks.progress.clone();
-                async move { self.pull_one(&a, dir, progress).await }
+                let mode = tug_core::file_mode(a.kind, a.executable);
+                async move { self.pull_one(&a, dir, progress, Some(mode)).await }
             })
             .buffer_unordered(DEFAULT_CONCURRENCY)
             .try_collect::<Vec<_>>()
@@ -792,7 +831,15 @@ impl Client {
     }
 
     /// Returns the bytes downloaded, or `None` if the file was up to date.
-    async fn pull_one(&self, a: &ArtifactSpec, dir: &Path, progress: Option<Progress>) -> Result<Option<u64>> {
+    /// With `mode`, the file ends up with that mode (an executable artifact
+    /// is pulled executable, also when it was there already).
+    async fn pull_one(
+        &self,
+        a: &ArtifactSpec,
+        dir: &Path,
+        progress: Option<Progress>,
+        mode: Option<u32>,
+    ) -> Result<Option<u64>> {
         // ArtifactName is a validated relative path without `..`, so the
         // join stays inside `dir`.
         let dest = dir.join(a.name.as_str());
@@ -812,6 +859,7 @@ impl Client {
             if let Some(p) = &progress {
                 p(a.size);
             }
+            set_mode(&dest, mode).await?;
             return Ok(None);
         }
         let part = PathBuf::from(format!("{}.part", dest.display()));
@@ -869,9 +917,22 @@ impl Client {
                 actual,
             });
         }
+        set_mode(&part, mode).await?;
         tokio::fs::rename(&part, &dest).await.map_err(io(&dest))?;
         Ok(Some(downloaded))
     }
+}
+
+/// Gives a pulled file its artifact's mode, if one is asked for.
+async fn set_mode(path: &Path, mode: Option<u32>) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(mode) = mode else { return Ok(()) };
+    tokio::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .await
+        .map_err(|source| Error::Io {
+            path: path.into(),
+            source,
+        })
 }
 
 /// Percent-encodes a path segment.

@@ -104,6 +104,7 @@ mod tests {
             size: body.len() as u64,
             digest: Digest::of(body.as_bytes()),
             derived_from: vec![],
+            executable: false,
         }
     }
 

@@ -140,6 +140,7 @@ mod tests {
             size: 1,
             digest: Digest::of(name.as_bytes()),
             derived_from: from.iter().map(|f| DerivedFrom::parse(f).unwrap()).collect(),
+            executable: false,
         }
     }
 

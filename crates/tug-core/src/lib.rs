@@ -22,8 +22,8 @@ pub mod versioning;
 pub use access::{BuildAccess, Reader, ScopeError, Sight};
 pub use digest::{Digest, DigestError, Hasher};
 pub use manifest::{
-    ArtifactKind, ArtifactSpec, BuildManifest, BuildSource, BuildState, CiRun, DerivedFrom, Draft, ManifestArtifact,
-    SealError,
+    file_mode, ArtifactKind, ArtifactSpec, BlobUse, BuildManifest, BuildSource, BuildState, CiRun, DerivedFrom, Draft,
+    ManifestArtifact, SealError,
 };
 pub use names::{ArtifactName, BuildId, CommitId, NameError, Platform, ServiceName, TokenName, Version};
 pub use pipeline::{

@@ -192,6 +192,41 @@ pub struct ArtifactSpec {
     pub digest: Digest,
     #[serde(default)]
     pub derived_from: Vec<DerivedFrom>,
+    /// The file is a program: materialised with its executable bits
+    /// (0755 rather than 0644). Omitted when false.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub executable: bool,
+}
+
+/// Keeps `executable: false` out of JSON, so artifacts and manifests
+/// written before the field existed read and hash the same.
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// The mode a file of an artifact gets where it is written out (`tug pull`,
+/// an agent's release): only the permission bits a release may sensibly
+/// carry, never setuid, setgid or sticky. A `binary` artifact is a program
+/// whether or not it was pushed with its executable bit.
+pub fn file_mode(kind: ArtifactKind, executable: bool) -> u32 {
+    if executable || kind == ArtifactKind::Binary {
+        0o755
+    } else {
+        0o644
+    }
+}
+
+/// An artifact of a build that needs a blob: what fsck names for a blob
+/// that is damaged or missing, so an operator knows which files to push
+/// again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobUse {
+    pub digest: Digest,
+    pub build: BuildId,
+    pub service: ServiceName,
+    pub version: Version,
+    pub state: BuildState,
+    pub artifact: ArtifactName,
 }
 
 /// Where a build's code came from.
@@ -220,6 +255,10 @@ pub struct CiRun {
 pub struct ManifestArtifact {
     pub derived_from: Vec<Digest>,
     pub digest: Digest,
+    /// Omitted when false, so the manifests of builds sealed before it
+    /// existed keep their bytes and digests.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub executable: bool,
     pub kind: ArtifactKind,
     pub name: ArtifactName,
     pub platform: Option<Platform>,
@@ -313,6 +352,7 @@ impl BuildManifest {
             artifacts.push(ManifestArtifact {
                 derived_from: derived.into_iter().collect(),
                 digest: a.digest,
+                executable: a.executable,
                 kind: a.kind,
                 name: a.name.clone(),
                 platform: a.platform.clone(),
@@ -354,6 +394,7 @@ mod tests {
             size: body.len() as u64,
             digest: Digest::of(body),
             derived_from: from.iter().map(|f| DerivedFrom::parse(f).unwrap()).collect(),
+            executable: false,
         }
     }
 
@@ -396,6 +437,42 @@ mod tests {
         assert!(text.starts_with(r#"{"artifacts":[{"derived_from":[],"digest":"sha256:ca978112ca1bbdcafac231b39a23dc4da786eff8147c4e72b9807785afee48bb","kind":"other","name":"a.bin","platform":"linux/amd64","size":1}],"build":"0190c3f2-6a2b-7d4e-9f10-2b3c4d5e6f70","ci":{"builder_image":null,"url":null},"created_at":"2026-11-22T00:00:00Z","schema":1,"service":"api","source":{"author":null,"branch":"master","#), "{text}");
         let back: BuildManifest = serde_json::from_slice(&m.canonical_bytes()).unwrap();
         assert_eq!(back, m);
+    }
+
+    /// Builds sealed before artifacts carried their executable bit keep
+    /// their manifest bytes, so their manifest digests stay valid; an
+    /// executable artifact says so, in the field's alphabetical place.
+    #[test]
+    fn executable_is_in_the_manifest_only_when_set() {
+        let plain = seal(&[spec("a.bin", b"a", &[])], &[]).unwrap();
+        let text = String::from_utf8(plain.canonical_bytes()).unwrap();
+        assert!(!text.contains("executable"), "{text}");
+        let old: BuildManifest = serde_json::from_str(&text).unwrap();
+        assert_eq!(old.digest(), plain.digest());
+
+        let mut program = spec("a.bin", b"a", &[]);
+        program.executable = true;
+        let exec = seal(&[program], &[]).unwrap();
+        let text = String::from_utf8(exec.canonical_bytes()).unwrap();
+        assert!(
+            text.contains(r#""digest":"sha256:ca978112ca1bbdcafac231b39a23dc4da786eff8147c4e72b9807785afee48bb","executable":true,"kind":"other""#),
+            "{text}"
+        );
+        assert_ne!(exec.digest(), plain.digest());
+        let back: BuildManifest = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, exec);
+    }
+
+    #[test]
+    fn file_modes_carry_only_permission_bits() {
+        assert_eq!(file_mode(ArtifactKind::Other, false), 0o644);
+        assert_eq!(file_mode(ArtifactKind::Tarball, true), 0o755);
+        assert_eq!(file_mode(ArtifactKind::Binary, false), 0o755);
+        for kind in ArtifactKind::ALL {
+            for exec in [false, true] {
+                assert_eq!(file_mode(kind, exec) & !0o777, 0, "{kind} {exec}");
+            }
+        }
     }
 
     #[test]

@@ -139,6 +139,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     size: a.size,
                     digest,
                     derived_from: Vec::new(),
+                    executable: false,
                 })
             })
             .collect::<Result<_, tug_core::NameError>>()?;

@@ -5,7 +5,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 use tug_core::{BuildId, EnvName, Platform, ServiceName};
 
-use crate::{millis, opt_parse, parse, Db, Result};
+use crate::{millis, opt_parse, parse, Db, Error, Result};
 
 /// An agent's newest report.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,13 +17,27 @@ pub struct AgentRow {
     pub platform: Platform,
     pub agent_version: String,
     pub build: Option<BuildId>,
-    /// idle, downloading, activating, healthy or failed.
+    /// idle, waiting, downloading, activating, healthy or failed.
     pub state: String,
     pub error: Option<String>,
     /// The build the agent tried and gave up on.
     pub failed_build: Option<BuildId>,
+    /// Why it waits, when `waiting`.
+    pub waiting: Option<String>,
+    /// How its supervised process last ended on its own.
+    pub exit: Option<ExitRow>,
     pub first_seen: DateTime<Utc>,
     pub last_seen: DateTime<Utc>,
+}
+
+/// How an agent's supervised process ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExitRow {
+    pub build: Option<BuildId>,
+    pub code: Option<i32>,
+    pub signal: Option<String>,
+    pub at: DateTime<Utc>,
+    pub stderr: String,
 }
 
 fn agent_from_row(r: &AnyRow) -> Result<AgentRow> {
@@ -38,23 +52,40 @@ fn agent_from_row(r: &AnyRow) -> Result<AgentRow> {
         state: r.try_get("state")?,
         error: r.try_get("error")?,
         failed_build: opt_parse(r.try_get("failed_build")?, BuildId::parse)?,
+        waiting: r.try_get("waiting")?,
+        exit: match r.try_get::<Option<i64>, _>("exit_at")? {
+            None => None,
+            Some(at) => Some(ExitRow {
+                build: opt_parse(r.try_get("exit_build")?, BuildId::parse)?,
+                code: r
+                    .try_get::<Option<i64>, _>("exit_code")?
+                    .map(|c| i32::try_from(c).map_err(|e| Error::Corrupt(format!("exit code {c}: {e}"))))
+                    .transpose()?,
+                signal: r.try_get("exit_signal")?,
+                at: millis(at)?,
+                stderr: r.try_get::<Option<String>, _>("exit_stderr")?.unwrap_or_default(),
+            }),
+        },
         first_seen: millis(r.try_get("first_seen")?)?,
         last_seen: millis(r.try_get("last_seen")?)?,
     })
 }
 
 const COLUMNS: &str = "agent_id, service, environment, hostname, platform, agent_version, build_id, state, error, \
-     failed_build, first_seen, last_seen";
+     failed_build, waiting, exit_build, exit_code, exit_signal, exit_at, exit_stderr, first_seen, last_seen";
 
 impl Db {
     /// Stores an agent's report (its first, or a newer one).
     pub async fn upsert_agent(&self, a: &AgentRow) -> Result<()> {
         sqlx::query(&format!(
-            "INSERT INTO agents ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11) \
+            "INSERT INTO agents ({COLUMNS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $17) \
              ON CONFLICT (agent_id) DO UPDATE SET service = excluded.service, environment = excluded.environment, \
              hostname = excluded.hostname, platform = excluded.platform, agent_version = excluded.agent_version, \
              build_id = excluded.build_id, state = excluded.state, error = excluded.error, \
-             failed_build = excluded.failed_build, last_seen = excluded.last_seen"
+             failed_build = excluded.failed_build, waiting = excluded.waiting, exit_build = excluded.exit_build, \
+             exit_code = excluded.exit_code, exit_signal = excluded.exit_signal, exit_at = excluded.exit_at, \
+             exit_stderr = excluded.exit_stderr, last_seen = excluded.last_seen"
         ))
         .bind(&a.agent_id)
         .bind(a.service.as_str())
@@ -66,6 +97,12 @@ impl Db {
         .bind(&a.state)
         .bind(a.error.clone())
         .bind(a.failed_build.as_ref().map(|b| b.to_string()))
+        .bind(a.waiting.clone())
+        .bind(a.exit.as_ref().and_then(|e| e.build.as_ref()).map(|b| b.to_string()))
+        .bind(a.exit.as_ref().and_then(|e| e.code).map(i64::from))
+        .bind(a.exit.as_ref().and_then(|e| e.signal.clone()))
+        .bind(a.exit.as_ref().map(|e| e.at.timestamp_millis()))
+        .bind(a.exit.as_ref().map(|e| e.stderr.clone()))
         .bind(a.last_seen.timestamp_millis())
         .execute(&self.pool)
         .await?;

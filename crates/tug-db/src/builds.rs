@@ -8,10 +8,11 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 use tug_core::short_id::IdPrefix;
 use tug_core::{
-    ArtifactName, ArtifactSpec, BuildId, BuildManifest, BuildSource, BuildState, CiRun, Digest, ServiceName, Version,
+    ArtifactName, ArtifactSpec, BlobUse, BuildId, BuildManifest, BuildSource, BuildState, CiRun, Digest, ServiceName,
+    Version,
 };
 
-use crate::{artifact_from_row, millis, opt_millis, opt_parse, parse, Db, Error, Result};
+use crate::{artifact_from_row, millis, opt_millis, opt_parse, parse, Db, Error, Result, ARTIFACT_COLUMNS};
 
 /// A draft to create.
 #[derive(Debug, Clone)]
@@ -187,6 +188,18 @@ fn access_from_row(r: &AnyRow) -> Result<BuildAccessRow> {
         embargoed: r.try_get::<i64, _>("embargoed")? != 0,
         created_by_token: r.try_get("created_by_token")?,
     })
+}
+
+/// Parses the text column `column` of every row with the type's own
+/// validation.
+fn parse_column<T, C: FromIterator<T>, E: std::fmt::Display>(
+    rows: &[AnyRow],
+    column: &str,
+    f: impl Fn(&str) -> Result<T, E>,
+) -> Result<C> {
+    rows.iter()
+        .map(|r| parse(&r.try_get::<String, _>(column)?, &f))
+        .collect()
 }
 
 /// Rows per multi-row INSERT: well under both dialects' parameter limits.
@@ -413,9 +426,9 @@ impl Db {
 
     /// A build's artifacts, by name.
     pub async fn artifacts(&self, id: &BuildId) -> Result<Vec<ArtifactSpec>> {
-        let rows = sqlx::query(
-            "SELECT name, kind, platform, size, digest, derived_from FROM artifacts WHERE build_id = $1 ORDER BY name",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE build_id = $1 ORDER BY name"
+        ))
         .bind(id.as_str())
         .fetch_all(&self.pool)
         .await?;
@@ -430,12 +443,10 @@ impl Db {
         let mut tx = self.pool.begin().await?;
         self.lock_draft(&mut tx, id, now).await?;
         let existing: BTreeMap<ArtifactName, ArtifactSpec> = {
-            let rows = sqlx::query(
-                "SELECT name, kind, platform, size, digest, derived_from FROM artifacts WHERE build_id = $1",
-            )
-            .bind(id.as_str())
-            .fetch_all(&mut *tx)
-            .await?;
+            let rows = sqlx::query(&format!("SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE build_id = $1"))
+                .bind(id.as_str())
+                .fetch_all(&mut *tx)
+                .await?;
             rows.iter()
                 .map(artifact_from_row)
                 .map(|a| a.map(|a| (a.name.clone(), a)))
@@ -457,24 +468,15 @@ impl Db {
         }
         for chunk in fresh.chunks(INSERT_CHUNK) {
             let mut sql = String::from(
-                "INSERT INTO artifacts (build_id, name, kind, platform, size, digest, derived_from, created_at) VALUES ",
+                "INSERT INTO artifacts (build_id, name, kind, platform, size, digest, derived_from, created_at, executable) \
+                 VALUES ",
             );
             for i in 0..chunk.len() {
-                let b = i * 8;
                 if i > 0 {
                     sql.push_str(", ");
                 }
-                sql.push_str(&format!(
-                    "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                    b + 1,
-                    b + 2,
-                    b + 3,
-                    b + 4,
-                    b + 5,
-                    b + 6,
-                    b + 7,
-                    b + 8
-                ));
+                let row: Vec<String> = (1..=9).map(|n| format!("${}", i * 9 + n)).collect();
+                sql.push_str(&format!("({})", row.join(", ")));
             }
             let mut q = sqlx::query(&sql);
             for s in chunk {
@@ -487,7 +489,8 @@ impl Db {
                     .bind(i64::try_from(s.size).map_err(|e| Error::Corrupt(e.to_string()))?)
                     .bind(s.digest.to_string())
                     .bind(serde_json::to_string(&derived).map_err(|e| Error::Corrupt(e.to_string()))?)
-                    .bind(now.timestamp_millis());
+                    .bind(now.timestamp_millis())
+                    .bind(i64::from(s.executable));
             }
             q.execute(&mut *tx).await?;
         }
@@ -511,9 +514,9 @@ impl Db {
             .fetch_one(&mut *tx)
             .await?;
         let build = build_from_row(&row)?;
-        let rows = sqlx::query(
-            "SELECT name, kind, platform, size, digest, derived_from FROM artifacts WHERE build_id = $1 ORDER BY name",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE build_id = $1 ORDER BY name"
+        ))
         .bind(id.as_str())
         .fetch_all(&mut *tx)
         .await?;
@@ -582,10 +585,7 @@ impl Db {
         .bind(cutoff.timestamp_millis())
         .fetch_all(&mut *tx)
         .await?;
-        let ids: Vec<BuildId> = rows
-            .iter()
-            .map(|r| parse(&r.try_get::<String, _>("id")?, BuildId::parse))
-            .collect::<Result<_>>()?;
+        let ids: Vec<BuildId> = parse_column(&rows, "id", BuildId::parse)?;
         sqlx::query("DELETE FROM artifacts WHERE build_id IN (SELECT id FROM builds WHERE state = 'abandoned')")
             .execute(&mut *tx)
             .await?;
@@ -593,14 +593,67 @@ impl Db {
         Ok(ids)
     }
 
+    /// The drafts `abandon_stale_drafts(cutoff)` would abandon now, by id.
+    pub async fn stale_drafts(&self, cutoff: DateTime<Utc>) -> Result<Vec<BuildId>> {
+        let rows = sqlx::query("SELECT id FROM builds WHERE state = 'draft' AND updated_at < $1 ORDER BY id")
+            .bind(cutoff.timestamp_millis())
+            .fetch_all(&self.pool)
+            .await?;
+        parse_column(&rows, "id", BuildId::parse)
+    }
+
+    /// Every digest a build still refers to once the drafts untouched since
+    /// `draft_cutoff` are abandoned: the same set whether they already were
+    /// (a gc) or not (a dry run, which must report what the gc would do).
+    pub async fn digests_kept_after_abandoning(&self, draft_cutoff: DateTime<Utc>) -> Result<HashSet<Digest>> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT a.digest FROM artifacts a JOIN builds b ON b.id = a.build_id \
+             WHERE NOT (b.state = 'draft' AND b.updated_at < $1)",
+        )
+        .bind(draft_cutoff.timestamp_millis())
+        .fetch_all(&self.pool)
+        .await?;
+        parse_column(&rows, "digest", Digest::parse)
+    }
+
+    /// The artifacts (and their builds) that need any of `digests`, by
+    /// digest, then build and artifact name.
+    pub async fn blob_users(&self, digests: &[Digest]) -> Result<Vec<BlobUse>> {
+        let mut users = Vec::new();
+        for chunk in digests.chunks(INSERT_CHUNK) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT a.digest, a.name, b.id, b.service, b.version, b.state FROM artifacts a \
+                 JOIN builds b ON b.id = a.build_id WHERE a.digest IN ({})",
+                placeholders.join(", ")
+            );
+            let mut q = sqlx::query(&sql);
+            for d in chunk {
+                q = q.bind(d.to_string());
+            }
+            for r in q.fetch_all(&self.pool).await? {
+                let state: String = r.try_get("state")?;
+                users.push(BlobUse {
+                    digest: parse(&r.try_get::<String, _>("digest")?, Digest::parse)?,
+                    build: parse(&r.try_get::<String, _>("id")?, BuildId::parse)?,
+                    service: parse(&r.try_get::<String, _>("service")?, ServiceName::parse)?,
+                    version: parse(&r.try_get::<String, _>("version")?, Version::parse)?,
+                    state: BuildState::parse(&state)
+                        .ok_or_else(|| Error::Corrupt(format!("unknown build state {state:?}")))?,
+                    artifact: parse(&r.try_get::<String, _>("name")?, ArtifactName::parse)?,
+                });
+            }
+        }
+        users.sort_by(|a, b| (a.digest, &a.build, &a.artifact).cmp(&(b.digest, &b.build, &b.artifact)));
+        Ok(users)
+    }
+
     /// Every digest some draft or sealed build refers to.
     pub async fn referenced_digests(&self) -> Result<HashSet<Digest>> {
         let rows = sqlx::query("SELECT DISTINCT digest FROM artifacts")
             .fetch_all(&self.pool)
             .await?;
-        rows.iter()
-            .map(|r| parse(&r.try_get::<String, _>("digest")?, Digest::parse))
-            .collect()
+        parse_column(&rows, "digest", Digest::parse)
     }
 
     /// Whether any build refers to `digest` now (checked again by gc right
@@ -645,9 +698,7 @@ impl Db {
             .bind(since.timestamp_millis())
             .fetch_all(&self.pool)
             .await?;
-        rows.iter()
-            .map(|r| parse(&r.try_get::<String, _>("digest")?, Digest::parse))
-            .collect()
+        parse_column(&rows, "digest", Digest::parse)
     }
 
     /// Forgets claims of blobs that are gone.

@@ -29,7 +29,7 @@ mod events;
 mod rollouts;
 mod tokens;
 
-pub use agents::AgentRow;
+pub use agents::{AgentRow, ExitRow};
 pub use builds::{BuildAccessRow, BuildFilter, BuildRow, NewBuild};
 pub use deployments::{CreatedRequest, DeploymentRow, EnvState, NewDeployment, PipelineRow, RequestRow};
 pub use events::{EventRow, NewEvent};
@@ -238,6 +238,9 @@ pub(crate) fn opt_parse<T, E: std::fmt::Display>(
     s.map(|s| parse(&s, f)).transpose()
 }
 
+/// The columns `artifact_from_row` reads.
+pub(crate) const ARTIFACT_COLUMNS: &str = "name, kind, platform, size, digest, derived_from, executable";
+
 pub(crate) fn artifact_from_row(r: &AnyRow) -> Result<ArtifactSpec> {
     let derived: Vec<String> =
         serde_json::from_str(&r.try_get::<String, _>("derived_from")?).map_err(|e| Error::Corrupt(e.to_string()))?;
@@ -251,5 +254,6 @@ pub(crate) fn artifact_from_row(r: &AnyRow) -> Result<ArtifactSpec> {
             .iter()
             .map(|d| parse(d, DerivedFrom::parse))
             .collect::<Result<_>>()?,
+        executable: r.try_get::<i64, _>("executable")? != 0,
     })
 }

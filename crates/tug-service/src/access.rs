@@ -157,14 +157,26 @@ impl Sights {
     }
 
     pub(crate) fn agent(&self, mut a: AgentRow) -> AgentView {
-        let embargoed = a.build.iter().chain(&a.failed_build).any(|b| !self.full(b));
+        let embargoed = agent_builds(&a).any(|b| !self.full(b));
         if embargoed {
             a.build = None;
             a.failed_build = None;
             a.error = None;
+            // How its process last exited names a build and quotes its
+            // output.
+            a.exit = None;
         }
         AgentView { agent: a, embargoed }
     }
+}
+
+/// Every build an agent's row names: the one it runs, the one it gave up
+/// on, and the one whose process it last saw exit.
+pub(crate) fn agent_builds(a: &AgentRow) -> impl Iterator<Item = &BuildId> {
+    a.build
+        .iter()
+        .chain(&a.failed_build)
+        .chain(a.exit.as_ref().and_then(|e| e.build.as_ref()))
 }
 
 /// The access facts of a build row.

@@ -40,6 +40,21 @@ pub struct AgentCounts {
     pub by_build: BTreeMap<String, u64>,
 }
 
+/// The most of a supervised process's stderr an agent's report keeps.
+pub const MAX_STDERR: usize = 4096;
+
+/// Cuts `text` to at most `max` bytes at a character boundary, keeping
+/// the end: what a process wrote last says most about why it stopped.
+fn keep_tail(text: &mut String, max: usize) {
+    if text.len() > max {
+        let mut cut = text.len() - max;
+        while !text.is_char_boundary(cut) {
+            cut += 1;
+        }
+        text.drain(..cut);
+    }
+}
+
 /// How long without a heartbeat makes an agent stale.
 pub const STALE_AFTER: chrono::Duration = chrono::Duration::seconds(60);
 
@@ -123,7 +138,7 @@ impl Tugboat {
         self.require_follow(who, Action::Report, &report.service, &report.environment)?;
         let view = self.pipeline_view(&report.service).await?;
         let environment = crate::deploy::environment(&view.pipeline, &report.environment)?;
-        for b in report.build.iter().chain(&report.failed_build) {
+        for b in crate::access::agent_builds(&report) {
             match self.db.build_summary(b).await? {
                 Some(row) => {
                     self.require_visible(who, row, b.as_str()).await?;
@@ -142,8 +157,20 @@ impl Tugboat {
                 )));
             }
         }
-        if report.error.as_ref().is_some_and(|e| e.len() > 4096) {
-            report.error = report.error.map(|e| e.chars().take(4096).collect());
+        for text in [&mut report.error, &mut report.waiting].into_iter().flatten() {
+            if text.len() > 4096 {
+                *text = text.chars().take(4096).collect();
+            }
+        }
+        if let Some(exit) = &mut report.exit {
+            if exit
+                .signal
+                .as_ref()
+                .is_some_and(|s| s.is_empty() || s.len() > 32 || s.chars().any(char::is_control))
+            {
+                return Err(Error::Invalid("exit.signal must be a signal name like SIGKILL".into()));
+            }
+            keep_tail(&mut exit.stderr, MAX_STDERR);
         }
         report.last_seen = self.now();
         report.first_seen = report.last_seen;
@@ -181,11 +208,7 @@ impl Tugboat {
     }
 
     async fn agent_sights(&self, who: &Principal, rows: &[AgentRow]) -> Result<Sights> {
-        let ids = rows
-            .iter()
-            .flat_map(|a| a.build.iter().chain(&a.failed_build))
-            .cloned()
-            .collect();
+        let ids = rows.iter().flat_map(crate::access::agent_builds).cloned().collect();
         self.sights(who, ids).await
     }
 
@@ -238,5 +261,23 @@ impl Tugboat {
     /// Whether an agent last seen at `at` is stale now.
     pub fn is_stale(&self, at: chrono::DateTime<chrono::Utc>) -> bool {
         self.now() - at > STALE_AFTER
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keep_tail_keeps_the_last_bytes_at_a_character_boundary() {
+        let mut t = "ab€cd".to_string(); // € is 3 bytes
+        keep_tail(&mut t, 4);
+        assert_eq!(t, "cd");
+        let mut t = "ab€cd".to_string();
+        keep_tail(&mut t, 5);
+        assert_eq!(t, "€cd");
+        let mut t = "short".to_string();
+        keep_tail(&mut t, 4096);
+        assert_eq!(t, "short");
     }
 }

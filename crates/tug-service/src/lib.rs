@@ -115,14 +115,37 @@ pub struct Stored {
     pub created: bool,
 }
 
-/// What `fsck` found.
+/// What `fsck` found (and, repairing, did).
 #[derive(Debug, Clone, Default)]
 pub struct FsckReport {
     pub checked: u64,
     pub bytes: u64,
-    /// (expected digest, actual digest, size)
-    pub corrupt: Vec<(Digest, Digest, u64)>,
+    pub corrupt: Vec<CorruptBlob>,
+    /// Digests builds refer to that the store lacks, after any repair (so
+    /// a blob moved aside is listed here too until it is uploaded again).
     pub missing: Vec<Digest>,
+    /// The artifacts that need a corrupt or missing blob, by digest.
+    pub needed_by: Vec<tug_core::BlobUse>,
+    /// Whether corrupt blobs were moved aside.
+    pub repaired: bool,
+}
+
+/// A stored blob whose bytes no longer hash to its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorruptBlob {
+    pub digest: Digest,
+    /// What the stored bytes hash to now.
+    pub actual: Digest,
+    pub size: u64,
+    /// Where a repair moved the bytes.
+    pub moved_to: Option<String>,
+}
+
+/// Whether fsck only reports or also repairs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fsck {
+    Report,
+    Repair,
 }
 
 /// What `gc` did (or would do, in a dry run).
@@ -759,12 +782,29 @@ impl Tugboat {
     // ---- maintenance ----
 
     /// Re-hashes every stored blob and lists those whose bytes no longer
-    /// match their name, and digests builds refer to that are gone.
+    /// match their name, and digests builds refer to that are gone, with
+    /// the builds that need each.
     pub async fn fsck(&self, who: &Principal) -> Result<FsckReport> {
+        self.check_store(who, Fsck::Report).await
+    }
+
+    /// `fsck`, and moves every corrupt blob aside (see
+    /// [`BlobStore::quarantine`]): it then counts as missing, and the next
+    /// upload of its digest (`tug push` of the right file) stores it again,
+    /// where before it was answered "already stored" and the bytes stayed
+    /// wrong for good.
+    pub async fn fsck_repair(&self, who: &Principal) -> Result<FsckReport> {
+        self.check_store(who, Fsck::Repair).await
+    }
+
+    async fn check_store(&self, who: &Principal, mode: Fsck) -> Result<FsckReport> {
         self.require(who, Action::Maintain)?;
-        let mut report = FsckReport::default();
+        let mut report = FsckReport {
+            repaired: mode == Fsck::Repair,
+            ..FsckReport::default()
+        };
         let blobs = self.store.list().await?;
-        let present: HashSet<Digest> = blobs.iter().map(|b| b.digest).collect();
+        let mut present: HashSet<Digest> = blobs.iter().map(|b| b.digest).collect();
         for BlobInfo { digest, .. } in blobs {
             let Some(mut blob) = self.store.get(&digest, 0, None).await? else {
                 continue; // deleted since it was listed
@@ -777,10 +817,27 @@ impl Tugboat {
             let actual = hasher.finish();
             report.checked += 1;
             report.bytes += size;
-            if actual != digest {
-                tracing::error!(%digest, %actual, size, "stored blob does not match its digest");
-                report.corrupt.push((digest, actual, size));
+            if actual == digest {
+                continue;
             }
+            tracing::error!(%digest, %actual, size, "stored blob does not match its digest");
+            let moved_to = match mode {
+                Fsck::Report => None,
+                Fsck::Repair => {
+                    let moved = self.store.quarantine(&digest).await?;
+                    if let Some(to) = &moved {
+                        tracing::warn!(%digest, to, "moved a corrupt blob aside; upload it again");
+                        present.remove(&digest);
+                    }
+                    moved
+                }
+            };
+            report.corrupt.push(CorruptBlob {
+                digest,
+                actual,
+                size,
+                moved_to,
+            });
         }
         let mut missing: Vec<Digest> = self
             .db
@@ -790,25 +847,49 @@ impl Tugboat {
             .filter(|d| !present.contains(d))
             .collect();
         missing.sort();
+        let damaged: std::collections::BTreeSet<Digest> = report
+            .corrupt
+            .iter()
+            .map(|c| c.digest)
+            .chain(missing.iter().copied())
+            .collect();
+        report.needed_by = self.db.blob_users(&damaged.into_iter().collect::<Vec<_>>()).await?;
         report.missing = missing;
         Ok(report)
     }
 
     /// Abandons stale drafts, then deletes blobs no build refers to. A blob
     /// of a sealed build is never deleted; blobs younger than the grace
-    /// period, or claimed by a push within it, are kept.
+    /// period, or claimed by a push within it, are kept. A dry run changes
+    /// nothing and reports what the same run would do: the drafts it would
+    /// abandon and the blobs that abandoning them would free.
     pub async fn gc(&self, who: &Principal, options: GcOptions) -> Result<GcReport> {
         self.require(who, Action::Maintain)?;
         let now = self.now();
-        let max_age = options.draft_max_age.unwrap_or(self.settings.draft_max_age);
-        let grace = options.grace.unwrap_or(self.settings.gc_grace);
-        let draft_cutoff = now - chrono::Duration::from_std(max_age).map_err(|e| Error::Invalid(e.to_string()))?;
-        let blob_cutoff = now - chrono::Duration::from_std(grace).map_err(|e| Error::Invalid(e.to_string()))?;
-        let mut report = GcReport::default();
-        if !options.dry_run {
-            report.abandoned_drafts = self.db.abandon_stale_drafts(draft_cutoff).await?;
-        }
-        let referenced = self.db.referenced_digests().await?;
+        let draft_cutoff = gc_cutoff(
+            now,
+            options.draft_max_age,
+            "draft_max_age_secs",
+            self.settings.draft_max_age,
+            "the server's draft_max_age_secs",
+        )?;
+        let blob_cutoff = gc_cutoff(
+            now,
+            options.grace,
+            "grace_secs",
+            self.settings.gc_grace,
+            "the server's gc_grace_secs",
+        )?;
+        let mut report = GcReport {
+            abandoned_drafts: if options.dry_run {
+                self.db.stale_drafts(draft_cutoff).await?
+            } else {
+                self.db.abandon_stale_drafts(draft_cutoff).await?
+            },
+            ..GcReport::default()
+        };
+        report.abandoned_drafts.sort();
+        let referenced = self.db.digests_kept_after_abandoning(draft_cutoff).await?;
         let claimed = self.db.claimed_since(blob_cutoff).await?;
         for blob in self.store.list().await? {
             let young = blob.modified > blob_cutoff;
@@ -834,6 +915,40 @@ impl Tugboat {
         }
         Ok(report)
     }
+}
+
+/// The longest age gc accepts (100 years): far beyond any sensible grace
+/// period or draft age, and far within the range of the clock's arithmetic.
+pub const MAX_GC_AGE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// `now - age`, where `age` is the caller's `option` (named `name` on the
+/// wire) or else the server's `setting`: an age beyond [`MAX_GC_AGE`] is
+/// refused, naming the limit, instead of overflowing the clock.
+fn gc_cutoff(
+    now: DateTime<Utc>,
+    option: Option<Duration>,
+    name: &str,
+    setting: Duration,
+    setting_name: &str,
+) -> Result<DateTime<Utc>> {
+    let (age, what) = match option {
+        Some(age) => (age, name.to_string()),
+        None => (setting, setting_name.to_string()),
+    };
+    let too_long = || {
+        Error::Invalid(format!(
+            "{what} is {} seconds; it must be at most {} (100 years)",
+            age.as_secs(),
+            MAX_GC_AGE.as_secs()
+        ))
+    };
+    if age > MAX_GC_AGE {
+        return Err(too_long());
+    }
+    chrono::Duration::from_std(age)
+        .ok()
+        .and_then(|age| now.checked_sub_signed(age))
+        .ok_or_else(too_long)
 }
 
 /// What a build reference names: one build (or none), or the builds an
@@ -902,4 +1017,44 @@ fn check_text(field: &str, value: Option<&str>, max: usize) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gc_cutoff_refuses_ages_beyond_the_limit_instead_of_overflowing() {
+        let now = Utc::now();
+        let day = Duration::from_secs(86_400);
+        assert_eq!(
+            gc_cutoff(now, Some(day), "grace_secs", Duration::ZERO, "setting").unwrap(),
+            now - chrono::Duration::days(1)
+        );
+        assert_eq!(
+            gc_cutoff(now, None, "grace_secs", day, "setting").unwrap(),
+            now - chrono::Duration::days(1)
+        );
+        assert_eq!(
+            gc_cutoff(now, Some(MAX_GC_AGE), "x", day, "s").unwrap(),
+            now - chrono::Duration::days(36_500)
+        );
+        for huge in [
+            MAX_GC_AGE + Duration::from_secs(1),
+            Duration::from_secs(9_000_000_000_000),
+            Duration::MAX,
+        ] {
+            let Err(Error::Invalid(message)) = gc_cutoff(now, Some(huge), "grace_secs", day, "setting") else {
+                panic!("{huge:?} should be refused");
+            };
+            assert!(message.starts_with("grace_secs is "), "{message}");
+            assert!(message.contains("at most 3153600000 (100 years)"), "{message}");
+        }
+        let Err(Error::Invalid(message)) =
+            gc_cutoff(now, None, "grace_secs", Duration::MAX, "the server's gc_grace_secs")
+        else {
+            panic!("an out-of-range setting should be refused");
+        };
+        assert!(message.starts_with("the server's gc_grace_secs is"), "{message}");
+    }
 }

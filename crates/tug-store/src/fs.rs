@@ -6,6 +6,9 @@
 //! - `<root>/tmp/<random>`: uploads in progress. It is on the same
 //!   filesystem as `blobs/`, so moving a verified upload into place is one
 //!   atomic rename.
+//! - `<root>/corrupt/sha256/<64 hex>.<time>`: blobs fsck found damaged and
+//!   was told to repair, moved out of `blobs/` so the digest can be
+//!   uploaded again; kept for inspection, deleted by nobody but an operator.
 //!
 //! A put streams into a temporary file while hashing, fsyncs it, renames it
 //! into place and fsyncs the directory, so after a crash a blob is either
@@ -76,6 +79,10 @@ impl FsStore {
 
     fn tmp_dir(&self) -> PathBuf {
         self.root.join("tmp")
+    }
+
+    fn quarantine_dir(&self) -> PathBuf {
+        self.root.join("corrupt").join("sha256")
     }
 
     fn blob_path(&self, digest: &Digest) -> PathBuf {
@@ -189,6 +196,14 @@ impl BlobStore for FsStore {
         Ok(tokio::task::spawn_blocking(move || list_blobs(&blobs_dir))
             .await
             .map_err(io::Error::other)??)
+    }
+
+    async fn quarantine(&self, digest: &Digest) -> Result<Option<String>> {
+        let (from, dir, digest) = (self.blob_path(digest), self.quarantine_dir(), *digest);
+        let moved = tokio::task::spawn_blocking(move || quarantine_file(&from, &dir, &digest))
+            .await
+            .map_err(io::Error::other)??;
+        Ok(moved.map(|p| p.display().to_string()))
     }
 
     async fn clean_temporary(&self) -> Result<u64> {
@@ -384,6 +399,35 @@ fn list_blobs(blobs_dir: &Path) -> io::Result<Vec<BlobInfo>> {
     }
     blobs.sort_by_key(|blob| blob.digest);
     Ok(blobs)
+}
+
+/// Moves the blob file `from` into `dir` under its quarantine name: a hard
+/// link first, which never replaces an earlier quarantined copy, then the
+/// blob's own name is removed, so at no moment are the bytes in neither
+/// place. Returns the new path, or `None` if there was no blob.
+fn quarantine_file(from: &Path, dir: &Path, digest: &Digest) -> io::Result<Option<PathBuf>> {
+    std::fs::create_dir_all(dir)?;
+    let mut at = Utc::now();
+    let to = loop {
+        let to = dir.join(crate::quarantine_name(digest, at));
+        match std::fs::hard_link(from, &to) {
+            Ok(()) => break to,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            // Quarantined in the same millisecond before: take the next.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => at += chrono::Duration::milliseconds(1),
+            Err(e) => return Err(e),
+        }
+    };
+    File::open(dir)?.sync_all()?;
+    match std::fs::remove_file(from) {
+        // Moved aside by a concurrent repair: the bytes are kept either way.
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    if let Some(parent) = from.parent() {
+        File::open(parent)?.sync_all()?;
+    }
+    Ok(Some(to))
 }
 
 fn remove_all_in(dir: &Path) -> io::Result<u64> {

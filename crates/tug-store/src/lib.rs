@@ -50,6 +50,13 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The name a quarantined blob gets: its hex digest and when it was moved
+/// aside, so a blob that rots again after a repair does not overwrite the
+/// evidence of the first time.
+fn quarantine_name(digest: &Digest, at: DateTime<Utc>) -> String {
+    format!("{}.{}", digest.hex(), at.format("%Y%m%dT%H%M%S%.3fZ"))
+}
+
 /// A blob being read: its full size and a stream of the requested bytes.
 pub struct Blob {
     /// The size of the whole blob, whatever range was asked for.
@@ -91,6 +98,13 @@ pub trait BlobStore: Send + Sync + 'static {
 
     /// Every stored blob. Files or keys that are not blobs are skipped.
     async fn list(&self) -> Result<Vec<BlobInfo>>;
+
+    /// Moves a blob whose bytes no longer match its digest out of the
+    /// store, into a quarantine place outside the blobs (kept for
+    /// inspection, never served or listed). Afterwards the digest counts as
+    /// missing, so the next put of it stores the right bytes again. Returns
+    /// where the bytes went, or `None` if the blob was not there.
+    async fn quarantine(&self, digest: &Digest) -> Result<Option<String>>;
 
     /// Removes what interrupted writes left behind (called at start).
     /// Returns how many leftovers were removed.

@@ -1,7 +1,9 @@
 //! The S3 backend: blobs are objects in a bucket of any S3-compatible store
 //! (AWS, MinIO, SeaweedFS, R2…), reached through `object_store`.
 //!
-//! Keys are `<prefix>/blobs/sha256/<64 hex>`. A put starts a multipart
+//! Keys are `<prefix>/blobs/sha256/<64 hex>`; blobs fsck found damaged
+//! and was told to repair are moved to `<prefix>/corrupt/sha256/<64
+//! hex>.<time>`, outside the blobs. A put starts a multipart
 //! upload directly at the blob's key, streams the body in fixed-size parts
 //! while hashing it, and completes the upload only when the digest matches
 //! and the size is within the limit; otherwise it aborts it. An incomplete
@@ -209,6 +211,8 @@ pub struct S3Store {
     store: Arc<dyn ObjectStore>,
     /// `<prefix>/blobs/sha256`.
     blobs_dir: Path,
+    /// `<prefix>/corrupt/sha256`.
+    quarantine_dir: Path,
 }
 
 impl S3Store {
@@ -246,10 +250,12 @@ impl S3Store {
             why: e.to_string(),
         })?;
         let blobs_dir = Path::from_iter(config.prefix.split('/').chain(["blobs", "sha256"]));
+        let quarantine_dir = Path::from_iter(config.prefix.split('/').chain(["corrupt", "sha256"]));
         Ok(S3Store {
             config,
             store: Arc::new(store),
             blobs_dir,
+            quarantine_dir,
         })
     }
 
@@ -399,6 +405,26 @@ impl BlobStore for S3Store {
         }
         blobs.sort_by_key(|blob| blob.digest);
         Ok(blobs)
+    }
+
+    /// S3 has no rename: the object is copied to its quarantine key, then
+    /// deleted. A crash in between leaves both, and the next repair moves
+    /// the blob aside again under a new name.
+    async fn quarantine(&self, digest: &Digest) -> Result<Option<String>> {
+        let from = self.key(digest);
+        let to = self
+            .quarantine_dir
+            .child(crate::quarantine_name(digest, chrono::Utc::now()));
+        match self.store.copy(&from, &to).await {
+            Ok(()) => {}
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+        match self.store.delete(&from).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(Some(format!("s3://{}/{to}", self.config.bucket)))
     }
 
     /// Does nothing and returns 0. Puts write no temporary objects: an

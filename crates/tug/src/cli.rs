@@ -188,8 +188,12 @@ pub enum Command {
     /// Paced rollouts to an environment's agents: status, halt, resume.
     #[command(subcommand)]
     Rollout(RolloutCommand),
-    /// Re-hash every stored blob and report those that no longer match.
-    Fsck,
+    /// Re-hash every stored blob and report those that no longer match, with the builds that need them.
+    Fsck {
+        /// Move corrupt blobs aside so that pushing the right file stores them again.
+        #[arg(long)]
+        repair: bool,
+    },
     /// Abandon stale drafts and delete blobs no build refers to.
     Gc(GcArgs),
 }

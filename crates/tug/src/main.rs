@@ -76,9 +76,23 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Watch { service, since, count } => commands::deploy::watch(&client, out, service, since, count).await,
         Command::Agents { service, env } => commands::deploy::agents(&client, out, service, env).await,
         Command::Version(c) => commands::deploy::version(&client, out, c).await,
-        Command::Fsck => commands::admin::fsck(&client, out).await,
+        Command::Fsck { repair } => commands::admin::fsck(&client, out, repair).await,
         Command::Gc(a) => commands::admin::gc(&client, out, a).await,
     }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (else `default_filter`), in
+/// colour only when stderr is a terminal: a log file or journal gets plain
+/// text, not escape codes.
+pub(crate) fn init_logs(default_filter: &str) {
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
 }
 
 /// The client for `--server`, with `--token`, `TUG_TOKEN`, or the local

@@ -7,6 +7,7 @@
 //! with a deadline.
 
 mod scenarios;
+mod unpack;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -98,6 +99,15 @@ impl Server {
     /// Creates, fills and seals a build whose only artifact is the binary
     /// `server.sh` with `script` as its contents.
     pub async fn build(&self, version: &str, script: &str) -> Result<BuildId> {
+        self.build_with(
+            version,
+            vec![("server.sh", ArtifactKind::Binary, script.as_bytes().to_vec())],
+        )
+        .await
+    }
+
+    /// Creates, fills and seals a build of `files`: (name, kind, bytes).
+    pub async fn build_with(&self, version: &str, files: Vec<(&str, ArtifactKind, Vec<u8>)>) -> Result<BuildId> {
         let build = self
             .admin
             .create_build(&CreateBuild {
@@ -109,23 +119,21 @@ impl Server {
                 embargoed: false,
             })
             .await?;
-        let bytes = script.as_bytes().to_vec();
-        let digest = Digest::of(&bytes);
-        let size = bytes.len() as u64;
-        self.admin.put_blob_bytes(&digest, bytes).await?;
-        self.admin
-            .register_artifacts(
-                build.id.as_str(),
-                vec![ArtifactSpec {
-                    name: ArtifactName::parse("server.sh")?,
-                    kind: ArtifactKind::Binary,
-                    platform: None,
-                    size,
-                    digest,
-                    derived_from: Vec::new(),
-                }],
-            )
-            .await?;
+        let mut specs = Vec::new();
+        for (name, kind, bytes) in files {
+            let digest = Digest::of(&bytes);
+            specs.push(ArtifactSpec {
+                name: ArtifactName::parse(name)?,
+                kind,
+                platform: None,
+                size: bytes.len() as u64,
+                digest,
+                derived_from: Vec::new(),
+                executable: false,
+            });
+            self.admin.put_blob_bytes(&digest, bytes).await?;
+        }
+        self.admin.register_artifacts(build.id.as_str(), specs).await?;
         self.admin.seal(build.id.as_str()).await?;
         Ok(build.id)
     }

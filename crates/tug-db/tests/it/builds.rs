@@ -44,6 +44,7 @@ pub(crate) fn spec(name: &str, body: &str, from: &[&str]) -> ArtifactSpec {
         size: body.len() as u64,
         digest: Digest::of(body.as_bytes()),
         derived_from: from.iter().map(|f| DerivedFrom::parse(f).unwrap()).collect(),
+        executable: false,
     }
 }
 

@@ -2,25 +2,43 @@
 
 use std::time::Duration;
 
-use axum::extract::State;
-use tug_api::{CorruptBlob, FsckReport, GcReport, GcRequest};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use tug_api::{CorruptBlob, FsckQuery, FsckReport, GcReport, GcRequest};
 use tug_service::GcOptions;
 
 use crate::error::ApiError;
 use crate::extract::{Caller, Json};
 use crate::AppState;
 
-pub async fn fsck(State(state): State<AppState>, Caller(who): Caller) -> Result<axum::Json<FsckReport>, ApiError> {
-    let r = state.tugboat.fsck(&who).await?;
+/// Re-hashes every blob; with `?repair=true` also moves corrupt ones aside.
+pub async fn fsck(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    query: Result<Query<FsckQuery>, QueryRejection>,
+) -> Result<axum::Json<FsckReport>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let r = if q.repair {
+        state.tugboat.fsck_repair(&who).await?
+    } else {
+        state.tugboat.fsck(&who).await?
+    };
     Ok(axum::Json(FsckReport {
         checked: r.checked,
         bytes: r.bytes,
         corrupt: r
             .corrupt
             .into_iter()
-            .map(|(digest, actual, size)| CorruptBlob { digest, actual, size })
+            .map(|c| CorruptBlob {
+                digest: c.digest,
+                actual: c.actual,
+                size: c.size,
+                moved_to: c.moved_to,
+            })
             .collect(),
         missing: r.missing,
+        needed_by: r.needed_by,
+        repaired: r.repaired,
     }))
 }
 

@@ -9,9 +9,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use tug_api::{Agent, AgentReport, AgentState, Channel, ChannelArtifact};
+use tug_api::{Agent, AgentReport, AgentState, Channel, ChannelArtifact, ProcessExit};
 use tug_core::{EnvName, Platform, ServiceName};
-use tug_db::AgentRow;
+use tug_db::{AgentRow, ExitRow};
 
 use crate::error::ApiError;
 use crate::extract::{Caller, Json};
@@ -251,6 +251,7 @@ async fn shared_answer(
                 platform: a.platform,
                 digest: a.digest,
                 size: a.size,
+                executable: a.executable,
             })
             .collect(),
     };
@@ -341,26 +342,6 @@ pub async fn teleport_critical(
     cached(&state, key, compute).await
 }
 
-fn state_name(s: AgentState) -> &'static str {
-    match s {
-        AgentState::Idle => "idle",
-        AgentState::Downloading => "downloading",
-        AgentState::Activating => "activating",
-        AgentState::Healthy => "healthy",
-        AgentState::Failed => "failed",
-    }
-}
-
-fn parse_state(s: &str) -> AgentState {
-    match s {
-        "downloading" => AgentState::Downloading,
-        "activating" => AgentState::Activating,
-        "healthy" => AgentState::Healthy,
-        "failed" => AgentState::Failed,
-        _ => AgentState::Idle,
-    }
-}
-
 pub async fn report(
     State(state): State<AppState>,
     Caller(who): Caller,
@@ -375,9 +356,17 @@ pub async fn report(
         platform: r.platform,
         agent_version: r.agent_version,
         build: r.build,
-        state: state_name(r.state).to_string(),
+        state: r.state.as_str().to_string(),
         error: r.error,
         failed_build: r.failed_build,
+        waiting: r.waiting,
+        exit: r.exit.map(|e| ExitRow {
+            build: e.build,
+            code: e.code,
+            signal: e.signal,
+            at: e.at,
+            stderr: e.stderr,
+        }),
         first_seen: now,
         last_seen: now,
     };
@@ -385,9 +374,17 @@ pub async fn report(
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub fn agent(state: &AppState, view: tug_service::AgentView) -> Agent {
+/// The fleet view of a stored report, as the caller may see it. A state
+/// the server does not know was not written by it: an error, never a guess.
+pub fn agent(state: &AppState, view: tug_service::AgentView) -> Result<Agent, ApiError> {
     let a = view.agent;
-    Agent {
+    let agent_state = AgentState::parse(&a.state).ok_or_else(|| {
+        ApiError::from(tug_service::Error::Db(tug_db::Error::Corrupt(format!(
+            "agent {} has the unknown state {:?}",
+            a.agent_id, a.state
+        ))))
+    })?;
+    Ok(Agent {
         short_id: String::new(),
         build_short_id: None,
         embargoed: view.embargoed,
@@ -401,11 +398,19 @@ pub fn agent(state: &AppState, view: tug_service::AgentView) -> Agent {
             service: a.service,
             environment: a.environment,
             build: a.build,
-            state: parse_state(&a.state),
+            state: agent_state,
             error: a.error,
             failed_build: a.failed_build,
+            waiting: a.waiting,
+            exit: a.exit.map(|e| ProcessExit {
+                build: e.build,
+                code: e.code,
+                signal: e.signal,
+                at: e.at,
+                stderr: e.stderr,
+            }),
         },
-    }
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -443,7 +448,7 @@ pub async fn list(
         .filter_map(|a| a.agent.build.clone())
         .collect();
     let short_builds = state.tugboat.short_build_ids(&who, &builds).await?;
-    let mut agents: Vec<Agent> = rows.into_iter().map(|a| agent(&state, a)).collect();
+    let mut agents: Vec<Agent> = rows.into_iter().map(|a| agent(&state, a)).collect::<Result<_, _>>()?;
     for a in &mut agents {
         a.short_id = short_agents.get(&a.report.agent_id).cloned().unwrap_or_default();
         a.build_short_id = a.report.build.as_ref().and_then(|b| short_builds.get(b).cloned());

@@ -45,6 +45,7 @@ conformance!(
     concurrent_puts_of_one_digest,
     multipart_sized_blob,
     list_and_delete,
+    quarantined_blob_is_missing_until_put_again,
 );
 
 async fn round_trip_and_ranges(store: Arc<dyn BlobStore>) {
@@ -247,4 +248,40 @@ async fn list_and_delete(store: Arc<dyn BlobStore>) {
     let left: Vec<Digest> = store.list().await.unwrap().iter().map(|info| info.digest).collect();
     assert_eq!(left.len(), 2);
     assert!(!left.contains(&gone));
+}
+
+/// `fsck --repair` moves a damaged blob aside: from then on the digest is
+/// missing (not stated, read, listed or deletable), so the next put, which
+/// a present blob would answer without reading the body, stores it again.
+async fn quarantined_blob_is_missing_until_put_again(store: Arc<dyn BlobStore>) {
+    let bytes = data(70_000, 13);
+    let digest = Digest::of(&bytes);
+    let other = data(5_000, 14);
+    put(&*store, &bytes).await.unwrap();
+    put(&*store, &other).await.unwrap();
+
+    let first = store.quarantine(&digest).await.unwrap().expect("the blob was there");
+    assert!(first.contains(&digest.hex()), "{first}");
+    assert!(first.contains("corrupt/sha256/"), "{first}");
+    assert_eq!(store.stat(&digest).await.unwrap(), None);
+    assert!(store.get(&digest, 0, None).await.unwrap().is_none());
+    assert!(!store.delete(&digest).await.unwrap());
+    let listed: Vec<Digest> = store.list().await.unwrap().iter().map(|b| b.digest).collect();
+    assert_eq!(
+        listed,
+        vec![Digest::of(&other)],
+        "the quarantine is not among the blobs"
+    );
+    assert_eq!(store.quarantine(&digest).await.unwrap(), None, "nothing left to move");
+
+    assert_eq!(put(&*store, &bytes).await.unwrap(), 70_000);
+    let (back, size) = read(&*store, &digest, 0, None).await;
+    assert_eq!(size, 70_000);
+    assert!(back == bytes, "the blob is stored again");
+
+    // A second repair of the same digest keeps the first one's bytes.
+    let second = store.quarantine(&digest).await.unwrap().expect("stored again");
+    assert_ne!(first, second);
+    assert_eq!(store.stat(&digest).await.unwrap(), None);
+    assert_eq!(store.stat(&Digest::of(&other)).await.unwrap(), Some(5_000));
 }

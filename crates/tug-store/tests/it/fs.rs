@@ -81,3 +81,30 @@ async fn cancelled_put_leaves_tmp_empty() {
 fn tokio_stream_from(mut chunks: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>) -> tug_store::ByteStream {
     futures::stream::poll_fn(move |cx| chunks.poll_recv(cx)).boxed()
 }
+
+/// The damaged bytes are kept, outside `blobs/`, for whoever wants to see
+/// what happened to them.
+#[tokio::test]
+async fn quarantine_keeps_the_damaged_bytes_outside_the_blobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let store = FsStore::new(&root).unwrap();
+    let bytes = data(1_000, 21);
+    let digest = Digest::of(&bytes);
+    crate::support::put(&store, &bytes).await.unwrap();
+    let hex = digest.hex();
+    let stored = root.join("blobs/sha256").join(&hex[..2]).join(&hex);
+    std::fs::write(&stored, b"rotten").unwrap();
+
+    let moved = store.quarantine(&digest).await.unwrap().unwrap();
+    let moved = Path::new(&moved);
+    assert_eq!(moved.parent().unwrap(), root.join("corrupt/sha256"));
+    assert!(moved
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .starts_with(&format!("{hex}.")));
+    assert_eq!(std::fs::read(moved).unwrap(), b"rotten");
+    assert!(!stored.exists());
+}

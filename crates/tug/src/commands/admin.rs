@@ -95,24 +95,48 @@ pub async fn service(client: &Client, out: Output, c: ServiceCommand) -> anyhow:
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn fsck(client: &Client, out: Output) -> anyhow::Result<ExitCode> {
-    let report = client.fsck().await.context("fsck failed")?;
+pub async fn fsck(client: &Client, out: Output, repair: bool) -> anyhow::Result<ExitCode> {
+    let report = client
+        .fsck(&tug_api::FsckQuery { repair })
+        .await
+        .context("fsck failed")?;
     let healthy = report.corrupt.is_empty() && report.missing.is_empty();
     print(out, &report, |r| {
         let mut s = format!("Checked {} ({}).\n", plural(r.checked, "blob"), output::bytes(r.bytes));
+        let users = |digest: &tug_core::Digest| {
+            let mut lines = String::new();
+            for u in r.needed_by.iter().filter(|u| u.digest == *digest) {
+                lines.push_str(&format!(
+                    "  needed by {} of build {} ({} {}, {})\n",
+                    u.artifact, u.build, u.service, u.version, u.state
+                ));
+            }
+            lines
+        };
         for c in &r.corrupt {
             s.push_str(&format!(
                 "CORRUPT {} ({} bytes) now hashes to {}\n",
                 c.digest, c.size, c.actual
             ));
+            if let Some(to) = &c.moved_to {
+                s.push_str(&format!("  moved aside to {to}\n"));
+            }
+            s.push_str(&users(&c.digest));
         }
-        for m in &r.missing {
-            s.push_str(&format!("MISSING {} is referenced by a build but not stored\n", m));
+        for m in r.missing.iter().filter(|m| !r.corrupt.iter().any(|c| c.digest == **m)) {
+            s.push_str(&format!("MISSING {m} is referenced by a build but not stored\n"));
+            s.push_str(&users(m));
         }
         if healthy {
             s.push_str("Every blob matches its digest.");
+        } else if r.repaired || r.corrupt.is_empty() {
+            s.push_str(
+                "Push the files named above again (tug push BUILD FILE…, also into a sealed build) to restore them, then run tug fsck.",
+            );
         } else {
-            s.push_str("Push the affected builds' files again to repair the store.");
+            s.push_str(
+                "Run tug fsck --repair to move the corrupt blobs aside, then push the files named above again (tug push BUILD FILE…).",
+            );
         }
         s
     })?;
@@ -130,7 +154,8 @@ pub async fn gc(client: &Client, out: Output, a: GcArgs) -> anyhow::Result<ExitC
         let verb = if r.dry_run { "Would delete" } else { "Deleted" };
         let mut s = String::new();
         for b in &r.abandoned_drafts {
-            s.push_str(&format!("abandoned stale draft {b}\n"));
+            let verb = if r.dry_run { "would abandon" } else { "abandoned" };
+            s.push_str(&format!("{verb} stale draft {b}\n"));
         }
         for d in &r.deleted {
             s.push_str(&format!("{} {d}\n", if r.dry_run { "would delete" } else { "deleted" }));

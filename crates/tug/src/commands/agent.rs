@@ -8,10 +8,7 @@ use tug_core::{EnvName, Platform, ServiceName};
 use crate::cli::{AgentArgs, Global};
 
 pub async fn run(global: &Global, a: AgentArgs) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    crate::init_logs("info");
     let token = global
         .token
         .clone()

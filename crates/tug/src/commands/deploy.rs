@@ -833,9 +833,15 @@ pub async fn agents(
         ]);
         for a in agents {
             let r = &a.report;
-            let mut state = format!("{:?}", r.state).to_lowercase();
+            let mut state = r.state.to_string();
+            if let Some(why) = &r.waiting {
+                state.push_str(&format!(" ({})", why.chars().take(60).collect::<String>()));
+            }
             if let Some(e) = &r.error {
                 state.push_str(&format!(": {}", e.chars().take(60).collect::<String>()));
+            }
+            if let Some(exit) = &r.exit {
+                state.push_str(&format!("; --exec {exit} at {}", time(&exit.at)));
             }
             t.row(vec![
                 r.service.to_string(),

@@ -10,12 +10,7 @@ use tug_server::{Config, Layer};
 use crate::cli::ServerArgs;
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,sqlx=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    crate::init_logs("info,sqlx=warn");
     let env: HashMap<String, String> = std::env::vars().collect();
     let mut config = Config::default();
     let file = args.config.clone().or_else(|| {

@@ -69,12 +69,13 @@ pub async fn push(client: &Client, out: Output, a: PushArgs) -> anyhow::Result<E
     let files = collect(paths, a.name.as_deref())?;
     let items: Vec<PushItem> = files
         .into_iter()
-        .map(|(path, name)| PushItem {
+        .map(|File { path, name, executable }| PushItem {
             kind: kind.unwrap_or_else(|| ArtifactKind::guess(name.as_str())),
             path,
             name,
             platform: platform.clone(),
             derived_from: derived_from.clone(),
+            executable,
         })
         .collect();
 
@@ -95,6 +96,16 @@ pub async fn push(client: &Client, out: Output, a: PushArgs) -> anyhow::Result<E
     let result = PushOutput { build, report, sealed };
     print(out, &result, |r| {
         let p = &r.report;
+        if p.sealed_build {
+            return format!(
+                "Build {} is sealed: its {} files are all its own; uploaded {} blobs the store lacked ({}), {} already stored.",
+                r.build,
+                p.artifacts,
+                p.uploaded_blobs,
+                output::bytes(p.uploaded_bytes),
+                p.skipped_blobs
+            );
+        }
         let mut s = format!(
             "Pushed {} into build {}: uploaded {} ({}), {} already stored ({} not sent); {} newly registered.",
             plural(p.artifacts as u64, "artifact"),
@@ -117,10 +128,29 @@ pub async fn push(client: &Client, out: Output, a: PushArgs) -> anyhow::Result<E
     Ok(ExitCode::SUCCESS)
 }
 
-/// Expands the arguments into (file, artifact name) pairs: a file is named
-/// by its file name (or `--name`), a directory's files by their path inside
-/// it. Two files with one name are refused before anything is sent.
-fn collect(paths: &[String], name: Option<&str>) -> anyhow::Result<Vec<(PathBuf, ArtifactName)>> {
+/// A file to push and the artifact it becomes.
+struct File {
+    path: PathBuf,
+    name: ArtifactName,
+    /// Any of its executable bits is set: it is pushed as a program.
+    executable: bool,
+}
+
+impl File {
+    fn new(path: PathBuf, name: ArtifactName, meta: &std::fs::Metadata) -> File {
+        use std::os::unix::fs::PermissionsExt;
+        File {
+            path,
+            name,
+            executable: meta.permissions().mode() & 0o111 != 0,
+        }
+    }
+}
+
+/// Expands the arguments into the files to push: a file is named by its
+/// file name (or `--name`), a directory's files by their path inside it.
+/// Two files with one name are refused before anything is sent.
+fn collect(paths: &[String], name: Option<&str>) -> anyhow::Result<Vec<File>> {
     let mut files = Vec::new();
     for p in paths {
         let path = PathBuf::from(p);
@@ -139,7 +169,7 @@ fn collect(paths: &[String], name: Option<&str>) -> anyhow::Result<Vec<(PathBuf,
                     .with_context(|| format!("{p}: the file name is not UTF-8"))?
                     .to_string(),
             };
-            files.push((path, ArtifactName::parse(&n)?));
+            files.push(File::new(path, ArtifactName::parse(&n)?, &meta));
         } else {
             bail!("{p} is neither a file nor a directory");
         }
@@ -147,21 +177,21 @@ fn collect(paths: &[String], name: Option<&str>) -> anyhow::Result<Vec<(PathBuf,
     if name.is_some() && files.len() > 1 {
         bail!("--name applies to a single file, and {} were given", files.len());
     }
-    files.sort_by(|a, b| a.1.cmp(&b.1));
+    files.sort_by(|a, b| a.name.cmp(&b.name));
     for w in files.windows(2) {
-        if w[0].1 == w[1].1 {
+        if w[0].name == w[1].name {
             bail!(
                 "{} and {} would both be artifact {}; rename one or push them into different builds",
-                w[0].0.display(),
-                w[1].0.display(),
-                w[0].1
+                w[0].path.display(),
+                w[1].path.display(),
+                w[0].name
             );
         }
     }
     Ok(files)
 }
 
-fn walk(root: &Path, dir: &Path, files: &mut Vec<(PathBuf, ArtifactName)>) -> anyhow::Result<()> {
+fn walk(root: &Path, dir: &Path, files: &mut Vec<File>) -> anyhow::Result<()> {
     let mut entries: Vec<_> = std::fs::read_dir(dir)
         .with_context(|| format!("cannot list {}", dir.display()))?
         .collect::<Result<_, _>>()
@@ -178,7 +208,8 @@ fn walk(root: &Path, dir: &Path, files: &mut Vec<(PathBuf, ArtifactName)>) -> an
                 .with_context(|| format!("{} is outside {}", path.display(), root.display()))?;
             let parts: Option<Vec<&str>> = rel.components().map(|c| c.as_os_str().to_str()).collect();
             let parts = parts.with_context(|| format!("{}: the path is not UTF-8", path.display()))?;
-            files.push((path.clone(), ArtifactName::parse(&parts.join("/"))?));
+            let name = ArtifactName::parse(&parts.join("/"))?;
+            files.push(File::new(path.clone(), name, &meta));
         }
     }
     Ok(())

@@ -56,6 +56,7 @@ pub(crate) async fn sealed(
             size: body.len() as u64,
             digest,
             derived_from: vec![],
+            executable: false,
         });
     }
     client.register_artifacts(b.id.as_str(), specs).await.unwrap();
@@ -279,6 +280,8 @@ async fn agents_report_and_the_fleet_shows_them() {
             state,
             error: error.map(str::to_string),
             failed_build: None,
+            waiting: None,
+            exit: None,
         };
     agent
         .report(&report("a1", Some(&v1), tug_api::AgentState::Healthy, None))

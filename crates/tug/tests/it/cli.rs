@@ -463,6 +463,8 @@ async fn agents_whose_ids_share_thirteen_characters_are_told_apart() {
                 state: tug_api::AgentState::Healthy,
                 error: None,
                 failed_build: None,
+                waiting: None,
+                exit: None,
             })
             .await
             .unwrap();

@@ -77,6 +77,7 @@ async fn kill_9_during_an_upload_leaves_nothing_visible() {
                 size: body.len() as u64,
                 digest,
                 derived_from: vec![],
+                executable: false,
             }],
         )
         .await

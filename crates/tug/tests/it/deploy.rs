@@ -389,6 +389,7 @@ pub async fn filled_draft(
         size: body.len() as u64,
         digest,
         derived_from: vec![],
+        executable: false,
     };
     client.register_artifacts(b.id.as_str(), vec![spec]).await.unwrap();
     b

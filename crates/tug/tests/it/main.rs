@@ -3,6 +3,7 @@
 //! an S3 store (SeaweedFS), both started by the test command.
 
 mod access;
+mod agent_reports;
 mod agents;
 mod auth;
 mod bad_input;
@@ -11,9 +12,11 @@ mod concurrency;
 mod config;
 mod crash;
 mod deploy;
+mod executables;
 mod flow;
 mod maintenance;
 mod readme;
+mod repair;
 mod robust;
 mod rollouts;
 mod shared;

@@ -32,6 +32,8 @@ impl Sim {
             state,
             error: failed.map(|_| "health check failed: HTTP 500".to_string()),
             failed_build: failed.map(|b| BuildId::parse(b).unwrap()),
+            waiting: None,
+            exit: None,
         }
     }
 
