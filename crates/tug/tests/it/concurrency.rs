@@ -141,10 +141,9 @@ async fn resealing_releases_a_lost_auto_release(backend: Backend) {
     let w = w.path();
     setup(&server, w, TRAIN);
     let b1 = sealed(&server, w, "master", "aaaaaaa1", "1.0.0");
-    server
-        .tug(w, &["release", "api", "--env", "trials", "--build", &b1])
-        .ok();
     let b2 = sealed(&server, w, "master", "bbbbbbb2", "1.0.1");
+    // Rolling back holds trials on b1.
+    server.tug(w, &["rollback", "api", "--env", "trials"]).ok();
     assert_eq!(current(&server, w, "trials").as_deref(), Some(b1.as_str()), "held");
 
     let db = tug_db::Db::connect(&server.database_url()).await.unwrap();
@@ -515,4 +514,40 @@ async fn approval_requests_expire_by_themselves_on_postgres() {
 fn short_id(server: &TestServer, w: &Path, build: &str) -> String {
     let b = server.tug(w, &["build", "show", build, "--output", "json"]).json();
     b["short_id"].as_str().expect("short_id").to_string()
+}
+
+/// Item: a deployment that "replaced" the very build it deployed made
+/// `tug rollback` answer "already runs build". Deploying what an
+/// environment runs is refused, whichever way it is asked for, and adds
+/// nothing to its history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploying_what_runs_is_refused_and_no_deployment_replaces_itself() {
+    let server = TestServer::start().await;
+    let w = tempfile::tempdir().unwrap();
+    let w = w.path();
+    setup(&server, w, TRAIN);
+    let b1 = sealed(&server, w, "master", "aaaaaaa1", "1.0.0");
+    let err = server
+        .tug(w, &["release", "api", "--env", "trials", "--build", &b1])
+        .fails()
+        .to_string();
+    assert!(
+        err.contains("already runs build") && err.contains("nothing_to_deploy"),
+        "{err}"
+    );
+    let b2 = sealed(&server, w, "master", "bbbbbbb2", "1.0.1");
+    server.tug(w, &["rollback", "api", "--env", "trials"]).ok();
+    let err = server
+        .tug(w, &["release", "api", "--env", "trials", "--build", &b1])
+        .fails()
+        .to_string();
+    assert!(err.contains("already runs build"), "{err}");
+    let history = server.client().history(&api(), &env("trials"), 100).await.unwrap();
+    assert_eq!(history.deployments.len(), 3, "auto-release, auto-release, rollback");
+    for d in &history.deployments {
+        assert_ne!(d.replaced, d.build, "deployment {} replaced itself", d.seq);
+    }
+    // And the rollback the item saw refused works: back to b2.
+    server.tug(w, &["rollback", "api", "--env", "trials", "--to", &b2]).ok();
+    assert_eq!(current(&server, w, "trials").as_deref(), Some(b2.as_str()));
 }
