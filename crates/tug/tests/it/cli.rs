@@ -80,22 +80,6 @@ fn sealed(server: &TestServer, w: &Path, n: u32) -> String {
     pushed["build"].as_str().unwrap().to_string()
 }
 
-/// A scenario as two tests: on SQLite with a local store, and on
-/// PostgreSQL with S3.
-macro_rules! on_both {
-    ($scenario:ident, $sqlite:ident, $postgres:ident) => {
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $sqlite() {
-            $scenario(&TestServer::start().await).await;
-        }
-
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $postgres() {
-            $scenario(&TestServer::start_with(Backend::postgres_s3().await, &[]).await).await;
-        }
-    };
-}
-
 /// Creates the approver token `ann`; returns its secret.
 fn approver(server: &TestServer, w: &Path) -> String {
     let created = server

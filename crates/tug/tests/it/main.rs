@@ -2,6 +2,10 @@
 //! embedded defaults (SQLite and a local directory) and on PostgreSQL with
 //! an S3 store (SeaweedFS), both started by the test command.
 
+// First: its macros serve the modules after it.
+#[macro_use]
+mod support;
+
 mod access;
 mod agent_reports;
 mod agents;
@@ -20,4 +24,3 @@ mod repair;
 mod robust;
 mod rollouts;
 mod shared;
-mod support;

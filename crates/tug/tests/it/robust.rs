@@ -15,22 +15,6 @@ use reqwest::Method;
 
 use crate::support::{digest_of, eventually, write_files, Backend, KillOnDrop, TestServer, TUG};
 
-/// Two tests of `$body`: `$sqlite` on the embedded SQLite and directory,
-/// `$postgres` on PostgreSQL and S3.
-macro_rules! on_both_backends {
-    ($sqlite:ident, $postgres:ident, $body:ident) => {
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $sqlite() {
-            $body(&TestServer::start().await).await;
-        }
-
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $postgres() {
-            $body(&TestServer::start_with(Backend::postgres_s3().await, &[]).await).await;
-        }
-    };
-}
-
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -379,10 +363,10 @@ async fn pipeline_limits(server: &TestServer) {
     assert!(err.contains("pipeline_not_found"), "nothing was stored: {err}");
 }
 
-on_both_backends!(
+on_both!(
+    pipeline_limits,
     fifty_thousand_environments_are_refused_quickly,
-    fifty_thousand_environments_are_refused_quickly_on_postgres,
-    pipeline_limits
+    fifty_thousand_environments_are_refused_quickly_on_postgres
 );
 
 // ---- item 14: durations that would overflow -------------------------------
@@ -417,10 +401,10 @@ async fn long_approval_timeouts(server: &TestServer) {
     assert!(left > chrono::Duration::days(364), "{left}");
 }
 
-on_both_backends!(
+on_both!(
+    long_approval_timeouts,
     approval_timeout_99999999d_is_refused_instead_of_panicking_every_release,
-    approval_timeout_99999999d_is_refused_instead_of_panicking_every_release_on_postgres,
-    long_approval_timeouts
+    approval_timeout_99999999d_is_refused_instead_of_panicking_every_release_on_postgres
 );
 
 // ---- item 15: every error is JSON -----------------------------------------
@@ -580,10 +564,10 @@ async fn freeze_override_by_a_deployer(server: &TestServer) {
     server.tug(w, &release).ok();
 }
 
-on_both_backends!(
+on_both!(
+    freeze_override_by_a_deployer,
     a_freeze_override_by_a_deployer_is_forbidden_not_invalid,
-    a_freeze_override_by_a_deployer_is_forbidden_not_invalid_on_postgres,
-    freeze_override_by_a_deployer
+    a_freeze_override_by_a_deployer_is_forbidden_not_invalid_on_postgres
 );
 
 // ---- item 16: commits and versions ----------------------------------------
@@ -737,8 +721,8 @@ async fn commits_and_versions(server: &TestServer) {
         .ok();
 }
 
-on_both_backends!(
+on_both!(
+    commits_and_versions,
     empty_or_invalid_commits_are_refused_and_versions_with_v_round_trip,
-    empty_or_invalid_commits_are_refused_and_versions_with_v_round_trip_on_postgres,
-    commits_and_versions
+    empty_or_invalid_commits_are_refused_and_versions_with_v_round_trip_on_postgres
 );

@@ -309,3 +309,20 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// A scenario as two tests: `$sqlite` on the embedded SQLite and directory,
+/// `$postgres` on PostgreSQL and S3 from the test command.
+macro_rules! on_both {
+    ($scenario:ident, $sqlite:ident, $postgres:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $sqlite() {
+            $scenario(&$crate::support::TestServer::start().await).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $postgres() {
+            let backend = $crate::support::Backend::postgres_s3().await;
+            $scenario(&$crate::support::TestServer::start_with(backend, &[]).await).await;
+        }
+    };
+}
