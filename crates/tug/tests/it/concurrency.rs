@@ -65,7 +65,7 @@ fn random_moment(max_ms: u64) -> Duration {
     Duration::from_millis(u64::from(nanos) % max_ms.max(1))
 }
 
-/// Item: a `kill -9` between a seal's commit and its auto-release lost the
+/// Regression: a `kill -9` between a seal's commit and its auto-release lost the
 /// release for good. Seals master drafts in rounds and kills the server at
 /// a random moment while they are in flight; after each restart trials
 /// comes to run the newest sealed master build by itself.
@@ -131,7 +131,7 @@ async fn kill_9_between_seal_and_auto_release_loses_no_release_on_postgres() {
     kill_9_between_seal_and_auto_release(Backend::postgres_s3().await).await;
 }
 
-/// Item: after a lost auto-release, sealing the build again answered 200
+/// Regression: after a lost auto-release, sealing the build again answered 200
 /// and still released nothing. The lost release is made here by lifting
 /// the hold on trials behind the server's back, which leaves a sealed build
 /// trials should run and does not.
@@ -169,7 +169,7 @@ async fn resealing_a_sealed_build_releases_a_lost_auto_release_on_postgres() {
     resealing_releases_a_lost_auto_release(Backend::postgres_s3().await).await;
 }
 
-/// Item: sealing 8 master drafts at once lost auto-releases to the
+/// Regression: sealing 8 master drafts at once lost auto-releases to the
 /// compare-and-set and left trials on an older build. Every round, with
 /// the seals spread over `servers`, trials ends on the newest sealed build,
 /// no auto-release is refused for "another deployment … meanwhile", and
@@ -241,7 +241,7 @@ async fn concurrent_seals_all_end_on_the_newest_build_on_two_servers_sharing_pos
     concurrent_seals(&[&a, &b]).await;
 }
 
-/// Item: four approvers approving at once deployed one request two or three
+/// Regression: four approvers approving at once deployed one request two or three
 /// times, one deployment "replacing" itself, and `tug rollback` then
 /// answered 409. Every round: one deployment per request, each approval
 /// answered, and the history names the approvers.
@@ -349,7 +349,7 @@ async fn concurrent_approvals_deploy_a_request_once_on_postgres() {
     concurrent_approvals(Backend::postgres_s3().await).await;
 }
 
-/// Item: `tug policy resume` did not release the build sealed during the
+/// Regression: `tug policy resume` did not release the build sealed during the
 /// hold. It does now, at once; and a rollback holds auto-release too, so
 /// the build rolled back from does not come back by itself.
 async fn resume_catches_up(backend: Backend) {
@@ -405,7 +405,7 @@ async fn resume_releases_a_build_sealed_during_the_hold_on_postgres() {
     resume_catches_up(Backend::postgres_s3().await).await;
 }
 
-/// Item: an expired request stayed "pending" until someone touched it, and
+/// Regression: an expired request stayed "pending" until someone touched it, and
 /// no event said it expired. With a three-second `approval_timeout` the
 /// request expires by itself: `approval.expired` is recorded, `tug status`
 /// moves it from pending to expired, and a late approval is told so.
@@ -516,7 +516,7 @@ fn short_id(server: &TestServer, w: &Path, build: &str) -> String {
     b["short_id"].as_str().expect("short_id").to_string()
 }
 
-/// Item: a deployment that "replaced" the very build it deployed made
+/// Regression: a deployment that "replaced" the very build it deployed made
 /// `tug rollback` answer "already runs build". Deploying what an
 /// environment runs is refused, whichever way it is asked for, and adds
 /// nothing to its history.
@@ -547,7 +547,7 @@ async fn deploying_what_runs_is_refused_and_no_deployment_replaces_itself() {
     for d in &history.deployments {
         assert_ne!(d.replaced, d.build, "deployment {} replaced itself", d.seq);
     }
-    // And the rollback the item saw refused works: back to b2.
+    // And the rollback that was refused in that case works: back to b2.
     server.tug(w, &["rollback", "api", "--env", "trials", "--to", &b2]).ok();
     assert_eq!(current(&server, w, "trials").as_deref(), Some(b2.as_str()));
 }

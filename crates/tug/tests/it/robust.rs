@@ -75,7 +75,7 @@ fn apply(server: &TestServer, w: &Path, pipeline: &str) -> crate::support::Run {
     server.tug(w, &["pipeline", "apply", "-f", "pipeline.toml"])
 }
 
-// ---- item 6: file modes ---------------------------------------------------
+// ---- file modes ---------------------------------------------------------
 
 /// A server started by hand: `sh -c 'umask …; exec tug server …'`, so the
 /// test controls the umask it runs with.
@@ -187,7 +187,7 @@ fn a_data_directory_that_is_a_file_is_named() {
     );
 }
 
-// ---- item 21: the socket before anything on disk --------------------------
+// ---- the socket before anything on disk ---------------------------------
 
 #[test]
 fn a_busy_port_names_the_flag_and_creates_nothing_on_disk() {
@@ -226,7 +226,7 @@ fn a_busy_port_names_the_flag_and_creates_nothing_on_disk() {
     }
 }
 
-// ---- item 7: header-read timeout ------------------------------------------
+// ---- header-read timeout ------------------------------------------------
 
 /// Reads until the server closes the connection; how long that took.
 fn closed_after(mut conn: TcpStream, started: Instant, limit: Duration) -> Duration {
@@ -324,7 +324,7 @@ async fn connections_that_never_finish_their_headers_are_closed() {
     server.client().list_services().await.unwrap();
 }
 
-// ---- item 7: pipeline limits ----------------------------------------------
+// ---- pipeline limits ----------------------------------------------------
 
 async fn pipeline_limits(server: &TestServer) {
     let w = tempfile::tempdir().unwrap();
@@ -369,7 +369,7 @@ on_both!(
     fifty_thousand_environments_are_refused_quickly_on_postgres
 );
 
-// ---- item 14: durations that would overflow -------------------------------
+// ---- durations that would overflow --------------------------------------
 
 async fn long_approval_timeouts(server: &TestServer) {
     let w = tempfile::tempdir().unwrap();
@@ -407,7 +407,7 @@ on_both!(
     approval_timeout_99999999d_is_refused_instead_of_panicking_every_release_on_postgres
 );
 
-// ---- item 15: every error is JSON -----------------------------------------
+// ---- every error is JSON ------------------------------------------------
 
 /// Every route of the API with the methods it accepts.
 const ROUTES: &[(&str, &[&str])] = &[
@@ -570,7 +570,7 @@ on_both!(
     a_freeze_override_by_a_deployer_is_forbidden_not_invalid_on_postgres
 );
 
-// ---- item 16: commits and versions ----------------------------------------
+// ---- commits and versions -----------------------------------------------
 
 async fn commits_and_versions(server: &TestServer) {
     let w = tempfile::tempdir().unwrap();
