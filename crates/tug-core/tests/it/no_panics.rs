@@ -8,12 +8,12 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use proptest::prelude::*;
 use tug_core::pipeline::{
-    CountOrShare, EnvironmentSpec, FreezeSpec, PipelineSpec, RolloutSpec, MAX_DURATION, MAX_ENVIRONMENTS,
+    CountOrShare, EnvironmentSpec, PipelineSpec, RolloutSpec, WindowSpec, MAX_DURATION, MAX_ENVIRONMENTS,
 };
 use tug_core::{
     bump, evaluate, format_duration, next_cloud_version, parse_duration, ArtifactName, BuildFacts, BuildId, CommitId,
-    DeployKind, Digest, EnvName, Environment, FreezeWindow, Part, Pipeline, Platform, Proposal, ServerRule,
-    ServiceName, Share, TokenName, Version,
+    DeployKind, Digest, EnvName, Environment, Part, Pipeline, Platform, Proposal, ServerRule, ServiceName, Share,
+    TimeWindow, TokenName, Version,
 };
 
 /// The pipeline of the README, with every kind of policy.
@@ -102,7 +102,7 @@ fn window_text() -> impl Strategy<Value = String> {
 }
 
 /// A window as written, mostly well formed.
-fn freeze_spec() -> impl Strategy<Value = FreezeSpec> {
+fn window_spec() -> impl Strategy<Value = WindowSpec> {
     let rfc3339 = prop_oneof![
         instant().prop_map(|t| t.to_rfc3339()),
         "[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(Z|[+-][0-9]{2}:[0-9]{2})",
@@ -114,7 +114,7 @@ fn freeze_spec() -> impl Strategy<Value = FreezeSpec> {
         proptest::option::of(rfc3339.clone()),
         proptest::option::of(rfc3339),
     )
-        .prop_map(|(weekly, tz, from, until)| FreezeSpec {
+        .prop_map(|(weekly, tz, from, until)| WindowSpec {
             weekly,
             tz,
             from,
@@ -166,8 +166,8 @@ fn environment_spec() -> impl Strategy<Value = EnvironmentSpec> {
         proptest::option::of(duration_text()),
         0u32..20,
         proptest::option::of(prop_oneof![Just("^master$".to_string()), ".{0,12}"]),
-        proptest::collection::vec(freeze_spec(), 0..3),
-        proptest::collection::vec(freeze_spec(), 0..3),
+        proptest::collection::vec(window_spec(), 0..3),
+        proptest::collection::vec(window_spec(), 0..3),
         proptest::option::of(prop_oneof!["[0-9]{1,3}%", ".{0,5}"]),
         proptest::option::of(rollout_spec()),
     )
@@ -291,9 +291,9 @@ proptest! {
 
     #[test]
     fn windows_parse_or_refuse_and_answer_for_any_instant(text in window_text(), tz in time_zone(), at in instant()) {
-        if let Ok(w) = FreezeWindow::weekly(&text, &tz) {
+        if let Ok(w) = TimeWindow::weekly(&text, &tz) {
             let _ = w.contains(at);
-            let back = FreezeWindow::from_spec(&w.to_spec()).unwrap();
+            let back = TimeWindow::from_spec(&w.to_spec()).unwrap();
             prop_assert_eq!(back, w);
             prop_assert_eq!(back.contains(at), w.contains(at));
             let _ = w.to_string();
@@ -301,10 +301,10 @@ proptest! {
     }
 
     #[test]
-    fn window_specs_parse_or_refuse(spec in freeze_spec(), at in instant()) {
-        if let Ok(w) = FreezeWindow::from_spec(&spec) {
+    fn window_specs_parse_or_refuse(spec in window_spec(), at in instant()) {
+        if let Ok(w) = TimeWindow::from_spec(&spec) {
             let _ = w.contains(at);
-            prop_assert_eq!(FreezeWindow::from_spec(&w.to_spec()).unwrap(), w);
+            prop_assert_eq!(TimeWindow::from_spec(&w.to_spec()).unwrap(), w);
         }
     }
 
@@ -320,7 +320,7 @@ proptest! {
             format!("Fri-Mon {start:02}:00 - {end:02}:30"),
             format!("{start:02}:15 - {end:02}:45"),
         ] {
-            let w = FreezeWindow::weekly(&text, tz).unwrap();
+            let w = TimeWindow::weekly(&text, tz).unwrap();
             let _ = w.contains(at);
         }
     }
@@ -472,7 +472,7 @@ fn fifty_thousand_environments_are_refused_quickly() {
 
 #[test]
 fn the_extremes_of_time_are_answered() {
-    let w = FreezeWindow::weekly("Sat 00:00 - Mon 06:00", "Pacific/Kiritimati").unwrap();
+    let w = TimeWindow::weekly("Sat 00:00 - Mon 06:00", "Pacific/Kiritimati").unwrap();
     for at in [
         DateTime::<Utc>::MIN_UTC,
         DateTime::<Utc>::MAX_UTC,
