@@ -69,10 +69,6 @@ impl BranchRestriction {
         &self.source
     }
 
-    pub fn regex(&self) -> &Regex {
-        &self.regex
-    }
-
     pub fn matches(&self, branch: &str) -> bool {
         self.regex.is_match(branch)
     }
