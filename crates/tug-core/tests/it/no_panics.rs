@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use proptest::prelude::*;
+use tug_core::pipeline::policies::apply_flags;
 use tug_core::pipeline::{
-    CountOrShare, EnvironmentSpec, PipelineSpec, RolloutSpec, WindowSpec, MAX_DURATION, MAX_ENVIRONMENTS,
+    CountOrShare, EnvironmentSpec, FlagValues, PipelineSpec, RolloutSpec, WindowSpec, MAX_DURATION, MAX_ENVIRONMENTS,
+    POLICIES,
 };
 use tug_core::{
     bump, evaluate, format_duration, next_cloud_version, parse_duration, ArtifactName, BuildFacts, BuildId, CommitId,
@@ -120,6 +122,19 @@ fn window_spec() -> impl Strategy<Value = WindowSpec> {
             from,
             until,
         })
+}
+
+/// A value for any policy's flag: one that fits some policy, or anything.
+fn flag_value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        duration_text(),
+        window_text(),
+        "[0-9]{1,3}%?",
+        Just("true".to_string()),
+        Just("canary".to_string()),
+        "(strategy|count|then|max_in_flight|halt_after_failures|auto_rollback|x)=(rolling|canary|all-at-once|[0-9]{1,3}%?|true|-1|.{0,3})(,(count|then|max_in_flight|halt_after_failures|auto_rollback)=(rolling|[0-9]{1,3}%?|true|.{0,3})){0,4}",
+        ".{0,20}",
+    ]
 }
 
 fn duration_text() -> impl Strategy<Value = String> {
@@ -345,6 +360,33 @@ proptest! {
         let spec = PipelineSpec { service: "api".into(), environments: envs };
         if let Ok(p) = Pipeline::from_spec(&spec) {
             check_accepted(&p, at);
+        }
+    }
+
+    #[test]
+    fn policy_flags_apply_or_refuse(
+        given in proptest::collection::vec((0..POLICIES.len(), flag_value()), 1..4),
+        tz in proptest::option::of(time_zone()),
+        skew in proptest::option::of(any::<u64>().prop_map(|n| n.to_string())),
+        at in instant(),
+    ) {
+        // Each policy's flag with almost-valid and arbitrary values, as
+        // `tug policy apply` hands them over after its own parsing.
+        let mut flags = FlagValues::new();
+        for (i, value) in &given {
+            flags.insert(POLICIES[*i].name(), value);
+        }
+        if let Some(tz) = &tz {
+            flags.insert("tz", tz);
+        }
+        if let Some(skew) = &skew {
+            flags.insert("max-major-skew", skew);
+        }
+        let mut spec = Pipeline::parse(EXAMPLE).unwrap().to_spec();
+        if apply_flags(&mut spec.environments[1], &flags).is_ok() {
+            if let Ok(p) = Pipeline::from_spec(&spec) {
+                check_accepted(&p, at);
+            }
         }
     }
 
