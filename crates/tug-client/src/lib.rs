@@ -152,10 +152,6 @@ impl Client {
         })
     }
 
-    pub fn base(&self) -> &str {
-        &self.base
-    }
-
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
         let mut req = self.http.request(method, format!("{}{path}", self.base));
         if let Some(t) = &self.token {

@@ -47,14 +47,6 @@ impl Digest {
         Digest(sha2::Sha256::digest(data).into())
     }
 
-    pub fn from_bytes(bytes: [u8; 32]) -> Digest {
-        Digest(bytes)
-    }
-
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-
     /// The 64 hex digits without the algorithm prefix.
     pub fn hex(&self) -> String {
         hex::encode(self.0)

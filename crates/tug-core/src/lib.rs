@@ -27,8 +27,8 @@ pub use manifest::{
 };
 pub use names::{ArtifactName, BuildId, CommitId, NameError, Platform, ServiceName, TokenName, Version};
 pub use pipeline::{
-    format_duration, parse_duration, BranchRestriction, Compatibility, EnvName, Environment, FreezeWindow, Pipeline,
-    PipelineError, PipelineSpec, Rollout, ServerRule, Share, Strategy,
+    format_duration, parse_duration, BranchRestriction, Compatibility, EnvName, Environment, Pipeline, PipelineError,
+    PipelineSpec, Rollout, ServerRule, Share, Strategy, TimeWindow,
 };
 pub use policy::{evaluate, BuildFacts, DeployKind, Proposal, Verdict, Violation};
 pub use role::{Action, Role};

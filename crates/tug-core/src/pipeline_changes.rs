@@ -2,93 +2,19 @@
 //! revisions of it: `production: approvals 1 → 2`, `production: + freeze
 //! Sat 00:00 - Mon 06:00 Europe/Berlin`, `+ environment qa`.
 //!
-//! [`policies`] is the one list of an environment's policies with their
-//! display text; `tug policy list` shows it and [`changes`] compares two of
-//! them, so the two views always agree. [`duplicate_window`] finds a window
-//! listed twice, which a new revision may not contain.
+//! [`changes`] compares two revisions policy by policy, through the
+//! definitions in [`crate::pipeline::policies`]: each policy's values as
+//! `tug policy list` shows them, compared as one value or as a set of
+//! windows as the policy says, so the listing and the history always
+//! agree. [`duplicate_window`] finds a window listed twice, which a new
+//! revision may not contain.
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::pipeline::{format_duration, EnvName, Environment, FreezeWindow, Pipeline};
-
-/// One policy of an environment as people read it: `approvals` = `2`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PolicyEntry {
-    /// The policy's name, as `tug policy delete --policy` takes it
-    /// (`upstream` is the environment's place in the pipeline).
-    pub policy: &'static str,
-    pub value: String,
-}
-
-/// Policies that may hold several values (one entry per window).
-const MULTI: [&str; 2] = ["freeze", "maintenance"];
-
-/// The value of a yes/no policy when it is set.
-const YES: &str = "true";
-
-fn plural(n: u64, one: &str, many: &str) -> String {
-    format!("{n} {}", if n == 1 { one } else { many })
-}
-
-/// Every policy of `env`, in a fixed order, each window on its own.
-pub fn policies(env: &Environment) -> Vec<PolicyEntry> {
-    let mut out = Vec::new();
-    let mut add = |policy: &'static str, value: String| out.push(PolicyEntry { policy, value });
-    if let Some(up) = &env.upstream {
-        add("upstream", up.to_string());
-    }
-    if let Some(b) = &env.auto_release {
-        add("auto-release", b.clone());
-    }
-    if let Some(r) = &env.branch_restriction {
-        add("branch-restriction", r.to_string());
-    }
-    if let Some(s) = env.soak {
-        add("soak", format_duration(s));
-    }
-    if env.approvals > 0 {
-        add("approvals", env.approvals.to_string());
-    }
-    if let Some(t) = env.approval_timeout {
-        add("approval-timeout", format_duration(t));
-    }
-    for f in &env.freeze {
-        add("freeze", f.to_string());
-    }
-    if env.private {
-        add("private", YES.to_string());
-    }
-    if let Some(share) = env.soak_healthy {
-        add("soak-healthy", format!("{share}%"));
-    }
-    if let Some(r) = &env.rollout {
-        let mut text = format!(
-            "{}; halt after {}",
-            r.strategy,
-            plural(u64::from(r.halt_after_failures), "failure", "failures")
-        );
-        if r.auto_rollback {
-            text.push_str(", then roll back");
-        }
-        add("rollout", text);
-    }
-    for w in &env.maintenance {
-        add("maintenance", w.to_string());
-    }
-    if let Some(c) = &env.compatible_with {
-        add(
-            "compatible-with",
-            format!(
-                "{} (at most {} ahead)",
-                c.service,
-                plural(c.max_major_skew, "major version", "major versions")
-            ),
-        );
-    }
-    out
-}
+use crate::pipeline::policies::{Policy, POLICIES, UPSTREAM, YES};
+use crate::pipeline::{EnvName, Environment, Pipeline, TimeWindow};
 
 /// One difference between two revisions of a pipeline.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -184,14 +110,20 @@ pub fn changes(old: Option<&Pipeline>, new: &Pipeline) -> Vec<PipelineChange> {
                     upstream: env.upstream.clone(),
                 });
                 // The upstream is on the line above.
-                let added = policies(env).into_iter().filter(|p| p.policy != "upstream");
-                out.extend(added.map(|p| PipelineChange::PolicyAdded {
-                    environment: name.clone(),
-                    policy: p.policy.to_string(),
-                    value: p.value,
-                }));
+                let added = POLICIES.iter().filter(|p| p.name() != UPSTREAM.name());
+                for p in added {
+                    out.extend(p.list(env).into_iter().map(|value| PipelineChange::PolicyAdded {
+                        environment: name.clone(),
+                        policy: p.name().to_string(),
+                        value,
+                    }));
+                }
             }
-            Some(before) => out.extend(policy_changes(name, &policies(before), &policies(env))),
+            Some(before) => {
+                for p in POLICIES {
+                    out.extend(policy_changes(name, *p, p.list(before), p.list(env)));
+                }
+            }
         }
     }
     for env in old_envs {
@@ -217,57 +149,47 @@ pub fn changes(old: Option<&Pipeline>, new: &Pipeline) -> Vec<PipelineChange> {
     out
 }
 
-fn policy_changes(env: &EnvName, old: &[PolicyEntry], new: &[PolicyEntry]) -> Vec<PipelineChange> {
-    let mut keys: Vec<&'static str> = Vec::new();
-    for p in old.iter().chain(new) {
-        if !keys.contains(&p.policy) {
-            keys.push(p.policy);
-        }
+/// How one policy of an environment changed between two revisions, from
+/// its values as listed before and after.
+fn policy_changes(env: &EnvName, policy: &dyn Policy, before: Vec<String>, after: Vec<String>) -> Vec<PipelineChange> {
+    let added = |value: String| PipelineChange::PolicyAdded {
+        environment: env.clone(),
+        policy: policy.name().to_string(),
+        value,
+    };
+    let removed = |value: String| PipelineChange::PolicyRemoved {
+        environment: env.clone(),
+        policy: policy.name().to_string(),
+        value,
+    };
+    if policy.about().multi {
+        let mut out: Vec<PipelineChange> = before
+            .iter()
+            .filter(|v| !after.contains(v))
+            .cloned()
+            .map(removed)
+            .collect();
+        out.extend(after.iter().filter(|v| !before.contains(v)).cloned().map(added));
+        return out;
     }
-    let mut out = Vec::new();
-    for key in keys {
-        let values = |list: &[PolicyEntry]| -> Vec<String> {
-            list.iter()
-                .filter(|p| p.policy == key)
-                .map(|p| p.value.clone())
-                .collect()
-        };
-        let (before, after) = (values(old), values(new));
-        let added = |value: String| PipelineChange::PolicyAdded {
+    match (before.into_iter().next(), after.into_iter().next()) {
+        (None, Some(v)) => vec![added(v)],
+        (Some(v), None) => vec![removed(v)],
+        (Some(old), Some(new)) if old != new => vec![PipelineChange::PolicyChanged {
             environment: env.clone(),
-            policy: key.to_string(),
-            value,
-        };
-        let removed = |value: String| PipelineChange::PolicyRemoved {
-            environment: env.clone(),
-            policy: key.to_string(),
-            value,
-        };
-        if MULTI.contains(&key) {
-            out.extend(before.iter().filter(|v| !after.contains(v)).cloned().map(removed));
-            out.extend(after.iter().filter(|v| !before.contains(v)).cloned().map(added));
-            continue;
-        }
-        match (before.into_iter().next(), after.into_iter().next()) {
-            (None, Some(v)) => out.push(added(v)),
-            (Some(v), None) => out.push(removed(v)),
-            (Some(old), Some(new)) if old != new => out.push(PipelineChange::PolicyChanged {
-                environment: env.clone(),
-                policy: key.to_string(),
-                old,
-                new,
-            }),
-            _ => {}
-        }
+            policy: policy.name().to_string(),
+            old,
+            new,
+        }],
+        _ => Vec::new(),
     }
-    out
 }
 
 /// A window an environment lists twice (as freeze or maintenance window),
 /// described for an error message: a second copy changes nothing and only
 /// hides what was meant.
 pub fn duplicate_window(pipeline: &Pipeline) -> Option<String> {
-    let twice = |list: &[FreezeWindow]| -> Option<FreezeWindow> {
+    let twice = |list: &[TimeWindow]| -> Option<TimeWindow> {
         list.iter()
             .enumerate()
             .find(|(i, w)| list[..*i].contains(w))
@@ -405,26 +327,5 @@ auto_release = { branch = "master" }
             "{message}"
         );
         assert_eq!(duplicate_window(&parse(BASE)), None);
-    }
-
-    #[test]
-    fn policies_read_with_correct_plurals() {
-        let text = BASE.replace(
-            "approvals = 1",
-            "rollout = { strategy = \"rolling\", max_in_flight = 1 }\ncompatible_with = { service = \"agent\", max_major_skew = 1 }",
-        );
-        let p = parse(&text);
-        let listed: Vec<String> = policies(&p.environments[1])
-            .into_iter()
-            .map(|e| format!("{}={}", e.policy, e.value))
-            .collect();
-        assert_eq!(
-            listed,
-            vec![
-                "upstream=dev",
-                "rollout=rolling, 1 at a time; halt after 1 failure",
-                "compatible-with=agent (at most 1 major version ahead)",
-            ]
-        );
     }
 }

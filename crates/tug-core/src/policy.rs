@@ -101,10 +101,6 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    pub fn is_allowed(&self) -> bool {
-        matches!(self, Verdict::Allowed)
-    }
-
     /// The violations of a refusal; empty otherwise.
     pub fn violations(&self) -> &[Violation] {
         match self {
@@ -402,7 +398,7 @@ private = true
             }
         }
         let verdict = evaluate(&proposal(DeployKind::AutoRelease, env(&p, "canary")));
-        assert!(verdict.is_allowed());
+        assert_eq!(verdict, Verdict::Allowed);
     }
 
     #[test]

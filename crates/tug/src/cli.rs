@@ -9,7 +9,9 @@
 use std::path::PathBuf;
 
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
-use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+use clap::{value_parser, Arg, ArgAction, ArgGroup, ArgMatches, Args, FromArgMatches, Parser, Subcommand, ValueEnum};
+use tug_core::pipeline::policies::{Flag, ValueKind};
+use tug_core::pipeline::{FlagValues, POLICIES};
 use tug_core::{ArtifactKind, Role};
 
 #[derive(Debug, Parser)]
@@ -77,20 +79,11 @@ fn kind_parser() -> impl TypedValueParser<Value = ArtifactKind> {
     PossibleValuesParser::new(ArtifactKind::ALL.map(ArtifactKind::as_str)).try_map(|s| s.parse::<ArtifactKind>())
 }
 
-/// The policies `tug policy delete` removes, as `tug policy list` names them.
-pub const POLICIES: [&str; 11] = [
-    "auto-release",
-    "branch-restriction",
-    "soak",
-    "soak-healthy",
-    "approvals",
-    "approval-timeout",
-    "freeze",
-    "private",
-    "rollout",
-    "maintenance",
-    "compatible-with",
-];
+/// `--policy`: the policies `tug policy delete` removes, as `tug policy
+/// list` names them.
+fn policy_name_parser() -> PossibleValuesParser {
+    PossibleValuesParser::new(POLICIES.iter().map(|p| p.name()))
+}
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -495,56 +488,112 @@ pub enum PolicyCommand {
         #[arg(long = "env")]
         env: String,
         /// The policy to remove (every window, for freeze and maintenance).
-        #[arg(long, value_parser = POLICIES)]
+        #[arg(long, value_parser = policy_name_parser())]
         policy: String,
     },
 }
 
 #[derive(Debug, Args)]
-#[command(group(ArgGroup::new("windows").multiple(true).args(["freeze", "maintenance"])))]
 pub struct PolicyApplyArgs {
     /// The service.
     pub service: String,
     /// The environment to set policies on.
     #[arg(long = "env")]
     pub env: String,
-    /// Release every sealed build of this branch into the environment.
-    #[arg(long)]
-    pub auto_release: Option<String>,
-    /// A regex the build's branch must match.
-    #[arg(long)]
-    pub branch_restriction: Option<String>,
-    /// How long a build must have run upstream, e.g. 1h.
-    #[arg(long)]
-    pub soak: Option<String>,
-    /// Distinct approvals needed.
-    #[arg(long)]
-    pub approvals: Option<u32>,
-    /// How long a deployment waits for approvals, e.g. 24h.
-    #[arg(long)]
-    pub approval_timeout: Option<String>,
-    /// Add a weekly freeze window, e.g. "Sat 00:00 - Mon 06:00" (with --tz).
-    #[arg(long)]
-    pub freeze: Option<String>,
-    /// Time zone of --freeze and --maintenance (default UTC), e.g. Europe/Berlin.
-    #[arg(long, requires = "windows")]
-    pub tz: Option<String>,
-    /// Add a maintenance window, e.g. "Mon-Fri 02:00 - 04:00" (with --tz):
-    /// agents update only inside maintenance windows, unless the build is critical.
-    #[arg(long)]
-    pub maintenance: Option<String>,
-    /// Count soak time only while this share of the upstream's agents are healthy, e.g. 90%.
-    #[arg(long)]
-    pub soak_healthy: Option<String>,
-    /// Refuse builds too far ahead of the oldest agent of this service in the environment.
-    #[arg(long, requires = "max_major_skew")]
-    pub compatible_with: Option<String>,
-    /// How many major versions a build may be ahead of that oldest agent.
-    #[arg(long, requires = "compatible_with")]
-    pub max_major_skew: Option<u64>,
-    /// Make the environment private (the only kind embargoed builds enter), or not.
-    #[arg(long, value_name = "true|false")]
-    pub private: Option<bool>,
+    #[command(flatten)]
+    pub policies: PolicyFlags,
+}
+
+/// The flags of `tug policy apply` that set policies, built from the
+/// policy definitions (`tug_core::pipeline::policies`): each policy's flag
+/// with its value's name, parser and help, and the flags that qualify one
+/// (`--tz`, `--max-major-skew`), each given only with the policies it
+/// qualifies. Parsing, `--help` and completions all come from there.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyFlags(pub FlagValues);
+
+/// Every flag of the policies, each once: the policies' own, then the
+/// companions.
+fn policy_flags() -> Vec<Flag> {
+    let mut flags: Vec<Flag> = POLICIES.iter().map(|p| p.flag()).collect();
+    for companion in POLICIES.iter().flat_map(|p| p.about().companions) {
+        if !flags.contains(&companion.flag) {
+            flags.push(companion.flag);
+        }
+    }
+    flags
+}
+
+fn policy_arg(flag: Flag) -> Arg {
+    let arg = Arg::new(flag.long)
+        .long(flag.long)
+        .value_name(flag.value_name)
+        .help(flag.help)
+        .action(ArgAction::Set);
+    match flag.kind {
+        ValueKind::Text => arg.value_parser(value_parser!(String)),
+        ValueKind::U32 => arg.value_parser(value_parser!(u32)),
+        ValueKind::U64 => arg.value_parser(value_parser!(u64)),
+        ValueKind::Bool => arg.value_parser(value_parser!(bool)),
+    }
+}
+
+impl Args for PolicyFlags {
+    fn augment_args(mut cmd: clap::Command) -> clap::Command {
+        for flag in policy_flags() {
+            let mut arg = policy_arg(flag);
+            match POLICIES.iter().find(|p| p.name() == flag.long) {
+                // A policy's flag needs the companions it cannot do without.
+                Some(policy) => {
+                    for companion in policy.about().companions.iter().filter(|c| c.required) {
+                        arg = arg.requires(companion.flag.long);
+                    }
+                }
+                // A companion needs one of the policies it qualifies.
+                None => {
+                    let qualified = POLICIES
+                        .iter()
+                        .filter(|p| p.about().companions.iter().any(|c| c.flag == flag))
+                        .map(|p| p.name());
+                    let group = format!("{}-policies", flag.long);
+                    cmd = cmd.group(ArgGroup::new(group.clone()).args(qualified).multiple(true));
+                    arg = arg.requires(group);
+                }
+            }
+            cmd = cmd.arg(arg);
+        }
+        cmd
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        PolicyFlags::augment_args(cmd)
+    }
+}
+
+impl FromArgMatches for PolicyFlags {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        let mut values = FlagValues::new();
+        for flag in policy_flags() {
+            // The value as written: its parser has checked it (and that it
+            // is UTF-8); the policy reads it.
+            let Some(raw) = matches.get_raw(flag.long).and_then(|mut v| v.next()) else {
+                continue;
+            };
+            let text = raw.to_str().ok_or_else(|| {
+                clap::Error::raw(
+                    clap::error::ErrorKind::InvalidUtf8,
+                    format!("--{} is not UTF-8", flag.long),
+                )
+            })?;
+            values.insert(flag.long, text);
+        }
+        Ok(PolicyFlags(values))
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        *self = PolicyFlags::from_arg_matches(matches)?;
+        Ok(())
+    }
 }
 
 #[derive(Debug, Args, Clone)]

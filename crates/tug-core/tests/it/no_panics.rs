@@ -7,13 +7,15 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use proptest::prelude::*;
+use tug_core::pipeline::policies::apply_flags;
 use tug_core::pipeline::{
-    CountOrShare, EnvironmentSpec, FreezeSpec, PipelineSpec, RolloutSpec, MAX_DURATION, MAX_ENVIRONMENTS,
+    CountOrShare, EnvironmentSpec, FlagValues, PipelineSpec, RolloutSpec, WindowSpec, MAX_DURATION, MAX_ENVIRONMENTS,
+    POLICIES,
 };
 use tug_core::{
     bump, evaluate, format_duration, next_cloud_version, parse_duration, ArtifactName, BuildFacts, BuildId, CommitId,
-    DeployKind, Digest, EnvName, Environment, FreezeWindow, Part, Pipeline, Platform, Proposal, ServerRule,
-    ServiceName, Share, TokenName, Version,
+    DeployKind, Digest, EnvName, Environment, Part, Pipeline, Platform, Proposal, ServerRule, ServiceName, Share,
+    TimeWindow, TokenName, Version,
 };
 
 /// The pipeline of the README, with every kind of policy.
@@ -102,7 +104,7 @@ fn window_text() -> impl Strategy<Value = String> {
 }
 
 /// A window as written, mostly well formed.
-fn freeze_spec() -> impl Strategy<Value = FreezeSpec> {
+fn window_spec() -> impl Strategy<Value = WindowSpec> {
     let rfc3339 = prop_oneof![
         instant().prop_map(|t| t.to_rfc3339()),
         "[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(Z|[+-][0-9]{2}:[0-9]{2})",
@@ -114,12 +116,25 @@ fn freeze_spec() -> impl Strategy<Value = FreezeSpec> {
         proptest::option::of(rfc3339.clone()),
         proptest::option::of(rfc3339),
     )
-        .prop_map(|(weekly, tz, from, until)| FreezeSpec {
+        .prop_map(|(weekly, tz, from, until)| WindowSpec {
             weekly,
             tz,
             from,
             until,
         })
+}
+
+/// A value for any policy's flag: one that fits some policy, or anything.
+fn flag_value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        duration_text(),
+        window_text(),
+        "[0-9]{1,3}%?",
+        Just("true".to_string()),
+        Just("canary".to_string()),
+        "(strategy|count|then|max_in_flight|halt_after_failures|auto_rollback|x)=(rolling|canary|all-at-once|[0-9]{1,3}%?|true|-1|.{0,3})(,(count|then|max_in_flight|halt_after_failures|auto_rollback)=(rolling|[0-9]{1,3}%?|true|.{0,3})){0,4}",
+        ".{0,20}",
+    ]
 }
 
 fn duration_text() -> impl Strategy<Value = String> {
@@ -166,8 +181,8 @@ fn environment_spec() -> impl Strategy<Value = EnvironmentSpec> {
         proptest::option::of(duration_text()),
         0u32..20,
         proptest::option::of(prop_oneof![Just("^master$".to_string()), ".{0,12}"]),
-        proptest::collection::vec(freeze_spec(), 0..3),
-        proptest::collection::vec(freeze_spec(), 0..3),
+        proptest::collection::vec(window_spec(), 0..3),
+        proptest::collection::vec(window_spec(), 0..3),
         proptest::option::of(prop_oneof!["[0-9]{1,3}%", ".{0,5}"]),
         proptest::option::of(rollout_spec()),
     )
@@ -291,9 +306,9 @@ proptest! {
 
     #[test]
     fn windows_parse_or_refuse_and_answer_for_any_instant(text in window_text(), tz in time_zone(), at in instant()) {
-        if let Ok(w) = FreezeWindow::weekly(&text, &tz) {
+        if let Ok(w) = TimeWindow::weekly(&text, &tz) {
             let _ = w.contains(at);
-            let back = FreezeWindow::from_spec(&w.to_spec()).unwrap();
+            let back = TimeWindow::from_spec(&w.to_spec()).unwrap();
             prop_assert_eq!(back, w);
             prop_assert_eq!(back.contains(at), w.contains(at));
             let _ = w.to_string();
@@ -301,10 +316,10 @@ proptest! {
     }
 
     #[test]
-    fn window_specs_parse_or_refuse(spec in freeze_spec(), at in instant()) {
-        if let Ok(w) = FreezeWindow::from_spec(&spec) {
+    fn window_specs_parse_or_refuse(spec in window_spec(), at in instant()) {
+        if let Ok(w) = TimeWindow::from_spec(&spec) {
             let _ = w.contains(at);
-            prop_assert_eq!(FreezeWindow::from_spec(&w.to_spec()).unwrap(), w);
+            prop_assert_eq!(TimeWindow::from_spec(&w.to_spec()).unwrap(), w);
         }
     }
 
@@ -320,7 +335,7 @@ proptest! {
             format!("Fri-Mon {start:02}:00 - {end:02}:30"),
             format!("{start:02}:15 - {end:02}:45"),
         ] {
-            let w = FreezeWindow::weekly(&text, tz).unwrap();
+            let w = TimeWindow::weekly(&text, tz).unwrap();
             let _ = w.contains(at);
         }
     }
@@ -345,6 +360,33 @@ proptest! {
         let spec = PipelineSpec { service: "api".into(), environments: envs };
         if let Ok(p) = Pipeline::from_spec(&spec) {
             check_accepted(&p, at);
+        }
+    }
+
+    #[test]
+    fn policy_flags_apply_or_refuse(
+        given in proptest::collection::vec((0..POLICIES.len(), flag_value()), 1..4),
+        tz in proptest::option::of(time_zone()),
+        skew in proptest::option::of(any::<u64>().prop_map(|n| n.to_string())),
+        at in instant(),
+    ) {
+        // Each policy's flag with almost-valid and arbitrary values, as
+        // `tug policy apply` hands them over after its own parsing.
+        let mut flags = FlagValues::new();
+        for (i, value) in &given {
+            flags.insert(POLICIES[*i].name(), value);
+        }
+        if let Some(tz) = &tz {
+            flags.insert("tz", tz);
+        }
+        if let Some(skew) = &skew {
+            flags.insert("max-major-skew", skew);
+        }
+        let mut spec = Pipeline::parse(EXAMPLE).unwrap().to_spec();
+        if apply_flags(&mut spec.environments[1], &flags).is_ok() {
+            if let Ok(p) = Pipeline::from_spec(&spec) {
+                check_accepted(&p, at);
+            }
         }
     }
 
@@ -472,7 +514,7 @@ fn fifty_thousand_environments_are_refused_quickly() {
 
 #[test]
 fn the_extremes_of_time_are_answered() {
-    let w = FreezeWindow::weekly("Sat 00:00 - Mon 06:00", "Pacific/Kiritimati").unwrap();
+    let w = TimeWindow::weekly("Sat 00:00 - Mon 06:00", "Pacific/Kiritimati").unwrap();
     for at in [
         DateTime::<Utc>::MIN_UTC,
         DateTime::<Utc>::MAX_UTC,

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use tug_api::{Decide, DeployFlags, DeployResult, Deployment, PendingDeployment, Promote, Release, Rollback};
 use tug_client::Client;
+use tug_core::pipeline::{policies, EnvironmentSpec, POLICIES};
 use tug_core::{EnvName, Pipeline, ServiceName, Version};
 
 use crate::cli::{
@@ -461,7 +462,7 @@ async fn edit_environment(
     client: &Client,
     service: &str,
     env: &str,
-    edit: impl FnOnce(&mut tug_core::pipeline::EnvironmentSpec) -> anyhow::Result<()>,
+    edit: impl FnOnce(&mut EnvironmentSpec) -> anyhow::Result<()>,
 ) -> anyhow::Result<tug_api::PipelineView> {
     let service = ServiceName::parse(service)?;
     let current = client.pipeline(&service).await?;
@@ -474,9 +475,8 @@ async fn edit_environment(
         );
     };
     edit(e)?;
-    let text = toml::to_string(&spec)?;
     // Validate here too so the message names the problem before a request.
-    let edited = Pipeline::parse(&text)?;
+    let edited = Pipeline::from_spec(&spec)?;
     if let Some(twice) = tug_core::pipeline_changes::duplicate_window(&edited) {
         anyhow::bail!("{twice}");
     }
@@ -491,36 +491,13 @@ async fn edit_environment(
     if edited == current.pipeline {
         return Err(nothing());
     }
-    let applied = client.apply_pipeline(&service, &text, Some(current.revision)).await?;
+    let applied = client
+        .apply_pipeline(&service, &edited.to_toml(), Some(current.revision))
+        .await?;
     if applied.changed == Some(false) {
         return Err(nothing());
     }
     Ok(applied)
-}
-
-/// Adds a window (freeze or maintenance) unless an equal one is there:
-/// the same window twice changes nothing.
-fn add_window(
-    env: &str,
-    kind: &str,
-    list: &mut Vec<tug_core::pipeline::FreezeSpec>,
-    weekly: String,
-    tz: Option<String>,
-) -> anyhow::Result<()> {
-    let spec = tug_core::pipeline::FreezeSpec {
-        weekly: Some(weekly),
-        tz,
-        ..Default::default()
-    };
-    let window = tug_core::FreezeWindow::from_spec(&spec).map_err(|why| anyhow::anyhow!("{kind} window: {why}"))?;
-    if list
-        .iter()
-        .any(|w| tug_core::FreezeWindow::from_spec(w).is_ok_and(|w| w == window))
-    {
-        anyhow::bail!("nothing to change: {env} already has {kind} window {window}");
-    }
-    list.push(spec);
-    Ok(())
 }
 
 pub async fn policy(client: &Client, out: Output, c: PolicyCommand) -> anyhow::Result<ExitCode> {
@@ -529,7 +506,7 @@ pub async fn policy(client: &Client, out: Output, c: PolicyCommand) -> anyhow::R
             let v = client.pipeline(&ServiceName::parse(&service)?).await?;
             let mut rows: Vec<serde_json::Value> = Vec::new();
             for e in &v.pipeline.environments {
-                for p in tug_core::pipeline_changes::policies(e) {
+                for p in policies::listing(e) {
                     rows.push(serde_json::json!({
                         "environment": e.name, "policy": p.policy, "value": p.value, "scope": "pipeline",
                     }));
@@ -569,81 +546,22 @@ pub async fn policy(client: &Client, out: Output, c: PolicyCommand) -> anyhow::R
             })?;
         }
         PolicyCommand::Apply(a) => {
-            let a = *a;
-            let given = a.auto_release.is_some()
-                || a.branch_restriction.is_some()
-                || a.soak.is_some()
-                || a.approvals.is_some()
-                || a.approval_timeout.is_some()
-                || a.freeze.is_some()
-                || a.maintenance.is_some()
-                || a.soak_healthy.is_some()
-                || a.compatible_with.is_some()
-                || a.private.is_some();
-            if !given {
+            let flags = &a.policies.0;
+            if !flags.sets_a_policy() {
                 anyhow::bail!("name at least one policy to set, e.g. --approvals 2 (see tug policy apply --help)");
             }
-            let v = edit_environment(client, &a.service, &a.env, |e| {
-                if let Some(b) = a.auto_release {
-                    e.auto_release = Some(tug_core::pipeline::AutoReleaseSpec { branch: b });
-                }
-                if let Some(r) = a.branch_restriction {
-                    e.branch_restriction = Some(r);
-                }
-                if let Some(s) = a.soak {
-                    e.soak = Some(s);
-                }
-                if let Some(n) = a.approvals {
-                    e.approvals = n;
-                }
-                if let Some(t) = a.approval_timeout {
-                    e.approval_timeout = Some(t);
-                }
-                if let Some(f) = a.freeze {
-                    add_window(&a.env, "freeze", &mut e.freeze, f, a.tz.clone())?;
-                }
-                if let Some(m) = a.maintenance {
-                    add_window(&a.env, "maintenance", &mut e.maintenance, m, a.tz.clone())?;
-                }
-                if let Some(s) = a.soak_healthy {
-                    e.soak_healthy = Some(s);
-                }
-                if let (Some(service), Some(max_major_skew)) = (a.compatible_with, a.max_major_skew) {
-                    e.compatible_with = Some(tug_core::pipeline::CompatibilitySpec {
-                        service,
-                        max_major_skew,
-                    });
-                }
-                if let Some(p) = a.private {
-                    e.private = p;
-                }
-                Ok(())
-            })
-            .await?;
+            let v = edit_environment(client, &a.service, &a.env, |e| Ok(policies::apply_flags(e, flags)?)).await?;
             print(out, &v, |v| {
                 format!("Policies of {} applied: pipeline revision {}.", a.env, v.revision)
             })?;
         }
         PolicyCommand::Delete { service, env, policy } => {
+            let Some(definition) = policies::policy(&policy) else {
+                let names: Vec<&str> = POLICIES.iter().map(|p| p.name()).collect();
+                anyhow::bail!("unknown policy {policy:?}: use one of {}", names.join(", "));
+            };
             let v = edit_environment(client, &service, &env, |e| {
-                let had = match policy.as_str() {
-                    "auto-release" => e.auto_release.take().is_some(),
-                    "branch-restriction" => e.branch_restriction.take().is_some(),
-                    "soak" => e.soak.take().is_some(),
-                    "approvals" => std::mem::take(&mut e.approvals) > 0,
-                    "approval-timeout" => e.approval_timeout.take().is_some(),
-                    "freeze" => !std::mem::take(&mut e.freeze).is_empty(),
-                    "private" => std::mem::take(&mut e.private),
-                    "soak-healthy" => e.soak_healthy.take().is_some(),
-                    "rollout" => e.rollout.take().is_some(),
-                    "maintenance" => !std::mem::take(&mut e.maintenance).is_empty(),
-                    "compatible-with" => e.compatible_with.take().is_some(),
-                    other => anyhow::bail!(
-                        "unknown policy {other:?}: use one of {}",
-                        crate::cli::POLICIES.join(", ")
-                    ),
-                };
-                if !had {
+                if !definition.delete(e) {
                     anyhow::bail!("{env} has no {policy} policy; see tug policy list {service}");
                 }
                 Ok(())

@@ -19,6 +19,7 @@ mod deploy;
 mod executables;
 mod flow;
 mod maintenance;
+mod policies;
 mod readme;
 mod repair;
 mod robust;
