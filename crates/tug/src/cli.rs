@@ -196,6 +196,26 @@ pub enum Command {
     },
     /// Abandon stale drafts and delete blobs no build refers to.
     Gc(GcArgs),
+    /// The audit log (admin): verify the event log's hash chain, export it.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Walk the event log's hash chain; name the first event that was
+    /// changed or whose predecessor is missing (exit status 1).
+    Verify,
+    /// Write the event log as JSON lines: every event whole, with its hashes.
+    Export {
+        /// Only events after this id, or recorded at or after this time
+        /// (RFC 3339, e.g. 2026-11-22T00:00:00Z).
+        #[arg(long, value_name = "ID|TIME")]
+        since: Option<String>,
+        /// Only this service's events.
+        #[arg(long)]
+        service: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]
