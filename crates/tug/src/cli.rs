@@ -161,7 +161,7 @@ pub enum Command {
         #[arg(long)]
         service: Option<String>,
         /// Replay events after this id first.
-        #[arg(long)]
+        #[arg(long, value_name = "ID")]
         since: Option<i64>,
         /// Stop after this many events.
         #[arg(long)]
@@ -759,8 +759,10 @@ mod tests {
         walk(&Cli::command(), &mut seen);
         let clashes: Vec<_> = seen.iter().filter(|(_, v)| v.len() > 1).collect();
         // `--to` is the destination in both: an environment for promote and
-        // diff, a build (of that environment) for rollback.
-        let allowed = ["to"];
+        // diff, a build (of that environment) for rollback. `--since` is
+        // where reading the event log starts: after an event id for watch,
+        // after an id or from a time for the audit export.
+        let allowed = ["to", "since"];
         let clashes: Vec<_> = clashes
             .into_iter()
             .filter(|(k, _)| !allowed.contains(&k.as_str()))

@@ -731,7 +731,8 @@ async fn service_scope_binds_every_role(backend: Backend) {
     );
     let events = events_until_marker(&server, &viewer).await;
     let services: Vec<&str> = events.iter().map(|e| e.service.as_ref().unwrap().as_str()).collect();
-    assert_eq!(services, ["web"], "{events:#?}");
+    // Web's creation and its pipeline.
+    assert_eq!(services, ["web", "web"], "{events:#?}");
 
     // The CLI says the same.
     let err = server
