@@ -9,7 +9,6 @@ use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use tug_api::{AuditExportQuery, AuditVerification};
-use tug_core::ServiceName;
 use tug_service::Since;
 
 use crate::error::ApiError;
@@ -35,12 +34,7 @@ pub async fn export(
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let since = state.tugboat.audit_since(&who, q.since.as_deref())?;
-    let service = q
-        .service
-        .as_deref()
-        .map(ServiceName::parse)
-        .transpose()
-        .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))?;
+    let service = super::service_param(q.service.as_deref())?;
     let (after, at) = match since {
         Since::After(id) => (id, None),
         Since::At(t) => (0, Some(t)),

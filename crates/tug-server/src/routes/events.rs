@@ -60,12 +60,7 @@ pub async fn stream(
     query: Result<Query<EventQuery>, QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
-    let service = q
-        .service
-        .as_deref()
-        .map(ServiceName::parse)
-        .transpose()
-        .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))?;
+    let service = super::service_param(q.service.as_deref())?;
     state.tugboat.check_watch(&who, service.as_ref())?;
     let resume = headers
         .get("last-event-id")

@@ -20,6 +20,14 @@ pub async fn health() -> &'static str {
     "ok\n"
 }
 
+/// A `service` query parameter, checked.
+pub(crate) fn service_param(service: Option<&str>) -> Result<Option<tug_core::ServiceName>, ApiError> {
+    service
+        .map(tug_core::ServiceName::parse)
+        .transpose()
+        .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))
+}
+
 pub async fn not_found(uri: Uri) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
