@@ -11,9 +11,19 @@
 //!   `GET /v1/builds/{id}/manifest`, `POST /v1/builds/{id}/artifacts`,
 //!   `POST /v1/builds/{id}/seal`
 //! - `POST /v1/admin/fsck[?repair=true]`, `POST /v1/admin/gc`
+//! - `GET /v1/events` (Server-Sent Events of [`Event`])
+//! - `GET /v1/audit/verify`, `GET /v1/audit/export` (JSON lines of
+//!   [`AuditRecord`])
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+
+mod event;
+
+pub use event::{
+    Actor, Approval, AuditBreak, AuditExportQuery, AuditRecord, AuditVerification, Change, Deployed, DeploymentKind,
+    Event, EventAgent, EventBuild, EventSource, EventToken, EVENT_SCHEMA_VERSION,
+};
 use tug_core::{
     ArtifactName, ArtifactSpec, BuildId, BuildSource, BuildState, CiRun, Digest, EnvName, Role, ServiceName, TokenName,
     Version,
@@ -620,31 +630,6 @@ pub struct DiffResult {
     pub changes: Vec<tug_core::diff::ArtifactChange>,
     pub unchanged: u64,
     pub source: tug_core::diff::SourceRange,
-}
-
-/// One event of `GET /v1/events` (the `data` of a Server-Sent Event whose
-/// `id` is the event id and whose `event` is the kind).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Event {
-    pub id: i64,
-    pub at: DateTime<Utc>,
-    /// `build.created`, `build.sealed`, `build.yanked`, `build.unembargoed`,
-    /// `pipeline.applied`, `deployment`, `approval.requested`,
-    /// `approval.approved`, `approval.rejected`, `approval.expired`,
-    /// `approval.superseded`, `auto_release.resumed`,
-    /// `rollout.progress`, `rollout.halted`, `rollout.resumed`,
-    /// `rollout.rollback_failed`.
-    pub kind: String,
-    pub service: Option<ServiceName>,
-    pub actor: Option<String>,
-    /// What changed. For an event about a build embargoed from the token
-    /// asking, only what concerns the environment (`environment`, `kind`,
-    /// `seq`, …) with `"embargoed": true`; a `replaced` build embargoed from
-    /// it is `null` with `"replaced_embargoed": true`.
-    pub payload: serde_json::Value,
-    /// The event is about a build embargoed from the token asking.
-    #[serde(default)]
-    pub embargoed: bool,
 }
 
 /// Query of `GET /v1/events`.

@@ -605,6 +605,44 @@ impl Client {
         self.json(self.with_json(Method::POST, "/v1/admin/gc", req)).await
     }
 
+    // ---- audit ----
+
+    /// Walks the event log's hash chain (`GET /v1/audit/verify`).
+    pub async fn audit_verify(&self) -> Result<tug_api::AuditVerification> {
+        self.json(self.request(Method::GET, "/v1/audit/verify")).await
+    }
+
+    /// The event log as recorded (`GET /v1/audit/export`), one record per
+    /// item, oldest first. An answer the server cut short ends with an
+    /// error.
+    pub async fn audit_export(
+        &self,
+        query: &tug_api::AuditExportQuery,
+    ) -> Result<impl futures::Stream<Item = Result<tug_api::AuditRecord>> + use<>> {
+        let res = self
+            .send(self.request(Method::GET, "/v1/audit/export").query(query))
+            .await?;
+        let state = (res.bytes_stream().boxed(), Vec::<u8>::new());
+        Ok(futures::stream::unfold(state, |(mut body, mut buf)| async move {
+            loop {
+                if let Some(end) = buf.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=end).collect();
+                    let parsed = serde_json::from_slice(&line[..end]).map_err(|e| Error::Protocol(e.to_string()));
+                    return Some((parsed, (body, buf)));
+                }
+                match body.next().await {
+                    Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
+                    Some(Err(e)) => return Some((Err(Error::Http(e)), (body, buf))),
+                    None if buf.is_empty() => return None,
+                    None => {
+                        let e = Error::Protocol("the export ended in the middle of a line".into());
+                        return Some((Err(e), (body, Vec::new())));
+                    }
+                }
+            }
+        }))
+    }
+
     // ---- blobs ----
 
     /// Which of `digests` the server lacks.

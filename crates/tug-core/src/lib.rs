@@ -7,6 +7,7 @@
 //! or HTTP crate, so every rule in it is tested with plain unit tests.
 
 pub mod access;
+pub mod audit;
 pub mod diff;
 pub mod digest;
 pub mod graph;

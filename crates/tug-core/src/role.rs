@@ -38,6 +38,8 @@ pub enum Action {
     ManageTokens,
     /// fsck and gc.
     Maintain,
+    /// Verify and export the whole event log (the audit trail).
+    Audit,
     /// Apply pipelines and policies.
     ManagePipelines,
     /// Release, promote and roll back builds.
@@ -121,7 +123,12 @@ mod tests {
         assert!(Role::ALL.iter().all(|r| r.allows(Action::Follow)));
         let reporters: Vec<Role> = Role::ALL.into_iter().filter(|r| r.allows(Action::Report)).collect();
         assert_eq!(reporters, vec![Role::Admin, Role::Agent]);
-        for a in [Action::ManageTokens, Action::ManageServices, Action::Maintain] {
+        for a in [
+            Action::ManageTokens,
+            Action::ManageServices,
+            Action::Maintain,
+            Action::Audit,
+        ] {
             let allowed: Vec<Role> = Role::ALL.into_iter().filter(|r| r.allows(a)).collect();
             assert_eq!(allowed, vec![Role::Admin], "{a:?}");
         }

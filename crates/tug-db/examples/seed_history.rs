@@ -4,7 +4,8 @@
 //! [`tug_db::Db`] (the migrations, `insert_build`, `add_artifacts`,
 //! `seal_build` with the real sealing rules, `env_state` and `deploy` with
 //! its compare-and-set), so the rows are exactly what the server writes; it
-//! only skips HTTP, which would take far longer for 100,000 builds.
+//! only skips HTTP, which would take far longer for 100,000 builds, and the
+//! events (`crates/tug-service/examples/seed_events.rs` seeds those).
 //!
 //! Run it before `tug server` starts on the same database:
 //!
@@ -105,14 +106,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let step = Duration::minutes(5);
     // The history ends a day ago, so everything the benchmark does is newer.
     let start = Utc::now() - Duration::days(1) - step * (a.builds as i32);
-    db.create_service(&service, start - Duration::days(1)).await?;
+    let mut tx = db.begin().await?;
+    tx.create_service(&service, start - Duration::days(1)).await?;
+    tx.commit(&[]).await?;
 
     let began = Instant::now();
     let mut ids = Vec::with_capacity(a.builds as usize);
     for i in 0..a.builds {
         let at = start + step * (i as i32);
         let id = BuildId::parse(&uuid_at(at))?;
-        db.insert_build(&NewBuild {
+        let mut tx = db.begin().await?;
+        tx.insert_build(&NewBuild {
             id: id.clone(),
             service: service.clone(),
             version: Version::parse(&format!("0.{}.{}", i / 1000, i % 1000))?,
@@ -130,6 +134,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             embargoed: false,
         })
         .await?;
+        tx.commit(&[]).await?;
         let specs: Vec<ArtifactSpec> = (0..a.artifacts)
             .map(|k| {
                 Ok(ArtifactSpec {
@@ -144,7 +149,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             })
             .collect::<Result<_, tug_core::NameError>>()?;
         db.add_artifacts(&id, &specs, at).await?;
-        db.seal_build(&id, at + Duration::seconds(1), |b, artifacts| {
+        let mut tx = db.begin().await?;
+        tx.seal_build(&id, at + Duration::seconds(1), |b, artifacts| {
             BuildManifest::seal(Draft {
                 id: &b.id,
                 service: &b.service,
@@ -157,6 +163,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             })
         })
         .await??;
+        tx.commit(&[]).await?;
         ids.push(id);
         if (i + 1) % 10_000 == 0 {
             eprintln!("seed_history: {} builds in {:.0?}", i + 1, began.elapsed());
@@ -170,7 +177,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let env = &envs[(i % envs.len() as u64) as usize];
         let at = start + step * (b as i32) + Duration::seconds(2) + Duration::milliseconds((i / a.builds) as i64);
         let state = db.env_state(&service, env).await?;
-        db.deploy(
+        let mut tx = db.begin().await?;
+        tx.deploy(
             &NewDeployment {
                 id: uuid_at(at),
                 service: service.clone(),
@@ -191,6 +199,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             None,
         )
         .await?;
+        tx.commit(&[]).await?;
         if (i + 1) % 10_000 == 0 {
             eprintln!("seed_history: {} deployments in {:.0?}", i + 1, began.elapsed());
         }

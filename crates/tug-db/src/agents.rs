@@ -5,7 +5,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 use tug_core::{BuildId, EnvName, Platform, ServiceName};
 
-use crate::{millis, opt_parse, parse, Db, Error, Result};
+use crate::{millis, opt_parse, parse, Db, Error, Result, Tx};
 
 /// An agent's newest report.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,36 +77,7 @@ const COLUMNS: &str = "agent_id, service, environment, hostname, platform, agent
 impl Db {
     /// Stores an agent's report (its first, or a newer one).
     pub async fn upsert_agent(&self, a: &AgentRow) -> Result<()> {
-        sqlx::query(&format!(
-            "INSERT INTO agents ({COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $17) \
-             ON CONFLICT (agent_id) DO UPDATE SET service = excluded.service, environment = excluded.environment, \
-             hostname = excluded.hostname, platform = excluded.platform, agent_version = excluded.agent_version, \
-             build_id = excluded.build_id, state = excluded.state, error = excluded.error, \
-             failed_build = excluded.failed_build, waiting = excluded.waiting, exit_build = excluded.exit_build, \
-             exit_code = excluded.exit_code, exit_signal = excluded.exit_signal, exit_at = excluded.exit_at, \
-             exit_stderr = excluded.exit_stderr, last_seen = excluded.last_seen"
-        ))
-        .bind(&a.agent_id)
-        .bind(a.service.as_str())
-        .bind(a.environment.as_str())
-        .bind(&a.hostname)
-        .bind(a.platform.as_str())
-        .bind(&a.agent_version)
-        .bind(a.build.as_ref().map(|b| b.to_string()))
-        .bind(&a.state)
-        .bind(a.error.clone())
-        .bind(a.failed_build.as_ref().map(|b| b.to_string()))
-        .bind(a.waiting.clone())
-        .bind(a.exit.as_ref().and_then(|e| e.build.as_ref()).map(|b| b.to_string()))
-        .bind(a.exit.as_ref().and_then(|e| e.code).map(i64::from))
-        .bind(a.exit.as_ref().and_then(|e| e.signal.clone()))
-        .bind(a.exit.as_ref().map(|e| e.at.timestamp_millis()))
-        .bind(a.exit.as_ref().map(|e| e.stderr.clone()))
-        .bind(a.last_seen.timestamp_millis())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        upsert_agent(&mut *self.pool.acquire().await?, a).await
     }
 
     /// One agent's newest report.
@@ -166,4 +137,44 @@ impl Db {
         let rows = sqlx::query("SELECT agent_id FROM agents").fetch_all(&self.pool).await?;
         rows.iter().map(|r| Ok(r.try_get("agent_id")?)).collect()
     }
+}
+
+impl Tx {
+    /// Stores an agent's report, with the events it causes.
+    pub async fn upsert_agent(&mut self, a: &AgentRow) -> Result<()> {
+        upsert_agent(self.conn(), a).await
+    }
+}
+
+async fn upsert_agent(conn: &mut sqlx::AnyConnection, a: &AgentRow) -> Result<()> {
+    sqlx::query(&format!(
+        "INSERT INTO agents ({COLUMNS}) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $17) \
+         ON CONFLICT (agent_id) DO UPDATE SET service = excluded.service, environment = excluded.environment, \
+         hostname = excluded.hostname, platform = excluded.platform, agent_version = excluded.agent_version, \
+         build_id = excluded.build_id, state = excluded.state, error = excluded.error, \
+         failed_build = excluded.failed_build, waiting = excluded.waiting, exit_build = excluded.exit_build, \
+         exit_code = excluded.exit_code, exit_signal = excluded.exit_signal, exit_at = excluded.exit_at, \
+         exit_stderr = excluded.exit_stderr, last_seen = excluded.last_seen"
+    ))
+    .bind(&a.agent_id)
+    .bind(a.service.as_str())
+    .bind(a.environment.as_str())
+    .bind(&a.hostname)
+    .bind(a.platform.as_str())
+    .bind(&a.agent_version)
+    .bind(a.build.as_ref().map(|b| b.to_string()))
+    .bind(&a.state)
+    .bind(a.error.clone())
+    .bind(a.failed_build.as_ref().map(|b| b.to_string()))
+    .bind(a.waiting.clone())
+    .bind(a.exit.as_ref().and_then(|e| e.build.as_ref()).map(|b| b.to_string()))
+    .bind(a.exit.as_ref().and_then(|e| e.code).map(i64::from))
+    .bind(a.exit.as_ref().and_then(|e| e.signal.clone()))
+    .bind(a.exit.as_ref().map(|e| e.at.timestamp_millis()))
+    .bind(a.exit.as_ref().map(|e| e.stderr.clone()))
+    .bind(a.last_seen.timestamp_millis())
+    .execute(conn)
+    .await?;
+    Ok(())
 }

@@ -12,7 +12,7 @@ use tug_core::{
     Version,
 };
 
-use crate::{artifact_from_row, millis, opt_millis, opt_parse, parse, Db, Error, Result, ARTIFACT_COLUMNS};
+use crate::{artifact_from_row, millis, opt_millis, opt_parse, parse, Db, Error, Result, Tx, ARTIFACT_COLUMNS};
 
 /// A draft to create.
 #[derive(Debug, Clone)]
@@ -206,40 +206,6 @@ fn parse_column<T, C: FromIterator<T>, E: std::fmt::Display>(
 const INSERT_CHUNK: usize = 100;
 
 impl Db {
-    pub async fn insert_build(&self, b: &NewBuild) -> Result<()> {
-        let expected: Vec<&str> = b.expected.iter().map(|e| e.as_str()).collect();
-        let res = sqlx::query(
-            "INSERT INTO builds (id, service, version, state, repo, branch, commit_sha, tag, author, message, \
-             ci_url, builder_image, expected, created_at, updated_at, created_by, created_by_token, embargoed) \
-             VALUES ($1, $2, $3, 'draft', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $14, $15, $16)",
-        )
-        .bind(b.id.as_str())
-        .bind(b.service.as_str())
-        .bind(b.version.to_string())
-        .bind(b.source.repo.clone())
-        .bind(b.source.branch.clone())
-        .bind(b.source.commit.clone())
-        .bind(b.source.tag.clone())
-        .bind(b.source.author.clone())
-        .bind(b.source.message.clone())
-        .bind(b.ci.url.clone())
-        .bind(b.ci.builder_image.map(|d| d.to_string()))
-        .bind(serde_json::to_string(&expected).map_err(|e| Error::Corrupt(e.to_string()))?)
-        .bind(b.created_at.timestamp_millis())
-        .bind(b.created_by.clone())
-        .bind(b.created_by_token.clone())
-        .bind(i64::from(b.embargoed))
-        .execute(&self.pool)
-        .await;
-        match res {
-            Ok(_) => Ok(()),
-            Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => {
-                Err(Error::ServiceNotFound(b.service.clone()))
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
     pub async fn build(&self, id: &BuildId) -> Result<Option<BuildRow>> {
         self.build_with(COLUMNS, id).await
     }
@@ -318,22 +284,11 @@ impl Db {
 
     /// The access facts of the builds with these ids (those that exist).
     pub async fn build_access(&self, ids: &[BuildId]) -> Result<Vec<BuildAccessRow>> {
-        let mut out = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(INSERT_CHUNK) {
-            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-            let sql = format!(
-                "SELECT {ACCESS_COLUMNS} FROM builds b WHERE b.id IN ({})",
-                marks.join(", ")
-            );
-            let mut q = sqlx::query(&sql);
-            for id in chunk {
-                q = q.bind(id.as_str());
-            }
-            for r in q.fetch_all(&self.pool).await? {
-                out.push(access_from_row(&r)?);
-            }
-        }
-        Ok(out)
+        rows_by_id(&mut *self.pool.acquire().await?, ACCESS_COLUMNS, ids)
+            .await?
+            .iter()
+            .map(access_from_row)
+            .collect()
     }
 
     /// The access facts of every build with an artifact stored as `digest`.
@@ -441,7 +396,7 @@ impl Db {
     /// how many were new.
     pub async fn add_artifacts(&self, id: &BuildId, specs: &[ArtifactSpec], now: DateTime<Utc>) -> Result<u64> {
         let mut tx = self.pool.begin().await?;
-        self.lock_draft(&mut tx, id, now).await?;
+        lock_draft(&mut tx, id, now).await?;
         let existing: BTreeMap<ArtifactName, ArtifactSpec> = {
             let rows = sqlx::query(&format!("SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE build_id = $1"))
                 .bind(id.as_str())
@@ -497,18 +452,107 @@ impl Db {
         tx.commit().await?;
         Ok(fresh.len() as u64)
     }
+}
+
+/// Takes the build's row lock if it is a draft (the first statement of the
+/// transaction is a write, so SQLite takes its write lock at once instead of
+/// failing to upgrade a read lock later).
+async fn lock_draft(tx: &mut sqlx::AnyConnection, id: &BuildId, now: DateTime<Utc>) -> Result<()> {
+    let done =
+        sqlx::query("UPDATE builds SET revision = revision + 1, updated_at = $1 WHERE id = $2 AND state = 'draft'")
+            .bind(now.timestamp_millis())
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
+    if done.rows_affected() == 1 {
+        return Ok(());
+    }
+    let row = sqlx::query("SELECT state FROM builds WHERE id = $1")
+        .bind(id.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+    match row {
+        None => Err(Error::BuildNotFound(id.clone())),
+        Some(r) => {
+            let state: String = r.try_get("state")?;
+            let state =
+                BuildState::parse(&state).ok_or_else(|| Error::Corrupt(format!("unknown build state {state:?}")))?;
+            Err(Error::NotDraft { id: id.clone(), state })
+        }
+    }
+}
+
+/// The builds with these ids (those that exist), without their manifests.
+pub(crate) async fn builds_by_id(conn: &mut sqlx::AnyConnection, ids: &[BuildId]) -> Result<Vec<BuildRow>> {
+    rows_by_id(conn, LIST_COLUMNS, ids)
+        .await?
+        .iter()
+        .map(build_from_row)
+        .collect()
+}
+
+/// `columns` of the builds with these ids (those that exist).
+async fn rows_by_id(conn: &mut sqlx::AnyConnection, columns: &str, ids: &[BuildId]) -> Result<Vec<AnyRow>> {
+    let mut out = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(INSERT_CHUNK) {
+        let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let sql = format!("SELECT {columns} FROM builds b WHERE b.id IN ({})", marks.join(", "));
+        let mut q = sqlx::query(&sql);
+        for id in chunk {
+            q = q.bind(id.as_str());
+        }
+        out.extend(q.fetch_all(&mut *conn).await?);
+    }
+    Ok(out)
+}
+
+impl Tx {
+    pub async fn insert_build(&mut self, b: &NewBuild) -> Result<()> {
+        let expected: Vec<&str> = b.expected.iter().map(|e| e.as_str()).collect();
+        let res = sqlx::query(
+            "INSERT INTO builds (id, service, version, state, repo, branch, commit_sha, tag, author, message, \
+             ci_url, builder_image, expected, created_at, updated_at, created_by, created_by_token, embargoed) \
+             VALUES ($1, $2, $3, 'draft', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $14, $15, $16)",
+        )
+        .bind(b.id.as_str())
+        .bind(b.service.as_str())
+        .bind(b.version.to_string())
+        .bind(b.source.repo.clone())
+        .bind(b.source.branch.clone())
+        .bind(b.source.commit.clone())
+        .bind(b.source.tag.clone())
+        .bind(b.source.author.clone())
+        .bind(b.source.message.clone())
+        .bind(b.ci.url.clone())
+        .bind(b.ci.builder_image.map(|d| d.to_string()))
+        .bind(serde_json::to_string(&expected).map_err(|e| Error::Corrupt(e.to_string()))?)
+        .bind(b.created_at.timestamp_millis())
+        .bind(b.created_by.clone())
+        .bind(b.created_by_token.clone())
+        .bind(i64::from(b.embargoed))
+        .execute(self.conn())
+        .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => {
+                Err(Error::ServiceNotFound(b.service.clone()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
 
     /// Seals a draft: under the build's lock, `make` turns the draft and its
-    /// artifacts into a manifest (or refuses), and the manifest is stored.
-    /// The outer error is the database's; the inner one is `make`'s.
+    /// artifacts into a manifest (or refuses), and the manifest is stored;
+    /// returns the sealed build. The outer error is the database's; the
+    /// inner one is `make`'s (drop the transaction then).
     pub async fn seal_build<E>(
-        &self,
+        &mut self,
         id: &BuildId,
         now: DateTime<Utc>,
         make: impl FnOnce(&BuildRow, &[ArtifactSpec]) -> Result<BuildManifest, E>,
     ) -> Result<Result<BuildRow, E>> {
-        let mut tx = self.pool.begin().await?;
-        self.lock_draft(&mut tx, id, now).await?;
+        let tx = self.conn();
+        lock_draft(&mut *tx, id, now).await?;
         let row = sqlx::query(&format!("SELECT {COLUMNS} FROM builds b WHERE b.id = $1"))
             .bind(id.as_str())
             .fetch_one(&mut *tx)
@@ -536,44 +580,15 @@ impl Db {
         .bind(id.as_str())
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
-        let sealed = self.build(id).await?.ok_or_else(|| Error::BuildNotFound(id.clone()))?;
-        Ok(Ok(sealed))
-    }
-
-    /// Takes the build's row lock if it is a draft (the first statement of
-    /// the transaction is a write, so SQLite takes its write lock at once
-    /// instead of failing to upgrade a read lock later).
-    async fn lock_draft(
-        &self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-        id: &BuildId,
-        now: DateTime<Utc>,
-    ) -> Result<()> {
-        let done =
-            sqlx::query("UPDATE builds SET revision = revision + 1, updated_at = $1 WHERE id = $2 AND state = 'draft'")
-                .bind(now.timestamp_millis())
-                .bind(id.as_str())
-                .execute(&mut **tx)
-                .await?;
-        if done.rows_affected() == 1 {
-            return Ok(());
-        }
-        let row = sqlx::query("SELECT state FROM builds WHERE id = $1")
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM builds b WHERE b.id = $1"))
             .bind(id.as_str())
-            .fetch_optional(&mut **tx)
+            .fetch_one(&mut *tx)
             .await?;
-        match row {
-            None => Err(Error::BuildNotFound(id.clone())),
-            Some(r) => {
-                let state: String = r.try_get("state")?;
-                let state = BuildState::parse(&state)
-                    .ok_or_else(|| Error::Corrupt(format!("unknown build state {state:?}")))?;
-                Err(Error::NotDraft { id: id.clone(), state })
-            }
-        }
+        Ok(Ok(build_from_row(&row)?))
     }
+}
 
+impl Db {
     /// Abandons drafts not touched since `cutoff` and drops their artifacts,
     /// so their blobs become garbage. Returns the abandoned ids.
     pub async fn abandon_stale_drafts(&self, cutoff: DateTime<Utc>) -> Result<Vec<BuildId>> {
@@ -730,10 +745,18 @@ impl Db {
             })
             .collect()
     }
+}
 
+impl Tx {
     /// Marks a sealed build yanked; `false` if it was not sealed or was
     /// yanked already.
-    pub async fn yank_build(&self, id: &BuildId, at: DateTime<Utc>, by: &str, reason: Option<&str>) -> Result<bool> {
+    pub async fn yank_build(
+        &mut self,
+        id: &BuildId,
+        at: DateTime<Utc>,
+        by: &str,
+        reason: Option<&str>,
+    ) -> Result<bool> {
         let done = sqlx::query(
             "UPDATE builds SET yanked_at = $1, yanked_by = $2, yank_reason = $3 \
              WHERE id = $4 AND state = 'sealed' AND yanked_at IS NULL",
@@ -742,25 +765,25 @@ impl Db {
         .bind(by)
         .bind(reason.map(str::to_string))
         .bind(id.as_str())
-        .execute(&self.pool)
+        .execute(self.conn())
         .await?;
         Ok(done.rows_affected() == 1)
     }
 
     /// Marks a sealed build critical; `false` if it was not sealed.
-    pub async fn mark_critical(&self, id: &BuildId) -> Result<bool> {
+    pub async fn mark_critical(&mut self, id: &BuildId) -> Result<bool> {
         let done = sqlx::query("UPDATE builds SET critical = 1 WHERE id = $1 AND state = 'sealed'")
             .bind(id.as_str())
-            .execute(&self.pool)
+            .execute(self.conn())
             .await?;
         Ok(done.rows_affected() == 1)
     }
 
     /// Lifts a build's embargo; `false` if it had none.
-    pub async fn unembargo_build(&self, id: &BuildId) -> Result<bool> {
+    pub async fn unembargo_build(&mut self, id: &BuildId) -> Result<bool> {
         let done = sqlx::query("UPDATE builds SET embargoed = 0 WHERE id = $1 AND embargoed = 1")
             .bind(id.as_str())
-            .execute(&self.pool)
+            .execute(self.conn())
             .await?;
         Ok(done.rows_affected() == 1)
     }

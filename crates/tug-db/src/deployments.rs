@@ -13,7 +13,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 use tug_core::{BuildId, DeployKind, EnvName, ServiceName};
 
-use crate::{millis, opt_millis, opt_parse, parse, Db, Error, Result};
+use crate::{millis, opt_millis, opt_parse, parse, Db, Error, Result, Tx};
 
 /// One revision of a service's pipeline.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,27 +115,29 @@ fn pipeline_from_row(r: &AnyRow) -> Result<PipelineRow> {
     })
 }
 
-impl Db {
-    /// Stores a new revision of a service's pipeline. Two concurrent
-    /// changes cannot both take one revision number (primary key); the
-    /// loser gets [`Error::Conflict`].
+impl Db {}
+
+impl Tx {
+    /// Stores revision `revision` of a service's pipeline (the current
+    /// one's successor). Two concurrent changes cannot both take one
+    /// revision number (primary key); the loser gets [`Error::Conflict`].
     pub async fn save_pipeline(
-        &self,
+        &mut self,
         service: &ServiceName,
+        revision: i64,
         spec: &str,
         at: DateTime<Utc>,
         by: Option<String>,
     ) -> Result<PipelineRow> {
-        let current = self.pipeline(service).await?.map_or(0, |p| p.revision);
         let res = sqlx::query(
             "INSERT INTO pipelines (service, revision, spec, changed_at, changed_by) VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(service.as_str())
-        .bind(current + 1)
+        .bind(revision)
         .bind(spec)
         .bind(at.timestamp_millis())
         .bind(by.clone())
-        .execute(&self.pool)
+        .execute(self.conn())
         .await;
         match res {
             Ok(_) => {}
@@ -151,13 +153,15 @@ impl Db {
         }
         Ok(PipelineRow {
             service: service.clone(),
-            revision: current + 1,
+            revision,
             spec: spec.to_string(),
             changed_at: at,
             changed_by: by,
         })
     }
+}
 
+impl Db {
     /// The newest pipeline of a service.
     pub async fn pipeline(&self, service: &ServiceName) -> Result<Option<PipelineRow>> {
         let row = sqlx::query(
@@ -220,6 +224,73 @@ impl Db {
         })
     }
 
+    /// An environment's deployments, newest first.
+    pub async fn history(&self, service: &ServiceName, env: &EnvName, limit: u32) -> Result<Vec<DeploymentRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM deployments WHERE service = $1 AND environment = $2 ORDER BY seq DESC LIMIT {}",
+            limit.max(1)
+        ))
+        .bind(service.as_str())
+        .bind(env.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut deployments = rows.iter().map(deployment_from_row).collect::<Result<Vec<_>>>()?;
+        self.fill_approvers(&mut deployments).await?;
+        Ok(deployments)
+    }
+
+    /// Sets `approved_by` of deployments that carried out a request.
+    async fn fill_approvers(&self, deployments: &mut [DeploymentRow]) -> Result<()> {
+        let requests: Vec<String> = deployments.iter().filter_map(|d| d.request.clone()).collect();
+        if requests.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.pool.acquire().await?;
+        let mut by_request: std::collections::HashMap<String, Vec<String>> = std::collections::HashMap::new();
+        for (request, who) in approvers(&mut conn, &requests).await? {
+            by_request.entry(request).or_default().push(who);
+        }
+        for d in deployments {
+            if let Some(who) = d.request.as_ref().and_then(|r| by_request.remove(r)) {
+                d.approved_by = who;
+            }
+        }
+        Ok(())
+    }
+
+    /// The deployment that carried out a request, if one did.
+    pub async fn deployment_of_request(&self, request: &str) -> Result<Option<DeploymentRow>> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM deployments WHERE request_id = $1"))
+            .bind(request)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(mut d) = row.as_ref().map(deployment_from_row).transpose()? else {
+            return Ok(None);
+        };
+        self.fill_approvers(std::slice::from_mut(&mut d)).await?;
+        Ok(Some(d))
+    }
+
+    /// When `build` last became current in `env`, if it ever did.
+    pub async fn last_deployed_at(
+        &self,
+        service: &ServiceName,
+        env: &EnvName,
+        build: &BuildId,
+    ) -> Result<Option<DateTime<Utc>>> {
+        let row = sqlx::query(
+            "SELECT MAX(deployed_at) AS at FROM deployments WHERE service = $1 AND environment = $2 AND build_id = $3",
+        )
+        .bind(service.as_str())
+        .bind(env.as_str())
+        .bind(build.as_str())
+        .fetch_one(&self.pool)
+        .await?;
+        opt_millis(row.try_get("at")?)
+    }
+}
+
+impl Tx {
     /// Appends a deployment if the environment is still at `expected_seq`
     /// (what [`Db::env_state`] said when the policies were checked). When
     /// another deployment got there first: [`Error::Conflict`], nothing
@@ -228,8 +299,8 @@ impl Db {
     /// approval carried it out, it was rejected, or it expired by `d.at`):
     /// [`Error::RequestNotPending`], nothing written. `hold` sets or clears
     /// the environment's auto-release hold in the same transaction.
-    pub async fn deploy(&self, d: &NewDeployment, expected_seq: i64, hold: Option<bool>) -> Result<DeploymentRow> {
-        let mut tx = self.pool.begin().await?;
+    pub async fn deploy(&mut self, d: &NewDeployment, expected_seq: i64, hold: Option<bool>) -> Result<DeploymentRow> {
+        let tx = self.conn();
         sqlx::query(
             "INSERT INTO environments (service, name, seq) VALUES ($1, $2, 0) ON CONFLICT (service, name) DO NOTHING",
         )
@@ -305,14 +376,13 @@ impl Db {
         .execute(&mut *tx)
         .await?;
         let approved_by = match &d.request {
-            Some(request) => approvers(&mut tx, std::slice::from_ref(request))
+            Some(request) => approvers(&mut *tx, std::slice::from_ref(request))
                 .await?
                 .into_iter()
                 .map(|(_, who)| who)
                 .collect(),
             None => Vec::new(),
         };
-        tx.commit().await?;
         Ok(DeploymentRow {
             id: d.id.clone(),
             service: d.service.clone(),
@@ -331,8 +401,8 @@ impl Db {
     }
 
     /// Sets or clears an environment's auto-release hold.
-    pub async fn set_auto_release_hold(&self, service: &ServiceName, env: &EnvName, held: bool) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+    pub async fn set_auto_release_hold(&mut self, service: &ServiceName, env: &EnvName, held: bool) -> Result<()> {
+        let tx = self.conn();
         sqlx::query(
             "INSERT INTO environments (service, name, seq) VALUES ($1, $2, 0) ON CONFLICT (service, name) DO NOTHING",
         )
@@ -346,73 +416,7 @@ impl Db {
             .bind(env.as_str())
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
         Ok(())
-    }
-
-    /// An environment's deployments, newest first.
-    pub async fn history(&self, service: &ServiceName, env: &EnvName, limit: u32) -> Result<Vec<DeploymentRow>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM deployments WHERE service = $1 AND environment = $2 ORDER BY seq DESC LIMIT {}",
-            limit.max(1)
-        ))
-        .bind(service.as_str())
-        .bind(env.as_str())
-        .fetch_all(&self.pool)
-        .await?;
-        let mut deployments = rows.iter().map(deployment_from_row).collect::<Result<Vec<_>>>()?;
-        self.fill_approvers(&mut deployments).await?;
-        Ok(deployments)
-    }
-
-    /// Sets `approved_by` of deployments that carried out a request.
-    async fn fill_approvers(&self, deployments: &mut [DeploymentRow]) -> Result<()> {
-        let requests: Vec<String> = deployments.iter().filter_map(|d| d.request.clone()).collect();
-        if requests.is_empty() {
-            return Ok(());
-        }
-        let mut conn = self.pool.acquire().await?;
-        let mut by_request: std::collections::HashMap<String, Vec<String>> = std::collections::HashMap::new();
-        for (request, who) in approvers(&mut conn, &requests).await? {
-            by_request.entry(request).or_default().push(who);
-        }
-        for d in deployments {
-            if let Some(who) = d.request.as_ref().and_then(|r| by_request.remove(r)) {
-                d.approved_by = who;
-            }
-        }
-        Ok(())
-    }
-
-    /// The deployment that carried out a request, if one did.
-    pub async fn deployment_of_request(&self, request: &str) -> Result<Option<DeploymentRow>> {
-        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM deployments WHERE request_id = $1"))
-            .bind(request)
-            .fetch_optional(&self.pool)
-            .await?;
-        let Some(mut d) = row.as_ref().map(deployment_from_row).transpose()? else {
-            return Ok(None);
-        };
-        self.fill_approvers(std::slice::from_mut(&mut d)).await?;
-        Ok(Some(d))
-    }
-
-    /// When `build` last became current in `env`, if it ever did.
-    pub async fn last_deployed_at(
-        &self,
-        service: &ServiceName,
-        env: &EnvName,
-        build: &BuildId,
-    ) -> Result<Option<DateTime<Utc>>> {
-        let row = sqlx::query(
-            "SELECT MAX(deployed_at) AS at FROM deployments WHERE service = $1 AND environment = $2 AND build_id = $3",
-        )
-        .bind(service.as_str())
-        .bind(env.as_str())
-        .bind(build.as_str())
-        .fetch_one(&self.pool)
-        .await?;
-        opt_millis(row.try_get("at")?)
     }
 }
 
@@ -487,14 +491,14 @@ fn open_at(n: usize) -> String {
     format!("state = 'pending' AND (expires_at IS NULL OR expires_at > ${n})")
 }
 
-impl Db {
+impl Tx {
     /// Records a deployment that waits for approvals. At most one request
     /// per build and environment is pending (a unique index decides between
     /// concurrent requests). With `supersede`, the environment's other
     /// pending auto-release requests are superseded in the same transaction:
     /// only the newest build auto-release wants waits for approvers.
-    pub async fn create_request(&self, r: &RequestRow, supersede: bool) -> Result<CreatedRequest> {
-        let mut tx = self.pool.begin().await?;
+    pub async fn create_request(&mut self, r: &RequestRow, supersede: bool) -> Result<CreatedRequest> {
+        let tx = self.conn();
         let res = sqlx::query(&format!(
             "INSERT INTO deployment_requests ({REQUEST_COLUMNS}) VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $9, $10)"
         ))
@@ -529,26 +533,73 @@ impl Db {
         } else {
             Vec::new()
         };
-        tx.commit().await?;
         Ok(CreatedRequest::Created {
-            superseded: self.requests_from_rows(&superseded).await?,
+            superseded: requests_from_rows(tx, &superseded).await?,
         })
     }
 
-    async fn requests_from_rows(&self, rows: &[AnyRow]) -> Result<Vec<RequestRow>> {
-        let mut out = Vec::with_capacity(rows.len());
-        for r in rows {
-            out.push(self.request_from_row(r).await?);
-        }
-        Ok(out)
+    /// Marks every pending request past its expiry at `now` as expired and
+    /// returns those this call moved: of several servers sweeping at once,
+    /// each request is returned to exactly one.
+    pub async fn expire_due_requests(&mut self, now: DateTime<Utc>) -> Result<Vec<RequestRow>> {
+        let tx = self.conn();
+        let rows = sqlx::query(&format!(
+            "UPDATE deployment_requests SET state = 'expired' WHERE state = 'pending' AND expires_at <= $1 \
+             RETURNING {REQUEST_COLUMNS}"
+        ))
+        .bind(now.timestamp_millis())
+        .fetch_all(&mut *tx)
+        .await?;
+        requests_from_rows(tx, &rows).await
     }
 
-    async fn request_from_row(&self, row: &AnyRow) -> Result<RequestRow> {
+    /// Records one approver's decision; a second decision by the same
+    /// approver is a conflict.
+    pub async fn decide(&mut self, request: &str, approver: &str, decision: &str, at: DateTime<Utc>) -> Result<()> {
+        let res =
+            sqlx::query("INSERT INTO approvals (request_id, approver, decision, decided_at) VALUES ($1, $2, $3, $4)")
+                .bind(request)
+                .bind(approver)
+                .bind(decision)
+                .bind(at.timestamp_millis())
+                .execute(self.conn())
+                .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(Error::Conflict(format!(
+                "{approver} already decided on this deployment"
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Moves a pending request to `state`; `false` if it was no longer
+    /// pending (another server carried it out first).
+    pub async fn close_request(&mut self, id: &str, state: &str) -> Result<bool> {
+        let done = sqlx::query("UPDATE deployment_requests SET state = $1 WHERE id = $2 AND state = 'pending'")
+            .bind(state)
+            .bind(id)
+            .execute(self.conn())
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+}
+
+async fn requests_from_rows(conn: &mut sqlx::AnyConnection, rows: &[AnyRow]) -> Result<Vec<RequestRow>> {
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        out.push(request_from_row(&mut *conn, r).await?);
+    }
+    Ok(out)
+}
+
+async fn request_from_row(conn: &mut sqlx::AnyConnection, row: &AnyRow) -> Result<RequestRow> {
+    {
         let id: String = row.try_get("id")?;
         let decisions =
             sqlx::query("SELECT approver, decision FROM approvals WHERE request_id = $1 ORDER BY decided_at, approver")
                 .bind(&id)
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *conn)
                 .await?
                 .iter()
                 .map(|r| Ok((r.try_get::<String, _>("approver")?, r.try_get::<String, _>("decision")?)))
@@ -568,10 +619,16 @@ impl Db {
             decisions,
         })
     }
+}
+
+impl Db {
+    async fn requests_from_rows(&self, rows: &[AnyRow]) -> Result<Vec<RequestRow>> {
+        requests_from_rows(&mut *self.pool.acquire().await?, rows).await
+    }
 
     async fn opt_request(&self, row: Option<AnyRow>) -> Result<Option<RequestRow>> {
         match row {
-            Some(r) => Ok(Some(self.request_from_row(&r).await?)),
+            Some(r) => Ok(Some(request_from_row(&mut *self.pool.acquire().await?, &r).await?)),
             None => Ok(None),
         }
     }
@@ -675,56 +732,11 @@ impl Db {
         Ok(out)
     }
 
-    /// Marks every pending request past its expiry at `now` as expired and
-    /// returns those this call moved: of several servers sweeping at once,
-    /// each request is returned to exactly one.
-    pub async fn expire_due_requests(&self, now: DateTime<Utc>) -> Result<Vec<RequestRow>> {
-        let rows = sqlx::query(&format!(
-            "UPDATE deployment_requests SET state = 'expired' WHERE state = 'pending' AND expires_at <= $1 \
-             RETURNING {REQUEST_COLUMNS}"
-        ))
-        .bind(now.timestamp_millis())
-        .fetch_all(&self.pool)
-        .await?;
-        self.requests_from_rows(&rows).await
-    }
-
     /// When the next pending request expires, if any does.
     pub async fn next_expiry(&self) -> Result<Option<DateTime<Utc>>> {
         let row = sqlx::query("SELECT MIN(expires_at) AS at FROM deployment_requests WHERE state = 'pending'")
             .fetch_one(&self.pool)
             .await?;
         opt_millis(row.try_get("at")?)
-    }
-
-    /// Records one approver's decision; a second decision by the same
-    /// approver is a conflict.
-    pub async fn decide(&self, request: &str, approver: &str, decision: &str, at: DateTime<Utc>) -> Result<()> {
-        let res =
-            sqlx::query("INSERT INTO approvals (request_id, approver, decision, decided_at) VALUES ($1, $2, $3, $4)")
-                .bind(request)
-                .bind(approver)
-                .bind(decision)
-                .bind(at.timestamp_millis())
-                .execute(&self.pool)
-                .await;
-        match res {
-            Ok(_) => Ok(()),
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(Error::Conflict(format!(
-                "{approver} already decided on this deployment"
-            ))),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Moves a pending request to `state`; `false` if it was no longer
-    /// pending (another server carried it out first).
-    pub async fn close_request(&self, id: &str, state: &str) -> Result<bool> {
-        let done = sqlx::query("UPDATE deployment_requests SET state = $1 WHERE id = $2 AND state = 'pending'")
-            .bind(state)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() == 1)
     }
 }

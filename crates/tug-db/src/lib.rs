@@ -7,7 +7,9 @@
 //! changes that must not race (adding artifacts to a draft while it is
 //! sealed) begin by updating the build's row, which takes the row lock in
 //! PostgreSQL and the write lock in SQLite, so they serialize in the
-//! database and hold across several server processes.
+//! database and hold across several server processes. Changes that events
+//! describe are made through a [`Tx`], which commits them with their events:
+//! the event log is written in the same transaction as the change.
 //!
 //! This crate knows nothing about HTTP or blob storage.
 
@@ -32,7 +34,7 @@ mod tokens;
 pub use agents::{AgentRow, ExitRow};
 pub use builds::{BuildAccessRow, BuildFilter, BuildRow, NewBuild};
 pub use deployments::{CreatedRequest, DeploymentRow, EnvState, NewDeployment, PipelineRow, RequestRow};
-pub use events::{EventRow, NewEvent};
+pub use events::{Chaining, EventRow, Head, NewEvent, Tx};
 pub use rollouts::{RolloutCounts, RolloutRow, SoakClock};
 pub use tokens::{NewToken, Revocation, TokenRow};
 
@@ -170,16 +172,6 @@ impl Db {
 
     // ---- services ----
 
-    /// Creates a service; `false` if it already existed.
-    pub async fn create_service(&self, name: &ServiceName, now: DateTime<Utc>) -> Result<bool> {
-        let done = sqlx::query("INSERT INTO services (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
-            .bind(name.as_str())
-            .bind(now.timestamp_millis())
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
     pub async fn service_exists(&self, name: &ServiceName) -> Result<bool> {
         let row = sqlx::query("SELECT name FROM services WHERE name = $1")
             .bind(name.as_str())
@@ -201,6 +193,18 @@ impl Db {
                 ))
             })
             .collect()
+    }
+}
+
+impl Tx {
+    /// Creates a service; `false` if it already existed.
+    pub async fn create_service(&mut self, name: &ServiceName, now: DateTime<Utc>) -> Result<bool> {
+        let done = sqlx::query("INSERT INTO services (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+            .bind(name.as_str())
+            .bind(now.timestamp_millis())
+            .execute(self.conn())
+            .await?;
+        Ok(done.rows_affected() == 1)
     }
 }
 

@@ -6,7 +6,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 use tug_core::{BuildId, EnvName, ServiceName};
 
-use crate::{millis, parse, Db, Result};
+use crate::{millis, parse, Db, Result, Tx};
 
 /// The state of one deployment's rollout.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +40,43 @@ pub struct RolloutCounts {
     pub in_flight: i64,
     /// Gave up on the build (activation or health check failed).
     pub failed: i64,
+}
+
+impl Tx {
+    /// Moves a rollout from state `from` to `to`; `false` when it was not
+    /// in `from` (someone else moved it first). `baseline` replaces the
+    /// failures that no longer count.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn set_rollout_state(
+        &mut self,
+        service: &ServiceName,
+        env: &EnvName,
+        seq: i64,
+        from: &str,
+        to: &str,
+        reason: Option<&str>,
+        baseline: Option<i64>,
+        by: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE rollouts SET state = $5, reason = $6, failures_baseline = COALESCE($7, failures_baseline), \
+             changed_by = $8, changed_at = $9 \
+             WHERE service = $1 AND environment = $2 AND seq = $3 AND state = $4",
+        )
+        .bind(service.as_str())
+        .bind(env.as_str())
+        .bind(seq)
+        .bind(from)
+        .bind(to)
+        .bind(reason)
+        .bind(baseline)
+        .bind(by)
+        .bind(at.timestamp_millis())
+        .execute(self.conn())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
 }
 
 /// A health-aware soak clock.
@@ -103,41 +140,6 @@ impl Db {
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(rollout_from_row).transpose()
-    }
-
-    /// Moves a rollout from state `from` to `to`; `false` when it was not
-    /// in `from` (someone else moved it first). `baseline` replaces the
-    /// failures that no longer count.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn set_rollout_state(
-        &self,
-        service: &ServiceName,
-        env: &EnvName,
-        seq: i64,
-        from: &str,
-        to: &str,
-        reason: Option<&str>,
-        baseline: Option<i64>,
-        by: Option<&str>,
-        at: DateTime<Utc>,
-    ) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE rollouts SET state = $5, reason = $6, failures_baseline = COALESCE($7, failures_baseline), \
-             changed_by = $8, changed_at = $9 \
-             WHERE service = $1 AND environment = $2 AND seq = $3 AND state = $4",
-        )
-        .bind(service.as_str())
-        .bind(env.as_str())
-        .bind(seq)
-        .bind(from)
-        .bind(to)
-        .bind(reason)
-        .bind(baseline)
-        .bind(by)
-        .bind(at.timestamp_millis())
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
     }
 
     /// Whether `agent` may take deployment `seq`'s build.

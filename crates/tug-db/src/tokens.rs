@@ -6,7 +6,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 use tug_core::{EnvName, Role, ServiceName, TokenName};
 
-use crate::{millis, opt_millis, opt_parse, parse, Db, Dialect, Error, Result};
+use crate::{millis, opt_millis, opt_parse, parse, Db, Dialect, Error, Result, Tx};
 
 /// A token to store.
 #[derive(Debug, Clone)]
@@ -64,60 +64,7 @@ fn token_from_row(r: &AnyRow) -> Result<TokenRow> {
     })
 }
 
-impl Db {
-    /// Stores a token. Names are unique among tokens that are not revoked.
-    pub async fn insert_token(&self, t: &NewToken) -> Result<()> {
-        let res = sqlx::query(
-            "INSERT INTO tokens (id, name, role, service, environment, secret_hash, created_at, created_by) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(&t.id)
-        .bind(t.name.as_str())
-        .bind(t.role.as_str())
-        .bind(t.service.as_ref().map(|s| s.as_str().to_string()))
-        .bind(t.environment.as_ref().map(|e| e.as_str().to_string()))
-        .bind(&t.secret_hash)
-        .bind(t.created_at.timestamp_millis())
-        .bind(t.created_by.clone())
-        .execute(&self.pool)
-        .await;
-        match res {
-            Ok(_) => Ok(()),
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(Error::TokenNameTaken(t.name.clone())),
-            Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => Err(Error::ServiceNotFound(
-                t.service.clone().ok_or_else(|| Error::Corrupt(e.to_string()))?,
-            )),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// The token whose secret hashes to `secret_hash`, revoked or not.
-    pub async fn token_by_hash(&self, secret_hash: &str) -> Result<Option<TokenRow>> {
-        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM tokens WHERE secret_hash = $1"))
-            .bind(secret_hash)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(token_from_row).transpose()
-    }
-
-    /// Every token, oldest first.
-    pub async fn list_tokens(&self) -> Result<Vec<TokenRow>> {
-        let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM tokens ORDER BY created_at, id"))
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(token_from_row).collect()
-    }
-
-    /// The token with this id, revoked or not: requests that last (event
-    /// streams, held long-polls) look their token up again by it.
-    pub async fn token_by_id(&self, id: &str) -> Result<Option<TokenRow>> {
-        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM tokens WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(token_from_row).transpose()
-    }
-
+impl Tx {
     /// Revokes the token with this id, unless it is the last active admin
     /// token. The check and the revocation are one atomic step: of two
     /// admins revoking each other at the same moment, on any number of
@@ -129,9 +76,12 @@ impl Db {
     /// one just revoked as gone. On SQLite the first statement is the
     /// write, which takes the database's single write lock for the whole
     /// transaction, so the count after it sees every committed revocation.
-    pub async fn revoke_token(&self, id: &str, now: DateTime<Utc>) -> Result<Revocation> {
-        let mut tx = self.pool.begin().await?;
-        if self.dialect == Dialect::Postgres {
+    ///
+    /// Anything but [`Revocation::Revoked`] leaves nothing changed.
+    pub async fn revoke_token(&mut self, id: &str, now: DateTime<Utc>) -> Result<Revocation> {
+        let postgres = self.dialect == Dialect::Postgres;
+        let tx = self.conn();
+        if postgres {
             sqlx::query("SELECT id FROM tokens WHERE role = 'admin' AND revoked_at IS NULL ORDER BY id FOR UPDATE")
                 .fetch_all(&mut *tx)
                 .await?;
@@ -157,12 +107,77 @@ impl Db {
                 .await?
                 .try_get("n")?;
             if left == 0 {
-                tx.rollback().await?;
+                // Put it back, so that the transaction holds no change.
+                sqlx::query("UPDATE tokens SET revoked_at = NULL WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
                 return Ok(Revocation::LastAdmin);
             }
         }
-        tx.commit().await?;
         Ok(Revocation::Revoked(token))
+    }
+}
+
+/// Every token, oldest first.
+pub(crate) async fn all_tokens(conn: &mut sqlx::AnyConnection) -> Result<Vec<TokenRow>> {
+    let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM tokens ORDER BY created_at, id"))
+        .fetch_all(conn)
+        .await?;
+    rows.iter().map(token_from_row).collect()
+}
+
+impl Tx {
+    /// Stores a token. Names are unique among tokens that are not revoked.
+    pub async fn insert_token(&mut self, t: &NewToken) -> Result<()> {
+        let res = sqlx::query(
+            "INSERT INTO tokens (id, name, role, service, environment, secret_hash, created_at, created_by) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&t.id)
+        .bind(t.name.as_str())
+        .bind(t.role.as_str())
+        .bind(t.service.as_ref().map(|s| s.as_str().to_string()))
+        .bind(t.environment.as_ref().map(|e| e.as_str().to_string()))
+        .bind(&t.secret_hash)
+        .bind(t.created_at.timestamp_millis())
+        .bind(t.created_by.clone())
+        .execute(self.conn())
+        .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(Error::TokenNameTaken(t.name.clone())),
+            Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => Err(Error::ServiceNotFound(
+                t.service.clone().ok_or_else(|| Error::Corrupt(e.to_string()))?,
+            )),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+impl Db {
+    /// The token whose secret hashes to `secret_hash`, revoked or not.
+    pub async fn token_by_hash(&self, secret_hash: &str) -> Result<Option<TokenRow>> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM tokens WHERE secret_hash = $1"))
+            .bind(secret_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(token_from_row).transpose()
+    }
+
+    /// Every token, oldest first.
+    pub async fn list_tokens(&self) -> Result<Vec<TokenRow>> {
+        all_tokens(&mut *self.pool.acquire().await?).await
+    }
+
+    /// The token with this id, revoked or not: requests that last (event
+    /// streams, held long-polls) look their token up again by it.
+    pub async fn token_by_id(&self, id: &str) -> Result<Option<TokenRow>> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM tokens WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(token_from_row).transpose()
     }
 
     /// How many tokens were ever revoked: it grows with every revocation

@@ -229,6 +229,7 @@ fn describe(action: tug_core::Action) -> &'static str {
         Action::ManageServices => "manage services",
         Action::ManageTokens => "manage tokens",
         Action::Maintain => "run store maintenance (fsck, gc)",
+        Action::Audit => "verify or export the audit log",
         Action::ManagePipelines => "change pipelines or policies",
         Action::Deploy => "release, promote or roll back builds",
         Action::Approve => "approve or reject deployments",

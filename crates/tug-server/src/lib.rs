@@ -168,6 +168,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/services/{service}/rollout/resume", post(routes::agents::resume))
         .route("/v1/admin/fsck", post(routes::admin::fsck))
         .route("/v1/admin/gc", post(routes::admin::gc))
+        .route("/v1/audit/verify", get(routes::audit::verify))
+        .route("/v1/audit/export", get(routes::audit::export))
         .layer(DefaultBodyLimit::max(state.max_json_body))
         .merge(blobs)
         .fallback(routes::not_found)
@@ -297,6 +299,12 @@ async fn start_with(
         approval_timeout: Duration::from_secs(config.approval_timeout_secs),
     };
     let tugboat = Tugboat::new(db, store, settings);
+    // Before anything is appended: the log's old events come first in its
+    // chain.
+    tugboat
+        .chain_old_events()
+        .await
+        .context("cannot chain the events recorded before the event log had a hash chain")?;
     let mut admin_token_path = None;
     if let Some(secret) = tugboat
         .bootstrap_admin()

@@ -186,9 +186,30 @@ impl Tugboat {
             true => self.db.agent(&report.agent_id).await?,
             false => None,
         };
-        self.db.upsert_agent(&report).await?;
-        if paced || soaked {
-            self.after_report(&view.pipeline, before.as_ref(), &report).await;
+        let pacing = match paced || soaked {
+            true => Some(self.pacing(&report.service, environment).await?),
+            false => None,
+        };
+        let progress = match &pacing {
+            Some(p) => self.progress(p, before.as_ref(), &report).await?,
+            None => None,
+        };
+        match &progress {
+            Some(p) => {
+                let mut tx = self.db.begin().await?;
+                tx.upsert_agent(&report).await?;
+                // Not `commit`: the agents waiting for a place wake once a
+                // failure has halted the rollout, below, not before.
+                tx.commit(&[crate::events::recordable(&p.event)]).await?;
+            }
+            None => self.db.upsert_agent(&report).await?,
+        }
+        if let Some(pacing) = &pacing {
+            self.after_report(&view.pipeline, pacing, progress.as_ref(), &report)
+                .await;
+        }
+        if progress.is_some() {
+            self.recorded.notify_one();
         }
         Ok(())
     }

@@ -6,6 +6,7 @@
 //! win. A promotion is a metadata write: no byte of the build moves.
 
 use chrono::{DateTime, Utc};
+use tug_api::{Change, Deployed, DeploymentKind};
 use tug_core::pipeline_changes::PipelineChange;
 use tug_core::short_id::IdPrefix;
 use tug_core::{
@@ -78,6 +79,9 @@ pub(crate) struct Intent<'a> {
     pub(crate) kind: DeployKind,
     pub(crate) options: DeployOptions,
     pub(crate) requested_by: Option<String>,
+    /// The token that makes the deployment happen (`None`: Tugboat by
+    /// itself, as auto-release and auto-rollback do).
+    pub(crate) actor: Option<tug_api::Actor>,
     pub(crate) admin: bool,
     /// Approvals from distinct approvers other than the requester.
     pub(crate) approvals: u32,
@@ -178,22 +182,28 @@ impl Tugboat {
         }
         // A revision that changes nothing is not stored: applying the same
         // file again (as CI does on every run) leaves the history as it is.
-        if let Some(row) = current {
+        if let Some(row) = &current {
             if Pipeline::parse(&row.spec).is_ok_and(|p| p == pipeline) {
-                return Ok(self.view(row, pipeline, false));
+                return Ok(self.view(row.clone(), pipeline, false));
             }
         }
-        let row = self
-            .db
-            .save_pipeline(service, &pipeline.to_toml(), self.now(), Some(who.name.to_string()))
+        let revision = current.as_ref().map_or(0, |p| p.revision) + 1;
+        let mut tx = self.db.begin().await?;
+        let row = tx
+            .save_pipeline(
+                service,
+                revision,
+                &pipeline.to_toml(),
+                self.now(),
+                Some(who.name.to_string()),
+            )
             .await?;
-        self.emit(
-            "pipeline.applied",
+        let event = self.event(
             Some(service),
-            Some(who.name.as_str()),
-            serde_json::json!({"revision": row.revision}),
-        )
-        .await;
+            Some(crate::events::actor(who)),
+            Change::PipelineApplied { revision },
+        );
+        self.commit(tx, &[event]).await?;
         // An environment may have just gained its auto-release.
         self.reconcile_service(service).await;
         Ok(self.view(row, pipeline, true))
@@ -591,14 +601,16 @@ impl Tugboat {
         self.require_in(who, Action::Deploy, service)?;
         let view = self.pipeline_of(service).await?;
         let environment = environment(&view.pipeline, env)?;
-        self.db.set_auto_release_hold(service, env, false).await?;
-        self.emit(
-            "auto_release.resumed",
+        let mut tx = self.db.begin().await?;
+        tx.set_auto_release_hold(service, env, false).await?;
+        let event = self.event(
             Some(service),
-            Some(who.name.as_str()),
-            serde_json::json!({"environment": env}),
-        )
-        .await;
+            Some(crate::events::actor(who)),
+            Change::AutoReleaseResumed {
+                environment: env.clone(),
+            },
+        );
+        self.commit(tx, &[event]).await?;
         Ok(match self.reconcile(service, environment).await {
             Ok(Some(outcome)) => self.answer_as(who, outcome).await,
             Ok(None) => Ok(None),
@@ -751,16 +763,21 @@ impl Tugboat {
             });
         }
         let decision = if approve { "approve" } else { "reject" };
-        self.db.decide(&request.id, who.name.as_str(), decision, now).await?;
-        let kind = if approve {
-            "approval.approved"
+        let mut tx = self.db.begin().await?;
+        tx.decide(&request.id, who.name.as_str(), decision, now).await?;
+        let approval = crate::events::approval(&request, &build);
+        let change = if approve {
+            Change::ApprovalApproved(approval)
         } else {
-            "approval.rejected"
+            // A rejection ends the request, unless a concurrent approval
+            // carried it out first.
+            tx.close_request(&request.id, "rejected").await?;
+            Change::ApprovalRejected(approval)
         };
-        self.emit_request(kind, Some(who.name.as_str()), &request).await;
+        let event = self.event(Some(service), Some(crate::events::actor(who)), change);
+        self.commit(tx, &[event]).await?;
         let need = environment.approvals;
         if !approve {
-            self.db.close_request(&request.id, "rejected").await?;
             // Whatever it came to (rejected now, or deployed by an approval
             // that got there first).
             let request = self.db.request(&request.id).await?.unwrap_or(request);
@@ -770,7 +787,7 @@ impl Tugboat {
                 deployment: None,
             });
         }
-        self.carry_out_request(environment, build, &request.id, need).await
+        self.carry_out_request(who, environment, build, &request.id, need).await
     }
 
     /// Why no request for `build` into `env` waits for approval: it expired
@@ -805,6 +822,7 @@ impl Tugboat {
     /// answered with the request as it stands.
     async fn carry_out_request(
         &self,
+        who: &Principal,
         environment: &Environment,
         build: BuildRow,
         request_id: &str,
@@ -851,6 +869,8 @@ impl Tugboat {
                     reason: request.reason.clone(),
                 },
                 requested_by: Some(request.requested_by.clone()),
+                // The approval that completes the request carries it out.
+                actor: Some(crate::events::actor(who)),
                 // The override was checked when the request was made.
                 admin: request.override_freeze,
                 approvals,
@@ -896,6 +916,7 @@ impl Tugboat {
             kind,
             options,
             requested_by,
+            actor,
             admin,
             approvals,
             request,
@@ -954,7 +975,7 @@ impl Tugboat {
             Verdict::Refused(violations) => return Err(Error::Policy(violations)),
             Verdict::NeedsApproval { need, .. } => {
                 let request = self
-                    .request_approvals(service, environment, &build, kind, options, requested_by)
+                    .request_approvals(environment, &build, kind, options, requested_by, actor)
                     .await?;
                 return Ok(Outcome::Pending { request, need });
             }
@@ -977,25 +998,53 @@ impl Tugboat {
             at: now,
             request,
         };
-        let done = self.db.deploy(&deployment, state.seq, hold).await?;
-        self.emit_deployment(&done).await;
+        let mut tx = self.db.begin().await?;
+        let done = tx.deploy(&deployment, state.seq, hold).await?;
+        let mut events = vec![self.event(
+            Some(service),
+            actor.clone(),
+            Change::Deployment(Deployed {
+                environment: done.environment.clone(),
+                build: Some(crate::events::event_build(&build)),
+                deployment_kind: deployment_kind(kind, actor.is_some()),
+                seq: done.seq,
+                replaced: done.replaced.clone(),
+                replaced_embargoed: false,
+                override_freeze: done.override_freeze,
+                reason: done.reason.clone(),
+                requested_by: done.requested_by.clone(),
+                approved_by: done.approved_by.clone(),
+            }),
+        )];
+        if hold.is_some() && !state.auto_release_held {
+            events.push(self.event(
+                Some(service),
+                actor,
+                Change::AutoReleaseHeld {
+                    environment: environment.name.clone(),
+                },
+            ));
+        }
+        self.commit(tx, &events).await?;
         Ok(Outcome::Deployed {
             deployment: done,
             build: Box::new(build),
         })
     }
 
-    /// Finds the pending request to deploy `build` into the environment, or
-    /// makes it: never a second one, however many ask at once.
+    /// Finds the pending request to deploy `build` into the environment (of
+    /// the build's service), or makes it: never a second one, however many
+    /// ask at once.
     async fn request_approvals(
         &self,
-        service: &ServiceName,
         environment: &Environment,
         build: &BuildRow,
         kind: DeployKind,
         options: DeployOptions,
         requested_by: Option<String>,
+        actor: Option<tug_api::Actor>,
     ) -> Result<RequestRow> {
+        let service = &build.service;
         let timeout = environment.approval_timeout.unwrap_or(self.settings.approval_timeout);
         for _ in 0..CONFLICT_ATTEMPTS {
             let now = self.now();
@@ -1021,13 +1070,25 @@ impl Tugboat {
                 decisions: Vec::new(),
             };
             let supersede = kind == DeployKind::AutoRelease;
-            match self.db.create_request(&request, supersede).await? {
+            let mut tx = self.db.begin().await?;
+            match tx.create_request(&request, supersede).await? {
                 CreatedRequest::Created { superseded } => {
-                    self.emit_request("approval.requested", Some(request.requested_by.as_str()), &request)
-                        .await;
+                    let mut events = vec![self.event(
+                        Some(service),
+                        actor.clone(),
+                        Change::ApprovalRequested(crate::events::approval(&request, build)),
+                    )];
                     for old in &superseded {
-                        self.emit_request("approval.superseded", None, old).await;
+                        let old_build = self.db.build_summary(&old.build).await?;
+                        if let Some(b) = old_build {
+                            events.push(self.event(
+                                Some(service),
+                                None,
+                                Change::ApprovalSuperseded(crate::events::approval(old, &b)),
+                            ));
+                        }
                     }
+                    self.commit(tx, &events).await?;
                     self.requests.notify_one();
                     return Ok(request);
                 }
@@ -1035,6 +1096,7 @@ impl Tugboat {
                 // round), or one past its expiry that no sweep has marked
                 // yet keeps the place (mark it, then make ours).
                 CreatedRequest::AlreadyPending => {
+                    drop(tx);
                     self.expire_due_requests().await?;
                 }
             }
@@ -1065,6 +1127,18 @@ fn expiry(now: DateTime<Utc>, timeout: std::time::Duration, env: &EnvName) -> Re
                 tug_core::format_duration(timeout)
             ))
         })
+}
+
+/// How the event log names a deployment of `kind`: a rollback nobody asked
+/// for (`by_someone` false) is the automatic one of a halted rollout.
+pub(crate) fn deployment_kind(kind: DeployKind, by_someone: bool) -> DeploymentKind {
+    match kind {
+        DeployKind::Release => DeploymentKind::Release,
+        DeployKind::Promote => DeploymentKind::Promote,
+        DeployKind::Rollback if by_someone => DeploymentKind::Rollback,
+        DeployKind::Rollback => DeploymentKind::AutoRollback,
+        DeployKind::AutoRelease => DeploymentKind::AutoRelease,
+    }
 }
 
 fn already_runs(service: &ServiceName, env: &EnvName, build: &BuildId) -> Error {
@@ -1102,6 +1176,7 @@ impl<'a> Intent<'a> {
             kind,
             options,
             requested_by: Some(who.name.to_string()),
+            actor: Some(crate::events::actor(who)),
             admin: who.role == Role::Admin,
             approvals: 0,
             request: None,

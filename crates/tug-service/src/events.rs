@@ -1,118 +1,141 @@
-//! Recording and reading events. A change is recorded after it is made;
-//! a failure to record is logged and does not undo the change.
+//! The event log as the use cases speak it: every change is made in a
+//! database transaction ([`tug_db::Tx`]) that commits with the events
+//! describing it ([`Tugboat::commit`]), so a change is never without its
+//! event and an event never without its change. Events are
+//! [`tug_api::Event`]s built from the service's own types.
 //!
-//! Every event is recorded, embargoed builds' too, with the build it is
-//! about in its own column; what a reader sees of it is decided when it is
-//! read (see [`Tugboat::events`]), so lifting an embargo makes its history
-//! visible.
+//! Every event is recorded, embargoed builds' too; what a reader sees of one
+//! is decided when it is read ([`Tugboat::events`]), by the access rule: an
+//! event about a build the reader may not see vanishes when it is about the
+//! build itself (its life, its approvals) and keeps only what concerns the
+//! environment otherwise (a deployment or rollout of "an embargoed build"),
+//! so lifting an embargo shows its whole history.
 
-use serde_json::{json, Map, Value};
+use chrono::{DateTime, Utc};
+use tug_api::{Actor, Approval, Change, Event, EventBuild, EventSource, EventToken};
 use tug_core::{Action, BuildId, ServiceName};
-use tug_db::{BuildRow, DeploymentRow, EventRow, NewEvent, RequestRow};
+use tug_db::{BuildRow, EventRow, NewEvent, RequestRow, TokenRow, Tx};
 
 use crate::access::Sights;
-use crate::{Principal, Result, Tugboat};
-
-/// One event as a reader may see it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct EventView {
-    pub id: i64,
-    pub at: chrono::DateTime<chrono::Utc>,
-    pub kind: String,
-    pub service: Option<ServiceName>,
-    pub actor: Option<String>,
-    pub payload: Value,
-    /// The build the event is about is embargoed from the reader: the
-    /// payload keeps only what says nothing of it.
-    pub embargoed: bool,
-}
+use crate::{Error, Principal, Result, Tugboat};
 
 /// A page of events: those the reader may see, and the id of the last
 /// event read (seen or not), where the next page starts.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventPage {
-    pub events: Vec<EventView>,
+    pub events: Vec<Event>,
     pub last: i64,
 }
 
-/// Payload fields that may name a build besides the event's own.
-const OTHER_BUILDS: [&str; 2] = ["replaced", "failed_build"];
+/// What the log stores of an event: its canonical JSON and the columns
+/// readers filter on, all derived from the event itself.
+pub fn recordable(e: &Event) -> NewEvent {
+    NewEvent {
+        at: e.at,
+        kind: e.kind().to_string(),
+        service: e.service.clone(),
+        build: e.change.build().map(|b| b.id.clone()),
+        actor: e.actor.as_ref().map(|a| a.name.to_string()),
+        payload: e.canonical_json(),
+    }
+}
 
-/// Payload fields that say nothing about a build: what an event about an
-/// embargoed build keeps.
-const ABOUT_THE_ENVIRONMENT: [&str; 7] = [
-    "environment",
-    "kind",
-    "seq",
-    "state",
-    "revision",
-    "agent",
-    "override_freeze",
-];
+/// A recorded event read back: its JSON parsed, its id set, and its stored
+/// columns checked against it (a column edited behind the server's back
+/// would change what readers may see).
+pub(crate) fn parse_row(row: &EventRow) -> std::result::Result<Event, String> {
+    let mut event: Event = serde_json::from_str(&row.payload).map_err(|e| format!("its JSON is not an event ({e})"))?;
+    let derived = recordable(&event);
+    let stored = [
+        ("at", derived.at.timestamp_millis() == row.at.timestamp_millis()),
+        ("kind", derived.kind == row.kind),
+        ("service", derived.service == row.service),
+        ("build_id", derived.build == row.build),
+        ("actor", derived.actor == row.actor),
+    ];
+    if let Some((column, _)) = stored.iter().find(|(_, same)| !same) {
+        return Err(format!("its stored column {column} does not match its JSON"));
+    }
+    event.id = row.id;
+    Ok(event)
+}
 
-/// Whether an event is about the build itself (it vanishes for readers who
-/// may not see the build, as the build does) rather than about an
-/// environment (which then runs "an embargoed build").
-fn about_the_build(kind: &str) -> bool {
-    kind.starts_with("build.") || kind.starts_with("approval.")
+/// Who made a change.
+pub(crate) fn actor(who: &Principal) -> Actor {
+    Actor {
+        name: who.name.clone(),
+        role: who.role,
+    }
+}
+
+/// A build as events name it.
+pub(crate) fn event_build(b: &BuildRow) -> EventBuild {
+    EventBuild {
+        id: b.id.clone(),
+        version: b.version.clone(),
+        manifest_digest: b.manifest_digest,
+        source: EventSource::from(&b.source),
+        embargoed: b.embargoed,
+    }
+}
+
+/// A token as events name it.
+pub(crate) fn event_token(t: &TokenRow) -> EventToken {
+    EventToken {
+        id: t.id.clone(),
+        name: t.name.clone(),
+        role: t.role,
+        service: t.service.clone(),
+        environment: t.environment.clone(),
+    }
+}
+
+/// A deployment request as approval events name it.
+pub(crate) fn approval(r: &RequestRow, build: &BuildRow) -> Approval {
+    Approval {
+        environment: r.environment.clone(),
+        build: event_build(build),
+        request: Some(r.id.clone()),
+        deployment_kind: crate::deploy::deployment_kind(r.kind, true),
+        requested_by: r.requested_by.clone(),
+        expires_at: r.expires_at,
+        override_freeze: r.override_freeze,
+        reason: r.reason.clone(),
+    }
 }
 
 impl Tugboat {
-    /// Records an event. The build it is about is its payload's `build`.
-    pub(crate) async fn emit(&self, kind: &str, service: Option<&ServiceName>, actor: Option<&str>, payload: Value) {
-        let build = payload
-            .get("build")
-            .and_then(Value::as_str)
-            .and_then(|b| BuildId::parse(b).ok());
-        let event = NewEvent {
-            at: self.now(),
-            kind,
-            service,
-            build: build.as_ref(),
-            actor,
-            payload: &payload.to_string(),
-        };
-        if let Err(e) = self.db.append_event(&event).await {
-            tracing::error!(kind, error = %e, "could not record an event");
+    /// A new event of the current schema, at the clock's current
+    /// millisecond (the precision the log's `at` column keeps).
+    pub(crate) fn event(&self, service: Option<&ServiceName>, actor: Option<Actor>, change: Change) -> Event {
+        Event::new(millisecond(self.now()), service.cloned(), actor, change)
+    }
+
+    /// An event `who` made about build `b`.
+    pub(crate) fn build_event(
+        &self,
+        who: &Principal,
+        b: &BuildRow,
+        change: impl FnOnce(EventBuild) -> Change,
+    ) -> Event {
+        self.event(Some(&b.service), Some(actor(who)), change(event_build(b)))
+    }
+
+    /// Commits a transaction with the events that describe its changes:
+    /// both are stored, or neither (a failure to record the events undoes
+    /// the change). Wakes this server's change watcher.
+    pub(crate) async fn commit(&self, tx: Tx, events: &[Event]) -> Result<()> {
+        let records: Vec<NewEvent> = events.iter().map(recordable).collect();
+        tx.commit(&records).await?;
+        if !events.is_empty() {
+            self.recorded.notify_one();
         }
-        self.recorded.notify_one();
+        Ok(())
     }
 
-    pub(crate) async fn emit_build(&self, kind: &str, actor: Option<&str>, b: &BuildRow) {
-        let payload = json!({
-            "build": b.id,
-            "version": b.version,
-            "branch": b.source.branch,
-            "commit": b.source.commit,
-            "state": b.state,
-            "manifest_digest": b.manifest_digest,
-        });
-        self.emit(kind, Some(&b.service), actor, payload).await;
-    }
-
-    pub(crate) async fn emit_deployment(&self, d: &DeploymentRow) {
-        let payload = json!({
-            "environment": d.environment,
-            "build": d.build,
-            "kind": d.kind,
-            "seq": d.seq,
-            "replaced": d.replaced,
-            "reason": d.reason,
-            "override_freeze": d.override_freeze,
-        });
-        self.emit("deployment", Some(&d.service), d.requested_by.as_deref(), payload)
-            .await;
-    }
-
-    pub(crate) async fn emit_request(&self, kind: &str, actor: Option<&str>, r: &RequestRow) {
-        let payload = json!({
-            "environment": r.environment,
-            "build": r.build,
-            "kind": r.kind,
-            "requested_by": r.requested_by,
-            "state": r.state,
-        });
-        self.emit(kind, Some(&r.service), actor, payload).await;
+    /// Records events that describe no other change.
+    pub(crate) async fn record(&self, events: &[Event]) -> Result<()> {
+        self.commit(self.db.begin().await?, events).await
     }
 
     /// Events after `after` that the caller may see, oldest first: of its
@@ -131,21 +154,21 @@ impl Tugboat {
         let service = self.listing_scope(who, Action::Read, service)?;
         let rows = self.db.events_after(after, service.as_ref(), limit).await?;
         let last = rows.last().map_or(after, |r| r.id);
-        let payloads: Vec<Value> = rows
-            .iter()
-            .map(|r| serde_json::from_str(&r.payload).unwrap_or(Value::Null))
-            .collect();
-        let named: Vec<BuildId> = rows
-            .iter()
-            .zip(&payloads)
-            .flat_map(|(r, p)| r.build.clone().into_iter().chain(other_builds(p)))
-            .collect();
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            match parse_row(row) {
+                Ok(e) => events.push(e),
+                Err(why) => {
+                    return Err(Error::Db(tug_db::Error::Corrupt(format!(
+                        "event {}: {why}; run tug audit verify",
+                        row.id
+                    ))))
+                }
+            }
+        }
+        let named: Vec<BuildId> = events.iter().flat_map(builds_named).collect();
         let sights = self.sights(who, named).await?;
-        let events = rows
-            .into_iter()
-            .zip(payloads)
-            .filter_map(|(row, payload)| shape(row, payload, &sights))
-            .collect();
+        let events = events.into_iter().filter_map(|e| shape(e, &sights)).collect();
         Ok(EventPage { events, last })
     }
 
@@ -163,60 +186,56 @@ impl Tugboat {
     }
 }
 
-fn other_builds(payload: &Value) -> impl Iterator<Item = BuildId> + '_ {
-    OTHER_BUILDS
-        .iter()
-        .filter_map(|k| payload.get(*k).and_then(Value::as_str))
-        .filter_map(|b| BuildId::parse(b).ok())
+/// `t` without what is finer than a millisecond.
+fn millisecond(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or(t)
+}
+
+/// Every build an event names: its own and, for a deployment, the one it
+/// replaced.
+fn builds_named(e: &Event) -> impl Iterator<Item = BuildId> + '_ {
+    let replaced = match &e.change {
+        Change::Deployment(d) => d.replaced.clone(),
+        _ => None,
+    };
+    e.change.build().map(|b| b.id.clone()).into_iter().chain(replaced)
 }
 
 /// One event as the reader sees it, or `None` when it is about a build the
 /// reader may not see.
-fn shape(row: EventRow, payload: Value, sights: &Sights) -> Option<EventView> {
-    let hidden = |b: &BuildId| !sights.full(b);
-    let own_hidden = row.build.as_ref().is_some_and(hidden);
-    if own_hidden && about_the_build(&row.kind) {
+fn shape(mut e: Event, sights: &Sights) -> Option<Event> {
+    let own_hidden = e.change.build().is_some_and(|b| !sights.full(&b.id));
+    if own_hidden && e.change.is_about_the_build() {
         return None;
     }
-    let others_hidden: Vec<&str> = OTHER_BUILDS
-        .into_iter()
-        .filter(|k| {
-            payload
-                .get(*k)
-                .and_then(Value::as_str)
-                .and_then(|b| BuildId::parse(b).ok())
-                .is_some_and(|b| hidden(&b))
-        })
-        .collect();
-    let payload = if own_hidden {
-        let mut kept: Map<String, Value> = ABOUT_THE_ENVIRONMENT
-            .iter()
-            .filter_map(|k| payload.get(*k).map(|v| (k.to_string(), v.clone())))
-            .collect();
-        kept.insert("embargoed".into(), Value::Bool(true));
-        Value::Object(kept)
-    } else if !others_hidden.is_empty() {
-        let mut p = payload;
-        if let Some(obj) = p.as_object_mut() {
-            for k in others_hidden {
-                obj.insert(k.to_string(), Value::Null);
-                obj.insert(format!("{k}_embargoed"), Value::Bool(true));
+    e.embargoed = own_hidden;
+    match &mut e.change {
+        Change::Deployment(d) => {
+            if own_hidden {
+                d.build = None;
+                // A reason may name the build.
+                d.reason = None;
             }
-            // A reason or error may name the hidden build.
-            obj.remove("reason");
-            obj.remove("error");
+            if d.replaced.as_ref().is_some_and(|r| !sights.full(r)) {
+                d.replaced = None;
+                d.replaced_embargoed = true;
+                d.reason = None;
+            }
         }
-        p
-    } else {
-        payload
-    };
-    Some(EventView {
-        id: row.id,
-        at: row.at,
-        kind: row.kind,
-        service: row.service,
-        actor: row.actor,
-        payload,
-        embargoed: own_hidden,
-    })
+        Change::RolloutProgress { build, agent, .. } if own_hidden => {
+            *build = None;
+            agent.error = None;
+        }
+        Change::RolloutHalted { build, reason, .. } if own_hidden => {
+            *build = None;
+            *reason = None;
+        }
+        Change::RolloutResumed { build, .. } if own_hidden => *build = None,
+        Change::RolloutRollbackFailed { build, error, .. } if own_hidden => {
+            *build = None;
+            *error = None;
+        }
+        _ => {}
+    }
+    Some(e)
 }

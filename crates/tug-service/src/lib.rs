@@ -13,6 +13,7 @@ use std::time::Duration;
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures::StreamExt;
 use rand::RngCore;
+use tug_api::Change;
 use tug_core::short_id::{IdPrefix, MIN_PREFIX};
 use tug_core::{
     Action, ArtifactName, ArtifactSpec, BuildId, BuildManifest, BuildSource, BuildState, CiRun, Digest, Draft, EnvName,
@@ -23,19 +24,22 @@ use tug_store::{Blob, BlobInfo, BlobStore, ByteStream};
 
 mod access;
 mod agents;
+mod audit;
 mod deploy;
 mod error;
 mod events;
 mod reconcile;
 mod rollouts;
+mod unchained;
 
 pub use access::{AgentView, DeploymentView, Shown};
 pub use agents::{AgentCounts, ChannelView, STALE_AFTER};
+pub use audit::{ExportPage, Since};
 pub use deploy::{
     Answer, BuildSelector, Decision, DeployOptions, Diff, EnvStatus, Outcome, PipelineRevision, PipelineView,
 };
 pub use error::Error;
-pub use events::{EventPage, EventView};
+pub use events::{recordable, EventPage};
 pub use reconcile::SWEEP_EVERY;
 pub use rollouts::{Grant, Pacing, RolloutStatus};
 
@@ -324,12 +328,14 @@ impl Tugboat {
         }
     }
 
+    /// Creates a token; `created_by` is `None` for the first admin token,
+    /// which the server makes by itself.
     async fn insert_token(
         &self,
         name: TokenName,
         role: Role,
         scope: Scope,
-        created_by: Option<String>,
+        created_by: Option<&Principal>,
     ) -> Result<CreatedToken> {
         tug_core::access::check_scope(role, scope.service.as_ref(), scope.environment.as_ref())
             .map_err(|e| Error::Invalid(e.to_string()))?;
@@ -344,14 +350,28 @@ impl Tugboat {
             environment: scope.environment,
             secret_hash: hash_secret(&secret),
             created_at: self.now(),
-            created_by,
+            created_by: created_by.as_ref().map(|who| who.name.to_string()),
         };
-        self.db.insert_token(&token).await?;
-        let row = self
-            .db
-            .token_by_hash(&token.secret_hash)
-            .await?
-            .ok_or(Error::InvalidToken)?;
+        let mut tx = self.db.begin().await?;
+        tx.insert_token(&token).await?;
+        let row = TokenRow {
+            id: token.id,
+            name: token.name,
+            role: token.role,
+            service: token.service,
+            environment: token.environment,
+            created_at: token.created_at,
+            created_by: token.created_by,
+            revoked_at: None,
+        };
+        let event = self.event(
+            row.service.as_ref(),
+            created_by.map(events::actor),
+            Change::TokenCreated {
+                token: events::event_token(&row),
+            },
+        );
+        self.commit(tx, &[event]).await?;
         Ok(CreatedToken { token: row, secret })
     }
 
@@ -369,7 +389,7 @@ impl Tugboat {
             let view = self.pipeline_view(service).await?;
             deploy::environment(&view.pipeline, env)?;
         }
-        self.insert_token(name, role, scope, Some(who.name.to_string())).await
+        self.insert_token(name, role, scope, Some(who)).await
     }
 
     pub async fn list_tokens(&self, who: &Principal) -> Result<Vec<TokenRow>> {
@@ -405,11 +425,20 @@ impl Tugboat {
             }
             Err(e) => return Err(e),
         };
-        match self.db.revoke_token(&target.id, self.now()).await? {
+        let mut tx = self.db.begin().await?;
+        match tx.revoke_token(&target.id, self.now()).await? {
             Revocation::Revoked(t) => {
+                let event = self.event(
+                    t.service.as_ref(),
+                    Some(events::actor(who)),
+                    Change::TokenRevoked {
+                        token: events::event_token(&t),
+                    },
+                );
                 // Requests of the token that are still open learn of it
-                // from this server's change watcher at once.
-                self.recorded.notify_one();
+                // from this server's change watcher at once (which the
+                // commit wakes).
+                self.commit(tx, &[event]).await?;
                 Ok(t)
             }
             Revocation::AlreadyRevoked(t) => Err(Error::TokenAlreadyRevoked {
@@ -426,7 +455,13 @@ impl Tugboat {
     /// Creates a service; `false` if it existed already.
     pub async fn create_service(&self, who: &Principal, name: &ServiceName) -> Result<bool> {
         self.require(who, Action::ManageServices)?;
-        Ok(self.db.create_service(name, self.now()).await?)
+        let mut tx = self.db.begin().await?;
+        if !tx.create_service(name, self.now()).await? {
+            return Ok(false);
+        }
+        let event = self.event(Some(name), Some(events::actor(who)), Change::ServiceCreated {});
+        self.commit(tx, &[event]).await?;
+        Ok(true)
     }
 
     /// Every service the caller's scope covers.
@@ -556,23 +591,35 @@ impl Tugboat {
         }
         let id = BuildId::parse(&uuid::Uuid::now_v7().to_string()).map_err(|e| Error::Invalid(e.to_string()))?;
         let now = self.now();
-        self.db
-            .insert_build(&NewBuild {
-                id: id.clone(),
-                service,
-                version,
-                source,
-                ci,
-                expected,
-                created_at: now,
-                created_by: Some(who.name.to_string()),
-                created_by_token: Some(who.token_id.clone()),
-                embargoed,
-            })
-            .await?;
-        let row = self.db.build(&id).await?.ok_or(Error::BuildNotFound(id.to_string()))?;
-        self.emit_build("build.created", Some(who.name.as_str()), &row).await;
-        Ok(row)
+        let build = NewBuild {
+            id: id.clone(),
+            service,
+            version,
+            source,
+            ci,
+            expected,
+            created_at: now,
+            created_by: Some(who.name.to_string()),
+            created_by_token: Some(who.token_id.clone()),
+            embargoed,
+        };
+        let event = self.event(
+            Some(&build.service),
+            Some(events::actor(who)),
+            Change::BuildCreated {
+                build: tug_api::EventBuild {
+                    id: build.id.clone(),
+                    version: build.version.clone(),
+                    manifest_digest: None,
+                    source: tug_api::EventSource::from(&build.source),
+                    embargoed: build.embargoed,
+                },
+            },
+        );
+        let mut tx = self.db.begin().await?;
+        tx.insert_build(&build).await?;
+        self.commit(tx, &[event]).await?;
+        self.db.build(&id).await?.ok_or(Error::BuildNotFound(id.to_string()))
     }
 
     /// What a build reference names (its id, a prefix of its id, or its
@@ -609,16 +656,13 @@ impl Tugboat {
                 build.id, build.state
             )));
         }
-        self.db
-            .yank_build(&build.id, self.now(), who.name.as_str(), reason)
-            .await?;
-        let row = self
-            .db
-            .build(&build.id)
-            .await?
-            .ok_or(Error::BuildNotFound(build.id.to_string()))?;
-        self.emit_build("build.yanked", Some(who.name.as_str()), &row).await;
-        Ok(row)
+        let mut tx = self.db.begin().await?;
+        if tx.yank_build(&build.id, self.now(), who.name.as_str(), reason).await? {
+            let reason = reason.map(str::to_string);
+            let event = self.build_event(who, &build, |build| Change::BuildYanked { build, reason });
+            self.commit(tx, &[event]).await?;
+        }
+        self.build_again(&build.id).await
     }
 
     /// Marks a sealed build critical: agents install it at once, and
@@ -626,19 +670,16 @@ impl Tugboat {
     pub async fn mark_critical(&self, who: &Principal, reference: &str) -> Result<BuildRow> {
         self.require(who, Action::Deploy)?;
         let build = self.resolve_visible(who, reference).await?;
-        if !self.db.mark_critical(&build.id).await? {
+        let mut tx = self.db.begin().await?;
+        if !tx.mark_critical(&build.id).await? {
             return Err(Error::Invalid(format!(
                 "build {} is {}; only sealed builds can be marked critical",
                 build.id, build.state
             )));
         }
-        let row = self
-            .db
-            .build(&build.id)
-            .await?
-            .ok_or(Error::BuildNotFound(build.id.to_string()))?;
-        self.emit_build("build.critical", Some(who.name.as_str()), &row).await;
-        Ok(row)
+        let event = self.build_event(who, &build, |build| Change::BuildCritical { build });
+        self.commit(tx, &[event]).await?;
+        self.build_again(&build.id).await
     }
 
     /// Lifts a build's embargo (admin only): it becomes visible to everyone
@@ -646,15 +687,21 @@ impl Tugboat {
     pub async fn unembargo_build(&self, who: &Principal, reference: &str) -> Result<BuildRow> {
         self.require(who, Action::ManagePipelines)?;
         let build = self.resolve_visible(who, reference).await?;
-        self.db.unembargo_build(&build.id).await?;
-        let row = self
-            .db
-            .build(&build.id)
-            .await?
-            .ok_or(Error::BuildNotFound(build.id.to_string()))?;
-        self.emit_build("build.unembargoed", Some(who.name.as_str()), &row)
-            .await;
-        Ok(row)
+        let mut tx = self.db.begin().await?;
+        if tx.unembargo_build(&build.id).await? {
+            let lifted = BuildRow {
+                embargoed: false,
+                ..build.clone()
+            };
+            let event = self.build_event(who, &lifted, |build| Change::BuildUnembargoed { build });
+            self.commit(tx, &[event]).await?;
+        }
+        self.build_again(&build.id).await
+    }
+
+    /// A build read again after a change to it.
+    async fn build_again(&self, id: &BuildId) -> Result<BuildRow> {
+        self.db.build(id).await?.ok_or(Error::BuildNotFound(id.to_string()))
     }
 
     /// A build by id or manifest digest, with its artifacts.
@@ -741,8 +788,8 @@ impl Tugboat {
     pub async fn seal_build(&self, who: &Principal, reference: &str) -> Result<BuildRow> {
         self.require(who, Action::WriteBuilds)?;
         let build = self.resolve_visible(who, reference).await?;
-        let sealed = self
-            .db
+        let mut tx = self.db.begin().await?;
+        let sealed = tx
             .seal_build(&build.id, self.now(), |b, artifacts| {
                 BuildManifest::seal(Draft {
                     id: &b.id,
@@ -758,7 +805,9 @@ impl Tugboat {
             .await;
         match sealed {
             Ok(Ok(row)) => {
-                self.emit_build("build.sealed", Some(who.name.as_str()), &row).await;
+                let event = self.build_event(who, &row, |build| Change::BuildSealed { build });
+                self.commit(tx, &[event]).await?;
+                let row = self.build_again(&row.id).await?;
                 self.reconcile_after_seal(&row).await;
                 Ok(row)
             }
@@ -767,11 +816,10 @@ impl Tugboat {
                 state: BuildState::Sealed,
                 ..
             }) => {
-                let row = self
-                    .db
-                    .build(&build.id)
-                    .await?
-                    .ok_or(Error::BuildNotFound(build.id.to_string()))?;
+                // Nothing changed: the transaction (and SQLite's write lock)
+                // ends before the reconciliation writes.
+                drop(tx);
+                let row = self.build_again(&build.id).await?;
                 self.reconcile_after_seal(&row).await;
                 Ok(row)
             }

@@ -101,6 +101,7 @@ impl Tugboat {
                 kind: DeployKind::AutoRelease,
                 options: DeployOptions::default(),
                 requested_by: None,
+                actor: None,
                 admin: false,
                 approvals: 0,
                 request: None,
@@ -172,10 +173,17 @@ impl Tugboat {
     /// Marks the pending requests past their expiry as expired, recording
     /// an `approval.expired` event for each (once, whichever server sweeps).
     pub(crate) async fn expire_due_requests(&self) -> Result<Vec<RequestRow>> {
-        let expired = self.db.expire_due_requests(self.now()).await?;
+        let mut tx = self.db.begin().await?;
+        let expired = tx.expire_due_requests(self.now()).await?;
+        let mut events = Vec::with_capacity(expired.len());
         for r in &expired {
-            self.emit_request("approval.expired", None, r).await;
+            // Builds are never deleted; a request names one that exists.
+            if let Some(build) = self.db.build_summary(&r.build).await? {
+                let change = tug_api::Change::ApprovalExpired(crate::events::approval(r, &build));
+                events.push(self.event(Some(&r.service), None, change));
+            }
         }
+        self.commit(tx, &events).await?;
         Ok(expired)
     }
 

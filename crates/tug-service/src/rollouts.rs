@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde_json::json;
+use tug_api::{Change, EventAgent};
 use tug_core::{Action, BuildId, DeployKind, EnvName, Environment, Pipeline, ServiceName, Share, Strategy, Version};
 use tug_db::{AgentRow, EnvState, RolloutCounts, RolloutRow, SoakClock};
 
@@ -14,6 +14,15 @@ use crate::access::Sights;
 use crate::agents::STALE_AFTER;
 use crate::deploy::{environment, Intent};
 use crate::{DeployOptions, Error, Principal, Result, Tugboat};
+
+/// What an agent's report did to a paced rollout: it became healthy on the
+/// build or gave up on it (`failed`), and the event that says so.
+#[derive(Debug, Clone)]
+pub(crate) struct Progress {
+    pub(crate) build: BuildId,
+    pub(crate) failed: bool,
+    pub(crate) event: tug_api::Event,
+}
 
 /// What decides whether agents may take an environment's build: the same
 /// for every agent asking at one moment, so channel answers can share it.
@@ -285,8 +294,7 @@ impl Tugboat {
                 row.reason.as_deref().unwrap_or("")
             )));
         }
-        self.set_state(&pacing, &row, "halted", reason, None, who.name.as_str())
-            .await?;
+        self.set_state(&pacing, &row, "halted", reason, None, Some(who)).await?;
         let status = self.status_of(&pacing).await?;
         self.rollout_seen_by(who, status).await
     }
@@ -302,15 +310,8 @@ impl Tugboat {
             )));
         }
         let counts = self.rollout_counts(&pacing, &row.build).await?;
-        self.set_state(
-            &pacing,
-            &row,
-            "rolling",
-            "resumed",
-            Some(counts.failed),
-            who.name.as_str(),
-        )
-        .await?;
+        self.set_state(&pacing, &row, "rolling", "resumed", Some(counts.failed), Some(who))
+            .await?;
         let status = self.status_of(&pacing).await?;
         self.rollout_seen_by(who, status).await
     }
@@ -345,10 +346,11 @@ impl Tugboat {
         to: &str,
         reason: &str,
         baseline: Option<i64>,
-        by: &str,
+        by: Option<&Principal>,
     ) -> Result<()> {
-        let moved = self
-            .db
+        let build = self.db.build_summary(&row.build).await?;
+        let mut tx = self.db.begin().await?;
+        let moved = tx
             .set_rollout_state(
                 &pacing.service,
                 &pacing.environment.name,
@@ -357,7 +359,7 @@ impl Tugboat {
                 to,
                 Some(reason),
                 baseline,
-                Some(by),
+                Some(by.map_or("rollout", |w| w.name.as_str())),
                 self.now(),
             )
             .await?;
@@ -367,64 +369,93 @@ impl Tugboat {
                 row.build, pacing.environment.name
             )));
         }
-        let kind = if to == "halted" {
-            "rollout.halted"
+        let environment = pacing.environment.name.clone();
+        let build = build.as_ref().map(crate::events::event_build);
+        let change = if to == "halted" {
+            Change::RolloutHalted {
+                environment,
+                build,
+                seq: pacing.seq,
+                reason: Some(reason.to_string()),
+            }
         } else {
-            "rollout.resumed"
+            Change::RolloutResumed {
+                environment,
+                build,
+                seq: pacing.seq,
+            }
         };
-        let payload = json!({
-            "environment": pacing.environment.name,
-            "build": row.build,
-            "seq": pacing.seq,
-            "reason": reason,
-        });
-        self.emit(kind, Some(&pacing.service), Some(by), payload).await;
-        Ok(())
+        let event = self.event(Some(&pacing.service), by.map(crate::events::actor), change);
+        self.commit(tx, &[event]).await
     }
 
-    /// What an agent's report changes beyond the fleet view: progress of a
-    /// paced rollout (which wakes agents waiting for a place), a failure
-    /// that halts it (and may roll it back), and health-aware soak clocks.
-    pub(crate) async fn after_report(&self, pipeline: &Pipeline, before: Option<&AgentRow>, now: &AgentRow) {
-        if let Err(e) = self.account_report(pipeline, before, now).await {
-            tracing::warn!(agent = %now.agent_id, error = %e, "could not account for an agent's report");
-        }
-    }
-
-    async fn account_report(&self, pipeline: &Pipeline, before: Option<&AgentRow>, now: &AgentRow) -> Result<()> {
-        let Some(environment) = pipeline.environment(&now.environment) else {
-            return Ok(());
+    /// The `rollout.progress` event an agent's report makes, if it makes
+    /// one: in a paced rollout, the agent became healthy on the build or
+    /// gave up on it. Decided before the report is stored, so that the
+    /// report and its event commit together.
+    pub(crate) async fn progress(
+        &self,
+        pacing: &Pacing,
+        before: Option<&AgentRow>,
+        now: &AgentRow,
+    ) -> Result<Option<Progress>> {
+        let Some(build) = pacing.build.clone().filter(|_| pacing.per_agent()) else {
+            return Ok(None);
         };
-        let pacing = self.pacing(&now.service, environment).await?;
-        let Some(build) = pacing.build.clone() else {
-            return Ok(());
-        };
-        self.sample_soak_clocks(pipeline, &pacing, &build).await?;
-        if !pacing.per_agent() {
-            return Ok(());
-        }
         let healthy = |a: &AgentRow| a.build.as_ref() == Some(&build) && a.state == "healthy";
         let failed = |a: &AgentRow| a.failed_build.as_ref() == Some(&build);
         let became_healthy = healthy(now) && !before.is_some_and(healthy);
         let became_failed = failed(now) && !before.is_some_and(failed);
         if !(became_healthy || became_failed) {
-            return Ok(());
+            return Ok(None);
         }
-        // Halt first: the progress event wakes the agents waiting for a
-        // place, and they must find the rollout halted already.
-        if became_failed {
-            self.halt_on_failures(&pacing, &build, now).await?;
+        let summary = self.db.build_summary(&build).await?;
+        let event = self.event(
+            Some(&now.service),
+            None,
+            Change::RolloutProgress {
+                environment: now.environment.clone(),
+                build: summary.as_ref().map(crate::events::event_build),
+                seq: pacing.seq,
+                agent: EventAgent {
+                    id: now.agent_id.clone(),
+                    hostname: now.hostname.clone(),
+                    state: now.state.clone(),
+                    error: now.error.clone(),
+                },
+            },
+        );
+        Ok(Some(Progress {
+            build,
+            failed: became_failed,
+            event,
+        }))
+    }
+
+    /// What an agent's report changes beyond the fleet view, once it is
+    /// stored: a failure that halts a paced rollout (and may roll it back),
+    /// and health-aware soak clocks. Errors are logged: the report itself
+    /// was stored.
+    pub(crate) async fn after_report(
+        &self,
+        pipeline: &Pipeline,
+        pacing: &Pacing,
+        progress: Option<&Progress>,
+        now: &AgentRow,
+    ) {
+        let result = async {
+            if let Some(build) = &pacing.build {
+                self.sample_soak_clocks(pipeline, pacing, build).await?;
+            }
+            match progress {
+                Some(p) if p.failed => self.halt_on_failures(pacing, &p.build, now).await,
+                _ => Ok(()),
+            }
         }
-        let payload = json!({
-            "environment": now.environment,
-            "build": build,
-            "seq": pacing.seq,
-            "agent": now.agent_id,
-            "state": now.state,
-            "error": now.error,
-        });
-        self.emit("rollout.progress", Some(&now.service), None, payload).await;
-        Ok(())
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(agent = %now.agent_id, error = %e, "could not account for an agent's report");
+        }
     }
 
     /// Halts a rollout whose failures reached its threshold, and rolls the
@@ -449,7 +480,7 @@ impl Tugboat {
             agent.hostname,
             agent.error.as_deref().unwrap_or("no error given")
         );
-        match self.set_state(pacing, &row, "halted", &reason, None, "rollout").await {
+        match self.set_state(pacing, &row, "halted", &reason, None, None).await {
             Ok(()) => {}
             // Another report halted it first.
             Err(Error::Conflict(_)) => return Ok(()),
@@ -487,6 +518,7 @@ impl Tugboat {
                     reason: Some(format!("auto-rollback: {reason}")),
                 },
                 requested_by: Some("auto-rollback".into()),
+                actor: None,
                 admin: true,
                 approvals: 0,
                 request: None,
@@ -501,13 +533,23 @@ impl Tugboat {
             }
             Err(e) => {
                 tracing::error!(service = %pacing.service, environment = %pacing.environment.name, error = %e, "auto-rollback failed");
-                let payload = json!({
-                    "environment": pacing.environment.name,
-                    "build": build,
-                    "error": e.to_string(),
-                });
-                self.emit("rollout.rollback_failed", Some(&pacing.service), None, payload)
-                    .await;
+                let recorded = async {
+                    let summary = self.db.build_summary(build).await?;
+                    let event = self.event(
+                        Some(&pacing.service),
+                        None,
+                        Change::RolloutRollbackFailed {
+                            environment: pacing.environment.name.clone(),
+                            build: summary.as_ref().map(crate::events::event_build),
+                            error: Some(e.to_string()),
+                        },
+                    );
+                    self.record(&[event]).await
+                }
+                .await;
+                if let Err(e) = recorded {
+                    tracing::error!(error = %e, "could not record that the auto-rollback failed");
+                }
             }
         }
     }

@@ -154,7 +154,7 @@ pub enum Command {
         #[arg(long)]
         service: Option<String>,
         /// Replay events after this id first.
-        #[arg(long)]
+        #[arg(long, value_name = "ID")]
         since: Option<i64>,
         /// Stop after this many events.
         #[arg(long)]
@@ -189,6 +189,26 @@ pub enum Command {
     },
     /// Abandon stale drafts and delete blobs no build refers to.
     Gc(GcArgs),
+    /// The audit log (admin): verify the event log's hash chain, export it.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Walk the event log's hash chain; name the first event that was
+    /// changed or whose predecessor is missing (exit status 1).
+    Verify,
+    /// Write the event log as JSON lines: every event whole, with its hashes.
+    Export {
+        /// Only events after this id, or recorded at or after this time
+        /// (RFC 3339, e.g. 2026-11-22T00:00:00Z).
+        #[arg(long, value_name = "ID|TIME")]
+        since: Option<String>,
+        /// Only this service's events.
+        #[arg(long)]
+        service: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -788,8 +808,10 @@ mod tests {
         walk(&Cli::command(), &mut seen);
         let clashes: Vec<_> = seen.iter().filter(|(_, v)| v.len() > 1).collect();
         // `--to` is the destination in both: an environment for promote and
-        // diff, a build (of that environment) for rollback.
-        let allowed = ["to"];
+        // diff, a build (of that environment) for rollback. `--since` is
+        // where reading the event log starts: after an event id for watch,
+        // after an id or from a time for the audit export.
+        let allowed = ["to", "since"];
         let clashes: Vec<_> = clashes
             .into_iter()
             .filter(|(k, _)| !allowed.contains(&k.as_str()))

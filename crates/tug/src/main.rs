@@ -78,6 +78,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Version(c) => commands::deploy::version(&client, out, c).await,
         Command::Fsck { repair } => commands::admin::fsck(&client, out, repair).await,
         Command::Gc(a) => commands::admin::gc(&client, out, a).await,
+        Command::Audit(c) => commands::admin::audit(&client, out, c).await,
     }
 }
 

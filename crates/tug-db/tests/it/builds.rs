@@ -13,25 +13,26 @@ pub(crate) fn service() -> ServiceName {
 }
 
 pub(crate) async fn draft(db: &Db, branch: &str, version: &str, expected: &[&str]) -> BuildId {
-    db.create_service(&service(), Utc::now()).await.unwrap();
+    crate::in_tx!(db, |tx| tx.create_service(&service(), Utc::now()).await).unwrap();
     let id = BuildId::parse(&uuid::Uuid::now_v7().to_string()).unwrap();
-    db.insert_build(&NewBuild {
-        id: id.clone(),
-        service: service(),
-        version: Version::parse(version).unwrap(),
-        source: BuildSource {
-            branch: Some(branch.into()),
-            commit: Some("abc".into()),
-            ..Default::default()
-        },
-        ci: CiRun::default(),
-        expected: expected.iter().map(|e| ArtifactName::parse(e).unwrap()).collect(),
-        created_at: Utc::now(),
-        created_by: Some("ci".into()),
-        created_by_token: None,
-        embargoed: false,
-    })
-    .await
+    crate::in_tx!(db, |tx| tx
+        .insert_build(&NewBuild {
+            id: id.clone(),
+            service: service(),
+            version: Version::parse(version).unwrap(),
+            source: BuildSource {
+                branch: Some(branch.into()),
+                commit: Some("abc".into()),
+                ..Default::default()
+            },
+            ci: CiRun::default(),
+            expected: expected.iter().map(|e| ArtifactName::parse(e).unwrap()).collect(),
+            created_at: Utc::now(),
+            created_by: Some("ci".into()),
+            created_by_token: None,
+            embargoed: false,
+        })
+        .await)
     .unwrap();
     id
 }
@@ -64,24 +65,25 @@ pub(crate) fn seal_at(
     let db = db.clone();
     let id = id.clone();
     async move {
-        db.seal_build(&id, at, |b, artifacts| {
-            BuildManifest::seal(Draft {
-                id: &b.id,
-                service: &b.service,
-                version: &b.version,
-                source: &b.source,
-                ci: &b.ci,
-                created_at: &b.created_at.to_rfc3339(),
-                expected: &b.expected,
-                artifacts,
+        crate::in_tx!(db, |tx| tx
+            .seal_build(&id, at, |b, artifacts| {
+                BuildManifest::seal(Draft {
+                    id: &b.id,
+                    service: &b.service,
+                    version: &b.version,
+                    source: &b.source,
+                    ci: &b.ci,
+                    created_at: &b.created_at.to_rfc3339(),
+                    expected: &b.expected,
+                    artifacts,
+                })
             })
-        })
-        .await
+            .await)
     }
 }
 
 crate::db_test!(unknown_service_is_refused, |db: Db| async move {
-    let err = db
+    let err = crate::in_tx!(db, |tx| tx
         .insert_build(&NewBuild {
             id: BuildId::parse(&uuid::Uuid::now_v7().to_string()).unwrap(),
             service: ServiceName::parse("nope").unwrap(),
@@ -94,8 +96,8 @@ crate::db_test!(unknown_service_is_refused, |db: Db| async move {
             created_by_token: None,
             embargoed: false,
         })
-        .await
-        .unwrap_err();
+        .await)
+    .unwrap_err();
     assert!(matches!(err, Error::ServiceNotFound(_)), "{err}");
 });
 

@@ -58,7 +58,7 @@ fn deployment(build: &BuildId, env: &EnvName, request: Option<&str>) -> NewDeplo
 }
 
 async fn created(db: &Db, r: &RequestRow, supersede: bool) -> Vec<RequestRow> {
-    match db.create_request(r, supersede).await.unwrap() {
+    match crate::in_tx!(db, |tx| tx.create_request(r, supersede).await).unwrap() {
         CreatedRequest::Created { superseded } => superseded,
         CreatedRequest::AlreadyPending => panic!("a request for {} was pending already", r.build),
     }
@@ -76,7 +76,7 @@ crate::db_test!(concurrent_last_approvals_deploy_a_request_once, |db: Db| async 
     let prod = env("production");
     let r = promotion(&db, &build, &prod, Utc::now() + Duration::hours(1)).await;
     for approver in ["alice", "bob"] {
-        db.decide(&r.id, approver, "approve", Utc::now()).await.unwrap();
+        crate::in_tx!(db, |tx| tx.decide(&r.id, approver, "approve", Utc::now()).await).unwrap();
     }
     // Eight approvals completing the request at once, each having read the
     // environment at a moment of its own: some see it before, some after
@@ -86,7 +86,9 @@ crate::db_test!(concurrent_last_approvals_deploy_a_request_once, |db: Db| async 
         let (db, build, prod, id) = (db.clone(), build.clone(), prod.clone(), r.id.clone());
         tasks.push(tokio::spawn(async move {
             let seq = db.env_state(&service(), &prod).await.unwrap().seq;
-            db.deploy(&deployment(&build, &prod, Some(&id)), seq, None).await
+            crate::in_tx!(db, |tx| tx
+                .deploy(&deployment(&build, &prod, Some(&id)), seq, None)
+                .await)
         }));
     }
     let mut won = 0;
@@ -117,10 +119,10 @@ crate::db_test!(concurrent_last_approvals_deploy_a_request_once, |db: Db| async 
     // Carried out again with a fresh sequence number: refused, nothing
     // written.
     let seq = db.env_state(&service(), &prod).await.unwrap().seq;
-    let err = db
+    let err = crate::in_tx!(db, |tx| tx
         .deploy(&deployment(&build, &prod, Some(&r.id)), seq, None)
-        .await
-        .unwrap_err();
+        .await)
+    .unwrap_err();
     assert!(matches!(err, Error::RequestNotPending(_)), "{err}");
     assert_eq!(db.env_state(&service(), &prod).await.unwrap().seq, seq);
 });
@@ -129,10 +131,10 @@ crate::db_test!(an_expired_request_never_deploys, |db: Db| async move {
     let build = sealed(&db, "master", Utc::now()).await;
     let prod = env("production");
     let r = promotion(&db, &build, &prod, Utc::now() - Duration::seconds(1)).await;
-    let err = db
+    let err = crate::in_tx!(db, |tx| tx
         .deploy(&deployment(&build, &prod, Some(&r.id)), 0, None)
-        .await
-        .unwrap_err();
+        .await)
+    .unwrap_err();
     assert!(matches!(err, Error::RequestNotPending(_)), "{err}");
     let state = db.env_state(&service(), &prod).await.unwrap();
     assert_eq!((state.seq, state.current), (0, None), "nothing written");
@@ -157,7 +159,9 @@ crate::db_test!(one_request_per_build_and_environment_is_pending, |db: Db| async
     for _ in 0..8 {
         let r = request(&build, &prod, DeployKind::Promote, None);
         let db = db.clone();
-        tasks.push(tokio::spawn(async move { db.create_request(&r, false).await.unwrap() }));
+        tasks.push(tokio::spawn(async move {
+            crate::in_tx!(db, |tx| tx.create_request(&r, false).await).unwrap()
+        }));
     }
     let mut made = 0;
     for t in tasks {
@@ -175,7 +179,7 @@ crate::db_test!(one_request_per_build_and_environment_is_pending, |db: Db| async
         .await
         .unwrap()
         .unwrap();
-    assert!(db.close_request(&pending.id, "rejected").await.unwrap());
+    assert!(crate::in_tx!(db, |tx| tx.close_request(&pending.id, "rejected").await).unwrap());
     created(&db, &request(&build, &prod, DeployKind::Promote, None), false).await;
 });
 
@@ -190,7 +194,7 @@ crate::db_test!(auto_release_requests_supersede_older_ones, |db: Db| async move 
     let older = request(&old, &prod, DeployKind::AutoRelease, None);
     // The manual request for the same build is pending: the index holds.
     assert_eq!(
-        db.create_request(&older, true).await.unwrap(),
+        crate::in_tx!(db, |tx| tx.create_request(&older, true).await).unwrap(),
         CreatedRequest::AlreadyPending
     );
     let newer = request(&new, &env("canary"), DeployKind::AutoRelease, None);
@@ -234,7 +238,7 @@ crate::db_test!(due_requests_expire_once_across_sweeps, |db: Db| async move {
     for _ in 0..4 {
         let db = db.clone();
         tasks.push(tokio::spawn(async move {
-            db.expire_due_requests(Utc::now()).await.unwrap()
+            crate::in_tx!(db, |tx| tx.expire_due_requests(Utc::now()).await).unwrap()
         }));
     }
     let mut expired: Vec<String> = Vec::new();
@@ -275,26 +279,27 @@ crate::db_test!(newest_releasable_build_goes_by_seal_time, |db: Db| async move {
     };
     assert_eq!(newest(false).await, Some(slow.clone()));
 
-    db.yank_build(&slow, Utc::now(), "admin", Some("broken")).await.unwrap();
+    crate::in_tx!(db, |tx| tx.yank_build(&slow, Utc::now(), "admin", Some("broken")).await).unwrap();
     assert_eq!(newest(false).await, Some(fast.clone()), "yanked builds are skipped");
 
     let embargoed = BuildId::parse(&uuid::Uuid::now_v7().to_string()).unwrap();
-    db.insert_build(&tug_db::NewBuild {
-        id: embargoed.clone(),
-        service: service(),
-        version: tug_core::Version::parse("1.0.1").unwrap(),
-        source: tug_core::BuildSource {
-            branch: Some("master".into()),
-            ..Default::default()
-        },
-        ci: Default::default(),
-        expected: vec![],
-        created_at: t0,
-        created_by: Some("ci".into()),
-        created_by_token: None,
-        embargoed: true,
-    })
-    .await
+    crate::in_tx!(db, |tx| tx
+        .insert_build(&tug_db::NewBuild {
+            id: embargoed.clone(),
+            service: service(),
+            version: tug_core::Version::parse("1.0.1").unwrap(),
+            source: tug_core::BuildSource {
+                branch: Some("master".into()),
+                ..Default::default()
+            },
+            ci: Default::default(),
+            expected: vec![],
+            created_at: t0,
+            created_by: Some("ci".into()),
+            created_by_token: None,
+            embargoed: true,
+        })
+        .await)
     .unwrap();
     db.add_artifacts(&embargoed, &[spec("app.bin", "cve", &[])], t0)
         .await

@@ -4,6 +4,7 @@
 
 mod builds;
 mod deployments;
+mod events;
 mod tokens;
 
 use tug_db::Db;
@@ -29,6 +30,20 @@ pub async fn postgres() -> TestDb {
         db: Db::connect(&url).await.unwrap(),
         _dir: None,
     }
+}
+
+/// Runs one change (`$body`, using the transaction `$tx`) in its own
+/// transaction, committed with no events when it succeeds.
+#[macro_export]
+macro_rules! in_tx {
+    ($db:expr, |$tx:ident| $body:expr) => {{
+        let mut $tx = $db.begin().await.unwrap();
+        let out = $body;
+        if out.is_ok() {
+            $tx.commit(&[]).await.unwrap();
+        }
+        out
+    }};
 }
 
 /// Defines `$name::sqlite` and `$name::postgres` running the same body.

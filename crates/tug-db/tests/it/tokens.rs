@@ -21,8 +21,8 @@ fn token(name: &str, role: Role, hash: &str) -> NewToken {
 
 crate::db_test!(tokens_are_found_by_hash_and_revoked, |db: Db| async move {
     assert_eq!(db.count_active_admin_tokens().await.unwrap(), 0);
-    db.insert_token(&token("admin", Role::Admin, "h1")).await.unwrap();
-    db.insert_token(&token("ci-main", Role::Ci, "h2")).await.unwrap();
+    crate::in_tx!(db, |tx| tx.insert_token(&token("admin", Role::Admin, "h1")).await).unwrap();
+    crate::in_tx!(db, |tx| tx.insert_token(&token("ci-main", Role::Ci, "h2")).await).unwrap();
     assert_eq!(db.count_active_admin_tokens().await.unwrap(), 1);
     let found = db.token_by_hash("h2").await.unwrap().unwrap();
     assert_eq!(
@@ -31,32 +31,29 @@ crate::db_test!(tokens_are_found_by_hash_and_revoked, |db: Db| async move {
     );
     assert!(db.token_by_hash("nope").await.unwrap().is_none());
 
-    let err = db
-        .insert_token(&token("ci-main", Role::Viewer, "h3"))
-        .await
-        .unwrap_err();
+    let err = crate::in_tx!(db, |tx| tx.insert_token(&token("ci-main", Role::Viewer, "h3")).await).unwrap_err();
     assert!(matches!(err, Error::TokenNameTaken(_)), "{err}");
 
     let id = found.id.clone();
     assert_eq!(db.token_by_id(&id).await.unwrap().unwrap().name.as_str(), "ci-main");
-    let Revocation::Revoked(revoked) = db.revoke_token(&id, Utc::now()).await.unwrap() else {
+    let Revocation::Revoked(revoked) = crate::in_tx!(db, |tx| tx.revoke_token(&id, Utc::now()).await).unwrap() else {
         panic!("not revoked")
     };
     assert!(revoked.revoked_at.is_some());
     assert!(db.token_by_hash("h2").await.unwrap().unwrap().revoked_at.is_some());
     assert!(
         matches!(
-            db.revoke_token(&id, Utc::now()).await.unwrap(),
+            crate::in_tx!(db, |tx| tx.revoke_token(&id, Utc::now()).await).unwrap(),
             Revocation::AlreadyRevoked(t) if t.revoked_at.is_some()
         ),
         "revoking twice changes nothing"
     );
     assert_eq!(
-        db.revoke_token("nobody", Utc::now()).await.unwrap(),
+        crate::in_tx!(db, |tx| tx.revoke_token("nobody", Utc::now()).await).unwrap(),
         Revocation::NotFound
     );
     // The name is free again once revoked.
-    db.insert_token(&token("ci-main", Role::Ci, "h4")).await.unwrap();
+    crate::in_tx!(db, |tx| tx.insert_token(&token("ci-main", Role::Ci, "h4")).await).unwrap();
     assert_eq!(db.list_tokens().await.unwrap().len(), 3);
 });
 
@@ -64,13 +61,14 @@ crate::db_test!(scoped_token_needs_an_existing_service, |db: Db| async move {
     let mut t = token("ci-api", Role::Ci, "h1");
     t.service = Some(ServiceName::parse("api").unwrap());
     assert!(matches!(
-        db.insert_token(&t).await.unwrap_err(),
+        crate::in_tx!(db, |tx| tx.insert_token(&t).await).unwrap_err(),
         Error::ServiceNotFound(_)
     ));
-    db.create_service(&ServiceName::parse("api").unwrap(), Utc::now())
-        .await
-        .unwrap();
-    db.insert_token(&t).await.unwrap();
+    crate::in_tx!(db, |tx| tx
+        .create_service(&ServiceName::parse("api").unwrap(), Utc::now())
+        .await)
+    .unwrap();
+    crate::in_tx!(db, |tx| tx.insert_token(&t).await).unwrap();
     assert_eq!(
         db.token_by_hash("h1").await.unwrap().unwrap().service.unwrap().as_str(),
         "api"
@@ -78,13 +76,14 @@ crate::db_test!(scoped_token_needs_an_existing_service, |db: Db| async move {
 });
 
 crate::db_test!(agent_tokens_carry_an_environment_scope, |db: Db| async move {
-    db.create_service(&ServiceName::parse("api").unwrap(), Utc::now())
-        .await
-        .unwrap();
+    crate::in_tx!(db, |tx| tx
+        .create_service(&ServiceName::parse("api").unwrap(), Utc::now())
+        .await)
+    .unwrap();
     let mut t = token("fleet-sec", Role::Agent, "h1");
     t.service = Some(ServiceName::parse("api").unwrap());
     t.environment = Some(EnvName::parse("sec").unwrap());
-    db.insert_token(&t).await.unwrap();
+    crate::in_tx!(db, |tx| tx.insert_token(&t).await).unwrap();
     let found = db.token_by_hash("h1").await.unwrap().unwrap();
     assert_eq!(found.environment.unwrap().as_str(), "sec");
 });
@@ -97,15 +96,15 @@ crate::db_test!(
     |db: Db| async move {
         let mut a = token("a", Role::Admin, "a");
         let mut b = token("b", Role::Admin, "b");
-        db.insert_token(&a).await.unwrap();
-        db.insert_token(&b).await.unwrap();
+        crate::in_tx!(db, |tx| tx.insert_token(&a).await).unwrap();
+        crate::in_tx!(db, |tx| tx.insert_token(&b).await).unwrap();
         for round in 0..30 {
             let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(2));
             let revoke = |id: String| {
                 let (db, barrier) = (db.clone(), barrier.clone());
                 tokio::spawn(async move {
                     barrier.wait().await;
-                    db.revoke_token(&id, Utc::now()).await.unwrap()
+                    crate::in_tx!(db, |tx| tx.revoke_token(&id, Utc::now()).await).unwrap()
                 })
             };
             let (x, y) = (revoke(a.id.clone()), revoke(b.id.clone()));
@@ -121,7 +120,7 @@ crate::db_test!(
                 a
             };
             let fresh = token(&format!("n{round}"), Role::Admin, &format!("n{round}"));
-            db.insert_token(&fresh).await.unwrap();
+            crate::in_tx!(db, |tx| tx.insert_token(&fresh).await).unwrap();
             (a, b) = (survivor, fresh);
         }
     }

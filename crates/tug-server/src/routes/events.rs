@@ -1,7 +1,8 @@
-//! `GET /v1/events`: changes as Server-Sent Events. The stream polls the
-//! event table for ids above the last one read, so it carries the changes
-//! made through every server sharing the database, in order, once; each
-//! event as the caller may see it (the service decides). The stream looks
+//! `GET /v1/events`: changes as Server-Sent Events, each a
+//! [`tug_api::Event`] (its `id` is the event's, its `event` the kind). The
+//! stream polls the event log for ids above the last one read, so it
+//! carries the changes made through every server sharing the database, in
+//! order, once; each event as the caller may see it (the service decides). The stream looks
 //! its token up again whenever the server learns of a revocation: once the
 //! token is revoked it sends an `error` event (`token_revoked`) and ends.
 
@@ -16,7 +17,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
 use tug_api::EventQuery;
 use tug_core::ServiceName;
-use tug_service::{EventView, Principal, Tugboat};
+use tug_service::{Principal, Tugboat};
 
 use crate::error::ApiError;
 use crate::extract::Caller;
@@ -27,25 +28,13 @@ const POLL: Duration = Duration::from_millis(250);
 /// Events read per query.
 const BATCH: u32 = 200;
 
-pub fn event(e: EventView) -> tug_api::Event {
-    tug_api::Event {
-        id: e.id,
-        at: e.at,
-        kind: e.kind,
-        service: e.service,
-        actor: e.actor,
-        payload: e.payload,
-        embargoed: e.embargoed,
-    }
-}
-
 struct Cursor {
     tugboat: Tugboat,
     who: Principal,
     service: Option<ServiceName>,
     /// The id of the last event read, sent or not.
     last: i64,
-    queue: VecDeque<EventView>,
+    queue: VecDeque<tug_api::Event>,
     /// Moves when some token is revoked (see `AppState::revocations`).
     revocations: tokio::sync::watch::Receiver<i64>,
     /// Set once the stream has said why it ends.
@@ -71,12 +60,7 @@ pub async fn stream(
     query: Result<Query<EventQuery>, QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
-    let service = q
-        .service
-        .as_deref()
-        .map(ServiceName::parse)
-        .transpose()
-        .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))?;
+    let service = super::service_param(q.service.as_deref())?;
     state.tugboat.check_watch(&who, service.as_ref())?;
     let resume = headers
         .get("last-event-id")
@@ -111,10 +95,9 @@ pub async fn stream(
                 }
             }
             if let Some(e) = c.queue.pop_front() {
-                let id = e.id.to_string();
-                let kind = e.kind.clone();
-                let data = serde_json::to_string(&event(e)).unwrap_or_default();
-                return Some((Ok(Event::default().id(id).event(kind).data(data)), c));
+                let data = serde_json::to_string(&e).unwrap_or_default();
+                let sse = Event::default().id(e.id.to_string()).event(e.kind()).data(data);
+                return Some((Ok(sse), c));
             }
             match c.tugboat.events(&c.who, c.last, c.service.as_ref(), BATCH).await {
                 Ok(page) => {

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod agents;
+pub mod audit;
 pub mod blobs;
 pub mod builds;
 pub mod deploy;
@@ -17,6 +18,14 @@ use crate::error::ApiError;
 /// `GET /healthz`: answers without a token once the server is serving.
 pub async fn health() -> &'static str {
     "ok\n"
+}
+
+/// A `service` query parameter, checked.
+pub(crate) fn service_param(service: Option<&str>) -> Result<Option<tug_core::ServiceName>, ApiError> {
+    service
+        .map(tug_core::ServiceName::parse)
+        .transpose()
+        .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))
 }
 
 pub async fn not_found(uri: Uri) -> ApiError {

@@ -1,4 +1,4 @@
-//! `tug token`, `tug service`, `tug fsck`, `tug gc`.
+//! `tug token`, `tug service`, `tug fsck`, `tug gc`, `tug audit`.
 
 use std::process::ExitCode;
 
@@ -7,7 +7,7 @@ use tug_api::{CreateToken, GcRequest};
 use tug_client::Client;
 use tug_core::{EnvName, ServiceName, TokenName};
 
-use crate::cli::{GcArgs, Output, ServiceCommand, TokenCommand};
+use crate::cli::{AuditCommand, GcArgs, Output, ServiceCommand, TokenCommand};
 use crate::output::{self, col, keep, opt, plural, print, time, Table};
 
 pub async fn token(client: &Client, out: Output, c: TokenCommand) -> anyhow::Result<ExitCode> {
@@ -169,4 +169,46 @@ pub async fn gc(client: &Client, out: Output, a: GcArgs) -> anyhow::Result<ExitC
         s
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+pub async fn audit(client: &Client, out: Output, c: AuditCommand) -> anyhow::Result<ExitCode> {
+    match c {
+        AuditCommand::Verify => {
+            let v = client.audit_verify().await.context("audit verify failed")?;
+            print(out, &v, |v| match &v.broken {
+                None => format!(
+                    "Verified {}: every event matches its hash and follows the one before it, up to event {} ({}).",
+                    plural(v.events, "event"),
+                    v.head_id,
+                    v.head_hash
+                ),
+                Some(b) => format!(
+                    "BROKEN at event {} ({}): {}\nChecked {} before it.",
+                    b.id,
+                    b.problem,
+                    b.message,
+                    plural(v.events, "event")
+                ),
+            })?;
+            Ok(if v.ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        AuditCommand::Export { since, service } => {
+            use futures::StreamExt;
+            if let Some(s) = &service {
+                ServiceName::parse(s)?;
+            }
+            let records = client
+                .audit_export(&tug_api::AuditExportQuery { since, service })
+                .await
+                .context("audit export failed")?;
+            let mut records = std::pin::pin!(records);
+            // JSON lines whatever the output format: the export is for
+            // machines.
+            while let Some(r) = records.next().await {
+                let r = r.context("the audit export was cut short")?;
+                output::write(serde_json::to_string(&r)?)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }

@@ -699,27 +699,13 @@ pub async fn watch(
         match out {
             Output::Json => output::write(serde_json::to_string(&e)?)?,
             Output::Table => {
-                let mut details: Vec<String> = Vec::new();
-                if e.embargoed {
-                    details.push(EMBARGOED.to_string());
-                }
-                if let Some(obj) = e.payload.as_object() {
-                    for key in ["environment", "build", "version", "kind", "state", "revision"] {
-                        if let Some(v) = obj.get(key).filter(|v| !v.is_null()) {
-                            details.push(format!(
-                                "{key}={}",
-                                v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())
-                            ));
-                        }
-                    }
-                }
                 output::write(format!(
                     "{} {:<20} {:<10} {:<10} {}",
                     time(&e.at),
-                    e.kind,
+                    e.kind(),
                     e.service.as_ref().map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
-                    e.actor.as_deref().unwrap_or("auto"),
-                    details.join(" ")
+                    e.actor.as_ref().map_or("auto".to_string(), |a| a.name.to_string()),
+                    event_details(&e).join(" ")
                 ))?;
             }
         }
@@ -729,6 +715,36 @@ pub async fn watch(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `tug watch` shows of an event after its kind, service and actor.
+fn event_details(e: &tug_api::Event) -> Vec<String> {
+    use tug_api::Change;
+    let mut details: Vec<String> = Vec::new();
+    if e.embargoed {
+        details.push(EMBARGOED.to_string());
+    }
+    if let Some(env) = e.change.environment() {
+        details.push(format!("environment={env}"));
+    }
+    if let Some(b) = e.change.build() {
+        details.push(format!("build={} version={}", b.id, b.version));
+    }
+    match &e.change {
+        Change::Deployment(d) => details.push(format!("kind={} seq={}", d.deployment_kind, d.seq)),
+        Change::ApprovalRequested(a)
+        | Change::ApprovalApproved(a)
+        | Change::ApprovalRejected(a)
+        | Change::ApprovalExpired(a)
+        | Change::ApprovalSuperseded(a) => details.push(format!("kind={}", a.deployment_kind)),
+        Change::RolloutProgress { agent, .. } => details.push(format!("agent={} state={}", agent.id, agent.state)),
+        Change::PipelineApplied { revision } => details.push(format!("revision={revision}")),
+        Change::TokenCreated { token } | Change::TokenRevoked { token } => {
+            details.push(format!("token={} role={}", token.name, token.role))
+        }
+        _ => {}
+    }
+    details
 }
 
 pub async fn agents(

@@ -346,6 +346,8 @@ async fn every_route_refuses_the_roles_that_may_not_use_it() {
         ),
         ("A", Method::POST, "/v1/admin/fsck".into(), None),
         ("A", Method::POST, "/v1/admin/gc".into(), Some(json!({"dry_run": true}))),
+        ("A", Method::GET, "/v1/audit/verify".into(), None),
+        ("A", Method::GET, "/v1/audit/export?since=0".into(), None),
     ];
     for (allowed, method, path, body) in &routes {
         for (role, secret) in &roles {

@@ -147,7 +147,9 @@ async fn resealing_releases_a_lost_auto_release(backend: Backend) {
     assert_eq!(current(&server, w, "trials").as_deref(), Some(b1.as_str()), "held");
 
     let db = tug_db::Db::connect(&server.database_url()).await.unwrap();
-    db.set_auto_release_hold(&api(), &env("trials"), false).await.unwrap();
+    let mut tx = db.begin().await.unwrap();
+    tx.set_auto_release_hold(&api(), &env("trials"), false).await.unwrap();
+    tx.commit(&[]).await.unwrap();
     db.close().await;
 
     let again = server.tug(w, &["build", "seal", &b2, "--output", "json"]).json();
@@ -452,7 +454,7 @@ async fn approvals_expire(backend: Backend) {
         use futures::StreamExt;
         while let Some(e) = events.next().await {
             let e = e.unwrap();
-            if e.kind == "approval.expired" {
+            if e.kind() == "approval.expired" {
                 return e;
             }
         }
@@ -460,9 +462,9 @@ async fn approvals_expire(backend: Backend) {
     })
     .await
     .expect("approval.expired within 30 s");
-    assert_eq!(expired.payload["build"], b.as_str());
-    assert_eq!(expired.payload["environment"], "production");
-    assert_eq!(expired.payload["state"], "expired");
+    assert_eq!(expired.change.build().unwrap().id.as_str(), b.as_str());
+    assert_eq!(expired.change.environment().unwrap().as_str(), "production");
+    assert!(expired.actor.is_none(), "nobody expired it: {expired:?}");
 
     let status = server.tug(w, &["status", "api", "--output", "json"]).json();
     let production = &status["environments"][1];

@@ -983,7 +983,7 @@ async fn watch_follows_events_as_they_happen() {
     server.tug(w, &["service", "create", "api"]).ok();
     server.tug(w, &["service", "create", "other"]).ok();
 
-    // The watcher connects first and waits for five events of api.
+    // The watcher connects first and waits for six events of api.
     let args = [
         "watch",
         "--service",
@@ -991,7 +991,7 @@ async fn watch_follows_events_as_they_happen() {
         "--since",
         "0",
         "--count",
-        "5",
+        "6",
         "--output",
         "json",
     ];
@@ -1020,6 +1020,7 @@ async fn watch_follows_events_as_they_happen() {
     assert_eq!(
         kinds,
         [
+            "service.created",
             "pipeline.applied",
             "build.created",
             "build.sealed",
@@ -1031,11 +1032,19 @@ async fn watch_follows_events_as_they_happen() {
         events.iter().all(|e| e["service"] == "api"),
         "other services' events are filtered out"
     );
-    assert_eq!(events[3]["payload"]["environment"], "dev");
-    assert_eq!(events[3]["payload"]["kind"], "auto_release");
-    assert_eq!(events[4]["payload"]["environment"], "prod");
-    assert_eq!(events[4]["payload"]["build"], b.as_str());
-    assert_eq!(events[4]["actor"], "admin");
+    // Every event speaks the event schema.
+    assert!(events.iter().all(|e| e["schema_version"] == 1), "{events:#?}");
+    assert_eq!(events[4]["environment"], "dev");
+    assert_eq!(events[4]["deployment_kind"], "auto_release");
+    assert!(events[4]["actor"].is_null(), "auto-release is nobody's doing");
+    assert_eq!(events[5]["environment"], "prod");
+    assert_eq!(events[5]["build"]["id"], b.as_str());
+    assert_eq!(events[5]["build"]["version"], "1.0.0");
+    assert_eq!(events[5]["deployment_kind"], "promote");
+    assert_eq!(
+        events[5]["actor"],
+        serde_json::json!({"name": "admin", "role": "admin"})
+    );
     let ids: Vec<i64> = events.iter().map(|e| e["id"].as_i64().unwrap()).collect();
     assert!(ids.windows(2).all(|p| p[0] < p[1]), "in order: {ids:?}");
 }

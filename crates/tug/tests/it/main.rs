@@ -16,6 +16,7 @@ mod concurrency;
 mod config;
 mod crash;
 mod deploy;
+mod event_log;
 mod executables;
 mod flow;
 mod maintenance;

@@ -129,7 +129,7 @@ async fn event_kinds(server: &TestServer) -> Vec<String> {
     let mut stream = Box::pin(server.client().events(&query).await.unwrap());
     let mut kinds = Vec::new();
     while let Ok(Some(Ok(e))) = tokio::time::timeout(Duration::from_secs(1), stream.next()).await {
-        kinds.push(e.kind);
+        kinds.push(e.kind().to_string());
     }
     kinds
 }
