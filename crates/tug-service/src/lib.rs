@@ -26,16 +26,18 @@ mod agents;
 mod deploy;
 mod error;
 mod events;
+mod grants;
 mod reconcile;
 mod rollouts;
 
 pub use access::{AgentView, DeploymentView, Shown};
-pub use agents::{AgentCounts, ChannelView, STALE_AFTER};
+pub use agents::{AgentCounts, ChannelStamp, ChannelStamps, ChannelView, STALE_AFTER};
 pub use deploy::{
     Answer, BuildSelector, Decision, DeployOptions, Diff, EnvStatus, Outcome, PipelineRevision, PipelineView,
 };
 pub use error::Error;
 pub use events::{EventPage, EventView};
+pub use grants::Place;
 pub use reconcile::SWEEP_EVERY;
 pub use rollouts::{Grant, Pacing, RolloutStatus};
 
@@ -190,8 +192,9 @@ pub struct Tugboat {
     store: Arc<dyn BlobStore>,
     settings: Settings,
     clock: Clock,
-    /// Serialises rollout grant decisions (see [`Tugboat::may_update`]).
-    grants: Arc<tokio::sync::Mutex<()>>,
+    /// The agents waiting for a place in paced rollouts, and what this
+    /// server knows of their rollouts (see [`Tugboat::may_update`]).
+    rooms: Arc<grants::Rooms>,
     /// Woken after every event recorded here (see [`Tugboat::recorded`]).
     recorded: Arc<tokio::sync::Notify>,
     /// Woken when this instance makes an approval request, so the sweeper
@@ -245,7 +248,7 @@ impl Tugboat {
             store,
             settings,
             clock: Arc::new(Utc::now),
-            grants: Arc::default(),
+            rooms: Arc::default(),
             recorded: Arc::default(),
             requests: Arc::default(),
         }
