@@ -18,6 +18,7 @@ mod crash;
 mod deploy;
 mod executables;
 mod flow;
+mod fresh_answers;
 mod maintenance;
 mod readme;
 mod repair;
