@@ -13,6 +13,7 @@ use tug_core::{EnvName, Platform, ServiceName};
 use tug_testkit::BehindTheBack;
 
 use crate::agents::{build, release, setup_service, PIPELINE};
+use crate::grants::second_server;
 use crate::support::{Backend, TestServer};
 
 /// Makes the database drop every event row as it is written: the change
@@ -33,21 +34,6 @@ async fn lose_every_event(server: &TestServer) {
 async fn events_stored(server: &TestServer) -> i64 {
     let mut db = BehindTheBack::connect(&server.database_url()).await;
     db.integers("SELECT COUNT(*) FROM events").await[0]
-}
-
-/// A second server on `first`'s database and blob store.
-async fn second_server(first: &TestServer, backend: &Backend) -> TestServer {
-    match backend {
-        Backend::Shared { .. } => first.sibling().await,
-        Backend::Embedded => {
-            let database = first.database_url();
-            let store = first.data_dir().display().to_string();
-            let mut s =
-                TestServer::start_with(Backend::Embedded, &["--database", &database, "--blob-store", &store]).await;
-            s.admin_token = first.admin_token.clone();
-            s
-        }
-    }
 }
 
 /// Polls `f` until it gives `Some`, for up to 5 s (the server reads the

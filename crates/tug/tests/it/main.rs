@@ -19,6 +19,7 @@ mod deploy;
 mod executables;
 mod flow;
 mod fresh_answers;
+mod grants;
 mod maintenance;
 mod readme;
 mod repair;
