@@ -47,6 +47,12 @@ impl Digest {
         Digest(sha2::Sha256::digest(data).into())
     }
 
+    /// The digest with these 32 bytes (the audit chain's genesis is all
+    /// zeros).
+    pub const fn from_bytes(bytes: [u8; 32]) -> Digest {
+        Digest(bytes)
+    }
+
     /// The 64 hex digits without the algorithm prefix.
     pub fn hex(&self) -> String {
         hex::encode(self.0)

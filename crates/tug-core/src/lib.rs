@@ -1,7 +1,7 @@
 //! Tugboat's domain: the types every other crate speaks in and the rules that
 //! need no I/O. Digests, validated names, artifacts, builds, canonical
-//! manifests, roles, the derivation graph, pipelines with their policies and
-//! version numbering live here.
+//! manifests, roles, the derivation graph, pipelines with their policies,
+//! the rollout grant rule and version numbering live here.
 //!
 //! This crate does no I/O, spawns nothing and depends on no runtime, database
 //! or HTTP crate, so every rule in it is tested with plain unit tests.
@@ -10,6 +10,7 @@ pub mod access;
 pub mod audit;
 pub mod diff;
 pub mod digest;
+pub mod grant;
 pub mod graph;
 pub mod manifest;
 pub mod names;

@@ -26,6 +26,7 @@ use tug_core::{
 
 mod agents;
 mod builds;
+mod channels;
 mod deployments;
 mod events;
 mod rollouts;
@@ -33,9 +34,10 @@ mod tokens;
 
 pub use agents::{AgentRow, ExitRow};
 pub use builds::{BuildAccessRow, BuildFilter, BuildRow, NewBuild};
+pub use channels::ChannelStampRow;
 pub use deployments::{CreatedRequest, DeploymentRow, EnvState, NewDeployment, PipelineRow, RequestRow};
 pub use events::{Chaining, EventRow, Head, NewEvent, Tx};
-pub use rollouts::{RolloutCounts, RolloutRow, SoakClock};
+pub use rollouts::{RolloutCounts, RolloutLock, RolloutRow, SoakClock};
 pub use tokens::{NewToken, Revocation, TokenRow};
 
 #[derive(Debug, thiserror::Error)]

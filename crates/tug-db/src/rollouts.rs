@@ -1,12 +1,20 @@
 //! Paced rollouts: each deployment's rollout state, the agents granted its
 //! build, the counts pacing decides on, and the health-aware soak clocks.
+//!
+//! Grants are decided inside a [`RolloutLock`]: one transaction that holds
+//! the rollout's lock while it reads the counts and records the grants, so
+//! decisions taken at once by several servers sharing the database are
+//! taken one after the other. On PostgreSQL the lock is the rollout row's
+//! (`SELECT … FOR UPDATE`); on SQLite the transaction's first statement
+//! writes, which takes the database's one write lock.
 
 use chrono::{DateTime, Utc};
 use sqlx::any::AnyRow;
-use sqlx::Row;
+use sqlx::{Any, Row};
+pub use tug_core::grant::RolloutCounts;
 use tug_core::{BuildId, EnvName, ServiceName};
 
-use crate::{millis, parse, Db, Result, Tx};
+use crate::{millis, parse, Db, Dialect, Result, Tx};
 
 /// The state of one deployment's rollout.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,23 +31,6 @@ pub struct RolloutRow {
     pub failures_baseline: i64,
     pub changed_at: DateTime<Utc>,
     pub changed_by: Option<String>,
-}
-
-/// Live agents of an environment (heard from since a given instant) as
-/// pacing sees them, for one build.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RolloutCounts {
-    pub agents: i64,
-    /// Allowed to take the build.
-    pub granted: i64,
-    /// Healthy on the build (granted or not).
-    pub healthy: i64,
-    /// Granted and healthy on the build.
-    pub granted_healthy: i64,
-    /// Granted, neither healthy on the build nor given up on it.
-    pub in_flight: i64,
-    /// Gave up on the build (activation or health check failed).
-    pub failed: i64,
 }
 
 impl Tx {
@@ -113,20 +104,48 @@ impl Db {
         build: &BuildId,
         at: DateTime<Utc>,
     ) -> Result<RolloutRow> {
-        sqlx::query(&format!(
-            "INSERT INTO rollouts ({COLUMNS}) VALUES ($1, $2, $3, $4, 'rolling', NULL, 0, $5, NULL) \
-             ON CONFLICT (service, environment, seq) DO NOTHING"
+        create_rollout(&self.pool, service, env, seq, build, at).await?;
+        self.rollout(service, env, seq)
+            .await?
+            .ok_or_else(|| crate::Error::Corrupt(format!("the rollout of {service}/{env} #{seq} vanished")))
+    }
+
+    /// Takes the lock of deployment `seq`'s rollout (creating the rollout,
+    /// rolling, if it has none) for a grant decision: until the returned
+    /// lock is committed or dropped, no other decision about this rollout
+    /// is taken, by this server or another.
+    pub async fn lock_rollout(
+        &self,
+        service: &ServiceName,
+        env: &EnvName,
+        seq: i64,
+        build: &BuildId,
+        at: DateTime<Utc>,
+    ) -> Result<RolloutLock> {
+        let mut tx = self.pool.begin().await?;
+        // The first statement writes: on SQLite that takes the write lock
+        // for the whole transaction, so the counts read next are the
+        // newest and no other writer moves them until the commit.
+        create_rollout(&mut *tx, service, env, seq, build, at).await?;
+        let lock = match self.dialect {
+            Dialect::Postgres => " FOR UPDATE",
+            Dialect::Sqlite => "",
+        };
+        // On PostgreSQL the row lock orders the decisions; each statement
+        // after it reads what the decisions before it committed.
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM rollouts WHERE service = $1 AND environment = $2 AND seq = $3{lock}"
         ))
         .bind(service.as_str())
         .bind(env.as_str())
         .bind(seq)
-        .bind(build.to_string())
-        .bind(at.timestamp_millis())
-        .execute(&self.pool)
-        .await?;
-        self.rollout(service, env, seq)
-            .await?
-            .ok_or_else(|| crate::Error::Corrupt(format!("the rollout of {service}/{env} #{seq} vanished")))
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| crate::Error::Corrupt(format!("the rollout of {service}/{env} #{seq} vanished")))?;
+        Ok(RolloutLock {
+            row: rollout_from_row(&row)?,
+            tx,
+        })
     }
 
     /// The rollout of deployment `seq`, if an agent asked for it yet.
@@ -156,29 +175,6 @@ impl Db {
         Ok(row.is_some())
     }
 
-    /// Allows `agent` to take deployment `seq`'s build.
-    pub async fn grant(
-        &self,
-        service: &ServiceName,
-        env: &EnvName,
-        seq: i64,
-        agent: &str,
-        at: DateTime<Utc>,
-    ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO rollout_grants (service, environment, seq, agent_id, granted_at) VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (service, environment, seq, agent_id) DO NOTHING",
-        )
-        .bind(service.as_str())
-        .bind(env.as_str())
-        .bind(seq)
-        .bind(agent)
-        .bind(at.timestamp_millis())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
     /// The environment's agents heard from since `since`, counted for
     /// deployment `seq` of `build`.
     pub async fn rollout_counts(
@@ -189,34 +185,7 @@ impl Db {
         build: &BuildId,
         since: DateTime<Utc>,
     ) -> Result<RolloutCounts> {
-        let row = sqlx::query(
-            "SELECT COUNT(*) AS agents, \
-             COALESCE(SUM(CASE WHEN g.agent_id IS NOT NULL THEN 1 ELSE 0 END), 0) AS granted, \
-             COALESCE(SUM(CASE WHEN a.build_id = $4 AND a.state = 'healthy' THEN 1 ELSE 0 END), 0) AS healthy, \
-             COALESCE(SUM(CASE WHEN g.agent_id IS NOT NULL AND a.build_id = $4 AND a.state = 'healthy' \
-                 THEN 1 ELSE 0 END), 0) AS granted_healthy, \
-             COALESCE(SUM(CASE WHEN g.agent_id IS NOT NULL AND NOT (a.build_id = $4 AND a.state = 'healthy') \
-                 AND (a.failed_build IS NULL OR a.failed_build <> $4) THEN 1 ELSE 0 END), 0) AS in_flight, \
-             COALESCE(SUM(CASE WHEN a.failed_build = $4 THEN 1 ELSE 0 END), 0) AS failed \
-             FROM agents a LEFT JOIN rollout_grants g ON g.service = a.service AND g.environment = a.environment \
-             AND g.seq = $3 AND g.agent_id = a.agent_id \
-             WHERE a.service = $1 AND a.environment = $2 AND a.last_seen >= $5",
-        )
-        .bind(service.as_str())
-        .bind(env.as_str())
-        .bind(seq)
-        .bind(build.to_string())
-        .bind(since.timestamp_millis())
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(RolloutCounts {
-            agents: row.try_get("agents")?,
-            granted: row.try_get("granted")?,
-            healthy: row.try_get("healthy")?,
-            granted_healthy: row.try_get("granted_healthy")?,
-            in_flight: row.try_get("in_flight")?,
-            failed: row.try_get("failed")?,
-        })
+        counts(&self.pool, service, env, seq, build, since).await
     }
 
     /// The soak clock of deployment `seq` for a share of healthy agents.
@@ -282,4 +251,127 @@ impl Db {
         let done = q.execute(&self.pool).await?;
         Ok(done.rows_affected() == 1)
     }
+}
+
+/// A rollout's lock, held for one grant decision (see
+/// [`Db::lock_rollout`]). Dropping it without [`RolloutLock::commit`]
+/// records nothing.
+pub struct RolloutLock {
+    row: RolloutRow,
+    tx: sqlx::Transaction<'static, Any>,
+}
+
+impl RolloutLock {
+    /// The rollout as it stands under the lock.
+    pub fn rollout(&self) -> &RolloutRow {
+        &self.row
+    }
+
+    /// The environment's agents heard from since `since`, counted for the
+    /// rollout's build; grants recorded by earlier decisions are included.
+    pub async fn counts(&mut self, since: DateTime<Utc>) -> Result<RolloutCounts> {
+        let r = &self.row;
+        counts(&mut *self.tx, &r.service, &r.environment, r.seq, &r.build, since).await
+    }
+
+    /// Allows `agents` to take the rollout's build (a grant is kept: those
+    /// granted before stay so).
+    pub async fn grant(&mut self, agents: &[String], at: DateTime<Utc>) -> Result<()> {
+        // Few statements for many agents, within every dialect's limit on
+        // bound values.
+        for chunk in agents.chunks(400) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| format!("($1, $2, $3, ${}, $4)", i + 5))
+                .collect();
+            let sql = format!(
+                "INSERT INTO rollout_grants (service, environment, seq, agent_id, granted_at) VALUES {} \
+                 ON CONFLICT (service, environment, seq, agent_id) DO NOTHING",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(&sql)
+                .bind(self.row.service.as_str())
+                .bind(self.row.environment.as_str())
+                .bind(self.row.seq)
+                .bind(at.timestamp_millis());
+            for agent in chunk {
+                q = q.bind(agent.as_str());
+            }
+            q.execute(&mut *self.tx).await?;
+        }
+        Ok(())
+    }
+
+    /// Records the grants and releases the lock.
+    pub async fn commit(self) -> Result<()> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+async fn create_rollout<'e>(
+    on: impl sqlx::Executor<'e, Database = Any>,
+    service: &ServiceName,
+    env: &EnvName,
+    seq: i64,
+    build: &BuildId,
+    at: DateTime<Utc>,
+) -> Result<()> {
+    sqlx::query(&format!(
+        "INSERT INTO rollouts ({COLUMNS}) VALUES ($1, $2, $3, $4, 'rolling', NULL, 0, $5, NULL) \
+         ON CONFLICT (service, environment, seq) DO NOTHING"
+    ))
+    .bind(service.as_str())
+    .bind(env.as_str())
+    .bind(seq)
+    .bind(build.to_string())
+    .bind(at.timestamp_millis())
+    .execute(on)
+    .await?;
+    Ok(())
+}
+
+/// Counts an environment's live agents for deployment `seq` of `build`.
+/// A granted agent that has not reported in this environment since its
+/// grant was given (within the stale limit) is counted in flight: it may
+/// be installing already.
+async fn counts<'e>(
+    on: impl sqlx::Executor<'e, Database = Any>,
+    service: &ServiceName,
+    env: &EnvName,
+    seq: i64,
+    build: &BuildId,
+    since: DateTime<Utc>,
+) -> Result<RolloutCounts> {
+    let row = sqlx::query(
+        "SELECT COUNT(*) AS agents, \
+         COALESCE(SUM(CASE WHEN g.agent_id IS NOT NULL THEN 1 ELSE 0 END), 0) AS granted, \
+         COALESCE(SUM(CASE WHEN a.build_id = $4 AND a.state = 'healthy' THEN 1 ELSE 0 END), 0) AS healthy, \
+         COALESCE(SUM(CASE WHEN g.agent_id IS NOT NULL AND a.build_id = $4 AND a.state = 'healthy' \
+             THEN 1 ELSE 0 END), 0) AS granted_healthy, \
+         COALESCE(SUM(CASE WHEN g.agent_id IS NOT NULL AND NOT (a.build_id = $4 AND a.state = 'healthy') \
+             AND (a.failed_build IS NULL OR a.failed_build <> $4) THEN 1 ELSE 0 END), 0) AS in_flight, \
+         COALESCE(SUM(CASE WHEN a.failed_build = $4 THEN 1 ELSE 0 END), 0) AS failed, \
+         (SELECT COUNT(*) FROM rollout_grants u WHERE u.service = $1 AND u.environment = $2 AND u.seq = $3 \
+             AND u.granted_at >= $5 AND NOT EXISTS (SELECT 1 FROM agents r WHERE r.agent_id = u.agent_id \
+             AND r.service = u.service AND r.environment = u.environment)) AS unreported \
+         FROM agents a LEFT JOIN rollout_grants g ON g.service = a.service AND g.environment = a.environment \
+         AND g.seq = $3 AND g.agent_id = a.agent_id \
+         WHERE a.service = $1 AND a.environment = $2 AND a.last_seen >= $5",
+    )
+    .bind(service.as_str())
+    .bind(env.as_str())
+    .bind(seq)
+    .bind(build.to_string())
+    .bind(since.timestamp_millis())
+    .fetch_one(on)
+    .await?;
+    let unreported: i64 = row.try_get("unreported")?;
+    Ok(RolloutCounts {
+        agents: row.try_get("agents")?,
+        granted: row.try_get::<i64, _>("granted")? + unreported,
+        healthy: row.try_get("healthy")?,
+        granted_healthy: row.try_get("granted_healthy")?,
+        in_flight: row.try_get::<i64, _>("in_flight")? + unreported,
+        failed: row.try_get("failed")?,
+    })
 }

@@ -30,19 +30,22 @@ pub use error::ApiError;
 pub struct AppState {
     pub tugboat: Tugboat,
     pub max_json_body: usize,
-    /// The newest event id, updated by a poller: long-polls wake on it, so
-    /// they see changes made through any server sharing the database.
-    pub changes: tokio::sync::watch::Receiver<i64>,
+    /// The stamp of every environment's channel (what its answers are
+    /// computed from), read from the database by a poller: cached answers
+    /// are valid while their stamp stands, and long-polls wake when it
+    /// moves, so they see changes made through any server sharing the
+    /// database, whether or not an event said so.
+    pub channels: tokio::sync::watch::Receiver<Arc<tug_service::ChannelStamps>>,
     /// How many tokens were ever revoked, updated by the same poller: held
     /// long-polls and event streams look their token up again when it
     /// moves, so a revocation through any server ends them within moments
     /// at the cost of one query per interval for the whole server.
     pub revocations: tokio::sync::watch::Receiver<i64>,
     /// Answers of Teleport's public version/critical endpoints, each with
-    /// the event id it was computed at: valid until the next change.
-    pub public_answers: std::sync::Arc<std::sync::RwLock<std::collections::HashMap<String, (i64, String)>>>,
-    /// Channel answers per service/env/platform, with the event id they
-    /// were computed at.
+    /// the stamp of the environment it was computed at.
+    pub public_answers: PublicAnswers,
+    /// Channel answers per service/env/platform, with the stamp of the
+    /// environment they were computed at.
     pub channel_answers: ChannelAnswers,
     /// Held while a channel answer is computed: a change wakes every
     /// long-poll of a channel at once, and one of them reads the database
@@ -52,7 +55,10 @@ pub struct AppState {
 
 /// See [`AppState::channel_answers`].
 pub type ChannelAnswers =
-    std::sync::Arc<std::sync::RwLock<std::collections::HashMap<String, (i64, std::sync::Arc<routes::agents::Answer>)>>>;
+    Arc<std::sync::RwLock<std::collections::HashMap<String, (tug_service::ChannelStamp, Arc<routes::agents::Answer>)>>>;
+
+/// See [`AppState::public_answers`].
+pub type PublicAnswers = Arc<std::sync::RwLock<std::collections::HashMap<String, (tug_service::ChannelStamp, String)>>>;
 
 /// One lock per key, taken by the request that computes the key's answer
 /// so that the requests that need the same answer at the same moment wait
@@ -316,11 +322,11 @@ async fn start_with(
         admin_token_path = Some(path);
     }
     let addr = listener.local_addr()?;
-    let (changes, revocations) = watch_changes(tugboat.db().clone(), tugboat.recorded());
+    let (channels, revocations) = watch_changes(tugboat.clone());
     let router = router(AppState {
         tugboat: tugboat.clone(),
         max_json_body: config.max_json_body,
-        changes,
+        channels,
         revocations,
         public_answers: Default::default(),
         channel_answers: Default::default(),
@@ -403,28 +409,36 @@ impl Started {
 /// How often the server looks for changes made through any server.
 const CHANGE_POLL: Duration = Duration::from_millis(200);
 
-/// Starts the poller that publishes the newest event id and the number of
-/// revoked tokens. Two queries per interval for the whole server, however
-/// many long-polls wait, and at once when this server records an event or
-/// revokes a token; it ends when every receiver is gone.
-fn watch_changes(
-    db: tug_db::Db,
-    recorded: std::sync::Arc<tokio::sync::Notify>,
-) -> (tokio::sync::watch::Receiver<i64>, tokio::sync::watch::Receiver<i64>) {
-    let (tx, rx) = tokio::sync::watch::channel(0);
+/// The stamps of every environment's channel, as the change poller
+/// publishes them.
+type Stamps = tokio::sync::watch::Receiver<Arc<tug_service::ChannelStamps>>;
+
+/// Starts the poller that publishes the stamp of every environment's
+/// channel and the number of revoked tokens. Two queries per interval for
+/// the whole server, however many long-polls wait, and at once when this
+/// server records an event or revokes a token; it ends when every receiver
+/// is gone. The stamps are read from the environments themselves, not from
+/// the event log, so a change whose event is late or lost reaches every
+/// answer all the same.
+fn watch_changes(tugboat: Tugboat) -> (Stamps, tokio::sync::watch::Receiver<i64>) {
+    let (tx, rx) = tokio::sync::watch::channel(Arc::default());
     let (revoked_tx, revoked_rx) = tokio::sync::watch::channel(0);
+    let recorded = tugboat.recorded();
     tokio::spawn(async move {
-        let mut last = 0;
         loop {
-            match db.last_event_id().await {
-                Ok(id) if id != last => {
-                    last = id;
-                    let _ = tx.send(id);
+            match tugboat.channel_stamps().await {
+                Ok(stamps) => {
+                    tx.send_if_modified(|seen| {
+                        let moved = **seen != stamps;
+                        if moved {
+                            *seen = Arc::new(stamps);
+                        }
+                        moved
+                    });
                 }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "cannot read the newest event"),
+                Err(e) => tracing::warn!(error = %e, "cannot read the environments' channels"),
             }
-            match db.revocation_count().await {
+            match tugboat.db().revocation_count().await {
                 Ok(n) => {
                     revoked_tx.send_if_modified(|seen| std::mem::replace(seen, n) != n);
                 }

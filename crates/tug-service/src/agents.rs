@@ -1,7 +1,7 @@
 //! Channels and agents: what an environment wants its agents to run (for
 //! one platform), the agents' reports, and the fleet view.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use tug_core::access::BuildAccess;
 use tug_core::{Action, ArtifactSpec, BuildId, EnvName, Environment, Platform, ServiceName};
@@ -24,6 +24,46 @@ pub struct ChannelView {
     pub artifacts: Vec<ArtifactSpec>,
     /// What decides which agent may take the build now.
     pub pacing: crate::Pacing,
+}
+
+/// What every answer about one environment's channel is computed from,
+/// besides what never changes (a sealed build's version, digest and
+/// artifacts): the service's pipeline revision (the environment's
+/// definition: privacy, rollout, maintenance windows), the environment's
+/// deployment sequence number (what it runs), and the critical and embargo
+/// flags of the build it runs. Two answers computed at equal stamps are
+/// equal, so a server keeps an answer while the stamp it was computed at
+/// stands, whatever else did or did not tell it of a change.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct ChannelStamp {
+    pub revision: i64,
+    pub seq: i64,
+    pub critical: bool,
+    pub embargoed: bool,
+}
+
+/// The stamp of every environment, as one read of the database found them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChannelStamps(HashMap<ServiceName, ServiceStamps>);
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct ServiceStamps {
+    revision: i64,
+    environments: HashMap<EnvName, ChannelStamp>,
+}
+
+impl ChannelStamps {
+    /// The stamp of `env` of `service`: an environment nothing was deployed
+    /// to yet has its service's revision and sequence number 0.
+    pub fn of(&self, service: &ServiceName, env: &EnvName) -> ChannelStamp {
+        match self.0.get(service) {
+            None => ChannelStamp::default(),
+            Some(s) => s.environments.get(env).copied().unwrap_or(ChannelStamp {
+                revision: s.revision,
+                ..ChannelStamp::default()
+            }),
+        }
+    }
 }
 
 /// How many agents of an environment run what, and how they are.
@@ -102,6 +142,28 @@ impl Tugboat {
             artifacts,
             pacing,
         })
+    }
+
+    /// The stamp of every environment (one query), for a server's change
+    /// watcher: answers computed at a stamp stay valid while it stands.
+    pub async fn channel_stamps(&self) -> Result<ChannelStamps> {
+        let mut stamps = ChannelStamps::default();
+        for row in self.db.channel_stamps().await? {
+            let service = stamps.0.entry(row.service).or_default();
+            service.revision = row.revision;
+            if let Some(env) = row.environment {
+                service.environments.insert(
+                    env,
+                    ChannelStamp {
+                        revision: row.revision,
+                        seq: row.seq,
+                        critical: row.critical,
+                        embargoed: row.embargoed,
+                    },
+                );
+            }
+        }
+        Ok(stamps)
     }
 
     /// The version a public (non-private) environment runs, for updaters

@@ -28,18 +28,20 @@ mod audit;
 mod deploy;
 mod error;
 mod events;
+mod grants;
 mod reconcile;
 mod rollouts;
 mod unchained;
 
 pub use access::{AgentView, DeploymentView, Shown};
-pub use agents::{AgentCounts, ChannelView, STALE_AFTER};
+pub use agents::{AgentCounts, ChannelStamp, ChannelStamps, ChannelView, STALE_AFTER};
 pub use audit::{ExportPage, Since};
 pub use deploy::{
     Answer, BuildSelector, Decision, DeployOptions, Diff, EnvStatus, Outcome, PipelineRevision, PipelineView,
 };
 pub use error::Error;
 pub use events::{recordable, EventPage};
+pub use grants::Place;
 pub use reconcile::SWEEP_EVERY;
 pub use rollouts::{Grant, Pacing, RolloutStatus};
 
@@ -194,8 +196,9 @@ pub struct Tugboat {
     store: Arc<dyn BlobStore>,
     settings: Settings,
     clock: Clock,
-    /// Serialises rollout grant decisions (see [`Tugboat::may_update`]).
-    grants: Arc<tokio::sync::Mutex<()>>,
+    /// The agents waiting for a place in paced rollouts, and what this
+    /// server knows of their rollouts (see [`Tugboat::may_update`]).
+    rooms: Arc<grants::Rooms>,
     /// Woken after every event recorded here (see [`Tugboat::recorded`]).
     recorded: Arc<tokio::sync::Notify>,
     /// Woken when this instance makes an approval request, so the sweeper
@@ -249,7 +252,7 @@ impl Tugboat {
             store,
             settings,
             clock: Arc::new(Utc::now),
-            grants: Arc::default(),
+            rooms: Arc::default(),
             recorded: Arc::default(),
             requests: Arc::default(),
         }

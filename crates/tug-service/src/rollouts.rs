@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tug_api::{Change, EventAgent};
-use tug_core::{Action, BuildId, DeployKind, EnvName, Environment, Pipeline, ServiceName, Share, Strategy, Version};
-use tug_db::{AgentRow, EnvState, RolloutCounts, RolloutRow, SoakClock};
+use tug_core::grant::RolloutCounts;
+use tug_core::{Action, BuildId, DeployKind, EnvName, Environment, Pipeline, ServiceName, Version};
+use tug_db::{AgentRow, EnvState, RolloutRow, SoakClock};
 
 use crate::access::Sights;
 use crate::agents::STALE_AFTER;
@@ -67,17 +68,22 @@ impl Pacing {
 }
 
 /// Whether an agent may update now, and if not, why.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Grant {
     pub may_update: bool,
     pub waiting: Option<String>,
+    /// The agent's place among those waiting for a paced rollout: it
+    /// resolves when the agent may go. Held while the agent's request
+    /// waits (a held long-poll), dropped with it.
+    pub place: Option<crate::Place>,
 }
 
 impl Grant {
-    fn yes() -> Grant {
+    pub(crate) fn yes() -> Grant {
         Grant {
             may_update: true,
             waiting: None,
+            place: None,
         }
     }
 
@@ -85,6 +91,14 @@ impl Grant {
         Grant {
             may_update: false,
             waiting: Some(why.into()),
+            place: None,
+        }
+    }
+
+    pub(crate) fn wait_in(why: impl Into<String>, place: crate::Place) -> Grant {
+        Grant {
+            place: Some(place),
+            ..Grant::wait(why)
         }
     }
 }
@@ -130,7 +144,8 @@ pub(crate) fn shown(mut status: RolloutStatus, sights: &Sights) -> RolloutStatus
 impl Tugboat {
     /// Whether `agent` may take what `pacing` names now. Maintenance
     /// windows hold every non-critical build; a paced rollout grants agents
-    /// by its strategy and grants nobody once halted.
+    /// by its strategy, under the rollout's lock in the database, and
+    /// grants nobody once halted.
     pub async fn may_update(&self, pacing: &Pacing, agent: Option<&str>) -> Result<Grant> {
         let Some(build) = &pacing.build else {
             return Ok(Grant::yes());
@@ -156,36 +171,7 @@ impl Tugboat {
                 env.name
             ))
         })?;
-        if let Some(row) = self.db.agent(agent).await? {
-            if row.build.as_ref() == Some(build) {
-                return Ok(Grant::yes());
-            }
-        }
-        // One decision at a time, so two agents asking together cannot
-        // both take the last place in flight.
-        let _decide = self.grants.lock().await;
-        let state = self
-            .db
-            .ensure_rollout(&pacing.service, &env.name, pacing.seq, build, self.now())
-            .await?;
-        if state.state == "halted" {
-            return Ok(Grant::wait(format!(
-                "the rollout of build {build} to {} is halted: {}",
-                env.name,
-                state.reason.as_deref().unwrap_or("no reason given")
-            )));
-        }
-        if self.db.has_grant(&pacing.service, &env.name, pacing.seq, agent).await? {
-            return Ok(Grant::yes());
-        }
-        let counts = self.rollout_counts(pacing, build).await?;
-        let verdict = decide(&rollout.strategy, &counts);
-        if verdict.may_update {
-            self.db
-                .grant(&pacing.service, &env.name, pacing.seq, agent, self.now())
-                .await?;
-        }
-        Ok(verdict)
+        self.grant_place(pacing, build, &rollout.strategy, agent).await
     }
 
     async fn rollout_counts(&self, pacing: &Pacing, build: &BuildId) -> Result<RolloutCounts> {
@@ -312,6 +298,7 @@ impl Tugboat {
         let counts = self.rollout_counts(&pacing, &row.build).await?;
         self.set_state(&pacing, &row, "rolling", "resumed", Some(counts.failed), Some(who))
             .await?;
+        self.place_may_have_freed(&pacing);
         let status = self.status_of(&pacing).await?;
         self.rollout_seen_by(who, status).await
     }
@@ -455,6 +442,10 @@ impl Tugboat {
         .await;
         if let Err(e) = result {
             tracing::warn!(agent = %now.agent_id, error = %e, "could not account for an agent's report");
+        }
+        if progress.is_some() {
+            // The agent no longer holds a place in flight.
+            self.place_may_have_freed(pacing);
         }
     }
 
@@ -649,99 +640,4 @@ fn healthy_since_sample(clock: &SoakClock, now: DateTime<Utc>) -> i64 {
     (now - clock.last_sample)
         .num_milliseconds()
         .clamp(0, STALE_AFTER.num_milliseconds())
-}
-
-/// Whether one more agent may take the build under `strategy`.
-fn decide(strategy: &Strategy, counts: &RolloutCounts) -> Grant {
-    match strategy {
-        Strategy::AllAtOnce => Grant::yes(),
-        Strategy::Rolling { max_in_flight } => {
-            let limit = Share::of(*max_in_flight, u64::try_from(counts.agents).unwrap_or(0));
-            if u64::try_from(counts.in_flight).unwrap_or(0) < limit {
-                Grant::yes()
-            } else {
-                Grant::wait(format!(
-                    "{} agent(s) are updating, the most max_in_flight ({max_in_flight}) allows; waiting for them to report healthy",
-                    counts.in_flight
-                ))
-            }
-        }
-        Strategy::Canary { count, then } => {
-            // `count` canaries must be healthy on the build before the
-            // rest follow; a canary that fails (below the halt threshold)
-            // is replaced by another.
-            let count = i64::from(*count);
-            if counts.granted_healthy >= count {
-                return decide(then, counts);
-            }
-            if counts.granted_healthy + counts.in_flight < count {
-                return Grant::yes();
-            }
-            Grant::wait(format!(
-                "waiting for the {count} canary agent(s) to report healthy ({} so far)",
-                counts.granted_healthy
-            ))
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn counts(agents: i64, granted: i64, granted_healthy: i64, in_flight: i64) -> RolloutCounts {
-        RolloutCounts {
-            agents,
-            granted,
-            healthy: granted_healthy,
-            granted_healthy,
-            in_flight,
-            failed: 0,
-        }
-    }
-
-    #[test]
-    fn rolling_keeps_at_most_max_in_flight_updating() {
-        let rolling = Strategy::Rolling {
-            max_in_flight: Share::Percent(25),
-        };
-        // 8 agents: 25% is 2 at a time.
-        assert!(decide(&rolling, &counts(8, 1, 0, 1)).may_update);
-        assert!(!decide(&rolling, &counts(8, 2, 0, 2)).may_update);
-        assert!(
-            decide(&rolling, &counts(8, 3, 1, 1)).may_update,
-            "one finished: a place is free"
-        );
-    }
-
-    #[test]
-    fn canary_waits_for_its_canaries_then_goes_on() {
-        let canary = Strategy::Canary {
-            count: 2,
-            then: Box::new(Strategy::Rolling {
-                max_in_flight: Share::Count(1),
-            }),
-        };
-        assert!(decide(&canary, &counts(6, 0, 0, 0)).may_update);
-        assert!(decide(&canary, &counts(6, 1, 0, 1)).may_update);
-        let waiting = decide(&canary, &counts(6, 2, 1, 1));
-        assert!(!waiting.may_update);
-        assert!(waiting.waiting.unwrap().contains("canary"));
-        assert!(
-            decide(&canary, &counts(6, 2, 2, 0)).may_update,
-            "canaries healthy: rolling"
-        );
-        assert!(
-            !decide(&canary, &counts(6, 3, 2, 1)).may_update,
-            "rolling one at a time"
-        );
-        // One canary failed (below the halt threshold): another replaces it.
-        assert!(decide(&canary, &counts(6, 2, 1, 0)).may_update);
-        assert!(!decide(&canary, &counts(6, 3, 1, 1)).may_update);
-        let then_all = Strategy::Canary {
-            count: 1,
-            then: Box::new(Strategy::AllAtOnce),
-        };
-        assert!(decide(&then_all, &counts(6, 4, 1, 3)).may_update);
-    }
 }

@@ -1,6 +1,7 @@
 //! Test fixtures for Tugboat: a fresh PostgreSQL database per test on the
 //! server the test command started, a fresh S3 prefix per test on the
-//! SeaweedFS it started, temporary directories.
+//! SeaweedFS it started, temporary directories, and a connection to a
+//! server's database behind its back.
 //!
 //! The test command (`scripts/test`) starts PostgreSQL and SeaweedFS and
 //! exports where they are in `TUG_TEST_*` variables. A test that needs one
@@ -75,4 +76,62 @@ pub async fn postgres_database() -> String {
     let mut url = url::Url::parse(&admin_url).expect("TUG_TEST_POSTGRES_URL is a URL");
     url.set_path(&format!("/{name}"));
     url.to_string()
+}
+
+/// A connection to a server's database behind the server's back, for tests
+/// that change rows without it (a lost event, a broken table) or watch
+/// what it wrote (grants and reports) at single moments: each query is one
+/// statement, so it reads one consistent state of the database.
+pub struct BehindTheBack(sqlx::AnyConnection);
+
+impl BehindTheBack {
+    /// Connects to `url` (`sqlite://PATH` or `postgres://…`).
+    pub async fn connect(url: &str) -> BehindTheBack {
+        use sqlx::Connection;
+        sqlx::any::install_default_drivers();
+        let conn = sqlx::AnyConnection::connect(url)
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
+        BehindTheBack(conn)
+    }
+
+    /// Whether this is PostgreSQL (else SQLite).
+    pub fn is_postgres(&self) -> bool {
+        self.0.backend_name().eq_ignore_ascii_case("postgresql")
+    }
+
+    /// Runs `sql`, one or more statements.
+    pub async fn execute(&mut self, sql: &str) {
+        sqlx::raw_sql(sql)
+            .execute(&mut self.0)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    /// The integer columns of the one row `sql` returns.
+    pub async fn integers(&mut self, sql: &str) -> Vec<i64> {
+        use sqlx::Row;
+        let row = sqlx::query(sql)
+            .fetch_one(&mut self.0)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        (0..row.len())
+            .map(|i| {
+                row.try_get::<i64, _>(i)
+                    .unwrap_or_else(|e| panic!("{sql}: column {i}: {e}"))
+            })
+            .collect()
+    }
+
+    /// The first column, text, of every row `sql` returns.
+    pub async fn texts(&mut self, sql: &str) -> Vec<String> {
+        use sqlx::Row;
+        sqlx::query(sql)
+            .fetch_all(&mut self.0)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .iter()
+            .map(|r| r.try_get::<String, _>(0).unwrap_or_else(|e| panic!("{sql}: {e}")))
+            .collect()
+    }
 }

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use tug_api::{Agent, AgentReport, AgentState, Channel, ChannelArtifact, ProcessExit};
 use tug_core::{EnvName, Platform, ServiceName};
 use tug_db::{AgentRow, ExitRow};
+use tug_service::ChannelStamp;
 
 use crate::error::ApiError;
 use crate::extract::{Caller, Json};
@@ -89,10 +90,10 @@ pub async fn channel(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     // Checks access and that the environment exists before holding anything.
-    let (mut tag, mut body) = Box::pin(answer(&state, &who, &service, &env, &platform, agent)).await?;
+    let (mut tag, mut body, mut place) = Box::pin(answer(&state, &who, &service, &env, &platform, agent)).await?;
     if known.as_deref() == Some(tag.as_str()) {
         let deadline = tokio::time::Instant::now() + wait;
-        let mut changes = state.changes.clone();
+        let mut changes = state.channels.clone();
         // Revocations before now were checked when the request was
         // authenticated.
         let mut revocations = state.revocations.clone();
@@ -121,6 +122,8 @@ pub async fn channel(
                     state.tugboat.recheck(&who).await?;
                     continue;
                 }
+                // A paced rollout admitted this agent.
+                () = cleared(&mut place) => true,
                 _ = tokio::time::sleep_until(recheck) => false,
             };
             if !changed {
@@ -133,7 +136,7 @@ pub async fn channel(
                     return Ok(res);
                 }
             }
-            (tag, body) = Box::pin(answer(&state, &who, &service, &env, &platform, agent)).await?;
+            (tag, body, place) = Box::pin(answer(&state, &who, &service, &env, &platform, agent)).await?;
             if Some(tag.as_str()) != known.as_deref() {
                 break;
             }
@@ -160,13 +163,22 @@ pub struct Answer {
     view: tug_service::ChannelView,
 }
 
-/// A channel's answer (its ETag and JSON body) for one agent. The part all
-/// agents share comes from the cache while no event happened since it was
-/// computed: when a release wakes thousands of long-polls, one of them
-/// reads the database and the others share its answer. The caller's right
-/// to follow is checked every time; whether this agent may update is asked
-/// only when maintenance windows or a paced rollout make it depend on the
-/// time or the agent.
+/// Resolves when the agent holding `place` may go; never without a place.
+async fn cleared(place: &mut Option<tug_service::Place>) {
+    match place {
+        Some(p) => p.cleared().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A channel's answer (its ETag and JSON body) for one agent, and the
+/// agent's place among those waiting for a paced rollout when it must
+/// wait. The part all agents share comes from the cache while the
+/// environment's stamp stands: when a release wakes thousands of
+/// long-polls, one of them reads the database and the others share its
+/// answer. The caller's right to follow is checked every time; whether
+/// this agent may update is asked only when maintenance windows or a paced
+/// rollout make it depend on the time or the agent.
 async fn answer(
     state: &AppState,
     who: &tug_service::Principal,
@@ -174,29 +186,29 @@ async fn answer(
     env: &EnvName,
     platform: &Platform,
     agent: Option<&str>,
-) -> Result<(String, bytes::Bytes), ApiError> {
+) -> Result<(String, bytes::Bytes, Option<tug_service::Place>), ApiError> {
     state.tugboat.check_follow(who, service, env)?;
     let shared = shared_answer(state, who, service, env, platform).await?;
     let pacing = &shared.view.pacing;
     let seq = pacing.seq;
     // Whose answer this is, decided per caller: the cache holds every shape.
     if !state.tugboat.channel_sight(who, &shared.view)?.is_full() {
-        return Ok((etag_embargoed(seq), shared.embargoed.clone()));
+        return Ok((etag_embargoed(seq), shared.embargoed.clone(), None));
     }
     let critical = shared.channel.critical;
     if !(pacing.per_agent() || pacing.timed()) {
-        return Ok((etag(seq, critical, true), shared.body.clone()));
+        return Ok((etag(seq, critical, true), shared.body.clone(), None));
     }
     let grant = state.tugboat.may_update(pacing, agent).await?;
     if grant.may_update {
-        return Ok((etag(seq, critical, true), shared.body.clone()));
+        return Ok((etag(seq, critical, true), shared.body.clone(), None));
     }
     let channel = Channel {
         may_update: false,
         waiting: grant.waiting,
         ..shared.channel.clone()
     };
-    Ok((etag(seq, critical, false), encode(&channel)?))
+    Ok((etag(seq, critical, false), encode(&channel)?, grant.place))
 }
 
 fn encode(channel: &Channel) -> Result<bytes::Bytes, ApiError> {
@@ -205,10 +217,15 @@ fn encode(channel: &Channel) -> Result<bytes::Bytes, ApiError> {
         .map_err(|e| ApiError::from(tug_service::Error::Invalid(format!("cannot encode the channel: {e}"))))
 }
 
-/// The cached answer for `key` if it was computed at event `now`.
-fn cached_answer(state: &AppState, key: &str, now: i64) -> Option<std::sync::Arc<Answer>> {
+/// The cached answer for `key` if it was computed at the stamp `now`.
+fn cached_answer(state: &AppState, key: &str, now: ChannelStamp) -> Option<std::sync::Arc<Answer>> {
     let answers = state.channel_answers.read().ok()?;
     answers.get(key).filter(|(at, _)| *at == now).map(|(_, a)| a.clone())
+}
+
+/// The stamp the change poller last read for `env` of `service`.
+fn stamp(state: &AppState, service: &ServiceName, env: &EnvName) -> ChannelStamp {
+    state.channels.borrow().of(service, env)
 }
 
 async fn shared_answer(
@@ -219,7 +236,9 @@ async fn shared_answer(
     platform: &Platform,
 ) -> Result<std::sync::Arc<Answer>, ApiError> {
     let key = format!("{service}/{env}/{platform}");
-    let now = *state.changes.borrow();
+    // An answer computed after the stamp was read is at least as new as
+    // the stamp: it stays valid until the poller reads another.
+    let now = stamp(state, service, env);
     if let Some(answer) = cached_answer(state, &key, now) {
         return Ok(answer);
     }
@@ -290,15 +309,16 @@ fn plain(text: String) -> Response {
     res
 }
 
-/// Answers a public endpoint from the cache while no event happened since
-/// it was computed (updaters poll these often; a change reaches them within
-/// the change poller's interval).
+/// Answers a public endpoint from the cache while the environment's stamp
+/// stands (updaters poll these often; a change reaches them within the
+/// change poller's interval).
 async fn cached(
     state: &AppState,
+    (service, env): (&ServiceName, &EnvName),
     key: String,
     compute: impl std::future::Future<Output = Result<String, ApiError>>,
 ) -> Result<Response, ApiError> {
-    let now = *state.changes.borrow();
+    let now = stamp(state, service, env);
     if let Ok(answers) = state.public_answers.read() {
         if let Some((at, text)) = answers.get(&key) {
             if *at == now {
@@ -325,7 +345,7 @@ pub async fn teleport_version(
         let build = state.tugboat.public_version(&service, &env).await?;
         Ok(build.map_or_else(|| "none".to_string(), |b| format!("v{}", b.version)))
     };
-    cached(&state, key, compute).await
+    cached(&state, (&service, &env), key, compute).await
 }
 
 /// Teleport's `…/critical`: `yes` or `no`.
@@ -339,7 +359,7 @@ pub async fn teleport_critical(
         let build = state.tugboat.public_version(&service, &env).await?;
         Ok(if build.is_some_and(|b| b.critical) { "yes" } else { "no" }.to_string())
     };
-    cached(&state, key, compute).await
+    cached(&state, (&service, &env), key, compute).await
 }
 
 pub async fn report(

@@ -11,7 +11,7 @@ use tug_core::{ArtifactKind, ArtifactName, ArtifactSpec, Digest, EnvName, Platfo
 
 use crate::support::TestServer;
 
-const PIPELINE: &str = r#"
+pub(crate) const PIPELINE: &str = r#"
 service = "web"
 
 [[environments]]

@@ -19,6 +19,8 @@ mod deploy;
 mod event_log;
 mod executables;
 mod flow;
+mod fresh_answers;
+mod grants;
 mod maintenance;
 mod policies;
 mod readme;
