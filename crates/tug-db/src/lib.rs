@@ -27,6 +27,7 @@ use tug_core::{
 mod agents;
 mod builds;
 mod channels;
+mod consumers;
 mod deployments;
 mod events;
 mod rollouts;
@@ -35,6 +36,7 @@ mod tokens;
 pub use agents::{AgentRow, ExitRow};
 pub use builds::{BuildAccessRow, BuildFilter, BuildRow, NewBuild};
 pub use channels::ChannelStampRow;
+pub use consumers::{ConsumerLease, ConsumerRow};
 pub use deployments::{CreatedRequest, DeploymentRow, EnvState, NewDeployment, PipelineRow, RequestRow};
 pub use events::{Chaining, EventRow, Head, NewEvent, Tx};
 pub use rollouts::{RolloutCounts, RolloutLock, RolloutRow, SoakClock};

@@ -33,6 +33,12 @@ pub struct Config {
     /// connection that has not sent them by then, or that stays idle
     /// between requests that long, is closed.
     pub header_read_timeout_secs: u64,
+    /// A file the event sink appends every event to, as JSON lines.
+    pub event_sink: Option<PathBuf>,
+    /// How long a server's lease on a consumer (the event sink) runs
+    /// unless renewed: how long a dead server's consumers wait before
+    /// another server sharing the database takes them over.
+    pub consumer_lease_secs: u64,
 }
 
 impl Default for Config {
@@ -49,6 +55,8 @@ impl Default for Config {
             server_rules: Vec::new(),
             approval_timeout_secs: 24 * 3600,
             header_read_timeout_secs: 10,
+            event_sink: None,
+            consumer_lease_secs: 10,
         }
     }
 }
@@ -68,6 +76,8 @@ impl std::fmt::Debug for Config {
             .field("server_rules", &self.server_rules)
             .field("approval_timeout_secs", &self.approval_timeout_secs)
             .field("header_read_timeout_secs", &self.header_read_timeout_secs)
+            .field("event_sink", &self.event_sink)
+            .field("consumer_lease_secs", &self.consumer_lease_secs)
             .finish()
     }
 }
@@ -101,6 +111,8 @@ pub struct Layer {
     pub server_rules: Option<Vec<tug_core::ServerRule>>,
     pub approval_timeout_secs: Option<u64>,
     pub header_read_timeout_secs: Option<u64>,
+    pub event_sink: Option<PathBuf>,
+    pub consumer_lease_secs: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +143,10 @@ pub const MIN_HEADER_READ_TIMEOUT_SECS: u64 = 5;
 /// The longest header-read timeout: longer lets idle and slow clients hold
 /// connections for no good reason.
 pub const MAX_HEADER_READ_TIMEOUT_SECS: u64 = 300;
+
+/// The longest consumer lease: a dead server's consumers wait that long
+/// before another server takes them over.
+pub const MAX_CONSUMER_LEASE_SECS: u64 = 600;
 
 /// The largest JSON body limit. Bodies are read into memory whole.
 pub const MAX_JSON_BODY: u64 = 1 << 30;
@@ -171,6 +187,8 @@ impl Layer {
             gc_grace_secs: num(env, "TUG_GC_GRACE_SECS")?,
             approval_timeout_secs: num(env, "TUG_APPROVAL_TIMEOUT_SECS")?,
             header_read_timeout_secs: num(env, "TUG_HEADER_READ_TIMEOUT_SECS")?,
+            event_sink: env.get("TUG_EVENT_SINK").map(PathBuf::from),
+            consumer_lease_secs: num(env, "TUG_CONSUMER_LEASE_SECS")?,
             server_rules: env
                 .get("TUG_SERVER_RULES")
                 .map(|v| {
@@ -227,6 +245,12 @@ impl Config {
         if let Some(v) = l.header_read_timeout_secs {
             self.header_read_timeout_secs = v;
         }
+        if let Some(v) = l.event_sink {
+            self.event_sink = Some(v);
+        }
+        if let Some(v) = l.consumer_lease_secs {
+            self.consumer_lease_secs = v;
+        }
         self
     }
 
@@ -235,7 +259,7 @@ impl Config {
     /// sizes, which must never overflow.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let secs = |max: u64| format!("0 to {max} seconds");
-        let checks: [(&'static str, &'static str, u64, u64, u64, String); 6] = [
+        let checks: [(&'static str, &'static str, u64, u64, u64, String); 7] = [
             (
                 "max_blob_size",
                 "TUG_MAX_BLOB_SIZE",
@@ -283,6 +307,14 @@ impl Config {
                 MIN_HEADER_READ_TIMEOUT_SECS,
                 MAX_HEADER_READ_TIMEOUT_SECS,
                 format!("{MIN_HEADER_READ_TIMEOUT_SECS} to {MAX_HEADER_READ_TIMEOUT_SECS} seconds"),
+            ),
+            (
+                "consumer_lease_secs",
+                "TUG_CONSUMER_LEASE_SECS",
+                self.consumer_lease_secs,
+                1,
+                MAX_CONSUMER_LEASE_SECS,
+                format!("1 to {MAX_CONSUMER_LEASE_SECS} seconds"),
             ),
         ];
         for (key, var, value, min, max, range) in checks {
@@ -398,6 +430,8 @@ mod tests {
             ("gc_grace_secs = 9000000000000", "gc_grace_secs"),
             ("draft_max_age_secs = 9223372036854775807", "draft_max_age_secs"),
             ("max_json_body = 0", "max_json_body"),
+            ("consumer_lease_secs = 0", "consumer_lease_secs"),
+            ("consumer_lease_secs = 601", "consumer_lease_secs"),
             ("max_blob_size = 0", "max_blob_size"),
         ] {
             let c = Config::default().apply(Layer::from_toml("tug.toml", toml).unwrap());

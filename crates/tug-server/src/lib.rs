@@ -198,6 +198,9 @@ pub struct Started {
     router: Router,
     tugboat: Tugboat,
     header_read_timeout: Duration,
+    /// The consumers this server runs while it holds their lease.
+    consumers: Vec<Box<dyn tug_service::Consumer>>,
+    lease: tug_service::LeaseOptions,
 }
 
 /// Checks the configuration, binds the listener, then opens the database
@@ -321,6 +324,17 @@ async fn start_with(
         write_secret(&path, &secret).with_context(|| format!("cannot write {}", path.display()))?;
         admin_token_path = Some(path);
     }
+    let mut consumers: Vec<Box<dyn tug_service::Consumer>> = Vec::new();
+    if let Some(path) = &config.event_sink {
+        let sink = tug_service::EventSink::open(path).with_context(|| {
+            format!(
+                "cannot open the event sink {} (tug.toml key event_sink, environment variable TUG_EVENT_SINK): \
+                 give a file in an existing directory the server may write",
+                path.display()
+            )
+        })?;
+        consumers.push(Box::new(sink));
+    }
     let addr = listener.local_addr()?;
     let (channels, revocations) = watch_changes(tugboat.clone());
     let router = router(AppState {
@@ -339,6 +353,8 @@ async fn start_with(
         router,
         tugboat,
         header_read_timeout: Duration::from_secs(config.header_read_timeout_secs),
+        consumers,
+        lease: tug_service::LeaseOptions::new(Duration::from_secs(config.consumer_lease_secs)),
     })
 }
 
@@ -362,6 +378,8 @@ impl Started {
             router,
             tugboat,
             header_read_timeout,
+            consumers,
+            lease,
             ..
         } = self;
         // The routes are resolved once here and every connection shares
@@ -374,6 +392,12 @@ impl Started {
         // Auto-release reconciliation and approval expiry: at once (a seal
         // whose release a crash lost is released now) and then periodically.
         let sweeper = tokio::spawn(tugboat.clone().sweeper(tug_service::SWEEP_EVERY));
+        // The consumers run beside the requests, never on their path.
+        let (stop_consumers, stop) = tokio::sync::watch::channel(false);
+        let consumers: Vec<_> = consumers
+            .into_iter()
+            .map(|c| tokio::spawn(tugboat.clone().run_consumer(c, lease.clone(), stop.clone())))
+            .collect();
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(header_read_timeout)
@@ -401,10 +425,23 @@ impl Started {
         drop(listener);
         connections.shutdown().await;
         sweeper.abort();
+        // Stopping consumers give their leases up, so a server sharing the
+        // database takes them over at once; one that does not stop in time
+        // is cut off (its lease expires).
+        let _ = stop_consumers.send(true);
+        for c in consumers {
+            if tokio::time::timeout(CONSUMER_STOP, c).await.is_err() {
+                tracing::warn!("a consumer did not stop in time");
+            }
+        }
         tugboat.db().close().await;
         Ok(())
     }
 }
+
+/// How long a stopping server waits for its consumers to finish what they
+/// are writing and give their leases up.
+const CONSUMER_STOP: Duration = Duration::from_secs(5);
 
 /// How often the server looks for changes made through any server.
 const CHANGE_POLL: Duration = Duration::from_millis(200);

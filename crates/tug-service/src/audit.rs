@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use tug_api::{AuditBreak, AuditRecord, AuditVerification};
 use tug_core::audit::{Break, Problem, Walk};
 use tug_core::{Action, ServiceName};
+use tug_db::EventRow;
 
 use crate::events::parse_row;
 use crate::{Error, Principal, Result, Tugboat};
@@ -126,26 +127,7 @@ impl Tugboat {
         self.require(who, Action::Audit)?;
         let rows = self.db.events_where(after, since, service, limit).await?;
         let next = (rows.len() >= limit.max(1) as usize).then(|| rows.last().map_or(after, |r| r.id));
-        let mut records = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let unchained = || {
-                Error::Db(tug_db::Error::Corrupt(format!(
-                    "event {} has no hash; run tug audit verify",
-                    row.id
-                )))
-            };
-            let event = parse_row(row).map_err(|why| {
-                Error::Db(tug_db::Error::Corrupt(format!(
-                    "event {}: {why}; run tug audit verify",
-                    row.id
-                )))
-            })?;
-            records.push(AuditRecord {
-                event,
-                prev_hash: row.prev_hash.ok_or_else(unchained)?,
-                hash: row.hash.ok_or_else(unchained)?,
-            });
-        }
+        let records = rows.iter().map(audit_record).collect::<Result<Vec<_>>>()?;
         Ok(ExportPage { records, next })
     }
 
@@ -154,6 +136,28 @@ impl Tugboat {
         self.require(who, Action::Audit)?;
         since.map_or(Ok(Since::After(0)), Since::parse)
     }
+}
+
+/// An event as recorded, whole, with its hashes: what the export writes
+/// and consumers are fed.
+pub(crate) fn audit_record(row: &EventRow) -> Result<AuditRecord> {
+    let unchained = || {
+        Error::Db(tug_db::Error::Corrupt(format!(
+            "event {} has no hash; run tug audit verify",
+            row.id
+        )))
+    };
+    let event = parse_row(row).map_err(|why| {
+        Error::Db(tug_db::Error::Corrupt(format!(
+            "event {}: {why}; run tug audit verify",
+            row.id
+        )))
+    })?;
+    Ok(AuditRecord {
+        event,
+        prev_hash: row.prev_hash.ok_or_else(unchained)?,
+        hash: row.hash.ok_or_else(unchained)?,
+    })
 }
 
 #[cfg(test)]

@@ -126,9 +126,15 @@ impl Tugboat {
     /// the change). Wakes this server's change watcher.
     pub(crate) async fn commit(&self, tx: Tx, events: &[Event]) -> Result<()> {
         let records: Vec<NewEvent> = events.iter().map(recordable).collect();
-        tx.commit(&records).await?;
-        if !events.is_empty() {
+        if let Some(last) = tx.commit(&records).await? {
             self.recorded.notify_one();
+            self.appended.send_if_modified(|seen| {
+                let newer = last > *seen;
+                if newer {
+                    *seen = last;
+                }
+                newer
+            });
         }
         Ok(())
     }

@@ -25,8 +25,10 @@ use tug_store::{Blob, BlobInfo, BlobStore, ByteStream};
 mod access;
 mod agents;
 mod audit;
+mod consumers;
 mod deploy;
 mod error;
+mod event_sink;
 mod events;
 mod grants;
 mod reconcile;
@@ -36,10 +38,12 @@ mod unchained;
 pub use access::{AgentView, DeploymentView, Shown};
 pub use agents::{AgentCounts, ChannelStamp, ChannelStamps, ChannelView, STALE_AFTER};
 pub use audit::{ExportPage, Since};
+pub use consumers::{Consumer, ConsumerError, LeaseOptions};
 pub use deploy::{
     Answer, BuildSelector, Decision, DeployOptions, Diff, EnvStatus, Outcome, PipelineRevision, PipelineView,
 };
 pub use error::Error;
+pub use event_sink::EventSink;
 pub use events::{recordable, EventPage};
 pub use grants::Place;
 pub use reconcile::SWEEP_EVERY;
@@ -201,6 +205,9 @@ pub struct Tugboat {
     rooms: Arc<grants::Rooms>,
     /// Woken after every event recorded here (see [`Tugboat::recorded`]).
     recorded: Arc<tokio::sync::Notify>,
+    /// The id of the newest event recorded here, for this server's
+    /// consumers to wake on (see [`consumers`]).
+    appended: Arc<tokio::sync::watch::Sender<i64>>,
     /// Woken when this instance makes an approval request, so the sweeper
     /// learns when it expires (see [`Tugboat::sweeper`]).
     requests: Arc<tokio::sync::Notify>,
@@ -254,6 +261,7 @@ impl Tugboat {
             clock: Arc::new(Utc::now),
             rooms: Arc::default(),
             recorded: Arc::default(),
+            appended: Arc::new(tokio::sync::watch::channel(0).0),
             requests: Arc::default(),
         }
     }

@@ -3,6 +3,7 @@
 //! server the test command started).
 
 mod builds;
+mod consumers;
 mod deployments;
 mod events;
 mod tokens;

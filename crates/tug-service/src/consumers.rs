@@ -1,0 +1,238 @@
+//! Durable consumers of the event log: something outside Tugboat (a file,
+//! a webhook, a chat channel, a Git repository) that must see every event,
+//! in order, at least once, whatever crashes and restarts happen.
+//!
+//! A [`Consumer`] has a name; its cursor (the id of the last event it
+//! handled) and its lease live in the database under that name
+//! (`tug_db::consumers`). The dispatcher ([`Tugboat::run_consumer`]) runs
+//! beside the server's requests, never on their path: it wakes when this
+//! server records events and polls otherwise (events recorded by other
+//! servers on the same database), feeds the consumer the events after its
+//! cursor in pages, and moves the cursor only after the consumer said they
+//! are handled durably. A crash between the two offers the same events
+//! again after the restart: delivery is at least once, and a consumer that
+//! can tell what it already wrote (the event sink can) makes it exactly
+//! once.
+//!
+//! One writer per consumer: with several servers on one database, a server
+//! runs a consumer only while it holds the consumer's lease. The holder
+//! renews it every third of its length and hands events to the consumer
+//! only while two thirds of it remain ahead by its own monotonic clock
+//! (measured from before the renewal was sent), so it stops writing a third
+//! of a lease before anyone else may take over; moving the cursor checks
+//! the lease is still its own (the fence), so a holder that stalled past
+//! its expiry stops at its next step without moving the cursor. Another
+//! server takes an expired lease over at its next poll. Expiry is compared
+//! by the servers' wall clocks, so they must agree to well within a third
+//! of the lease.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tug_api::AuditRecord;
+use tug_db::ConsumerLease;
+
+use crate::audit::audit_record;
+use crate::{Result, Tugboat};
+
+/// Events fed to a consumer at once at most.
+const PAGE: u32 = 1000;
+
+/// How long a consumer whose handling failed waits before it is offered
+/// the same events again.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Why a consumer could not handle events.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConsumerError(pub String);
+
+impl From<std::io::Error> for ConsumerError {
+    fn from(e: std::io::Error) -> Self {
+        ConsumerError(e.to_string())
+    }
+}
+
+/// Something fed every event of the log, in order, at least once.
+#[async_trait::async_trait]
+pub trait Consumer: Send + 'static {
+    /// Where its cursor and lease are stored: stable across restarts.
+    fn name(&self) -> &str;
+
+    /// Called when this server starts running the consumer (it took the
+    /// lease, or a handling failed), before events are handed to it: the
+    /// moment to open connections and repair what a crash left.
+    async fn resume(&mut self) -> Result<(), ConsumerError> {
+        Ok(())
+    }
+
+    /// Handles `records`, the events after the cursor in id order (some
+    /// possibly handled before, when a crash came between their handling
+    /// and the cursor's move), and returns once they are handled durably.
+    /// An error has them offered again.
+    async fn handle(&mut self, records: &[AuditRecord]) -> Result<(), ConsumerError>;
+}
+
+/// How a server holds consumers' leases.
+#[derive(Debug, Clone)]
+pub struct LeaseOptions {
+    /// How long a lease runs unless renewed: how long a dead server's
+    /// consumers wait before another server takes them over.
+    pub lease: Duration,
+    /// This server's name as a holder: unique to the process.
+    pub holder: String,
+}
+
+impl LeaseOptions {
+    /// Options with a holder name unique to this process.
+    pub fn new(lease: Duration) -> LeaseOptions {
+        let mut bytes = [0u8; 6];
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut bytes);
+        let host = std::env::var("HOSTNAME").unwrap_or_default();
+        LeaseOptions {
+            lease,
+            holder: format!("{host}:{}:{}", std::process::id(), hex::encode(bytes)),
+        }
+    }
+}
+
+/// Why a server stopped running a consumer.
+enum Stopped {
+    /// Another server took the lease over.
+    Lost,
+    /// The server is stopping.
+    Stopping,
+}
+
+impl Tugboat {
+    /// Runs `consumer` until `stop` turns true: takes its lease when free
+    /// or expired and feeds it events while the lease is held; gives the
+    /// lease up when stopping, so another server takes over at once.
+    pub async fn run_consumer(
+        self,
+        mut consumer: Box<dyn Consumer>,
+        options: LeaseOptions,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let name = consumer.name().to_string();
+        // Poll for a free lease a few times per lease, at most every 100 ms.
+        let poll = (options.lease / 4).max(Duration::from_millis(100));
+        while !*stop.borrow() {
+            let taken_at = Instant::now();
+            let now = self.now();
+            match self
+                .db
+                .take_consumer_lease(&name, &options.holder, now, now + options.lease)
+                .await
+            {
+                Ok(Some(lease)) => {
+                    tracing::info!(consumer = %name, holder = %options.holder, cursor = lease.cursor, "running consumer");
+                    match self.hold(&mut *consumer, lease, taken_at, &options, &mut stop).await {
+                        Ok(Stopped::Stopping) => return,
+                        Ok(Stopped::Lost) => {
+                            tracing::warn!(consumer = %name, "another server took this consumer over; stopped")
+                        }
+                        Err(e) => tracing::warn!(consumer = %name, error = %e, "consumer stopped; retrying"),
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(consumer = %name, error = %e, "cannot take the consumer's lease"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(poll) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+
+    /// Feeds `consumer` while `lease` is held.
+    async fn hold(
+        &self,
+        consumer: &mut dyn Consumer,
+        mut lease: ConsumerLease,
+        taken_at: Instant,
+        options: &LeaseOptions,
+        stop: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> Result<Stopped> {
+        let third = options.lease / 3;
+        // When the lease was last made to run a whole lease from now: sent
+        // before the database answered, so the true expiry is later.
+        let mut renewed = taken_at;
+        let mut appended = self.appended.subscribe();
+        let mut resumed = false;
+        loop {
+            if *stop.borrow() {
+                self.db.release_consumer_lease(&lease).await?;
+                return Ok(Stopped::Stopping);
+            }
+            if renewed.elapsed() >= third {
+                let sent = Instant::now();
+                if !self.renew(&lease, None, options).await? {
+                    return Ok(Stopped::Lost);
+                }
+                renewed = sent;
+            }
+            if !resumed {
+                if let Err(e) = consumer.resume().await {
+                    tracing::warn!(consumer = %lease.name, error = %e, "cannot resume the consumer; retrying");
+                    self.pause(RETRY_AFTER.min(third), stop).await;
+                    continue;
+                }
+                resumed = true;
+            }
+            // Marked seen before reading, so an event appended while the
+            // page is read wakes the next wait.
+            appended.borrow_and_update();
+            let rows = self.db.events_after(lease.cursor, None, PAGE).await?;
+            let Some(last) = rows.last().map(|r| r.id) else {
+                let renew_in = third.saturating_sub(renewed.elapsed());
+                tokio::select! {
+                    () = tokio::time::sleep(renew_in.min(POLL)) => {}
+                    _ = appended.changed() => {}
+                    _ = stop.changed() => {}
+                }
+                continue;
+            };
+            let records = rows.iter().map(audit_record).collect::<Result<Vec<_>>>()?;
+            // Hand events over only with a third of the lease still ahead,
+            // for the handling itself and for the servers' clocks to differ.
+            if renewed.elapsed() >= third {
+                let sent = Instant::now();
+                if !self.renew(&lease, None, options).await? {
+                    return Ok(Stopped::Lost);
+                }
+                renewed = sent;
+            }
+            if let Err(e) = consumer.handle(&records).await {
+                tracing::warn!(consumer = %lease.name, error = %e, after = lease.cursor, "the consumer cannot handle events; retrying");
+                resumed = false;
+                self.pause(RETRY_AFTER.min(third), stop).await;
+                continue;
+            }
+            let sent = Instant::now();
+            if !self.renew(&lease, Some(last), options).await? {
+                return Ok(Stopped::Lost);
+            }
+            renewed = sent;
+            lease.cursor = last;
+        }
+    }
+
+    /// Extends `lease` (moving its cursor to `cursor`, when given); `false`:
+    /// it was taken over.
+    async fn renew(&self, lease: &ConsumerLease, cursor: Option<i64>, options: &LeaseOptions) -> Result<bool> {
+        let until = self.now() + options.lease;
+        Ok(self.db.renew_consumer_lease(lease, cursor, until).await?)
+    }
+
+    async fn pause(&self, d: Duration, stop: &mut tokio::sync::watch::Receiver<bool>) {
+        tokio::select! {
+            () = tokio::time::sleep(d) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+/// How often a running consumer looks for events recorded by other servers
+/// on the same database (its own server's wake it at once).
+const POLL: Duration = Duration::from_millis(200);
