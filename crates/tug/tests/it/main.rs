@@ -14,6 +14,7 @@ mod bad_input;
 mod cli;
 mod concurrency;
 mod config;
+mod consumers;
 mod crash;
 mod deploy;
 mod event_log;
