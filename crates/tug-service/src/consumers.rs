@@ -88,11 +88,12 @@ impl LeaseOptions {
     pub fn new(lease: Duration) -> LeaseOptions {
         let mut bytes = [0u8; 6];
         rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut bytes);
-        let host = std::env::var("HOSTNAME").unwrap_or_default();
-        LeaseOptions {
-            lease,
-            holder: format!("{host}:{}:{}", std::process::id(), hex::encode(bytes)),
-        }
+        let process = format!("{}:{}", std::process::id(), hex::encode(bytes));
+        let holder = match std::env::var("HOSTNAME") {
+            Ok(host) if !host.is_empty() => format!("{host}:{process}"),
+            _ => process,
+        };
+        LeaseOptions { lease, holder }
     }
 }
 
