@@ -5,6 +5,7 @@
 mod builds;
 mod deployments;
 mod events;
+mod rollouts;
 mod tokens;
 
 use tug_db::Db;
