@@ -53,6 +53,25 @@ pub struct AppState {
     pub channel_flights: Flights,
 }
 
+impl AppState {
+    /// The state of a server over `tugboat`, with its change watcher
+    /// started (it ends when the state's last clone is dropped). Servers
+    /// and in-process tests build their state here, so a test drives the
+    /// same router a server serves.
+    pub fn new(tugboat: Tugboat, max_json_body: usize) -> AppState {
+        let (channels, revocations) = watch_changes(tugboat.clone());
+        AppState {
+            tugboat,
+            max_json_body,
+            channels,
+            revocations,
+            public_answers: Default::default(),
+            channel_answers: Default::default(),
+            channel_flights: Default::default(),
+        }
+    }
+}
+
 /// See [`AppState::channel_answers`].
 pub type ChannelAnswers =
     Arc<std::sync::RwLock<std::collections::HashMap<String, (tug_service::ChannelStamp, Arc<routes::agents::Answer>)>>>;
@@ -336,16 +355,7 @@ async fn start_with(
         consumers.push(Box::new(sink));
     }
     let addr = listener.local_addr()?;
-    let (channels, revocations) = watch_changes(tugboat.clone());
-    let router = router(AppState {
-        tugboat: tugboat.clone(),
-        max_json_body: config.max_json_body,
-        channels,
-        revocations,
-        public_answers: Default::default(),
-        channel_answers: Default::default(),
-        channel_flights: Default::default(),
-    });
+    let router = router(AppState::new(tugboat.clone(), config.max_json_body));
     Ok(Started {
         addr,
         admin_token_path,

@@ -291,7 +291,10 @@ impl Tugboat {
         &self.store
     }
 
-    pub(crate) fn now(&self) -> DateTime<Utc> {
+    /// The time by this instance's clock: what every record it writes is
+    /// stamped with, so a test that sets the clock sees every rule at the
+    /// time it set.
+    pub fn now(&self) -> DateTime<Utc> {
         (self.clock)()
     }
 

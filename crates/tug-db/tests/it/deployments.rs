@@ -311,3 +311,49 @@ crate::db_test!(newest_releasable_build_goes_by_seal_time, |db: Db| async move {
     assert_eq!(newest(false).await, Some(fast), "embargoed builds only where allowed");
     assert_eq!(newest(true).await, Some(embargoed));
 });
+
+/// Deploys `build` to `env` from `expected_seq` in a transaction of its own.
+async fn deploy_from(db: &Db, build: &BuildId, env: &EnvName, expected_seq: i64) -> Result<i64, Error> {
+    let d = deployment(build, env, None);
+    crate::in_tx!(db, |tx| tx.deploy(&d, expected_seq, None).await).map(|row| row.seq)
+}
+
+crate::db_test!(of_many_deploys_from_one_seq_exactly_one_wins, |db: Db| async move {
+    const AT_ONCE: usize = 12;
+    let prod = env("production");
+    let mut builds = Vec::new();
+    for _ in 0..2 * AT_ONCE {
+        builds.push(sealed(&db, "master", Utc::now()).await);
+    }
+    // Two rounds, each of many deploys read at the same seq: the
+    // first into an environment without a row yet, the second on top
+    // of the first round's winner.
+    for (round, batch) in builds.chunks(AT_ONCE).enumerate() {
+        let seq = i64::try_from(round).unwrap();
+        let tasks: Vec<_> = batch
+            .iter()
+            .map(|b| {
+                let (db, b, prod) = (db.clone(), b.clone(), prod.clone());
+                tokio::spawn(async move { (b.clone(), deploy_from(&db, &b, &prod, seq).await) })
+            })
+            .collect();
+        let mut winners = Vec::new();
+        for t in tasks {
+            match t.await.unwrap() {
+                (b, Ok(new_seq)) => {
+                    assert_eq!(new_seq, seq + 1);
+                    winners.push(b);
+                }
+                (_, Err(Error::Conflict(_))) => {}
+                (b, Err(e)) => panic!("deploy of {b}: {e}"),
+            }
+        }
+        assert_eq!(winners.len(), 1, "round {round}: {winners:?}");
+        let state = db.env_state(&service(), &prod).await.unwrap();
+        assert_eq!(state.seq, seq + 1);
+        assert_eq!(state.current.map(|d| d.build), Some(winners[0].clone()));
+    }
+    // A deploy from a seq that has moved on loses, however late.
+    let err = deploy_from(&db, &builds[0], &prod, 1).await.unwrap_err();
+    assert!(matches!(err, Error::Conflict(_)), "{err}");
+});

@@ -124,3 +124,20 @@ crate::db_test!(
         assert_eq!(verify(&db).await, total as u64);
     }
 );
+
+crate::db_test!(
+    an_events_id_is_taken_at_its_commit_not_when_its_transaction_began,
+    |db: Db| async move {
+        // The first transaction begins first and commits last: its event
+        // comes after the other's, so a reader that has read up to the
+        // other's id can never be passed by it.
+        let early = db.begin().await.unwrap();
+        let late = db.begin().await.unwrap();
+        assert_eq!(late.commit(&[event("late")]).await.unwrap(), Some(1));
+        assert_eq!(early.commit(&[event("early")]).await.unwrap(), Some(2));
+        let rows = db.events_after(0, None, 10).await.unwrap();
+        let order: Vec<&str> = rows.iter().map(|r| r.payload.as_str()).collect();
+        assert_eq!(order, ["{\"n\":\"late\"}", "{\"n\":\"early\"}"]);
+        assert_eq!(verify(&db).await, 2);
+    }
+);

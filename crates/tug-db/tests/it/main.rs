@@ -6,6 +6,7 @@ mod builds;
 mod consumers;
 mod deployments;
 mod events;
+mod rollouts;
 mod tokens;
 
 use tug_db::Db;

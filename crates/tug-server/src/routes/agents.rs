@@ -367,7 +367,9 @@ pub async fn report(
     Caller(who): Caller,
     Json(r): Json<AgentReport>,
 ) -> Result<StatusCode, ApiError> {
-    let now = chrono::Utc::now();
+    // The service's clock, as for every other record: the report's time is
+    // compared with it when agents are counted.
+    let now = state.tugboat.now();
     let row = AgentRow {
         agent_id: r.agent_id,
         service: r.service,
