@@ -239,3 +239,107 @@ fn shape(mut e: Event, sights: &Sights) -> Option<Event> {
     }
     Some(e)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use tug_api::{Deployed, DeploymentKind, EventAgent};
+    use tug_core::{EnvName, Role, Sight, TokenName, Version};
+
+    use super::*;
+
+    fn build(n: u8) -> EventBuild {
+        EventBuild {
+            id: BuildId::parse(&format!("0190aaaa-0000-7000-8000-0000000000{n:02x}")).unwrap(),
+            version: Version::parse("1.0.0").unwrap(),
+            manifest_digest: None,
+            source: EventSource::default(),
+            embargoed: true,
+        }
+    }
+
+    fn event(change: Change) -> Event {
+        Event::new(
+            Utc::now(),
+            Some(ServiceName::parse("api").unwrap()),
+            Some(Actor {
+                name: TokenName::parse("alice").unwrap(),
+                role: Role::Deployer,
+            }),
+            change,
+        )
+    }
+
+    fn deployment(build: EventBuild, replaced: Option<BuildId>) -> Event {
+        event(Change::Deployment(Deployed {
+            environment: EnvName::parse("sec").unwrap(),
+            build: Some(build),
+            deployment_kind: DeploymentKind::Release,
+            seq: 2,
+            replaced,
+            replaced_embargoed: false,
+            override_freeze: false,
+            reason: Some("names the fix".into()),
+            requested_by: Some("alice".into()),
+            approved_by: vec![],
+        }))
+    }
+
+    /// Sights where build 1 is hidden and build 2 is whole.
+    fn sights() -> Sights {
+        Sights(HashMap::from([
+            (build(1).id, Sight::Embargoed),
+            (build(2).id, Sight::Full),
+        ]))
+    }
+
+    #[test]
+    fn an_event_about_a_hidden_build_itself_vanishes() {
+        for change in [
+            Change::BuildSealed { build: build(1) },
+            Change::BuildCreated { build: build(1) },
+        ] {
+            assert_eq!(shape(event(change), &sights()), None);
+        }
+        assert!(shape(event(Change::BuildSealed { build: build(2) }), &sights()).is_some());
+    }
+
+    #[test]
+    fn a_deployment_of_a_hidden_build_keeps_only_the_environment() {
+        let shown = shape(deployment(build(1), Some(build(2).id)), &sights()).unwrap();
+        assert!(shown.embargoed);
+        let Change::Deployment(d) = &shown.change else { panic!() };
+        assert_eq!((d.build.as_ref(), d.reason.as_ref()), (None, None));
+        assert_eq!(d.environment.as_str(), "sec");
+        assert_eq!(d.replaced, Some(build(2).id), "the replaced build is visible");
+        // The replaced build hidden, the deployed one visible.
+        let shown = shape(deployment(build(2), Some(build(1).id)), &sights()).unwrap();
+        assert!(!shown.embargoed);
+        let Change::Deployment(d) = &shown.change else { panic!() };
+        assert_eq!((d.replaced.as_ref(), d.replaced_embargoed), (None, true));
+        assert_eq!(d.reason, None, "a reason may name the hidden build");
+        assert!(d.build.is_some());
+    }
+
+    #[test]
+    fn a_rollout_event_of_a_hidden_build_drops_what_may_name_it() {
+        let progress = event(Change::RolloutProgress {
+            environment: EnvName::parse("sec").unwrap(),
+            build: Some(build(1)),
+            seq: 2,
+            agent: EventAgent {
+                id: "a1".into(),
+                hostname: "h".into(),
+                state: "failed".into(),
+                error: Some("build 0190aaaa failed".into()),
+            },
+        });
+        let shown = shape(progress, &sights()).unwrap();
+        let Change::RolloutProgress { build, agent, .. } = &shown.change else {
+            panic!()
+        };
+        assert!(shown.embargoed && build.is_none() && agent.error.is_none());
+        assert_eq!(agent.state, "failed");
+    }
+}
