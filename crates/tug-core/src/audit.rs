@@ -23,9 +23,14 @@ pub fn genesis() -> Digest {
 /// The hash of the event `id` whose canonical JSON is `body` and whose
 /// predecessor's hash is `prev`.
 pub fn link(prev: &Digest, id: i64, body: &str) -> Digest {
+    // The predecessor as `sha256:<hex>`, written on the stack: verifying
+    // hashes every event.
+    let mut prev_hex = [0u8; 64];
+    hex::encode_to_slice(prev.as_bytes(), &mut prev_hex).expect("32 bytes are 64 hex digits");
     let mut h = crate::Hasher::new();
     h.update(b"tugboat-event\n");
-    h.update(prev.to_string().as_bytes());
+    h.update(crate::digest::PREFIX.as_bytes());
+    h.update(&prev_hex);
     h.update(b"\n");
     h.update(id.to_string().as_bytes());
     h.update(b"\n");
@@ -252,6 +257,16 @@ mod tests {
         assert_ne!(a, link(&genesis(), 1, "{ }"));
         assert_ne!(a, link(&a, 1, "{}"));
         assert_eq!(a, link(&genesis(), 1, "{}"));
+    }
+
+    #[test]
+    fn the_hash_is_the_documented_sha256_of_its_parts() {
+        let prev = Digest::of(b"the event before");
+        let text = format!("tugboat-event\n{prev}\n42\n{{\"kind\":\"service.created\"}}");
+        assert_eq!(
+            link(&prev, 42, "{\"kind\":\"service.created\"}"),
+            Digest::of(text.as_bytes())
+        );
     }
 
     #[test]

@@ -137,7 +137,7 @@ pub struct AgentView {
 }
 
 /// The sight of each build one answer names, gathered in one query.
-pub(crate) struct Sights(HashMap<BuildId, Sight>);
+pub(crate) struct Sights(pub(crate) HashMap<BuildId, Sight>);
 
 impl Sights {
     /// The sight of `id`; a build that does not exist is shown as little

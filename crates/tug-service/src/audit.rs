@@ -76,10 +76,22 @@ impl Tugboat {
         let head = self.db.event_head().await?;
         let head_hash = head.hash.unwrap_or_else(tug_core::audit::genesis);
         let mut walk = Walk::new();
-        let mut after = 0;
+        let page = |after: i64| {
+            let db = self.db.clone();
+            tokio::spawn(async move { db.events_after(after, None, VERIFY_PAGE).await })
+        };
+        let mut reading = page(0);
         let broken = 'walk: loop {
-            let rows = self.db.events_after(after, None, VERIFY_PAGE).await?;
+            // The reading task is never aborted while awaited, so it ends by
+            // returning or by panicking, and its panic is ours.
+            let rows = (&mut reading)
+                .await
+                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
             let end = rows.len() < VERIFY_PAGE as usize;
+            // The next page is read while this one is checked.
+            if let (false, Some(last)) = (end, rows.last()) {
+                reading = page(last.id);
+            }
             for row in &rows {
                 // Events committed after the head was read are not this
                 // walk's business.
@@ -95,12 +107,13 @@ impl Tugboat {
                         problem: Problem::Unreadable(what),
                     });
                 }
-                after = row.id;
             }
             if end {
                 break walk.finish(head.id, &head_hash).err();
             }
         };
+        // A walk that stopped at a break leaves a page being read for nothing.
+        reading.abort();
         Ok(AuditVerification {
             ok: broken.is_none(),
             events: walk.events(),

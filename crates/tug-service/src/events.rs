@@ -45,13 +45,17 @@ pub fn recordable(e: &Event) -> NewEvent {
 /// would change what readers may see).
 pub(crate) fn parse_row(row: &EventRow) -> std::result::Result<Event, String> {
     let mut event: Event = serde_json::from_str(&row.payload).map_err(|e| format!("its JSON is not an event ({e})"))?;
-    let derived = recordable(&event);
+    // The columns `recordable` would derive, compared without writing the
+    // JSON again (verification reads every event).
     let stored = [
-        ("at", derived.at.timestamp_millis() == row.at.timestamp_millis()),
-        ("kind", derived.kind == row.kind),
-        ("service", derived.service == row.service),
-        ("build_id", derived.build == row.build),
-        ("actor", derived.actor == row.actor),
+        ("at", event.at.timestamp_millis() == row.at.timestamp_millis()),
+        ("kind", event.kind() == row.kind),
+        ("service", event.service == row.service),
+        ("build_id", event.change.build().map(|b| &b.id) == row.build.as_ref()),
+        (
+            "actor",
+            event.actor.as_ref().map(|a| a.name.as_str()) == row.actor.as_deref(),
+        ),
     ];
     if let Some((column, _)) = stored.iter().find(|(_, same)| !same) {
         return Err(format!("its stored column {column} does not match its JSON"));
@@ -244,4 +248,140 @@ fn shape(mut e: Event, sights: &Sights) -> Option<Event> {
         _ => {}
     }
     Some(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use tug_api::{Deployed, DeploymentKind, EventAgent};
+    use tug_core::{EnvName, Role, Sight, TokenName, Version};
+
+    use super::*;
+
+    fn build(n: u8) -> EventBuild {
+        EventBuild {
+            id: BuildId::parse(&format!("0190aaaa-0000-7000-8000-0000000000{n:02x}")).unwrap(),
+            version: Version::parse("1.0.0").unwrap(),
+            manifest_digest: None,
+            source: EventSource::default(),
+            embargoed: true,
+        }
+    }
+
+    fn event(change: Change) -> Event {
+        Event::new(
+            Utc::now(),
+            Some(ServiceName::parse("api").unwrap()),
+            Some(Actor {
+                name: TokenName::parse("alice").unwrap(),
+                role: Role::Deployer,
+            }),
+            change,
+        )
+    }
+
+    fn deployment(build: EventBuild, replaced: Option<BuildId>) -> Event {
+        event(Change::Deployment(Deployed {
+            environment: EnvName::parse("sec").unwrap(),
+            build: Some(build),
+            deployment_kind: DeploymentKind::Release,
+            seq: 2,
+            replaced,
+            replaced_embargoed: false,
+            override_freeze: false,
+            reason: Some("names the fix".into()),
+            requested_by: Some("alice".into()),
+            approved_by: vec![],
+        }))
+    }
+
+    /// Sights where build 1 is hidden and build 2 is whole.
+    fn sights() -> Sights {
+        Sights(HashMap::from([
+            (build(1).id, Sight::Embargoed),
+            (build(2).id, Sight::Full),
+        ]))
+    }
+
+    #[test]
+    fn an_event_about_a_hidden_build_itself_vanishes() {
+        for change in [
+            Change::BuildSealed { build: build(1) },
+            Change::BuildCreated { build: build(1) },
+        ] {
+            assert_eq!(shape(event(change), &sights()), None);
+        }
+        assert!(shape(event(Change::BuildSealed { build: build(2) }), &sights()).is_some());
+    }
+
+    #[test]
+    fn a_deployment_of_a_hidden_build_keeps_only_the_environment() {
+        let shown = shape(deployment(build(1), Some(build(2).id)), &sights()).unwrap();
+        assert!(shown.embargoed);
+        let Change::Deployment(d) = &shown.change else { panic!() };
+        assert_eq!((d.build.as_ref(), d.reason.as_ref()), (None, None));
+        assert_eq!(d.environment.as_str(), "sec");
+        assert_eq!(d.replaced, Some(build(2).id), "the replaced build is visible");
+        // The replaced build hidden, the deployed one visible.
+        let shown = shape(deployment(build(2), Some(build(1).id)), &sights()).unwrap();
+        assert!(!shown.embargoed);
+        let Change::Deployment(d) = &shown.change else { panic!() };
+        assert_eq!((d.replaced.as_ref(), d.replaced_embargoed), (None, true));
+        assert_eq!(d.reason, None, "a reason may name the hidden build");
+        assert!(d.build.is_some());
+    }
+
+    #[test]
+    fn a_stored_column_that_disagrees_with_the_json_is_named() {
+        let e = deployment(build(2), None);
+        let r = recordable(&e);
+        let row = EventRow {
+            id: 7,
+            at: r.at,
+            kind: r.kind,
+            service: r.service,
+            build: r.build,
+            actor: r.actor,
+            payload: r.payload,
+            prev_hash: None,
+            hash: None,
+        };
+        assert_eq!(parse_row(&row).unwrap().id, 7);
+        type Edit = fn(&mut EventRow);
+        let edits: [(&str, Edit); 5] = [
+            ("at", |r| r.at += chrono::Duration::milliseconds(1)),
+            ("kind", |r| r.kind = "build.sealed".into()),
+            ("service", |r| r.service = None),
+            ("build_id", |r| r.build = Some(build(1).id)),
+            ("actor", |r| r.actor = Some("mallory".into())),
+        ];
+        for (column, edit) in edits {
+            let mut edited = row.clone();
+            edit(&mut edited);
+            let why = parse_row(&edited).unwrap_err();
+            assert!(why.contains(&format!("column {column} ")), "{column}: {why}");
+        }
+    }
+
+    #[test]
+    fn a_rollout_event_of_a_hidden_build_drops_what_may_name_it() {
+        let progress = event(Change::RolloutProgress {
+            environment: EnvName::parse("sec").unwrap(),
+            build: Some(build(1)),
+            seq: 2,
+            agent: EventAgent {
+                id: "a1".into(),
+                hostname: "h".into(),
+                state: "failed".into(),
+                error: Some("build 0190aaaa failed".into()),
+            },
+        });
+        let shown = shape(progress, &sights()).unwrap();
+        let Change::RolloutProgress { build, agent, .. } = &shown.change else {
+            panic!()
+        };
+        assert!(shown.embargoed && build.is_none() && agent.error.is_none());
+        assert_eq!(agent.state, "failed");
+    }
 }
