@@ -4,6 +4,7 @@
 
 mod builds;
 mod deployments;
+mod rollouts;
 mod tokens;
 
 use tug_db::Db;
