@@ -334,6 +334,12 @@ async fn create_rollout<'e>(
 /// A granted agent that has not reported in this environment since its
 /// grant was given (within the stale limit) is counted in flight: it may
 /// be installing already.
+///
+/// One pass over the environment's agents, with the deployment's grants
+/// looked up in sets built once (uncorrelated `IN`), and no join: a plan
+/// chosen while the tables were small (a prepared statement's plan is
+/// kept) then stays linear as grants and agents grow, where a nested-loop
+/// join planned on an empty grants table scans it once per agent.
 async fn counts<'e>(
     on: impl sqlx::Executor<'e, Database = Any>,
     service: &ServiceName,
@@ -343,20 +349,25 @@ async fn counts<'e>(
     since: DateTime<Utc>,
 ) -> Result<RolloutCounts> {
     let row = sqlx::query(
-        "SELECT COUNT(*) AS agents, \
-         COALESCE(SUM(CASE WHEN g.agent_id IS NOT NULL THEN 1 ELSE 0 END), 0) AS granted, \
-         COALESCE(SUM(CASE WHEN a.build_id = $4 AND a.state = 'healthy' THEN 1 ELSE 0 END), 0) AS healthy, \
-         COALESCE(SUM(CASE WHEN g.agent_id IS NOT NULL AND a.build_id = $4 AND a.state = 'healthy' \
-             THEN 1 ELSE 0 END), 0) AS granted_healthy, \
-         COALESCE(SUM(CASE WHEN g.agent_id IS NOT NULL AND NOT (a.build_id = $4 AND a.state = 'healthy') \
-             AND (a.failed_build IS NULL OR a.failed_build <> $4) THEN 1 ELSE 0 END), 0) AS in_flight, \
-         COALESCE(SUM(CASE WHEN a.failed_build = $4 THEN 1 ELSE 0 END), 0) AS failed, \
-         (SELECT COUNT(*) FROM rollout_grants u WHERE u.service = $1 AND u.environment = $2 AND u.seq = $3 \
-             AND u.granted_at >= $5 AND NOT EXISTS (SELECT 1 FROM agents r WHERE r.agent_id = u.agent_id \
-             AND r.service = u.service AND r.environment = u.environment)) AS unreported \
-         FROM agents a LEFT JOIN rollout_grants g ON g.service = a.service AND g.environment = a.environment \
-         AND g.seq = $3 AND g.agent_id = a.agent_id \
-         WHERE a.service = $1 AND a.environment = $2 AND a.last_seen >= $5",
+        "SELECT \
+         COALESCE(SUM(live), 0) AS agents, \
+         COALESCE(SUM(live * granted), 0) AS granted, \
+         COALESCE(SUM(live * healthy), 0) AS healthy, \
+         COALESCE(SUM(live * granted * healthy), 0) AS granted_healthy, \
+         COALESCE(SUM(live * granted * (1 - healthy) * (1 - failed)), 0) AS in_flight, \
+         COALESCE(SUM(live * failed), 0) AS failed, \
+         (SELECT COUNT(*) FROM rollout_grants WHERE service = $1 AND environment = $2 AND seq = $3 \
+             AND granted_at >= $5) - COALESCE(SUM(granted_lately), 0) AS unreported \
+         FROM (SELECT \
+             CASE WHEN a.last_seen >= $5 THEN 1 ELSE 0 END AS live, \
+             CASE WHEN a.agent_id IN (SELECT agent_id FROM rollout_grants \
+                 WHERE service = $1 AND environment = $2 AND seq = $3) THEN 1 ELSE 0 END AS granted, \
+             CASE WHEN a.agent_id IN (SELECT agent_id FROM rollout_grants \
+                 WHERE service = $1 AND environment = $2 AND seq = $3 AND granted_at >= $5) THEN 1 ELSE 0 END \
+                 AS granted_lately, \
+             CASE WHEN a.build_id = $4 AND a.state = 'healthy' THEN 1 ELSE 0 END AS healthy, \
+             CASE WHEN a.failed_build = $4 THEN 1 ELSE 0 END AS failed \
+             FROM agents a WHERE a.service = $1 AND a.environment = $2) x",
     )
     .bind(service.as_str())
     .bind(env.as_str())

@@ -328,11 +328,11 @@ impl Tugboat {
         if room.is_cleared(agent) {
             return Ok(Grant::yes());
         }
-        let known = room.is_waiting(agent);
-        let place = room.enter(agent);
-        if !known {
+        if !room.is_waiting(agent) {
             // What the room cannot know: the agent runs the build already,
             // or a decision (perhaps on another server) granted it before.
+            // Asked before the agent joins the queue, so that no decision
+            // grants an agent that needs no grant.
             let on_build = self
                 .db
                 .agent(agent)
@@ -343,6 +343,7 @@ impl Tugboat {
                 return Ok(Grant::yes());
             }
         }
+        let place = room.enter(agent);
         for _ in 0..2 {
             if room.is_cleared(agent) {
                 return Ok(Grant::yes());

@@ -6,6 +6,7 @@ mod builds;
 mod consumers;
 mod deployments;
 mod events;
+mod rollout_counts;
 mod rollouts;
 mod tokens;
 
