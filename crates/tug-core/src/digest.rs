@@ -53,6 +53,11 @@ impl Digest {
         Digest(bytes)
     }
 
+    /// The 32 bytes of the digest.
+    pub const fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
     /// The 64 hex digits without the algorithm prefix.
     pub fn hex(&self) -> String {
         hex::encode(self.0)

@@ -46,13 +46,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let seeding = Instant::now();
     for s in 0..services {
         let service = ServiceName::parse(&format!("svc{s}"))?;
-        db.create_service(&service, now).await?;
+        let mut tx = db.begin().await?;
+        tx.create_service(&service, now).await?;
         let spec: String = std::iter::once(format!("service = \"{service}\"\n"))
             .chain((0..envs).map(|e| format!("[[environments]]\nname = \"e{e}\"\n")))
             .collect();
-        db.save_pipeline(&service, &spec, now, None).await?;
+        tx.save_pipeline(&service, 1, &spec, now, None).await?;
         let id = BuildId::parse(&uuid::Uuid::now_v7().to_string())?;
-        db.insert_build(&NewBuild {
+        tx.insert_build(&NewBuild {
             id: id.clone(),
             service: service.clone(),
             version: Version::parse("1.0.0")?,
@@ -79,8 +80,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 at: now,
                 request: None,
             };
-            db.deploy(&deployment, 0, None).await?;
+            tx.deploy(&deployment, 0, None).await?;
         }
+        tx.commit(&[]).await?;
     }
     eprintln!("stamps_cost: seeded in {:.1?}", seeding.elapsed());
     let mut took = Vec::with_capacity(runs);
