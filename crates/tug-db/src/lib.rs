@@ -70,6 +70,18 @@ pub enum Error {
     Corrupt(String),
 }
 
+impl Error {
+    /// Whether the database could not be reached (no connection to be had
+    /// in time, the pool closed, the connection broke) rather than refused
+    /// or failed the statement: a retry later may succeed.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            Error::Sqlx(sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_))
+        )
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Which database a [`Db`] talks to.
@@ -262,4 +274,16 @@ pub(crate) fn artifact_from_row(r: &AnyRow) -> Result<ArtifactSpec> {
             .collect::<Result<_>>()?,
         executable: r.try_get::<i64, _>("executable")? != 0,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pool_timeout_is_unavailable_a_failed_statement_is_not() {
+        assert!(Error::Sqlx(sqlx::Error::PoolTimedOut).is_unavailable());
+        assert!(!Error::Sqlx(sqlx::Error::RowNotFound).is_unavailable());
+        assert!(!Error::Corrupt("x".into()).is_unavailable());
+    }
 }

@@ -128,18 +128,9 @@ impl Tugboat {
         let next = (rows.len() >= limit.max(1) as usize).then(|| rows.last().map_or(after, |r| r.id));
         let mut records = Vec::with_capacity(rows.len());
         for row in &rows {
-            let unchained = || {
-                Error::Db(tug_db::Error::Corrupt(format!(
-                    "event {} has no hash; run tug audit verify",
-                    row.id
-                )))
-            };
-            let event = parse_row(row).map_err(|why| {
-                Error::Db(tug_db::Error::Corrupt(format!(
-                    "event {}: {why}; run tug audit verify",
-                    row.id
-                )))
-            })?;
+            let unchained = || Error::corrupt(format!("event {} has no hash; run tug audit verify", row.id));
+            let event = parse_row(row)
+                .map_err(|why| Error::corrupt(format!("event {}: {why}; run tug audit verify", row.id)))?;
             records.push(AuditRecord {
                 event,
                 prev_hash: row.prev_hash.ok_or_else(unchained)?,

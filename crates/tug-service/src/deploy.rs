@@ -263,7 +263,7 @@ impl Tugboat {
             }
             return Err(Error::NoPipeline(service.clone()));
         };
-        let pipeline = Pipeline::parse(&row.spec).map_err(|e| Error::Db(tug_db::Error::Corrupt(e.to_string())))?;
+        let pipeline = Pipeline::parse(&row.spec).map_err(|e| Error::corrupt(e.to_string()))?;
         Ok(self.view(row, pipeline, false))
     }
 

@@ -158,12 +158,7 @@ impl Tugboat {
         for row in &rows {
             match parse_row(row) {
                 Ok(e) => events.push(e),
-                Err(why) => {
-                    return Err(Error::Db(tug_db::Error::Corrupt(format!(
-                        "event {}: {why}; run tug audit verify",
-                        row.id
-                    ))))
-                }
+                Err(why) => return Err(Error::corrupt(format!("event {}: {why}; run tug audit verify", row.id))),
             }
         }
         let named: Vec<BuildId> = events.iter().flat_map(builds_named).collect();

@@ -39,7 +39,7 @@ pub use audit::{ExportPage, Since};
 pub use deploy::{
     Answer, BuildSelector, Decision, DeployOptions, Diff, EnvStatus, Outcome, PipelineRevision, PipelineView,
 };
-pub use error::Error;
+pub use error::{Cause, Error, ErrorKind};
 pub use events::{recordable, EventPage};
 pub use grants::Place;
 pub use reconcile::SWEEP_EVERY;
@@ -510,7 +510,7 @@ impl Tugboat {
         let limit = self.settings.max_blob_size;
         if let Some(size) = declared_size {
             if size > limit {
-                return Err(Error::from(tug_store::Error::TooLarge { limit }));
+                return Err(Error::TooLarge { limit });
             }
         }
         if let Some(size) = self.store.stat(digest).await? {
@@ -862,7 +862,7 @@ impl Tugboat {
             };
             let mut hasher = Hasher::new();
             while let Some(chunk) = blob.body.next().await {
-                hasher.update(&chunk.map_err(tug_store::Error::Io)?);
+                hasher.update(&chunk.map_err(Error::internal)?);
             }
             let size = hasher.len();
             let actual = hasher.finish();

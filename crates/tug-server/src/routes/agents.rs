@@ -399,10 +399,10 @@ pub async fn report(
 pub fn agent(state: &AppState, view: tug_service::AgentView) -> Result<Agent, ApiError> {
     let a = view.agent;
     let agent_state = AgentState::parse(&a.state).ok_or_else(|| {
-        ApiError::from(tug_service::Error::Db(tug_db::Error::Corrupt(format!(
-            "agent {} has the unknown state {:?}",
+        ApiError::from(tug_service::Error::internal(format!(
+            "stored row is not valid: agent {} has the unknown state {:?}",
             a.agent_id, a.state
-        ))))
+        )))
     })?;
     Ok(Agent {
         short_id: String::new(),
