@@ -17,6 +17,7 @@ pub mod names;
 pub mod pipeline;
 pub mod pipeline_changes;
 pub mod policy;
+pub mod records;
 pub mod role;
 pub mod short_id;
 pub mod versioning;

@@ -6,39 +6,7 @@ use sqlx::Row;
 use tug_core::{BuildId, EnvName, Platform, ServiceName};
 
 use crate::{millis, opt_parse, parse, Db, Error, Result, Tx};
-
-/// An agent's newest report.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AgentRow {
-    pub agent_id: String,
-    pub service: ServiceName,
-    pub environment: EnvName,
-    pub hostname: String,
-    pub platform: Platform,
-    pub agent_version: String,
-    pub build: Option<BuildId>,
-    /// idle, waiting, downloading, activating, healthy or failed.
-    pub state: String,
-    pub error: Option<String>,
-    /// The build the agent tried and gave up on.
-    pub failed_build: Option<BuildId>,
-    /// Why it waits, when `waiting`.
-    pub waiting: Option<String>,
-    /// How its supervised process last ended on its own.
-    pub exit: Option<ExitRow>,
-    pub first_seen: DateTime<Utc>,
-    pub last_seen: DateTime<Utc>,
-}
-
-/// How an agent's supervised process ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExitRow {
-    pub build: Option<BuildId>,
-    pub code: Option<i32>,
-    pub signal: Option<String>,
-    pub at: DateTime<Utc>,
-    pub stderr: String,
-}
+pub use tug_core::records::{AgentRecord as AgentRow, ExitRecord as ExitRow};
 
 fn agent_from_row(r: &AnyRow) -> Result<AgentRow> {
     Ok(AgentRow {

@@ -14,17 +14,9 @@ use sqlx::Row;
 use tug_core::{BuildId, DeployKind, EnvName, ServiceName};
 
 use crate::{millis, opt_millis, opt_parse, parse, Db, Error, Result, Tx};
-
-/// One revision of a service's pipeline.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PipelineRow {
-    pub service: ServiceName,
-    pub revision: i64,
-    /// The pipeline as canonical TOML.
-    pub spec: String,
-    pub changed_at: DateTime<Utc>,
-    pub changed_by: Option<String>,
-}
+pub use tug_core::records::{
+    DeploymentRecord as DeploymentRow, DeploymentRequest as RequestRow, PipelineRecord as PipelineRow,
+};
 
 /// A deployment to record.
 #[derive(Debug, Clone)]
@@ -41,27 +33,6 @@ pub struct NewDeployment {
     /// The approved request this deployment carries out: it must still be
     /// pending (and not expired) and is closed with the deployment.
     pub request: Option<String>,
-}
-
-/// A recorded deployment.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeploymentRow {
-    pub id: String,
-    pub service: ServiceName,
-    pub environment: EnvName,
-    pub seq: i64,
-    pub build: BuildId,
-    pub kind: DeployKind,
-    pub requested_by: Option<String>,
-    pub deployed_at: DateTime<Utc>,
-    /// What ran in the environment before.
-    pub replaced: Option<BuildId>,
-    pub reason: Option<String>,
-    pub override_freeze: bool,
-    /// The request it carried out, when the environment needed approvals.
-    pub request: Option<String>,
-    /// Who approved that request, oldest approval first.
-    pub approved_by: Vec<String>,
 }
 
 /// An environment's position in the log.
@@ -442,34 +413,6 @@ async fn approvers(conn: &mut sqlx::AnyConnection, requests: &[String]) -> Resul
         }
     }
     Ok(out)
-}
-
-/// A deployment waiting for approvals.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestRow {
-    pub id: String,
-    pub service: ServiceName,
-    pub environment: EnvName,
-    pub build: BuildId,
-    pub kind: DeployKind,
-    /// pending, deployed, rejected, expired or superseded (by a newer
-    /// auto-release request).
-    pub state: String,
-    pub requested_by: String,
-    pub requested_at: DateTime<Utc>,
-    pub expires_at: Option<DateTime<Utc>>,
-    pub reason: Option<String>,
-    pub override_freeze: bool,
-    /// (approver, decision) pairs, oldest first.
-    pub decisions: Vec<(String, String)>,
-}
-
-impl RequestRow {
-    /// Whether the request's time ran out by `now` (whatever its state says:
-    /// a pending request past its expiry is expired, swept or not).
-    pub fn is_due(&self, now: DateTime<Utc>) -> bool {
-        self.expires_at.is_some_and(|t| t <= now)
-    }
 }
 
 /// What [`Db::create_request`] did.

@@ -8,12 +8,13 @@
 use chrono::{DateTime, Utc};
 use tug_api::{Change, Deployed, DeploymentKind};
 use tug_core::pipeline_changes::PipelineChange;
+use tug_core::records::{BuildFilter, BuildRecord, DeploymentRecord, DeploymentRequest, PipelineRecord};
 use tug_core::short_id::IdPrefix;
 use tug_core::{
     bump, evaluate, next_cloud_version, Action, BuildFacts, BuildId, BuildState, DeployKind, EnvName, Environment,
     Part, Pipeline, Proposal, Role, ServerRule, ServiceName, Verdict, Version,
 };
-use tug_db::{BuildFilter, BuildRow, CreatedRequest, DeploymentRow, EnvState, NewDeployment, PipelineRow, RequestRow};
+use tug_db::{CreatedRequest, EnvState, NewDeployment};
 
 use crate::access::facts_of;
 use crate::{AgentCounts, DeploymentView, Error, Principal, Result, Shown, Tugboat};
@@ -43,11 +44,11 @@ pub enum Outcome {
     /// The deployment, with the build it put in place (so callers need
     /// not read it again).
     Deployed {
-        deployment: DeploymentRow,
-        build: Box<BuildRow>,
+        deployment: DeploymentRecord,
+        build: Box<BuildRecord>,
     },
     /// The environment needs approvals; the request waits for them.
-    Pending { request: RequestRow, need: u32 },
+    Pending { request: DeploymentRequest, need: u32 },
 }
 
 /// What a release, promotion or rollback came to, as its caller may see
@@ -55,7 +56,7 @@ pub enum Outcome {
 #[derive(Debug, Clone)]
 pub enum Answer {
     Deployed(Box<DeploymentView>),
-    Pending { request: Box<RequestRow>, need: u32 },
+    Pending { request: Box<DeploymentRequest>, need: u32 },
 }
 
 /// What an approval or rejection came to.
@@ -64,18 +65,18 @@ pub struct Decision {
     /// The request as it stands after the decision: still pending,
     /// rejected, or deployed (by this approval or by one made at the same
     /// moment).
-    pub request: RequestRow,
+    pub request: DeploymentRequest,
     pub need: u32,
     /// Set, with the deployed build, when this approval carried the
     /// deployment out.
-    pub deployment: Option<(DeploymentRow, Box<BuildRow>)>,
+    pub deployment: Option<(DeploymentRecord, Box<BuildRecord>)>,
 }
 
 /// Who asks for a deployment and how it is checked.
 pub(crate) struct Intent<'a> {
     pub(crate) service: &'a ServiceName,
     pub(crate) environment: &'a Environment,
-    pub(crate) build: BuildRow,
+    pub(crate) build: BuildRecord,
     pub(crate) kind: DeployKind,
     pub(crate) options: DeployOptions,
     pub(crate) requested_by: Option<String>,
@@ -99,8 +100,8 @@ pub(crate) struct Intent<'a> {
 /// range names the visible side only.
 #[derive(Debug, Clone)]
 pub struct Diff {
-    pub old: Shown<BuildRow>,
-    pub new: Shown<BuildRow>,
+    pub old: Shown<BuildRecord>,
+    pub new: Shown<BuildRecord>,
     pub changes: Vec<tug_core::diff::ArtifactChange>,
     pub unchanged: u64,
     pub source: tug_core::diff::SourceRange,
@@ -115,10 +116,10 @@ pub struct EnvStatus {
     pub current: Option<DeploymentView>,
     /// Deployments into this environment waiting for approvals (of builds
     /// the caller may see).
-    pub pending: Vec<RequestRow>,
+    pub pending: Vec<DeploymentRequest>,
     /// Requests into this environment that expired since its current
     /// deployment (since ever, when it runs nothing), newest first.
-    pub expired: Vec<RequestRow>,
+    pub expired: Vec<DeploymentRequest>,
     /// The rollout of the current build to the environment's agents.
     pub rollout: crate::RolloutStatus,
     /// The agents following it.
@@ -128,7 +129,7 @@ pub struct EnvStatus {
 /// A pipeline as stored, parsed.
 #[derive(Debug, Clone)]
 pub struct PipelineView {
-    pub row: PipelineRow,
+    pub row: PipelineRecord,
     pub pipeline: Pipeline,
     /// The server-wide rules that apply to its environments.
     pub server_rules: Vec<ServerRule>,
@@ -141,7 +142,7 @@ pub struct PipelineView {
 /// before.
 #[derive(Debug, Clone)]
 pub struct PipelineRevision {
-    pub row: PipelineRow,
+    pub row: PipelineRecord,
     pub changes: Vec<PipelineChange>,
 }
 
@@ -209,7 +210,7 @@ impl Tugboat {
         Ok(self.view(row, pipeline, true))
     }
 
-    fn view(&self, row: PipelineRow, pipeline: Pipeline, changed: bool) -> PipelineView {
+    fn view(&self, row: PipelineRecord, pipeline: Pipeline, changed: bool) -> PipelineView {
         let server_rules = self
             .settings
             .server_rules
@@ -427,7 +428,12 @@ impl Tugboat {
 
     /// `build` if the caller may see it; otherwise refused as a build that
     /// does not exist, with `why` saying where it is.
-    async fn require_seen(&self, who: &Principal, build: BuildRow, why: impl FnOnce() -> String) -> Result<BuildRow> {
+    async fn require_seen(
+        &self,
+        who: &Principal,
+        build: BuildRecord,
+        why: impl FnOnce() -> String,
+    ) -> Result<BuildRecord> {
         if self.sight(who, &facts_of(&build)).await?.is_full() {
             Ok(build)
         } else {
@@ -442,7 +448,7 @@ impl Tugboat {
         who: &Principal,
         service: &ServiceName,
         environment: &Environment,
-        build: BuildRow,
+        build: BuildRecord,
         kind: DeployKind,
         options: DeployOptions,
     ) -> Result<Answer> {
@@ -519,7 +525,7 @@ impl Tugboat {
         who: &Principal,
         service: &ServiceName,
         side: &str,
-    ) -> Result<(Shown<BuildRow>, Vec<tug_core::ArtifactSpec>)> {
+    ) -> Result<(Shown<BuildRecord>, Vec<tug_core::ArtifactSpec>)> {
         let is_build = side.starts_with(tug_core::digest::PREFIX)
             || BuildId::parse(side).is_ok()
             || (IdPrefix::parse(side).is_some() && !self.names_environment(service, side).await);
@@ -721,7 +727,7 @@ impl Tugboat {
         service: &ServiceName,
         branch: Option<String>,
         version: Option<Version>,
-    ) -> Result<Option<BuildRow>> {
+    ) -> Result<Option<BuildRecord>> {
         let filter = BuildFilter {
             service: Some(service.clone()),
             branch,
@@ -824,7 +830,7 @@ impl Tugboat {
         &self,
         who: &Principal,
         environment: &Environment,
-        build: BuildRow,
+        build: BuildRecord,
         request_id: &str,
         need: u32,
     ) -> Result<Decision> {
@@ -879,7 +885,7 @@ impl Tugboat {
             };
             match self.carry_out(intent).await {
                 Ok(Outcome::Deployed { deployment, build }) => {
-                    let request = RequestRow {
+                    let request = DeploymentRequest {
                         state: "deployed".into(),
                         ..request
                     };
@@ -1038,12 +1044,12 @@ impl Tugboat {
     async fn request_approvals(
         &self,
         environment: &Environment,
-        build: &BuildRow,
+        build: &BuildRecord,
         kind: DeployKind,
         options: DeployOptions,
         requested_by: Option<String>,
         actor: Option<tug_api::Actor>,
-    ) -> Result<RequestRow> {
+    ) -> Result<DeploymentRequest> {
         let service = &build.service;
         let timeout = environment.approval_timeout.unwrap_or(self.settings.approval_timeout);
         for _ in 0..CONFLICT_ATTEMPTS {
@@ -1055,7 +1061,7 @@ impl Tugboat {
             {
                 return Ok(request);
             }
-            let request = RequestRow {
+            let request = DeploymentRequest {
                 id: uuid::Uuid::now_v7().to_string(),
                 service: service.clone(),
                 environment: environment.name.clone(),
@@ -1146,13 +1152,13 @@ fn already_runs(service: &ServiceName, env: &EnvName, build: &BuildId) -> Error 
 }
 
 /// The builds a deployment names: its own and the one it replaced.
-fn deployment_builds(d: &DeploymentRow) -> impl Iterator<Item = BuildId> + '_ {
+fn deployment_builds(d: &DeploymentRecord) -> impl Iterator<Item = BuildId> + '_ {
     d.replaced.iter().chain([&d.build]).cloned()
 }
 
 /// Distinct approvals of a request (each approver decides once; the
 /// requester cannot).
-fn approvals(request: &RequestRow) -> u32 {
+fn approvals(request: &DeploymentRequest) -> u32 {
     request
         .decisions
         .iter()
@@ -1165,7 +1171,7 @@ impl<'a> Intent<'a> {
         who: &Principal,
         service: &'a ServiceName,
         environment: &'a Environment,
-        build: BuildRow,
+        build: BuildRecord,
         kind: DeployKind,
         options: DeployOptions,
     ) -> Intent<'a> {

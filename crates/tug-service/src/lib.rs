@@ -14,12 +14,13 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use futures::StreamExt;
 use rand::RngCore;
 use tug_api::Change;
+use tug_core::records::{BuildFilter, BuildRecord, TokenRecord};
 use tug_core::short_id::{IdPrefix, MIN_PREFIX};
 use tug_core::{
     Action, ArtifactName, ArtifactSpec, BuildId, BuildManifest, BuildSource, BuildState, CiRun, Digest, Draft, EnvName,
     Hasher, Role, ServiceName, TokenName, Version,
 };
-use tug_db::{BuildFilter, BuildRow, Db, NewBuild, NewToken, Revocation, TokenRow};
+use tug_db::{Db, NewBuild, NewToken, Revocation};
 use tug_store::{Blob, BlobInfo, BlobStore, ByteStream};
 
 mod access;
@@ -96,7 +97,7 @@ pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 /// A build and, when shown alone, its artifacts.
 #[derive(Debug, Clone)]
 pub struct BuildView {
-    pub build: BuildRow,
+    pub build: BuildRecord,
     pub artifacts: Option<Vec<ArtifactSpec>>,
 }
 
@@ -174,7 +175,7 @@ pub struct GcOptions {
 /// A new token and its secret (shown once).
 #[derive(Debug, Clone)]
 pub struct CreatedToken {
-    pub token: TokenRow,
+    pub token: TokenRecord,
     pub secret: String,
 }
 
@@ -275,12 +276,21 @@ impl Tugboat {
         &self.settings
     }
 
-    pub fn db(&self) -> &Db {
-        &self.db
+    /// Where the blobs are stored, for the server's banner.
+    pub fn store_description(&self) -> String {
+        self.store.describe()
     }
 
-    pub fn store(&self) -> &Arc<dyn BlobStore> {
-        &self.store
+    /// How many tokens were ever revoked: it grows with every revocation, on
+    /// any server sharing the database, so a server that reads it now and
+    /// then learns that some token was revoked and checks its open streams.
+    pub async fn revocation_count(&self) -> Result<i64> {
+        Ok(self.db.revocation_count().await?)
+    }
+
+    /// Closes the database's connections, once the server stopped serving.
+    pub async fn close(&self) {
+        self.db.close().await;
     }
 
     pub(crate) fn now(&self) -> DateTime<Utc> {
@@ -357,7 +367,7 @@ impl Tugboat {
         };
         let mut tx = self.db.begin().await?;
         tx.insert_token(&token).await?;
-        let row = TokenRow {
+        let row = TokenRecord {
             id: token.id,
             name: token.name,
             role: token.role,
@@ -395,7 +405,7 @@ impl Tugboat {
         self.insert_token(name, role, scope, Some(who)).await
     }
 
-    pub async fn list_tokens(&self, who: &Principal) -> Result<Vec<TokenRow>> {
+    pub async fn list_tokens(&self, who: &Principal) -> Result<Vec<TokenRecord>> {
         self.require(who, Action::ManageTokens)?;
         Ok(self.db.list_tokens().await?)
     }
@@ -406,7 +416,7 @@ impl Tugboat {
     /// be revoked: nobody could create another. That check and the
     /// revocation are one atomic step in the database, so two admins
     /// revoking each other at once leave one of them.
-    pub async fn revoke_token(&self, who: &Principal, name_or_id: &str) -> Result<TokenRow> {
+    pub async fn revoke_token(&self, who: &Principal, name_or_id: &str) -> Result<TokenRecord> {
         self.require(who, Action::ManageTokens)?;
         let shown = || name_or_id.chars().take(80).collect::<String>();
         let tokens = self.db.list_tokens().await?;
@@ -563,7 +573,7 @@ impl Tugboat {
 
     // ---- builds ----
 
-    pub async fn create_build(&self, who: &Principal, draft: BuildDraft) -> Result<BuildRow> {
+    pub async fn create_build(&self, who: &Principal, draft: BuildDraft) -> Result<BuildRecord> {
         let BuildDraft {
             service,
             version,
@@ -650,7 +660,7 @@ impl Tugboat {
     }
 
     /// Yanks a sealed build: it never deploys again.
-    pub async fn yank_build(&self, who: &Principal, reference: &str, reason: Option<&str>) -> Result<BuildRow> {
+    pub async fn yank_build(&self, who: &Principal, reference: &str, reason: Option<&str>) -> Result<BuildRecord> {
         self.require(who, Action::Deploy)?;
         let build = self.resolve_visible(who, reference).await?;
         if build.state != BuildState::Sealed {
@@ -670,7 +680,7 @@ impl Tugboat {
 
     /// Marks a sealed build critical: agents install it at once, and
     /// Teleport's updaters hear `critical: yes`.
-    pub async fn mark_critical(&self, who: &Principal, reference: &str) -> Result<BuildRow> {
+    pub async fn mark_critical(&self, who: &Principal, reference: &str) -> Result<BuildRecord> {
         self.require(who, Action::Deploy)?;
         let build = self.resolve_visible(who, reference).await?;
         let mut tx = self.db.begin().await?;
@@ -687,12 +697,12 @@ impl Tugboat {
 
     /// Lifts a build's embargo (admin only): it becomes visible to everyone
     /// and may go to any environment, and so do its deployments and events.
-    pub async fn unembargo_build(&self, who: &Principal, reference: &str) -> Result<BuildRow> {
+    pub async fn unembargo_build(&self, who: &Principal, reference: &str) -> Result<BuildRecord> {
         self.require(who, Action::ManagePipelines)?;
         let build = self.resolve_visible(who, reference).await?;
         let mut tx = self.db.begin().await?;
         if tx.unembargo_build(&build.id).await? {
-            let lifted = BuildRow {
+            let lifted = BuildRecord {
                 embargoed: false,
                 ..build.clone()
             };
@@ -703,7 +713,7 @@ impl Tugboat {
     }
 
     /// A build read again after a change to it.
-    async fn build_again(&self, id: &BuildId) -> Result<BuildRow> {
+    async fn build_again(&self, id: &BuildId) -> Result<BuildRecord> {
         self.db.build(id).await?.ok_or(Error::BuildNotFound(id.to_string()))
     }
 
@@ -731,7 +741,7 @@ impl Tugboat {
     /// Builds matching `filter` that the caller may see: of its service
     /// when scoped, and no embargoed build but its own unless it sees them
     /// all.
-    pub async fn list_builds(&self, who: &Principal, mut filter: BuildFilter) -> Result<Vec<BuildRow>> {
+    pub async fn list_builds(&self, who: &Principal, mut filter: BuildFilter) -> Result<Vec<BuildRecord>> {
         filter.service = self.listing_scope(who, Action::Read, filter.service.as_ref())?;
         filter.hide_embargoed = !who.reader().sees_every_embargoed_build();
         filter.unless_created_by_token = Some(who.token_id.clone());
@@ -788,7 +798,7 @@ impl Tugboat {
     /// Either way, the environments that auto-release the build's branch
     /// are reconciled before the answer (so sealing again repairs a release
     /// a crash lost right after the seal).
-    pub async fn seal_build(&self, who: &Principal, reference: &str) -> Result<BuildRow> {
+    pub async fn seal_build(&self, who: &Principal, reference: &str) -> Result<BuildRecord> {
         self.require(who, Action::WriteBuilds)?;
         let build = self.resolve_visible(who, reference).await?;
         let mut tx = self.db.begin().await?;
@@ -1005,10 +1015,10 @@ fn gc_cutoff(
 /// What a build reference names: one build (or none), or the builds an
 /// id prefix starts.
 pub(crate) enum Named {
-    One(Option<Box<BuildRow>>),
+    One(Option<Box<BuildRecord>>),
     Prefix {
         prefix: IdPrefix,
-        matches: Vec<BuildRow>,
+        matches: Vec<BuildRecord>,
         /// More builds start with the prefix than `matches` holds.
         more: bool,
     },
@@ -1017,7 +1027,12 @@ pub(crate) enum Named {
 /// The one build among a prefix's `matches`, or why there is none: not
 /// found, or ambiguous naming the candidates (the caller passes only
 /// builds it may name).
-pub(crate) fn pick(reference: &str, prefix: &IdPrefix, mut matches: Vec<BuildRow>, more: bool) -> Result<BuildRow> {
+pub(crate) fn pick(
+    reference: &str,
+    prefix: &IdPrefix,
+    mut matches: Vec<BuildRecord>,
+    more: bool,
+) -> Result<BuildRecord> {
     match (matches.len(), more) {
         (0, false) => Err(Error::BuildNotFound(reference.chars().take(80).collect())),
         (1, false) => Ok(matches.remove(0)),
@@ -1034,8 +1049,8 @@ pub(crate) fn pick(reference: &str, prefix: &IdPrefix, mut matches: Vec<BuildRow
 
 /// The active token named `name_or_id`, or with that id, or whose id
 /// starts with it (a short id as `tug token list` shows it).
-fn find_token(tokens: &[TokenRow], name_or_id: &str) -> Result<TokenRow> {
-    let mut active: Vec<TokenRow> = tokens.iter().filter(|t| t.revoked_at.is_none()).cloned().collect();
+fn find_token(tokens: &[TokenRecord], name_or_id: &str) -> Result<TokenRecord> {
+    let mut active: Vec<TokenRecord> = tokens.iter().filter(|t| t.revoked_at.is_none()).cloned().collect();
     if let Some(i) = active
         .iter()
         .position(|t| t.name.as_str() == name_or_id || t.id == name_or_id)

@@ -8,8 +8,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tug_api::{Change, EventAgent};
 use tug_core::grant::RolloutCounts;
+use tug_core::records::AgentRecord;
 use tug_core::{Action, BuildId, DeployKind, EnvName, Environment, Pipeline, ServiceName, Version};
-use tug_db::{AgentRow, EnvState, RolloutRow, SoakClock};
+use tug_db::{EnvState, RolloutRow, SoakClock};
 
 use crate::access::Sights;
 use crate::agents::STALE_AFTER;
@@ -383,14 +384,14 @@ impl Tugboat {
     pub(crate) async fn progress(
         &self,
         pacing: &Pacing,
-        before: Option<&AgentRow>,
-        now: &AgentRow,
+        before: Option<&AgentRecord>,
+        now: &AgentRecord,
     ) -> Result<Option<Progress>> {
         let Some(build) = pacing.build.clone().filter(|_| pacing.per_agent()) else {
             return Ok(None);
         };
-        let healthy = |a: &AgentRow| a.build.as_ref() == Some(&build) && a.state == "healthy";
-        let failed = |a: &AgentRow| a.failed_build.as_ref() == Some(&build);
+        let healthy = |a: &AgentRecord| a.build.as_ref() == Some(&build) && a.state == "healthy";
+        let failed = |a: &AgentRecord| a.failed_build.as_ref() == Some(&build);
         let became_healthy = healthy(now) && !before.is_some_and(healthy);
         let became_failed = failed(now) && !before.is_some_and(failed);
         if !(became_healthy || became_failed) {
@@ -428,7 +429,7 @@ impl Tugboat {
         pipeline: &Pipeline,
         pacing: &Pacing,
         progress: Option<&Progress>,
-        now: &AgentRow,
+        now: &AgentRecord,
     ) {
         let result = async {
             if let Some(build) = &pacing.build {
@@ -451,7 +452,7 @@ impl Tugboat {
 
     /// Halts a rollout whose failures reached its threshold, and rolls the
     /// environment back when the pipeline says so.
-    async fn halt_on_failures(&self, pacing: &Pacing, build: &BuildId, agent: &AgentRow) -> Result<()> {
+    async fn halt_on_failures(&self, pacing: &Pacing, build: &BuildId, agent: &AgentRecord) -> Result<()> {
         let Some(rollout) = &pacing.environment.rollout else {
             return Ok(());
         };

@@ -10,8 +10,8 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use tug_api::{Agent, AgentReport, AgentState, Channel, ChannelArtifact, ProcessExit};
+use tug_core::records::{AgentRecord, ExitRecord};
 use tug_core::{EnvName, Platform, ServiceName};
-use tug_db::{AgentRow, ExitRow};
 use tug_service::ChannelStamp;
 
 use crate::error::ApiError;
@@ -368,7 +368,7 @@ pub async fn report(
     Json(r): Json<AgentReport>,
 ) -> Result<StatusCode, ApiError> {
     let now = chrono::Utc::now();
-    let row = AgentRow {
+    let row = AgentRecord {
         agent_id: r.agent_id,
         service: r.service,
         environment: r.environment,
@@ -380,7 +380,7 @@ pub async fn report(
         error: r.error,
         failed_build: r.failed_build,
         waiting: r.waiting,
-        exit: r.exit.map(|e| ExitRow {
+        exit: r.exit.map(|e| ExitRecord {
             build: e.build,
             code: e.code,
             signal: e.signal,

@@ -5,8 +5,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tug_api::{ArtifactsRegistered, Build, BuildList, BuildQuery, CreateBuild, RegisterArtifacts};
+use tug_core::records::{BuildFilter, BuildRecord};
 use tug_core::{BuildState, ServiceName, Version};
-use tug_db::{BuildFilter, BuildRow};
 
 use crate::error::ApiError;
 use crate::extract::{Caller, Json};
@@ -15,7 +15,7 @@ use crate::AppState;
 /// The most builds one list returns.
 const MAX_LIST: u32 = 1000;
 
-pub fn build(row: BuildRow, artifacts: Option<Vec<tug_core::ArtifactSpec>>) -> Build {
+pub fn build(row: BuildRecord, artifacts: Option<Vec<tug_core::ArtifactSpec>>) -> Build {
     Build {
         short_id: row.short_id,
         id: row.id,

@@ -8,8 +8,8 @@ use tug_api::{
     ApplyPipeline, BuildSummary, Decide, Decided, DeployResult, Deployment, EnvironmentStatus, History,
     PendingDeployment, PipelineView, Promote, Release, Rollback, ServerRuleView, Status,
 };
+use tug_core::records::{BuildRecord, DeploymentRequest};
 use tug_core::{BuildId, EnvName, ServiceName};
-use tug_db::{BuildRow, RequestRow};
 use tug_service::{Answer, BuildSelector, DeployOptions, DeploymentView, Principal, Shown};
 
 use crate::error::ApiError;
@@ -24,7 +24,7 @@ fn env(segment: &str) -> Result<EnvName, ApiError> {
     EnvName::parse(segment).map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))
 }
 
-fn summary(b: &BuildRow) -> BuildSummary {
+fn summary(b: &BuildRecord) -> BuildSummary {
     BuildSummary {
         id: b.id.clone(),
         short_id: b.short_id.clone(),
@@ -147,7 +147,7 @@ pub async fn show_pipeline(
     )))
 }
 
-pub fn pending(r: RequestRow, need: u32) -> PendingDeployment {
+pub fn pending(r: DeploymentRequest, need: u32) -> PendingDeployment {
     let approved_by = r
         .decisions
         .iter()
