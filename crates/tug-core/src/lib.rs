@@ -20,6 +20,7 @@ pub mod policy;
 pub mod records;
 pub mod role;
 pub mod short_id;
+pub mod states;
 pub mod versioning;
 
 pub use access::{BuildAccess, Reader, ScopeError, Sight};

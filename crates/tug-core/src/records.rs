@@ -6,6 +6,7 @@
 
 use chrono::{DateTime, Utc};
 
+use crate::states::{AgentState, Decision, RequestState};
 use crate::{
     ArtifactName, BuildId, BuildSource, BuildState, CiRun, DeployKind, Digest, EnvName, Platform, Role, ServiceName,
     TokenName, Version,
@@ -21,8 +22,7 @@ pub struct AgentRecord {
     pub platform: Platform,
     pub agent_version: String,
     pub build: Option<BuildId>,
-    /// idle, waiting, downloading, activating, healthy or failed.
-    pub state: String,
+    pub state: AgentState,
     pub error: Option<String>,
     /// The build the agent tried and gave up on.
     pub failed_build: Option<BuildId>,
@@ -131,16 +131,14 @@ pub struct DeploymentRequest {
     pub environment: EnvName,
     pub build: BuildId,
     pub kind: DeployKind,
-    /// pending, deployed, rejected, expired or superseded (by a newer
-    /// auto-release request).
-    pub state: String,
+    pub state: RequestState,
     pub requested_by: String,
     pub requested_at: DateTime<Utc>,
     pub expires_at: Option<DateTime<Utc>>,
     pub reason: Option<String>,
     pub override_freeze: bool,
     /// (approver, decision) pairs, oldest first.
-    pub decisions: Vec<(String, String)>,
+    pub decisions: Vec<(String, Decision)>,
 }
 
 impl DeploymentRequest {

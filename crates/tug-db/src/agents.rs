@@ -5,8 +5,9 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 use tug_core::{BuildId, EnvName, Platform, ServiceName};
 
-use crate::{millis, opt_parse, parse, Db, Error, Result, Tx};
+use crate::{millis, opt_parse, parse, state, Db, Error, Result, Tx};
 pub use tug_core::records::{AgentRecord as AgentRow, ExitRecord as ExitRow};
+use tug_core::states::AgentState;
 
 fn agent_from_row(r: &AnyRow) -> Result<AgentRow> {
     Ok(AgentRow {
@@ -17,7 +18,7 @@ fn agent_from_row(r: &AnyRow) -> Result<AgentRow> {
         platform: parse(&r.try_get::<String, _>("platform")?, Platform::parse)?,
         agent_version: r.try_get("agent_version")?,
         build: opt_parse(r.try_get("build_id")?, BuildId::parse)?,
-        state: r.try_get("state")?,
+        state: state(&r.try_get::<String, _>("state")?, "agent state", AgentState::parse)?,
         error: r.try_get("error")?,
         failed_build: opt_parse(r.try_get("failed_build")?, BuildId::parse)?,
         waiting: r.try_get("waiting")?,
@@ -132,7 +133,7 @@ async fn upsert_agent(conn: &mut sqlx::AnyConnection, a: &AgentRow) -> Result<()
     .bind(a.platform.as_str())
     .bind(&a.agent_version)
     .bind(a.build.as_ref().map(|b| b.to_string()))
-    .bind(&a.state)
+    .bind(a.state.as_str())
     .bind(a.error.clone())
     .bind(a.failed_build.as_ref().map(|b| b.to_string()))
     .bind(a.waiting.clone())

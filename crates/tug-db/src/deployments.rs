@@ -11,6 +11,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::any::AnyRow;
 use sqlx::Row;
+use tug_core::states::{Decision, RequestState};
 use tug_core::{BuildId, DeployKind, EnvName, ServiceName};
 
 use crate::{millis, opt_millis, opt_parse, parse, Db, Error, Result, Tx};
@@ -498,12 +499,12 @@ impl Tx {
 
     /// Records one approver's decision; a second decision by the same
     /// approver is a conflict.
-    pub async fn decide(&mut self, request: &str, approver: &str, decision: &str, at: DateTime<Utc>) -> Result<()> {
+    pub async fn decide(&mut self, request: &str, approver: &str, decision: Decision, at: DateTime<Utc>) -> Result<()> {
         let res =
             sqlx::query("INSERT INTO approvals (request_id, approver, decision, decided_at) VALUES ($1, $2, $3, $4)")
                 .bind(request)
                 .bind(approver)
-                .bind(decision)
+                .bind(decision.as_str())
                 .bind(at.timestamp_millis())
                 .execute(self.conn())
                 .await;
@@ -518,9 +519,9 @@ impl Tx {
 
     /// Moves a pending request to `state`; `false` if it was no longer
     /// pending (another server carried it out first).
-    pub async fn close_request(&mut self, id: &str, state: &str) -> Result<bool> {
+    pub async fn close_request(&mut self, id: &str, state: RequestState) -> Result<bool> {
         let done = sqlx::query("UPDATE deployment_requests SET state = $1 WHERE id = $2 AND state = 'pending'")
-            .bind(state)
+            .bind(state.as_str())
             .bind(id)
             .execute(self.conn())
             .await?;
@@ -545,7 +546,12 @@ async fn request_from_row(conn: &mut sqlx::AnyConnection, row: &AnyRow) -> Resul
                 .fetch_all(&mut *conn)
                 .await?
                 .iter()
-                .map(|r| Ok((r.try_get::<String, _>("approver")?, r.try_get::<String, _>("decision")?)))
+                .map(|r| {
+                    Ok((
+                        r.try_get::<String, _>("approver")?,
+                        crate::state(&r.try_get::<String, _>("decision")?, "decision", Decision::parse)?,
+                    ))
+                })
                 .collect::<Result<Vec<_>>>()?;
         Ok(RequestRow {
             id,
@@ -553,7 +559,11 @@ async fn request_from_row(conn: &mut sqlx::AnyConnection, row: &AnyRow) -> Resul
             environment: parse(&row.try_get::<String, _>("environment")?, EnvName::parse)?,
             build: parse(&row.try_get::<String, _>("build_id")?, BuildId::parse)?,
             kind: kind(&row.try_get::<String, _>("kind")?)?,
-            state: row.try_get("state")?,
+            state: crate::state(
+                &row.try_get::<String, _>("state")?,
+                "request state",
+                RequestState::parse,
+            )?,
             requested_by: row.try_get("requested_by")?,
             requested_at: millis(row.try_get("requested_at")?)?,
             expires_at: opt_millis(row.try_get("expires_at")?)?,
@@ -670,7 +680,7 @@ impl Db {
         .await?;
         let mut out = self.requests_from_rows(&rows).await?;
         for r in &mut out {
-            r.state = "expired".into();
+            r.state = RequestState::Expired;
         }
         Ok(out)
     }

@@ -249,6 +249,12 @@ pub(crate) fn parse<T, E: std::fmt::Display>(s: &str, f: impl FnOnce(&str) -> Re
     f(s).map_err(|e| Error::Corrupt(e.to_string()))
 }
 
+/// A state read from the database in its one text form; any other text was
+/// not written by this server and is an error, never a default.
+pub(crate) fn state<T>(s: &str, what: &str, parse: fn(&str) -> Option<T>) -> Result<T> {
+    parse(s).ok_or_else(|| Error::Corrupt(format!("unknown {what} {s:?}")))
+}
+
 pub(crate) fn opt_parse<T, E: std::fmt::Display>(
     s: Option<String>,
     f: impl FnOnce(&str) -> Result<T, E>,

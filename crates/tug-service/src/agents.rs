@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use tug_core::access::BuildAccess;
 use tug_core::records::{AgentRecord, BuildRecord};
+use tug_core::states::AgentState;
 use tug_core::{Action, ArtifactSpec, BuildId, EnvName, Environment, Platform, ServiceName};
 
 use crate::access::{facts_of, AgentView, Sights};
@@ -313,9 +314,9 @@ impl Tugboat {
                     c.total += 1;
                     if self.is_stale(a.last_seen) {
                         c.stale += 1;
-                    } else if a.state == "healthy" {
+                    } else if a.state == AgentState::Healthy {
                         c.healthy += 1;
-                    } else if a.state == "failed" {
+                    } else if a.state == AgentState::Failed {
                         c.failed += 1;
                     }
                     if a.build.is_some() && a.build.as_ref() == build.as_ref() {

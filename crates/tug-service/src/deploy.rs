@@ -10,6 +10,7 @@ use tug_api::{Change, Deployed, DeploymentKind};
 use tug_core::pipeline_changes::PipelineChange;
 use tug_core::records::{BuildFilter, BuildRecord, DeploymentRecord, DeploymentRequest, PipelineRecord};
 use tug_core::short_id::IdPrefix;
+use tug_core::states::{self, RequestState};
 use tug_core::{
     bump, evaluate, next_cloud_version, Action, BuildFacts, BuildId, BuildState, DeployKind, EnvName, Environment,
     Part, Pipeline, Proposal, Role, ServerRule, ServiceName, Verdict, Version,
@@ -768,7 +769,11 @@ impl Tugboat {
                 token: who.name.clone(),
             });
         }
-        let decision = if approve { "approve" } else { "reject" };
+        let decision = if approve {
+            states::Decision::Approve
+        } else {
+            states::Decision::Reject
+        };
         let mut tx = self.db.begin().await?;
         tx.decide(&request.id, who.name.as_str(), decision, now).await?;
         let approval = crate::events::approval(&request, &build);
@@ -777,7 +782,7 @@ impl Tugboat {
         } else {
             // A rejection ends the request, unless a concurrent approval
             // carried it out first.
-            tx.close_request(&request.id, "rejected").await?;
+            tx.close_request(&request.id, RequestState::Rejected).await?;
             Change::ApprovalRejected(approval)
         };
         let event = self.event(Some(service), Some(crate::events::actor(who)), change);
@@ -804,7 +809,7 @@ impl Tugboat {
             Err(e) => return e.into(),
         };
         match last {
-            Some(r) if r.state == "expired" || (r.state == "pending" && r.is_due(now)) => {
+            Some(r) if r.state == RequestState::Expired || (r.state == RequestState::Pending && r.is_due(now)) => {
                 if let Err(e) = self.expire_due_requests().await {
                     tracing::warn!(error = %e, "cannot expire due requests");
                 }
@@ -842,9 +847,9 @@ impl Tugboat {
                 .await?
                 .ok_or_else(|| Error::NothingToDeploy(format!("deployment request {request_id} is gone")))?;
             let now = self.now();
-            match request.state.as_str() {
-                "pending" if !request.is_due(now) => {}
-                "deployed" => {
+            match request.state {
+                RequestState::Pending if !request.is_due(now) => {}
+                RequestState::Deployed => {
                     return Ok(Decision {
                         request,
                         need,
@@ -886,7 +891,7 @@ impl Tugboat {
             match self.carry_out(intent).await {
                 Ok(Outcome::Deployed { deployment, build }) => {
                     let request = DeploymentRequest {
-                        state: "deployed".into(),
+                        state: RequestState::Deployed,
                         ..request
                     };
                     return Ok(Decision {
@@ -1067,7 +1072,7 @@ impl Tugboat {
                 environment: environment.name.clone(),
                 build: build.id.clone(),
                 kind,
-                state: "pending".into(),
+                state: RequestState::Pending,
                 requested_by: requested_by.clone().unwrap_or_else(|| "auto-release".into()),
                 requested_at: now,
                 expires_at: Some(expiry(now, timeout, &environment.name)?),
@@ -1162,7 +1167,7 @@ fn approvals(request: &DeploymentRequest) -> u32 {
     request
         .decisions
         .iter()
-        .filter(|(who, d)| d == "approve" && *who != request.requested_by)
+        .filter(|(who, d)| *d == states::Decision::Approve && *who != request.requested_by)
         .count() as u32
 }
 

@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use rand::Rng;
 use tug_core::records::{BuildRecord, DeploymentRequest};
+use tug_core::states::RequestState;
 use tug_core::{DeployKind, Environment, ServiceName};
 
 use crate::deploy::{DeployOptions, Intent, Outcome};
@@ -90,7 +91,7 @@ impl Tugboat {
                 .db
                 .last_request(service, &environment.name, &candidate.id, Some(DeployKind::AutoRelease))
                 .await?
-                .is_some_and(|r| r.state == "rejected" || r.state == "expired");
+                .is_some_and(|r| matches!(r.state, RequestState::Rejected | RequestState::Expired));
             if declined {
                 return Ok(None);
             }

@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use tug_api::{Change, EventAgent};
 use tug_core::grant::RolloutCounts;
 use tug_core::records::AgentRecord;
+use tug_core::states::{AgentState, RolloutState};
 use tug_core::{Action, BuildId, DeployKind, EnvName, Environment, Pipeline, ServiceName, Version};
 use tug_db::{EnvState, RolloutRow, SoakClock};
 
@@ -241,7 +242,7 @@ impl Tugboat {
         let row = self.db.rollout(&pacing.service, &env.name, pacing.seq).await?;
         let baseline = row.as_ref().map_or(0, |r| r.failures_baseline);
         status.failures = (status.counts.failed - baseline).max(0);
-        let halted = row.as_ref().is_some_and(|r| r.state == "halted");
+        let halted = row.as_ref().is_some_and(|r| r.state == RolloutState::Halted);
         status.state = if halted {
             "halted"
         } else if status.counts.agents > 0 && status.counts.healthy == status.counts.agents {
@@ -274,14 +275,15 @@ impl Tugboat {
             ));
         }
         let (pacing, row) = self.paced_rollout(service, env).await?;
-        if row.state == "halted" {
+        if row.state == RolloutState::Halted {
             return Err(Error::Conflict(format!(
                 "the rollout of build {} to {env} is already halted: {}",
                 row.build,
                 row.reason.as_deref().unwrap_or("")
             )));
         }
-        self.set_state(&pacing, &row, "halted", reason, None, Some(who)).await?;
+        self.set_state(&pacing, &row, RolloutState::Halted, reason, None, Some(who))
+            .await?;
         let status = self.status_of(&pacing).await?;
         self.rollout_seen_by(who, status).await
     }
@@ -290,15 +292,22 @@ impl Tugboat {
     pub async fn resume_rollout(&self, who: &Principal, service: &ServiceName, env: &EnvName) -> Result<RolloutStatus> {
         self.require_in(who, Action::Deploy, service)?;
         let (pacing, row) = self.paced_rollout(service, env).await?;
-        if row.state != "halted" {
+        if row.state != RolloutState::Halted {
             return Err(Error::Conflict(format!(
                 "the rollout of build {} to {env} is not halted",
                 row.build
             )));
         }
         let counts = self.rollout_counts(&pacing, &row.build).await?;
-        self.set_state(&pacing, &row, "rolling", "resumed", Some(counts.failed), Some(who))
-            .await?;
+        self.set_state(
+            &pacing,
+            &row,
+            RolloutState::Rolling,
+            "resumed",
+            Some(counts.failed),
+            Some(who),
+        )
+        .await?;
         self.place_may_have_freed(&pacing);
         let status = self.status_of(&pacing).await?;
         self.rollout_seen_by(who, status).await
@@ -331,7 +340,7 @@ impl Tugboat {
         &self,
         pacing: &Pacing,
         row: &RolloutRow,
-        to: &str,
+        to: RolloutState,
         reason: &str,
         baseline: Option<i64>,
         by: Option<&Principal>,
@@ -343,7 +352,7 @@ impl Tugboat {
                 &pacing.service,
                 &pacing.environment.name,
                 pacing.seq,
-                &row.state,
+                row.state,
                 to,
                 Some(reason),
                 baseline,
@@ -359,7 +368,7 @@ impl Tugboat {
         }
         let environment = pacing.environment.name.clone();
         let build = build.as_ref().map(crate::events::event_build);
-        let change = if to == "halted" {
+        let change = if to == RolloutState::Halted {
             Change::RolloutHalted {
                 environment,
                 build,
@@ -390,7 +399,7 @@ impl Tugboat {
         let Some(build) = pacing.build.clone().filter(|_| pacing.per_agent()) else {
             return Ok(None);
         };
-        let healthy = |a: &AgentRecord| a.build.as_ref() == Some(&build) && a.state == "healthy";
+        let healthy = |a: &AgentRecord| a.build.as_ref() == Some(&build) && a.state == AgentState::Healthy;
         let failed = |a: &AgentRecord| a.failed_build.as_ref() == Some(&build);
         let became_healthy = healthy(now) && !before.is_some_and(healthy);
         let became_failed = failed(now) && !before.is_some_and(failed);
@@ -408,7 +417,7 @@ impl Tugboat {
                 agent: EventAgent {
                     id: now.agent_id.clone(),
                     hostname: now.hostname.clone(),
-                    state: now.state.clone(),
+                    state: now.state.to_string(),
                     error: now.error.clone(),
                 },
             },
@@ -462,7 +471,7 @@ impl Tugboat {
             .await?;
         let counts = self.rollout_counts(pacing, build).await?;
         let failures = counts.failed - row.failures_baseline;
-        if row.state == "halted" || failures < i64::from(rollout.halt_after_failures) {
+        if row.state == RolloutState::Halted || failures < i64::from(rollout.halt_after_failures) {
             return Ok(());
         }
         let reason = format!(
@@ -472,7 +481,10 @@ impl Tugboat {
             agent.hostname,
             agent.error.as_deref().unwrap_or("no error given")
         );
-        match self.set_state(pacing, &row, "halted", &reason, None, None).await {
+        match self
+            .set_state(pacing, &row, RolloutState::Halted, &reason, None, None)
+            .await
+        {
             Ok(()) => {}
             // Another report halted it first.
             Err(Error::Conflict(_)) => return Ok(()),

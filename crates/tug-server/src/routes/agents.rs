@@ -9,7 +9,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use tug_api::{Agent, AgentReport, AgentState, Channel, ChannelArtifact, ProcessExit};
+use tug_api::{Agent, AgentReport, Channel, ChannelArtifact, ProcessExit};
 use tug_core::records::{AgentRecord, ExitRecord};
 use tug_core::{EnvName, Platform, ServiceName};
 use tug_service::ChannelStamp;
@@ -376,7 +376,7 @@ pub async fn report(
         platform: r.platform,
         agent_version: r.agent_version,
         build: r.build,
-        state: r.state.as_str().to_string(),
+        state: r.state,
         error: r.error,
         failed_build: r.failed_build,
         waiting: r.waiting,
@@ -394,16 +394,12 @@ pub async fn report(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The fleet view of a stored report, as the caller may see it. A state
-/// the server does not know was not written by it: an error, never a guess.
+/// The fleet view of a stored report, as the caller may see it. (A state
+/// the server does not know is refused when the report is read from the
+/// database.)
 pub fn agent(state: &AppState, view: tug_service::AgentView) -> Result<Agent, ApiError> {
     let a = view.agent;
-    let agent_state = AgentState::parse(&a.state).ok_or_else(|| {
-        ApiError::from(tug_service::Error::internal(format!(
-            "stored row is not valid: agent {} has the unknown state {:?}",
-            a.agent_id, a.state
-        )))
-    })?;
+    let agent_state = a.state;
     Ok(Agent {
         short_id: String::new(),
         build_short_id: None,

@@ -9,6 +9,7 @@ use tug_api::{
     PendingDeployment, PipelineView, Promote, Release, Rollback, ServerRuleView, Status,
 };
 use tug_core::records::{BuildRecord, DeploymentRequest};
+use tug_core::states::Decision;
 use tug_core::{BuildId, EnvName, ServiceName};
 use tug_service::{Answer, BuildSelector, DeployOptions, DeploymentView, Principal, Shown};
 
@@ -151,7 +152,7 @@ pub fn pending(r: DeploymentRequest, need: u32) -> PendingDeployment {
     let approved_by = r
         .decisions
         .iter()
-        .filter(|(who, d)| d == "approve" && *who != r.requested_by)
+        .filter(|(who, d)| *d == Decision::Approve && *who != r.requested_by)
         .map(|(who, _)| who.clone())
         .collect();
     PendingDeployment {
@@ -160,7 +161,7 @@ pub fn pending(r: DeploymentRequest, need: u32) -> PendingDeployment {
         kind: r.kind,
         build: r.build,
         build_short_id: String::new(),
-        state: r.state,
+        state: r.state.to_string(),
         requested_by: r.requested_by,
         requested_at: r.requested_at,
         expires_at: r.expires_at,
