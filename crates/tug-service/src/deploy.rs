@@ -742,23 +742,58 @@ impl Tugboat {
         Ok(self.db.list_builds(&filter).await?.into_iter().next())
     }
 
-    /// Approves or rejects the pending deployment of `build` into `env`.
-    /// The requester never approves their own deployment; each approver
-    /// decides once; the last approval needed carries the deployment out
-    /// (the policies are checked again then). Of several approvals that
-    /// complete a request at the same moment exactly one deploys; the others
-    /// are recorded and answered with the request as deployed.
-    pub async fn decide(
+    /// Approves the pending deployment of `build` into `env`. The requester
+    /// never approves their own deployment; each approver decides once; the
+    /// last approval needed carries the deployment out (the policies are
+    /// checked again then). Of several approvals that complete a request at
+    /// the same moment exactly one deploys; the others are recorded and
+    /// answered with the request as deployed.
+    pub async fn approve(
         &self,
         who: &Principal,
         service: &ServiceName,
         env: &EnvName,
         build: &str,
-        approve: bool,
     ) -> Result<Decision> {
+        let (view, request, build) = self
+            .record_decision(who, service, env, build, states::Decision::Approve)
+            .await?;
+        let environment = environment(&view.pipeline, env)?;
+        self.carry_out_request(who, environment, build, &request.id, environment.approvals)
+            .await
+    }
+
+    /// Rejects the pending deployment of `build` into `env`, which ends the
+    /// request (unless a concurrent approval carried it out first).
+    pub async fn reject(&self, who: &Principal, service: &ServiceName, env: &EnvName, build: &str) -> Result<Decision> {
+        let (view, request, _) = self
+            .record_decision(who, service, env, build, states::Decision::Reject)
+            .await?;
+        let need = environment(&view.pipeline, env)?.approvals;
+        // Whatever it came to (rejected now, or deployed by an approval
+        // that got there first).
+        let request = self.db.request(&request.id).await?.unwrap_or(request);
+        Ok(Decision {
+            request,
+            need,
+            deployment: None,
+        })
+    }
+
+    /// Records one approver's decision on the pending request for `build`
+    /// in `env` with its event, in one transaction; a rejection closes the
+    /// request in the same transaction.
+    async fn record_decision(
+        &self,
+        who: &Principal,
+        service: &ServiceName,
+        env: &EnvName,
+        build: &str,
+        decision: states::Decision,
+    ) -> Result<(PipelineView, DeploymentRequest, BuildRecord)> {
         self.require_in(who, Action::Approve, service)?;
         let view = self.pipeline_of(service).await?;
-        let environment = environment(&view.pipeline, env)?;
+        environment(&view.pipeline, env)?;
         let build = self.resolve_visible(who, build).await?;
         let now = self.now();
         let Some(request) = self.db.pending_request(service, env, &build.id, now).await? else {
@@ -769,36 +804,19 @@ impl Tugboat {
                 token: who.name.clone(),
             });
         }
-        let decision = if approve {
-            states::Decision::Approve
-        } else {
-            states::Decision::Reject
-        };
         let mut tx = self.db.begin().await?;
         tx.decide(&request.id, who.name.as_str(), decision, now).await?;
         let approval = crate::events::approval(&request, &build);
-        let change = if approve {
-            Change::ApprovalApproved(approval)
-        } else {
-            // A rejection ends the request, unless a concurrent approval
-            // carried it out first.
-            tx.close_request(&request.id, RequestState::Rejected).await?;
-            Change::ApprovalRejected(approval)
+        let change = match decision {
+            states::Decision::Approve => Change::ApprovalApproved(approval),
+            states::Decision::Reject => {
+                tx.close_request(&request.id, RequestState::Rejected).await?;
+                Change::ApprovalRejected(approval)
+            }
         };
         let event = self.event(Some(service), Some(crate::events::actor(who)), change);
         self.commit(tx, &[event]).await?;
-        let need = environment.approvals;
-        if !approve {
-            // Whatever it came to (rejected now, or deployed by an approval
-            // that got there first).
-            let request = self.db.request(&request.id).await?.unwrap_or(request);
-            return Ok(Decision {
-                request,
-                need,
-                deployment: None,
-            });
-        }
-        self.carry_out_request(who, environment, build, &request.id, need).await
+        Ok((view, request, build))
     }
 
     /// Why no request for `build` into `env` waits for approval: it expired

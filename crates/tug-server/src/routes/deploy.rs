@@ -365,17 +365,12 @@ pub async fn resume(
     }))
 }
 
-async fn decide(
+/// The answer to an approval or a rejection.
+async fn decided(
     state: AppState,
     who: tug_service::Principal,
-    segment: &str,
-    req: Decide,
-    approve: bool,
+    d: tug_service::Decision,
 ) -> Result<axum::Json<Decided>, ApiError> {
-    let d = state
-        .tugboat
-        .decide(&who, &service(segment)?, &req.environment, &req.build, approve)
-        .await?;
     let mut decided = Decided {
         pending: pending(d.request, d.need),
         // Only approvers and admins decide, and they see every build of
@@ -394,7 +389,11 @@ pub async fn approve(
     Path(segment): Path<String>,
     Json(req): Json<Decide>,
 ) -> Result<axum::Json<Decided>, ApiError> {
-    decide(state, who, &segment, req, true).await
+    let d = state
+        .tugboat
+        .approve(&who, &service(&segment)?, &req.environment, &req.build)
+        .await?;
+    decided(state, who, d).await
 }
 
 pub async fn reject(
@@ -403,7 +402,11 @@ pub async fn reject(
     Path(segment): Path<String>,
     Json(req): Json<Decide>,
 ) -> Result<axum::Json<Decided>, ApiError> {
-    decide(state, who, &segment, req, false).await
+    let d = state
+        .tugboat
+        .reject(&who, &service(&segment)?, &req.environment, &req.build)
+        .await?;
+    decided(state, who, d).await
 }
 
 pub async fn next_version(
