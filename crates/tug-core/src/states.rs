@@ -64,6 +64,22 @@ states! {
 }
 
 states! {
+    /// Where an environment's rollout stands, as `tug rollout status`
+    /// shows it: the stored state and what the agents' reports add.
+    RolloutPhase {
+        /// The environment runs nothing.
+        Idle => "idle",
+        /// No rollout is set (or the deployment is a rollback): every agent
+        /// takes the build at once.
+        Unpaced => "unpaced",
+        Rolling => "rolling",
+        Halted => "halted",
+        /// Every live agent is healthy on the build.
+        Done => "done",
+    }
+}
+
+states! {
     /// The state of a deployment that waits for approvals.
     RequestState {
         Pending => "pending",

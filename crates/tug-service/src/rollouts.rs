@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use tug_api::{Change, EventAgent};
 use tug_core::grant::RolloutCounts;
 use tug_core::records::AgentRecord;
-use tug_core::states::{AgentState, RolloutState};
+use tug_core::states::{AgentState, RolloutPhase, RolloutState};
 use tug_core::{Action, BuildId, DeployKind, EnvName, Environment, Pipeline, ServiceName, Version};
 use tug_db::{EnvState, RolloutRow, SoakClock};
 
@@ -115,9 +115,7 @@ pub struct RolloutStatus {
     /// The strategy as written (`canary of 2, then rolling, 25% at a
     /// time`); `None` when the environment does not pace rollouts.
     pub strategy: Option<String>,
-    /// `rolling`, `halted`, `done` (every live agent healthy on the build),
-    /// `unpaced` (no rollout set, or a rollback) or `idle` (runs nothing).
-    pub state: String,
+    pub state: RolloutPhase,
     pub reason: Option<String>,
     pub changed_by: Option<String>,
     pub changed_at: Option<DateTime<Utc>>,
@@ -217,7 +215,7 @@ impl Tugboat {
             build: pacing.build.clone(),
             seq: pacing.seq,
             strategy: env.rollout.as_ref().map(|r| r.strategy.to_string()),
-            state: "idle".into(),
+            state: RolloutPhase::Idle,
             reason: None,
             changed_by: None,
             changed_at: None,
@@ -234,7 +232,7 @@ impl Tugboat {
         status.counts = self.rollout_counts(pacing, build).await?;
         status.failures = status.counts.failed;
         if !pacing.per_agent() {
-            status.state = "unpaced".into();
+            status.state = RolloutPhase::Unpaced;
             return Ok(status);
         }
         // Reading the status records nothing: a rollout no agent asked
@@ -244,13 +242,12 @@ impl Tugboat {
         status.failures = (status.counts.failed - baseline).max(0);
         let halted = row.as_ref().is_some_and(|r| r.state == RolloutState::Halted);
         status.state = if halted {
-            "halted"
+            RolloutPhase::Halted
         } else if status.counts.agents > 0 && status.counts.healthy == status.counts.agents {
-            "done"
+            RolloutPhase::Done
         } else {
-            "rolling"
-        }
-        .into();
+            RolloutPhase::Rolling
+        };
         if let Some(row) = row {
             status.reason = row.reason;
             status.changed_by = row.changed_by;
