@@ -23,7 +23,7 @@ use std::collections::HashMap;
 
 use tug_core::access::{BuildAccess, Reader, Sight};
 use tug_core::records::{AgentRecord, BuildRecord, DeploymentRecord};
-use tug_core::{Action, BuildId, DeployKind, EnvName, ServiceName};
+use tug_core::{Action, BuildId, BuildRef, DeployKind, EnvName, ServiceName};
 use tug_db::BuildAccessRow;
 
 use crate::{Error, Principal, Result, Tugboat};
@@ -318,11 +318,11 @@ impl Tugboat {
     /// otherwise it does not exist for the caller.
     /// A prefix counts only the builds the caller may see: a hidden build
     /// never makes a prefix ambiguous (which would betray that it exists).
-    pub(crate) async fn resolve_visible(&self, who: &Principal, reference: &str) -> Result<BuildRecord> {
+    pub(crate) async fn resolve_visible(&self, who: &Principal, reference: &BuildRef) -> Result<BuildRecord> {
         match self.named(reference).await? {
             crate::Named::One(found) => {
-                let build = found.ok_or_else(|| Error::BuildNotFound(reference.chars().take(80).collect()))?;
-                self.require_visible(who, *build, reference).await
+                let build = found.ok_or_else(|| Error::BuildNotFound(reference.shown()))?;
+                self.require_visible(who, *build, &reference.shown()).await
             }
             crate::Named::Prefix { prefix, matches, more } => {
                 let mut visible = Vec::with_capacity(matches.len());
@@ -337,7 +337,7 @@ impl Tugboat {
                 self.db
                     .build(&chosen.id)
                     .await?
-                    .ok_or_else(|| Error::BuildNotFound(reference.chars().take(80).collect()))
+                    .ok_or_else(|| Error::BuildNotFound(reference.shown()))
             }
         }
     }

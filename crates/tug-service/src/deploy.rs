@@ -12,8 +12,8 @@ use tug_core::records::{BuildFilter, BuildRecord, DeploymentRecord, DeploymentRe
 use tug_core::short_id::IdPrefix;
 use tug_core::states::{self, RequestState};
 use tug_core::{
-    bump, evaluate, next_cloud_version, Action, BuildFacts, BuildId, BuildState, DeployKind, EnvName, Environment,
-    Part, Pipeline, Proposal, Role, ServerRule, ServiceName, Verdict, Version,
+    bump, evaluate, next_cloud_version, Action, BuildFacts, BuildId, BuildRef, BuildState, DeployKind, EnvName,
+    Environment, Part, Pipeline, Proposal, Role, ServerRule, ServiceName, Verdict, Version,
 };
 use tug_db::{CreatedRequest, EnvState, NewDeployment};
 
@@ -24,7 +24,7 @@ use crate::{AgentCounts, DeploymentView, Error, Principal, Result, Shown, Tugboa
 #[derive(Debug, Clone)]
 pub enum BuildSelector {
     /// A build id or manifest digest.
-    Reference(String),
+    Reference(BuildRef),
     /// The newest sealed build of a branch.
     Branch(String),
     /// The newest sealed build with this version.
@@ -382,7 +382,7 @@ impl Tugboat {
         who: &Principal,
         service: &ServiceName,
         env: &EnvName,
-        to: Option<String>,
+        to: Option<BuildRef>,
         options: DeployOptions,
     ) -> Result<Answer> {
         self.require_in(who, Action::Deploy, service)?;
@@ -531,7 +531,8 @@ impl Tugboat {
             || BuildId::parse(side).is_ok()
             || (IdPrefix::parse(side).is_some() && !self.names_environment(service, side).await);
         let build = if is_build {
-            self.resolve_visible(who, side).await?
+            let reference = BuildRef::parse(side).map_err(|e| Error::Invalid(e.to_string()))?;
+            self.resolve_visible(who, &reference).await?
         } else {
             let env = EnvName::parse(side).map_err(|e| Error::Invalid(e.to_string()))?;
             let view = self.pipeline_of(service).await?;
@@ -753,7 +754,7 @@ impl Tugboat {
         who: &Principal,
         service: &ServiceName,
         env: &EnvName,
-        build: &str,
+        build: &BuildRef,
     ) -> Result<Decision> {
         let (view, request, build) = self
             .record_decision(who, service, env, build, states::Decision::Approve)
@@ -765,7 +766,13 @@ impl Tugboat {
 
     /// Rejects the pending deployment of `build` into `env`, which ends the
     /// request (unless a concurrent approval carried it out first).
-    pub async fn reject(&self, who: &Principal, service: &ServiceName, env: &EnvName, build: &str) -> Result<Decision> {
+    pub async fn reject(
+        &self,
+        who: &Principal,
+        service: &ServiceName,
+        env: &EnvName,
+        build: &BuildRef,
+    ) -> Result<Decision> {
         let (view, request, _) = self
             .record_decision(who, service, env, build, states::Decision::Reject)
             .await?;
@@ -788,7 +795,7 @@ impl Tugboat {
         who: &Principal,
         service: &ServiceName,
         env: &EnvName,
-        build: &str,
+        build: &BuildRef,
         decision: states::Decision,
     ) -> Result<(PipelineView, DeploymentRequest, BuildRecord)> {
         self.require_in(who, Action::Approve, service)?;

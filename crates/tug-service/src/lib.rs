@@ -15,10 +15,10 @@ use futures::StreamExt;
 use rand::RngCore;
 use tug_api::Change;
 use tug_core::records::{BuildFilter, BuildRecord, TokenRecord};
-use tug_core::short_id::{IdPrefix, MIN_PREFIX};
+use tug_core::short_id::IdPrefix;
 use tug_core::{
-    Action, ArtifactName, ArtifactSpec, BuildId, BuildManifest, BuildSource, BuildState, CiRun, Digest, Draft, EnvName,
-    Hasher, Role, ServiceName, TokenName, Version,
+    Action, ArtifactName, ArtifactSpec, BuildId, BuildManifest, BuildRef, BuildSource, BuildState, BuildTarget, CiRun,
+    Digest, Draft, EnvName, Hasher, Role, ServiceName, TokenName, Version,
 };
 use tug_db::{Db, NewBuild, NewToken, Revocation};
 use tug_store::{Blob, BlobInfo, BlobStore, ByteStream};
@@ -205,30 +205,6 @@ pub struct Tugboat {
     /// Woken when this instance makes an approval request, so the sweeper
     /// learns when it expires (see [`Tugboat::sweeper`]).
     requests: Arc<tokio::sync::Notify>,
-}
-
-/// What a build reference on the command line or in a URL names.
-fn parse_build_ref(reference: &str) -> Result<BuildRef> {
-    if reference.starts_with(tug_core::digest::PREFIX) {
-        Digest::parse(reference)
-            .map(BuildRef::Manifest)
-            .map_err(|e| Error::Invalid(e.to_string()))
-    } else if let Ok(id) = BuildId::parse(reference) {
-        Ok(BuildRef::Id(id))
-    } else if let Some(prefix) = IdPrefix::parse(reference) {
-        Ok(BuildRef::Prefix(prefix))
-    } else {
-        Err(Error::Invalid(format!(
-            "{:?} does not name a build: give a build id, a unique prefix of one (at least {MIN_PREFIX} hex digits, as tug shows them) or a manifest digest (sha256:…)",
-            reference.chars().take(80).collect::<String>()
-        )))
-    }
-}
-
-enum BuildRef {
-    Id(BuildId),
-    Manifest(Digest),
-    Prefix(IdPrefix),
 }
 
 /// How many builds an ambiguous prefix names at most in its error.
@@ -640,11 +616,12 @@ impl Tugboat {
     /// reads a build reference comes through here by
     /// [`Tugboat::resolve_visible`], so a short id works wherever an id
     /// does.
-    pub(crate) async fn named(&self, reference: &str) -> Result<Named> {
-        Ok(match parse_build_ref(reference)? {
-            BuildRef::Id(id) => Named::One(self.db.build(&id).await?.map(Box::new)),
-            BuildRef::Manifest(d) => Named::One(self.db.build_by_manifest(&d).await?.map(Box::new)),
-            BuildRef::Prefix(prefix) => {
+    pub(crate) async fn named(&self, reference: &BuildRef) -> Result<Named> {
+        Ok(match reference.target() {
+            BuildTarget::Id(id) => Named::One(self.db.build(id).await?.map(Box::new)),
+            BuildTarget::Manifest(d) => Named::One(self.db.build_by_manifest(d).await?.map(Box::new)),
+            BuildTarget::Prefix(prefix) => {
+                let prefix = prefix.clone();
                 let mut matches = self.db.builds_by_id_prefix(&prefix, PREFIX_MATCHES + 1).await?;
                 let more = matches.len() > PREFIX_MATCHES as usize;
                 matches.truncate(PREFIX_MATCHES as usize);
@@ -660,7 +637,7 @@ impl Tugboat {
     }
 
     /// Yanks a sealed build: it never deploys again.
-    pub async fn yank_build(&self, who: &Principal, reference: &str, reason: Option<&str>) -> Result<BuildRecord> {
+    pub async fn yank_build(&self, who: &Principal, reference: &BuildRef, reason: Option<&str>) -> Result<BuildRecord> {
         self.require(who, Action::Deploy)?;
         let build = self.resolve_visible(who, reference).await?;
         if build.state != BuildState::Sealed {
@@ -680,7 +657,7 @@ impl Tugboat {
 
     /// Marks a sealed build critical: agents install it at once, and
     /// Teleport's updaters hear `critical: yes`.
-    pub async fn mark_critical(&self, who: &Principal, reference: &str) -> Result<BuildRecord> {
+    pub async fn mark_critical(&self, who: &Principal, reference: &BuildRef) -> Result<BuildRecord> {
         self.require(who, Action::Deploy)?;
         let build = self.resolve_visible(who, reference).await?;
         let mut tx = self.db.begin().await?;
@@ -697,7 +674,7 @@ impl Tugboat {
 
     /// Lifts a build's embargo (admin only): it becomes visible to everyone
     /// and may go to any environment, and so do its deployments and events.
-    pub async fn unembargo_build(&self, who: &Principal, reference: &str) -> Result<BuildRecord> {
+    pub async fn unembargo_build(&self, who: &Principal, reference: &BuildRef) -> Result<BuildRecord> {
         self.require(who, Action::ManagePipelines)?;
         let build = self.resolve_visible(who, reference).await?;
         let mut tx = self.db.begin().await?;
@@ -718,7 +695,7 @@ impl Tugboat {
     }
 
     /// A build by id or manifest digest, with its artifacts.
-    pub async fn show_build(&self, who: &Principal, reference: &str) -> Result<BuildView> {
+    pub async fn show_build(&self, who: &Principal, reference: &BuildRef) -> Result<BuildView> {
         self.require(who, Action::Read)?;
         let build = self.resolve_visible(who, reference).await?;
         let artifacts = self.db.artifacts(&build.id).await?;
@@ -729,7 +706,7 @@ impl Tugboat {
     }
 
     /// The canonical manifest bytes of a sealed build.
-    pub async fn manifest(&self, who: &Principal, reference: &str) -> Result<(Digest, String)> {
+    pub async fn manifest(&self, who: &Principal, reference: &BuildRef) -> Result<(Digest, String)> {
         self.require(who, Action::Read)?;
         let build = self.resolve_visible(who, reference).await?;
         match (build.manifest_digest, build.manifest) {
@@ -757,7 +734,12 @@ impl Tugboat {
     }
 
     /// Registers artifacts whose blobs are already stored. All or nothing.
-    pub async fn register_artifacts(&self, who: &Principal, reference: &str, specs: Vec<ArtifactSpec>) -> Result<u64> {
+    pub async fn register_artifacts(
+        &self,
+        who: &Principal,
+        reference: &BuildRef,
+        specs: Vec<ArtifactSpec>,
+    ) -> Result<u64> {
         self.require(who, Action::WriteBuilds)?;
         let build = self.resolve_visible(who, reference).await?;
         if specs.is_empty() {
@@ -798,7 +780,7 @@ impl Tugboat {
     /// Either way, the environments that auto-release the build's branch
     /// are reconciled before the answer (so sealing again repairs a release
     /// a crash lost right after the seal).
-    pub async fn seal_build(&self, who: &Principal, reference: &str) -> Result<BuildRecord> {
+    pub async fn seal_build(&self, who: &Principal, reference: &BuildRef) -> Result<BuildRecord> {
         self.require(who, Action::WriteBuilds)?;
         let build = self.resolve_visible(who, reference).await?;
         let mut tx = self.db.begin().await?;
@@ -1028,13 +1010,13 @@ pub(crate) enum Named {
 /// found, or ambiguous naming the candidates (the caller passes only
 /// builds it may name).
 pub(crate) fn pick(
-    reference: &str,
+    reference: &BuildRef,
     prefix: &IdPrefix,
     mut matches: Vec<BuildRecord>,
     more: bool,
 ) -> Result<BuildRecord> {
     match (matches.len(), more) {
-        (0, false) => Err(Error::BuildNotFound(reference.chars().take(80).collect())),
+        (0, false) => Err(Error::BuildNotFound(reference.shown())),
         (1, false) => Ok(matches.remove(0)),
         _ => Err(Error::AmbiguousId {
             prefix: prefix.to_string(),

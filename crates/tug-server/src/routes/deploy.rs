@@ -203,7 +203,7 @@ pub async fn release(
     Json(req): Json<Release>,
 ) -> Result<(StatusCode, axum::Json<DeployResult>), ApiError> {
     let selector = match (req.build, req.branch, req.version) {
-        (Some(b), None, None) => BuildSelector::Reference(b),
+        (Some(b), None, None) => BuildSelector::Reference(super::build_ref(&b)?),
         (None, Some(b), None) => BuildSelector::Branch(b),
         (None, None, Some(v)) => BuildSelector::Version(v),
         _ => {
@@ -245,9 +245,11 @@ pub async fn rollback(
     Path(segment): Path<String>,
     Json(req): Json<Rollback>,
 ) -> Result<(StatusCode, axum::Json<DeployResult>), ApiError> {
+    let service = service(&segment)?;
+    let to = req.to.as_deref().map(super::build_ref).transpose()?;
     let d = state
         .tugboat
-        .rollback(&who, &service(&segment)?, &req.environment, req.to, options(req.flags))
+        .rollback(&who, &service, &req.environment, to, options(req.flags))
         .await?;
     Ok(answer(&state, &who, d).await)
 }
@@ -389,10 +391,9 @@ pub async fn approve(
     Path(segment): Path<String>,
     Json(req): Json<Decide>,
 ) -> Result<axum::Json<Decided>, ApiError> {
-    let d = state
-        .tugboat
-        .approve(&who, &service(&segment)?, &req.environment, &req.build)
-        .await?;
+    let service = service(&segment)?;
+    let build = super::build_ref(&req.build)?;
+    let d = state.tugboat.approve(&who, &service, &req.environment, &build).await?;
     decided(state, who, d).await
 }
 
@@ -402,10 +403,9 @@ pub async fn reject(
     Path(segment): Path<String>,
     Json(req): Json<Decide>,
 ) -> Result<axum::Json<Decided>, ApiError> {
-    let d = state
-        .tugboat
-        .reject(&who, &service(&segment)?, &req.environment, &req.build)
-        .await?;
+    let service = service(&segment)?;
+    let build = super::build_ref(&req.build)?;
+    let d = state.tugboat.reject(&who, &service, &req.environment, &build).await?;
     decided(state, who, d).await
 }
 
