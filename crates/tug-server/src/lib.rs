@@ -107,6 +107,23 @@ impl Drop for Flight {
 }
 
 /// The API's routes over `state`.
+/// The router over `tugboat` with the change poller that feeds its caches,
+/// long-polls and event streams: what [`start`] serves, for use in-process
+/// as well (a test sends it requests without a socket). Call it within a
+/// tokio runtime: the poller is a task, which ends when the router is gone.
+pub fn app(tugboat: Tugboat, max_json_body: usize) -> Router {
+    let (channels, revocations) = watch_changes(tugboat.clone());
+    router(AppState {
+        tugboat,
+        max_json_body,
+        channels,
+        revocations,
+        public_answers: Default::default(),
+        channel_answers: Default::default(),
+        channel_flights: Default::default(),
+    })
+}
+
 pub fn router(state: AppState) -> Router {
     let blobs = Router::new()
         .route(
@@ -300,16 +317,7 @@ async fn start_with(config: &Config, listener: tokio::net::TcpListener, tugboat:
         admin_token_path = Some(path);
     }
     let addr = listener.local_addr()?;
-    let (channels, revocations) = watch_changes(tugboat.clone());
-    let router = router(AppState {
-        tugboat: tugboat.clone(),
-        max_json_body: config.max_json_body,
-        channels,
-        revocations,
-        public_answers: Default::default(),
-        channel_answers: Default::default(),
-        channel_flights: Default::default(),
-    });
+    let router = app(tugboat.clone(), config.max_json_body);
     Ok(Started {
         addr,
         admin_token_path,
