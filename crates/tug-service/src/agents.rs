@@ -113,8 +113,7 @@ impl Tugboat {
     }
 
     async fn channel_of(&self, service: &ServiceName, env: &EnvName, platform: &Platform) -> Result<ChannelView> {
-        let view = self.pipeline_view(service).await?;
-        let environment = crate::deploy::environment(&view.pipeline, env)?.clone();
+        let environment = self.environment_of(service, env).await?;
         let state = self.db.env_state(service, env).await?;
         let build = match &state.current {
             Some(d) => self.db.build_summary(&d.build).await?,

@@ -15,7 +15,7 @@ use tug_db::{EnvState, RolloutRow, SoakClock};
 
 use crate::access::Sights;
 use crate::agents::STALE_AFTER;
-use crate::deploy::{environment, Intent};
+use crate::deploy::Intent;
 use crate::{DeployOptions, Error, Principal, Result, Tugboat};
 
 /// What an agent's report did to a paced rollout: it became healthy on the
@@ -195,8 +195,7 @@ impl Tugboat {
     /// The rollout of an environment's current build.
     pub async fn rollout_status(&self, who: &Principal, service: &ServiceName, env: &EnvName) -> Result<RolloutStatus> {
         self.require_in(who, Action::Read, service)?;
-        let view = self.pipeline_view(service).await?;
-        let environment = environment(&view.pipeline, env)?;
+        let environment = &self.environment_of(service, env).await?;
         let pacing = self.pacing(service, environment).await?;
         let status = self.status_of(&pacing).await?;
         self.rollout_seen_by(who, status).await
@@ -311,8 +310,7 @@ impl Tugboat {
     }
 
     async fn paced_rollout(&self, service: &ServiceName, env: &EnvName) -> Result<(Pacing, RolloutRow)> {
-        let view = self.pipeline_view(service).await?;
-        let environment = environment(&view.pipeline, env)?;
+        let environment = &self.environment_of(service, env).await?;
         let pacing = self.pacing(service, environment).await?;
         let Some(build) = pacing.build.clone().filter(|_| pacing.per_agent()) else {
             return Err(Error::Invalid(format!(
