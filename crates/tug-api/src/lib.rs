@@ -704,54 +704,8 @@ pub struct Channel {
     pub artifacts: Vec<ChannelArtifact>,
 }
 
-/// An agent's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AgentState {
-    Idle,
-    /// The channel names a build the agent may not take yet (outside a
-    /// maintenance window, or before the rollout lets it go); the report's
-    /// `waiting` says why. What it runs keeps running.
-    Waiting,
-    Downloading,
-    Activating,
-    Healthy,
-    Failed,
-}
-
-impl AgentState {
-    pub const ALL: [AgentState; 6] = [
-        AgentState::Idle,
-        AgentState::Waiting,
-        AgentState::Downloading,
-        AgentState::Activating,
-        AgentState::Healthy,
-        AgentState::Failed,
-    ];
-
-    /// The one text form, on the wire and in the database.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AgentState::Idle => "idle",
-            AgentState::Waiting => "waiting",
-            AgentState::Downloading => "downloading",
-            AgentState::Activating => "activating",
-            AgentState::Healthy => "healthy",
-            AgentState::Failed => "failed",
-        }
-    }
-
-    /// The state named `s`; `None` for anything else (never a default).
-    pub fn parse(s: &str) -> Option<AgentState> {
-        AgentState::ALL.into_iter().find(|st| st.as_str() == s)
-    }
-}
-
-impl std::fmt::Display for AgentState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// An agent's state: defined in `tug-core` with its one text form.
+pub use tug_core::states::AgentState;
 
 /// How the process an agent supervises (`--exec`) last ended on its own.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,6 +8,7 @@
 
 pub mod access;
 pub mod audit;
+pub mod build_ref;
 pub mod diff;
 pub mod digest;
 pub mod grant;
@@ -17,11 +18,14 @@ pub mod names;
 pub mod pipeline;
 pub mod pipeline_changes;
 pub mod policy;
+pub mod records;
 pub mod role;
 pub mod short_id;
+pub mod states;
 pub mod versioning;
 
 pub use access::{BuildAccess, Reader, ScopeError, Sight};
+pub use build_ref::{BuildRef, BuildRefError, BuildTarget};
 pub use digest::{Digest, DigestError, Hasher};
 pub use manifest::{
     file_mode, ArtifactKind, ArtifactSpec, BlobUse, BuildManifest, BuildSource, BuildState, CiRun, DerivedFrom, Draft,

@@ -5,40 +5,9 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 use tug_core::{BuildId, EnvName, Platform, ServiceName};
 
-use crate::{millis, opt_parse, parse, Db, Error, Result, Tx};
-
-/// An agent's newest report.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AgentRow {
-    pub agent_id: String,
-    pub service: ServiceName,
-    pub environment: EnvName,
-    pub hostname: String,
-    pub platform: Platform,
-    pub agent_version: String,
-    pub build: Option<BuildId>,
-    /// idle, waiting, downloading, activating, healthy or failed.
-    pub state: String,
-    pub error: Option<String>,
-    /// The build the agent tried and gave up on.
-    pub failed_build: Option<BuildId>,
-    /// Why it waits, when `waiting`.
-    pub waiting: Option<String>,
-    /// How its supervised process last ended on its own.
-    pub exit: Option<ExitRow>,
-    pub first_seen: DateTime<Utc>,
-    pub last_seen: DateTime<Utc>,
-}
-
-/// How an agent's supervised process ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExitRow {
-    pub build: Option<BuildId>,
-    pub code: Option<i32>,
-    pub signal: Option<String>,
-    pub at: DateTime<Utc>,
-    pub stderr: String,
-}
+use crate::{millis, opt_parse, parse, state, Db, Error, Result, Tx};
+pub use tug_core::records::{AgentRecord as AgentRow, ExitRecord as ExitRow};
+use tug_core::states::AgentState;
 
 fn agent_from_row(r: &AnyRow) -> Result<AgentRow> {
     Ok(AgentRow {
@@ -49,7 +18,7 @@ fn agent_from_row(r: &AnyRow) -> Result<AgentRow> {
         platform: parse(&r.try_get::<String, _>("platform")?, Platform::parse)?,
         agent_version: r.try_get("agent_version")?,
         build: opt_parse(r.try_get("build_id")?, BuildId::parse)?,
-        state: r.try_get("state")?,
+        state: state(&r.try_get::<String, _>("state")?, "agent state", AgentState::parse)?,
         error: r.try_get("error")?,
         failed_build: opt_parse(r.try_get("failed_build")?, BuildId::parse)?,
         waiting: r.try_get("waiting")?,
@@ -164,7 +133,7 @@ async fn upsert_agent(conn: &mut sqlx::AnyConnection, a: &AgentRow) -> Result<()
     .bind(a.platform.as_str())
     .bind(&a.agent_version)
     .bind(a.build.as_ref().map(|b| b.to_string()))
-    .bind(&a.state)
+    .bind(a.state.as_str())
     .bind(a.error.clone())
     .bind(a.failed_build.as_ref().map(|b| b.to_string()))
     .bind(a.waiting.clone())

@@ -13,6 +13,7 @@ use tug_core::{
 };
 
 use crate::{artifact_from_row, millis, opt_millis, opt_parse, parse, Db, Error, Result, Tx, ARTIFACT_COLUMNS};
+pub use tug_core::records::{BuildFilter, BuildRecord as BuildRow};
 
 /// A draft to create.
 #[derive(Debug, Clone)]
@@ -29,53 +30,6 @@ pub struct NewBuild {
     /// `created_by` is its name, for people).
     pub created_by_token: Option<String>,
     pub embargoed: bool,
-}
-
-/// A stored build, without its artifacts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BuildRow {
-    pub id: BuildId,
-    /// The shortest prefix of the id no other build shares (see
-    /// `tug_core::short_id`), as of this read.
-    pub short_id: String,
-    pub service: ServiceName,
-    pub version: Version,
-    pub state: BuildState,
-    pub source: BuildSource,
-    pub ci: CiRun,
-    pub expected: Vec<ArtifactName>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    pub created_by: Option<String>,
-    /// The id of the token that created it.
-    pub created_by_token: Option<String>,
-    pub sealed_at: Option<DateTime<Utc>>,
-    pub manifest_digest: Option<Digest>,
-    /// The canonical manifest bytes, as text, once sealed.
-    pub manifest: Option<String>,
-    pub artifact_count: u64,
-    pub yanked_at: Option<DateTime<Utc>>,
-    pub yanked_by: Option<String>,
-    pub yank_reason: Option<String>,
-    pub embargoed: bool,
-    /// Agents install it at once, outside maintenance windows.
-    pub critical: bool,
-}
-
-/// Which builds to list. Empty fields match everything.
-#[derive(Debug, Clone, Default)]
-pub struct BuildFilter {
-    pub service: Option<ServiceName>,
-    pub branch: Option<String>,
-    pub version: Option<Version>,
-    pub state: Option<BuildState>,
-    pub limit: u32,
-    /// Leave embargoed builds out (for callers who may not see them)…
-    pub hide_embargoed: bool,
-    /// …except those created by the token with this id.
-    pub unless_created_by_token: Option<String>,
-    /// Newest by semantic-version precedence instead of by creation.
-    pub by_version: bool,
 }
 
 /// The ids sorted next to `$id` among all builds, as `prev_id` and

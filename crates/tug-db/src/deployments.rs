@@ -11,20 +11,13 @@
 use chrono::{DateTime, Utc};
 use sqlx::any::AnyRow;
 use sqlx::Row;
+use tug_core::states::{Decision, RequestState};
 use tug_core::{BuildId, DeployKind, EnvName, ServiceName};
 
 use crate::{millis, opt_millis, opt_parse, parse, Db, Error, Result, Tx};
-
-/// One revision of a service's pipeline.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PipelineRow {
-    pub service: ServiceName,
-    pub revision: i64,
-    /// The pipeline as canonical TOML.
-    pub spec: String,
-    pub changed_at: DateTime<Utc>,
-    pub changed_by: Option<String>,
-}
+pub use tug_core::records::{
+    DeploymentRecord as DeploymentRow, DeploymentRequest as RequestRow, PipelineRecord as PipelineRow,
+};
 
 /// A deployment to record.
 #[derive(Debug, Clone)]
@@ -41,27 +34,6 @@ pub struct NewDeployment {
     /// The approved request this deployment carries out: it must still be
     /// pending (and not expired) and is closed with the deployment.
     pub request: Option<String>,
-}
-
-/// A recorded deployment.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeploymentRow {
-    pub id: String,
-    pub service: ServiceName,
-    pub environment: EnvName,
-    pub seq: i64,
-    pub build: BuildId,
-    pub kind: DeployKind,
-    pub requested_by: Option<String>,
-    pub deployed_at: DateTime<Utc>,
-    /// What ran in the environment before.
-    pub replaced: Option<BuildId>,
-    pub reason: Option<String>,
-    pub override_freeze: bool,
-    /// The request it carried out, when the environment needed approvals.
-    pub request: Option<String>,
-    /// Who approved that request, oldest approval first.
-    pub approved_by: Vec<String>,
 }
 
 /// An environment's position in the log.
@@ -444,34 +416,6 @@ async fn approvers(conn: &mut sqlx::AnyConnection, requests: &[String]) -> Resul
     Ok(out)
 }
 
-/// A deployment waiting for approvals.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestRow {
-    pub id: String,
-    pub service: ServiceName,
-    pub environment: EnvName,
-    pub build: BuildId,
-    pub kind: DeployKind,
-    /// pending, deployed, rejected, expired or superseded (by a newer
-    /// auto-release request).
-    pub state: String,
-    pub requested_by: String,
-    pub requested_at: DateTime<Utc>,
-    pub expires_at: Option<DateTime<Utc>>,
-    pub reason: Option<String>,
-    pub override_freeze: bool,
-    /// (approver, decision) pairs, oldest first.
-    pub decisions: Vec<(String, String)>,
-}
-
-impl RequestRow {
-    /// Whether the request's time ran out by `now` (whatever its state says:
-    /// a pending request past its expiry is expired, swept or not).
-    pub fn is_due(&self, now: DateTime<Utc>) -> bool {
-        self.expires_at.is_some_and(|t| t <= now)
-    }
-}
-
 /// What [`Db::create_request`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CreatedRequest {
@@ -555,12 +499,12 @@ impl Tx {
 
     /// Records one approver's decision; a second decision by the same
     /// approver is a conflict.
-    pub async fn decide(&mut self, request: &str, approver: &str, decision: &str, at: DateTime<Utc>) -> Result<()> {
+    pub async fn decide(&mut self, request: &str, approver: &str, decision: Decision, at: DateTime<Utc>) -> Result<()> {
         let res =
             sqlx::query("INSERT INTO approvals (request_id, approver, decision, decided_at) VALUES ($1, $2, $3, $4)")
                 .bind(request)
                 .bind(approver)
-                .bind(decision)
+                .bind(decision.as_str())
                 .bind(at.timestamp_millis())
                 .execute(self.conn())
                 .await;
@@ -575,9 +519,9 @@ impl Tx {
 
     /// Moves a pending request to `state`; `false` if it was no longer
     /// pending (another server carried it out first).
-    pub async fn close_request(&mut self, id: &str, state: &str) -> Result<bool> {
+    pub async fn close_request(&mut self, id: &str, state: RequestState) -> Result<bool> {
         let done = sqlx::query("UPDATE deployment_requests SET state = $1 WHERE id = $2 AND state = 'pending'")
-            .bind(state)
+            .bind(state.as_str())
             .bind(id)
             .execute(self.conn())
             .await?;
@@ -602,7 +546,12 @@ async fn request_from_row(conn: &mut sqlx::AnyConnection, row: &AnyRow) -> Resul
                 .fetch_all(&mut *conn)
                 .await?
                 .iter()
-                .map(|r| Ok((r.try_get::<String, _>("approver")?, r.try_get::<String, _>("decision")?)))
+                .map(|r| {
+                    Ok((
+                        r.try_get::<String, _>("approver")?,
+                        crate::state(&r.try_get::<String, _>("decision")?, "decision", Decision::parse)?,
+                    ))
+                })
                 .collect::<Result<Vec<_>>>()?;
         Ok(RequestRow {
             id,
@@ -610,7 +559,11 @@ async fn request_from_row(conn: &mut sqlx::AnyConnection, row: &AnyRow) -> Resul
             environment: parse(&row.try_get::<String, _>("environment")?, EnvName::parse)?,
             build: parse(&row.try_get::<String, _>("build_id")?, BuildId::parse)?,
             kind: kind(&row.try_get::<String, _>("kind")?)?,
-            state: row.try_get("state")?,
+            state: crate::state(
+                &row.try_get::<String, _>("state")?,
+                "request state",
+                RequestState::parse,
+            )?,
             requested_by: row.try_get("requested_by")?,
             requested_at: millis(row.try_get("requested_at")?)?,
             expires_at: opt_millis(row.try_get("expires_at")?)?,
@@ -727,7 +680,7 @@ impl Db {
         .await?;
         let mut out = self.requests_from_rows(&rows).await?;
         for r in &mut out {
-            r.state = "expired".into();
+            r.state = RequestState::Expired;
         }
         Ok(out)
     }

@@ -72,6 +72,18 @@ pub enum Error {
     Corrupt(String),
 }
 
+impl Error {
+    /// Whether the database could not be reached (no connection to be had
+    /// in time, the pool closed, the connection broke) rather than refused
+    /// or failed the statement: a retry later may succeed.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            Error::Sqlx(sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_))
+        )
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Which database a [`Db`] talks to.
@@ -239,6 +251,12 @@ pub(crate) fn parse<T, E: std::fmt::Display>(s: &str, f: impl FnOnce(&str) -> Re
     f(s).map_err(|e| Error::Corrupt(e.to_string()))
 }
 
+/// A state read from the database in its one text form; any other text was
+/// not written by this server and is an error, never a default.
+pub(crate) fn state<T>(s: &str, what: &str, parse: fn(&str) -> Option<T>) -> Result<T> {
+    parse(s).ok_or_else(|| Error::Corrupt(format!("unknown {what} {s:?}")))
+}
+
 pub(crate) fn opt_parse<T, E: std::fmt::Display>(
     s: Option<String>,
     f: impl FnOnce(&str) -> Result<T, E>,
@@ -264,4 +282,16 @@ pub(crate) fn artifact_from_row(r: &AnyRow) -> Result<ArtifactSpec> {
             .collect::<Result<_>>()?,
         executable: r.try_get::<i64, _>("executable")? != 0,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pool_timeout_is_unavailable_a_failed_statement_is_not() {
+        assert!(Error::Sqlx(sqlx::Error::PoolTimedOut).is_unavailable());
+        assert!(!Error::Sqlx(sqlx::Error::RowNotFound).is_unavailable());
+        assert!(!Error::Corrupt("x".into()).is_unavailable());
+    }
 }

@@ -14,7 +14,8 @@ use sqlx::{Any, Row};
 pub use tug_core::grant::RolloutCounts;
 use tug_core::{BuildId, EnvName, ServiceName};
 
-use crate::{millis, parse, Db, Dialect, Result, Tx};
+use crate::{millis, parse, state, Db, Dialect, Result, Tx};
+use tug_core::states::RolloutState;
 
 /// The state of one deployment's rollout.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,7 +26,7 @@ pub struct RolloutRow {
     pub seq: i64,
     pub build: BuildId,
     /// `rolling` or `halted`.
-    pub state: String,
+    pub state: RolloutState,
     pub reason: Option<String>,
     /// Failures before the last resume, which no longer count.
     pub failures_baseline: i64,
@@ -43,8 +44,8 @@ impl Tx {
         service: &ServiceName,
         env: &EnvName,
         seq: i64,
-        from: &str,
-        to: &str,
+        from: RolloutState,
+        to: RolloutState,
         reason: Option<&str>,
         baseline: Option<i64>,
         by: Option<&str>,
@@ -58,8 +59,8 @@ impl Tx {
         .bind(service.as_str())
         .bind(env.as_str())
         .bind(seq)
-        .bind(from)
-        .bind(to)
+        .bind(from.as_str())
+        .bind(to.as_str())
         .bind(reason)
         .bind(baseline)
         .bind(by)
@@ -84,7 +85,7 @@ fn rollout_from_row(r: &AnyRow) -> Result<RolloutRow> {
         environment: parse(&r.try_get::<String, _>("environment")?, EnvName::parse)?,
         seq: r.try_get("seq")?,
         build: parse(&r.try_get::<String, _>("build_id")?, BuildId::parse)?,
-        state: r.try_get("state")?,
+        state: state(&r.try_get::<String, _>("state")?, "rollout state", RolloutState::parse)?,
         reason: r.try_get("reason")?,
         failures_baseline: r.try_get("failures_baseline")?,
         changed_at: millis(r.try_get("changed_at")?)?,

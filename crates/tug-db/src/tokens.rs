@@ -7,6 +7,7 @@ use sqlx::Row;
 use tug_core::{EnvName, Role, ServiceName, TokenName};
 
 use crate::{millis, opt_millis, opt_parse, parse, Db, Dialect, Error, Result, Tx};
+pub use tug_core::records::TokenRecord as TokenRow;
 
 /// A token to store.
 #[derive(Debug, Clone)]
@@ -21,19 +22,6 @@ pub struct NewToken {
     pub secret_hash: String,
     pub created_at: DateTime<Utc>,
     pub created_by: Option<String>,
-}
-
-/// A stored token (without its secret, which is never stored).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenRow {
-    pub id: String,
-    pub name: TokenName,
-    pub role: Role,
-    pub service: Option<ServiceName>,
-    pub environment: Option<EnvName>,
-    pub created_at: DateTime<Utc>,
-    pub created_by: Option<String>,
-    pub revoked_at: Option<DateTime<Utc>>,
 }
 
 /// What a revocation came to.

@@ -16,12 +16,14 @@ use axum::routing::{delete, get, post};
 use axum::Router;
 use tug_service::{Settings, Tugboat};
 
+mod backends;
 pub mod config;
 mod error;
 mod extract;
 mod json_errors;
 mod routes;
 
+pub use backends::s3_credentials_from;
 pub use config::{Config, Layer};
 pub use error::ApiError;
 
@@ -123,7 +125,14 @@ impl Drop for Flight {
     }
 }
 
-/// The API's routes over `state`.
+/// The router over `tugboat` with the change poller that feeds its caches,
+/// long-polls and event streams: what [`start`] serves, for use in-process
+/// as well (a test sends it requests without a socket). Call it within a
+/// tokio runtime: the poller is a task, which ends when the router is gone.
+pub fn app(tugboat: Tugboat, max_json_body: usize) -> Router {
+    router(AppState::new(tugboat, max_json_body))
+}
+
 pub fn router(state: AppState) -> Router {
     let blobs = Router::new()
         .route(
@@ -234,14 +243,19 @@ pub async fn start(config: &Config, env: &std::collections::HashMap<String, Stri
     config.validate()?;
     let listener = listen(config.listen).await?;
     create_data_dir(&config.data_dir)?;
-    let db_url = config.database_url();
-    let db = tug_db::Db::connect(&db_url)
-        .await
-        .with_context(|| format!("cannot open database {}", config::redact(&db_url)))?;
-    let store_address = config.blob_store_address();
-    let store = tug_store::open(&store_address, s3_credentials_from(env))
-        .with_context(|| format!("cannot open blob store {store_address}"))?;
-    start_with(config, listener, db, store).await
+    let tugboat = backends::open(config, env, settings(config)).await?;
+    start_with(config, listener, tugboat).await
+}
+
+/// The service's settings from the configuration.
+fn settings(config: &Config) -> Settings {
+    Settings {
+        max_blob_size: config.max_blob_size,
+        draft_max_age: Duration::from_secs(config.draft_max_age_secs),
+        gc_grace: Duration::from_secs(config.gc_grace_secs),
+        server_rules: config.server_rules.clone(),
+        approval_timeout: Duration::from_secs(config.approval_timeout_secs),
+    }
 }
 
 /// Binds `addr`, saying what to do when it cannot.
@@ -297,36 +311,7 @@ fn create_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
     }
 }
 
-/// S3 credentials from the usual `AWS_*` variables, if set.
-pub fn s3_credentials_from(env: &std::collections::HashMap<String, String>) -> Option<tug_store::s3::Credentials> {
-    Some(tug_store::s3::Credentials {
-        access_key_id: env.get("AWS_ACCESS_KEY_ID")?.clone(),
-        secret_access_key: env.get("AWS_SECRET_ACCESS_KEY")?.clone(),
-        session_token: env.get("AWS_SESSION_TOKEN").cloned(),
-    })
-}
-
-async fn start_with(
-    config: &Config,
-    listener: tokio::net::TcpListener,
-    db: tug_db::Db,
-    store: Arc<dyn tug_store::BlobStore>,
-) -> anyhow::Result<Started> {
-    let cleaned = store
-        .clean_temporary()
-        .await
-        .context("cannot clean the blob store's temporary files")?;
-    if cleaned > 0 {
-        tracing::info!(cleaned, "removed leftovers of interrupted uploads");
-    }
-    let settings = Settings {
-        max_blob_size: config.max_blob_size,
-        draft_max_age: Duration::from_secs(config.draft_max_age_secs),
-        gc_grace: Duration::from_secs(config.gc_grace_secs),
-        server_rules: config.server_rules.clone(),
-        approval_timeout: Duration::from_secs(config.approval_timeout_secs),
-    };
-    let tugboat = Tugboat::new(db, store, settings);
+async fn start_with(config: &Config, listener: tokio::net::TcpListener, tugboat: Tugboat) -> anyhow::Result<Started> {
     // Before anything is appended: the log's old events come first in its
     // chain.
     tugboat
@@ -355,7 +340,7 @@ async fn start_with(
         consumers.push(Box::new(sink));
     }
     let addr = listener.local_addr()?;
-    let router = router(AppState::new(tugboat.clone(), config.max_json_body));
+    let router = app(tugboat.clone(), config.max_json_body);
     Ok(Started {
         addr,
         admin_token_path,
@@ -444,7 +429,7 @@ impl Started {
                 tracing::warn!("a consumer did not stop in time");
             }
         }
-        tugboat.db().close().await;
+        tugboat.close().await;
         Ok(())
     }
 }
@@ -485,7 +470,7 @@ fn watch_changes(tugboat: Tugboat) -> (Stamps, tokio::sync::watch::Receiver<i64>
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot read the environments' channels"),
             }
-            match tugboat.db().revocation_count().await {
+            match tugboat.revocation_count().await {
                 Ok(n) => {
                     revoked_tx.send_if_modified(|seen| std::mem::replace(seen, n) != n);
                 }

@@ -22,8 +22,9 @@
 use std::collections::HashMap;
 
 use tug_core::access::{BuildAccess, Reader, Sight};
-use tug_core::{Action, BuildId, DeployKind, EnvName, ServiceName};
-use tug_db::{AgentRow, BuildAccessRow, BuildRow, DeploymentRow};
+use tug_core::records::{AgentRecord, BuildRecord, DeploymentRecord};
+use tug_core::{Action, BuildId, BuildRef, DeployKind, EnvName, ServiceName};
+use tug_db::BuildAccessRow;
 
 use crate::{Error, Principal, Result, Tugboat};
 
@@ -90,7 +91,7 @@ pub struct DeploymentView {
     pub kind: DeployKind,
     pub build: Shown<BuildId>,
     /// The build's version and source, when known and visible.
-    pub summary: Option<BuildRow>,
+    pub summary: Option<BuildRecord>,
     pub requested_by: Option<String>,
     pub deployed_at: chrono::DateTime<chrono::Utc>,
     pub replaced: Option<Shown<BuildId>>,
@@ -103,11 +104,11 @@ pub struct DeploymentView {
 impl DeploymentView {
     /// The deployment as a caller who sees every build of its service sees
     /// it (the approvers and admins who decide on a request).
-    pub fn whole(d: DeploymentRow, summary: Option<BuildRow>) -> DeploymentView {
+    pub fn whole(d: DeploymentRecord, summary: Option<BuildRecord>) -> DeploymentView {
         DeploymentView::shaped(d, summary, Sight::Full, Sight::Full)
     }
 
-    fn shaped(d: DeploymentRow, summary: Option<BuildRow>, build: Sight, replaced: Sight) -> DeploymentView {
+    fn shaped(d: DeploymentRecord, summary: Option<BuildRecord>, build: Sight, replaced: Sight) -> DeploymentView {
         let secret = !(build.is_full() && replaced.is_full());
         DeploymentView {
             id: d.id,
@@ -132,7 +133,7 @@ impl DeploymentView {
 /// embargoed from the caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentView {
-    pub agent: AgentRow,
+    pub agent: AgentRecord,
     pub embargoed: bool,
 }
 
@@ -150,13 +151,13 @@ impl Sights {
         self.of(id).is_full()
     }
 
-    pub(crate) fn deployment(&self, d: DeploymentRow, summary: Option<BuildRow>) -> DeploymentView {
+    pub(crate) fn deployment(&self, d: DeploymentRecord, summary: Option<BuildRecord>) -> DeploymentView {
         let build = self.of(&d.build);
         let replaced = d.replaced.as_ref().map_or(Sight::Full, |r| self.of(r));
         DeploymentView::shaped(d, summary, build, replaced)
     }
 
-    pub(crate) fn agent(&self, mut a: AgentRow) -> AgentView {
+    pub(crate) fn agent(&self, mut a: AgentRecord) -> AgentView {
         let embargoed = agent_builds(&a).any(|b| !self.full(b));
         if embargoed {
             a.build = None;
@@ -172,7 +173,7 @@ impl Sights {
 
 /// Every build an agent's row names: the one it runs, the one it gave up
 /// on, and the one whose process it last saw exit.
-pub(crate) fn agent_builds(a: &AgentRow) -> impl Iterator<Item = &BuildId> {
+pub(crate) fn agent_builds(a: &AgentRecord) -> impl Iterator<Item = &BuildId> {
     a.build
         .iter()
         .chain(&a.failed_build)
@@ -180,7 +181,7 @@ pub(crate) fn agent_builds(a: &AgentRow) -> impl Iterator<Item = &BuildId> {
 }
 
 /// The access facts of a build row.
-pub(crate) fn facts_of(b: &BuildRow) -> BuildAccessRow {
+pub(crate) fn facts_of(b: &BuildRecord) -> BuildAccessRow {
     BuildAccessRow {
         id: b.id.clone(),
         service: b.service.clone(),
@@ -317,11 +318,11 @@ impl Tugboat {
     /// otherwise it does not exist for the caller.
     /// A prefix counts only the builds the caller may see: a hidden build
     /// never makes a prefix ambiguous (which would betray that it exists).
-    pub(crate) async fn resolve_visible(&self, who: &Principal, reference: &str) -> Result<BuildRow> {
+    pub(crate) async fn resolve_visible(&self, who: &Principal, reference: &BuildRef) -> Result<BuildRecord> {
         match self.named(reference).await? {
             crate::Named::One(found) => {
-                let build = found.ok_or_else(|| Error::BuildNotFound(reference.chars().take(80).collect()))?;
-                self.require_visible(who, *build, reference).await
+                let build = found.ok_or_else(|| Error::BuildNotFound(reference.shown()))?;
+                self.require_visible(who, *build, &reference.shown()).await
             }
             crate::Named::Prefix { prefix, matches, more } => {
                 let mut visible = Vec::with_capacity(matches.len());
@@ -336,14 +337,19 @@ impl Tugboat {
                 self.db
                     .build(&chosen.id)
                     .await?
-                    .ok_or_else(|| Error::BuildNotFound(reference.chars().take(80).collect()))
+                    .ok_or_else(|| Error::BuildNotFound(reference.shown()))
             }
         }
     }
 
     /// `build` if the caller may see all of it, else the error of a build
     /// that does not exist (named as the caller named it).
-    pub(crate) async fn require_visible(&self, who: &Principal, build: BuildRow, named: &str) -> Result<BuildRow> {
+    pub(crate) async fn require_visible(
+        &self,
+        who: &Principal,
+        build: BuildRecord,
+        named: &str,
+    ) -> Result<BuildRecord> {
         if self.sight(who, &facts_of(&build)).await?.is_full() {
             Ok(build)
         } else {

@@ -4,8 +4,9 @@
 use std::collections::{BTreeMap, HashMap};
 
 use tug_core::access::BuildAccess;
+use tug_core::records::{AgentRecord, BuildRecord};
+use tug_core::states::AgentState;
 use tug_core::{Action, ArtifactSpec, BuildId, EnvName, Environment, Platform, ServiceName};
-use tug_db::{AgentRow, BuildRow};
 
 use crate::access::{facts_of, AgentView, Sights};
 use crate::{Error, Principal, Result, Tugboat};
@@ -19,7 +20,7 @@ pub struct ChannelView {
     /// The environment's deployment sequence number: it changes exactly
     /// when what the channel names changes, so it makes the ETag.
     pub seq: i64,
-    pub build: Option<BuildRow>,
+    pub build: Option<BuildRecord>,
     /// The build's artifacts for the platform, and those without one.
     pub artifacts: Vec<ArtifactSpec>,
     /// What decides which agent may take the build now.
@@ -112,8 +113,7 @@ impl Tugboat {
     }
 
     async fn channel_of(&self, service: &ServiceName, env: &EnvName, platform: &Platform) -> Result<ChannelView> {
-        let view = self.pipeline_view(service).await?;
-        let environment = crate::deploy::environment(&view.pipeline, env)?.clone();
+        let environment = self.environment_of(service, env).await?;
         let state = self.db.env_state(service, env).await?;
         let build = match &state.current {
             Some(d) => self.db.build_summary(&d.build).await?,
@@ -171,7 +171,7 @@ impl Tugboat {
     /// while it runs nothing, or runs an embargoed build (which a public
     /// environment cannot receive, but may still run if it was made public
     /// after). A private environment does not exist here.
-    pub async fn public_version(&self, service: &ServiceName, env: &EnvName) -> Result<Option<BuildRow>> {
+    pub async fn public_version(&self, service: &ServiceName, env: &EnvName) -> Result<Option<BuildRecord>> {
         let platform = Platform::parse("linux/amd64").map_err(|e| Error::Invalid(e.to_string()))?;
         let channel = self.channel_of(service, env, &platform).await?;
         if channel.environment.private {
@@ -196,7 +196,7 @@ impl Tugboat {
     /// Stores an agent's report. The environment must exist in the
     /// service's pipeline and the builds it names must exist; nothing is
     /// stored otherwise.
-    pub async fn report(&self, who: &Principal, mut report: AgentRow) -> Result<()> {
+    pub async fn report(&self, who: &Principal, mut report: AgentRecord) -> Result<()> {
         self.require_follow(who, Action::Report, &report.service, &report.environment)?;
         let view = self.pipeline_view(&report.service).await?;
         let environment = crate::deploy::environment(&view.pipeline, &report.environment)?;
@@ -290,7 +290,7 @@ impl Tugboat {
         Ok(rows.into_iter().map(|a| sights.agent(a)).collect())
     }
 
-    async fn agent_sights(&self, who: &Principal, rows: &[AgentRow]) -> Result<Sights> {
+    async fn agent_sights(&self, who: &Principal, rows: &[AgentRecord]) -> Result<Sights> {
         let ids = rows.iter().flat_map(crate::access::agent_builds).cloned().collect();
         self.sights(who, ids).await
     }
@@ -313,9 +313,9 @@ impl Tugboat {
                     c.total += 1;
                     if self.is_stale(a.last_seen) {
                         c.stale += 1;
-                    } else if a.state == "healthy" {
+                    } else if a.state == AgentState::Healthy {
                         c.healthy += 1;
-                    } else if a.state == "failed" {
+                    } else if a.state == AgentState::Failed {
                         c.failed += 1;
                     }
                     if a.build.is_some() && a.build.as_ref() == build.as_ref() {

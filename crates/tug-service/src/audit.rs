@@ -154,18 +154,9 @@ impl Tugboat {
 /// An event as recorded, whole, with its hashes: what the export writes
 /// and consumers are fed.
 pub(crate) fn audit_record(row: &EventRow) -> Result<AuditRecord> {
-    let unchained = || {
-        Error::Db(tug_db::Error::Corrupt(format!(
-            "event {} has no hash; run tug audit verify",
-            row.id
-        )))
-    };
-    let event = parse_row(row).map_err(|why| {
-        Error::Db(tug_db::Error::Corrupt(format!(
-            "event {}: {why}; run tug audit verify",
-            row.id
-        )))
-    })?;
+    let unchained = || Error::corrupt(format!("event {} has no hash; run tug audit verify", row.id));
+    let event =
+        parse_row(row).map_err(|why| Error::corrupt(format!("event {}: {why}; run tug audit verify", row.id)))?;
     Ok(AuditRecord {
         event,
         prev_hash: row.prev_hash.ok_or_else(unchained)?,

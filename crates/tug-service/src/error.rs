@@ -1,8 +1,58 @@
 //! The errors of the use cases: each carries the facts a caller needs to
-//! act (which build, which digest, which role), and converts from the store's
-//! and the database's errors without losing them.
+//! act (which build, which digest, which role) and a [`ErrorKind`] that says
+//! what sort of failure it is. The store's and the database's errors are
+//! converted here, once: what a caller can act on becomes a variant of its
+//! own, everything else one opaque [`Error::Internal`] (or
+//! [`Error::Unavailable`] when the database cannot be reached), so no layer
+//! above the service ever sees a database or storage error.
 
-use tug_core::{Action, ArtifactName, BuildId, Digest, Role, SealError, ServiceName, TokenName};
+use tug_core::{Action, ArtifactName, BuildId, BuildState, Digest, Role, SealError, ServiceName, TokenName};
+
+/// What sort of failure an [`Error`] is: the server maps kinds to statuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The caller's credentials are missing, not valid or revoked.
+    Unauthenticated,
+    /// The caller is known but may not do this.
+    Forbidden,
+    /// What the request names does not exist (or the caller may not see it).
+    NotFound,
+    /// The request is valid but the current state does not allow it.
+    Conflict,
+    /// A deployment policy refuses the request.
+    Policy,
+    /// The request itself is not valid.
+    Invalid,
+    /// A dependency (the database) cannot be reached right now; retrying
+    /// may succeed.
+    Unavailable,
+    /// The server failed; the cause is for its log, not for the client.
+    Internal,
+}
+
+/// The cause of an internal or unavailable failure: displayed and logged,
+/// never matched on, so nothing above the service depends on which lower
+/// layer failed or how.
+#[derive(Debug)]
+pub struct Cause(Box<dyn std::error::Error + Send + Sync>);
+
+impl Cause {
+    pub fn new(cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Cause {
+        Cause(cause.into())
+    }
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for Cause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -79,15 +129,95 @@ pub enum Error {
     Conflict(String),
     #[error("deployment request {0} is no longer pending")]
     RequestClosed(String),
+    #[error("build {id} is {state}, not a draft")]
+    BuildNotDraft { id: BuildId, state: BuildState },
+    #[error("build {id} already has an artifact named {name} with other content ({existing})")]
+    DuplicateArtifact {
+        id: BuildId,
+        name: ArtifactName,
+        existing: Digest,
+    },
+    #[error("the content hashes to {actual} ({size} bytes), not {expected}; nothing was stored")]
+    DigestMismatch {
+        expected: Digest,
+        actual: Digest,
+        size: u64,
+    },
+    #[error("the body is larger than the {limit}-byte limit; nothing was stored")]
+    TooLarge { limit: u64 },
+    #[error("the upload was cut short after {received} bytes: {source}; nothing was stored")]
+    UploadInterrupted { received: u64, source: std::io::Error },
+    #[error("range starts at {start}, past the end of the {size}-byte blob")]
+    RangeNotSatisfiable { start: u64, size: u64 },
+    #[error("unavailable: {0}")]
+    Unavailable(Cause),
     #[error(transparent)]
-    Store(tug_store::Error),
-    #[error(transparent)]
-    Db(tug_db::Error),
+    Internal(Cause),
+}
+
+impl Error {
+    /// An internal failure with this cause (a stored value the server did
+    /// not write, a failed lower layer).
+    pub fn internal(cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
+        Error::Internal(Cause::new(cause))
+    }
+
+    /// A stored row that is not valid: the database holds something this
+    /// server did not write.
+    pub(crate) fn corrupt(what: impl std::fmt::Display) -> Error {
+        Error::internal(format!("stored row is not valid: {what}"))
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        use ErrorKind as K;
+        match self {
+            Error::InvalidToken | Error::TokenRevoked(_) => K::Unauthenticated,
+            Error::Forbidden { .. } | Error::AdminOnly(_) | Error::OutOfScope { .. } | Error::SelfApproval { .. } => {
+                K::Forbidden
+            }
+            Error::TokenNotFound(_)
+            | Error::ServiceNotFound(_)
+            | Error::BuildNotFound(_)
+            | Error::HiddenBuild(_)
+            | Error::BlobNotFound(_)
+            | Error::NoPipeline(_)
+            | Error::EnvironmentNotFound { .. } => K::NotFound,
+            Error::TokenAlreadyRevoked { .. }
+            | Error::TokenNameTaken(_)
+            | Error::LastAdmin
+            | Error::NotSealed(_)
+            | Error::Seal(_)
+            | Error::NothingToDeploy(_)
+            | Error::Conflict(_)
+            | Error::RequestClosed(_)
+            | Error::BuildNotDraft { .. }
+            | Error::DuplicateArtifact { .. } => K::Conflict,
+            Error::Policy(_) => K::Policy,
+            Error::Invalid(_)
+            | Error::AmbiguousId { .. }
+            | Error::Pipeline(_)
+            | Error::BlobMissing { .. }
+            | Error::SizeMismatch { .. }
+            | Error::DigestMismatch { .. }
+            | Error::TooLarge { .. }
+            | Error::UploadInterrupted { .. }
+            | Error::RangeNotSatisfiable { .. } => K::Invalid,
+            Error::Unavailable(_) => K::Unavailable,
+            Error::Internal(_) => K::Internal,
+        }
+    }
 }
 
 impl From<tug_store::Error> for Error {
     fn from(e: tug_store::Error) -> Self {
-        Error::Store(e)
+        use tug_store::Error as S;
+        match e {
+            S::DigestMismatch { expected, actual, size } => Error::DigestMismatch { expected, actual, size },
+            S::TooLarge { limit } => Error::TooLarge { limit },
+            S::Interrupted { received, source } => Error::UploadInterrupted { received, source },
+            S::RangeNotSatisfiable { start, size } => Error::RangeNotSatisfiable { start, size },
+            e @ (S::Config { .. } | S::Io(_) | S::ObjectStore(_)) => Error::internal(e),
+        }
     }
 }
 
@@ -99,7 +229,37 @@ impl From<tug_db::Error> for Error {
             tug_db::Error::BuildNotFound(id) => Error::BuildNotFound(id.to_string()),
             tug_db::Error::Conflict(m) => Error::Conflict(m),
             tug_db::Error::RequestNotPending(id) => Error::RequestClosed(id),
-            other => Error::Db(other),
+            tug_db::Error::NotDraft { id, state } => Error::BuildNotDraft { id, state },
+            tug_db::Error::DuplicateArtifact { id, name, existing } => Error::DuplicateArtifact { id, name, existing },
+            e if e.is_unavailable() => Error::Unavailable(Cause::new(e)),
+            e @ (tug_db::Error::Sqlx(_)
+            | tug_db::Error::Migrate(_)
+            | tug_db::Error::UnsupportedUrl(_)
+            | tug_db::Error::Corrupt(_)) => Error::internal(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_errors_become_the_service_ones() {
+        let service = ServiceName::parse("api").unwrap();
+        let e = Error::from(tug_db::Error::ServiceNotFound(service.clone()));
+        assert!(matches!(&e, Error::ServiceNotFound(s) if *s == service), "{e:?}");
+        assert_eq!(e.kind(), ErrorKind::NotFound);
+        let e = Error::from(tug_db::Error::Corrupt("secret detail".into()));
+        assert_eq!(e.kind(), ErrorKind::Internal);
+    }
+
+    #[test]
+    fn store_errors_keep_their_message() {
+        let e = Error::from(tug_store::Error::RangeNotSatisfiable { start: 9, size: 3 });
+        assert_eq!(e.to_string(), "range starts at 9, past the end of the 3-byte blob");
+        assert_eq!(e.kind(), ErrorKind::Invalid);
+        let e = Error::from(tug_store::Error::Io(std::io::Error::other("disk")));
+        assert_eq!(e.kind(), ErrorKind::Internal);
     }
 }

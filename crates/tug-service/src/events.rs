@@ -13,8 +13,9 @@
 
 use chrono::{DateTime, Utc};
 use tug_api::{Actor, Approval, Change, Event, EventBuild, EventSource, EventToken};
+use tug_core::records::{BuildRecord, DeploymentRequest, TokenRecord};
 use tug_core::{Action, BuildId, ServiceName};
-use tug_db::{BuildRow, EventRow, NewEvent, RequestRow, TokenRow, Tx};
+use tug_db::{EventRow, NewEvent, Tx};
 
 use crate::access::Sights;
 use crate::{Error, Principal, Result, Tugboat};
@@ -73,7 +74,7 @@ pub(crate) fn actor(who: &Principal) -> Actor {
 }
 
 /// A build as events name it.
-pub(crate) fn event_build(b: &BuildRow) -> EventBuild {
+pub(crate) fn event_build(b: &BuildRecord) -> EventBuild {
     EventBuild {
         id: b.id.clone(),
         version: b.version.clone(),
@@ -84,7 +85,7 @@ pub(crate) fn event_build(b: &BuildRow) -> EventBuild {
 }
 
 /// A token as events name it.
-pub(crate) fn event_token(t: &TokenRow) -> EventToken {
+pub(crate) fn event_token(t: &TokenRecord) -> EventToken {
     EventToken {
         id: t.id.clone(),
         name: t.name.clone(),
@@ -95,7 +96,7 @@ pub(crate) fn event_token(t: &TokenRow) -> EventToken {
 }
 
 /// A deployment request as approval events name it.
-pub(crate) fn approval(r: &RequestRow, build: &BuildRow) -> Approval {
+pub(crate) fn approval(r: &DeploymentRequest, build: &BuildRecord) -> Approval {
     Approval {
         environment: r.environment.clone(),
         build: event_build(build),
@@ -119,7 +120,7 @@ impl Tugboat {
     pub(crate) fn build_event(
         &self,
         who: &Principal,
-        b: &BuildRow,
+        b: &BuildRecord,
         change: impl FnOnce(EventBuild) -> Change,
     ) -> Event {
         self.event(Some(&b.service), Some(actor(who)), change(event_build(b)))
@@ -168,12 +169,7 @@ impl Tugboat {
         for row in &rows {
             match parse_row(row) {
                 Ok(e) => events.push(e),
-                Err(why) => {
-                    return Err(Error::Db(tug_db::Error::Corrupt(format!(
-                        "event {}: {why}; run tug audit verify",
-                        row.id
-                    ))))
-                }
+                Err(why) => return Err(Error::corrupt(format!("event {}: {why}; run tug audit verify", row.id))),
             }
         }
         let named: Vec<BuildId> = events.iter().flat_map(builds_named).collect();

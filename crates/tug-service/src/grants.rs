@@ -25,6 +25,7 @@ use std::time::Duration;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tug_core::grant::{self, Wait};
+use tug_core::states::RolloutState;
 use tug_core::{BuildId, EnvName, ServiceName, Strategy};
 
 use crate::agents::STALE_AFTER;
@@ -381,7 +382,7 @@ impl Tugboat {
             .lock_rollout(&key.service, &key.env, key.seq, &room.build, now)
             .await?;
         let rollout = lock.rollout();
-        let halted = (rollout.state == "halted")
+        let halted = (rollout.state == RolloutState::Halted)
             .then(|| rollout.reason.clone().unwrap_or_else(|| "no reason given".to_string()));
         let counts = lock.counts(now - STALE_AFTER).await?;
         let admission = grant::admit(&strategy, halted.as_deref(), &counts, asking.len());

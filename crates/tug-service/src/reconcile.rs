@@ -23,8 +23,9 @@
 use std::time::Duration;
 
 use rand::Rng;
+use tug_core::records::{BuildRecord, DeploymentRequest};
+use tug_core::states::RequestState;
 use tug_core::{DeployKind, Environment, ServiceName};
-use tug_db::{BuildRow, RequestRow};
 
 use crate::deploy::{DeployOptions, Intent, Outcome};
 use crate::{Error, Result, Tugboat};
@@ -44,7 +45,7 @@ pub const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
 /// Where an environment's seal order puts a build: later seals first, ids
 /// (time-ordered) breaking ties between seals in the same millisecond.
-fn seal_order(b: &BuildRow) -> (Option<chrono::DateTime<chrono::Utc>>, &str) {
+fn seal_order(b: &BuildRecord) -> (Option<chrono::DateTime<chrono::Utc>>, &str) {
     (b.sealed_at, b.id.as_str())
 }
 
@@ -90,7 +91,7 @@ impl Tugboat {
                 .db
                 .last_request(service, &environment.name, &candidate.id, Some(DeployKind::AutoRelease))
                 .await?
-                .is_some_and(|r| r.state == "rejected" || r.state == "expired");
+                .is_some_and(|r| matches!(r.state, RequestState::Rejected | RequestState::Expired));
             if declined {
                 return Ok(None);
             }
@@ -120,7 +121,7 @@ impl Tugboat {
     /// Reconciles every environment of the build's service that
     /// auto-releases the build's branch. Refusals are logged, not returned:
     /// the seal itself succeeded.
-    pub(crate) async fn reconcile_after_seal(&self, build: &BuildRow) {
+    pub(crate) async fn reconcile_after_seal(&self, build: &BuildRecord) {
         let Some(branch) = build.source.branch.as_deref() else {
             return;
         };
@@ -172,7 +173,7 @@ impl Tugboat {
 
     /// Marks the pending requests past their expiry as expired, recording
     /// an `approval.expired` event for each (once, whichever server sweeps).
-    pub(crate) async fn expire_due_requests(&self) -> Result<Vec<RequestRow>> {
+    pub(crate) async fn expire_due_requests(&self) -> Result<Vec<DeploymentRequest>> {
         let mut tx = self.db.begin().await?;
         let expired = tx.expire_due_requests(self.now()).await?;
         let mut events = Vec::with_capacity(expired.len());

@@ -8,12 +8,14 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tug_api::{Change, EventAgent};
 use tug_core::grant::RolloutCounts;
+use tug_core::records::AgentRecord;
+use tug_core::states::{AgentState, RolloutPhase, RolloutState};
 use tug_core::{Action, BuildId, DeployKind, EnvName, Environment, Pipeline, ServiceName, Version};
-use tug_db::{AgentRow, EnvState, RolloutRow, SoakClock};
+use tug_db::{EnvState, RolloutRow, SoakClock};
 
 use crate::access::Sights;
 use crate::agents::STALE_AFTER;
-use crate::deploy::{environment, Intent};
+use crate::deploy::Intent;
 use crate::{DeployOptions, Error, Principal, Result, Tugboat};
 
 /// What an agent's report did to a paced rollout: it became healthy on the
@@ -113,9 +115,7 @@ pub struct RolloutStatus {
     /// The strategy as written (`canary of 2, then rolling, 25% at a
     /// time`); `None` when the environment does not pace rollouts.
     pub strategy: Option<String>,
-    /// `rolling`, `halted`, `done` (every live agent healthy on the build),
-    /// `unpaced` (no rollout set, or a rollback) or `idle` (runs nothing).
-    pub state: String,
+    pub state: RolloutPhase,
     pub reason: Option<String>,
     pub changed_by: Option<String>,
     pub changed_at: Option<DateTime<Utc>>,
@@ -195,8 +195,7 @@ impl Tugboat {
     /// The rollout of an environment's current build.
     pub async fn rollout_status(&self, who: &Principal, service: &ServiceName, env: &EnvName) -> Result<RolloutStatus> {
         self.require_in(who, Action::Read, service)?;
-        let view = self.pipeline_view(service).await?;
-        let environment = environment(&view.pipeline, env)?;
+        let environment = &self.environment_of(service, env).await?;
         let pacing = self.pacing(service, environment).await?;
         let status = self.status_of(&pacing).await?;
         self.rollout_seen_by(who, status).await
@@ -215,7 +214,7 @@ impl Tugboat {
             build: pacing.build.clone(),
             seq: pacing.seq,
             strategy: env.rollout.as_ref().map(|r| r.strategy.to_string()),
-            state: "idle".into(),
+            state: RolloutPhase::Idle,
             reason: None,
             changed_by: None,
             changed_at: None,
@@ -232,7 +231,7 @@ impl Tugboat {
         status.counts = self.rollout_counts(pacing, build).await?;
         status.failures = status.counts.failed;
         if !pacing.per_agent() {
-            status.state = "unpaced".into();
+            status.state = RolloutPhase::Unpaced;
             return Ok(status);
         }
         // Reading the status records nothing: a rollout no agent asked
@@ -240,15 +239,14 @@ impl Tugboat {
         let row = self.db.rollout(&pacing.service, &env.name, pacing.seq).await?;
         let baseline = row.as_ref().map_or(0, |r| r.failures_baseline);
         status.failures = (status.counts.failed - baseline).max(0);
-        let halted = row.as_ref().is_some_and(|r| r.state == "halted");
+        let halted = row.as_ref().is_some_and(|r| r.state == RolloutState::Halted);
         status.state = if halted {
-            "halted"
+            RolloutPhase::Halted
         } else if status.counts.agents > 0 && status.counts.healthy == status.counts.agents {
-            "done"
+            RolloutPhase::Done
         } else {
-            "rolling"
-        }
-        .into();
+            RolloutPhase::Rolling
+        };
         if let Some(row) = row {
             status.reason = row.reason;
             status.changed_by = row.changed_by;
@@ -273,14 +271,15 @@ impl Tugboat {
             ));
         }
         let (pacing, row) = self.paced_rollout(service, env).await?;
-        if row.state == "halted" {
+        if row.state == RolloutState::Halted {
             return Err(Error::Conflict(format!(
                 "the rollout of build {} to {env} is already halted: {}",
                 row.build,
                 row.reason.as_deref().unwrap_or("")
             )));
         }
-        self.set_state(&pacing, &row, "halted", reason, None, Some(who)).await?;
+        self.set_state(&pacing, &row, RolloutState::Halted, reason, None, Some(who))
+            .await?;
         let status = self.status_of(&pacing).await?;
         self.rollout_seen_by(who, status).await
     }
@@ -289,23 +288,29 @@ impl Tugboat {
     pub async fn resume_rollout(&self, who: &Principal, service: &ServiceName, env: &EnvName) -> Result<RolloutStatus> {
         self.require_in(who, Action::Deploy, service)?;
         let (pacing, row) = self.paced_rollout(service, env).await?;
-        if row.state != "halted" {
+        if row.state != RolloutState::Halted {
             return Err(Error::Conflict(format!(
                 "the rollout of build {} to {env} is not halted",
                 row.build
             )));
         }
         let counts = self.rollout_counts(&pacing, &row.build).await?;
-        self.set_state(&pacing, &row, "rolling", "resumed", Some(counts.failed), Some(who))
-            .await?;
+        self.set_state(
+            &pacing,
+            &row,
+            RolloutState::Rolling,
+            "resumed",
+            Some(counts.failed),
+            Some(who),
+        )
+        .await?;
         self.place_may_have_freed(&pacing);
         let status = self.status_of(&pacing).await?;
         self.rollout_seen_by(who, status).await
     }
 
     async fn paced_rollout(&self, service: &ServiceName, env: &EnvName) -> Result<(Pacing, RolloutRow)> {
-        let view = self.pipeline_view(service).await?;
-        let environment = environment(&view.pipeline, env)?;
+        let environment = &self.environment_of(service, env).await?;
         let pacing = self.pacing(service, environment).await?;
         let Some(build) = pacing.build.clone().filter(|_| pacing.per_agent()) else {
             return Err(Error::Invalid(format!(
@@ -330,7 +335,7 @@ impl Tugboat {
         &self,
         pacing: &Pacing,
         row: &RolloutRow,
-        to: &str,
+        to: RolloutState,
         reason: &str,
         baseline: Option<i64>,
         by: Option<&Principal>,
@@ -342,7 +347,7 @@ impl Tugboat {
                 &pacing.service,
                 &pacing.environment.name,
                 pacing.seq,
-                &row.state,
+                row.state,
                 to,
                 Some(reason),
                 baseline,
@@ -358,7 +363,7 @@ impl Tugboat {
         }
         let environment = pacing.environment.name.clone();
         let build = build.as_ref().map(crate::events::event_build);
-        let change = if to == "halted" {
+        let change = if to == RolloutState::Halted {
             Change::RolloutHalted {
                 environment,
                 build,
@@ -383,14 +388,14 @@ impl Tugboat {
     pub(crate) async fn progress(
         &self,
         pacing: &Pacing,
-        before: Option<&AgentRow>,
-        now: &AgentRow,
+        before: Option<&AgentRecord>,
+        now: &AgentRecord,
     ) -> Result<Option<Progress>> {
         let Some(build) = pacing.build.clone().filter(|_| pacing.per_agent()) else {
             return Ok(None);
         };
-        let healthy = |a: &AgentRow| a.build.as_ref() == Some(&build) && a.state == "healthy";
-        let failed = |a: &AgentRow| a.failed_build.as_ref() == Some(&build);
+        let healthy = |a: &AgentRecord| a.build.as_ref() == Some(&build) && a.state == AgentState::Healthy;
+        let failed = |a: &AgentRecord| a.failed_build.as_ref() == Some(&build);
         let became_healthy = healthy(now) && !before.is_some_and(healthy);
         let became_failed = failed(now) && !before.is_some_and(failed);
         if !(became_healthy || became_failed) {
@@ -407,7 +412,7 @@ impl Tugboat {
                 agent: EventAgent {
                     id: now.agent_id.clone(),
                     hostname: now.hostname.clone(),
-                    state: now.state.clone(),
+                    state: now.state.to_string(),
                     error: now.error.clone(),
                 },
             },
@@ -428,7 +433,7 @@ impl Tugboat {
         pipeline: &Pipeline,
         pacing: &Pacing,
         progress: Option<&Progress>,
-        now: &AgentRow,
+        now: &AgentRecord,
     ) {
         let result = async {
             if let Some(build) = &pacing.build {
@@ -451,7 +456,7 @@ impl Tugboat {
 
     /// Halts a rollout whose failures reached its threshold, and rolls the
     /// environment back when the pipeline says so.
-    async fn halt_on_failures(&self, pacing: &Pacing, build: &BuildId, agent: &AgentRow) -> Result<()> {
+    async fn halt_on_failures(&self, pacing: &Pacing, build: &BuildId, agent: &AgentRecord) -> Result<()> {
         let Some(rollout) = &pacing.environment.rollout else {
             return Ok(());
         };
@@ -461,7 +466,7 @@ impl Tugboat {
             .await?;
         let counts = self.rollout_counts(pacing, build).await?;
         let failures = counts.failed - row.failures_baseline;
-        if row.state == "halted" || failures < i64::from(rollout.halt_after_failures) {
+        if row.state == RolloutState::Halted || failures < i64::from(rollout.halt_after_failures) {
             return Ok(());
         }
         let reason = format!(
@@ -471,7 +476,10 @@ impl Tugboat {
             agent.hostname,
             agent.error.as_deref().unwrap_or("no error given")
         );
-        match self.set_state(pacing, &row, "halted", &reason, None, None).await {
+        match self
+            .set_state(pacing, &row, RolloutState::Halted, &reason, None, None)
+            .await
+        {
             Ok(()) => {}
             // Another report halted it first.
             Err(Error::Conflict(_)) => return Ok(()),

@@ -18,8 +18,9 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 use tug_api::{Actor, Approval, Change, Deployed, DeploymentKind, Event, EventAgent, EventBuild, EventSource};
+use tug_core::records::{BuildRecord, TokenRecord};
 use tug_core::{BuildId, EnvName, Version};
-use tug_db::{BuildRow, EventRow, NewEvent, TokenRow};
+use tug_db::{EventRow, NewEvent};
 
 use crate::events::{event_build, recordable};
 use crate::{Result, Tugboat};
@@ -43,7 +44,7 @@ impl Tugboat {
                 break;
             }
             let named: Vec<BuildId> = rows.iter().flat_map(old_builds).collect();
-            let builds: HashMap<BuildId, BuildRow> = chaining
+            let builds: HashMap<BuildId, BuildRecord> = chaining
                 .builds(&named)
                 .await?
                 .into_iter()
@@ -92,7 +93,7 @@ fn old_builds(row: &EventRow) -> Vec<BuildId> {
 
 /// An old event in the event schema, or `None` for a kind Tugboat never
 /// wrote (or a payload it did not).
-fn rewrite(row: &EventRow, builds: &HashMap<BuildId, BuildRow>, tokens: &[TokenRow]) -> Option<Event> {
+fn rewrite(row: &EventRow, builds: &HashMap<BuildId, BuildRecord>, tokens: &[TokenRecord]) -> Option<Event> {
     let p: Value = serde_json::from_str(&row.payload).ok()?;
     let text = |k: &str| p.get(k).and_then(Value::as_str).map(str::to_string);
     let int = |k: &str| p.get(k).and_then(Value::as_i64);
@@ -210,7 +211,7 @@ fn rewrite(row: &EventRow, builds: &HashMap<BuildId, BuildRow>, tokens: &[TokenR
 /// The token that acted in an old event: the newest token of that name
 /// created before the event. Tugboat's own names for itself (`auto-release`,
 /// `auto-rollback`, `rollout`) are no token.
-fn actor(row: &EventRow, tokens: &[TokenRow]) -> Option<Actor> {
+fn actor(row: &EventRow, tokens: &[TokenRecord]) -> Option<Actor> {
     let name = row.actor.as_deref()?;
     tokens
         .iter()

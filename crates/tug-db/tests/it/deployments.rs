@@ -6,6 +6,7 @@
 //! seal time.
 
 use chrono::{DateTime, Duration, Utc};
+use tug_core::states::{Decision, RequestState};
 use tug_core::{BuildId, DeployKind, EnvName};
 use tug_db::{CreatedRequest, Db, Error, NewDeployment, RequestRow};
 
@@ -32,7 +33,7 @@ fn request(build: &BuildId, env: &EnvName, kind: DeployKind, expires_at: Option<
         environment: env.clone(),
         build: build.clone(),
         kind,
-        state: "pending".into(),
+        state: RequestState::Pending,
         requested_by: "deployer".into(),
         requested_at: Utc::now(),
         expires_at,
@@ -76,7 +77,7 @@ crate::db_test!(concurrent_last_approvals_deploy_a_request_once, |db: Db| async 
     let prod = env("production");
     let r = promotion(&db, &build, &prod, Utc::now() + Duration::hours(1)).await;
     for approver in ["alice", "bob"] {
-        crate::in_tx!(db, |tx| tx.decide(&r.id, approver, "approve", Utc::now()).await).unwrap();
+        crate::in_tx!(db, |tx| tx.decide(&r.id, approver, Decision::Approve, Utc::now()).await).unwrap();
     }
     // Eight approvals completing the request at once, each having read the
     // environment at a moment of its own: some see it before, some after
@@ -108,7 +109,7 @@ crate::db_test!(concurrent_last_approvals_deploy_a_request_once, |db: Db| async 
     let history = db.history(&service(), &prod, 100).await.unwrap();
     assert_eq!(history.len(), 1);
     assert_eq!(history[0].approved_by, vec!["alice", "bob"]);
-    assert_eq!(db.request(&r.id).await.unwrap().unwrap().state, "deployed");
+    assert_eq!(db.request(&r.id).await.unwrap().unwrap().state, RequestState::Deployed);
     let current = db.env_state(&service(), &prod).await.unwrap().current.unwrap();
     assert_eq!(current.approved_by, vec!["alice", "bob"]);
     assert_eq!(
@@ -149,7 +150,7 @@ crate::db_test!(an_expired_request_never_deploys, |db: Db| async move {
         .await
         .unwrap();
     assert_eq!(expired.len(), 1);
-    assert_eq!(expired[0].state, "expired");
+    assert_eq!(expired[0].state, RequestState::Expired);
 });
 
 crate::db_test!(one_request_per_build_and_environment_is_pending, |db: Db| async move {
@@ -179,7 +180,7 @@ crate::db_test!(one_request_per_build_and_environment_is_pending, |db: Db| async
         .await
         .unwrap()
         .unwrap();
-    assert!(crate::in_tx!(db, |tx| tx.close_request(&pending.id, "rejected").await).unwrap());
+    assert!(crate::in_tx!(db, |tx| tx.close_request(&pending.id, RequestState::Rejected).await).unwrap());
     created(&db, &request(&build, &prod, DeployKind::Promote, None), false).await;
 });
 
@@ -204,8 +205,14 @@ crate::db_test!(auto_release_requests_supersede_older_ones, |db: Db| async move 
         vec![first.id.as_str()],
         "only the older auto-release request of that environment"
     );
-    assert_eq!(db.request(&first.id).await.unwrap().unwrap().state, "superseded");
-    assert_eq!(db.request(&manual.id).await.unwrap().unwrap().state, "pending");
+    assert_eq!(
+        db.request(&first.id).await.unwrap().unwrap().state,
+        RequestState::Superseded
+    );
+    assert_eq!(
+        db.request(&manual.id).await.unwrap().unwrap().state,
+        RequestState::Pending
+    );
     let last = db
         .last_request(&service(), &env("canary"), &old, Some(DeployKind::AutoRelease))
         .await
@@ -249,7 +256,7 @@ crate::db_test!(due_requests_expire_once_across_sweeps, |db: Db| async move {
     ids.sort();
     assert_eq!(expired, ids, "each due request expired by exactly one sweep");
     for id in &ids {
-        assert_eq!(db.request(id).await.unwrap().unwrap().state, "expired");
+        assert_eq!(db.request(id).await.unwrap().unwrap().state, RequestState::Expired);
     }
     assert_eq!(
         db.next_expiry().await.unwrap().unwrap().timestamp_millis(),

@@ -25,7 +25,7 @@ fn agent(id: &str, build: &BuildId, state: &str, failed: Option<&BuildId>, seen:
         platform: Platform::parse("linux/amd64").unwrap(),
         agent_version: "1.0.0".into(),
         build: Some(build.clone()),
-        state: state.to_string(),
+        state: tug_core::states::AgentState::parse(state).unwrap(),
         error: None,
         failed_build: failed.cloned(),
         waiting: None,

@@ -24,7 +24,7 @@ fn agent(id: &str, build: Option<&BuildId>, state: &str, at: DateTime<Utc>) -> A
         platform: Platform::parse("linux/amd64").unwrap(),
         agent_version: "1.0.0".into(),
         build: build.cloned(),
-        state: state.into(),
+        state: tug_core::states::AgentState::parse(state).unwrap(),
         error: None,
         failed_build: None,
         waiting: None,

@@ -9,9 +9,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use tug_api::{Agent, AgentReport, AgentState, Channel, ChannelArtifact, ProcessExit};
+use tug_api::{Agent, AgentReport, Channel, ChannelArtifact, ProcessExit};
+use tug_core::records::{AgentRecord, ExitRecord};
 use tug_core::{EnvName, Platform, ServiceName};
-use tug_db::{AgentRow, ExitRow};
 use tug_service::ChannelStamp;
 
 use crate::error::ApiError;
@@ -370,7 +370,7 @@ pub async fn report(
     // The service's clock, as for every other record: the report's time is
     // compared with it when agents are counted.
     let now = state.tugboat.now();
-    let row = AgentRow {
+    let row = AgentRecord {
         agent_id: r.agent_id,
         service: r.service,
         environment: r.environment,
@@ -378,11 +378,11 @@ pub async fn report(
         platform: r.platform,
         agent_version: r.agent_version,
         build: r.build,
-        state: r.state.as_str().to_string(),
+        state: r.state,
         error: r.error,
         failed_build: r.failed_build,
         waiting: r.waiting,
-        exit: r.exit.map(|e| ExitRow {
+        exit: r.exit.map(|e| ExitRecord {
             build: e.build,
             code: e.code,
             signal: e.signal,
@@ -396,16 +396,12 @@ pub async fn report(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The fleet view of a stored report, as the caller may see it. A state
-/// the server does not know was not written by it: an error, never a guess.
+/// The fleet view of a stored report, as the caller may see it. (A state
+/// the server does not know is refused when the report is read from the
+/// database.)
 pub fn agent(state: &AppState, view: tug_service::AgentView) -> Result<Agent, ApiError> {
     let a = view.agent;
-    let agent_state = AgentState::parse(&a.state).ok_or_else(|| {
-        ApiError::from(tug_service::Error::Db(tug_db::Error::Corrupt(format!(
-            "agent {} has the unknown state {:?}",
-            a.agent_id, a.state
-        ))))
-    })?;
+    let agent_state = a.state;
     Ok(Agent {
         short_id: String::new(),
         build_short_id: None,
@@ -486,7 +482,7 @@ pub fn rollout(s: tug_service::RolloutStatus) -> tug_api::Rollout {
         build: s.build,
         seq: s.seq,
         strategy: s.strategy,
-        state: s.state,
+        state: s.state.to_string(),
         reason: s.reason,
         changed_by: s.changed_by,
         changed_at: s.changed_at,

@@ -147,9 +147,7 @@ pub async fn get(
     let blob = match state.tugboat.get_blob(&who, &digest, start, end).await {
         // The store refuses a start past the end; the answer names the
         // size all the same, so a client can resume correctly.
-        Err(tug_service::Error::Store(tug_store::Error::RangeNotSatisfiable { start, size })) => {
-            return Ok(unsatisfiable(start, size))
-        }
+        Err(tug_service::Error::RangeNotSatisfiable { start, size }) => return Ok(unsatisfiable(start, size)),
         blob => blob?,
     };
     let end = end.map_or(blob.size, |e| e.min(blob.size));

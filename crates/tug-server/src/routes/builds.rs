@@ -5,8 +5,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tug_api::{ArtifactsRegistered, Build, BuildList, BuildQuery, CreateBuild, RegisterArtifacts};
+use tug_core::records::{BuildFilter, BuildRecord};
 use tug_core::{BuildState, ServiceName, Version};
-use tug_db::{BuildFilter, BuildRow};
 
 use crate::error::ApiError;
 use crate::extract::{Caller, Json};
@@ -15,7 +15,7 @@ use crate::AppState;
 /// The most builds one list returns.
 const MAX_LIST: u32 = 1000;
 
-pub fn build(row: BuildRow, artifacts: Option<Vec<tug_core::ArtifactSpec>>) -> Build {
+pub fn build(row: BuildRecord, artifacts: Option<Vec<tug_core::ArtifactSpec>>) -> Build {
     Build {
         short_id: row.short_id,
         id: row.id,
@@ -118,6 +118,7 @@ pub async fn show(
     Caller(who): Caller,
     Path(reference): Path<String>,
 ) -> Result<axum::Json<Build>, ApiError> {
+    let reference = super::build_ref(&reference)?;
     let view = state.tugboat.show_build(&who, &reference).await?;
     Ok(axum::Json(build(view.build, view.artifacts)))
 }
@@ -128,6 +129,7 @@ pub async fn manifest(
     Caller(who): Caller,
     Path(reference): Path<String>,
 ) -> Result<Response, ApiError> {
+    let reference = super::build_ref(&reference)?;
     let (digest, text) = state.tugboat.manifest(&who, &reference).await?;
     let mut res = text.into_response();
     res.headers_mut()
@@ -144,6 +146,7 @@ pub async fn register(
     Path(reference): Path<String>,
     Json(req): Json<RegisterArtifacts>,
 ) -> Result<(StatusCode, axum::Json<ArtifactsRegistered>), ApiError> {
+    let reference = super::build_ref(&reference)?;
     let added = state
         .tugboat
         .register_artifacts(&who, &reference, req.artifacts)
@@ -157,6 +160,7 @@ pub async fn seal(
     Caller(who): Caller,
     Path(reference): Path<String>,
 ) -> Result<axum::Json<Build>, ApiError> {
+    let reference = super::build_ref(&reference)?;
     let row = state.tugboat.seal_build(&who, &reference).await?;
     Ok(axum::Json(build(row, None)))
 }
@@ -167,6 +171,7 @@ pub async fn yank(
     Path(reference): Path<String>,
     Json(req): Json<tug_api::Yank>,
 ) -> Result<axum::Json<Build>, ApiError> {
+    let reference = super::build_ref(&reference)?;
     let row = state
         .tugboat
         .yank_build(&who, &reference, req.reason.as_deref())
@@ -179,6 +184,7 @@ pub async fn unembargo(
     Caller(who): Caller,
     Path(reference): Path<String>,
 ) -> Result<axum::Json<Build>, ApiError> {
+    let reference = super::build_ref(&reference)?;
     let row = state.tugboat.unembargo_build(&who, &reference).await?;
     Ok(axum::Json(build(row, None)))
 }
@@ -188,6 +194,7 @@ pub async fn mark_critical(
     Caller(who): Caller,
     Path(reference): Path<String>,
 ) -> Result<axum::Json<Build>, ApiError> {
+    let reference = super::build_ref(&reference)?;
     let row = state.tugboat.mark_critical(&who, &reference).await?;
     Ok(axum::Json(build(row, None)))
 }

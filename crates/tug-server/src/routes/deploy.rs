@@ -8,8 +8,9 @@ use tug_api::{
     ApplyPipeline, BuildSummary, Decide, Decided, DeployResult, Deployment, EnvironmentStatus, History,
     PendingDeployment, PipelineView, Promote, Release, Rollback, ServerRuleView, Status,
 };
+use tug_core::records::{BuildRecord, DeploymentRequest};
+use tug_core::states::Decision;
 use tug_core::{BuildId, EnvName, ServiceName};
-use tug_db::{BuildRow, RequestRow};
 use tug_service::{Answer, BuildSelector, DeployOptions, DeploymentView, Principal, Shown};
 
 use crate::error::ApiError;
@@ -24,7 +25,7 @@ fn env(segment: &str) -> Result<EnvName, ApiError> {
     EnvName::parse(segment).map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))
 }
 
-fn summary(b: &BuildRow) -> BuildSummary {
+fn summary(b: &BuildRecord) -> BuildSummary {
     BuildSummary {
         id: b.id.clone(),
         short_id: b.short_id.clone(),
@@ -147,11 +148,11 @@ pub async fn show_pipeline(
     )))
 }
 
-pub fn pending(r: RequestRow, need: u32) -> PendingDeployment {
+pub fn pending(r: DeploymentRequest, need: u32) -> PendingDeployment {
     let approved_by = r
         .decisions
         .iter()
-        .filter(|(who, d)| d == "approve" && *who != r.requested_by)
+        .filter(|(who, d)| *d == Decision::Approve && *who != r.requested_by)
         .map(|(who, _)| who.clone())
         .collect();
     PendingDeployment {
@@ -160,7 +161,7 @@ pub fn pending(r: RequestRow, need: u32) -> PendingDeployment {
         kind: r.kind,
         build: r.build,
         build_short_id: String::new(),
-        state: r.state,
+        state: r.state.to_string(),
         requested_by: r.requested_by,
         requested_at: r.requested_at,
         expires_at: r.expires_at,
@@ -202,7 +203,7 @@ pub async fn release(
     Json(req): Json<Release>,
 ) -> Result<(StatusCode, axum::Json<DeployResult>), ApiError> {
     let selector = match (req.build, req.branch, req.version) {
-        (Some(b), None, None) => BuildSelector::Reference(b),
+        (Some(b), None, None) => BuildSelector::Reference(super::build_ref(&b)?),
         (None, Some(b), None) => BuildSelector::Branch(b),
         (None, None, Some(v)) => BuildSelector::Version(v),
         _ => {
@@ -244,9 +245,11 @@ pub async fn rollback(
     Path(segment): Path<String>,
     Json(req): Json<Rollback>,
 ) -> Result<(StatusCode, axum::Json<DeployResult>), ApiError> {
+    let service = service(&segment)?;
+    let to = req.to.as_deref().map(super::build_ref).transpose()?;
     let d = state
         .tugboat
-        .rollback(&who, &service(&segment)?, &req.environment, req.to, options(req.flags))
+        .rollback(&who, &service, &req.environment, to, options(req.flags))
         .await?;
     Ok(answer(&state, &who, d).await)
 }
@@ -364,17 +367,12 @@ pub async fn resume(
     }))
 }
 
-async fn decide(
+/// The answer to an approval or a rejection.
+async fn decided(
     state: AppState,
     who: tug_service::Principal,
-    segment: &str,
-    req: Decide,
-    approve: bool,
+    d: tug_service::Decision,
 ) -> Result<axum::Json<Decided>, ApiError> {
-    let d = state
-        .tugboat
-        .decide(&who, &service(segment)?, &req.environment, &req.build, approve)
-        .await?;
     let mut decided = Decided {
         pending: pending(d.request, d.need),
         // Only approvers and admins decide, and they see every build of
@@ -393,7 +391,10 @@ pub async fn approve(
     Path(segment): Path<String>,
     Json(req): Json<Decide>,
 ) -> Result<axum::Json<Decided>, ApiError> {
-    decide(state, who, &segment, req, true).await
+    let service = service(&segment)?;
+    let build = super::build_ref(&req.build)?;
+    let d = state.tugboat.approve(&who, &service, &req.environment, &build).await?;
+    decided(state, who, d).await
 }
 
 pub async fn reject(
@@ -402,7 +403,10 @@ pub async fn reject(
     Path(segment): Path<String>,
     Json(req): Json<Decide>,
 ) -> Result<axum::Json<Decided>, ApiError> {
-    decide(state, who, &segment, req, false).await
+    let service = service(&segment)?;
+    let build = super::build_ref(&req.build)?;
+    let d = state.tugboat.reject(&who, &service, &req.environment, &build).await?;
+    decided(state, who, d).await
 }
 
 pub async fn next_version(

@@ -28,6 +28,12 @@ pub(crate) fn service_param(service: Option<&str>) -> Result<Option<tug_core::Se
         .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))
 }
 
+/// A build reference from a path or a body, parsed once here; a text that
+/// names no build is a 400 saying what would.
+pub(crate) fn build_ref(text: &str) -> Result<tug_core::BuildRef, ApiError> {
+    tug_core::BuildRef::parse(text).map_err(|e| ApiError::from(tug_service::Error::Invalid(e.to_string())))
+}
+
 pub async fn not_found(uri: Uri) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use tug_api::{CreateToken, CreatedToken, Token, TokenList};
-use tug_db::TokenRow;
+use tug_core::records::TokenRecord;
 use tug_service::Principal;
 
 use crate::error::ApiError;
@@ -14,7 +14,7 @@ use crate::AppState;
 
 /// The wire form of a token; `short` maps every token id (revoked ones
 /// too) to its shortest unique prefix.
-pub fn token(t: TokenRow, short: &HashMap<String, String>) -> Token {
+pub fn token(t: TokenRecord, short: &HashMap<String, String>) -> Token {
     Token {
         short_id: short.get(&t.id).cloned().unwrap_or_default(),
         id: t.id,

@@ -57,7 +57,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         "Tugboat listening on http://{}\n  database:   {}\n  blob store: {}\n  {token}",
         started.addr,
         tug_server::config::redact(&config.database_url()),
-        started.tugboat().store().describe()
+        started.tugboat().store_description()
     );
     // A server keeps serving when nobody reads its stdout any more.
     if let Err(e) = crate::output::write(banner) {
