@@ -349,7 +349,10 @@ async fn start_with(config: &Config, listener: tokio::net::TcpListener, tugboat:
         tugboat,
         header_read_timeout: Duration::from_secs(config.header_read_timeout_secs),
         consumers,
-        lease: tug_service::LeaseOptions::new(Duration::from_secs(config.consumer_lease_secs)),
+        lease: tug_service::LeaseOptions::new(
+            Duration::from_secs(config.consumer_lease_secs),
+            std::env::var("HOSTNAME").ok().as_deref(),
+        ),
     })
 }
 

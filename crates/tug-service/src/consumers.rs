@@ -84,13 +84,15 @@ pub struct LeaseOptions {
 }
 
 impl LeaseOptions {
-    /// Options with a holder name unique to this process.
-    pub fn new(lease: Duration) -> LeaseOptions {
+    /// Options with a holder name unique to this process, starting with
+    /// `host` when given (the server passes its host name, so an operator
+    /// reading the lease row knows which machine holds it).
+    pub fn new(lease: Duration, host: Option<&str>) -> LeaseOptions {
         let mut bytes = [0u8; 6];
         rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut bytes);
         let process = format!("{}:{}", std::process::id(), hex::encode(bytes));
-        let holder = match std::env::var("HOSTNAME") {
-            Ok(host) if !host.is_empty() => format!("{host}:{process}"),
+        let holder = match host {
+            Some(host) if !host.is_empty() => format!("{host}:{process}"),
             _ => process,
         };
         LeaseOptions { lease, holder }
