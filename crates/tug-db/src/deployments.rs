@@ -286,11 +286,13 @@ impl Tx {
         // after the winner commits; SQLite has one writer).
         if let Some(request) = &d.request {
             let closed = sqlx::query(
-                "UPDATE deployment_requests SET state = 'deployed' WHERE id = $1 AND state = 'pending' \
+                "UPDATE deployment_requests SET state = $3 WHERE id = $1 AND state = $4 \
                  AND (expires_at IS NULL OR expires_at > $2)",
             )
             .bind(request)
             .bind(d.at.timestamp_millis())
+            .bind(RequestState::Deployed.as_str())
+            .bind(RequestState::Pending.as_str())
             .execute(&mut *tx)
             .await?;
             if closed.rows_affected() != 1 {
@@ -398,14 +400,14 @@ async fn approvers(conn: &mut sqlx::AnyConnection, requests: &[String]) -> Resul
     let mut out = Vec::new();
     // Well under both dialects' limits on bound parameters.
     for chunk in requests.chunks(500) {
-        let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let placeholders: Vec<String> = (2..=chunk.len() + 1).map(|i| format!("${i}")).collect();
         let sql = format!(
             "SELECT a.request_id, a.approver FROM approvals a JOIN deployment_requests r ON r.id = a.request_id \
-             WHERE a.decision = 'approve' AND a.approver <> r.requested_by AND a.request_id IN ({}) \
+             WHERE a.decision = $1 AND a.approver <> r.requested_by AND a.request_id IN ({}) \
              ORDER BY a.request_id, a.decided_at, a.approver",
             placeholders.join(", ")
         );
-        let mut q = sqlx::query(&sql);
+        let mut q = sqlx::query(&sql).bind(Decision::Approve.as_str());
         for r in chunk {
             q = q.bind(r.as_str());
         }
@@ -430,9 +432,12 @@ pub enum CreatedRequest {
 const REQUEST_COLUMNS: &str =
     "id, service, environment, build_id, kind, state, requested_by, requested_at, expires_at, reason, override";
 
-/// Requests that are pending and not past their expiry at `$n`.
+/// Requests that are pending and not past their expiry at `$n`. The state
+/// is written into the text, not bound: the planner may then use the
+/// unique index over pending requests, whose condition names it so.
 fn open_at(n: usize) -> String {
-    format!("state = 'pending' AND (expires_at IS NULL OR expires_at > ${n})")
+    let pending = RequestState::Pending.as_str();
+    format!("state = '{pending}' AND (expires_at IS NULL OR expires_at > ${n})")
 }
 
 impl Tx {
@@ -444,7 +449,7 @@ impl Tx {
     pub async fn create_request(&mut self, r: &RequestRow, supersede: bool) -> Result<CreatedRequest> {
         let tx = self.conn();
         let res = sqlx::query(&format!(
-            "INSERT INTO deployment_requests ({REQUEST_COLUMNS}) VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $9, $10)"
+            "INSERT INTO deployment_requests ({REQUEST_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $11, $6, $7, $8, $9, $10)"
         ))
         .bind(&r.id)
         .bind(r.service.as_str())
@@ -456,6 +461,7 @@ impl Tx {
         .bind(r.expires_at.map(|t| t.timestamp_millis()))
         .bind(r.reason.clone())
         .bind(i64::from(r.override_freeze))
+        .bind(RequestState::Pending.as_str())
         .execute(&mut *tx)
         .await;
         match res {
@@ -465,13 +471,15 @@ impl Tx {
         }
         let superseded = if supersede {
             sqlx::query(&format!(
-                "UPDATE deployment_requests SET state = 'superseded' WHERE service = $1 AND environment = $2 \
-                 AND kind = $3 AND state = 'pending' AND id <> $4 RETURNING {REQUEST_COLUMNS}"
+                "UPDATE deployment_requests SET state = $5 WHERE service = $1 AND environment = $2 \
+                 AND kind = $3 AND state = $6 AND id <> $4 RETURNING {REQUEST_COLUMNS}"
             ))
             .bind(r.service.as_str())
             .bind(r.environment.as_str())
             .bind(DeployKind::AutoRelease.as_str())
             .bind(&r.id)
+            .bind(RequestState::Superseded.as_str())
+            .bind(RequestState::Pending.as_str())
             .fetch_all(&mut *tx)
             .await?
         } else {
@@ -488,10 +496,12 @@ impl Tx {
     pub async fn expire_due_requests(&mut self, now: DateTime<Utc>) -> Result<Vec<RequestRow>> {
         let tx = self.conn();
         let rows = sqlx::query(&format!(
-            "UPDATE deployment_requests SET state = 'expired' WHERE state = 'pending' AND expires_at <= $1 \
+            "UPDATE deployment_requests SET state = $2 WHERE state = $3 AND expires_at <= $1 \
              RETURNING {REQUEST_COLUMNS}"
         ))
         .bind(now.timestamp_millis())
+        .bind(RequestState::Expired.as_str())
+        .bind(RequestState::Pending.as_str())
         .fetch_all(&mut *tx)
         .await?;
         requests_from_rows(tx, &rows).await
@@ -520,9 +530,10 @@ impl Tx {
     /// Moves a pending request to `state`; `false` if it was no longer
     /// pending (another server carried it out first).
     pub async fn close_request(&mut self, id: &str, state: RequestState) -> Result<bool> {
-        let done = sqlx::query("UPDATE deployment_requests SET state = $1 WHERE id = $2 AND state = 'pending'")
+        let done = sqlx::query("UPDATE deployment_requests SET state = $1 WHERE id = $2 AND state = $3")
             .bind(state.as_str())
             .bind(id)
+            .bind(RequestState::Pending.as_str())
             .execute(self.conn())
             .await?;
         Ok(done.rows_affected() == 1)
@@ -668,7 +679,7 @@ impl Db {
     ) -> Result<Vec<RequestRow>> {
         let rows = sqlx::query(&format!(
             "SELECT {REQUEST_COLUMNS} FROM deployment_requests WHERE service = $1 AND environment = $2 \
-             AND state IN ('pending', 'expired') AND expires_at > $3 AND expires_at <= $4 \
+             AND state IN ($5, $6) AND expires_at > $3 AND expires_at <= $4 \
              ORDER BY expires_at DESC, id DESC LIMIT {}",
             limit.max(1)
         ))
@@ -676,6 +687,8 @@ impl Db {
         .bind(env.as_str())
         .bind(since.timestamp_millis())
         .bind(now.timestamp_millis())
+        .bind(RequestState::Pending.as_str())
+        .bind(RequestState::Expired.as_str())
         .fetch_all(&self.pool)
         .await?;
         let mut out = self.requests_from_rows(&rows).await?;
@@ -687,7 +700,8 @@ impl Db {
 
     /// When the next pending request expires, if any does.
     pub async fn next_expiry(&self) -> Result<Option<DateTime<Utc>>> {
-        let row = sqlx::query("SELECT MIN(expires_at) AS at FROM deployment_requests WHERE state = 'pending'")
+        let row = sqlx::query("SELECT MIN(expires_at) AS at FROM deployment_requests WHERE state = $1")
+            .bind(RequestState::Pending.as_str())
             .fetch_one(&self.pool)
             .await?;
         opt_millis(row.try_get("at")?)

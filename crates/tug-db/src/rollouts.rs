@@ -15,7 +15,7 @@ pub use tug_core::grant::RolloutCounts;
 use tug_core::{BuildId, EnvName, ServiceName};
 
 use crate::{millis, parse, state, Db, Dialect, Result, Tx};
-use tug_core::states::RolloutState;
+use tug_core::states::{AgentState, RolloutState};
 
 /// The state of one deployment's rollout.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -318,7 +318,7 @@ async fn create_rollout<'e>(
     at: DateTime<Utc>,
 ) -> Result<()> {
     sqlx::query(&format!(
-        "INSERT INTO rollouts ({COLUMNS}) VALUES ($1, $2, $3, $4, 'rolling', NULL, 0, $5, NULL) \
+        "INSERT INTO rollouts ({COLUMNS}) VALUES ($1, $2, $3, $4, $6, NULL, 0, $5, NULL) \
          ON CONFLICT (service, environment, seq) DO NOTHING"
     ))
     .bind(service.as_str())
@@ -326,6 +326,7 @@ async fn create_rollout<'e>(
     .bind(seq)
     .bind(build.to_string())
     .bind(at.timestamp_millis())
+    .bind(RolloutState::Rolling.as_str())
     .execute(on)
     .await?;
     Ok(())
@@ -366,7 +367,7 @@ async fn counts<'e>(
              CASE WHEN a.agent_id IN (SELECT agent_id FROM rollout_grants \
                  WHERE service = $1 AND environment = $2 AND seq = $3 AND granted_at >= $5) THEN 1 ELSE 0 END \
                  AS granted_lately, \
-             CASE WHEN a.build_id = $4 AND a.state = 'healthy' THEN 1 ELSE 0 END AS healthy, \
+             CASE WHEN a.build_id = $4 AND a.state = $6 THEN 1 ELSE 0 END AS healthy, \
              CASE WHEN a.failed_build = $4 THEN 1 ELSE 0 END AS failed \
              FROM agents a WHERE a.service = $1 AND a.environment = $2) x",
     )
@@ -375,6 +376,7 @@ async fn counts<'e>(
     .bind(seq)
     .bind(build.to_string())
     .bind(since.timestamp_millis())
+    .bind(AgentState::Healthy.as_str())
     .fetch_one(on)
     .await?;
     let unreported: i64 = row.try_get("unreported")?;

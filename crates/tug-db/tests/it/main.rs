@@ -9,12 +9,15 @@ mod events;
 mod rollout_counts;
 mod rollouts;
 mod tokens;
+mod unknown_states;
 
 use tug_db::Db;
 
 /// A database and whatever keeps it alive.
 pub struct TestDb {
     pub db: Db,
+    /// Where it is, for tests that write behind the repository's back.
+    pub url: String,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -23,6 +26,7 @@ pub async fn sqlite() -> TestDb {
     let url = format!("sqlite://{}/tug.db", dir.path().display());
     TestDb {
         db: Db::connect(&url).await.unwrap(),
+        url,
         _dir: Some(dir),
     }
 }
@@ -31,6 +35,7 @@ pub async fn postgres() -> TestDb {
     let url = tug_testkit::postgres_database().await;
     TestDb {
         db: Db::connect(&url).await.unwrap(),
+        url,
         _dir: None,
     }
 }
