@@ -272,7 +272,7 @@ pub struct EventAgent {
     pub id: String,
     pub hostname: String,
     /// Its state as it reported it (`healthy`, `failed`, …).
-    pub state: String,
+    pub state: tug_core::states::AgentState,
     /// Why it gave up on the build (`null` when embargoed from the reader).
     pub error: Option<String>,
 }
@@ -567,7 +567,7 @@ mod tests {
         let agent = EventAgent {
             id: "a".into(),
             hostname: "h".into(),
-            state: "healthy".into(),
+            state: tug_core::states::AgentState::Healthy,
             error: None,
         };
         let changes = vec![

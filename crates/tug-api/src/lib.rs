@@ -445,7 +445,7 @@ pub struct Rollout {
     /// `None` when the environment does not pace rollouts.
     pub strategy: Option<String>,
     /// `rolling`, `halted`, `done`, `unpaced` or `idle`.
-    pub state: String,
+    pub state: tug_core::states::RolloutPhase,
     pub reason: Option<String>,
     pub changed_by: Option<String>,
     pub changed_at: Option<DateTime<Utc>>,
@@ -523,8 +523,8 @@ pub struct PendingDeployment {
     /// The short id of `build` (empty where the server did not fill it).
     #[serde(default)]
     pub build_short_id: String,
-    /// pending, deployed, rejected or expired.
-    pub state: String,
+    /// pending, deployed, rejected, expired or superseded.
+    pub state: tug_core::states::RequestState,
     pub requested_by: String,
     pub requested_at: DateTime<Utc>,
     pub expires_at: Option<DateTime<Utc>>,
@@ -538,10 +538,35 @@ pub struct PendingDeployment {
 /// for approvals (202).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeployResult {
-    /// `deployed` or `pending_approval`.
-    pub status: String,
+    pub status: DeployStatus,
     pub deployment: Option<Deployment>,
     pub pending: Option<PendingDeployment>,
+}
+
+/// What became of a release, promote or rollback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeployStatus {
+    /// The build is deployed (`deployment` says how).
+    Deployed,
+    /// The deployment waits for approvals (`pending` says for which).
+    PendingApproval,
+}
+
+impl DeployStatus {
+    /// Its text on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeployStatus::Deployed => "deployed",
+            DeployStatus::PendingApproval => "pending_approval",
+        }
+    }
+}
+
+impl std::fmt::Display for DeployStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The answer to `POST /v1/services/{service}/environments/{env}/resume`:
@@ -784,4 +809,17 @@ pub struct Agent {
     /// asking: `build`, `failed_build` and `error` are absent.
     #[serde(default)]
     pub embargoed: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DeployStatus;
+
+    #[test]
+    fn deploy_status_text_is_its_json() {
+        for s in [DeployStatus::Deployed, DeployStatus::PendingApproval] {
+            assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{s}\""));
+            assert_eq!(serde_json::from_str::<DeployStatus>(&format!("\"{s}\"")).unwrap(), s);
+        }
+    }
 }

@@ -340,15 +340,15 @@ impl Client {
             .await
     }
 
-    /// Approves (`approve`) or rejects the waiting deployment of `build`.
+    /// Approves or rejects the waiting deployment of `build`: the route is
+    /// named by the decision's text.
     pub async fn decide(
         &self,
         service: &ServiceName,
         req: &tug_api::Decide,
-        approve: bool,
+        decision: tug_core::states::Decision,
     ) -> Result<tug_api::Decided> {
-        let verb = if approve { "approve" } else { "reject" };
-        self.json(self.with_json(Method::POST, &format!("/v1/services/{service}/{verb}"), req))
+        self.json(self.with_json(Method::POST, &format!("/v1/services/{service}/{decision}"), req))
             .await
     }
 

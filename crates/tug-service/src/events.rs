@@ -369,7 +369,7 @@ mod tests {
             agent: EventAgent {
                 id: "a1".into(),
                 hostname: "h".into(),
-                state: "failed".into(),
+                state: tug_core::states::AgentState::Failed,
                 error: Some("build 0190aaaa failed".into()),
             },
         });
@@ -378,6 +378,6 @@ mod tests {
             panic!()
         };
         assert!(shown.embargoed && build.is_none() && agent.error.is_none());
-        assert_eq!(agent.state, "failed");
+        assert_eq!(agent.state, tug_core::states::AgentState::Failed);
     }
 }

@@ -412,7 +412,7 @@ impl Tugboat {
                 agent: EventAgent {
                     id: now.agent_id.clone(),
                     hostname: now.hostname.clone(),
-                    state: now.state.to_string(),
+                    state: now.state,
                     error: now.error.clone(),
                 },
             },

@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use serde_json::Value;
 use tug_api::{Actor, Approval, Change, Deployed, DeploymentKind, Event, EventAgent, EventBuild, EventSource};
 use tug_core::records::{BuildRecord, TokenRecord};
+use tug_core::states::AgentState;
 use tug_core::{BuildId, EnvName, Version};
 use tug_db::{EventRow, NewEvent};
 
@@ -183,7 +184,7 @@ fn rewrite(row: &EventRow, builds: &HashMap<BuildId, BuildRecord>, tokens: &[Tok
             agent: EventAgent {
                 id: text("agent")?,
                 hostname: String::new(),
-                state: text("state").unwrap_or_default(),
+                state: AgentState::parse(p.get("state").and_then(Value::as_str)?)?,
                 error: text("error"),
             },
         },

@@ -11,6 +11,7 @@ mod commands;
 mod output;
 
 use cli::{Cli, Command};
+use tug_core::states::Decision;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -64,8 +65,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Release(a) => commands::deploy::release(&client, out, a).await,
         Command::Promote(a) => commands::deploy::promote(&client, out, a).await,
         Command::Rollback(a) => commands::deploy::rollback(&client, out, a).await,
-        Command::Approve(a) => commands::deploy::decide(&client, out, a, true).await,
-        Command::Reject(a) => commands::deploy::decide(&client, out, a, false).await,
+        Command::Approve(a) => commands::deploy::decide(&client, out, a, Decision::Approve).await,
+        Command::Reject(a) => commands::deploy::decide(&client, out, a, Decision::Reject).await,
         Command::Status { service } => commands::deploy::status(&client, out, &service).await,
         Command::History { service, env, limit } => {
             commands::deploy::history(&client, out, &service, &env, limit).await

@@ -482,7 +482,7 @@ pub fn rollout(s: tug_service::RolloutStatus) -> tug_api::Rollout {
         build: s.build,
         seq: s.seq,
         strategy: s.strategy,
-        state: s.state.to_string(),
+        state: s.state,
         reason: s.reason,
         changed_by: s.changed_by,
         changed_at: s.changed_at,

@@ -5,7 +5,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 use tug_api::{
-    ApplyPipeline, BuildSummary, Decide, Decided, DeployResult, Deployment, EnvironmentStatus, History,
+    ApplyPipeline, BuildSummary, Decide, Decided, DeployResult, DeployStatus, Deployment, EnvironmentStatus, History,
     PendingDeployment, PipelineView, Promote, Release, Rollback, ServerRuleView, Status,
 };
 use tug_core::records::{BuildRecord, DeploymentRequest};
@@ -161,7 +161,7 @@ pub fn pending(r: DeploymentRequest, need: u32) -> PendingDeployment {
         kind: r.kind,
         build: r.build,
         build_short_id: String::new(),
-        state: r.state.to_string(),
+        state: r.state,
         requested_by: r.requested_by,
         requested_at: r.requested_at,
         expires_at: r.expires_at,
@@ -184,12 +184,12 @@ async fn answer(state: &AppState, who: &Principal, outcome: Answer) -> (StatusCo
 fn deploy_result(outcome: Answer) -> DeployResult {
     match outcome {
         Answer::Deployed(d) => DeployResult {
-            status: "deployed".into(),
+            status: DeployStatus::Deployed,
             deployment: Some(deployment(*d)),
             pending: None,
         },
         Answer::Pending { request, need } => DeployResult {
-            status: "pending_approval".into(),
+            status: DeployStatus::PendingApproval,
             deployment: None,
             pending: Some(pending(*request, need)),
         },

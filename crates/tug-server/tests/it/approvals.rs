@@ -40,7 +40,7 @@ async fn a_request_expires_when_the_clock_passes_its_timeout(dialect: Dialect) {
     let asked = app.clock.now();
     for env in ["production", "emea"] {
         let res = app.promote(&deployer, &api, env).await.unwrap();
-        assert_eq!(res.status, "pending_approval", "{res:?}");
+        assert_eq!(res.status, tug_api::DeployStatus::PendingApproval, "{res:?}");
     }
 
     // Just before the server's half hour nothing is due.
@@ -61,7 +61,10 @@ async fn a_request_expires_when_the_clock_passes_its_timeout(dialect: Dialect) {
         environment: env_name(env),
         build: b.to_string(),
     };
-    let err = alice.decide(&api, &decide("emea"), true).await.unwrap_err();
+    let err = alice
+        .decide(&api, &decide("emea"), tug_core::states::Decision::Approve)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("expired"), "{err}");
 
     // Production's two hours end; two servers sweeping at the same moment
@@ -79,7 +82,10 @@ async fn a_request_expires_when_the_clock_passes_its_timeout(dialect: Dialect) {
         .unwrap();
     assert!(production.pending.is_empty(), "{production:#?}");
     assert_eq!(production.expired.len(), 1, "{production:#?}");
-    let err = alice.decide(&api, &decide("production"), true).await.unwrap_err();
+    let err = alice
+        .decide(&api, &decide("production"), tug_core::states::Decision::Approve)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("expired"), "{err}");
 
     // Asked again, a new request runs its own two hours, and approved in
@@ -87,7 +93,10 @@ async fn a_request_expires_when_the_clock_passes_its_timeout(dialect: Dialect) {
     app.promote(&deployer, &api, "production").await.unwrap();
     app.clock.advance(Duration::from_secs(2 * 3600 - 1));
     app.sweep().await;
-    let decided = alice.decide(&api, &decide("production"), true).await.unwrap();
+    let decided = alice
+        .decide(&api, &decide("production"), tug_core::states::Decision::Approve)
+        .await
+        .unwrap();
     assert_eq!(decided.deployment.unwrap().build, Some(b));
     assert_eq!(app.events("approval.expired").await.len(), 2);
 }

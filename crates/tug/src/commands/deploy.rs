@@ -7,6 +7,7 @@ use anyhow::Context;
 use tug_api::{Decide, DeployFlags, DeployResult, Deployment, PendingDeployment, Promote, Release, Rollback};
 use tug_client::Client;
 use tug_core::pipeline::{policies, EnvironmentSpec, POLICIES};
+use tug_core::states::{Decision, RequestState, RolloutPhase};
 use tug_core::{EnvName, Pipeline, ServiceName, Version};
 
 use crate::cli::{
@@ -72,7 +73,7 @@ fn deployed(out: Output, r: &DeployResult, verb: &str) -> anyhow::Result<ExitCod
             s
         }
         (None, Some(p)) => pending_line(p),
-        (None, None) => r.status.clone(),
+        (None, None) => r.status.to_string(),
     })?;
     Ok(ExitCode::SUCCESS)
 }
@@ -107,24 +108,24 @@ fn pending_line(p: &PendingDeployment) -> String {
     )
 }
 
-pub async fn decide(client: &Client, out: Output, a: DecideArgs, approve: bool) -> anyhow::Result<ExitCode> {
+pub async fn decide(client: &Client, out: Output, a: DecideArgs, decision: Decision) -> anyhow::Result<ExitCode> {
     let req = Decide {
         environment: EnvName::parse(&a.env)?,
         build: a.build,
     };
-    let d = client.decide(&ServiceName::parse(&a.service)?, &req, approve).await?;
-    print(out, &d, |d| match (&d.deployment, d.pending.state.as_str()) {
+    let d = client.decide(&ServiceName::parse(&a.service)?, &req, decision).await?;
+    print(out, &d, |d| match (&d.deployment, d.pending.state) {
         (Some(dep), _) => format!(
             "Approved: the last approval needed. Deployed {} into {}.",
             build_line(dep),
             dep.environment
         ),
-        (None, "rejected") => format!(
+        (None, RequestState::Rejected) => format!(
             "Rejected: build {} will not go into {}.",
             short(&d.pending.build_short_id, &d.pending.build),
             d.pending.environment
         ),
-        (None, "deployed") => format!(
+        (None, RequestState::Deployed) => format!(
             "Approved. Another approval completed the request at the same moment: build {} is deployed into {}.",
             short(&d.pending.build_short_id, &d.pending.build),
             d.pending.environment
@@ -273,7 +274,7 @@ pub async fn status(client: &Client, out: Output, service: &str) -> anyhow::Resu
             if let Some(r) = e
                 .rollout
                 .as_ref()
-                .filter(|r| r.state == "halted" || r.state == "rolling")
+                .filter(|r| matches!(r.state, RolloutPhase::Halted | RolloutPhase::Rolling))
             {
                 let why = r.reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default();
                 notes.push(format!("{env} (rollout {}){why}", r.state));
@@ -846,7 +847,11 @@ pub async fn rollout(client: &Client, out: Output, c: RolloutCommand) -> anyhow:
         if let Some(reason) = &r.reason {
             lines.push(format!(
                 "{}: {reason}{}",
-                if r.state == "halted" { "halted" } else { "last change" },
+                if r.state == RolloutPhase::Halted {
+                    "halted"
+                } else {
+                    "last change"
+                },
                 r.changed_by.as_ref().map(|b| format!(" (by {b})")).unwrap_or_default()
             ));
         }
