@@ -29,3 +29,4 @@ mod repair;
 mod robust;
 mod rollouts;
 mod shared;
+mod unknown_states;
