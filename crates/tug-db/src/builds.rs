@@ -322,12 +322,13 @@ impl Db {
         embargoed: bool,
     ) -> Result<Option<BuildRow>> {
         let row = sqlx::query(&format!(
-            "SELECT {LIST_COLUMNS} FROM builds b WHERE b.service = $1 AND b.branch = $2 AND b.state = 'sealed' \
+            "SELECT {LIST_COLUMNS} FROM builds b WHERE b.service = $1 AND b.branch = $2 AND b.state = $3 \
              AND b.yanked_at IS NULL{} ORDER BY b.sealed_at DESC, b.id DESC LIMIT 1",
             if embargoed { "" } else { " AND b.embargoed = 0" }
         ))
         .bind(service.as_str())
         .bind(branch)
+        .bind(BuildState::Sealed.as_str())
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(build_from_row).transpose()
@@ -412,12 +413,12 @@ impl Db {
 /// transaction is a write, so SQLite takes its write lock at once instead of
 /// failing to upgrade a read lock later).
 async fn lock_draft(tx: &mut sqlx::AnyConnection, id: &BuildId, now: DateTime<Utc>) -> Result<()> {
-    let done =
-        sqlx::query("UPDATE builds SET revision = revision + 1, updated_at = $1 WHERE id = $2 AND state = 'draft'")
-            .bind(now.timestamp_millis())
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await?;
+    let done = sqlx::query("UPDATE builds SET revision = revision + 1, updated_at = $1 WHERE id = $2 AND state = $3")
+        .bind(now.timestamp_millis())
+        .bind(id.as_str())
+        .bind(BuildState::Draft.as_str())
+        .execute(&mut *tx)
+        .await?;
     if done.rows_affected() == 1 {
         return Ok(());
     }
@@ -466,7 +467,7 @@ impl Tx {
         let res = sqlx::query(
             "INSERT INTO builds (id, service, version, state, repo, branch, commit_sha, tag, author, message, \
              ci_url, builder_image, expected, created_at, updated_at, created_by, created_by_token, embargoed) \
-             VALUES ($1, $2, $3, 'draft', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $14, $15, $16)",
+             VALUES ($1, $2, $3, $17, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $14, $15, $16)",
         )
         .bind(b.id.as_str())
         .bind(b.service.as_str())
@@ -484,6 +485,7 @@ impl Tx {
         .bind(b.created_by.clone())
         .bind(b.created_by_token.clone())
         .bind(i64::from(b.embargoed))
+        .bind(BuildState::Draft.as_str())
         .execute(self.conn())
         .await;
         match res {
@@ -525,15 +527,14 @@ impl Tx {
         };
         let bytes = manifest.canonical_bytes();
         let text = String::from_utf8(bytes).map_err(|e| Error::Corrupt(e.to_string()))?;
-        sqlx::query(
-            "UPDATE builds SET state = 'sealed', sealed_at = $1, manifest_digest = $2, manifest = $3 WHERE id = $4",
-        )
-        .bind(now.timestamp_millis())
-        .bind(manifest.digest().to_string())
-        .bind(text)
-        .bind(id.as_str())
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query("UPDATE builds SET state = $5, sealed_at = $1, manifest_digest = $2, manifest = $3 WHERE id = $4")
+            .bind(now.timestamp_millis())
+            .bind(manifest.digest().to_string())
+            .bind(text)
+            .bind(id.as_str())
+            .bind(BuildState::Sealed.as_str())
+            .execute(&mut *tx)
+            .await?;
         let row = sqlx::query(&format!("SELECT {COLUMNS} FROM builds b WHERE b.id = $1"))
             .bind(id.as_str())
             .fetch_one(&mut *tx)
@@ -548,14 +549,17 @@ impl Db {
     pub async fn abandon_stale_drafts(&self, cutoff: DateTime<Utc>) -> Result<Vec<BuildId>> {
         let mut tx = self.pool.begin().await?;
         let rows = sqlx::query(
-            "UPDATE builds SET state = 'abandoned', updated_at = $1 WHERE state = 'draft' AND updated_at < $2 RETURNING id",
+            "UPDATE builds SET state = $3, updated_at = $1 WHERE state = $4 AND updated_at < $2 RETURNING id",
         )
         .bind(Utc::now().timestamp_millis())
         .bind(cutoff.timestamp_millis())
+        .bind(BuildState::Abandoned.as_str())
+        .bind(BuildState::Draft.as_str())
         .fetch_all(&mut *tx)
         .await?;
         let ids: Vec<BuildId> = parse_column(&rows, "id", BuildId::parse)?;
-        sqlx::query("DELETE FROM artifacts WHERE build_id IN (SELECT id FROM builds WHERE state = 'abandoned')")
+        sqlx::query("DELETE FROM artifacts WHERE build_id IN (SELECT id FROM builds WHERE state = $1)")
+            .bind(BuildState::Abandoned.as_str())
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -564,8 +568,9 @@ impl Db {
 
     /// The drafts `abandon_stale_drafts(cutoff)` would abandon now, by id.
     pub async fn stale_drafts(&self, cutoff: DateTime<Utc>) -> Result<Vec<BuildId>> {
-        let rows = sqlx::query("SELECT id FROM builds WHERE state = 'draft' AND updated_at < $1 ORDER BY id")
+        let rows = sqlx::query("SELECT id FROM builds WHERE state = $2 AND updated_at < $1 ORDER BY id")
             .bind(cutoff.timestamp_millis())
+            .bind(BuildState::Draft.as_str())
             .fetch_all(&self.pool)
             .await?;
         parse_column(&rows, "id", BuildId::parse)
@@ -577,9 +582,10 @@ impl Db {
     pub async fn digests_kept_after_abandoning(&self, draft_cutoff: DateTime<Utc>) -> Result<HashSet<Digest>> {
         let rows = sqlx::query(
             "SELECT DISTINCT a.digest FROM artifacts a JOIN builds b ON b.id = a.build_id \
-             WHERE NOT (b.state = 'draft' AND b.updated_at < $1)",
+             WHERE NOT (b.state = $2 AND b.updated_at < $1)",
         )
         .bind(draft_cutoff.timestamp_millis())
+        .bind(BuildState::Draft.as_str())
         .fetch_all(&self.pool)
         .await?;
         parse_column(&rows, "digest", Digest::parse)
@@ -685,9 +691,10 @@ impl Db {
     /// what deciding who may see it needs.
     pub async fn build_versions(&self, service: &ServiceName) -> Result<Vec<(Version, BuildAccessRow)>> {
         let rows = sqlx::query(&format!(
-            "SELECT b.version, {ACCESS_COLUMNS} FROM builds b WHERE b.service = $1 AND b.state <> 'abandoned'"
+            "SELECT b.version, {ACCESS_COLUMNS} FROM builds b WHERE b.service = $1 AND b.state <> $2"
         ))
         .bind(service.as_str())
+        .bind(BuildState::Abandoned.as_str())
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -713,12 +720,13 @@ impl Tx {
     ) -> Result<bool> {
         let done = sqlx::query(
             "UPDATE builds SET yanked_at = $1, yanked_by = $2, yank_reason = $3 \
-             WHERE id = $4 AND state = 'sealed' AND yanked_at IS NULL",
+             WHERE id = $4 AND state = $5 AND yanked_at IS NULL",
         )
         .bind(at.timestamp_millis())
         .bind(by)
         .bind(reason.map(str::to_string))
         .bind(id.as_str())
+        .bind(BuildState::Sealed.as_str())
         .execute(self.conn())
         .await?;
         Ok(done.rows_affected() == 1)
@@ -726,8 +734,9 @@ impl Tx {
 
     /// Marks a sealed build critical; `false` if it was not sealed.
     pub async fn mark_critical(&mut self, id: &BuildId) -> Result<bool> {
-        let done = sqlx::query("UPDATE builds SET critical = 1 WHERE id = $1 AND state = 'sealed'")
+        let done = sqlx::query("UPDATE builds SET critical = 1 WHERE id = $1 AND state = $2")
             .bind(id.as_str())
+            .bind(BuildState::Sealed.as_str())
             .execute(self.conn())
             .await?;
         Ok(done.rows_affected() == 1)

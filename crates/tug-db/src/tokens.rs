@@ -70,7 +70,8 @@ impl Tx {
         let postgres = self.dialect == Dialect::Postgres;
         let tx = self.conn();
         if postgres {
-            sqlx::query("SELECT id FROM tokens WHERE role = 'admin' AND revoked_at IS NULL ORDER BY id FOR UPDATE")
+            sqlx::query("SELECT id FROM tokens WHERE role = $1 AND revoked_at IS NULL ORDER BY id FOR UPDATE")
+                .bind(Role::Admin.as_str())
                 .fetch_all(&mut *tx)
                 .await?;
         }
@@ -90,7 +91,8 @@ impl Tx {
             return Ok(Revocation::AlreadyRevoked(token));
         }
         if token.role == Role::Admin {
-            let left: i64 = sqlx::query("SELECT COUNT(*) AS n FROM tokens WHERE role = 'admin' AND revoked_at IS NULL")
+            let left: i64 = sqlx::query("SELECT COUNT(*) AS n FROM tokens WHERE role = $1 AND revoked_at IS NULL")
+                .bind(Role::Admin.as_str())
                 .fetch_one(&mut *tx)
                 .await?
                 .try_get("n")?;
@@ -180,7 +182,8 @@ impl Db {
 
     /// How many admin tokens are active (zero on a new database).
     pub async fn count_active_admin_tokens(&self) -> Result<i64> {
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM tokens WHERE role = 'admin' AND revoked_at IS NULL")
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM tokens WHERE role = $1 AND revoked_at IS NULL")
+            .bind(Role::Admin.as_str())
             .fetch_one(&self.pool)
             .await?;
         Ok(row.try_get("n")?)
