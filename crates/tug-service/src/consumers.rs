@@ -163,17 +163,24 @@ impl Tugboat {
         let mut renewed = taken_at;
         let mut appended = self.appended.subscribe();
         let mut resumed = false;
+        // The cursor as the database has it: `lease.cursor` runs ahead of it
+        // between two writes (see CURSOR_EVERY).
+        let mut stored = lease.cursor;
         loop {
             if *stop.borrow() {
+                if lease.cursor != stored {
+                    self.renew(&lease, Some(lease.cursor), options).await?;
+                }
                 self.db.release_consumer_lease(&lease).await?;
                 return Ok(Stopped::Stopping);
             }
             if renewed.elapsed() >= third {
                 let sent = Instant::now();
-                if !self.renew(&lease, None, options).await? {
+                if !self.renew(&lease, Some(lease.cursor), options).await? {
                     return Ok(Stopped::Lost);
                 }
                 renewed = sent;
+                stored = lease.cursor;
             }
             if !resumed {
                 if let Err(e) = consumer.resume().await {
@@ -188,6 +195,16 @@ impl Tugboat {
             appended.borrow_and_update();
             let rows = self.db.events_after(lease.cursor, None, PAGE).await?;
             let Some(last) = rows.last().map(|r| r.id) else {
+                if lease.cursor != stored {
+                    // Caught up: the cursor the consumer reached is stored
+                    // before waiting.
+                    let sent = Instant::now();
+                    if !self.renew(&lease, Some(lease.cursor), options).await? {
+                        return Ok(Stopped::Lost);
+                    }
+                    renewed = sent;
+                    stored = lease.cursor;
+                }
                 let renew_in = third.saturating_sub(renewed.elapsed());
                 tokio::select! {
                     () = tokio::time::sleep(renew_in.min(POLL)) => {}
@@ -212,12 +229,22 @@ impl Tugboat {
                 self.pause(RETRY_AFTER.min(third), stop).await;
                 continue;
             }
-            let sent = Instant::now();
-            if !self.renew(&lease, Some(last), options).await? {
-                return Ok(Stopped::Lost);
-            }
-            renewed = sent;
             lease.cursor = last;
+            // The cursor is written at most every CURSOR_EVERY while events
+            // keep coming, and at once when the consumer caught up: on
+            // SQLite each write waits for the one write lock the
+            // deployments contend for, and a write per page held the next
+            // page back behind them. What a crash loses is only the cursor's
+            // last moves: those events are offered again, as at least once
+            // allows.
+            if renewed.elapsed() >= CURSOR_EVERY {
+                let sent = Instant::now();
+                if !self.renew(&lease, Some(last), options).await? {
+                    return Ok(Stopped::Lost);
+                }
+                renewed = sent;
+                stored = last;
+            }
         }
     }
 
@@ -239,3 +266,6 @@ impl Tugboat {
 /// How often a running consumer looks for events recorded by other servers
 /// on the same database (its own server's wake it at once).
 const POLL: Duration = Duration::from_millis(200);
+
+/// How often a busy consumer's cursor is written to the database.
+const CURSOR_EVERY: Duration = Duration::from_millis(250);

@@ -189,9 +189,18 @@ async fn agents_update_inside_the_maintenance_window_or_for_a_critical_build(dia
         assert_eq!(c.waiting.is_none(), inside, "at {when}: {c:?}");
     }
 
-    // Marked critical, the build goes out at once, outside the window.
+    // Marked critical, the build goes out at once, outside the window. The
+    // server's answers learn of the flag from its change poller, which the
+    // commit wakes: within a moment, never a poll interval later.
     app.admin().mark_critical(v1.as_str()).await.unwrap();
-    let c = channel_at(&app, &web, "2026-07-04T12:00:00Z").await;
+    let started = std::time::Instant::now();
+    let c = loop {
+        let c = channel_at(&app, &web, "2026-07-04T12:00:00Z").await;
+        if c.critical || started.elapsed() > std::time::Duration::from_secs(1) {
+            break c;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     assert!(c.critical && c.may_update, "{c:?}");
 }
 
