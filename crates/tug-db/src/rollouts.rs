@@ -176,8 +176,8 @@ impl Db {
         Ok(row.is_some())
     }
 
-    /// The environment's agents heard from since `since`, counted for
-    /// deployment `seq` of `build`.
+    /// The environment's live agents (heard from or granted since
+    /// `since`), counted for deployment `seq` of `build`.
     pub async fn rollout_counts(
         &self,
         service: &ServiceName,
@@ -268,8 +268,9 @@ impl RolloutLock {
         &self.row
     }
 
-    /// The environment's agents heard from since `since`, counted for the
-    /// rollout's build; grants recorded by earlier decisions are included.
+    /// The environment's live agents (heard from or granted since
+    /// `since`), counted for the rollout's build; grants recorded by earlier
+    /// decisions are included.
     pub async fn counts(&mut self, since: DateTime<Utc>) -> Result<RolloutCounts> {
         let r = &self.row;
         counts(&mut *self.tx, &r.service, &r.environment, r.seq, &r.build, since).await
@@ -332,10 +333,11 @@ async fn create_rollout<'e>(
     Ok(())
 }
 
-/// Counts an environment's live agents for deployment `seq` of `build`.
-/// A granted agent that has not reported in this environment since its
-/// grant was given (within the stale limit) is counted in flight: it may
-/// be installing already.
+/// Counts an environment's live agents for deployment `seq` of `build`:
+/// those heard from since `since`, and those granted the build since then
+/// whatever they last said (a grant may have reached an agent that was
+/// quiet for a while: it may be installing now). A granted agent that has
+/// not reported in this environment at all is counted in flight too.
 ///
 /// One pass over the environment's agents, with the deployment's grants
 /// looked up in sets built once (uncorrelated `IN`), and no join: a plan
@@ -361,7 +363,8 @@ async fn counts<'e>(
          (SELECT COUNT(*) FROM rollout_grants WHERE service = $1 AND environment = $2 AND seq = $3 \
              AND granted_at >= $5) - COALESCE(SUM(granted_lately), 0) AS unreported \
          FROM (SELECT \
-             CASE WHEN a.last_seen >= $5 THEN 1 ELSE 0 END AS live, \
+             CASE WHEN a.last_seen >= $5 OR a.agent_id IN (SELECT agent_id FROM rollout_grants \
+                 WHERE service = $1 AND environment = $2 AND seq = $3 AND granted_at >= $5) THEN 1 ELSE 0 END AS live, \
              CASE WHEN a.agent_id IN (SELECT agent_id FROM rollout_grants \
                  WHERE service = $1 AND environment = $2 AND seq = $3) THEN 1 ELSE 0 END AS granted, \
              CASE WHEN a.agent_id IN (SELECT agent_id FROM rollout_grants \

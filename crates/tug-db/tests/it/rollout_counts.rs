@@ -62,15 +62,18 @@ crate::db_test!(rollout_counts_of_every_kind_of_agent, |db: Db| async move {
     // "silent" was granted and never reported: it may be installing.
     grant(&db, &new, &["installing", "updated", "gave-up", "gone", "silent"], now).await;
 
+    // "gone" went quiet before its grant: the grant may have reached it,
+    // so it counts (live, in flight) until the grant is as old as the
+    // stale limit.
     let counts = db.rollout_counts(&service(), &prod(), 2, &new, since).await.unwrap();
     assert_eq!(
         counts,
         RolloutCounts {
-            agents: 5,
-            granted: 4,
+            agents: 6,
+            granted: 5,
             healthy: 2,
             granted_healthy: 1,
-            in_flight: 2,
+            in_flight: 3,
             failed: 1,
         }
     );
@@ -82,3 +85,30 @@ crate::db_test!(rollout_counts_of_every_kind_of_agent, |db: Db| async move {
     let other = db.rollout_counts(&service(), &prod(), 3, &new, since).await.unwrap();
     assert_eq!((other.granted, other.in_flight, other.healthy), (0, 0, 2));
 });
+
+crate::db_test!(
+    a_granted_agent_quiet_for_longer_than_the_stale_limit_still_counts_in_flight,
+    |db: Db| async move {
+        // Agents that report rarely (or whose reports are late) look stale
+        // while they wait; one granted then may be installing at once, and
+        // not counting it let one more agent in than max_in_flight allows.
+        let (old, new) = (build(), build());
+        let now = Utc::now();
+        let since = now - Duration::seconds(60);
+        db.upsert_agent(&agent("quiet", &old, "waiting", None, now - Duration::seconds(61)))
+            .await
+            .unwrap();
+        let before = db.rollout_counts(&service(), &prod(), 2, &new, since).await.unwrap();
+        assert_eq!((before.agents, before.in_flight), (0, 0));
+        grant(&db, &new, &["quiet"], now).await;
+        let after = db.rollout_counts(&service(), &prod(), 2, &new, since).await.unwrap();
+        assert_eq!((after.agents, after.granted, after.in_flight), (1, 1, 1));
+        // Once the grant is as old as the stale limit, the quiet agent is gone.
+        let later = now + Duration::seconds(61);
+        let gone = db
+            .rollout_counts(&service(), &prod(), 2, &new, later - Duration::seconds(60))
+            .await
+            .unwrap();
+        assert_eq!((gone.agents, gone.in_flight), (0, 0));
+    }
+);
