@@ -87,8 +87,6 @@ fn pipeline_from_row(r: &AnyRow) -> Result<PipelineRow> {
     })
 }
 
-impl Db {}
-
 impl Tx {
     /// Stores revision `revision` of a service's pipeline (the current
     /// one's successor). Two concurrent changes cannot both take one

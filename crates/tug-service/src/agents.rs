@@ -260,9 +260,9 @@ impl Tugboat {
             Some(p) => {
                 let mut tx = self.db.begin().await?;
                 tx.upsert_agent(&report).await?;
-                // Not `commit`: the agents waiting for a place wake once a
-                // failure has halted the rollout, below, not before.
-                tx.commit(&[crate::events::recordable(&p.event)]).await?;
+                // The change watcher wakes once a failure has halted the
+                // rollout, below, not before; consumers wake now.
+                self.commit_unannounced(tx, std::slice::from_ref(&p.event)).await?;
             }
             None => self.db.upsert_agent(&report).await?,
         }

@@ -155,8 +155,7 @@ impl Tugboat {
 /// and consumers are fed.
 pub(crate) fn audit_record(row: &EventRow) -> Result<AuditRecord> {
     let unchained = || Error::corrupt(format!("event {} has no hash; run tug audit verify", row.id));
-    let event =
-        parse_row(row).map_err(|why| Error::corrupt(format!("event {}: {why}; run tug audit verify", row.id)))?;
+    let event = crate::events::read_row(row)?;
     Ok(AuditRecord {
         event,
         prev_hash: row.prev_hash.ok_or_else(unchained)?,

@@ -41,6 +41,12 @@ pub fn recordable(e: &Event) -> NewEvent {
     }
 }
 
+/// [`parse_row`] for a reader, not the verifier: an event that does not
+/// read back is a corrupt log.
+pub(crate) fn read_row(row: &EventRow) -> Result<Event> {
+    parse_row(row).map_err(|why| Error::corrupt(format!("event {}: {why}; run tug audit verify", row.id)))
+}
+
 /// A recorded event read back: its JSON parsed, its id set, and its stored
 /// columns checked against it (a column edited behind the server's back
 /// would change what readers may see).
@@ -128,20 +134,30 @@ impl Tugboat {
 
     /// Commits a transaction with the events that describe its changes:
     /// both are stored, or neither (a failure to record the events undoes
-    /// the change). Wakes this server's change watcher.
+    /// the change). Wakes this server's change watcher and its consumers.
     pub(crate) async fn commit(&self, tx: Tx, events: &[Event]) -> Result<()> {
-        let records: Vec<NewEvent> = events.iter().map(recordable).collect();
-        if let Some(last) = tx.commit(&records).await? {
+        if self.commit_unannounced(tx, events).await? {
             self.recorded.notify_one();
-            self.appended.send_if_modified(|seen| {
-                let newer = last > *seen;
-                if newer {
-                    *seen = last;
-                }
-                newer
-            });
         }
         Ok(())
+    }
+
+    /// [`Tugboat::commit`] without waking the change watcher, for a caller
+    /// that has more to do first and wakes it itself; consumers are woken.
+    /// Whether any event was recorded.
+    pub(crate) async fn commit_unannounced(&self, tx: Tx, events: &[Event]) -> Result<bool> {
+        let records: Vec<NewEvent> = events.iter().map(recordable).collect();
+        let Some(last) = tx.commit(&records).await? else {
+            return Ok(false);
+        };
+        self.appended.send_if_modified(|seen| {
+            let newer = last > *seen;
+            if newer {
+                *seen = last;
+            }
+            newer
+        });
+        Ok(true)
     }
 
     /// Records events that describe no other change.
@@ -165,13 +181,7 @@ impl Tugboat {
         let service = self.listing_scope(who, Action::Read, service)?;
         let rows = self.db.events_after(after, service.as_ref(), limit).await?;
         let last = rows.last().map_or(after, |r| r.id);
-        let mut events = Vec::with_capacity(rows.len());
-        for row in &rows {
-            match parse_row(row) {
-                Ok(e) => events.push(e),
-                Err(why) => return Err(Error::corrupt(format!("event {}: {why}; run tug audit verify", row.id))),
-            }
-        }
+        let events = rows.iter().map(read_row).collect::<Result<Vec<_>>>()?;
         let named: Vec<BuildId> = events.iter().flat_map(builds_named).collect();
         let sights = self.sights(who, named).await?;
         let events = events.into_iter().filter_map(|e| shape(e, &sights)).collect();
