@@ -39,19 +39,23 @@ pub struct ConsumerRow {
 impl Db {
     /// Takes the lease of consumer `name` for `holder` until `until` when
     /// nobody holds it, its lease expired before `now`, or `holder` holds
-    /// it already; creates the consumer (cursor 0) on first use. `None`:
-    /// another holder's lease still runs.
+    /// it already; with `create`, creates the consumer (cursor 0) on first
+    /// use. `None`: another holder's lease still runs, or (without
+    /// `create`) the consumer does not exist.
     pub async fn take_consumer_lease(
         &self,
         name: &str,
         holder: &str,
         now: DateTime<Utc>,
         until: DateTime<Utc>,
+        create: bool,
     ) -> Result<Option<ConsumerLease>> {
-        sqlx::query("INSERT INTO consumers (name) VALUES ($1) ON CONFLICT (name) DO NOTHING")
-            .bind(name)
-            .execute(&self.pool)
-            .await?;
+        if create {
+            sqlx::query("INSERT INTO consumers (name) VALUES ($1) ON CONFLICT (name) DO NOTHING")
+                .bind(name)
+                .execute(&self.pool)
+                .await?;
+        }
         let row = sqlx::query(
             "UPDATE consumers SET holder = $1, lease_until = $2, epoch = epoch + 1 \
              WHERE name = $3 AND (holder IS NULL OR holder = $1 OR lease_until < $4) \
@@ -110,6 +114,15 @@ impl Db {
         Ok(())
     }
 
+    /// Whether consumer `name` exists.
+    pub async fn consumer_exists(&self, name: &str) -> Result<bool> {
+        let row = sqlx::query("SELECT 1 AS one FROM consumers WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+
     /// Every consumer, by name.
     pub async fn consumers(&self) -> Result<Vec<ConsumerRow>> {
         let rows = sqlx::query("SELECT name, cursor, holder, lease_until, epoch FROM consumers ORDER BY name")
@@ -126,5 +139,32 @@ impl Db {
                 })
             })
             .collect()
+    }
+}
+
+impl crate::Tx {
+    /// Creates consumer `name` with its cursor at the log's head, so it is
+    /// fed the events committed from now on (this transaction's own
+    /// included), unless it exists already. For consumers that something
+    /// configured creates (a webhook, say), in the same transaction.
+    pub async fn create_consumer(&mut self, name: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO consumers (name, cursor) SELECT $1, id FROM event_log_head WHERE one = 1 \
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+
+    /// Removes consumer `name` (its owner was deleted): a server running
+    /// it stops at its next renewal and never takes it again.
+    pub async fn delete_consumer(&mut self, name: &str) -> Result<()> {
+        sqlx::query("DELETE FROM consumers WHERE name = $1")
+            .bind(name)
+            .execute(self.conn())
+            .await?;
+        Ok(())
     }
 }

@@ -228,6 +228,8 @@ pub struct Started {
     header_read_timeout: Duration,
     /// The consumers this server runs while it holds their lease.
     consumers: Vec<Box<dyn tug_service::Consumer>>,
+    /// The families of consumers (one per webhook, say) it runs likewise.
+    families: Vec<std::sync::Arc<dyn tug_service::ConsumerFamily>>,
     lease: tug_service::LeaseOptions,
 }
 
@@ -339,6 +341,7 @@ async fn start_with(config: &Config, listener: tokio::net::TcpListener, tugboat:
         })?;
         consumers.push(Box::new(sink));
     }
+    let families: Vec<std::sync::Arc<dyn tug_service::ConsumerFamily>> = Vec::new();
     let addr = listener.local_addr()?;
     let router = app(tugboat.clone(), config.max_json_body);
     Ok(Started {
@@ -349,6 +352,7 @@ async fn start_with(config: &Config, listener: tokio::net::TcpListener, tugboat:
         tugboat,
         header_read_timeout: Duration::from_secs(config.header_read_timeout_secs),
         consumers,
+        families,
         lease: tug_service::LeaseOptions::new(
             Duration::from_secs(config.consumer_lease_secs),
             std::env::var("HOSTNAME").ok().as_deref(),
@@ -377,6 +381,7 @@ impl Started {
             tugboat,
             header_read_timeout,
             consumers,
+            families,
             lease,
             ..
         } = self;
@@ -395,6 +400,11 @@ impl Started {
         let consumers: Vec<_> = consumers
             .into_iter()
             .map(|c| tokio::spawn(tugboat.clone().run_consumer(c, lease.clone(), stop.clone())))
+            .chain(
+                families
+                    .into_iter()
+                    .map(|f| tokio::spawn(tugboat.clone().run_consumer_family(f, lease.clone(), stop.clone()))),
+            )
             .collect();
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(hyper_util::rt::TokioTimer::new())

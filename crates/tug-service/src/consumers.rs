@@ -42,14 +42,45 @@ const PAGE: u32 = 1000;
 /// the same events again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
-/// Why a consumer could not handle events.
+/// Why a consumer could not handle events, how far it got, and when to
+/// offer it the rest again.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ConsumerError(pub String);
+#[error("{message}")]
+pub struct ConsumerError {
+    pub message: String,
+    /// The id of the last event handled durably before the failure: the
+    /// cursor moves there, and the events after it are offered again.
+    pub handled: Option<i64>,
+    /// How long to wait before offering the events again (a consumer
+    /// backing off from a failing endpoint); `None`: about a second.
+    pub retry_after: Option<Duration>,
+}
+
+impl ConsumerError {
+    pub fn new(message: impl Into<String>) -> ConsumerError {
+        ConsumerError {
+            message: message.into(),
+            handled: None,
+            retry_after: None,
+        }
+    }
+
+    /// The events up to and including `id` were handled durably.
+    pub fn handled_through(mut self, id: i64) -> ConsumerError {
+        self.handled = Some(id);
+        self
+    }
+
+    /// Offer the events again after `after`.
+    pub fn retry_after(mut self, after: Duration) -> ConsumerError {
+        self.retry_after = Some(after);
+        self
+    }
+}
 
 impl From<std::io::Error> for ConsumerError {
     fn from(e: std::io::Error) -> Self {
-        ConsumerError(e.to_string())
+        ConsumerError::new(e.to_string())
     }
 }
 
@@ -58,6 +89,15 @@ impl From<std::io::Error> for ConsumerError {
 pub trait Consumer: Send + 'static {
     /// Where its cursor and lease are stored: stable across restarts.
     fn name(&self) -> &str;
+
+    /// `true` for a consumer that something configured owns (a webhook):
+    /// its owner creates its row (`Tx::create_consumer`) and deletes it,
+    /// and the consumer ends when the row is gone instead of starting over
+    /// from the log's first event. `false` (the event sink): the row is
+    /// created on first use.
+    fn owned(&self) -> bool {
+        false
+    }
 
     /// Called when this server starts running the consumer (it took the
     /// lease, or a handling failed), before events are handed to it: the
@@ -101,11 +141,30 @@ impl LeaseOptions {
 
 /// Why a server stopped running a consumer.
 enum Stopped {
-    /// Another server took the lease over.
+    /// Another server took the lease over (or its owner deleted it).
     Lost,
     /// The server is stopping.
     Stopping,
 }
+
+/// A set of consumers that changes while the server runs (one per webhook,
+/// one per GitOps repository): [`Tugboat::run_consumer_family`] runs one
+/// task per name it lists, starts the new ones and stops those gone.
+#[async_trait::async_trait]
+pub trait ConsumerFamily: Send + Sync + 'static {
+    /// What the family is, for the log.
+    fn family(&self) -> &str;
+
+    /// The names of the consumers that should run now.
+    async fn names(&self, tugboat: &Tugboat) -> Result<Vec<String>>;
+
+    /// The consumer named `name` (one of those [`Self::names`] listed).
+    fn make(&self, tugboat: &Tugboat, name: &str) -> Box<dyn Consumer>;
+}
+
+/// How often a family's names are read again when nothing announced a
+/// change (changes made through another server).
+const FAMILY_RESCAN: Duration = Duration::from_secs(2);
 
 impl Tugboat {
     /// Runs `consumer` until `stop` turns true: takes its lease when free
@@ -125,7 +184,7 @@ impl Tugboat {
             let now = self.now();
             match self
                 .db
-                .take_consumer_lease(&name, &options.holder, now, now + options.lease)
+                .take_consumer_lease(&name, &options.holder, now, now + options.lease, !consumer.owned())
                 .await
             {
                 Ok(Some(lease)) => {
@@ -138,7 +197,12 @@ impl Tugboat {
                         Err(e) => tracing::warn!(consumer = %name, error = %e, "consumer stopped; retrying"),
                     }
                 }
-                Ok(None) => {}
+                Ok(None) => {
+                    if consumer.owned() && matches!(self.db.consumer_exists(&name).await, Ok(false)) {
+                        tracing::info!(consumer = %name, "the consumer was deleted; stopped");
+                        return;
+                    }
+                }
                 Err(e) => tracing::warn!(consumer = %name, error = %e, "cannot take the consumer's lease"),
             }
             tokio::select! {
@@ -226,7 +290,28 @@ impl Tugboat {
             if let Err(e) = consumer.handle(&records).await {
                 tracing::warn!(consumer = %lease.name, error = %e, after = lease.cursor, "the consumer cannot handle events; retrying");
                 resumed = false;
-                self.pause(RETRY_AFTER.min(third), stop).await;
+                if let Some(handled) = e.handled.filter(|h| *h > lease.cursor && *h <= last) {
+                    lease.cursor = handled;
+                }
+                // A long back-off is waited out in steps that keep the
+                // lease renewed (and store the cursor the consumer reached).
+                let until = Instant::now() + e.retry_after.unwrap_or(RETRY_AFTER);
+                loop {
+                    let left = until.saturating_duration_since(Instant::now());
+                    if left.is_zero() || *stop.borrow() {
+                        break;
+                    }
+                    self.pause(left.min(third.saturating_sub(renewed.elapsed())), stop)
+                        .await;
+                    if renewed.elapsed() >= third {
+                        let sent = Instant::now();
+                        if !self.renew(&lease, Some(lease.cursor), options).await? {
+                            return Ok(Stopped::Lost);
+                        }
+                        renewed = sent;
+                        stored = lease.cursor;
+                    }
+                }
                 continue;
             }
             lease.cursor = last;
@@ -246,6 +331,65 @@ impl Tugboat {
                 stored = last;
             }
         }
+    }
+
+    /// Runs the consumers of `family` until `stop` turns true: one
+    /// [`Tugboat::run_consumer`] task per name the family lists, read again
+    /// every few seconds and at once when this server announces a change
+    /// ([`Tugboat::consumers_changed`]); a consumer whose name is no longer
+    /// listed is stopped (its lease given up).
+    pub async fn run_consumer_family(
+        self,
+        family: std::sync::Arc<dyn ConsumerFamily>,
+        options: LeaseOptions,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        use std::collections::HashMap;
+        let mut running: HashMap<String, (tokio::sync::watch::Sender<bool>, tokio::task::JoinHandle<()>)> =
+            HashMap::new();
+        let mut changed = self.consumers_changed.subscribe();
+        while !*stop.borrow() {
+            changed.borrow_and_update();
+            match family.names(&self).await {
+                Ok(names) => {
+                    let wanted: std::collections::HashSet<String> = names.into_iter().collect();
+                    running.retain(|name, (stop_one, task)| {
+                        // A task that ended by itself (its row deleted) is
+                        // started again if still listed.
+                        let keep = wanted.contains(name) && !task.is_finished();
+                        if !keep {
+                            let _ = stop_one.send(true);
+                        }
+                        keep
+                    });
+                    for name in wanted {
+                        if running.contains_key(&name) {
+                            continue;
+                        }
+                        let (stop_one, stopped) = tokio::sync::watch::channel(false);
+                        let consumer = family.make(&self, &name);
+                        let task = tokio::spawn(self.clone().run_consumer(consumer, options.clone(), stopped));
+                        running.insert(name, (stop_one, task));
+                    }
+                }
+                Err(e) => tracing::warn!(family = family.family(), error = %e, "cannot list the consumers"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(FAMILY_RESCAN) => {}
+                _ = changed.changed() => {}
+                _ = stop.changed() => {}
+            }
+        }
+        for (_, (stop_one, task)) in running {
+            let _ = stop_one.send(true);
+            let _ = task.await;
+        }
+    }
+
+    /// Tells this server's consumer families to read their names again (a
+    /// webhook was created or deleted, a pipeline applied).
+    pub fn consumers_changed(&self) {
+        self.consumers_changed.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Extends `lease` (moving its cursor to `cursor`, when given); `false`:

@@ -86,7 +86,7 @@ fn repair(file: &File, path: &Path) -> Result<i64, ConsumerError> {
         .ok()
         .and_then(|v| v.get("id").and_then(serde_json::Value::as_i64));
     id.ok_or_else(|| {
-        ConsumerError(format!(
+        ConsumerError::new(format!(
             "the last line of {} is not an event; move the file away to start a new one",
             path.display()
         ))
@@ -136,7 +136,7 @@ impl Consumer for EventSink {
             Ok::<_, ConsumerError>((file, last))
         })
         .await
-        .map_err(|e| ConsumerError(e.to_string()))??;
+        .map_err(|e| ConsumerError::new(e.to_string()))??;
         self.file = Some(Arc::new(file));
         self.last = last;
         Ok(())
@@ -144,12 +144,12 @@ impl Consumer for EventSink {
 
     async fn handle(&mut self, records: &[AuditRecord]) -> Result<(), ConsumerError> {
         let Some(file) = self.file.clone() else {
-            return Err(ConsumerError("the event sink is not open".into()));
+            return Err(ConsumerError::new("the event sink is not open"));
         };
         let mut lines = Vec::new();
         let mut last = self.last;
         for r in records.iter().filter(|r| r.event.id > self.last) {
-            serde_json::to_writer(&mut lines, r).map_err(|e| ConsumerError(e.to_string()))?;
+            serde_json::to_writer(&mut lines, r).map_err(|e| ConsumerError::new(e.to_string()))?;
             lines.push(b'\n');
             last = r.event.id;
         }
@@ -161,7 +161,7 @@ impl Consumer for EventSink {
             file.sync_data()
         })
         .await
-        .map_err(|e| ConsumerError(e.to_string()))??;
+        .map_err(|e| ConsumerError::new(e.to_string()))??;
         self.last = last;
         Ok(())
     }

@@ -44,7 +44,7 @@ mod unchained;
 pub use access::{AgentView, DeploymentView, Shown};
 pub use agents::{AgentCounts, ChannelStamp, ChannelStamps, ChannelView, STALE_AFTER};
 pub use audit::{ExportPage, Since};
-pub use consumers::{Consumer, ConsumerError, LeaseOptions};
+pub use consumers::{Consumer, ConsumerError, ConsumerFamily, LeaseOptions};
 pub use deploy::{
     Answer, BuildSelector, Decision, DeployOptions, Diff, EnvStatus, Outcome, PipelineRevision, PipelineView,
 };
@@ -214,6 +214,9 @@ pub struct Tugboat {
     /// The id of the newest event recorded here, for this server's
     /// consumers to wake on (see [`consumers`]).
     appended: Arc<tokio::sync::watch::Sender<i64>>,
+    /// Bumped when a consumer family's set of consumers may have changed
+    /// (see [`Tugboat::consumers_changed`]).
+    consumers_changed: Arc<tokio::sync::watch::Sender<u64>>,
     /// Woken when this instance makes an approval request, so the sweeper
     /// learns when it expires (see [`Tugboat::sweeper`]).
     requests: Arc<tokio::sync::Notify>,
@@ -244,6 +247,7 @@ impl Tugboat {
             rooms: Arc::default(),
             recorded: Arc::default(),
             appended: Arc::new(tokio::sync::watch::channel(0).0),
+            consumers_changed: Arc::new(tokio::sync::watch::channel(0).0),
             requests: Arc::default(),
         }
     }

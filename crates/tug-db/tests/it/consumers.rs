@@ -10,10 +10,14 @@ crate::db_test!(
     |db: Db| async move {
         let now = Utc::now();
         let later = now + Duration::seconds(10);
-        let a = db.take_consumer_lease("sink", "a", now, later).await.unwrap().unwrap();
+        let a = db
+            .take_consumer_lease("sink", "a", now, later, true)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(a.cursor, 0, "a new consumer starts before the first event");
         assert_eq!(
-            db.take_consumer_lease("sink", "b", now, later).await.unwrap(),
+            db.take_consumer_lease("sink", "b", now, later, true).await.unwrap(),
             None,
             "a running lease is not taken"
         );
@@ -22,7 +26,7 @@ crate::db_test!(
         // a stalls past its expiry; b takes over where the cursor stands.
         let after = later + Duration::seconds(1);
         let b = db
-            .take_consumer_lease("sink", "b", after, after + Duration::seconds(10))
+            .take_consumer_lease("sink", "b", after, after + Duration::seconds(10), true)
             .await
             .unwrap()
             .unwrap();
@@ -41,7 +45,7 @@ crate::db_test!(
         // even when its holder takes the lease again.
         db.release_consumer_lease(&b).await.unwrap();
         let a2 = db
-            .take_consumer_lease("sink", "a", after, later)
+            .take_consumer_lease("sink", "a", after, later, true)
             .await
             .unwrap()
             .unwrap();

@@ -4,5 +4,6 @@
 
 mod app;
 mod approvals;
+mod consumer_family;
 mod soak;
 mod windows;
