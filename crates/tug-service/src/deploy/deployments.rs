@@ -397,7 +397,7 @@ impl Tugboat {
             version = %build.version,
             build = %build.id,
             kind = %kind,
-            actor,
+            actor = %actor,
             seq = done.seq,
             "deployed"
         );

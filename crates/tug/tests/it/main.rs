@@ -23,6 +23,7 @@ mod flow;
 mod fresh_answers;
 mod grants;
 mod maintenance;
+mod metrics;
 mod policies;
 mod prometheus;
 mod readme;

@@ -74,26 +74,42 @@ async fn promotion_waits_until_the_gate_has_held(backend: Backend) {
     let prometheus = Prometheus::start(w, target.addr);
     apply(&server, w, "web", &pipeline("web", &prometheus.url, QUERY, ""));
     let v1 = build(&server, "web", "1.0.0").await;
-    server.tug(w, &["release", "web", "--env", "staging", "--build", &v1]).ok();
+    server
+        .tug(w, &["release", "web", "--env", "staging", "--build", &v1])
+        .ok();
     prometheus.wait_for(QUERY, 5.0);
 
     // Out of bounds: blocked, with the query and its value.
     let blocked = eventually(20, || {
         let g = gate(&server, w, "web", "staging");
-        g["blocked"].as_str().filter(|b| b.contains("returned 5")).map(str::to_string)
+        g["blocked"]
+            .as_str()
+            .filter(|b| b.contains("returned 5"))
+            .map(str::to_string)
     });
-    assert!(blocked.contains("above max 0.5") && blocked.contains(QUERY), "{blocked}");
+    assert!(
+        blocked.contains("above max 0.5") && blocked.contains(QUERY),
+        "{blocked}"
+    );
     let err = promote(&server, w, "web").fails().to_string();
-    assert!(err.contains("verify") && err.contains("returned 5, above max 0.5"), "{err}");
+    assert!(
+        err.contains("verify") && err.contains("returned 5, above max 0.5"),
+        "{err}"
+    );
     let status = server.tug(w, &["status", "web"]).ok().to_string();
-    assert!(status.contains("staging (metric gate blocks): query sum(test_errors_total) returned 5"), "{status}");
+    assert!(
+        status.contains("staging (metric gate blocks): query sum(test_errors_total) returned 5"),
+        "{status}"
+    );
 
     // Back within bounds: still refused until it has held for 3 s.
     target.set(0);
     prometheus.wait_for(QUERY, 0.0);
     let since = eventually(20, || {
         let g = gate(&server, w, "web", "staging");
-        g["within_since"].as_str().map(|s| chrono::DateTime::parse_from_rfc3339(s).unwrap())
+        g["within_since"]
+            .as_str()
+            .map(|s| chrono::DateTime::parse_from_rfc3339(s).unwrap())
     });
     let early = promote(&server, w, "web");
     if chrono::Utc::now() - since.with_timezone(&chrono::Utc) < chrono::Duration::milliseconds(2500) {
@@ -142,7 +158,9 @@ async fn an_unreachable_prometheus_and_an_empty_answer_block_with_their_reasons(
     );
     for service in ["web", "api"] {
         let b = build(&server, service, "1.0.0").await;
-        server.tug(w, &["release", service, "--env", "staging", "--build", &b]).ok();
+        server
+            .tug(w, &["release", service, "--env", "staging", "--build", &b])
+            .ok();
     }
     for (service, reason) in [
         ("web", format!("Prometheus at {closed} is unreachable")),
@@ -189,19 +207,28 @@ async fn a_value_out_of_bounds_halts_the_rollout(backend: Backend) {
         &server,
         w,
         "api",
-        &pipeline("api", &prometheus.url, QUERY, r#"rollout = { strategy = "all-at-once" }"#),
+        &pipeline(
+            "api",
+            &prometheus.url,
+            QUERY,
+            r#"rollout = { strategy = "all-at-once" }"#,
+        ),
     );
     let mut builds = Vec::new();
     for service in ["web", "api"] {
         let v1 = build(&server, service, "1.0.0").await;
         let v2 = build(&server, service, "2.0.0").await;
         for b in [&v1, &v2] {
-            server.tug(w, &["release", service, "--env", "staging", "--build", b]).ok();
+            server
+                .tug(w, &["release", service, "--env", "staging", "--build", b])
+                .ok();
         }
         builds.push((v1, v2));
     }
     prometheus.wait_for(QUERY, 0.0);
-    eventually(20, || gate(&server, w, "web", "staging")["within_since"].as_str().map(|_| ()));
+    eventually(20, || {
+        gate(&server, w, "web", "staging")["within_since"].as_str().map(|_| ())
+    });
 
     // The error counter jumps: both rollouts halt; web rolls back.
     let began = Instant::now();
@@ -225,7 +252,9 @@ async fn a_value_out_of_bounds_halts_the_rollout(backend: Backend) {
     assert_eq!(halted["build"], builds[1].1.as_str(), "api keeps 2.0.0, halted");
     let events = server.tug(w, &["audit", "export"]).ok().to_string();
     assert!(
-        events.lines().any(|l| l.contains("rollout.halted") && l.contains(&want)),
+        events
+            .lines()
+            .any(|l| l.contains("rollout.halted") && l.contains(&want)),
         "{events}"
     );
     assert!(began.elapsed() < Duration::from_secs(20));
@@ -250,21 +279,48 @@ async fn bad_gates_are_refused_at_apply_naming_the_field() {
     let w = w.path();
     server.tug(w, &["service", "create", "web"]).ok();
     for (gate, field) in [
-        (r#"{ prometheus = "ftp://p:9090", query = "up", max = 1, for = "1m" }"#, "verify.prometheus"),
-        (r#"{ prometheus = "http://user:secret@p:9090", query = "up", max = 1, for = "1m" }"#, "verify.prometheus"),
-        (r#"{ prometheus = "http://p:9090", query = " ", max = 1, for = "1m" }"#, "verify.query"),
-        (r#"{ prometheus = "http://p:9090", query = "sum(rate(x[5m])", max = 1, for = "1m" }"#, "verify.query"),
-        (r#"{ prometheus = "http://p:9090", query = "up", max = nan, for = "1m" }"#, "verify.max"),
-        (r#"{ prometheus = "http://p:9090", query = "up", min = inf, for = "1m" }"#, "verify.min"),
-        (r#"{ prometheus = "http://p:9090", query = "up", max = 1, for = "soon" }"#, "verify.for"),
-        (r#"{ prometheus = "http://p:9090", query = "up", for = "1m" }"#, "verify.max"),
+        (
+            r#"{ prometheus = "ftp://p:9090", query = "up", max = 1, for = "1m" }"#,
+            "verify.prometheus",
+        ),
+        (
+            r#"{ prometheus = "http://user:secret@p:9090", query = "up", max = 1, for = "1m" }"#,
+            "verify.prometheus",
+        ),
+        (
+            r#"{ prometheus = "http://p:9090", query = " ", max = 1, for = "1m" }"#,
+            "verify.query",
+        ),
+        (
+            r#"{ prometheus = "http://p:9090", query = "sum(rate(x[5m])", max = 1, for = "1m" }"#,
+            "verify.query",
+        ),
+        (
+            r#"{ prometheus = "http://p:9090", query = "up", max = nan, for = "1m" }"#,
+            "verify.max",
+        ),
+        (
+            r#"{ prometheus = "http://p:9090", query = "up", min = inf, for = "1m" }"#,
+            "verify.min",
+        ),
+        (
+            r#"{ prometheus = "http://p:9090", query = "up", max = 1, for = "soon" }"#,
+            "verify.for",
+        ),
+        (
+            r#"{ prometheus = "http://p:9090", query = "up", for = "1m" }"#,
+            "verify.max",
+        ),
     ] {
         std::fs::write(
             w.join("p.toml"),
             format!("service = \"web\"\n[[environments]]\nname = \"staging\"\nverify = {gate}\n"),
         )
         .unwrap();
-        let err = server.tug(w, &["pipeline", "apply", "-f", "p.toml"]).fails().to_string();
+        let err = server
+            .tug(w, &["pipeline", "apply", "-f", "p.toml"])
+            .fails()
+            .to_string();
         assert!(err.contains(field), "{gate}: {err}");
         assert!(!err.contains("secret"), "{err}");
     }
