@@ -61,7 +61,7 @@ async fn scrape(server: &TestServer, token: &str) -> (u16, String, String) {
 /// the order the server writes them), or 0 when there is none.
 fn value(text: &str, series: &str) -> f64 {
     text.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(|c: char| c == ' ' || c == ','))
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
         .map_or(0.0, |l| l.rsplit(' ').next().unwrap().parse().unwrap())
 }
 
