@@ -285,6 +285,20 @@ impl Metrics {
             .get_or_create_owned(&DirectionLabels { direction: "out" })
     }
 
+    /// Counts a failed attempt to deliver to `target`.
+    pub(crate) fn delivery_failed(&self, target: &str) {
+        self.delivery_failures
+            .get_or_create(&TargetLabels {
+                target: target.to_string(),
+            })
+            .inc();
+    }
+
+    /// This server's counters in Prometheus's text format.
+    fn encode(&self, text: &mut String) -> std::fmt::Result {
+        prometheus_client::encoding::prometheus_text::encode(text, &self.registry)
+    }
+
     pub(crate) fn sampled(&self, service: &str, environment: &str) {
         self.gate_samples
             .get_or_create(&EnvLabels {
@@ -304,12 +318,7 @@ impl Tugboat {
     /// Counts one failed attempt to deliver an event to `target` (a
     /// webhook's or a GitOps repository's name): `tug_delivery_failures_total`.
     pub fn count_delivery_failure(&self, target: &str) {
-        self.metrics
-            .delivery_failures
-            .get_or_create(&TargetLabels {
-                target: target.to_string(),
-            })
-            .inc();
+        self.metrics.delivery_failed(target);
     }
 
     /// The metrics in Prometheus's text format ([`METRICS_CONTENT_TYPE`]):
@@ -396,7 +405,9 @@ impl Tugboat {
         }
 
         let mut text = String::new();
-        let encoded = prometheus_client::encoding::prometheus_text::encode(&mut text, &self.metrics.registry)
+        let encoded = self
+            .metrics
+            .encode(&mut text)
             .and_then(|()| prometheus_client::encoding::prometheus_text::encode(&mut text, &gauges));
         if let Err(e) = encoded {
             // Writing into a String fails only if a metric's encoder does,
@@ -404,5 +415,35 @@ impl Tugboat {
             return Err(crate::Error::internal(format!("cannot encode the metrics: {e}")));
         }
         Ok(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_written_with_their_units_and_total_suffix() {
+        let m = Metrics::default();
+        m.delivery_failed("webhook-1");
+        m.delivery_failed("webhook-1");
+        m.deployed("api", "prod", "promote", Some(Duration::from_secs(90)));
+        m.request("/v1/builds/{build}", "GET", 200, Duration::from_millis(3));
+        m.bytes_in(10);
+        m.bytes_out().inc_by(4);
+        let mut text = String::new();
+        m.encode(&mut text).unwrap();
+        for line in [
+            "# TYPE tug_delivery_failures_total counter",
+            "tug_delivery_failures_total{target=\"webhook-1\"} 2",
+            "tug_deployments_total{service=\"api\",environment=\"prod\",kind=\"promote\"} 1",
+            "# TYPE tug_deployment_lead_time_seconds histogram",
+            "tug_deployment_lead_time_seconds_bucket{service=\"api\",environment=\"prod\",kind=\"promote\",le=\"300\"} 1",
+            "tug_http_requests_total{route=\"/v1/builds/{build}\",method=\"GET\",status=\"200\"} 1",
+            "tug_blob_bytes_total{direction=\"in\"} 10",
+            "tug_blob_bytes_total{direction=\"out\"} 4",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
     }
 }

@@ -85,7 +85,10 @@ fn promtool(text: &str) {
 }
 
 async fn metrics_after_a_realistic_flow(backend: Backend) {
-    let server = TestServer::start_with(backend, &[]).await;
+    // With the event sink, a durable consumer whose lag the scrape shows.
+    let dir = tempfile::tempdir().unwrap();
+    let sink = dir.path().join("events.jsonl");
+    let server = TestServer::start_in(dir, backend, &[], &[("TUG_EVENT_SINK", sink.to_str().unwrap())]);
     let w = tempfile::tempdir().unwrap();
     let w = w.path();
     server.tug(w, &["service", "create", "web"]).ok();
@@ -251,6 +254,22 @@ async fn metrics_after_a_realistic_flow(backend: Backend) {
         2.0
     );
     promtool(&after);
+    // The sink catches up with the log: its lag falls to 0.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (_, _, text) = scrape(&server, &scraper).await;
+        if text
+            .lines()
+            .any(|l| l == "tug_consumer_lag_events{consumer=\"event-sink\"} 0")
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sink's lag never fell to 0:\n{text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 
     // One release line per deployment in the server's log, after its
     // commit; the operator's log names even the embargoed build.

@@ -127,6 +127,21 @@ async fn promotion_waits_until_the_gate_has_held(backend: Backend) {
     );
     let s = server.tug(w, &["status", "web", "--output", "json"]).json();
     assert_eq!(s["environments"][1]["current"]["build"], v1.as_str());
+    // The gate's last sample in the metrics.
+    let text = server
+        .http(reqwest::Method::GET, "/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "tug_verify_value{service=\"web\",environment=\"staging\"} 0.0",
+        "tug_verify_within_bounds{service=\"web\",environment=\"staging\"} 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
