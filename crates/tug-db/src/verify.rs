@@ -51,12 +51,16 @@ impl Db {
         sample: &GateSample,
     ) -> Result<()> {
         let within = i64::from(sample.error.is_none());
+        // The value is always bound as a number, with $9 saying whether
+        // there is one: PostgreSQL keeps the type a prepared statement's
+        // parameter had when first bound, and a NULL bound first through
+        // the `Any` driver is not typed as a double.
         sqlx::query(
             "INSERT INTO verify_gates (service, environment, seq, build_id, within_since, last_sample, last_value, last_error) \
-             VALUES ($1, $2, $3, $4, CASE WHEN $5 = 1 THEN $6 ELSE NULL END, $6, $7, $8) \
+             VALUES ($1, $2, $3, $4, CASE WHEN $5 = 1 THEN $6 ELSE NULL END, $6, CASE WHEN $9 = 1 THEN $7 ELSE NULL END, $8) \
              ON CONFLICT (service, environment, seq) DO UPDATE SET \
                within_since = CASE WHEN $5 = 1 THEN COALESCE(verify_gates.within_since, $6) ELSE NULL END, \
-               last_sample = $6, last_value = $7, last_error = $8 \
+               last_sample = $6, last_value = CASE WHEN $9 = 1 THEN $7 ELSE NULL END, last_error = $8 \
              WHERE verify_gates.last_sample <= $6",
         )
         .bind(service.as_str())
@@ -65,8 +69,9 @@ impl Db {
         .bind(build.as_str())
         .bind(within)
         .bind(sample.at.timestamp_millis())
-        .bind(sample.value)
+        .bind(sample.value.unwrap_or(0.0))
         .bind(sample.error.as_deref())
+        .bind(i64::from(sample.value.is_some()))
         .execute(&self.pool)
         .await?;
         Ok(())
