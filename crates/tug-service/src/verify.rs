@@ -62,14 +62,12 @@ struct Answer {
     error: Option<String>,
 }
 
+/// The result of a query: its type and the result as that type has it.
 #[derive(Deserialize)]
-#[serde(tag = "resultType", content = "result", rename_all = "lowercase")]
-enum AnswerData {
-    Vector(Vec<Series>),
-    Scalar((f64, String)),
-    /// A range vector or a string: not one number.
-    #[serde(other)]
-    Other,
+struct AnswerData {
+    #[serde(rename = "resultType")]
+    result_type: String,
+    result: serde_json::Value,
 }
 
 #[derive(Deserialize)]
@@ -173,39 +171,7 @@ impl Tugboat {
             }
             body.extend_from_slice(&chunk);
         }
-        let answer: Answer = serde_json::from_slice(&body).map_err(|_| {
-            format!("{server} answered {status} with no Prometheus query result; is it Prometheus's address?")
-        })?;
-        if answer.status != "success" {
-            return Err(format!(
-                "Prometheus refused query {}: {}",
-                verify.query,
-                answer.error.as_deref().unwrap_or("no reason given")
-            ));
-        }
-        let number = |text: &str| {
-            text.parse::<f64>()
-                .map_err(|_| format!("query {} returned {text:?}, not a number", verify.query))
-        };
-        match answer.data {
-            Some(AnswerData::Scalar((_, v))) => number(&v),
-            Some(AnswerData::Vector(series)) => match series.as_slice() {
-                [] => Err(format!(
-                    "query {} returned nothing (no series matched); a gate never passes without a value",
-                    verify.query
-                )),
-                [one] => number(&one.value.1),
-                many => Err(format!(
-                    "query {} returned {} series; aggregate it to one value (sum, max, …)",
-                    verify.query,
-                    many.len()
-                )),
-            },
-            Some(AnswerData::Other) | None => Err(format!(
-                "query {} returned no instant number; write an expression with one value",
-                verify.query
-            )),
-        }
+        read_answer(&verify.query, server, status, &body)
     }
 
     /// What the upstream's gate says of `build`, for a promotion out of
@@ -285,6 +251,47 @@ fn reqwest_cause(e: &reqwest::Error) -> String {
     cause.to_string()
 }
 
+/// The one number Prometheus answered to `query` (asked of `server`, which
+/// answered `status` with `body`), or why there is none.
+fn read_answer(query: &str, server: &str, status: reqwest::StatusCode, body: &[u8]) -> Result<f64, String> {
+    let answer: Answer = serde_json::from_slice(body).map_err(|_| {
+        format!("{server} answered {status} with no Prometheus query result; is it Prometheus's address?")
+    })?;
+    if answer.status != "success" {
+        return Err(format!(
+            "Prometheus refused query {query}: {}",
+            answer.error.as_deref().unwrap_or("no reason given")
+        ));
+    }
+    let number = |text: &str| {
+        text.parse::<f64>()
+            .map_err(|_| format!("query {query} returned {text:?}, not a number"))
+    };
+    let not_one = || format!("query {query} returned no instant number; write an expression with one value");
+    let data = answer.data.ok_or_else(not_one)?;
+    match data.result_type.as_str() {
+        "scalar" => {
+            let (_, v): (f64, String) = serde_json::from_value(data.result).map_err(|_| not_one())?;
+            number(&v)
+        }
+        "vector" => {
+            let series: Vec<Series> = serde_json::from_value(data.result).map_err(|_| not_one())?;
+            match series.as_slice() {
+                [] => Err(format!(
+                    "query {query} returned nothing (no series matched); a gate never passes without a value"
+                )),
+                [one] => number(&one.value.1),
+                many => Err(format!(
+                    "query {query} returned {} series; aggregate it to one value (sum, max, …)",
+                    many.len()
+                )),
+            }
+        }
+        // A range vector or a string.
+        _ => Err(not_one()),
+    }
+}
+
 /// The fact [`tug_core::policy::evaluate`] judges a promotion by.
 pub(crate) fn gate_fact<'a>(
     upstream: &'a Environment,
@@ -297,4 +304,53 @@ pub(crate) fn gate_fact<'a>(
         within_since,
         blocked,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(body: &str) -> Result<f64, String> {
+        read_answer("q", "http://p", reqwest::StatusCode::OK, body.as_bytes())
+    }
+
+    #[test]
+    fn one_number_is_read_and_everything_else_is_a_reason() {
+        let vector =
+            r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1.5,"0.25"]}]}}"#;
+        assert_eq!(read(vector), Ok(0.25));
+        let scalar = r#"{"status":"success","data":{"resultType":"scalar","result":[1.5,"3"]}}"#;
+        assert_eq!(read(scalar), Ok(3.0));
+        let nan = r#"{"status":"success","data":{"resultType":"scalar","result":[1.5,"NaN"]}}"#;
+        assert!(
+            read(nan).unwrap().is_nan(),
+            "NaN is a value the gate judges out of bounds"
+        );
+        for (body, says) in [
+            (
+                r#"{"status":"success","data":{"resultType":"vector","result":[]}}"#,
+                "returned nothing",
+            ),
+            (
+                r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{"a":"1"},"value":[1,"1"]},{"metric":{"a":"2"},"value":[1,"2"]}]}}"#,
+                "returned 2 series; aggregate it",
+            ),
+            (
+                r#"{"status":"success","data":{"resultType":"matrix","result":[]}}"#,
+                "no instant number",
+            ),
+            (
+                r#"{"status":"error","errorType":"bad_data","error":"parse error at char 4"}"#,
+                "Prometheus refused query q: parse error at char 4",
+            ),
+            ("<html>a login page</html>", "is it Prometheus's address?"),
+            (
+                r#"{"status":"success","data":{"resultType":"scalar","result":[1.5,"many"]}}"#,
+                "not a number",
+            ),
+        ] {
+            let why = read(body).unwrap_err();
+            assert!(why.contains(says), "{body}: {why}");
+        }
+    }
 }
