@@ -431,6 +431,25 @@ pub struct EnvironmentStatus {
     /// The rollout of the current build to those agents.
     #[serde(default)]
     pub rollout: Option<Rollout>,
+    /// Its metric gate (`verify`) for the build it runs, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<Gate>,
+}
+
+/// An environment's metric gate for the build it runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Gate {
+    /// The gate as `tug policy list` shows it.
+    pub verify: String,
+    /// How long the query must stay within bounds, in seconds.
+    pub for_secs: u64,
+    /// Since when it has stayed within bounds; `None` when it is not
+    /// within bounds now.
+    pub within_since: Option<DateTime<Utc>>,
+    pub last_sample: Option<DateTime<Utc>>,
+    pub last_value: Option<f64>,
+    /// Why the gate blocks promotions out of the environment now.
+    pub blocked: Option<String>,
 }
 
 /// The rollout of an environment's current build to its agents.

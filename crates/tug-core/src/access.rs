@@ -75,6 +75,8 @@ impl Sight {
 pub enum ScopeError {
     #[error("an admin token cannot be scoped to a service: it manages every service and all tokens")]
     ScopedAdmin,
+    #[error("a metrics token cannot be scoped to a service: it reads the metrics of the whole server")]
+    ScopedMetrics,
     #[error("an environment scope needs a service scope: pass --service as well as --env")]
     EnvironmentWithoutService,
     #[error("only agent tokens take an environment scope; a {0} token is scoped by service only")]
@@ -85,6 +87,7 @@ pub enum ScopeError {
 pub fn check_scope(role: Role, service: Option<&ServiceName>, environment: Option<&EnvName>) -> Result<(), ScopeError> {
     match (role, service, environment) {
         (Role::Admin, Some(_), _) => Err(ScopeError::ScopedAdmin),
+        (Role::Metrics, Some(_), _) => Err(ScopeError::ScopedMetrics),
         (_, None, Some(_)) => Err(ScopeError::EnvironmentWithoutService),
         (Role::Agent, _, _) | (_, _, None) => Ok(()),
         (role, Some(_), Some(_)) => Err(ScopeError::EnvironmentForRole(role)),

@@ -36,6 +36,6 @@ pub use pipeline::{
     format_duration, parse_duration, BranchRestriction, Compatibility, EnvName, Environment, Pipeline, PipelineError,
     PipelineSpec, Rollout, ServerRule, Share, Strategy, TimeWindow,
 };
-pub use policy::{evaluate, BuildFacts, DeployKind, Proposal, Verdict, Violation};
+pub use policy::{evaluate, BuildFacts, DeployKind, GateFact, Proposal, Verdict, Violation};
 pub use role::{Action, Role};
 pub use versioning::{bump, next_cloud_version, Part, VersionError};

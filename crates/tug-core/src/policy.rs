@@ -85,6 +85,26 @@ pub struct Proposal<'a> {
     /// With `compatible_with`: the oldest version among the agents of that
     /// service reporting in this environment; `None` when none report.
     pub oldest_compatible: Option<&'a crate::Version>,
+    /// With a `verify` gate on the upstream: what its sampler learnt while
+    /// the build ran there (a promotion only).
+    pub upstream_gate: Option<GateFact<'a>>,
+}
+
+/// What is known of an upstream's metric gate for the build being
+/// promoted out of it.
+#[derive(Debug, Clone, Copy)]
+pub struct GateFact<'a> {
+    /// The upstream environment and its gate.
+    pub upstream: &'a crate::EnvName,
+    pub verify: &'a crate::pipeline::Verify,
+    /// Since when the query's value has stayed within bounds while the
+    /// build ran there; `None` when its last sample was not within bounds
+    /// (or there was none).
+    pub within_since: Option<DateTime<Utc>>,
+    /// Why not: the last sample's error (out of bounds, no value,
+    /// Prometheus unreachable), or `None` when the gate was never sampled
+    /// for this build.
+    pub blocked: Option<&'a str>,
 }
 
 /// The outcome of [`evaluate`].
@@ -131,6 +151,7 @@ impl Violation {
     pub const AUTO_RELEASE: &'static str = "auto_release";
     pub const AUTO_RELEASE_HOLD: &'static str = "auto_release_hold";
     pub const COMPATIBILITY: &'static str = "compatibility";
+    pub const VERIFY: &'static str = "verify";
 
     fn new(policy: &'static str, message: String) -> Violation {
         Violation {
@@ -277,6 +298,47 @@ pub fn evaluate(p: &Proposal) -> Verdict {
         }
     }
 
+    // A metric gate holds only promotions out of its environment, as soak
+    // does; it never passes by default: no sample, an error or no value
+    // all refuse.
+    if let Some(gate) = p
+        .upstream_gate
+        .filter(|_| p.kind == DeployKind::Promote && p.passed_upstream)
+    {
+        let upstream = gate.upstream;
+        let hold = gate.verify.hold;
+        match (gate.within_since, gate.blocked) {
+            (Some(since), _) => {
+                let held = (p.now - since).to_std().unwrap_or(Duration::ZERO);
+                if held < hold {
+                    let left = round_up_to_second(hold - held);
+                    refuse(
+                        Violation::VERIFY,
+                        format!(
+                            "the metric gate of {upstream} ({}) has held for {} of {}; promote again in {}",
+                            gate.verify.query,
+                            format_duration(round_up_to_second(held)),
+                            format_duration(hold),
+                            format_duration(left),
+                        ),
+                    );
+                }
+            }
+            (None, Some(why)) => refuse(
+                Violation::VERIFY,
+                format!("the metric gate of {upstream} blocks: {why}; the build may be promoted once the query has stayed within bounds for {}", format_duration(hold)),
+            ),
+            (None, None) => refuse(
+                Violation::VERIFY,
+                format!(
+                    "the metric gate of {upstream} ({}) has not been sampled yet for this build; promote again once it has stayed within bounds for {}",
+                    gate.verify.query,
+                    format_duration(hold)
+                ),
+            ),
+        }
+    }
+
     if p.kind == DeployKind::AutoRelease {
         // The caller picks AutoRelease only for the configured branch; this
         // double-checks it so a stale pipeline cannot auto-release anything.
@@ -380,6 +442,7 @@ private = true
             approvals: 2,
             auto_release_held: false,
             upstream_healthy_for: None,
+            upstream_gate: None,
             oldest_compatible: None,
         }
     }
@@ -655,6 +718,7 @@ private = true
             approvals: 0,
             auto_release_held: true,
             upstream_healthy_for: None,
+            upstream_gate: None,
             oldest_compatible: None,
         };
         let verdict = evaluate(&prop);
@@ -741,5 +805,47 @@ private = true
         assert_eq!(policies(&evaluate(&prop)), ["soak"], "no healthy time at all");
         prop.upstream_healthy_for = Some(Duration::from_secs(3600));
         assert_eq!(evaluate(&prop), Verdict::Allowed);
+    }
+
+    #[test]
+    fn a_metric_gate_holds_promotions_until_it_has_held_and_never_passes_by_default() {
+        let p = Pipeline::parse(
+            "service = \"api\"\n[[environments]]\nname = \"staging\"\n\
+             verify = { prometheus = \"http://127.0.0.1:9090\", query = \"errors\", max = 0.01, for = \"10m\" }\n\
+             [[environments]]\nname = \"prod\"\nupstream = \"staging\"\n",
+        )
+        .unwrap();
+        let staging = env(&p, "staging");
+        let prod = env(&p, "prod");
+        let verify = staging.verify.as_ref().unwrap();
+        let mut prop = proposal(DeployKind::Promote, prod);
+        let gate = |within_since, blocked| GateFact {
+            upstream: &staging.name,
+            verify,
+            within_since,
+            blocked,
+        };
+        let now = weekday_noon();
+        prop.upstream_gate = Some(gate(Some(now - chrono::Duration::minutes(10)), None));
+        assert_eq!(evaluate(&prop), Verdict::Allowed, "ten minutes within bounds is enough");
+        prop.upstream_gate = Some(gate(Some(now - chrono::Duration::seconds(599)), None));
+        let verdict = evaluate(&prop);
+        assert_eq!(policies(&verdict), ["verify"]);
+        assert!(
+            verdict.violations()[0].message.contains("in 1s"),
+            "{}",
+            verdict.violations()[0].message
+        );
+        prop.upstream_gate = Some(gate(None, Some("query errors returned 0.5, above max 0.01")));
+        let verdict = evaluate(&prop);
+        assert_eq!(policies(&verdict), ["verify"]);
+        assert!(verdict.violations()[0].message.contains("returned 0.5"), "{verdict:?}");
+        prop.upstream_gate = Some(gate(None, None));
+        assert_eq!(policies(&evaluate(&prop)), ["verify"], "never sampled: refused");
+        // A release names its build on purpose and a rollback must be quick.
+        for kind in [DeployKind::Release, DeployKind::Rollback] {
+            prop.kind = kind;
+            assert_eq!(evaluate(&prop), Verdict::Allowed, "{kind}");
+        }
     }
 }

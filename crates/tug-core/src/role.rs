@@ -23,6 +23,10 @@ pub enum Role {
     Agent,
     /// Read everything, change nothing.
     Viewer,
+    /// Read the server's Prometheus metrics (`/metrics`), nothing else: a
+    /// scraper's token. Metrics name services and environments, so they
+    /// are not public.
+    Metrics,
 }
 
 /// What a request wants to do.
@@ -50,16 +54,19 @@ pub enum Action {
     Follow,
     /// Report an agent's state.
     Report,
+    /// Scrape the server's Prometheus metrics.
+    ReadMetrics,
 }
 
 impl Role {
-    pub const ALL: [Role; 6] = [
+    pub const ALL: [Role; 7] = [
         Role::Admin,
         Role::Ci,
         Role::Deployer,
         Role::Approver,
         Role::Agent,
         Role::Viewer,
+        Role::Metrics,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -70,6 +77,7 @@ impl Role {
             Role::Approver => "approver",
             Role::Agent => "agent",
             Role::Viewer => "viewer",
+            Role::Metrics => "metrics",
         }
     }
 
@@ -79,6 +87,10 @@ impl Role {
             // An agent reads its channel and reports, nothing else.
             (Role::Agent, Action::Follow | Action::Report) => true,
             (Role::Agent, _) => false,
+            // A scraper reads the metrics and nothing else; nobody but an
+            // admin reads them besides.
+            (Role::Metrics, Action::ReadMetrics) => true,
+            (Role::Metrics, _) | (_, Action::ReadMetrics) => false,
             (_, Action::Read | Action::Follow) => true,
             (Role::Ci, Action::WriteBuilds) => true,
             (Role::Deployer, Action::Deploy) => true,
@@ -97,10 +109,9 @@ impl fmt::Display for Role {
 impl FromStr for Role {
     type Err = String;
     fn from_str(s: &str) -> Result<Role, String> {
-        Role::ALL
-            .into_iter()
-            .find(|r| r.as_str() == s)
-            .ok_or_else(|| format!("unknown role {s:?}: use one of admin, ci, deployer, approver, agent, viewer"))
+        Role::ALL.into_iter().find(|r| r.as_str() == s).ok_or_else(|| {
+            format!("unknown role {s:?}: use one of admin, ci, deployer, approver, agent, viewer, metrics")
+        })
     }
 }
 
@@ -120,7 +131,9 @@ mod tests {
             readers,
             vec![Role::Admin, Role::Ci, Role::Deployer, Role::Approver, Role::Viewer]
         );
-        assert!(Role::ALL.iter().all(|r| r.allows(Action::Follow)));
+        assert!(Role::ALL
+            .iter()
+            .all(|r| r.allows(Action::Follow) != (*r == Role::Metrics)));
         let reporters: Vec<Role> = Role::ALL.into_iter().filter(|r| r.allows(Action::Report)).collect();
         assert_eq!(reporters, vec![Role::Admin, Role::Agent]);
         for a in [
@@ -140,6 +153,30 @@ mod tests {
         assert_eq!(deployers, vec![Role::Admin, Role::Deployer]);
         let approvers: Vec<Role> = Role::ALL.into_iter().filter(|r| r.allows(Action::Approve)).collect();
         assert_eq!(approvers, vec![Role::Admin, Role::Approver]);
+    }
+
+    #[test]
+    fn only_admin_and_metrics_read_metrics_and_metrics_nothing_else() {
+        let scrapers: Vec<Role> = Role::ALL
+            .into_iter()
+            .filter(|r| r.allows(Action::ReadMetrics))
+            .collect();
+        assert_eq!(scrapers, vec![Role::Admin, Role::Metrics]);
+        for a in [
+            Action::Read,
+            Action::WriteBuilds,
+            Action::ManageServices,
+            Action::ManageTokens,
+            Action::Maintain,
+            Action::Audit,
+            Action::ManagePipelines,
+            Action::Deploy,
+            Action::Approve,
+            Action::Follow,
+            Action::Report,
+        ] {
+            assert!(!Role::Metrics.allows(a), "{a:?}");
+        }
     }
 
     #[test]

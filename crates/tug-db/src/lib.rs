@@ -30,8 +30,10 @@ mod channels;
 mod consumers;
 mod deployments;
 mod events;
+mod observed;
 mod rollouts;
 mod tokens;
+mod verify;
 
 pub use agents::{AgentRow, ExitRow};
 pub use builds::{BuildAccessRow, BuildFilter, BuildRow, NewBuild};
@@ -39,8 +41,10 @@ pub use channels::ChannelStampRow;
 pub use consumers::{ConsumerLease, ConsumerRow};
 pub use deployments::{CreatedRequest, DeploymentRow, EnvState, NewDeployment, PipelineRow, RequestRow};
 pub use events::{Chaining, EventRow, Head, NewEvent, Tx};
+pub use observed::{AgentTally, RolloutTally};
 pub use rollouts::{RolloutCounts, RolloutLock, RolloutRow, SoakClock};
 pub use tokens::{NewToken, Revocation, TokenRow};
+pub use verify::{GateRow, GateSample};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -39,6 +39,9 @@ pub struct Config {
     /// unless renewed: how long a dead server's consumers wait before
     /// another server sharing the database takes them over.
     pub consumer_lease_secs: u64,
+    /// How often the metric gates (`verify`) query Prometheus, in
+    /// milliseconds.
+    pub verify_interval_ms: u64,
 }
 
 impl Default for Config {
@@ -57,6 +60,7 @@ impl Default for Config {
             header_read_timeout_secs: 10,
             event_sink: None,
             consumer_lease_secs: 10,
+            verify_interval_ms: 15_000,
         }
     }
 }
@@ -78,6 +82,7 @@ impl std::fmt::Debug for Config {
             .field("header_read_timeout_secs", &self.header_read_timeout_secs)
             .field("event_sink", &self.event_sink)
             .field("consumer_lease_secs", &self.consumer_lease_secs)
+            .field("verify_interval_ms", &self.verify_interval_ms)
             .finish()
     }
 }
@@ -113,6 +118,7 @@ pub struct Layer {
     pub header_read_timeout_secs: Option<u64>,
     pub event_sink: Option<PathBuf>,
     pub consumer_lease_secs: Option<u64>,
+    pub verify_interval_ms: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +153,13 @@ pub const MAX_HEADER_READ_TIMEOUT_SECS: u64 = 300;
 /// The longest consumer lease: a dead server's consumers wait that long
 /// before another server takes them over.
 pub const MAX_CONSUMER_LEASE_SECS: u64 = 600;
+
+/// The shortest interval between two samples of the metric gates: faster
+/// would only load Prometheus.
+pub const MIN_VERIFY_INTERVAL_MS: u64 = 100;
+
+/// The longest interval between two samples of the metric gates (an hour).
+pub const MAX_VERIFY_INTERVAL_MS: u64 = 3_600_000;
 
 /// The largest JSON body limit. Bodies are read into memory whole.
 pub const MAX_JSON_BODY: u64 = 1 << 30;
@@ -189,6 +202,7 @@ impl Layer {
             header_read_timeout_secs: num(env, "TUG_HEADER_READ_TIMEOUT_SECS")?,
             event_sink: env.get("TUG_EVENT_SINK").map(PathBuf::from),
             consumer_lease_secs: num(env, "TUG_CONSUMER_LEASE_SECS")?,
+            verify_interval_ms: num(env, "TUG_VERIFY_INTERVAL_MS")?,
             server_rules: env
                 .get("TUG_SERVER_RULES")
                 .map(|v| {
@@ -251,6 +265,9 @@ impl Config {
         if let Some(v) = l.consumer_lease_secs {
             self.consumer_lease_secs = v;
         }
+        if let Some(v) = l.verify_interval_ms {
+            self.verify_interval_ms = v;
+        }
         self
     }
 
@@ -259,7 +276,7 @@ impl Config {
     /// sizes, which must never overflow.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let secs = |max: u64| format!("0 to {max} seconds");
-        let checks: [(&'static str, &'static str, u64, u64, u64, String); 7] = [
+        let checks: [(&'static str, &'static str, u64, u64, u64, String); 8] = [
             (
                 "max_blob_size",
                 "TUG_MAX_BLOB_SIZE",
@@ -315,6 +332,14 @@ impl Config {
                 1,
                 MAX_CONSUMER_LEASE_SECS,
                 format!("1 to {MAX_CONSUMER_LEASE_SECS} seconds"),
+            ),
+            (
+                "verify_interval_ms",
+                "TUG_VERIFY_INTERVAL_MS",
+                self.verify_interval_ms,
+                MIN_VERIFY_INTERVAL_MS,
+                MAX_VERIFY_INTERVAL_MS,
+                format!("{MIN_VERIFY_INTERVAL_MS} to {MAX_VERIFY_INTERVAL_MS} milliseconds"),
             ),
         ];
         for (key, var, value, min, max, range) in checks {

@@ -218,6 +218,7 @@ fn describe(action: tug_core::Action) -> &'static str {
         Action::Approve => "approve or reject deployments",
         Action::Follow => "follow a channel",
         Action::Report => "report as an agent",
+        Action::ReadMetrics => "read the metrics (a metrics or admin token)",
     }
 }
 

@@ -146,6 +146,7 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::disable());
     let api = Router::new()
         .route("/healthz", get(routes::health))
+        .route("/metrics", get(routes::metrics::scrape))
         .route(
             "/v1/services",
             get(routes::services::list).post(routes::services::create),
@@ -207,6 +208,10 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(state.max_json_body))
         .merge(blobs)
         .fallback(routes::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.tugboat.clone(),
+            routes::metrics::track,
+        ))
         .with_state(state);
     // Around the whole API, so that these layers see every answer as the
     // client gets it: a layer on the routes themselves runs inside each
@@ -231,6 +236,8 @@ pub struct Started {
     /// The families of consumers (one per webhook, say) it runs likewise.
     families: Vec<std::sync::Arc<dyn tug_service::ConsumerFamily>>,
     lease: tug_service::LeaseOptions,
+    /// How often the metric gates are sampled.
+    verify_interval: Duration,
 }
 
 /// Checks the configuration, binds the listener, then opens the database
@@ -357,6 +364,7 @@ async fn start_with(config: &Config, listener: tokio::net::TcpListener, tugboat:
             Duration::from_secs(config.consumer_lease_secs),
             std::env::var("HOSTNAME").ok().as_deref(),
         ),
+        verify_interval: Duration::from_millis(config.verify_interval_ms),
     })
 }
 
@@ -383,6 +391,7 @@ impl Started {
             consumers,
             families,
             lease,
+            verify_interval,
             ..
         } = self;
         // The routes are resolved once here and every connection shares
@@ -395,6 +404,7 @@ impl Started {
         // Auto-release reconciliation and approval expiry: at once (a seal
         // whose release a crash lost is released now) and then periodically.
         let sweeper = tokio::spawn(tugboat.clone().sweeper(tug_service::SWEEP_EVERY));
+        let verifier = tokio::spawn(tugboat.clone().verifier(verify_interval));
         // The consumers run beside the requests, never on their path.
         let (stop_consumers, stop) = tokio::sync::watch::channel(false);
         let consumers: Vec<_> = consumers
@@ -433,6 +443,7 @@ impl Started {
         drop(listener);
         connections.shutdown().await;
         sweeper.abort();
+        verifier.abort();
         // Stopping consumers give their leases up, so a server sharing the
         // database takes them over at once; one that does not stop in time
         // is cut off (its lease expires).

@@ -46,6 +46,7 @@ impl Tugboat {
             return Ok(Stored { size, created: false });
         }
         let size = self.store.put(digest, body, limit).await?;
+        self.metrics.bytes_in(size);
         self.db.claim_blobs(&[*digest], self.now()).await?;
         Ok(Stored { size, created: true })
     }
@@ -83,9 +84,22 @@ impl Tugboat {
         if !self.may_read_blob(who, digest).await? {
             return Err(Error::BlobNotFound(*digest));
         }
-        self.store
+        let blob = self
+            .store
             .get(digest, start, end)
             .await?
-            .ok_or(Error::BlobNotFound(*digest))
+            .ok_or(Error::BlobNotFound(*digest))?;
+        // Counted as the body is sent, so a download cut short counts what
+        // went out.
+        let sent = self.metrics.bytes_out();
+        let body = blob.body.inspect(move |chunk| {
+            if let Ok(bytes) = chunk {
+                sent.inc_by(bytes.len() as u64);
+            }
+        });
+        Ok(Blob {
+            body: Box::pin(body),
+            ..blob
+        })
     }
 }

@@ -133,6 +133,8 @@ pub struct EnvStatus {
     pub rollout: crate::RolloutStatus,
     /// The agents following it.
     pub agents: AgentCounts,
+    /// Its metric gate for the build it runs, when it has one.
+    pub gate: Option<crate::GateView>,
 }
 
 /// A pipeline as stored, parsed.

@@ -35,11 +35,13 @@ mod event_sink;
 mod events;
 mod grants;
 mod maintenance;
+mod metrics;
 mod reconcile;
 mod rollouts;
 mod services;
 mod tokens;
 mod unchained;
+mod verify;
 
 pub use access::{AgentView, DeploymentView, Shown};
 pub use agents::{AgentCounts, ChannelStamp, ChannelStamps, ChannelView, STALE_AFTER};
@@ -52,8 +54,10 @@ pub use error::{Cause, Error, ErrorKind};
 pub use event_sink::EventSink;
 pub use events::{recordable, EventPage};
 pub use grants::Place;
+pub use metrics::{Metrics, METRICS_CONTENT_TYPE};
 pub use reconcile::SWEEP_EVERY;
 pub use rollouts::{Grant, Pacing, RolloutStatus};
+pub use verify::GateView;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -220,6 +224,10 @@ pub struct Tugboat {
     /// Woken when this instance makes an approval request, so the sweeper
     /// learns when it expires (see [`Tugboat::sweeper`]).
     requests: Arc<tokio::sync::Notify>,
+    /// What this server counts for `/metrics`.
+    metrics: Arc<Metrics>,
+    /// The HTTP client the metric gates query Prometheus with.
+    prometheus: reqwest::Client,
 }
 
 /// How many builds an ambiguous prefix names at most in its error.
@@ -249,6 +257,8 @@ impl Tugboat {
             appended: Arc::new(tokio::sync::watch::channel(0).0),
             consumers_changed: Arc::new(tokio::sync::watch::channel(0).0),
             requests: Arc::default(),
+            metrics: Arc::default(),
+            prometheus: verify::client(),
         }
     }
 

@@ -476,20 +476,44 @@ impl Tugboat {
             agent.hostname,
             agent.error.as_deref().unwrap_or("no error given")
         );
+        self.halt(pacing, &row, build, &reason).await
+    }
+
+    /// Halts a rolling rollout on the rollout's own authority (no person
+    /// asked), recording `reason`, and rolls the environment back when the
+    /// pipeline says so. Another server or report halting it first is not
+    /// an error.
+    async fn halt(&self, pacing: &Pacing, row: &RolloutRow, build: &BuildId, reason: &str) -> Result<()> {
         match self
-            .set_state(pacing, &row, RolloutState::Halted, &reason, None, None)
+            .set_state(pacing, row, RolloutState::Halted, reason, None, None)
             .await
         {
             Ok(()) => {}
-            // Another report halted it first.
             Err(Error::Conflict(_)) => return Ok(()),
             Err(e) => return Err(e),
         }
         tracing::warn!(service = %pacing.service, environment = %pacing.environment.name, %reason, "rollout halted");
-        if rollout.auto_rollback {
-            self.auto_rollback(pacing, build, &reason).await;
+        if pacing.environment.rollout.as_ref().is_some_and(|r| r.auto_rollback) {
+            self.auto_rollback(pacing, build, reason).await;
         }
         Ok(())
+    }
+
+    /// Halts the environment's paced rollout of `build` (and rolls back
+    /// when the pipeline says so) because its metric gate read a value out
+    /// of bounds; nothing when no paced rollout of that build is rolling.
+    pub(crate) async fn halt_on_gate(&self, pacing: &Pacing, build: &BuildId, reason: &str) -> Result<()> {
+        if !pacing.per_agent() || pacing.build.as_ref() != Some(build) {
+            return Ok(());
+        }
+        let row = self
+            .db
+            .ensure_rollout(&pacing.service, &pacing.environment.name, pacing.seq, build, self.now())
+            .await?;
+        if row.state == RolloutState::Halted {
+            return Ok(());
+        }
+        self.halt(pacing, &row, build, reason).await
     }
 
     async fn auto_rollback(&self, pacing: &Pacing, build: &BuildId, reason: &str) {

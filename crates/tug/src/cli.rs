@@ -65,6 +65,7 @@ fn role_help(role: Role) -> &'static str {
         Role::Approver => "approve or reject waiting deployments",
         Role::Agent => "follow a channel and report, nothing else",
         Role::Viewer => "read everything, change nothing",
+        Role::Metrics => "scrape /metrics (Prometheus), nothing else",
     }
 }
 

@@ -136,6 +136,9 @@ pub struct Environment {
     /// critical; none means at any time.
     pub maintenance: Vec<TimeWindow>,
     pub compatible_with: Option<Compatibility>,
+    /// A metric gate on promotions out of this environment and on its
+    /// paced rollouts.
+    pub verify: Option<super::verify::Verify>,
 }
 
 /// Builds of this environment may be at most `max_major_skew` major
@@ -164,6 +167,7 @@ impl Environment {
             rollout: None,
             maintenance: Vec::new(),
             compatible_with: None,
+            verify: None,
         }
     }
 

@@ -28,6 +28,7 @@ pub mod policies;
 pub mod rollout;
 pub mod spec;
 pub mod validation;
+pub mod verify;
 pub mod window;
 
 #[cfg(test)]
@@ -46,6 +47,7 @@ pub use validation::{
     PipelineError, ServerRule, MAX_APPROVALS, MAX_BRANCH_BYTES, MAX_DURATION, MAX_ENVIRONMENTS, MAX_PATTERN_BYTES,
     MAX_PIPELINE_BYTES, MAX_WINDOWS,
 };
+pub use verify::{Verify, VerifySpec};
 pub use window::TimeWindow;
 
 use crate::names::ServiceName;

@@ -22,6 +22,7 @@ use super::environment::{BranchRestriction, Compatibility, EnvName, Environment}
 use super::rollout::{parse_percent, Rollout};
 use super::spec::{AutoReleaseSpec, CompatibilitySpec, EnvironmentSpec, RolloutSpec, WindowSpec};
 use super::validation::{PipelineError, MAX_APPROVALS, MAX_BRANCH_BYTES, MAX_DURATION, MAX_WINDOWS};
+use super::verify::{Verify, VerifySpec};
 use super::window::{self, TimeWindow};
 use crate::names::{shown, ServiceName};
 
@@ -213,6 +214,7 @@ pub static POLICIES: &[&dyn Policy] = &[
     &RolloutPolicy,
     &MaintenancePolicy,
     &CompatibleWithPolicy,
+    &VerifyPolicy,
 ];
 
 /// The environment's place in the pipeline, listed with its policies; a
@@ -972,6 +974,98 @@ impl Policy for CompatibleWithPolicy {
     }
 }
 
+struct VerifyPolicy;
+
+impl Policy for VerifyPolicy {
+    fn about(&self) -> About {
+        About {
+            name: "verify",
+            key: "verify",
+            value_name: "KEY=VALUE,...",
+            help: "A metric gate, as the keys of verify in the pipeline file: \
+         prometheus=http://127.0.0.1:9090,query=sum(rate(errors_total[5m])),max=0.01,for=10m (and min=N): \
+         builds are promoted out of this environment only after the query stayed within bounds that long, \
+         and a value out of bounds halts a paced rollout here",
+            kind: ValueKind::Text,
+            companions: &[],
+            multi: false,
+        }
+    }
+
+    fn read(&self, spec: &EnvironmentSpec, env: &mut Environment) -> Result<(), PipelineError> {
+        let Some(verify) = &spec.verify else {
+            return Ok(());
+        };
+        env.verify = Some(Verify::from_spec(verify).map_err(|(field, why)| PipelineError::Verify {
+            env: env.name.clone(),
+            field,
+            why,
+        })?);
+        Ok(())
+    }
+
+    fn write(&self, env: &Environment, spec: &mut EnvironmentSpec) {
+        spec.verify = env.verify.as_ref().map(Verify::to_spec);
+    }
+
+    fn list(&self, env: &Environment) -> Vec<String> {
+        listed(env.verify.as_ref(), Verify::to_string)
+    }
+
+    fn apply(&self, spec: &mut EnvironmentSpec, value: &str, _: &FlagValues) -> Result<(), ApplyError> {
+        spec.verify = Some(parse_verify_flag(value).map_err(|why| ApplyError::Value {
+            flag: self.name(),
+            value: shown(value),
+            why: format!("{why}; write e.g. prometheus=http://127.0.0.1:9090,query=up,min=1,for=10m"),
+        })?);
+        Ok(())
+    }
+
+    fn delete(&self, spec: &mut EnvironmentSpec) -> bool {
+        spec.verify.take().is_some()
+    }
+}
+
+/// Reads `--verify`'s `KEY=VALUE,…`. A query may hold commas and `=`
+/// (`sum by (a, b) (x{c="d"})`), so `query=` takes everything up to the
+/// next `,KEY=` of another key of the gate; numbers are read as such.
+fn parse_verify_flag(text: &str) -> Result<VerifySpec, String> {
+    const KEYS: [&str; 5] = ["prometheus", "query", "max", "min", "for"];
+    let mut table = toml::Table::new();
+    let mut rest = text.trim();
+    while !rest.is_empty() {
+        let (key, after) = rest
+            .split_once('=')
+            .ok_or_else(|| format!("{:?} is not KEY=VALUE", shown(rest)))?;
+        let key = key.trim();
+        if !KEYS.contains(&key) {
+            return Err(format!("unknown key {:?}: use {}", shown(key), KEYS.join(", ")));
+        }
+        // The value ends where ",KEY=" of a known key begins.
+        let end = KEYS
+            .iter()
+            .filter_map(|k| after.find(&format!(",{k}=")))
+            .min()
+            .unwrap_or(after.len());
+        let value = after[..end].trim();
+        rest = after[end..].trim_start_matches(',').trim();
+        let value = match key {
+            "max" | "min" => toml::Value::Float(
+                value
+                    .parse::<f64>()
+                    .map_err(|_| format!("{key} {:?} is not a number", shown(value)))?,
+            ),
+            _ => toml::Value::String(value.to_string()),
+        };
+        if table.insert(key.to_string(), value).is_some() {
+            return Err(format!("{key} is given twice"));
+        }
+    }
+    toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1244,6 +1338,14 @@ mod tests {
             "compatible-with",
             &[("compatible-with", "teleport-agent"), ("max-major-skew", "1")],
             &["teleport-agent (at most 1 major version ahead)"],
+        ),
+        (
+            "verify",
+            &[(
+                "verify",
+                "prometheus=http://127.0.0.1:9090,query=sum by (job, le) (rate(errors_total{code=\"500\"}[5m])),max=0.01,for=10m",
+            )],
+            &["sum by (job, le) (rate(errors_total{code=\"500\"}[5m])) at http://127.0.0.1:9090 at most 0.01 for 10m"],
         ),
     ];
 

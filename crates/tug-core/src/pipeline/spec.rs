@@ -53,6 +53,10 @@ pub struct EnvironmentSpec {
     pub maintenance: Vec<WindowSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compatible_with: Option<CompatibilitySpec>,
+    /// A metric gate: a Prometheus query that must stay within bounds
+    /// before a build is promoted out of this environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<super::verify::VerifySpec>,
 }
 
 /// `rollout = { strategy = "canary", count = 2, then = "rolling",

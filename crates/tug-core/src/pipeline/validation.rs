@@ -137,6 +137,12 @@ pub enum PipelineError {
     SoakHealthy { env: EnvName, value: String, why: String },
     #[error("environment {env}: compatible_with is invalid: {why}")]
     Compatibility { env: EnvName, why: String },
+    #[error("environment {env}: verify.{field} is invalid: {why}")]
+    Verify {
+        env: EnvName,
+        field: &'static str,
+        why: String,
+    },
 }
 
 fn cycle_text(cycle: &[EnvName]) -> String {

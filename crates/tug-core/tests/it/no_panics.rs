@@ -434,6 +434,7 @@ proptest! {
                 approvals: 0,
                 auto_release_held: false,
                 upstream_healthy_for: healthy_for.map(Duration::from_secs),
+                upstream_gate: None,
                 oldest_compatible: oldest.as_ref(),
             };
             let verdict = evaluate(&proposal);

@@ -10,6 +10,7 @@ mod rollout_counts;
 mod rollouts;
 mod tokens;
 mod unknown_states;
+mod verify;
 
 use tug_db::Db;
 

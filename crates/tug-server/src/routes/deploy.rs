@@ -282,6 +282,14 @@ pub async fn status(
                     by_build: s.agents.by_build,
                 },
                 rollout: Some(super::agents::rollout(s.rollout)),
+                gate: s.gate.map(|g| tug_api::Gate {
+                    verify: g.verify.to_string(),
+                    for_secs: g.verify.hold.as_secs(),
+                    within_since: g.within_since,
+                    last_sample: g.last_sample,
+                    last_value: g.last_value,
+                    blocked: g.blocked,
+                }),
                 current: s.current.map(deployment),
                 pending: s
                     .pending

@@ -8,6 +8,7 @@ pub mod blobs;
 pub mod builds;
 pub mod deploy;
 pub mod events;
+pub mod metrics;
 pub mod services;
 pub mod tokens;
 

@@ -82,6 +82,10 @@ impl Tugboat {
         };
         let event = self.event(Some(service), Some(crate::events::actor(who)), change);
         self.commit(tx, &[event]).await?;
+        if let Ok(waited) = (now - request.requested_at).to_std() {
+            self.metrics
+                .decided(service.as_str(), env.as_str(), decision.as_str(), waited);
+        }
         Ok((environment, request, build))
     }
 

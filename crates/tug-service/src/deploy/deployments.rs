@@ -286,6 +286,10 @@ impl Tugboat {
             }
             _ => None,
         };
+        let upstream_gate = match &environment.upstream {
+            Some(up) if kind == DeployKind::Promote => self.upstream_gate(service, up, &build.id).await?,
+            _ => None,
+        };
         let oldest_compatible = self.oldest_compatible(environment).await?;
         let now = self.now();
         let proposal = Proposal {
@@ -307,6 +311,9 @@ impl Tugboat {
             auto_release_held: state.auto_release_held,
             upstream_healthy_for,
             oldest_compatible: oldest_compatible.as_ref(),
+            upstream_gate: upstream_gate
+                .as_ref()
+                .and_then(|(up, since, why)| crate::verify::gate_fact(up, *since, why.as_deref())),
         };
         match evaluate(&proposal) {
             Verdict::Allowed => {}
@@ -336,6 +343,7 @@ impl Tugboat {
             at: now,
             request,
         };
+        let actor_name = actor.as_ref().map(|a| a.name.to_string());
         let mut tx = self.db.begin().await?;
         let done = tx.deploy(&deployment, state.seq, hold).await?;
         let mut events = vec![self.event(
@@ -364,9 +372,43 @@ impl Tugboat {
             ));
         }
         self.commit(tx, &events).await?;
+        self.deployed(
+            &done,
+            &build,
+            deployment_kind(kind, actor_name.is_some()),
+            actor_name.as_deref(),
+        );
         Ok(Outcome::Deployed {
             deployment: done,
             build: Box::new(build),
         })
+    }
+
+    /// What every deployment does once committed: the release line in the
+    /// server's log and the deployment metrics. The line names the build
+    /// even under embargo: the server's log is its operator's, like the
+    /// audit export; the metrics never name it.
+    fn deployed(&self, done: &DeploymentRecord, build: &BuildRecord, kind: DeploymentKind, actor: Option<&str>) {
+        let actor = actor.or(done.requested_by.as_deref()).unwrap_or("tugboat");
+        tracing::info!(
+            target: "tug::release",
+            service = %done.service,
+            env = %done.environment,
+            version = %build.version,
+            build = %build.id,
+            kind = %kind,
+            actor = %actor,
+            seq = done.seq,
+            "deployed"
+        );
+        let lead_time = build
+            .sealed_at
+            .and_then(|sealed| (done.deployed_at - sealed).to_std().ok());
+        self.metrics.deployed(
+            done.service.as_str(),
+            done.environment.as_str(),
+            kind.as_str(),
+            lead_time,
+        );
     }
 }

@@ -165,7 +165,11 @@ impl Tugboat {
         for ((environment, state, build), expired) in states.into_iter().zip(expired) {
             let pacing = crate::Pacing::of(service, environment, &state, build.as_ref().is_some_and(|b| b.critical));
             let rollout = self.status_of(&pacing).await?;
+            let gate = self
+                .gate_view(service, environment, state.current.as_ref().map(|d| d.seq))
+                .await?;
             out.push(EnvStatus {
+                gate,
                 environment: environment.clone(),
                 auto_release_held: state.auto_release_held,
                 rollout: crate::rollouts::shown(rollout, &sights),

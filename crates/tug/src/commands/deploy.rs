@@ -279,6 +279,9 @@ pub async fn status(client: &Client, out: Output, service: &str) -> anyhow::Resu
                 let why = r.reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default();
                 notes.push(format!("{env} (rollout {}){why}", r.state));
             }
+            if let Some(g) = &e.gate {
+                notes.push(gate_line(env, g));
+            }
             let summary = e.current.as_ref().and_then(|d| d.summary.as_ref());
             if let Some(b) = summary.filter(|b| b.yanked) {
                 notes.push(format!(
@@ -357,6 +360,36 @@ pub async fn status(client: &Client, out: Output, service: &str) -> anyhow::Resu
 /// A commit for tables: its first 12 characters.
 fn commit(c: Option<&str>) -> String {
     c.map(|c| c.chars().take(12).collect()).unwrap_or_else(|| "-".into())
+}
+
+/// An environment's metric gate in one line: since when it has held and
+/// the last value, or why it blocks promotions out of the environment.
+fn gate_line(env: &tug_core::EnvName, g: &tug_api::Gate) -> String {
+    let value = g.last_value.map(|v| format!(", last value {v}")).unwrap_or_default();
+    match (&g.within_since, &g.blocked) {
+        (Some(since), _) => {
+            let held = (chrono::Utc::now() - *since).to_std().unwrap_or_default();
+            let state = if held.as_secs() >= g.for_secs {
+                "passes".to_string()
+            } else {
+                format!(
+                    "holds for {} of {}s",
+                    tug_core::format_duration(std::time::Duration::from_secs(held.as_secs())),
+                    g.for_secs
+                )
+            };
+            format!(
+                "{env} (metric gate {state}): within bounds since {}{value}; {}",
+                time(since),
+                g.verify
+            )
+        }
+        (None, why) => format!(
+            "{env} (metric gate blocks): {}{value}; {}",
+            why.as_deref().unwrap_or("not within bounds"),
+            g.verify
+        ),
+    }
 }
 
 /// Under the status table: each environment's requests waiting for

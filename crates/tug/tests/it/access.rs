@@ -769,6 +769,10 @@ async fn token_scopes_are_checked_when_created() {
     for (args, says) in [
         (vec!["--role", "admin", "--service", "api"], "cannot be scoped"),
         (
+            vec!["--role", "metrics", "--service", "api"],
+            "a metrics token cannot be scoped to a service",
+        ),
+        (
             vec!["--role", "viewer", "--service", "api", "--env", "sec"],
             "only agent tokens",
         ),

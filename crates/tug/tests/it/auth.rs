@@ -214,6 +214,7 @@ async fn every_route_refuses_the_roles_that_may_not_use_it() {
         ('P', token(&server, w, "approver")),
         ('G', token(&server, w, "agent")),
         ('V', token(&server, w, "viewer")),
+        ('M', token(&server, w, "metrics")),
     ];
     let env = json!({"environment": "dev"});
     let report = json!({
@@ -348,6 +349,7 @@ async fn every_route_refuses_the_roles_that_may_not_use_it() {
         ("A", Method::POST, "/v1/admin/gc".into(), Some(json!({"dry_run": true}))),
         ("A", Method::GET, "/v1/audit/verify".into(), None),
         ("A", Method::GET, "/v1/audit/export?since=0".into(), None),
+        ("AM", Method::GET, "/metrics".into(), None),
     ];
     for (allowed, method, path, body) in &routes {
         for (role, secret) in &roles {

@@ -536,7 +536,7 @@ async fn help_names_values_and_the_global_options() {
     }
     let err = refused(&server, w, &["token", "create", "--name", "x", "--role", "root"]);
     assert!(
-        err.contains("possible values: admin, ci, deployer, approver, agent, viewer"),
+        err.contains("possible values: admin, ci, deployer, approver, agent, viewer, metrics"),
         "{err}"
     );
     for args in [

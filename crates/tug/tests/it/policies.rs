@@ -60,6 +60,14 @@ const EXAMPLES: &[(&str, &[&str], &[&str])] = &[
         &["--compatible-with", "teleport-agent", "--max-major-skew", "1"],
         &["teleport-agent (at most 1 major version ahead)"],
     ),
+    (
+        "verify",
+        &[
+            "--verify",
+            "prometheus=http://127.0.0.1:9090,query=sum(rate(errors_total[5m])),max=0.01,for=10m",
+        ],
+        &["sum(rate(errors_total[5m])) at http://127.0.0.1:9090 at most 0.01 for 10m"],
+    ),
 ];
 
 /// The values `tug policy list` shows for `policy` on `production`.
