@@ -50,6 +50,8 @@ pub enum Action {
     Follow,
     /// Report an agent's state.
     Report,
+    /// Create, list and delete webhooks, and see their deliveries.
+    ManageWebhooks,
 }
 
 impl Role {
@@ -128,6 +130,7 @@ mod tests {
             Action::ManageServices,
             Action::Maintain,
             Action::Audit,
+            Action::ManageWebhooks,
         ] {
             let allowed: Vec<Role> = Role::ALL.into_iter().filter(|r| r.allows(a)).collect();
             assert_eq!(allowed, vec![Role::Admin], "{a:?}");

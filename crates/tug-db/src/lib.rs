@@ -32,6 +32,7 @@ mod deployments;
 mod events;
 mod rollouts;
 mod tokens;
+mod webhooks;
 
 pub use agents::{AgentRow, ExitRow};
 pub use builds::{BuildAccessRow, BuildFilter, BuildRow, NewBuild};
@@ -41,6 +42,7 @@ pub use deployments::{CreatedRequest, DeploymentRow, EnvState, NewDeployment, Pi
 pub use events::{Chaining, EventRow, Head, NewEvent, Tx};
 pub use rollouts::{RolloutCounts, RolloutLock, RolloutRow, SoakClock};
 pub use tokens::{NewToken, Revocation, TokenRow};
+pub use webhooks::{DeliveryRow, WebhookRow};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -39,6 +39,17 @@ pub struct Config {
     /// unless renewed: how long a dead server's consumers wait before
     /// another server sharing the database takes them over.
     pub consumer_lease_secs: u64,
+    /// How long one webhook request may take, answer included (under a
+    /// third of the consumer lease).
+    pub webhook_timeout_ms: u64,
+    /// How long a failing webhook delivery is retried before it is
+    /// dead-lettered.
+    pub webhook_retry_secs: u64,
+    /// The wait after a webhook delivery's first failure, doubled after
+    /// each further one…
+    pub webhook_backoff_initial_ms: u64,
+    /// …up to this.
+    pub webhook_backoff_max_secs: u64,
 }
 
 impl Default for Config {
@@ -57,6 +68,10 @@ impl Default for Config {
             header_read_timeout_secs: 10,
             event_sink: None,
             consumer_lease_secs: 10,
+            webhook_timeout_ms: 2000,
+            webhook_retry_secs: 24 * 3600,
+            webhook_backoff_initial_ms: 1000,
+            webhook_backoff_max_secs: 3600,
         }
     }
 }
@@ -78,6 +93,10 @@ impl std::fmt::Debug for Config {
             .field("header_read_timeout_secs", &self.header_read_timeout_secs)
             .field("event_sink", &self.event_sink)
             .field("consumer_lease_secs", &self.consumer_lease_secs)
+            .field("webhook_timeout_ms", &self.webhook_timeout_ms)
+            .field("webhook_retry_secs", &self.webhook_retry_secs)
+            .field("webhook_backoff_initial_ms", &self.webhook_backoff_initial_ms)
+            .field("webhook_backoff_max_secs", &self.webhook_backoff_max_secs)
             .finish()
     }
 }
@@ -113,6 +132,10 @@ pub struct Layer {
     pub header_read_timeout_secs: Option<u64>,
     pub event_sink: Option<PathBuf>,
     pub consumer_lease_secs: Option<u64>,
+    pub webhook_timeout_ms: Option<u64>,
+    pub webhook_retry_secs: Option<u64>,
+    pub webhook_backoff_initial_ms: Option<u64>,
+    pub webhook_backoff_max_secs: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -189,6 +212,10 @@ impl Layer {
             header_read_timeout_secs: num(env, "TUG_HEADER_READ_TIMEOUT_SECS")?,
             event_sink: env.get("TUG_EVENT_SINK").map(PathBuf::from),
             consumer_lease_secs: num(env, "TUG_CONSUMER_LEASE_SECS")?,
+            webhook_timeout_ms: num(env, "TUG_WEBHOOK_TIMEOUT_MS")?,
+            webhook_retry_secs: num(env, "TUG_WEBHOOK_RETRY_SECS")?,
+            webhook_backoff_initial_ms: num(env, "TUG_WEBHOOK_BACKOFF_INITIAL_MS")?,
+            webhook_backoff_max_secs: num(env, "TUG_WEBHOOK_BACKOFF_MAX_SECS")?,
             server_rules: env
                 .get("TUG_SERVER_RULES")
                 .map(|v| {
@@ -251,6 +278,18 @@ impl Config {
         if let Some(v) = l.consumer_lease_secs {
             self.consumer_lease_secs = v;
         }
+        if let Some(v) = l.webhook_timeout_ms {
+            self.webhook_timeout_ms = v;
+        }
+        if let Some(v) = l.webhook_retry_secs {
+            self.webhook_retry_secs = v;
+        }
+        if let Some(v) = l.webhook_backoff_initial_ms {
+            self.webhook_backoff_initial_ms = v;
+        }
+        if let Some(v) = l.webhook_backoff_max_secs {
+            self.webhook_backoff_max_secs = v;
+        }
         self
     }
 
@@ -259,7 +298,10 @@ impl Config {
     /// sizes, which must never overflow.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let secs = |max: u64| format!("0 to {max} seconds");
-        let checks: [(&'static str, &'static str, u64, u64, u64, String); 7] = [
+        // A webhook request fits in a third of the lease, as the consumer's
+        // handling must.
+        let max_webhook_timeout = self.consumer_lease_secs.saturating_mul(1000) / 3;
+        let checks: [(&'static str, &'static str, u64, u64, u64, String); 11] = [
             (
                 "max_blob_size",
                 "TUG_MAX_BLOB_SIZE",
@@ -315,6 +357,38 @@ impl Config {
                 1,
                 MAX_CONSUMER_LEASE_SECS,
                 format!("1 to {MAX_CONSUMER_LEASE_SECS} seconds"),
+            ),
+            (
+                "webhook_timeout_ms",
+                "TUG_WEBHOOK_TIMEOUT_MS",
+                self.webhook_timeout_ms,
+                100,
+                max_webhook_timeout,
+                format!("100 to {max_webhook_timeout} milliseconds (a third of consumer_lease_secs)"),
+            ),
+            (
+                "webhook_retry_secs",
+                "TUG_WEBHOOK_RETRY_SECS",
+                self.webhook_retry_secs,
+                0,
+                tug_core::pipeline::MAX_DURATION.as_secs(),
+                format!("0 to {} seconds (a year)", tug_core::pipeline::MAX_DURATION.as_secs()),
+            ),
+            (
+                "webhook_backoff_initial_ms",
+                "TUG_WEBHOOK_BACKOFF_INITIAL_MS",
+                self.webhook_backoff_initial_ms,
+                10,
+                3_600_000,
+                "10 to 3600000 milliseconds".into(),
+            ),
+            (
+                "webhook_backoff_max_secs",
+                "TUG_WEBHOOK_BACKOFF_MAX_SECS",
+                self.webhook_backoff_max_secs,
+                1,
+                86_400,
+                "1 to 86400 seconds".into(),
             ),
         ];
         for (key, var, value, min, max, range) in checks {

@@ -204,6 +204,16 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/gc", post(routes::admin::gc))
         .route("/v1/audit/verify", get(routes::audit::verify))
         .route("/v1/audit/export", get(routes::audit::export))
+        .route(
+            "/v1/webhooks",
+            get(routes::webhooks::list).post(routes::webhooks::create),
+        )
+        .route("/v1/webhooks/{id}", delete(routes::webhooks::delete))
+        .route("/v1/webhooks/{id}/deliveries", get(routes::webhooks::deliveries))
+        .route(
+            "/v1/webhooks/deliveries/{delivery}/redeliver",
+            post(routes::webhooks::redeliver),
+        )
         .layer(DefaultBodyLimit::max(state.max_json_body))
         .merge(blobs)
         .fallback(routes::not_found)
@@ -257,6 +267,14 @@ fn settings(config: &Config) -> Settings {
         gc_grace: Duration::from_secs(config.gc_grace_secs),
         server_rules: config.server_rules.clone(),
         approval_timeout: Duration::from_secs(config.approval_timeout_secs),
+        webhooks: tug_service::WebhookSettings {
+            timeout: Duration::from_millis(config.webhook_timeout_ms),
+            connect_timeout: Duration::from_millis(config.webhook_timeout_ms).min(Duration::from_secs(1)),
+            retry_for: Duration::from_secs(config.webhook_retry_secs),
+            backoff_initial: Duration::from_millis(config.webhook_backoff_initial_ms),
+            backoff_max: Duration::from_secs(config.webhook_backoff_max_secs),
+            lease: Duration::from_secs(config.consumer_lease_secs),
+        },
     }
 }
 
@@ -341,7 +359,8 @@ async fn start_with(config: &Config, listener: tokio::net::TcpListener, tugboat:
         })?;
         consumers.push(Box::new(sink));
     }
-    let families: Vec<std::sync::Arc<dyn tug_service::ConsumerFamily>> = Vec::new();
+    let families: Vec<std::sync::Arc<dyn tug_service::ConsumerFamily>> =
+        vec![std::sync::Arc::new(tug_service::WebhookFamily)];
     let addr = listener.local_addr()?;
     let router = app(tugboat.clone(), config.max_json_body);
     Ok(Started {

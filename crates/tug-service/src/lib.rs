@@ -40,6 +40,7 @@ mod rollouts;
 mod services;
 mod tokens;
 mod unchained;
+mod webhooks;
 
 pub use access::{AgentView, DeploymentView, Shown};
 pub use agents::{AgentCounts, ChannelStamp, ChannelStamps, ChannelView, STALE_AFTER};
@@ -54,6 +55,7 @@ pub use events::{recordable, EventPage};
 pub use grants::Place;
 pub use reconcile::SWEEP_EVERY;
 pub use rollouts::{Grant, Pacing, RolloutStatus};
+pub use webhooks::{delivery_id, shown_url, slack, CreatedWebhook, NewWebhook, WebhookFamily, WebhookSettings};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -73,6 +75,8 @@ pub struct Settings {
     /// How long a deployment waits for approvals when its environment sets
     /// no `approval_timeout`.
     pub approval_timeout: Duration,
+    /// How webhooks are sent and retried.
+    pub webhooks: WebhookSettings,
 }
 
 impl Default for Settings {
@@ -83,6 +87,7 @@ impl Default for Settings {
             gc_grace: Duration::from_secs(3600),
             server_rules: Vec::new(),
             approval_timeout: Duration::from_secs(24 * 3600),
+            webhooks: WebhookSettings::default(),
         }
     }
 }
@@ -220,6 +225,8 @@ pub struct Tugboat {
     /// Woken when this instance makes an approval request, so the sweeper
     /// learns when it expires (see [`Tugboat::sweeper`]).
     requests: Arc<tokio::sync::Notify>,
+    /// The HTTP client webhooks are sent with.
+    sender: webhooks::SharedSender,
 }
 
 /// How many builds an ambiguous prefix names at most in its error.
@@ -249,6 +256,7 @@ impl Tugboat {
             appended: Arc::new(tokio::sync::watch::channel(0).0),
             consumers_changed: Arc::new(tokio::sync::watch::channel(0).0),
             requests: Arc::default(),
+            sender: Arc::default(),
         }
     }
 

@@ -10,6 +10,7 @@ pub mod deploy;
 pub mod events;
 pub mod services;
 pub mod tokens;
+pub mod webhooks;
 
 use axum::http::{StatusCode, Uri};
 
