@@ -30,3 +30,4 @@ mod robust;
 mod rollouts;
 mod shared;
 mod unknown_states;
+mod webhooks;
