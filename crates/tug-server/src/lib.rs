@@ -261,6 +261,9 @@ pub async fn start(config: &Config, env: &std::collections::HashMap<String, Stri
 
 /// The service's settings from the configuration.
 fn settings(config: &Config) -> Settings {
+    // A request fits in a third of the lease, as a consumer's handling must.
+    let webhook_timeout =
+        Duration::from_millis(config.webhook_timeout_ms).min(Duration::from_secs(config.consumer_lease_secs) / 3);
     Settings {
         max_blob_size: config.max_blob_size,
         draft_max_age: Duration::from_secs(config.draft_max_age_secs),
@@ -268,8 +271,8 @@ fn settings(config: &Config) -> Settings {
         server_rules: config.server_rules.clone(),
         approval_timeout: Duration::from_secs(config.approval_timeout_secs),
         webhooks: tug_service::WebhookSettings {
-            timeout: Duration::from_millis(config.webhook_timeout_ms),
-            connect_timeout: Duration::from_millis(config.webhook_timeout_ms).min(Duration::from_secs(1)),
+            timeout: webhook_timeout,
+            connect_timeout: webhook_timeout.min(Duration::from_secs(1)),
             retry_for: Duration::from_secs(config.webhook_retry_secs),
             backoff_initial: Duration::from_millis(config.webhook_backoff_initial_ms),
             backoff_max: Duration::from_secs(config.webhook_backoff_max_secs),

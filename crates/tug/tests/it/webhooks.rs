@@ -553,3 +553,83 @@ async fn bad_webhooks_are_refused_naming_the_field_and_leave_nothing() {
     let export = server.tug(w, &["audit", "export"]).ok().to_string();
     assert!(!export.contains("webhook.created"));
 }
+
+/// Event ids in the log from webhook `id`'s `webhook.created` on.
+fn events_from_creation(server: &TestServer, w: &Path, id: &str) -> Vec<i64> {
+    let export = server.tug(w, &["audit", "export"]).ok().to_string();
+    let events: Vec<Value> = export.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let created = events
+        .iter()
+        .find(|e| e["kind"] == "webhook.created" && e["webhook"]["id"] == id)
+        .unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    events
+        .iter()
+        .map(|e| e["id"].as_i64().unwrap())
+        .filter(|e| *e >= created)
+        .collect()
+}
+
+async fn every_event_arrives_at_least_once_across_kill_9(backend: Backend) {
+    let mut server = webhook_server(backend, 3600);
+    let receiver = Receiver::start();
+    let w = tempfile::tempdir().unwrap();
+    let w = w.path().to_path_buf();
+    let (id, secret) = create(&server, &w, &["--url", &receiver.url("k/ok")]);
+    receiver.trust("k", &secret);
+    for round in 0..4 {
+        // Events keep being recorded while the server dies.
+        let (url, token) = (server.url.clone(), server.admin_token.clone());
+        let home = w.clone();
+        let load = std::thread::spawn(move || {
+            let mut n = 0;
+            while Command::new(crate::support::TUG)
+                .args(["service", "create", &format!("r{round}n{n}")])
+                .env_clear()
+                .env("HOME", &home)
+                .env("TUG_SERVER", &url)
+                .env("TUG_TOKEN", &token)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+            {
+                n += 1;
+            }
+        });
+        // Killed while deliveries arrive.
+        let before = receiver.accepted("k").len();
+        eventually(20, || (receiver.accepted("k").len() >= before + 5).then_some(()));
+        server.kill9();
+        load.join().unwrap();
+        server.restart();
+    }
+    let expected = events_from_creation(&server, &w, &id);
+    assert!(expected.len() > 20, "{}", expected.len());
+    let got = eventually(60, || {
+        let got: HashSet<i64> = receiver
+            .accepted("k")
+            .iter()
+            .map(|r| r["body"]["id"].as_i64().unwrap())
+            .collect();
+        expected.iter().all(|e| got.contains(e)).then_some(got)
+    });
+    assert!(receiver.accepted("k").iter().all(|r| r["verified"] == true));
+    // Each webhook-id names one event.
+    for r in receiver.received("k") {
+        let event = r["body"]["id"].as_i64().unwrap();
+        assert!(r["webhook_id"].as_str().unwrap().ends_with(&format!("_{event}")));
+    }
+    assert!(got.len() >= expected.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_arrives_at_least_once_across_kill_9_on_sqlite() {
+    every_event_arrives_at_least_once_across_kill_9(Backend::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_arrives_at_least_once_across_kill_9_on_postgres() {
+    every_event_arrives_at_least_once_across_kill_9(Backend::postgres_s3().await).await;
+}
