@@ -633,3 +633,66 @@ async fn every_event_arrives_at_least_once_across_kill_9_on_sqlite() {
 async fn every_event_arrives_at_least_once_across_kill_9_on_postgres() {
     every_event_arrives_at_least_once_across_kill_9(Backend::postgres_s3().await).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embargoed_build_reaches_no_endpoint() {
+    let server = webhook_server(Backend::Embedded, 3600);
+    let receiver = Receiver::start();
+    let w = tempfile::tempdir().unwrap();
+    let w = w.path();
+    server.tug(w, &["service", "create", "api"]).ok();
+    apply(
+        &server,
+        w,
+        "service = \"api\"\n\n[[environments]]\nname = \"security\"\nprivate = true\n",
+    )
+    .ok();
+    let (_, secret) = create(&server, w, &["--url", &receiver.url("a/ok")]);
+    receiver.trust("a", &secret);
+    create(&server, w, &["--url", &receiver.url("s/unsigned"), "--kind", "slack"]);
+    crate::support::write_files(w, &[("fix.bin", b"security fix")]);
+    let out = server
+        .tug(
+            w,
+            &[
+                "push",
+                "--service",
+                "api",
+                "--version",
+                "2.0.1",
+                "--branch",
+                "master",
+                "--embargo",
+                "--seal",
+                "fix.bin",
+                "--output",
+                "json",
+            ],
+        )
+        .json();
+    let id = out["build"].as_str().unwrap().to_string();
+    server
+        .tug(w, &["release", "api", "--env", "security", "--build", &id])
+        .ok();
+    // Delivered in order: once the next event arrived, the ones before did.
+    server.tug(w, &["service", "create", "marker"]).ok();
+    let got = eventually(20, || {
+        let got = receiver.accepted("a");
+        got.iter().any(|r| r["body"]["service"] == "marker").then_some(got)
+    });
+    let deployment = got.iter().find(|r| r["body"]["kind"] == "deployment").unwrap();
+    assert_eq!(deployment["body"]["embargoed"], true);
+    assert!(deployment["body"]["build"].is_null());
+    assert!(got
+        .iter()
+        .all(|r| r["body"]["kind"] != "build.created" && r["body"]["kind"] != "build.sealed"));
+    let slack = eventually(20, || receiver.received("s").into_iter().next());
+    assert!(
+        slack["body"]["text"].as_str().unwrap().contains("an embargoed build"),
+        "{slack}"
+    );
+    for r in receiver.received("a").iter().chain(receiver.received("s").iter()) {
+        let text = r["body"].to_string();
+        assert!(!text.contains(&id) && !text.contains("2.0.1"), "{text}");
+    }
+}
