@@ -102,6 +102,10 @@ pub async fn run(client: &Client, out: Output, c: WebhookCommand) -> anyhow::Res
                 (Some(s), None) => format!("Delivery {} sent again: HTTP {s}.", d.id),
                 (None, None) => format!("Delivery {} sent again.", d.id),
             })?;
+            // A failed attempt is recorded; the exit status says it failed.
+            if d.last_error.is_some() {
+                return Ok(ExitCode::FAILURE);
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

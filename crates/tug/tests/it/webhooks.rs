@@ -421,6 +421,15 @@ async fn failing_endpoints_delay_neither_other_webhooks_nor_releases_and_end_dea
     assert_eq!(received.len(), before + 1);
     assert_eq!(received.last().unwrap()["webhook_id"], first["id"]);
     assert_eq!(received.last().unwrap()["verified"], true);
+    // Redelivering a dead one to a still failing endpoint says so (exit
+    // status 1, the answer on stdout) and records the attempt.
+    let dead = deliveries(&server, w, &bad_ids[0])[0].clone();
+    let run = server.tug(w, &["webhook", "redeliver", dead["id"].as_str().unwrap()]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stdout.contains("failed: HTTP 500"), "{run:?}");
+    let after = deliveries(&server, w, &bad_ids[0])[0].clone();
+    assert_eq!(after["attempts"].as_i64(), dead["attempts"].as_i64().map(|a| a + 1));
+    assert_eq!(after["state"], "dead");
     let err = server
         .tug(w, &["webhook", "redeliver", "msg_nope_1"])
         .fails()
