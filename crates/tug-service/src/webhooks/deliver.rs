@@ -92,10 +92,11 @@ impl Consumer for WebhookConsumer {
         let Some(webhook) = db.webhook(&self.id).await.map_err(|e| failed(e.to_string()))? else {
             return Err(failed(format!("webhook {} was deleted", self.id)));
         };
-        // A filter this server stored always parses; kinds it no longer
-        // knows match nothing.
-        let filter =
-            EventFilter::parse(&webhook.events, &tug_api::Change::KINDS).unwrap_or_else(|_| EventFilter::all());
+        // A filter this server stored always parses; one that does not (a
+        // row edited by hand) stops the webhook, with the reason in the
+        // log, rather than send it events it did not ask for.
+        let filter = EventFilter::parse(&webhook.events, &tug_api::Change::KINDS)
+            .map_err(|e| failed(format!("webhook {}: its stored filter is not valid: {e}", webhook.id)))?;
         self.pending = db
             .deliveries(&webhook.id, 1)
             .await
