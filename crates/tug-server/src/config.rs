@@ -505,6 +505,11 @@ mod tests {
             ("consumer_lease_secs = 0", "consumer_lease_secs"),
             ("consumer_lease_secs = 601", "consumer_lease_secs"),
             ("max_blob_size = 0", "max_blob_size"),
+            ("webhook_timeout_ms = 99", "webhook_timeout_ms"),
+            ("webhook_timeout_ms = 60001", "webhook_timeout_ms"),
+            ("webhook_retry_secs = 99999999999", "webhook_retry_secs"),
+            ("webhook_backoff_initial_ms = 1", "webhook_backoff_initial_ms"),
+            ("webhook_backoff_max_secs = 0", "webhook_backoff_max_secs"),
         ] {
             let c = Config::default().apply(Layer::from_toml("tug.toml", toml).unwrap());
             let err = c.validate().unwrap_err().to_string();

@@ -559,3 +559,20 @@ pub async fn shutdown_signal() {
     }
     tracing::info!("shutting down: finishing requests in flight");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_webhook_request_fits_in_a_third_of_the_consumer_lease() {
+        let mut c = Config::default();
+        assert_eq!(settings(&c).webhooks.timeout, Duration::from_secs(2));
+        c.consumer_lease_secs = 2;
+        c.webhook_timeout_ms = 5000;
+        let s = settings(&c).webhooks;
+        assert!(s.timeout * 3 <= Duration::from_secs(2), "{:?}", s.timeout);
+        assert!(s.connect_timeout <= s.timeout);
+        assert_eq!(s.lease, Duration::from_secs(2));
+    }
+}
