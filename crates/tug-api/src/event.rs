@@ -222,6 +222,28 @@ pub enum Change {
     /// A token was revoked.
     #[serde(rename = "token.revoked")]
     TokenRevoked { token: EventToken },
+    /// A webhook was created: its events are sent from the next one on.
+    #[serde(rename = "webhook.created")]
+    WebhookCreated { webhook: EventWebhook },
+    /// A webhook was deleted: nothing more is sent to it.
+    #[serde(rename = "webhook.deleted")]
+    WebhookDeleted { webhook: EventWebhook },
+}
+
+/// A webhook as events name it: never its secret, and its URL as
+/// [`EventWebhook::url`] says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventWebhook {
+    pub id: String,
+    /// The endpoint without what may be a credential: its query string is
+    /// shown as `?…`, and a Slack URL (whose path is the credential) as
+    /// its origin and `/…`.
+    pub url: String,
+    pub kind: tug_core::webhook::WebhookKind,
+    /// Only this service's events are sent (`null`: every service's).
+    pub service: Option<ServiceName>,
+    /// The event filter: kinds and patterns (`approval.*`).
+    pub events: Vec<String>,
 }
 
 /// A deployment.
@@ -278,6 +300,34 @@ pub struct EventAgent {
 }
 
 impl Change {
+    /// Every `kind` an event may have (what a webhook's event filter
+    /// chooses from).
+    pub const KINDS: [&'static str; 23] = [
+        "service.created",
+        "build.created",
+        "build.sealed",
+        "build.yanked",
+        "build.unembargoed",
+        "build.critical",
+        "pipeline.applied",
+        "deployment",
+        "approval.requested",
+        "approval.approved",
+        "approval.rejected",
+        "approval.expired",
+        "approval.superseded",
+        "auto_release.held",
+        "auto_release.resumed",
+        "rollout.progress",
+        "rollout.halted",
+        "rollout.resumed",
+        "rollout.rollback_failed",
+        "token.created",
+        "token.revoked",
+        "webhook.created",
+        "webhook.deleted",
+    ];
+
     /// The event's `kind`, as the JSON names it.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -302,6 +352,8 @@ impl Change {
             Change::RolloutRollbackFailed { .. } => "rollout.rollback_failed",
             Change::TokenCreated { .. } => "token.created",
             Change::TokenRevoked { .. } => "token.revoked",
+            Change::WebhookCreated { .. } => "webhook.created",
+            Change::WebhookDeleted { .. } => "webhook.deleted",
         }
     }
 
@@ -328,7 +380,9 @@ impl Change {
             | Change::AutoReleaseHeld { .. }
             | Change::AutoReleaseResumed { .. }
             | Change::TokenCreated { .. }
-            | Change::TokenRevoked { .. } => None,
+            | Change::TokenRevoked { .. }
+            | Change::WebhookCreated { .. }
+            | Change::WebhookDeleted { .. } => None,
         }
     }
 
@@ -355,7 +409,9 @@ impl Change {
             | Change::BuildCritical { .. }
             | Change::PipelineApplied { .. }
             | Change::TokenCreated { .. }
-            | Change::TokenRevoked { .. } => None,
+            | Change::TokenRevoked { .. }
+            | Change::WebhookCreated { .. }
+            | Change::WebhookDeleted { .. } => None,
         }
     }
 
@@ -617,8 +673,28 @@ mod tests {
             },
             Change::TokenCreated { token: token.clone() },
             Change::TokenRevoked { token },
+            Change::WebhookCreated {
+                webhook: EventWebhook {
+                    id: "w".into(),
+                    url: "https://example.com/hook?…".into(),
+                    kind: tug_core::webhook::WebhookKind::Github,
+                    service: None,
+                    events: vec!["deployment".into()],
+                },
+            },
+            Change::WebhookDeleted {
+                webhook: EventWebhook {
+                    id: "w".into(),
+                    url: "https://hooks.slack.com/…".into(),
+                    kind: tug_core::webhook::WebhookKind::Slack,
+                    service: Some(ServiceName::parse("api").unwrap()),
+                    events: vec!["*".into()],
+                },
+            },
         ];
+        assert_eq!(changes.len(), Change::KINDS.len(), "every kind is listed once");
         for change in changes {
+            assert!(Change::KINDS.contains(&change.kind()), "{} is listed", change.kind());
             let e = Event::new(Utc::now(), None, None, change);
             let json = serde_json::to_value(&e).unwrap();
             assert_eq!(json["kind"], e.kind());

@@ -14,20 +14,25 @@
 //! - `GET /v1/events` (Server-Sent Events of [`Event`])
 //! - `GET /v1/audit/verify`, `GET /v1/audit/export` (JSON lines of
 //!   [`AuditRecord`])
+//! - `GET|POST /v1/webhooks`, `DELETE /v1/webhooks/{id}`,
+//!   `GET /v1/webhooks/{id}/deliveries`,
+//!   `POST /v1/webhooks/deliveries/{delivery}/redeliver`
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 mod event;
+mod webhook;
 
 pub use event::{
     Actor, Approval, AuditBreak, AuditExportQuery, AuditRecord, AuditVerification, Change, Deployed, DeploymentKind,
-    Event, EventAgent, EventBuild, EventSource, EventToken, EVENT_SCHEMA_VERSION,
+    Event, EventAgent, EventBuild, EventSource, EventToken, EventWebhook, EVENT_SCHEMA_VERSION,
 };
 use tug_core::{
     ArtifactName, ArtifactSpec, BuildId, BuildSource, BuildState, CiRun, Digest, EnvName, Role, ServiceName, TokenName,
     Version,
 };
+pub use webhook::{CreateWebhook, CreatedWebhook, Delivery, DeliveryList, Webhook, WebhookList};
 
 /// The body of every 4xx and 5xx response.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

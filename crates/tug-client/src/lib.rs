@@ -255,6 +255,44 @@ impl Client {
             .await
     }
 
+    // ---- webhooks ----
+
+    /// Creates a webhook; the answer holds its secret, shown only here.
+    pub async fn create_webhook(&self, req: &tug_api::CreateWebhook) -> Result<tug_api::CreatedWebhook> {
+        self.json(self.with_json(Method::POST, "/v1/webhooks", req)).await
+    }
+
+    pub async fn list_webhooks(&self) -> Result<Vec<tug_api::Webhook>> {
+        Ok(self
+            .json::<tug_api::WebhookList>(self.request(Method::GET, "/v1/webhooks"))
+            .await?
+            .webhooks)
+    }
+
+    /// Deletes a webhook by id or unique id prefix.
+    pub async fn delete_webhook(&self, id: &str) -> Result<tug_api::Webhook> {
+        self.json(self.request(Method::DELETE, &format!("/v1/webhooks/{}", encode(id))))
+            .await
+    }
+
+    pub async fn webhook_deliveries(&self, id: &str) -> Result<Vec<tug_api::Delivery>> {
+        Ok(self
+            .json::<tug_api::DeliveryList>(
+                self.request(Method::GET, &format!("/v1/webhooks/{}/deliveries", encode(id))),
+            )
+            .await?
+            .deliveries)
+    }
+
+    /// Sends a delivery again now (same `webhook-id`).
+    pub async fn redeliver(&self, delivery: &str) -> Result<tug_api::Delivery> {
+        self.json(self.request(
+            Method::POST,
+            &format!("/v1/webhooks/deliveries/{}/redeliver", encode(delivery)),
+        ))
+        .await
+    }
+
     // ---- builds ----
 
     pub async fn create_build(&self, req: &CreateBuild) -> Result<Build> {

@@ -23,6 +23,7 @@ pub mod role;
 pub mod short_id;
 pub mod states;
 pub mod versioning;
+pub mod webhook;
 
 pub use access::{BuildAccess, Reader, ScopeError, Sight};
 pub use build_ref::{BuildRef, BuildRefError, BuildTarget};

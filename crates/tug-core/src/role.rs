@@ -56,6 +56,8 @@ pub enum Action {
     Report,
     /// Scrape the server's Prometheus metrics.
     ReadMetrics,
+    /// Create, list and delete webhooks, and see their deliveries.
+    ManageWebhooks,
 }
 
 impl Role {
@@ -141,6 +143,7 @@ mod tests {
             Action::ManageServices,
             Action::Maintain,
             Action::Audit,
+            Action::ManageWebhooks,
         ] {
             let allowed: Vec<Role> = Role::ALL.into_iter().filter(|r| r.allows(a)).collect();
             assert_eq!(allowed, vec![Role::Admin], "{a:?}");

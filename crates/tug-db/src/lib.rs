@@ -34,6 +34,7 @@ mod observed;
 mod rollouts;
 mod tokens;
 mod verify;
+mod webhooks;
 
 pub use agents::{AgentRow, ExitRow};
 pub use builds::{BuildAccessRow, BuildFilter, BuildRow, NewBuild};
@@ -45,6 +46,7 @@ pub use observed::{AgentTally, RolloutTally};
 pub use rollouts::{RolloutCounts, RolloutLock, RolloutRow, SoakClock};
 pub use tokens::{NewToken, Revocation, TokenRow};
 pub use verify::{GateRow, GateSample};
+pub use webhooks::{DeliveryRow, WebhookRow};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -42,6 +42,18 @@ pub struct Config {
     /// How often the metric gates (`verify`) query Prometheus, in
     /// milliseconds.
     pub verify_interval_ms: u64,
+    /// How long one webhook request may take, answer included; at most a
+    /// third of the consumer lease is used, as a consumer's handling must
+    /// fit in it.
+    pub webhook_timeout_ms: u64,
+    /// How long a failing webhook delivery is retried before it is
+    /// dead-lettered.
+    pub webhook_retry_secs: u64,
+    /// The wait after a webhook delivery's first failure, doubled after
+    /// each further one…
+    pub webhook_backoff_initial_ms: u64,
+    /// …up to this.
+    pub webhook_backoff_max_secs: u64,
 }
 
 impl Default for Config {
@@ -61,6 +73,10 @@ impl Default for Config {
             event_sink: None,
             consumer_lease_secs: 10,
             verify_interval_ms: 15_000,
+            webhook_timeout_ms: 2000,
+            webhook_retry_secs: 24 * 3600,
+            webhook_backoff_initial_ms: 1000,
+            webhook_backoff_max_secs: 3600,
         }
     }
 }
@@ -83,6 +99,10 @@ impl std::fmt::Debug for Config {
             .field("event_sink", &self.event_sink)
             .field("consumer_lease_secs", &self.consumer_lease_secs)
             .field("verify_interval_ms", &self.verify_interval_ms)
+            .field("webhook_timeout_ms", &self.webhook_timeout_ms)
+            .field("webhook_retry_secs", &self.webhook_retry_secs)
+            .field("webhook_backoff_initial_ms", &self.webhook_backoff_initial_ms)
+            .field("webhook_backoff_max_secs", &self.webhook_backoff_max_secs)
             .finish()
     }
 }
@@ -119,6 +139,10 @@ pub struct Layer {
     pub event_sink: Option<PathBuf>,
     pub consumer_lease_secs: Option<u64>,
     pub verify_interval_ms: Option<u64>,
+    pub webhook_timeout_ms: Option<u64>,
+    pub webhook_retry_secs: Option<u64>,
+    pub webhook_backoff_initial_ms: Option<u64>,
+    pub webhook_backoff_max_secs: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -203,6 +227,10 @@ impl Layer {
             event_sink: env.get("TUG_EVENT_SINK").map(PathBuf::from),
             consumer_lease_secs: num(env, "TUG_CONSUMER_LEASE_SECS")?,
             verify_interval_ms: num(env, "TUG_VERIFY_INTERVAL_MS")?,
+            webhook_timeout_ms: num(env, "TUG_WEBHOOK_TIMEOUT_MS")?,
+            webhook_retry_secs: num(env, "TUG_WEBHOOK_RETRY_SECS")?,
+            webhook_backoff_initial_ms: num(env, "TUG_WEBHOOK_BACKOFF_INITIAL_MS")?,
+            webhook_backoff_max_secs: num(env, "TUG_WEBHOOK_BACKOFF_MAX_SECS")?,
             server_rules: env
                 .get("TUG_SERVER_RULES")
                 .map(|v| {
@@ -268,6 +296,18 @@ impl Config {
         if let Some(v) = l.verify_interval_ms {
             self.verify_interval_ms = v;
         }
+        if let Some(v) = l.webhook_timeout_ms {
+            self.webhook_timeout_ms = v;
+        }
+        if let Some(v) = l.webhook_retry_secs {
+            self.webhook_retry_secs = v;
+        }
+        if let Some(v) = l.webhook_backoff_initial_ms {
+            self.webhook_backoff_initial_ms = v;
+        }
+        if let Some(v) = l.webhook_backoff_max_secs {
+            self.webhook_backoff_max_secs = v;
+        }
         self
     }
 
@@ -276,7 +316,7 @@ impl Config {
     /// sizes, which must never overflow.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let secs = |max: u64| format!("0 to {max} seconds");
-        let checks: [(&'static str, &'static str, u64, u64, u64, String); 8] = [
+        let checks: [(&'static str, &'static str, u64, u64, u64, String); 12] = [
             (
                 "max_blob_size",
                 "TUG_MAX_BLOB_SIZE",
@@ -340,6 +380,38 @@ impl Config {
                 MIN_VERIFY_INTERVAL_MS,
                 MAX_VERIFY_INTERVAL_MS,
                 format!("{MIN_VERIFY_INTERVAL_MS} to {MAX_VERIFY_INTERVAL_MS} milliseconds"),
+            ),
+            (
+                "webhook_timeout_ms",
+                "TUG_WEBHOOK_TIMEOUT_MS",
+                self.webhook_timeout_ms,
+                100,
+                60_000,
+                "100 to 60000 milliseconds".into(),
+            ),
+            (
+                "webhook_retry_secs",
+                "TUG_WEBHOOK_RETRY_SECS",
+                self.webhook_retry_secs,
+                0,
+                tug_core::pipeline::MAX_DURATION.as_secs(),
+                format!("0 to {} seconds (a year)", tug_core::pipeline::MAX_DURATION.as_secs()),
+            ),
+            (
+                "webhook_backoff_initial_ms",
+                "TUG_WEBHOOK_BACKOFF_INITIAL_MS",
+                self.webhook_backoff_initial_ms,
+                10,
+                3_600_000,
+                "10 to 3600000 milliseconds".into(),
+            ),
+            (
+                "webhook_backoff_max_secs",
+                "TUG_WEBHOOK_BACKOFF_MAX_SECS",
+                self.webhook_backoff_max_secs,
+                1,
+                86_400,
+                "1 to 86400 seconds".into(),
             ),
         ];
         for (key, var, value, min, max, range) in checks {
@@ -458,6 +530,11 @@ mod tests {
             ("consumer_lease_secs = 0", "consumer_lease_secs"),
             ("consumer_lease_secs = 601", "consumer_lease_secs"),
             ("max_blob_size = 0", "max_blob_size"),
+            ("webhook_timeout_ms = 99", "webhook_timeout_ms"),
+            ("webhook_timeout_ms = 60001", "webhook_timeout_ms"),
+            ("webhook_retry_secs = 99999999999", "webhook_retry_secs"),
+            ("webhook_backoff_initial_ms = 1", "webhook_backoff_initial_ms"),
+            ("webhook_backoff_max_secs = 0", "webhook_backoff_max_secs"),
         ] {
             let c = Config::default().apply(Layer::from_toml("tug.toml", toml).unwrap());
             let err = c.validate().unwrap_err().to_string();

@@ -124,6 +124,11 @@ impl From<Error> for ApiError {
                 },
             ),
             Error::HiddenBuild(message) => plain("build_not_found", message),
+            e @ Error::WebhookNotFound(_) => plain("webhook_not_found", format!("{e}; see tug webhook list")),
+            e @ Error::DeliveryNotFound(_) => plain(
+                "delivery_not_found",
+                format!("{e}; see tug webhook deliveries WEBHOOK"),
+            ),
             Error::NotSealed(b) => plain(
                 "build_not_sealed",
                 format!("build {b} is a draft and has no manifest yet; seal it with tug build seal {b}"),
@@ -219,6 +224,7 @@ fn describe(action: tug_core::Action) -> &'static str {
         Action::Follow => "follow a channel",
         Action::Report => "report as an agent",
         Action::ReadMetrics => "read the metrics (a metrics or admin token)",
+        Action::ManageWebhooks => "manage webhooks",
     }
 }
 

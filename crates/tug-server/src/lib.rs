@@ -205,6 +205,16 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/gc", post(routes::admin::gc))
         .route("/v1/audit/verify", get(routes::audit::verify))
         .route("/v1/audit/export", get(routes::audit::export))
+        .route(
+            "/v1/webhooks",
+            get(routes::webhooks::list).post(routes::webhooks::create),
+        )
+        .route("/v1/webhooks/{id}", delete(routes::webhooks::delete))
+        .route("/v1/webhooks/{id}/deliveries", get(routes::webhooks::deliveries))
+        .route(
+            "/v1/webhooks/deliveries/{delivery}/redeliver",
+            post(routes::webhooks::redeliver),
+        )
         .layer(DefaultBodyLimit::max(state.max_json_body))
         .merge(blobs)
         .fallback(routes::not_found)
@@ -258,12 +268,23 @@ pub async fn start(config: &Config, env: &std::collections::HashMap<String, Stri
 
 /// The service's settings from the configuration.
 fn settings(config: &Config) -> Settings {
+    // A request fits in a third of the lease, as a consumer's handling must.
+    let webhook_timeout =
+        Duration::from_millis(config.webhook_timeout_ms).min(Duration::from_secs(config.consumer_lease_secs) / 3);
     Settings {
         max_blob_size: config.max_blob_size,
         draft_max_age: Duration::from_secs(config.draft_max_age_secs),
         gc_grace: Duration::from_secs(config.gc_grace_secs),
         server_rules: config.server_rules.clone(),
         approval_timeout: Duration::from_secs(config.approval_timeout_secs),
+        webhooks: tug_service::WebhookSettings {
+            timeout: webhook_timeout,
+            connect_timeout: webhook_timeout.min(Duration::from_secs(1)),
+            retry_for: Duration::from_secs(config.webhook_retry_secs),
+            backoff_initial: Duration::from_millis(config.webhook_backoff_initial_ms),
+            backoff_max: Duration::from_secs(config.webhook_backoff_max_secs),
+            lease: Duration::from_secs(config.consumer_lease_secs),
+        },
     }
 }
 
@@ -348,7 +369,8 @@ async fn start_with(config: &Config, listener: tokio::net::TcpListener, tugboat:
         })?;
         consumers.push(Box::new(sink));
     }
-    let families: Vec<std::sync::Arc<dyn tug_service::ConsumerFamily>> = Vec::new();
+    let families: Vec<std::sync::Arc<dyn tug_service::ConsumerFamily>> =
+        vec![std::sync::Arc::new(tug_service::WebhookFamily)];
     let addr = listener.local_addr()?;
     let router = app(tugboat.clone(), config.max_json_body);
     Ok(Started {
@@ -547,4 +569,21 @@ pub async fn shutdown_signal() {
         _ = term => {},
     }
     tracing::info!("shutting down: finishing requests in flight");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_webhook_request_fits_in_a_third_of_the_consumer_lease() {
+        let mut c = Config::default();
+        assert_eq!(settings(&c).webhooks.timeout, Duration::from_secs(2));
+        c.consumer_lease_secs = 2;
+        c.webhook_timeout_ms = 5000;
+        let s = settings(&c).webhooks;
+        assert!(s.timeout * 3 <= Duration::from_secs(2), "{:?}", s.timeout);
+        assert!(s.connect_timeout <= s.timeout);
+        assert_eq!(s.lease, Duration::from_secs(2));
+    }
 }

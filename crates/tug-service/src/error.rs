@@ -149,6 +149,10 @@ pub enum Error {
     UploadInterrupted { received: u64, source: std::io::Error },
     #[error("range starts at {start}, past the end of the {size}-byte blob")]
     RangeNotSatisfiable { start: u64, size: u64 },
+    #[error("no webhook has the id {0}")]
+    WebhookNotFound(String),
+    #[error("no delivery has the id {0}")]
+    DeliveryNotFound(String),
     #[error("unavailable: {0}")]
     Unavailable(Cause),
     #[error(transparent)]
@@ -181,7 +185,9 @@ impl Error {
             | Error::HiddenBuild(_)
             | Error::BlobNotFound(_)
             | Error::NoPipeline(_)
-            | Error::EnvironmentNotFound { .. } => K::NotFound,
+            | Error::EnvironmentNotFound { .. }
+            | Error::WebhookNotFound(_)
+            | Error::DeliveryNotFound(_) => K::NotFound,
             Error::TokenAlreadyRevoked { .. }
             | Error::TokenNameTaken(_)
             | Error::LastAdmin

@@ -182,10 +182,17 @@ impl Tugboat {
         let rows = self.db.events_after(after, service.as_ref(), limit).await?;
         let last = rows.last().map_or(after, |r| r.id);
         let events = rows.iter().map(read_row).collect::<Result<Vec<_>>>()?;
+        let events = self.shape_events(who, events).await?;
+        Ok(EventPage { events, last })
+    }
+
+    /// `events` as `who` may see them: those about a build it may not see
+    /// left out or stripped of it (see [`Tugboat::events`]). The caller
+    /// chose events in the reader's scope.
+    pub(crate) async fn shape_events(&self, who: &Principal, events: Vec<Event>) -> Result<Vec<Event>> {
         let named: Vec<BuildId> = events.iter().flat_map(builds_named).collect();
         let sights = self.sights(who, named).await?;
-        let events = events.into_iter().filter_map(|e| shape(e, &sights)).collect();
-        Ok(EventPage { events, last })
+        Ok(events.into_iter().filter_map(|e| shape(e, &sights)).collect())
     }
 
     /// Refuses a watcher before its stream starts: it may not read events,

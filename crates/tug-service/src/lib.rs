@@ -42,6 +42,7 @@ mod services;
 mod tokens;
 mod unchained;
 mod verify;
+mod webhooks;
 
 pub use access::{AgentView, DeploymentView, Shown};
 pub use agents::{AgentCounts, ChannelStamp, ChannelStamps, ChannelView, STALE_AFTER};
@@ -58,6 +59,7 @@ pub use metrics::{Metrics, METRICS_CONTENT_TYPE};
 pub use reconcile::SWEEP_EVERY;
 pub use rollouts::{Grant, Pacing, RolloutStatus};
 pub use verify::GateView;
+pub use webhooks::{delivery_id, shown_url, slack, CreatedWebhook, NewWebhook, WebhookFamily, WebhookSettings};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -77,6 +79,8 @@ pub struct Settings {
     /// How long a deployment waits for approvals when its environment sets
     /// no `approval_timeout`.
     pub approval_timeout: Duration,
+    /// How webhooks are sent and retried.
+    pub webhooks: WebhookSettings,
 }
 
 impl Default for Settings {
@@ -87,6 +91,7 @@ impl Default for Settings {
             gc_grace: Duration::from_secs(3600),
             server_rules: Vec::new(),
             approval_timeout: Duration::from_secs(24 * 3600),
+            webhooks: WebhookSettings::default(),
         }
     }
 }
@@ -228,6 +233,8 @@ pub struct Tugboat {
     metrics: Arc<Metrics>,
     /// The HTTP client the metric gates query Prometheus with.
     prometheus: reqwest::Client,
+    /// The HTTP client webhooks are sent with.
+    sender: webhooks::SharedSender,
 }
 
 /// How many builds an ambiguous prefix names at most in its error.
@@ -259,6 +266,7 @@ impl Tugboat {
             requests: Arc::default(),
             metrics: Arc::default(),
             prometheus: verify::client(),
+            sender: Arc::default(),
         }
     }
 

@@ -315,8 +315,9 @@ impl Tugboat {
         &self.metrics
     }
 
-    /// Counts one failed attempt to deliver an event to `target` (a
-    /// webhook's or a GitOps repository's name): `tug_delivery_failures_total`.
+    /// Counts one failed attempt to deliver an event to `target` (what
+    /// kind of place: `webhook`, `gitops`, `source_tag`; never a URL, which
+    /// may be a credential): `tug_delivery_failures_total`.
     pub fn count_delivery_failure(&self, target: &str) {
         self.metrics.delivery_failed(target);
     }

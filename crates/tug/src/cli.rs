@@ -102,6 +102,9 @@ pub enum Command {
     /// Manage services (admin).
     #[command(subcommand)]
     Service(ServiceCommand),
+    /// Send events to HTTP endpoints and Slack, signed (admin).
+    #[command(subcommand)]
+    Webhook(WebhookCommand),
     /// Create, seal, show and list builds.
     #[command(subcommand)]
     Build(BuildCommand),
@@ -236,6 +239,49 @@ pub struct ServerArgs {
     /// production=^master$ (repeatable).
     #[arg(long = "server-rule", value_name = "ENV=REGEX")]
     pub server_rules: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WebhookCommand {
+    /// Create a webhook and print its secret (shown only once).
+    Create {
+        /// Where events are POSTed (http or https, no credentials in it).
+        #[arg(long)]
+        url: String,
+        /// Only this service's events.
+        #[arg(long)]
+        service: Option<String>,
+        /// Event kinds and patterns, comma-separated
+        /// (deployment,approval.*,rollout.halted); default every event
+        /// (slack: those it has a message for).
+        #[arg(long)]
+        events: Option<String>,
+        /// standard (Standard Webhooks signatures), github (also
+        /// X-Hub-Signature-256) or slack (Block Kit messages).
+        #[arg(long, default_value = "standard", value_parser = webhook_kind)]
+        kind: tug_core::webhook::WebhookKind,
+    },
+    /// List webhooks (never their secrets).
+    List,
+    /// Delete a webhook: nothing more is sent to it.
+    Delete {
+        /// The webhook's id or a unique prefix of it.
+        id: String,
+    },
+    /// What became of the events sent to a webhook, newest first.
+    Deliveries {
+        /// The webhook's id or a unique prefix of it.
+        id: String,
+    },
+    /// Send one delivery again now, with the same webhook-id.
+    Redeliver {
+        /// The delivery's id (msg_…, as tug webhook deliveries shows it).
+        delivery: String,
+    },
+}
+
+fn webhook_kind(s: &str) -> Result<tug_core::webhook::WebhookKind, String> {
+    tug_core::webhook::WebhookKind::parse(s).ok_or_else(|| format!("unknown kind {s:?}: use standard, github or slack"))
 }
 
 #[derive(Debug, Subcommand)]

@@ -58,6 +58,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Server(_) | Command::Agent(_) | Command::Completions { .. } => unreachable!("handled above"),
         Command::Token(c) => commands::admin::token(&client, out, c).await,
         Command::Service(c) => commands::admin::service(&client, out, c).await,
+        Command::Webhook(c) => commands::webhooks::run(&client, out, c).await,
         Command::Build(c) => commands::build::run(&client, out, c).await,
         Command::Push(a) => commands::transfer::push(&client, out, a).await,
         Command::Pull(a) => commands::transfer::pull(&client, out, a).await,

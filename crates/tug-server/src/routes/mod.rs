@@ -11,6 +11,7 @@ pub mod events;
 pub mod metrics;
 pub mod services;
 pub mod tokens;
+pub mod webhooks;
 
 use axum::http::{StatusCode, Uri};
 

@@ -6,3 +6,4 @@ pub mod build;
 pub mod deploy;
 pub mod server;
 pub mod transfer;
+pub mod webhooks;

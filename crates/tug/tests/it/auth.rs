@@ -350,6 +350,21 @@ async fn every_route_refuses_the_roles_that_may_not_use_it() {
         ("A", Method::GET, "/v1/audit/verify".into(), None),
         ("A", Method::GET, "/v1/audit/export?since=0".into(), None),
         ("AM", Method::GET, "/metrics".into(), None),
+        ("A", Method::GET, "/v1/webhooks".into(), None),
+        (
+            "A",
+            Method::POST,
+            "/v1/webhooks".into(),
+            Some(json!({"url": "http://127.0.0.1:9/hook", "events": "deployment"})),
+        ),
+        ("A", Method::DELETE, "/v1/webhooks/nobody".into(), None),
+        ("A", Method::GET, "/v1/webhooks/nobody/deliveries".into(), None),
+        (
+            "A",
+            Method::POST,
+            "/v1/webhooks/deliveries/msg_nobody_1/redeliver".into(),
+            None,
+        ),
     ];
     for (allowed, method, path, body) in &routes {
         for (role, secret) in &roles {

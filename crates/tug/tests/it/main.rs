@@ -33,3 +33,4 @@ mod rollouts;
 mod shared;
 mod unknown_states;
 mod verify;
+mod webhooks;
