@@ -136,6 +136,8 @@ pub struct Environment {
     /// critical; none means at any time.
     pub maintenance: Vec<TimeWindow>,
     pub compatible_with: Option<Compatibility>,
+    /// The GitOps repository every deployment here is written into.
+    pub gitops: Option<super::gitops::GitOps>,
 }
 
 /// Builds of this environment may be at most `max_major_skew` major
@@ -164,6 +166,7 @@ impl Environment {
             rollout: None,
             maintenance: Vec::new(),
             compatible_with: None,
+            gitops: None,
         }
     }
 

@@ -137,6 +137,14 @@ pub enum PipelineError {
     SoakHealthy { env: EnvName, value: String, why: String },
     #[error("environment {env}: compatible_with is invalid: {why}")]
     Compatibility { env: EnvName, why: String },
+    #[error("environment {env}: gitops {field} is invalid: {why}")]
+    GitOps {
+        env: EnvName,
+        field: &'static str,
+        why: String,
+    },
+    #[error("source_repo {field} is invalid: {why}")]
+    SourceRepo { field: &'static str, why: String },
 }
 
 fn cycle_text(cycle: &[EnvName]) -> String {
