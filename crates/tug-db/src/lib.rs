@@ -30,6 +30,7 @@ mod channels;
 mod consumers;
 mod deployments;
 mod events;
+mod gitops;
 mod rollouts;
 mod tokens;
 
@@ -39,6 +40,7 @@ pub use channels::ChannelStampRow;
 pub use consumers::{ConsumerLease, ConsumerRow};
 pub use deployments::{CreatedRequest, DeploymentRow, EnvState, NewDeployment, PipelineRow, RequestRow};
 pub use events::{Chaining, EventRow, Head, NewEvent, Tx};
+pub use gitops::{DeliveryOutcome, DeliveryRow, NewDelivery};
 pub use rollouts::{RolloutCounts, RolloutLock, RolloutRow, SoakClock};
 pub use tokens::{NewToken, Revocation, TokenRow};
 

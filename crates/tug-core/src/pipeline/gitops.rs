@@ -602,6 +602,75 @@ fn edit_item(item: &[&str], images: &[Image]) -> Option<Vec<String>> {
     Some(out)
 }
 
+/// What is written into a git repository for a deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryTarget {
+    /// A commit into the environment's GitOps repository.
+    Gitops,
+    /// The environment tag of the service's source repository.
+    SourceTag,
+}
+
+impl DeliveryTarget {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryTarget::Gitops => "gitops",
+            DeliveryTarget::SourceTag => "source_tag",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<DeliveryTarget> {
+        match text {
+            "gitops" => Some(DeliveryTarget::Gitops),
+            "source_tag" => Some(DeliveryTarget::SourceTag),
+            _ => None,
+        }
+    }
+}
+
+/// Where a delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    /// Not tried yet.
+    Pending,
+    /// Tried and refused or unreachable; tried again at its next attempt.
+    Failed,
+    /// In the repository.
+    Pushed,
+    /// Nothing to write (a build without a source commit); the error says
+    /// why.
+    Skipped,
+}
+
+impl DeliveryState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Failed => "failed",
+            DeliveryState::Pushed => "pushed",
+            DeliveryState::Skipped => "skipped",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<DeliveryState> {
+        match text {
+            "pending" => Some(DeliveryState::Pending),
+            "failed" => Some(DeliveryState::Failed),
+            "pushed" => Some(DeliveryState::Pushed),
+            "skipped" => Some(DeliveryState::Skipped),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for DeliveryState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What a GitOps commit is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommitFacts<'a> {

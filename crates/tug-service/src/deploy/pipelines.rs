@@ -56,12 +56,21 @@ impl Tugboat {
                 Some(who.name.to_string()),
             )
             .await?;
+        // A repository the pipeline writes into gets its writer, fed from
+        // this revision on (never the deployments before it).
+        let repositories = crate::gitops::repositories(&pipeline);
+        for url in &repositories {
+            tx.create_consumer(&crate::gitops::consumer_name(url)).await?;
+        }
         let event = self.event(
             Some(service),
             Some(crate::events::actor(who)),
             Change::PipelineApplied { revision },
         );
         self.commit(tx, &[event]).await?;
+        if !repositories.is_empty() {
+            self.consumers_changed();
+        }
         // An environment may have just gained its auto-release.
         self.reconcile_service(service).await;
         Ok(self.view(row, pipeline, true))

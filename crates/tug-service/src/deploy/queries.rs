@@ -165,11 +165,14 @@ impl Tugboat {
         for ((environment, state, build), expired) in states.into_iter().zip(expired) {
             let pacing = crate::Pacing::of(service, environment, &state, build.as_ref().is_some_and(|b| b.critical));
             let rollout = self.status_of(&pacing).await?;
+            let mut current: Vec<DeploymentView> =
+                state.current.map(|d| sights.deployment(d, build)).into_iter().collect();
+            self.with_deliveries(service, &environment.name, &mut current).await?;
             out.push(EnvStatus {
                 environment: environment.clone(),
                 auto_release_held: state.auto_release_held,
                 rollout: crate::rollouts::shown(rollout, &sights),
-                current: state.current.map(|d| sights.deployment(d, build)),
+                current: current.pop(),
                 pending: pending
                     .iter()
                     .filter(|r| r.environment == environment.name && sights.full(&r.build))
@@ -207,6 +210,7 @@ impl Tugboat {
             };
             out.push(sights.deployment(d, b));
         }
+        self.with_deliveries(service, env, &mut out).await?;
         Ok(out)
     }
 
