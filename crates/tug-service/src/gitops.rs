@@ -746,11 +746,13 @@ async fn checkout(git: &Git, branch: &str, exists: bool, deadline: Instant) -> R
         )
         .await?;
     } else {
-        git.run(&["checkout", "-q", "-f", "--orphan", "tugboat-work-new"], deadline)
+        // An unborn branch with an empty index: the next commit is the
+        // repository's first.
+        git.run(&["symbolic-ref", "HEAD", "refs/heads/tugboat-work"], deadline)
             .await?;
+        git.run(&["update-ref", "-d", "refs/heads/tugboat-work"], deadline).await?;
         git.run(&["rm", "-rfq", "--cached", "--ignore-unmatch", "."], deadline)
             .await?;
-        git.run(&["branch", "-q", "-M", "tugboat-work"], deadline).await.ok();
     }
     git.run(&["clean", "-q", "-fdx"], deadline).await?;
     Ok(())

@@ -60,6 +60,14 @@ const EXAMPLES: &[(&str, &[&str], &[&str])] = &[
         &["--compatible-with", "teleport-agent", "--max-major-skew", "1"],
         &["teleport-agent (at most 1 major version ahead)"],
     ),
+    (
+        "gitops",
+        &[
+            "--gitops",
+            "repo=https://git.example.com/config.git,path=clusters/{env}/{service},layout=manifests",
+        ],
+        &["https://git.example.com/config.git main clusters/{env}/{service} (manifests)"],
+    ),
 ];
 
 /// The values `tug policy list` shows for `policy` on `production`.

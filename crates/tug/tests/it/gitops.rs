@@ -1,0 +1,567 @@
+//! GitOps repositories and source-repository tags through the real binary
+//! and the real `git`: bare repositories over `file://` and over HTTP (`git
+//! http-backend` behind a server that checks the token), the `manifests`
+//! tree rendered by `kubectl kustomize`, the `kustomize` layout keeping the
+//! rest of its file, files of the previous build removed, a `pre-receive`
+//! hook that refuses (shown, retried, landing once the hook is gone, while
+//! other environments go on), 50 services promoted at once into one
+//! repository (every commit lands once), a replayed consumer committing
+//! nothing twice, environment tags moved and pushed, and bad input refused
+//! at apply naming the field.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::deploy::apply;
+use crate::support::{eventually, write_files, Backend, TestServer};
+
+/// A scenario on SQLite (`$sqlite`) and on PostgreSQL with S3
+/// (`$postgres`), given the backend to start its servers with.
+macro_rules! both {
+    ($scenario:ident, $sqlite:ident, $postgres:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $sqlite() {
+            $scenario(Backend::Embedded).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $postgres() {
+            $scenario(Backend::postgres_s3().await).await;
+        }
+    };
+}
+
+/// Runs git with a fixed identity and no user configuration; its output.
+#[track_caller]
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_AUTHOR_NAME", "Dev")
+        .env("GIT_AUTHOR_EMAIL", "dev@example.com")
+        .env("GIT_COMMITTER_NAME", "Dev")
+        .env("GIT_COMMITTER_EMAIL", "dev@example.com")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A new bare repository `name` under `dir`, branch `main`.
+pub fn bare(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    git(dir, &["init", "-q", "--bare", "-b", "main", path.to_str().unwrap()]);
+    path
+}
+
+pub fn file_url(path: &Path) -> String {
+    format!("file://{}", path.display())
+}
+
+/// A server whose GitOps commits are authored by the release bot, with
+/// extra `tug.toml` text.
+pub fn git_server(backend: Backend, toml: &str) -> TestServer {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("tug.toml"),
+        format!("[git]\nauthor = \"Release Bot <bot@example.com>\"\n{toml}"),
+    )
+    .unwrap();
+    TestServer::start_in(dir, backend, &[], &[])
+}
+
+/// The commits of `branch`, newest first: (sha, subject, deployment trailer).
+pub fn commits(repo: &Path, branch: &str) -> Vec<(String, String, String)> {
+    let out = Command::new("git")
+        .args([
+            "log",
+            "--format=%H%x09%s%x09%(trailers:key=Tugboat-Deployment,valueonly,separator=)",
+            branch,
+        ])
+        .current_dir(repo)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return Vec::new();
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let mut p = l.splitn(3, '\t');
+            let mut next = || p.next().unwrap_or("").trim().to_string();
+            (next(), next(), next())
+        })
+        .collect()
+}
+
+/// Waits until `repo`'s `branch` has a commit of deployment `key`; its sha.
+pub fn landed(repo: &Path, branch: &str, key: &str, secs: u64) -> String {
+    eventually(secs, || {
+        commits(repo, branch).into_iter().find(|c| c.2 == key).map(|c| c.0)
+    })
+}
+
+/// Creates, fills with the files of `dir` and seals a build of `service`;
+/// its id.
+pub fn build_of(
+    server: &TestServer,
+    w: &Path,
+    service: &str,
+    version: &str,
+    commit: &str,
+    dir: &str,
+    kind: Option<&str>,
+) -> String {
+    let id = server
+        .tug(
+            w,
+            &[
+                "build",
+                "create",
+                "--service",
+                service,
+                "--version",
+                version,
+                "--branch",
+                "master",
+                "--commit",
+                commit,
+            ],
+        )
+        .ok()
+        .trim()
+        .to_string();
+    let mut push = vec!["push", id.as_str(), dir];
+    if let Some(kind) = kind {
+        push.extend(["--kind", kind]);
+    }
+    server.tug(w, &push).ok();
+    server.tug(w, &["build", "seal", &id]).ok();
+    id
+}
+
+const DEPLOY: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: api\nspec:\n  replicas: 1\n  selector:\n    matchLabels:\n      app: api\n  template:\n    metadata:\n      labels:\n        app: api\n    spec:\n      containers:\n      - name: api\n        image: ghcr.io/acme/api:VERSION\n";
+const SERVICE: &str =
+    "apiVersion: v1\nkind: Service\nmetadata:\n  name: api\nspec:\n  selector:\n    app: api\n  ports:\n  - port: 80\n";
+
+/// `kubectl kustomize` of `path` in a checkout of `repo`'s main.
+fn kustomize(repo: &Path, work: &Path, path: &str) -> String {
+    let checkout = work.join("checkout");
+    let _ = std::fs::remove_dir_all(&checkout);
+    git(
+        work,
+        &["clone", "-q", repo.to_str().unwrap(), checkout.to_str().unwrap()],
+    );
+    let out = Command::new("kubectl")
+        .args(["kustomize", path])
+        .current_dir(&checkout)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl kustomize: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn status(server: &TestServer, w: &Path, service: &str) -> Value {
+    server.tug(w, &["status", service, "--output", "json"]).json()
+}
+
+/// The deliveries of the environment `env`'s current deployment.
+fn deliveries(server: &TestServer, w: &Path, service: &str, env: &str) -> Vec<Value> {
+    let s = status(server, w, service);
+    s["environments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["environment"] == env)
+        .and_then(|e| e["current"]["deliveries"].as_array().cloned())
+        .unwrap_or_default()
+}
+
+/// The source repository: a bare repository with two commits on main;
+/// their shas, oldest first.
+fn source_repo(dir: &Path) -> (PathBuf, [String; 2]) {
+    let repo = bare(dir, "source.git");
+    let work = dir.join("source-work");
+    git(dir, &["clone", "-q", repo.to_str().unwrap(), work.to_str().unwrap()]);
+    let mut shas = Vec::new();
+    for n in 1..=2 {
+        std::fs::write(work.join("main.go"), format!("package main // {n}\n")).unwrap();
+        git(&work, &["add", "."]);
+        git(&work, &["commit", "-q", "-m", &format!("change {n}")]);
+        shas.push(git(&work, &["rev-parse", "HEAD"]).trim().to_string());
+    }
+    git(&work, &["push", "-q", "origin", "HEAD:main"]);
+    (repo, [shas[0].clone(), shas[1].clone()])
+}
+
+async fn manifests_are_written_rendered_and_tagged(backend: Backend) {
+    let server = &git_server(backend, "");
+    let w = tempfile::tempdir().unwrap();
+    let w = w.path();
+    let config = bare(w, "config.git");
+    let (source, shas) = source_repo(w);
+    server.tug(w, &["service", "create", "api"]).ok();
+    apply(
+        server,
+        w,
+        &format!(
+            "service = \"api\"\nsource_repo = {{ url = \"{}\" }}\n\
+             [[environments]]\nname = \"dev\"\ngitops = {{ repo = \"{c}\", path = \"clusters/{{env}}/{{service}}\", layout = \"manifests\" }}\n\
+             [[environments]]\nname = \"prod\"\nupstream = \"dev\"\ngitops = {{ repo = \"{c}\", path = \"clusters/{{env}}/{{service}}\", layout = \"manifests\" }}\n",
+            file_url(&source),
+            c = file_url(&config)
+        ),
+    )
+    .ok();
+    write_files(
+        w,
+        &[
+            ("m1/deploy.yaml", DEPLOY.replace("VERSION", "1.0.0").as_bytes()),
+            ("m1/svc.yaml", SERVICE.as_bytes()),
+            ("m2/deploy.yaml", DEPLOY.replace("VERSION", "1.1.0").as_bytes()),
+        ],
+    );
+    let b1 = build_of(server, w, "api", "1.0.0", &shas[0], "m1", None);
+    let b2 = build_of(server, w, "api", "1.1.0", &shas[1], "m2", None);
+
+    server
+        .tug(
+            w,
+            &["release", "api", "--build", &b1, "--env", "dev", "--reason", "first"],
+        )
+        .ok();
+    let first = landed(&config, "main", "api/dev/1", 30);
+    let rendered = kustomize(&config, w, "clusters/dev/api");
+    assert!(rendered.contains("kind: Deployment"), "{rendered}");
+    assert!(rendered.contains("kind: Service"), "{rendered}");
+    assert!(rendered.contains("image: ghcr.io/acme/api:1.0.0"), "{rendered}");
+    // The commit: its author from the configuration, its message naming
+    // everything, with both trailers.
+    let message = git(&config, &["log", "-1", "--format=%an <%ae>%n%B", &first]);
+    assert!(
+        message.starts_with("Release Bot <bot@example.com>\napi dev: release 1.0.0"),
+        "{message}"
+    );
+    for want in [
+        format!("Build: {b1}"),
+        "By: admin".to_string(),
+        "Why: first".to_string(),
+        format!("Tugboat-Build: {b1}"),
+        "Tugboat-Deployment: api/dev/1".to_string(),
+        "Manifest: sha256:".to_string(),
+    ] {
+        assert!(message.contains(&want), "{want}: {message}");
+    }
+    // The source tag names the build's commit.
+    eventually(30, || {
+        (git(&source, &["tag", "--list", "env/dev"]).trim() == "env/dev").then_some(())
+    });
+    assert_eq!(git(&source, &["rev-parse", "env/dev^{commit}"]).trim(), shas[0]);
+
+    // The next build lacks svc.yaml: it goes.
+    server.tug(w, &["release", "api", "--build", &b2, "--env", "dev"]).ok();
+    landed(&config, "main", "api/dev/2", 30);
+    let rendered = kustomize(&config, w, "clusters/dev/api");
+    assert!(!rendered.contains("kind: Service"), "{rendered}");
+    assert!(rendered.contains("image: ghcr.io/acme/api:1.1.0"), "{rendered}");
+    let files = git(&config, &["ls-tree", "-r", "--name-only", "main"]);
+    assert_eq!(
+        files.lines().collect::<Vec<_>>(),
+        ["clusters/dev/api/deploy.yaml", "clusters/dev/api/kustomization.yaml"]
+    );
+    eventually(30, || {
+        (git(&source, &["rev-parse", "env/dev^{commit}"]).trim() == shas[1]).then_some(())
+    });
+
+    // Promotion and rollback are deployments too.
+    server.tug(w, &["promote", "api", "--to", "prod"]).ok();
+    landed(&config, "main", "api/prod/1", 30);
+    server.tug(w, &["rollback", "api", "--env", "dev"]).ok();
+    landed(&config, "main", "api/dev/3", 30);
+    assert!(kustomize(&config, w, "clusters/dev/api").contains("kind: Service"));
+    eventually(30, || {
+        (git(&source, &["rev-parse", "env/dev^{commit}"]).trim() == shas[0]
+            && git(&source, &["rev-parse", "env/prod^{commit}"]).trim() == shas[1])
+            .then_some(())
+    });
+
+    // Status and history show the commits.
+    let shown = eventually(30, || {
+        let d = deliveries(server, w, "api", "dev");
+        (d.len() == 2 && d.iter().all(|g| g["state"] == "pushed")).then_some(d)
+    });
+    let gitops = shown.iter().find(|g| g["target"] == "gitops").unwrap();
+    assert_eq!(gitops["commit"], landed(&config, "main", "api/dev/3", 1));
+    assert_eq!(gitops["repo"], file_url(&config));
+    let tag = shown.iter().find(|g| g["target"] == "source_tag").unwrap();
+    assert_eq!(tag["commit"], shas[0]);
+    let table = server.tug(w, &["status", "api"]).ok().to_string();
+    assert!(table.contains("dev (gitops): pushed "), "{table}");
+    let history = server
+        .tug(w, &["history", "api", "--env", "dev", "--output", "json"])
+        .json();
+    let seqs: Vec<i64> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| {
+            d["deliveries"]
+                .as_array()
+                .is_some_and(|g| g.iter().any(|g| g["target"] == "gitops" && g["commit"].is_string()))
+        })
+        .map(|d| d["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(seqs, [3, 2, 1], "{history}");
+
+    // Each deployment is one commit, once.
+    let all = commits(&config, "main");
+    assert_eq!(all.len(), 4, "{all:?}");
+}
+
+both!(
+    manifests_are_written_rendered_and_tagged,
+    manifests_are_written_rendered_and_tagged_sqlite,
+    manifests_are_written_rendered_and_tagged_postgres
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kustomize_layout_edits_only_the_images() {
+    let server = git_server(Backend::Embedded, "");
+    let w = tempfile::tempdir().unwrap();
+    let w = w.path();
+    let config = bare(w, "config.git");
+    let seed = w.join("seed");
+    git(w, &["clone", "-q", config.to_str().unwrap(), seed.to_str().unwrap()]);
+    let original = r#"# Production api: edited by hand, images by Tugboat.
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+  - deploy.yaml   # the workload
+images:
+  # Ours.
+  - name: ghcr.io/acme/api
+    newTag: "1.0.0"
+  - name: redis   # not ours: left alone
+    newTag: "7"
+namePrefix: prod-
+"#;
+    write_files(
+        &seed,
+        &[
+            ("apps/api/kustomization.yaml", original.as_bytes()),
+            ("apps/api/deploy.yaml", DEPLOY.replace("VERSION", "1.0.0").as_bytes()),
+            ("README.md", b"config\n"),
+        ],
+    );
+    git(&seed, &["add", "."]);
+    git(&seed, &["commit", "-q", "-m", "seed"]);
+    git(&seed, &["push", "-q", "origin", "HEAD:main"]);
+
+    server.tug(w, &["service", "create", "api"]).ok();
+    apply(
+        &server,
+        w,
+        &format!(
+            "service = \"api\"\n[[environments]]\nname = \"prod\"\ngitops = {{ repo = \"{}\", path = \"apps/{{service}}\", layout = \"kustomize\" }}\n",
+            file_url(&config)
+        ),
+    )
+    .ok();
+    write_files(w, &[("img/api", b"an oci image, as far as this test goes")]);
+    let b = build_of(&server, w, "api", "2.0.0", "abcdef12", "img", Some("oci"));
+    server.tug(w, &["release", "api", "--build", &b, "--env", "prod"]).ok();
+    landed(&config, "main", "api/prod/1", 30);
+    let written = git(&config, &["show", "main:apps/api/kustomization.yaml"]);
+    let digest = crate::support::digest_of(b"an oci image, as far as this test goes").to_string();
+    assert_eq!(
+        written,
+        original.replace(
+            "    newTag: \"1.0.0\"\n",
+            &format!("    newTag: \"1.0.0\"\n    digest: {digest}\n")
+        )
+    );
+    let rendered = kustomize(&config, w, "apps/api");
+    assert!(
+        rendered.contains(&format!("image: ghcr.io/acme/api:1.0.0@{digest}")),
+        "{rendered}"
+    );
+    assert!(rendered.contains("name: prod-api"), "{rendered}");
+    assert_eq!(git(&config, &["show", "main:README.md"]), "config\n");
+}
+
+/// A hook that refuses every push touching `clusters/prod/`.
+const REFUSE_PROD: &str = "#!/bin/sh\nwhile read old new ref; do\n  if [ \"$old\" = 0000000000000000000000000000000000000000 ]; then range=$new; else range=$old..$new; fi\n  if git log --name-only --format= $range | grep -q '^clusters/prod/'; then\n    echo 'prod is frozen by the change board' >&2\n    exit 1\n  fi\ndone\nexit 0\n";
+
+async fn a_refused_push_is_shown_retried_and_lands(backend: Backend) {
+    let server = &git_server(backend, "");
+    let w = tempfile::tempdir().unwrap();
+    let w = w.path();
+    let config = bare(w, "config.git");
+    let other = bare(w, "other.git");
+    let hook = config.join("hooks/pre-receive");
+    std::fs::write(&hook, REFUSE_PROD).unwrap();
+    Command::new("chmod").arg("+x").arg(&hook).status().unwrap();
+    for service in ["api", "web"] {
+        server.tug(w, &["service", "create", service]).ok();
+    }
+    let env = |name: &str, repo: &Path| {
+        format!(
+            "[[environments]]\nname = \"{name}\"\ngitops = {{ repo = \"{}\", path = \"clusters/{{env}}/{{service}}\", layout = \"manifests\" }}\n",
+            file_url(repo)
+        )
+    };
+    apply(
+        server,
+        w,
+        &format!("service = \"api\"\n{}{}", env("prod", &config), env("dev", &config)),
+    )
+    .ok();
+    apply(server, w, &format!("service = \"web\"\n{}", env("prod", &other))).ok();
+    write_files(w, &[("m/deploy.yaml", DEPLOY.replace("VERSION", "1").as_bytes())]);
+    let api = build_of(server, w, "api", "1.0.0", "aaaa1111", "m", None);
+    let web = build_of(server, w, "web", "1.0.0", "bbbb2222", "m", None);
+
+    server
+        .tug(w, &["release", "api", "--build", &api, "--env", "prod"])
+        .ok();
+    let failed = eventually(30, || {
+        deliveries(server, w, "api", "prod")
+            .into_iter()
+            .find(|g| g["state"] == "failed")
+    });
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap()
+            .contains("prod is frozen by the change board"),
+        "{failed}"
+    );
+    assert!(failed["next_attempt"].is_string(), "{failed}");
+    let table = server.tug(w, &["status", "api"]).ok().to_string();
+    assert!(table.contains("prod (gitops): failed ("), "{table}");
+    assert!(table.contains("next try"), "{table}");
+
+    // Meanwhile another environment of the same repository and another
+    // repository go on.
+    server.tug(w, &["release", "api", "--build", &api, "--env", "dev"]).ok();
+    server
+        .tug(w, &["release", "web", "--build", &web, "--env", "prod"])
+        .ok();
+    landed(&config, "main", "api/dev/1", 30);
+    landed(&other, "main", "web/prod/1", 30);
+    assert!(commits(&config, "main").iter().all(|c| c.2 != "api/prod/1"));
+
+    // Once the hook is gone, the refused deployment lands, once.
+    std::fs::remove_file(&hook).unwrap();
+    landed(&config, "main", "api/prod/1", 60);
+    let d = eventually(30, || {
+        deliveries(server, w, "api", "prod")
+            .into_iter()
+            .find(|g| g["state"] == "pushed")
+    });
+    assert!(d["attempts"].as_i64().unwrap() >= 2, "{d}");
+    let keys: Vec<String> = commits(&config, "main").into_iter().map(|c| c.2).collect();
+    assert_eq!(keys.iter().filter(|k| *k == "api/prod/1").count(), 1, "{keys:?}");
+}
+
+both!(
+    a_refused_push_is_shown_retried_and_lands,
+    a_refused_push_is_shown_retried_and_lands_sqlite,
+    a_refused_push_is_shown_retried_and_lands_postgres
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_gitops_and_source_repositories_are_refused_naming_the_field() {
+    let server = TestServer::start().await;
+    let w = tempfile::tempdir().unwrap();
+    let w = w.path();
+    server.tug(w, &["service", "create", "api"]).ok();
+    let env = |gitops: &str| format!("service = \"api\"\n[[environments]]\nname = \"prod\"\ngitops = {{ {gitops} }}\n");
+    for (text, want) in [
+        (
+            env("repo = \"https://bot:s3cret@git.example.com/c.git\", path = \"a\", layout = \"manifests\""),
+            "environment prod: gitops repo is invalid: it holds credentials",
+        ),
+        (
+            env("repo = \"ftp://git.example.com/c.git\", path = \"a\", layout = \"manifests\""),
+            "environment prod: gitops repo is invalid",
+        ),
+        (
+            env("repo = \"https://git.example.com/c.git\", path = \"../a\", layout = \"manifests\""),
+            "environment prod: gitops path is invalid",
+        ),
+        (
+            env("repo = \"https://git.example.com/c.git\", path = \"/{cluster}\", layout = \"manifests\""),
+            "environment prod: gitops path is invalid",
+        ),
+        (
+            env("repo = \"https://git.example.com/c.git\", path = \"a\", layout = \"helm\""),
+            "environment prod: gitops layout is invalid",
+        ),
+        (
+            env("repo = \"https://git.example.com/c.git\", branch = \"a..b\", path = \"a\", layout = \"manifests\""),
+            "environment prod: gitops branch is invalid",
+        ),
+        (
+            "service = \"api\"\nsource_repo = { url = \"https://git.example.com/api.git\", tag = \"env/{region}\" }\n[[environments]]\nname = \"prod\"\n".to_string(),
+            "source_repo tag is invalid",
+        ),
+    ] {
+        let err = apply(&server, w, &text).fails().to_string();
+        assert!(err.contains(want), "{text}: {err}");
+        assert!(!err.contains("s3cret"), "{err}");
+    }
+    // Nothing was stored.
+    let shown = server.tug(w, &["pipeline", "show", "api"]).fails().to_string();
+    assert!(shown.contains("no pipeline"), "{shown}");
+    // The flag of `tug policy apply` takes the same keys.
+    apply(&server, w, "service = \"api\"\n[[environments]]\nname = \"prod\"\n").ok();
+    let err = server
+        .tug(
+            w,
+            &[
+                "policy",
+                "apply",
+                "api",
+                "--env",
+                "prod",
+                "--gitops",
+                "repo=https://git.example.com/c.git,path=a,layout=yaml",
+            ],
+        )
+        .fails()
+        .to_string();
+    assert!(err.contains("gitops layout is invalid"), "{err}");
+    server
+        .tug(
+            w,
+            &[
+                "policy",
+                "apply",
+                "api",
+                "--env",
+                "prod",
+                "--gitops",
+                "repo=https://git.example.com/c.git,path=clusters/{env},layout=kustomize",
+            ],
+        )
+        .ok();
+    let shown = server.tug(w, &["pipeline", "show", "api"]).ok().to_string();
+    assert!(
+        shown.contains("gitops = { repo = \"https://git.example.com/c.git\", branch = \"main\", path = \"clusters/{env}\", layout = \"kustomize\" }"),
+        "{shown}"
+    );
+}
