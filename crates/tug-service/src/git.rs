@@ -109,6 +109,12 @@ impl Git {
             git.run(&["init", "-q"], deadline).await?;
             git.run(&["remote", "add", "origin", url], deadline).await?;
         }
+        // Only this server writes the clone (it holds the repository's
+        // lease), so a lock file is what a git command killed at its
+        // deadline (or a crash) left behind.
+        for lock in ["index.lock", "HEAD.lock", "shallow.lock", "config.lock"] {
+            let _ = std::fs::remove_file(git.dir.join(".git").join(lock));
+        }
         Ok(git)
     }
 

@@ -82,6 +82,11 @@ const TRAILER_DEPTH: &str = "5000";
 /// one call.
 const STALE_ROUNDS: usize = 5;
 
+/// No new commit is started with less than this left of a call's budget:
+/// the time to push what is committed. What is left stays due for the next
+/// call.
+const PUSH_TIME: Duration = Duration::from_millis(1500);
+
 /// The family of repository writers.
 pub struct GitWriters {
     settings: Arc<GitSettings>,
@@ -92,7 +97,9 @@ pub struct GitWriters {
 
 impl GitWriters {
     pub fn new(settings: GitSettings, lease: Duration) -> GitWriters {
-        let budget = (lease / 3)
+        // The dispatcher hands events over with two thirds of the lease
+        // ahead; half of it leaves the rest for the clocks to differ.
+        let budget = (lease / 2)
             .saturating_sub(Duration::from_millis(500))
             .max(Duration::from_secs(1));
         GitWriters {
@@ -479,15 +486,17 @@ impl RepoWriter {
     /// and pushes it; a refused push is retried one delivery at a time.
     async fn write_branch(&self, git: &Git, branch: &str, batch: &[Planned], deadline: Instant) -> Result<()> {
         match self.commit_and_push(git, branch, batch, deadline).await? {
-            Pushed::All => Ok(()),
+            Pushed::All | Pushed::Later => Ok(()),
             Pushed::Refused(error) if batch.len() == 1 => self.finish(&batch[0].row, Err(Problem::Fail(error.0))).await,
             Pushed::Refused(_) => {
                 for one in batch {
-                    if let Pushed::Refused(error) = self
+                    match self
                         .commit_and_push(git, branch, std::slice::from_ref(one), deadline)
                         .await?
                     {
-                        self.finish(&one.row, Err(Problem::Fail(error.0))).await?;
+                        Pushed::Refused(error) => self.finish(&one.row, Err(Problem::Fail(error.0))).await?,
+                        Pushed::All => {}
+                        Pushed::Later => break,
                     }
                 }
                 Ok(())
@@ -501,6 +510,9 @@ impl RepoWriter {
     async fn commit_and_push(&self, git: &Git, branch: &str, batch: &[Planned], deadline: Instant) -> Result<Pushed> {
         let mut last = GitError("not tried".into());
         for _ in 0..STALE_ROUNDS {
+            if Instant::now() + PUSH_TIME >= deadline {
+                return Ok(Pushed::Later);
+            }
             let base = match fetch(git, branch, deadline).await {
                 Ok(base) => base,
                 Err(e) => return Ok(Pushed::Refused(e)),
@@ -517,6 +529,10 @@ impl RepoWriter {
             }
             let mut made: Vec<(&Planned, String)> = Vec::new();
             for p in batch {
+                if Instant::now() + PUSH_TIME >= deadline {
+                    // The rest stays due for the next call.
+                    break;
+                }
                 let key = deployment_key(&p.row);
                 if let Some(sha) = known.get(&key) {
                     // Pushed before a crash (or by another server that lost
@@ -667,6 +683,8 @@ enum Pushed {
     All,
     /// The repository refused (or could not be reached).
     Refused(GitError),
+    /// Not tried: the call's time is up; the deliveries stay due.
+    Later,
 }
 
 fn deployment_key(row: &DeliveryRow) -> String {
@@ -750,7 +768,8 @@ async fn checkout(git: &Git, branch: &str, exists: bool, deadline: Instant) -> R
         // repository's first.
         git.run(&["symbolic-ref", "HEAD", "refs/heads/tugboat-work"], deadline)
             .await?;
-        git.run(&["update-ref", "-d", "refs/heads/tugboat-work"], deadline).await?;
+        git.run(&["update-ref", "-d", "refs/heads/tugboat-work"], deadline)
+            .await?;
         git.run(&["rm", "-rfq", "--cached", "--ignore-unmatch", "."], deadline)
             .await?;
     }

@@ -565,3 +565,204 @@ async fn bad_gitops_and_source_repositories_are_refused_naming_the_field() {
         "{shown}"
     );
 }
+
+/// Services promoted at once into one repository.
+const SERVICES: usize = 50;
+
+/// Service `s{i}`: `dev` and `prod` (promoted from dev), both written into
+/// `config`, with a build released into dev.
+fn one_of_many(server: &TestServer, w: &Path, config: &Path, i: usize) {
+    let service = format!("s{i}");
+    let dir = w.join(&service);
+    std::fs::create_dir_all(&dir).unwrap();
+    server.tug(&dir, &["service", "create", &service]).ok();
+    let env = |name: &str, up: &str| {
+        format!(
+            "[[environments]]\nname = \"{name}\"\n{up}gitops = {{ repo = \"{}\", path = \"clusters/{{env}}/{{service}}\", layout = \"manifests\" }}\n",
+            file_url(config)
+        )
+    };
+    std::fs::write(
+        dir.join("pipeline.toml"),
+        format!(
+            "service = \"{service}\"\n{}{}",
+            env("dev", ""),
+            env("prod", "upstream = \"dev\"\n")
+        ),
+    )
+    .unwrap();
+    server.tug(&dir, &["pipeline", "apply", "-f", "pipeline.toml"]).ok();
+    write_files(&dir, &[("m/deploy.yaml", DEPLOY.replace("api", &service).as_bytes())]);
+    let b = build_of(server, &dir, &service, "1.0.0", "abcd1234", "m", None);
+    server
+        .tug(&dir, &["release", &service, "--build", &b, "--env", "dev"])
+        .ok();
+}
+
+/// Runs `f(i)` for `0..n` on `threads` threads at once.
+fn at_once(n: usize, threads: usize, f: impl Fn(usize) + Sync) {
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let f = &f;
+            s.spawn(move || {
+                for i in (t..n).step_by(threads) {
+                    f(i);
+                }
+            });
+        }
+    });
+}
+
+async fn fifty_concurrent_promotions_land_once_each(backend: Backend) {
+    let server = &git_server(backend, "");
+    let w = tempfile::tempdir().unwrap();
+    let w = w.path();
+    let config = bare(w, "config.git");
+    at_once(SERVICES, 8, |i| one_of_many(server, w, &config, i));
+    for i in 0..SERVICES {
+        landed(&config, "main", &format!("s{i}/dev/1"), 60);
+    }
+    // Someone else writes the repository meanwhile: Tugboat's pushes lose
+    // races to theirs and must apply again on the new head.
+    let other = w.join("other");
+    git(w, &["clone", "-q", config.to_str().unwrap(), other.to_str().unwrap()]);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for n in 0..10 {
+                std::fs::write(other.join(format!("notes-{n}.md")), "by hand\n").unwrap();
+                git(&other, &["add", "."]);
+                git(&other, &["commit", "-q", "-m", &format!("by hand {n}")]);
+                // Their own non-fast-forwards: rebase and push again.
+                eventually(60, || {
+                    let _ = Command::new("git")
+                        .args(["pull", "-q", "--rebase", "origin", "main"])
+                        .current_dir(&other)
+                        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+                        .env("GIT_AUTHOR_NAME", "Dev")
+                        .env("GIT_AUTHOR_EMAIL", "dev@example.com")
+                        .env("GIT_COMMITTER_NAME", "Dev")
+                        .env("GIT_COMMITTER_EMAIL", "dev@example.com")
+                        .status();
+                    Command::new("git")
+                        .args(["push", "-q", "origin", "HEAD:main"])
+                        .current_dir(&other)
+                        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+                        .status()
+                        .unwrap()
+                        .success()
+                        .then_some(())
+                });
+            }
+        });
+        at_once(SERVICES, SERVICES, |i| {
+            let service = format!("s{i}");
+            server
+                .tug(&w.join(&service), &["promote", &service, "--to", "prod"])
+                .ok();
+        });
+    });
+    for i in 0..SERVICES {
+        landed(&config, "main", &format!("s{i}/prod/1"), 60);
+    }
+    let all = commits(&config, "main");
+    let mut keys: Vec<&str> = all.iter().map(|c| c.2.as_str()).filter(|k| !k.is_empty()).collect();
+    assert_eq!(keys.len(), 2 * SERVICES, "each deployment once: {keys:?}");
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), 2 * SERVICES, "no deployment twice");
+    let by_hand = all.iter().filter(|c| c.1.starts_with("by hand")).count();
+    assert_eq!(by_hand, 10, "nobody's commit is lost");
+    // Every service's tree is there, under its own path.
+    let files = git(&config, &["ls-tree", "-r", "--name-only", "main"]);
+    for i in 0..SERVICES {
+        assert!(files.contains(&format!("clusters/prod/s{i}/deploy.yaml")), "s{i}");
+    }
+}
+
+both!(
+    fifty_concurrent_promotions_land_once_each,
+    fifty_concurrent_promotions_land_once_each_sqlite,
+    fifty_concurrent_promotions_land_once_each_postgres
+);
+
+/// The deliveries are forgotten as done and the consumer's cursor set
+/// back, as a crash between the push and the records would leave them:
+/// the server finds its commits by their trailer and writes none twice.
+async fn a_replayed_consumer_commits_nothing_twice(backend: Backend) {
+    use sqlx::Connection;
+    let mut server = git_server(backend, "");
+    let w = tempfile::tempdir().unwrap();
+    let w = w.path();
+    let config = bare(w, "config.git");
+    let (source, shas) = source_repo(w);
+    server.tug(w, &["service", "create", "api"]).ok();
+    apply(
+        &server,
+        w,
+        &format!(
+            "service = \"api\"\nsource_repo = {{ url = \"{}\" }}\n[[environments]]\nname = \"dev\"\ngitops = {{ repo = \"{}\", path = \"dev\", layout = \"manifests\" }}\n",
+            file_url(&source),
+            file_url(&config)
+        ),
+    )
+    .ok();
+    write_files(w, &[("m/deploy.yaml", DEPLOY.as_bytes())]);
+    let b1 = build_of(&server, w, "api", "1.0.0", &shas[0], "m", None);
+    let b2 = build_of(&server, w, "api", "1.0.1", &shas[1], "m", None);
+    for b in [&b1, &b2] {
+        server.tug(w, &["release", "api", "--build", b, "--env", "dev"]).ok();
+    }
+    let first = landed(&config, "main", "api/dev/1", 30);
+    let second = landed(&config, "main", "api/dev/2", 30);
+    eventually(30, || {
+        (git(&source, &["rev-parse", "env/dev^{commit}"]).trim() == shas[1]).then_some(())
+    });
+    eventually(30, || {
+        let d = deliveries(&server, w, "api", "dev");
+        (d.len() == 2 && d.iter().all(|g| g["state"] == "pushed")).then_some(())
+    });
+
+    server.kill9();
+    sqlx::any::install_default_drivers();
+    let mut db = sqlx::AnyConnection::connect(&server.database_url()).await.unwrap();
+    sqlx::raw_sql(
+        "UPDATE gitops_deliveries SET state = 'pending', commit_sha = NULL; \
+         UPDATE consumers SET cursor = 0, holder = NULL, lease_until = 0 WHERE name LIKE 'git:%'",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
+    db.close().await.unwrap();
+    server.restart();
+    // The consumer reads every event again; each deployment is found in
+    // the branch by its trailer, recorded with its commit, never repeated.
+    let d = eventually(30, || {
+        let d = deliveries(&server, w, "api", "dev");
+        (d.len() == 2 && d.iter().all(|g| g["state"] == "pushed")).then_some(d)
+    });
+    assert_eq!(
+        d.iter().find(|g| g["target"] == "gitops").unwrap()["commit"],
+        second.as_str()
+    );
+    let history = server
+        .tug(w, &["history", "api", "--env", "dev", "--output", "json"])
+        .json();
+    let first_shown = history.as_array().unwrap().iter().find(|h| h["seq"] == 1).unwrap()["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["target"] == "gitops")
+        .unwrap()["commit"]
+        .clone();
+    assert_eq!(first_shown, first.as_str());
+    let keys: Vec<String> = commits(&config, "main").into_iter().map(|c| c.2).collect();
+    assert_eq!(keys, ["api/dev/2", "api/dev/1"]);
+    // The tag was moved again in order and ends where it was.
+    assert_eq!(git(&source, &["rev-parse", "env/dev^{commit}"]).trim(), shas[1]);
+}
+
+both!(
+    a_replayed_consumer_commits_nothing_twice,
+    a_replayed_consumer_commits_nothing_twice_sqlite,
+    a_replayed_consumer_commits_nothing_twice_postgres
+);
