@@ -341,13 +341,14 @@ async fn start_with(config: &Config, listener: tokio::net::TcpListener, tugboat:
         })?;
         consumers.push(Box::new(sink));
     }
-    let mut families: Vec<std::sync::Arc<dyn tug_service::ConsumerFamily>> = Vec::new();
-    // One writer per git repository a pipeline names (GitOps commits and
-    // source-repository tags).
-    families.push(std::sync::Arc::new(tug_service::GitWriters::new(
-        config.git.settings(&config.data_dir)?,
-        Duration::from_secs(config.consumer_lease_secs),
-    )));
+    let families: Vec<std::sync::Arc<dyn tug_service::ConsumerFamily>> = vec![
+        // One writer per git repository a pipeline names (GitOps commits
+        // and source-repository tags).
+        std::sync::Arc::new(tug_service::GitWriters::new(
+            config.git.settings(&config.data_dir)?,
+            Duration::from_secs(config.consumer_lease_secs),
+        )),
+    ];
     let addr = listener.local_addr()?;
     let router = app(tugboat.clone(), config.max_json_body);
     Ok(Started {

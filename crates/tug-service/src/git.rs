@@ -100,7 +100,7 @@ impl Git {
     pub async fn open(settings: &GitSettings, url: &str, deadline: Instant) -> Result<Git, GitError> {
         let dir = settings
             .work_dir
-            .join(tug_core::Digest::of(url.as_bytes()).hex()[..16].to_string());
+            .join(&tug_core::Digest::of(url.as_bytes()).hex()[..16]);
         let (env, secrets) = environment(settings, url)?;
         let git = Git { dir, env, secrets };
         if !git.dir.join(".git").exists() {
@@ -163,7 +163,10 @@ impl Git {
 
 /// The environment every git command runs with: a fixed identity, no
 /// prompts, no user or system configuration, and the credential for `url`.
-fn environment(settings: &GitSettings, url: &str) -> Result<(Vec<(String, String)>, Vec<String>), GitError> {
+/// Variables to set, and the secrets among their values.
+type Environment = (Vec<(String, String)>, Vec<String>);
+
+fn environment(settings: &GitSettings, url: &str) -> Result<Environment, GitError> {
     let mut env: Vec<(String, String)> = vec![
         (
             "PATH".into(),

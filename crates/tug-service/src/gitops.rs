@@ -632,7 +632,7 @@ impl RepoWriter {
             service: p.row.service.as_str(),
             env: p.row.environment.as_str(),
             version: &version,
-            build: &p.row.build.to_string(),
+            build: p.row.build.as_ref(),
             manifest_digest: digest.as_deref(),
             kind: p.deployed.deployment_kind.as_str(),
             actor: actor.as_deref(),

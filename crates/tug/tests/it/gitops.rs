@@ -766,3 +766,72 @@ both!(
     a_replayed_consumer_commits_nothing_twice_sqlite,
     a_replayed_consumer_commits_nothing_twice_postgres
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http_the_token_comes_from_the_configuration_and_never_shows() {
+    const TOKEN: &str = "t0ken-s3cret-42";
+    let root = tempfile::tempdir().unwrap();
+    let config = bare(root.path(), "config.git");
+    bare(root.path(), "closed.git");
+    let http = tug_testkit::GitHttpServer::start(root.path(), "x-access-token", TOKEN);
+    let secrets = tempfile::tempdir().unwrap();
+    let token_file = secrets.path().join("git-token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let server = git_server(
+        Backend::Embedded,
+        &format!(
+            "[[git.credentials]]\nprefix = \"{}config.git\"\ntoken_file = \"{}\"\n",
+            http.url,
+            token_file.display()
+        ),
+    );
+    let w = tempfile::tempdir().unwrap();
+    let w = w.path();
+    server.tug(w, &["service", "create", "api"]).ok();
+    let env = |name: &str, repo: &str| {
+        format!(
+            "[[environments]]\nname = \"{name}\"\ngitops = {{ repo = \"{}{repo}\", path = \"{{env}}\", layout = \"manifests\" }}\n",
+            http.url
+        )
+    };
+    apply(
+        &server,
+        w,
+        &format!(
+            "service = \"api\"\n{}{}",
+            env("dev", "config.git"),
+            env("prod", "closed.git")
+        ),
+    )
+    .ok();
+    write_files(w, &[("m/deploy.yaml", DEPLOY.as_bytes())]);
+    let b = build_of(&server, w, "api", "1.0.0", "abcd1234", "m", None);
+    server.tug(w, &["release", "api", "--build", &b, "--env", "dev"]).ok();
+    server.tug(w, &["release", "api", "--build", &b, "--env", "prod"]).ok();
+    landed(&config, "main", "api/dev/1", 30);
+    assert!(http.served.load(std::sync::atomic::Ordering::SeqCst) > 0);
+    // The repository the credentials do not cover is refused, and says so.
+    let failed = eventually(30, || {
+        deliveries(&server, w, "api", "prod")
+            .into_iter()
+            .find(|g| g["state"] == "failed")
+    });
+    let error = failed["error"].as_str().unwrap();
+    assert!(error.contains("could not read Username"), "{error}");
+    assert!(http.refused.load(std::sync::atomic::Ordering::SeqCst) > 0);
+    // The token is in no answer, listing or log.
+    let shown = [
+        server.tug(w, &["status", "api", "--output", "json"]).ok().to_string(),
+        server
+            .tug(w, &["history", "api", "--env", "dev", "--output", "json"])
+            .ok()
+            .to_string(),
+        server.tug(w, &["pipeline", "show", "api"]).ok().to_string(),
+        server.tug(w, &["audit", "export"]).ok().to_string(),
+        server.log(),
+        git(&config, &["log", "--format=%B", "main"]),
+    ];
+    for text in shown {
+        assert!(!text.contains(TOKEN), "the token shows:\n{text}");
+    }
+}
