@@ -123,25 +123,29 @@ impl Db {
         rows.iter().map(delivery_from_row).collect()
     }
 
-    /// Records the outcome of a try of one delivery.
-    pub async fn finish_delivery(&self, d: &DeliveryRow, outcome: &DeliveryOutcome, now: DateTime<Utc>) -> Result<()> {
-        sqlx::query(
-            "UPDATE gitops_deliveries SET state = $1, commit_sha = COALESCE($2, commit_sha), last_error = $3, \
-             next_attempt = $4, attempts = attempts + $5, updated_at = $6 \
-             WHERE target = $7 AND service = $8 AND environment = $9 AND seq = $10",
-        )
-        .bind(outcome.state.as_str())
-        .bind(outcome.commit_sha.clone())
-        .bind(outcome.error.clone())
-        .bind(outcome.next_attempt.timestamp_millis())
-        .bind(i64::from(outcome.tried))
-        .bind(now.timestamp_millis())
-        .bind(d.target.as_str())
-        .bind(d.service.as_str())
-        .bind(d.environment.as_str())
-        .bind(d.seq)
-        .execute(&self.pool)
-        .await?;
+    /// Records the outcomes of tries of deliveries, in one transaction.
+    pub async fn finish_deliveries(&self, done: &[(&DeliveryRow, DeliveryOutcome)], now: DateTime<Utc>) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for (d, outcome) in done {
+            sqlx::query(
+                "UPDATE gitops_deliveries SET state = $1, commit_sha = COALESCE($2, commit_sha), last_error = $3, \
+                 next_attempt = $4, attempts = attempts + $5, updated_at = $6 \
+                 WHERE target = $7 AND service = $8 AND environment = $9 AND seq = $10",
+            )
+            .bind(outcome.state.as_str())
+            .bind(outcome.commit_sha.clone())
+            .bind(outcome.error.clone())
+            .bind(outcome.next_attempt.timestamp_millis())
+            .bind(i64::from(outcome.tried))
+            .bind(now.timestamp_millis())
+            .bind(d.target.as_str())
+            .bind(d.service.as_str())
+            .bind(d.environment.as_str())
+            .bind(d.seq)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 

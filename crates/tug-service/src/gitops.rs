@@ -327,8 +327,25 @@ impl RepoWriter {
 
     /// Records the outcome of one delivery.
     async fn finish(&self, row: &DeliveryRow, done: Result<String, Problem>) -> Result<()> {
+        self.finish_all(vec![(row, done)]).await
+    }
+
+    /// Records the outcomes of deliveries in one transaction (a push's
+    /// worth costs one commit of the database, not one per delivery).
+    async fn finish_all(&self, done: Vec<(&DeliveryRow, Result<String, Problem>)>) -> Result<()> {
+        if done.is_empty() {
+            return Ok(());
+        }
         let now = self.tugboat.now();
-        let outcome = match done {
+        let outcomes: Vec<(&DeliveryRow, DeliveryOutcome)> = done
+            .into_iter()
+            .map(|(row, done)| (row, self.outcome(row, done, now)))
+            .collect();
+        Ok(self.tugboat.db.finish_deliveries(&outcomes, now).await?)
+    }
+
+    fn outcome(&self, row: &DeliveryRow, done: Result<String, Problem>, now: DateTime<Utc>) -> DeliveryOutcome {
+        match done {
             Ok(sha) => DeliveryOutcome {
                 state: DeliveryState::Pushed,
                 commit_sha: Some(sha),
@@ -358,8 +375,7 @@ impl RepoWriter {
                     tried: true,
                 }
             }
-        };
-        Ok(self.tugboat.db.finish_delivery(row, &outcome, now).await?)
+        }
     }
 
     /// Reads what a delivery needs: its event, the environment's current
@@ -527,43 +543,47 @@ impl RepoWriter {
             if let Err(e) = checkout(git, branch, base.is_some(), deadline).await {
                 return Ok(Pushed::Refused(e));
             }
-            let mut made: Vec<(&Planned, String)> = Vec::new();
+            let mut made: Vec<&Planned> = Vec::new();
+            let mut found = Vec::new();
             for p in batch {
                 if Instant::now() + PUSH_TIME >= deadline {
                     // The rest stays due for the next call.
                     break;
                 }
-                let key = deployment_key(&p.row);
-                if let Some(sha) = known.get(&key) {
+                if let Some(sha) = known.remove(&deployment_key(&p.row)) {
                     // Pushed before a crash (or by another server that lost
                     // its lease): recognised by its trailer.
-                    self.finish(&p.row, Ok(sha.clone())).await?;
+                    found.push((&p.row, Ok(sha)));
                     continue;
                 }
                 match self.commit(git, p, deadline).await {
-                    Ok(sha) => {
-                        known.insert(key, sha.clone());
-                        made.push((p, sha));
-                    }
+                    Ok(()) => made.push(p),
                     Err(problem) => {
                         let _ = git.run(&["reset", "-q", "--hard"], deadline).await;
                         let _ = git.run(&["clean", "-q", "-fdx"], deadline).await;
-                        self.finish(&p.row, Err(problem)).await?;
+                        found.push((&p.row, Err(problem)));
                     }
                 }
             }
+            self.finish_all(found).await?;
             if made.is_empty() {
                 return Ok(Pushed::All);
             }
+            // The commits just made, oldest first: one per delivery of
+            // `made`, in its order.
+            let count = made.len().to_string();
+            let shas = match git.run(&["rev-list", "--max-count", &count, "HEAD"], deadline).await {
+                Ok(out) => out.lines().rev().map(str::to_string).collect::<Vec<_>>(),
+                Err(e) => return Ok(Pushed::Refused(e)),
+            };
             let refspec = format!("HEAD:refs/heads/{branch}");
             match git
                 .run(&["push", "-q", "--porcelain", "origin", &refspec], deadline)
                 .await
             {
                 Ok(_) => {
-                    for (p, sha) in made {
-                        self.finish(&p.row, Ok(sha)).await?;
-                    }
+                    let done = made.iter().zip(shas).map(|(p, sha)| (&p.row, Ok(sha))).collect();
+                    self.finish_all(done).await?;
                     return Ok(Pushed::All);
                 }
                 Err(e) if e.is_stale() => last = e,
@@ -574,7 +594,7 @@ impl RepoWriter {
     }
 
     /// Writes one delivery into the checked-out branch and commits it.
-    async fn commit(&self, git: &Git, p: &Planned, deadline: Instant) -> Result<String, Problem> {
+    async fn commit(&self, git: &Git, p: &Planned, deadline: Instant) -> Result<(), Problem> {
         let What::Commit { gitops, files } = &p.what else {
             return Err(Problem::Skip("not a commit".into()));
         };
@@ -619,8 +639,7 @@ impl RepoWriter {
         )
         .await
         .map_err(fail)?;
-        let sha = git.run(&["rev-parse", "HEAD"], deadline).await.map_err(fail)?;
-        Ok(sha.trim().to_string())
+        Ok(())
     }
 
     fn message(&self, p: &Planned) -> String {
@@ -802,6 +821,21 @@ pub struct Delivery {
 }
 
 impl Tugboat {
+    /// Those of `urls` that no current pipeline names (the applying
+    /// service's included): repositories Tugboat starts writing into.
+    pub(crate) async fn repositories_new_to_all(&self, urls: &[String]) -> Result<Vec<String>> {
+        if urls.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut named = std::collections::HashSet::new();
+        for row in self.db.current_pipelines().await? {
+            if let Ok(p) = Pipeline::parse(&row.spec) {
+                named.extend(repositories(&p));
+            }
+        }
+        Ok(urls.iter().filter(|u| !named.contains(*u)).cloned().collect())
+    }
+
     /// Adds to `views` (deployments of one environment) their deliveries,
     /// for those whose build the caller sees.
     pub(crate) async fn with_deliveries(

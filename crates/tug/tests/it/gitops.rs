@@ -835,3 +835,80 @@ async fn over_http_the_token_comes_from_the_configuration_and_never_shows() {
         assert!(!text.contains(TOKEN), "the token shows:\n{text}");
     }
 }
+
+/// An embargoed build: its commit is written into the private
+/// environment's GitOps repository (the environment must run it) but its
+/// source commit is not tagged, and a viewer, who may not see the build,
+/// sees none of its deliveries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embargoed_builds_deliveries_are_as_hidden_as_the_build() {
+    let server = git_server(Backend::Embedded, "");
+    let w = tempfile::tempdir().unwrap();
+    let w = w.path();
+    let config = bare(w, "config.git");
+    let (source, shas) = source_repo(w);
+    server.tug(w, &["service", "create", "api"]).ok();
+    apply(
+        &server,
+        w,
+        &format!(
+            "service = \"api\"\nsource_repo = {{ url = \"{}\" }}\n[[environments]]\nname = \"sec\"\nprivate = true\ngitops = {{ repo = \"{}\", path = \"sec\", layout = \"manifests\" }}\n",
+            file_url(&source),
+            file_url(&config)
+        ),
+    )
+    .ok();
+    write_files(w, &[("fix/deploy.yaml", DEPLOY.as_bytes())]);
+    let out = server
+        .tug(
+            w,
+            &[
+                "push",
+                "--service",
+                "api",
+                "--embargo",
+                "--seal",
+                "--commit",
+                &shas[1],
+                "--version",
+                "9.9.9",
+                "--output",
+                "json",
+                "fix",
+            ],
+        )
+        .json();
+    let fix = out["build"].as_str().unwrap().to_string();
+    server.tug(w, &["release", "api", "--build", &fix, "--env", "sec"]).ok();
+    landed(&config, "main", "api/sec/1", 30);
+    let shown = eventually(30, || {
+        let d = deliveries(&server, w, "api", "sec");
+        (d.len() == 2 && d.iter().all(|g| g["state"] != "pending" && g["state"] != "failed")).then_some(d)
+    });
+    let tag = shown.iter().find(|g| g["target"] == "source_tag").unwrap();
+    assert_eq!(tag["state"], "skipped");
+    assert!(tag["error"].as_str().unwrap().contains("embargoed"), "{tag}");
+    assert!(git(&source, &["tag", "--list"]).trim().is_empty());
+
+    let viewer = server
+        .tug(
+            w,
+            &[
+                "token", "create", "--name", "watcher", "--role", "viewer", "--output", "json",
+            ],
+        )
+        .json()["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let status = server.tug_as(&viewer, w, &["status", "api", "--output", "json"]).json();
+    let sec = &status["environments"][0]["current"];
+    assert_eq!(sec["embargoed"], true, "{status}");
+    assert!(sec.get("deliveries").is_none(), "{status}");
+    let history = server
+        .tug_as(&viewer, w, &["history", "api", "--env", "sec", "--output", "json"])
+        .json();
+    assert!(history[0].get("deliveries").is_none(), "{history}");
+    let table = server.tug_as(&viewer, w, &["status", "api"]).ok().to_string();
+    assert!(!table.contains("(gitops)"), "{table}");
+}
