@@ -413,6 +413,34 @@ pub struct Deployment {
     /// environment needed no approvals).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub approved_by: Vec<String>,
+    /// What was written into git repositories for it (a GitOps commit, a
+    /// source-repository tag), shown with the build: none when the build is
+    /// embargoed from the caller.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deliveries: Vec<GitDelivery>,
+}
+
+/// One write of a deployment into a git repository.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GitDelivery {
+    /// `gitops` (a commit into the environment's GitOps repository) or
+    /// `source_tag` (the service's source-repository environment tag).
+    pub target: tug_core::pipeline::gitops::DeliveryTarget,
+    pub repo: String,
+    /// `pending`, `failed` (retried at `next_attempt`), `pushed` or
+    /// `skipped`.
+    pub state: tug_core::pipeline::gitops::DeliveryState,
+    /// The commit pushed (the GitOps commit, or the commit the tag names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    pub attempts: i64,
+    /// Why the last try failed, or why it was skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When a failed delivery is tried again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
 }
 
 /// One environment in `GET /v1/services/{service}/status`.

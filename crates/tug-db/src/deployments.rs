@@ -77,7 +77,7 @@ fn deployment_from_row(r: &AnyRow) -> Result<DeploymentRow> {
     })
 }
 
-fn pipeline_from_row(r: &AnyRow) -> Result<PipelineRow> {
+pub(crate) fn pipeline_from_row(r: &AnyRow) -> Result<PipelineRow> {
     Ok(PipelineRow {
         service: parse(&r.try_get::<String, _>("service")?, ServiceName::parse)?,
         revision: r.try_get("revision")?,

@@ -54,6 +54,86 @@ pub struct Config {
     pub webhook_backoff_initial_ms: u64,
     /// …up to this.
     pub webhook_backoff_max_secs: u64,
+    /// Who commits into git repositories, and with which credentials
+    /// (`[git]`).
+    pub git: GitConfig,
+}
+
+/// `[git]`: the identity of GitOps commits and the credentials for
+/// repositories, never taken from pipeline files.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitConfig {
+    /// `Name <email>`; default `Tugboat <tugboat@localhost>`.
+    pub author: Option<String>,
+    #[serde(default)]
+    pub credentials: Vec<GitCredentialConfig>,
+}
+
+/// `[[git.credentials]]`: for repositories whose address starts with
+/// `prefix`, a token file (HTTPS) or an SSH key file. Only the files'
+/// paths are configured, so `Debug` shows no secret.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitCredentialConfig {
+    pub prefix: String,
+    pub token_file: Option<PathBuf>,
+    /// The user name the token is sent with (default `x-access-token`).
+    pub username: Option<String>,
+    pub ssh_key_file: Option<PathBuf>,
+}
+
+impl GitConfig {
+    /// The service's git settings; the error names the key at fault.
+    pub fn settings(&self, data_dir: &std::path::Path) -> Result<tug_service::GitSettings, ConfigError> {
+        let mut settings = tug_service::GitSettings {
+            work_dir: data_dir.join("git"),
+            ..tug_service::GitSettings::default()
+        };
+        if let Some(author) = &self.author {
+            let parsed = author
+                .split_once('<')
+                .and_then(|(name, rest)| Some((name.trim(), rest.strip_suffix('>')?.trim())))
+                .filter(|(name, email)| !name.is_empty() && email.contains('@') && !email.contains(['<', '>']));
+            let Some((name, email)) = parsed else {
+                return Err(ConfigError::Invalid {
+                    key: "git.author",
+                    why: format!("{author:?} is not \"Name <email>\""),
+                });
+            };
+            settings.author_name = name.to_string();
+            settings.author_email = email.to_string();
+        }
+        for c in &self.credentials {
+            if c.prefix.is_empty() {
+                return Err(ConfigError::Invalid {
+                    key: "git.credentials.prefix",
+                    why: "give the start of the repository addresses it is for, e.g. https://git.example.com/".into(),
+                });
+            }
+            let secret = match (&c.token_file, &c.ssh_key_file) {
+                (Some(file), None) => tug_service::GitSecret::Token {
+                    file: file.clone(),
+                    username: c.username.clone().unwrap_or_else(|| "x-access-token".into()),
+                },
+                (None, Some(file)) if c.username.is_none() => tug_service::GitSecret::SshKey { file: file.clone() },
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        key: "git.credentials",
+                        why: format!(
+                            "{}: give either token_file (with an optional username) or ssh_key_file",
+                            c.prefix
+                        ),
+                    })
+                }
+            };
+            settings.credentials.push(tug_service::GitCredential {
+                prefix: c.prefix.clone(),
+                secret,
+            });
+        }
+        Ok(settings)
+    }
 }
 
 impl Default for Config {
@@ -77,6 +157,7 @@ impl Default for Config {
             webhook_retry_secs: 24 * 3600,
             webhook_backoff_initial_ms: 1000,
             webhook_backoff_max_secs: 3600,
+            git: GitConfig::default(),
         }
     }
 }
@@ -103,6 +184,7 @@ impl std::fmt::Debug for Config {
             .field("webhook_retry_secs", &self.webhook_retry_secs)
             .field("webhook_backoff_initial_ms", &self.webhook_backoff_initial_ms)
             .field("webhook_backoff_max_secs", &self.webhook_backoff_max_secs)
+            .field("git", &self.git)
             .finish()
     }
 }
@@ -143,6 +225,7 @@ pub struct Layer {
     pub webhook_retry_secs: Option<u64>,
     pub webhook_backoff_initial_ms: Option<u64>,
     pub webhook_backoff_max_secs: Option<u64>,
+    pub git: Option<GitConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -151,6 +234,8 @@ pub enum ConfigError {
     File { path: String, source: toml::de::Error },
     #[error("environment variable {var}={value:?} is invalid: {why}")]
     Env { var: String, value: String, why: String },
+    #[error("{key} is invalid: {why}")]
+    Invalid { key: &'static str, why: String },
     #[error("{key} = {value} is out of range: use {range} (tug.toml key {key}, environment variable {var})")]
     OutOfRange {
         key: &'static str,
@@ -231,6 +316,12 @@ impl Layer {
             webhook_retry_secs: num(env, "TUG_WEBHOOK_RETRY_SECS")?,
             webhook_backoff_initial_ms: num(env, "TUG_WEBHOOK_BACKOFF_INITIAL_MS")?,
             webhook_backoff_max_secs: num(env, "TUG_WEBHOOK_BACKOFF_MAX_SECS")?,
+            // The author alone has a variable; credentials are files named
+            // in tug.toml.
+            git: env.get("TUG_GIT_AUTHOR").map(|a| GitConfig {
+                author: Some(a.clone()),
+                credentials: Vec::new(),
+            }),
             server_rules: env
                 .get("TUG_SERVER_RULES")
                 .map(|v| {
@@ -307,6 +398,16 @@ impl Config {
         }
         if let Some(v) = l.webhook_backoff_max_secs {
             self.webhook_backoff_max_secs = v;
+        }
+        if let Some(v) = l.git {
+            // A layer's author replaces; its credentials, when it has any,
+            // replace the whole list.
+            if v.author.is_some() {
+                self.git.author = v.author;
+            }
+            if !v.credentials.is_empty() {
+                self.git.credentials = v.credentials;
+            }
         }
         self
     }
@@ -419,6 +520,7 @@ impl Config {
                 return Err(ConfigError::OutOfRange { key, var, value, range });
             }
         }
+        self.git.settings(&self.data_dir)?;
         Ok(())
     }
 
@@ -544,6 +646,46 @@ mod tests {
             );
             assert!(err.contains(&format!("TUG_{}", key.to_uppercase())), "{err}");
         }
+    }
+
+    #[test]
+    fn git_identity_and_credentials() {
+        let file = Layer::from_toml(
+            "tug.toml",
+            "[git]\nauthor = \"Release Bot <bot@example.com>\"\n[[git.credentials]]\nprefix = \"https://git.example.com/\"\ntoken_file = \"/etc/tug/git-token\"\n[[git.credentials]]\nprefix = \"ssh://\"\nssh_key_file = \"/etc/tug/id\"\n",
+        )
+        .unwrap();
+        let c = Config::default().apply(file);
+        let s = c.git.settings(std::path::Path::new("/srv/tug")).unwrap();
+        assert_eq!(
+            (s.author_name.as_str(), s.author_email.as_str()),
+            ("Release Bot", "bot@example.com")
+        );
+        assert_eq!(s.credentials.len(), 2);
+        assert_eq!(s.work_dir, PathBuf::from("/srv/tug/git"));
+        let env: HashMap<String, String> = [("TUG_GIT_AUTHOR".to_string(), "Ops <ops@example.com>".to_string())]
+            .into_iter()
+            .collect();
+        let c = c.apply(Layer::from_env(&env).unwrap());
+        assert_eq!(c.git.author.as_deref(), Some("Ops <ops@example.com>"));
+        assert_eq!(c.git.credentials.len(), 2, "the variable keeps the file's credentials");
+        for (toml, key) in [
+            ("[git]\nauthor = \"nobody\"", "git.author is invalid"),
+            (
+                "[[git.credentials]]\nprefix = \"https://x/\"\ntoken_file = \"/a\"\nssh_key_file = \"/b\"",
+                "git.credentials is invalid",
+            ),
+            (
+                "[[git.credentials]]\nprefix = \"\"\ntoken_file = \"/a\"",
+                "git.credentials.prefix",
+            ),
+        ] {
+            let c = Config::default().apply(Layer::from_toml("tug.toml", toml).unwrap());
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.starts_with(key), "{toml}: {err}");
+        }
+        let err = Layer::from_toml("tug.toml", "[[git.credentials]]\nprefix = \"x\"\ntoken = \"s3cret\"").unwrap_err();
+        assert!(err.to_string().contains("unknown field `token`"), "{err}");
     }
 
     #[test]

@@ -369,8 +369,16 @@ async fn start_with(config: &Config, listener: tokio::net::TcpListener, tugboat:
         })?;
         consumers.push(Box::new(sink));
     }
-    let families: Vec<std::sync::Arc<dyn tug_service::ConsumerFamily>> =
-        vec![std::sync::Arc::new(tug_service::WebhookFamily)];
+    let families: Vec<std::sync::Arc<dyn tug_service::ConsumerFamily>> = vec![
+        // One sender per webhook.
+        std::sync::Arc::new(tug_service::WebhookFamily),
+        // One writer per git repository a pipeline names (GitOps commits
+        // and source-repository tags).
+        std::sync::Arc::new(tug_service::GitWriters::new(
+            config.git.settings(&config.data_dir)?,
+            Duration::from_secs(config.consumer_lease_secs),
+        )),
+    ];
     let addr = listener.local_addr()?;
     let router = app(tugboat.clone(), config.max_json_body);
     Ok(Started {

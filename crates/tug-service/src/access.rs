@@ -99,6 +99,8 @@ pub struct DeploymentView {
     pub override_freeze: bool,
     /// Who approved the request it carried out (left out with the build).
     pub approved_by: Vec<String>,
+    /// Its writes into git repositories (left out with the build).
+    pub deliveries: Vec<crate::gitops::Delivery>,
 }
 
 impl DeploymentView {
@@ -124,6 +126,7 @@ impl DeploymentView {
             reason: d.reason.filter(|_| !secret),
             override_freeze: d.override_freeze,
             approved_by: if build.is_full() { d.approved_by } else { Vec::new() },
+            deliveries: Vec::new(),
         }
     }
 }

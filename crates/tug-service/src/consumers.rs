@@ -288,7 +288,13 @@ impl Tugboat {
                 renewed = sent;
             }
             if let Err(e) = consumer.handle(&records).await {
-                tracing::warn!(consumer = %lease.name, error = %e, after = lease.cursor, "the consumer cannot handle events; retrying");
+                // A consumer that names its own wait (a writer backing off
+                // from a failing endpoint) logs its failures itself.
+                if e.retry_after.is_some() {
+                    tracing::debug!(consumer = %lease.name, error = %e, after = lease.cursor, "the consumer waits before going on");
+                } else {
+                    tracing::warn!(consumer = %lease.name, error = %e, after = lease.cursor, "the consumer cannot handle events; retrying");
+                }
                 resumed = false;
                 if let Some(handled) = e.handled.filter(|h| *h > lease.cursor && *h <= last) {
                     lease.cursor = handled;

@@ -33,6 +33,8 @@ mod deploy;
 mod error;
 mod event_sink;
 mod events;
+mod git;
+mod gitops;
 mod grants;
 mod maintenance;
 mod metrics;
@@ -54,6 +56,8 @@ pub use deploy::{
 pub use error::{Cause, Error, ErrorKind};
 pub use event_sink::EventSink;
 pub use events::{recordable, EventPage};
+pub use git::{GitCredential, GitSecret, GitSettings};
+pub use gitops::{Delivery, GitWriters};
 pub use grants::Place;
 pub use metrics::{Metrics, METRICS_CONTENT_TYPE};
 pub use reconcile::SWEEP_EVERY;

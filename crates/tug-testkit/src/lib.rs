@@ -1,7 +1,8 @@
 //! Test fixtures for Tugboat: a fresh PostgreSQL database per test on the
 //! server the test command started, a fresh S3 prefix per test on the
-//! SeaweedFS it started, temporary directories, and a connection to a
-//! server's database behind its back.
+//! SeaweedFS it started, temporary directories, a connection to a
+//! server's database behind its back, and a git server over HTTP (`git
+//! http-backend`) that checks a token.
 //!
 //! The test command (`scripts/test`) starts PostgreSQL and SeaweedFS and
 //! exports where they are in `TUG_TEST_*` variables. A test that needs one
@@ -9,6 +10,9 @@
 //! a missing component is never a silent skip.
 
 use std::env;
+
+mod git_http;
+pub use git_http::GitHttpServer;
 
 /// Panics with a clear message when the test command did not set `var`.
 pub fn required_env(var: &str) -> String {

@@ -139,6 +139,8 @@ pub struct Environment {
     /// A metric gate on promotions out of this environment and on its
     /// paced rollouts.
     pub verify: Option<super::verify::Verify>,
+    /// The GitOps repository every deployment here is written into.
+    pub gitops: Option<super::gitops::GitOps>,
 }
 
 /// Builds of this environment may be at most `max_major_skew` major
@@ -168,6 +170,7 @@ impl Environment {
             maintenance: Vec::new(),
             compatible_with: None,
             verify: None,
+            gitops: None,
         }
     }
 

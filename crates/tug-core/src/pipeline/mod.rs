@@ -24,6 +24,7 @@
 
 pub mod duration;
 pub mod environment;
+pub mod gitops;
 pub mod policies;
 pub mod rollout;
 pub mod spec;
@@ -38,6 +39,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use duration::{format_duration, parse_duration};
 pub use environment::{BranchRestriction, Compatibility, EnvName, Environment};
+pub use gitops::{GitOps, GitOpsSpec, Layout, RepoUrl, SourceRepo, SourceRepoSpec};
 pub use policies::{ApplyError, FlagValues, Policy, PolicyEntry, POLICIES};
 pub use rollout::{Rollout, Share, Strategy};
 pub use spec::{
@@ -57,6 +59,9 @@ use crate::names::ServiceName;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pipeline {
     pub service: ServiceName,
+    /// The service's source repository, whose environment tags follow
+    /// what each environment runs.
+    pub source_repo: Option<SourceRepo>,
     pub environments: Vec<Environment>,
 }
 
@@ -89,13 +94,24 @@ impl Pipeline {
             .map(Environment::from_spec)
             .collect::<Result<Vec<_>, _>>()?;
         validation::check_upstreams(&environments)?;
-        Ok(Pipeline { service, environments })
+        let source_repo = spec
+            .source_repo
+            .as_ref()
+            .map(SourceRepo::from_spec)
+            .transpose()
+            .map_err(|(field, why)| PipelineError::SourceRepo { field, why })?;
+        Ok(Pipeline {
+            service,
+            source_repo,
+            environments,
+        })
     }
 
     /// The pipeline as written in a file.
     pub fn to_spec(&self) -> PipelineSpec {
         PipelineSpec {
             service: self.service.to_string(),
+            source_repo: self.source_repo.as_ref().map(SourceRepo::to_spec),
             environments: self.environments.iter().map(Environment::to_spec).collect(),
         }
     }

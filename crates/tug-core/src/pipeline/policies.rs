@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use super::duration::{format_duration, parse_duration};
 use super::environment::{BranchRestriction, Compatibility, EnvName, Environment};
+use super::gitops::{GitOps, GitOpsSpec};
 use super::rollout::{parse_percent, Rollout};
 use super::spec::{AutoReleaseSpec, CompatibilitySpec, EnvironmentSpec, RolloutSpec, WindowSpec};
 use super::validation::{PipelineError, MAX_APPROVALS, MAX_BRANCH_BYTES, MAX_DURATION, MAX_WINDOWS};
@@ -215,6 +216,7 @@ pub static POLICIES: &[&dyn Policy] = &[
     &MaintenancePolicy,
     &CompatibleWithPolicy,
     &VerifyPolicy,
+    &GitOpsPolicy,
 ];
 
 /// The environment's place in the pipeline, listed with its policies; a
@@ -363,6 +365,12 @@ where
 /// as text; the file form's own reader then says what is missing or
 /// unknown.
 fn parse_rollout_flag(text: &str) -> Result<RolloutSpec, String> {
+    parse_key_values(text)
+}
+
+/// Reads `KEY=VALUE,…` into the file form of a table policy (`--rollout`,
+/// `--gitops`).
+fn parse_key_values<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
     let mut table = toml::Table::new();
     for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (key, value) = pair
@@ -1066,6 +1074,56 @@ fn parse_verify_flag(text: &str) -> Result<VerifySpec, String> {
         .map_err(|e: toml::de::Error| e.to_string())
 }
 
+struct GitOpsPolicy;
+
+impl Policy for GitOpsPolicy {
+    fn about(&self) -> About {
+        About {
+            name: "gitops",
+            key: "gitops",
+            value_name: "KEY=VALUE,...",
+            help: "Write each deployment into a GitOps repository: repo=URL,branch=main,path=clusters/{env}/{service},layout=manifests|kustomize",
+            kind: ValueKind::Text,
+            companions: &[],
+            multi: false,
+        }
+    }
+
+    fn read(&self, spec: &EnvironmentSpec, env: &mut Environment) -> Result<(), PipelineError> {
+        let Some(gitops) = &spec.gitops else {
+            return Ok(());
+        };
+        env.gitops = Some(GitOps::from_spec(gitops).map_err(|(field, why)| PipelineError::GitOps {
+            env: env.name.clone(),
+            field,
+            why,
+        })?);
+        Ok(())
+    }
+
+    fn write(&self, env: &Environment, spec: &mut EnvironmentSpec) {
+        spec.gitops = env.gitops.as_ref().map(GitOps::to_spec);
+    }
+
+    fn list(&self, env: &Environment) -> Vec<String> {
+        listed(env.gitops.as_ref(), GitOps::to_string)
+    }
+
+    fn apply(&self, spec: &mut EnvironmentSpec, value: &str, _: &FlagValues) -> Result<(), ApplyError> {
+        let gitops: GitOpsSpec = parse_key_values(value).map_err(|why| ApplyError::Value {
+            flag: self.name(),
+            value: shown(value),
+            why: format!("{why}; write e.g. repo=https://git.example.com/config.git,path=clusters/{{env}}/{{service}},layout=manifests"),
+        })?;
+        spec.gitops = Some(gitops);
+        Ok(())
+    }
+
+    fn delete(&self, spec: &mut EnvironmentSpec) -> bool {
+        spec.gitops.take().is_some()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1346,6 +1404,14 @@ mod tests {
                 "prometheus=http://127.0.0.1:9090,query=sum by (job, le) (rate(errors_total{code=\"500\"}[5m])),max=0.01,for=10m",
             )],
             &["sum by (job, le) (rate(errors_total{code=\"500\"}[5m])) at http://127.0.0.1:9090 at most 0.01 for 10m"],
+        ),
+        (
+            "gitops",
+            &[(
+                "gitops",
+                "repo=https://git.example.com/config.git,path=clusters/{env}/{service},layout=manifests",
+            )],
+            &["https://git.example.com/config.git main clusters/{env}/{service} (manifests)"],
         ),
     ];
 

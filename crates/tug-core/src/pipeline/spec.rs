@@ -15,6 +15,10 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields)]
 pub struct PipelineSpec {
     pub service: String,
+    /// The service's source repository, whose environment tags follow
+    /// what each environment runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_repo: Option<super::gitops::SourceRepoSpec>,
     #[serde(default)]
     pub environments: Vec<EnvironmentSpec>,
 }
@@ -57,6 +61,10 @@ pub struct EnvironmentSpec {
     /// before a build is promoted out of this environment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<super::verify::VerifySpec>,
+    /// The GitOps repository every deployment of the environment is
+    /// written into.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gitops: Option<super::gitops::GitOpsSpec>,
 }
 
 /// `rollout = { strategy = "canary", count = 2, then = "rolling",
@@ -134,6 +142,10 @@ fn is_false(b: &bool) -> bool {
 /// whose every value TOML can hold.
 pub(super) fn write_toml(spec: &PipelineSpec) -> String {
     let mut out = format!("service = {}\n", toml::Value::String(spec.service.clone()));
+    if let Some(source) = &spec.source_repo {
+        let value = toml::Value::try_from(source).expect("a source repository holds only strings");
+        out.push_str(&format!("source_repo = {value}\n"));
+    }
     for env in &spec.environments {
         out.push_str("\n[[environments]]\n");
         // The table keeps the fields' order (toml's `preserve_order`).

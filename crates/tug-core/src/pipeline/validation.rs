@@ -143,6 +143,14 @@ pub enum PipelineError {
         field: &'static str,
         why: String,
     },
+    #[error("environment {env}: gitops {field} is invalid: {why}")]
+    GitOps {
+        env: EnvName,
+        field: &'static str,
+        why: String,
+    },
+    #[error("source_repo {field} is invalid: {why}")]
+    SourceRepo { field: &'static str, why: String },
 }
 
 fn cycle_text(cycle: &[EnvName]) -> String {

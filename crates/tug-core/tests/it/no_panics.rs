@@ -357,7 +357,7 @@ proptest! {
 
     #[test]
     fn generated_pipelines_parse_or_refuse(envs in proptest::collection::vec(environment_spec(), 1..6), at in instant()) {
-        let spec = PipelineSpec { service: "api".into(), environments: envs };
+        let spec = PipelineSpec { service: "api".into(), source_repo: None, environments: envs };
         if let Ok(p) = Pipeline::from_spec(&spec) {
             check_accepted(&p, at);
         }

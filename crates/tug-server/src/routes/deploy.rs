@@ -56,6 +56,20 @@ pub fn deployment(d: DeploymentView) -> Deployment {
         reason: d.reason,
         override_freeze: d.override_freeze,
         approved_by: d.approved_by,
+        deliveries: d
+            .deliveries
+            .into_iter()
+            .map(|g| tug_api::GitDelivery {
+                target: g.target,
+                repo: g.repo,
+                state: g.state,
+                commit: g.commit,
+                attempts: g.attempts,
+                error: g.error,
+                next_attempt: g.next_attempt,
+                updated_at: g.updated_at,
+            })
+            .collect(),
     }
 }
 

@@ -56,12 +56,29 @@ impl Tugboat {
                 Some(who.name.to_string()),
             )
             .await?;
+        // A repository the pipeline writes into gets its writer, fed from
+        // this revision on (never the deployments before it).
+        let repositories = crate::gitops::repositories(&pipeline);
+        let fresh = self.repositories_new_to_all(&repositories).await?;
+        for url in &repositories {
+            let name = crate::gitops::consumer_name(url);
+            if fresh.contains(url) {
+                // A writer left from a time some pipeline named the
+                // repository before starts again at the head, so the
+                // deployments in between are not written now.
+                tx.delete_consumer(&name).await?;
+            }
+            tx.create_consumer(&name).await?;
+        }
         let event = self.event(
             Some(service),
             Some(crate::events::actor(who)),
             Change::PipelineApplied { revision },
         );
         self.commit(tx, &[event]).await?;
+        if !repositories.is_empty() {
+            self.consumers_changed();
+        }
         // An environment may have just gained its auto-release.
         self.reconcile_service(service).await;
         Ok(self.view(row, pipeline, true))

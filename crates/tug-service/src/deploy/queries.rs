@@ -168,12 +168,15 @@ impl Tugboat {
             let gate = self
                 .gate_view(service, environment, state.current.as_ref().map(|d| d.seq))
                 .await?;
+            let mut current: Vec<DeploymentView> =
+                state.current.map(|d| sights.deployment(d, build)).into_iter().collect();
+            self.with_deliveries(service, &environment.name, &mut current).await?;
             out.push(EnvStatus {
                 gate,
                 environment: environment.clone(),
                 auto_release_held: state.auto_release_held,
                 rollout: crate::rollouts::shown(rollout, &sights),
-                current: state.current.map(|d| sights.deployment(d, build)),
+                current: current.pop(),
                 pending: pending
                     .iter()
                     .filter(|r| r.environment == environment.name && sights.full(&r.build))
@@ -211,6 +214,7 @@ impl Tugboat {
             };
             out.push(sights.deployment(d, b));
         }
+        self.with_deliveries(service, env, &mut out).await?;
         Ok(out)
     }
 

@@ -282,6 +282,13 @@ pub async fn status(client: &Client, out: Output, service: &str) -> anyhow::Resu
             if let Some(g) = &e.gate {
                 notes.push(gate_line(env, g));
             }
+            for g in e.current.iter().flat_map(|d| &d.deliveries) {
+                notes.push(format!(
+                    "{env} ({}): {}",
+                    g.target.as_str().replace('_', " "),
+                    delivery_text(g)
+                ));
+            }
             let summary = e.current.as_ref().and_then(|d| d.summary.as_ref());
             if let Some(b) = summary.filter(|b| b.yanked) {
                 notes.push(format!(
@@ -355,6 +362,26 @@ pub async fn status(client: &Client, out: Output, service: &str) -> anyhow::Resu
         text
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where one write of a deployment into a git repository stands.
+fn delivery_text(g: &tug_api::GitDelivery) -> String {
+    use tug_core::pipeline::gitops::DeliveryState;
+    match g.state {
+        DeliveryState::Pushed => format!("pushed {} to {}", commit(g.commit.as_deref()), g.repo),
+        DeliveryState::Pending => format!("pending for {}", g.repo),
+        DeliveryState::Skipped => format!("skipped: {}", g.error.as_deref().unwrap_or("-")),
+        DeliveryState::Failed => format!(
+            "failed ({} {}) for {}: {}{}",
+            g.attempts,
+            if g.attempts == 1 { "attempt" } else { "attempts" },
+            g.repo,
+            g.error.as_deref().unwrap_or("-"),
+            g.next_attempt
+                .map(|t| format!("; next try {}", time(&t)))
+                .unwrap_or_default()
+        ),
+    }
 }
 
 /// A commit for tables: its first 12 characters.
@@ -457,6 +484,7 @@ pub async fn history(client: &Client, out: Output, service: &str, env: &str, lim
             col("APPROVED BY", 4),
             col("REPLACED", 7),
             text("REASON", 9),
+            text("DELIVERED", 10),
         ]);
         for d in ds {
             let summary = d.summary.as_ref();
@@ -473,6 +501,15 @@ pub async fn history(client: &Client, out: Output, service: &str, env: &str, lim
                 approvers(d),
                 replaced_cell(d),
                 opt(&d.reason),
+                if d.deliveries.is_empty() {
+                    "-".to_string()
+                } else {
+                    d.deliveries
+                        .iter()
+                        .map(|g| format!("{}: {}", g.target.as_str().replace('_', " "), delivery_text(g)))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                },
             ]);
         }
         t.to_string()

@@ -21,6 +21,7 @@ mod event_log;
 mod executables;
 mod flow;
 mod fresh_answers;
+mod gitops;
 mod grants;
 mod maintenance;
 mod metrics;

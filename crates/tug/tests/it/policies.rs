@@ -68,6 +68,14 @@ const EXAMPLES: &[(&str, &[&str], &[&str])] = &[
         ],
         &["sum(rate(errors_total[5m])) at http://127.0.0.1:9090 at most 0.01 for 10m"],
     ),
+    (
+        "gitops",
+        &[
+            "--gitops",
+            "repo=https://git.example.com/config.git,path=clusters/{env}/{service},layout=manifests",
+        ],
+        &["https://git.example.com/config.git main clusters/{env}/{service} (manifests)"],
+    ),
 ];
 
 /// The values `tug policy list` shows for `policy` on `production`.
