@@ -362,27 +362,84 @@ where
 /// Reads `--rollout`'s `KEY=VALUE,…`: the keys and values of `rollout =
 /// { … }` in the pipeline file, without quotes, so one vocabulary serves
 /// both. Whole numbers and `true`/`false` are read as such, everything else
-/// as text; the file form's own reader then says what is missing or
-/// unknown.
+/// as text; the file form's own reader then says what is missing.
 fn parse_rollout_flag(text: &str) -> Result<RolloutSpec, String> {
-    parse_key_values(text)
+    use ValueRead::Auto;
+    parse_key_values(
+        text,
+        &[
+            ("strategy", Auto),
+            ("count", Auto),
+            ("then", Auto),
+            ("max_in_flight", Auto),
+            ("halt_after_failures", Auto),
+            ("auto_rollback", Auto),
+        ],
+    )
+}
+
+/// How [`parse_key_values`] reads a key's value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ValueRead {
+    /// As text, whatever it looks like (a URL, a query, a path).
+    Text,
+    /// As a number (a bound).
+    Number,
+    /// A whole number or `true`/`false` as such, anything else as text.
+    Auto,
 }
 
 /// Reads `KEY=VALUE,…` into the file form of a table policy (`--rollout`,
-/// `--gitops`).
-fn parse_key_values<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
+/// `--verify`, `--gitops`), whose keys are `keys`. A value may hold commas
+/// and `=` (a query's `sum by (a, b) (x{c="d"})`): it ends only where
+/// `,KEY=` of one of the keys begins.
+fn parse_key_values<T: serde::de::DeserializeOwned>(text: &str, keys: &[(&str, ValueRead)]) -> Result<T, String> {
     let mut table = toml::Table::new();
-    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (key, value) = pair
+    let mut rest = text.trim();
+    while !rest.is_empty() {
+        let (key, after) = rest
             .split_once('=')
-            .ok_or_else(|| format!("{:?} is not KEY=VALUE", shown(pair)))?;
-        let (key, value) = (key.trim(), value.trim());
-        let value = if let Ok(n) = value.parse::<i64>() {
-            toml::Value::Integer(n)
-        } else if let Ok(b) = value.parse::<bool>() {
-            toml::Value::Boolean(b)
-        } else {
-            toml::Value::String(value.to_string())
+            .ok_or_else(|| format!("{:?} is not KEY=VALUE", shown(rest)))?;
+        let key = key.trim();
+        let Some(&(_, read)) = keys.iter().find(|(k, _)| *k == key) else {
+            let names: Vec<&str> = keys.iter().map(|(k, _)| *k).collect();
+            return Err(format!("unknown key {:?}: use {}", shown(key), names.join(", ")));
+        };
+        // The first comma followed by another key and its `=`: one of
+        // `keys`, or, after a value that is not text (which never holds a
+        // comma), any word, so that an unknown key is named as such.
+        let starts_key = |next: &str| {
+            let next = next.trim_start();
+            let word = next
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .next()
+                .unwrap_or("");
+            let is_key = |k: &str| next.strip_prefix(k).is_some_and(|r| r.trim_start().starts_with('='));
+            keys.iter().any(|(k, _)| is_key(k)) || (read != ValueRead::Text && !word.is_empty() && is_key(word))
+        };
+        let end = after
+            .match_indices(',')
+            .map(|(i, _)| i)
+            .find(|&i| starts_key(&after[i + 1..]))
+            .unwrap_or(after.len());
+        let value = after[..end].trim();
+        rest = after[end..].trim_start_matches(',').trim();
+        let value = match read {
+            ValueRead::Text => toml::Value::String(value.to_string()),
+            ValueRead::Number => toml::Value::Float(
+                value
+                    .parse::<f64>()
+                    .map_err(|_| format!("{key} {:?} is not a number", shown(value)))?,
+            ),
+            ValueRead::Auto => {
+                if let Ok(n) = value.parse::<i64>() {
+                    toml::Value::Integer(n)
+                } else if let Ok(b) = value.parse::<bool>() {
+                    toml::Value::Boolean(b)
+                } else {
+                    toml::Value::String(value.to_string())
+                }
+            }
         };
         if table.insert(key.to_string(), value).is_some() {
             return Err(format!("{} is given twice", shown(key)));
@@ -1034,44 +1091,19 @@ impl Policy for VerifyPolicy {
     }
 }
 
-/// Reads `--verify`'s `KEY=VALUE,…`. A query may hold commas and `=`
-/// (`sum by (a, b) (x{c="d"})`), so `query=` takes everything up to the
-/// next `,KEY=` of another key of the gate; numbers are read as such.
+/// Reads `--verify`'s `KEY=VALUE,…`; `max` and `min` are numbers.
 fn parse_verify_flag(text: &str) -> Result<VerifySpec, String> {
-    const KEYS: [&str; 5] = ["prometheus", "query", "max", "min", "for"];
-    let mut table = toml::Table::new();
-    let mut rest = text.trim();
-    while !rest.is_empty() {
-        let (key, after) = rest
-            .split_once('=')
-            .ok_or_else(|| format!("{:?} is not KEY=VALUE", shown(rest)))?;
-        let key = key.trim();
-        if !KEYS.contains(&key) {
-            return Err(format!("unknown key {:?}: use {}", shown(key), KEYS.join(", ")));
-        }
-        // The value ends where ",KEY=" of a known key begins.
-        let end = KEYS
-            .iter()
-            .filter_map(|k| after.find(&format!(",{k}=")))
-            .min()
-            .unwrap_or(after.len());
-        let value = after[..end].trim();
-        rest = after[end..].trim_start_matches(',').trim();
-        let value = match key {
-            "max" | "min" => toml::Value::Float(
-                value
-                    .parse::<f64>()
-                    .map_err(|_| format!("{key} {:?} is not a number", shown(value)))?,
-            ),
-            _ => toml::Value::String(value.to_string()),
-        };
-        if table.insert(key.to_string(), value).is_some() {
-            return Err(format!("{key} is given twice"));
-        }
-    }
-    toml::Value::Table(table)
-        .try_into()
-        .map_err(|e: toml::de::Error| e.to_string())
+    use ValueRead::{Number, Text};
+    parse_key_values(
+        text,
+        &[
+            ("prometheus", Text),
+            ("query", Text),
+            ("max", Number),
+            ("min", Number),
+            ("for", Text),
+        ],
+    )
 }
 
 struct GitOpsPolicy;
@@ -1110,7 +1142,9 @@ impl Policy for GitOpsPolicy {
     }
 
     fn apply(&self, spec: &mut EnvironmentSpec, value: &str, _: &FlagValues) -> Result<(), ApplyError> {
-        let gitops: GitOpsSpec = parse_key_values(value).map_err(|why| ApplyError::Value {
+        use ValueRead::Text;
+        let keys = [("repo", Text), ("branch", Text), ("path", Text), ("layout", Text)];
+        let gitops: GitOpsSpec = parse_key_values(value, &keys).map_err(|why| ApplyError::Value {
             flag: self.name(),
             value: shown(value),
             why: format!("{why}; write e.g. repo=https://git.example.com/config.git,path=clusters/{{env}}/{{service}},layout=manifests"),
@@ -1560,7 +1594,7 @@ mod tests {
         assert_eq!(rollout("strategy=all-at-once").unwrap().strategy, "all-at-once");
         for (bad, why) in [
             ("rolling", "is not KEY=VALUE"),
-            ("strategy=rolling,pace=2", "unknown field `pace`"),
+            ("strategy=rolling,pace=2", "unknown key \"pace\""),
             ("max_in_flight=2", "missing field `strategy`"),
             ("strategy=rolling,strategy=canary", "strategy is given twice"),
             ("strategy=canary,count=-1", "-1"),

@@ -211,7 +211,7 @@ async fn rollout_and_upstream_were_listed_but_could_not_be_applied(server: &Test
     let revision = view["revision"].clone();
 
     for (rollout, why) in [
-        ("strategy=rolling,pace=2", "unknown field `pace`"),
+        ("strategy=rolling,pace=2", "unknown key \"pace\""),
         ("rolling", "is not KEY=VALUE"),
         ("strategy=rolling", "rolling needs max_in_flight"),
     ] {
