@@ -43,6 +43,12 @@ pub enum PipelineChange {
         old: String,
         new: String,
     },
+    /// The service's source repository (`source_repo`) was named, changed
+    /// or dropped (`None`: none, before or after).
+    SourceRepo {
+        old: Option<String>,
+        new: Option<String>,
+    },
     /// The same environments, listed in another order.
     Reordered {
         old: Vec<EnvName>,
@@ -87,6 +93,12 @@ impl fmt::Display for PipelineChange {
                 old,
                 new,
             } => write!(f, "{environment}: {policy} {old} → {new}"),
+            PipelineChange::SourceRepo { old, new } => match (old, new) {
+                (None, Some(new)) => write!(f, "+ source_repo {new}"),
+                (Some(old), None) => write!(f, "- source_repo {old}"),
+                (Some(old), Some(new)) => write!(f, "source_repo {old} → {new}"),
+                (None, None) => Ok(()),
+            },
             PipelineChange::Reordered { old, new } => {
                 write!(f, "order of environments: {} → {}", names(old), names(new))
             }
@@ -101,6 +113,14 @@ pub fn changes(old: Option<&Pipeline>, new: &Pipeline) -> Vec<PipelineChange> {
     let empty: &[Environment] = &[];
     let old_envs = old.map_or(empty, |p| p.environments.as_slice());
     let mut out = Vec::new();
+    let source = |p: &Pipeline| p.source_repo.as_ref().map(ToString::to_string);
+    let (old_source, new_source) = (old.and_then(source), source(new));
+    if old_source != new_source {
+        out.push(PipelineChange::SourceRepo {
+            old: old_source,
+            new: new_source,
+        });
+    }
     for env in &new.environments {
         let name = &env.name;
         match old_envs.iter().find(|o| &o.name == name) {
@@ -280,6 +300,32 @@ approvals = 1
                 "- environment qa",
             ]
         );
+    }
+
+    #[test]
+    fn the_source_repository_named_changed_and_dropped_is_a_change() {
+        let with = |url: &str| {
+            BASE.replacen(
+                "service = \"api\"\n",
+                &format!("service = \"api\"\nsource_repo = {{ url = \"{url}\" }}\n"),
+                1,
+            )
+        };
+        let a = with("git@github.com:acme/api.git");
+        let b = with("https://git.example.com/api.git");
+        assert_eq!(
+            lines(Some(BASE), &a),
+            vec!["+ source_repo git@github.com:acme/api.git (tag env/{env})"]
+        );
+        assert_eq!(
+            lines(Some(&a), &b),
+            vec!["source_repo git@github.com:acme/api.git (tag env/{env}) → https://git.example.com/api.git (tag env/{env})"]
+        );
+        assert_eq!(
+            lines(Some(&b), BASE),
+            vec!["- source_repo https://git.example.com/api.git (tag env/{env})"]
+        );
+        assert!(lines(Some(&a), &a).is_empty());
     }
 
     #[test]

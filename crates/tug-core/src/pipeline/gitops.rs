@@ -355,6 +355,14 @@ impl SourceRepo {
     }
 }
 
+/// As the pipeline's history names it: `git@github.com:acme/api.git (tag
+/// env/{env})`.
+impl fmt::Display for SourceRepo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (tag {})", self.url, self.tag.as_str())
+    }
+}
+
 /// The name of the file the `manifests` layout generates and the
 /// `kustomize` layout edits.
 pub const KUSTOMIZATION: &str = "kustomization.yaml";

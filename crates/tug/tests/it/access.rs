@@ -16,26 +16,6 @@ use serde_json::{json, Value};
 
 use crate::support::{eventually, write_files, Backend, KillOnDrop, TestServer, TUG};
 
-/// Runs `$scenario(backend)` as the tests `$scenario::sqlite` (the
-/// embedded defaults) and `$scenario::postgres` (PostgreSQL and S3).
-macro_rules! on_both_backends {
-    ($scenario:ident) => {
-        mod $scenario {
-            use crate::support::Backend;
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn sqlite() {
-                super::$scenario(Backend::Embedded).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn postgres() {
-                super::$scenario(Backend::postgres_s3().await).await;
-            }
-        }
-    };
-}
-
 const API: &str = r#"
 service = "api"
 

@@ -17,22 +17,6 @@ use serde_json::Value;
 use crate::deploy::apply;
 use crate::support::{eventually, write_files, Backend, TestServer};
 
-/// A scenario on SQLite (`$sqlite`) and on PostgreSQL with S3
-/// (`$postgres`), given the backend to start its servers with.
-macro_rules! both {
-    ($scenario:ident, $sqlite:ident, $postgres:ident) => {
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $sqlite() {
-            $scenario(Backend::Embedded).await;
-        }
-
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $postgres() {
-            $scenario(Backend::postgres_s3().await).await;
-        }
-    };
-}
-
 /// Runs git with a fixed identity and no user configuration; its output.
 #[track_caller]
 pub fn git(dir: &Path, args: &[&str]) -> String {
@@ -226,6 +210,14 @@ async fn manifests_are_written_rendered_and_tagged(backend: Backend) {
         ),
     )
     .ok();
+    // The history names the source repository and each environment's
+    // repository as what the revision set.
+    let history = server.tug(w, &["pipeline", "history", "api"]).ok().to_string();
+    assert!(
+        history.contains(&format!("+ source_repo {} (tag env/{{env}})", file_url(&source))),
+        "{history}"
+    );
+    assert!(history.contains("dev: + gitops"), "{history}");
     write_files(
         w,
         &[
@@ -331,11 +323,7 @@ async fn manifests_are_written_rendered_and_tagged(backend: Backend) {
     assert_eq!(all.len(), 4, "{all:?}");
 }
 
-both!(
-    manifests_are_written_rendered_and_tagged,
-    manifests_are_written_rendered_and_tagged_sqlite,
-    manifests_are_written_rendered_and_tagged_postgres
-);
+on_both_backends!(manifests_are_written_rendered_and_tagged);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_kustomize_layout_edits_only_the_images() {
@@ -477,11 +465,7 @@ async fn a_refused_push_is_shown_retried_and_lands(backend: Backend) {
     assert_eq!(keys.iter().filter(|k| *k == "api/prod/1").count(), 1, "{keys:?}");
 }
 
-both!(
-    a_refused_push_is_shown_retried_and_lands,
-    a_refused_push_is_shown_retried_and_lands_sqlite,
-    a_refused_push_is_shown_retried_and_lands_postgres
-);
+on_both_backends!(a_refused_push_is_shown_retried_and_lands);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_gitops_and_source_repositories_are_refused_naming_the_field() {
@@ -679,11 +663,7 @@ async fn fifty_concurrent_promotions_land_once_each(backend: Backend) {
     }
 }
 
-both!(
-    fifty_concurrent_promotions_land_once_each,
-    fifty_concurrent_promotions_land_once_each_sqlite,
-    fifty_concurrent_promotions_land_once_each_postgres
-);
+on_both_backends!(fifty_concurrent_promotions_land_once_each);
 
 /// The deliveries are forgotten as done and the consumer's cursor set
 /// back, as a crash between the push and the records would leave them:
@@ -761,11 +741,7 @@ async fn a_replayed_consumer_commits_nothing_twice(backend: Backend) {
     assert_eq!(git(&source, &["rev-parse", "env/dev^{commit}"]).trim(), shas[1]);
 }
 
-both!(
-    a_replayed_consumer_commits_nothing_twice,
-    a_replayed_consumer_commits_nothing_twice_sqlite,
-    a_replayed_consumer_commits_nothing_twice_postgres
-);
+on_both_backends!(a_replayed_consumer_commits_nothing_twice);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_http_the_token_comes_from_the_configuration_and_never_shows() {

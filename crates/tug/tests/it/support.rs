@@ -326,3 +326,23 @@ macro_rules! on_both {
         }
     };
 }
+
+/// Runs `$scenario(backend)` as the tests `$scenario::sqlite` (the
+/// embedded defaults) and `$scenario::postgres` (PostgreSQL and S3).
+macro_rules! on_both_backends {
+    ($scenario:ident) => {
+        mod $scenario {
+            use crate::support::Backend;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite() {
+                super::$scenario(Backend::Embedded).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() {
+                super::$scenario(Backend::postgres_s3().await).await;
+            }
+        }
+    };
+}
