@@ -13,6 +13,7 @@ pub mod diff;
 pub mod digest;
 pub mod grant;
 pub mod graph;
+pub mod http_url;
 pub mod manifest;
 pub mod names;
 pub mod pipeline;

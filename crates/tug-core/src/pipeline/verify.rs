@@ -175,24 +175,18 @@ impl Verify {
 /// without a trailing `/`.
 fn check_address(text: &str) -> Result<String, String> {
     let shown = crate::names::shown(text);
-    if text.len() > MAX_URL_BYTES {
-        return Err(format!("the address is longer than {MAX_URL_BYTES} bytes"));
-    }
-    let url =
-        url::Url::parse(text).map_err(|e| format!("{shown:?} is not a URL: {e}; write e.g. http://127.0.0.1:9090"))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!("{shown:?} is not an http or https address"));
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err(format!("{shown:?} names no host"));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(
+    use crate::http_url::{http_url, HttpUrlError};
+    let url = http_url(text, MAX_URL_BYTES).map_err(|e| match e {
+        HttpUrlError::TooLong(max) => format!("the address is longer than {max} bytes"),
+        HttpUrlError::NotAUrl(e) => format!("{shown:?} is not a URL: {e}; write e.g. http://127.0.0.1:9090"),
+        HttpUrlError::Scheme(_) => format!("{shown:?} is not an http or https address"),
+        HttpUrlError::NoHost => format!("{shown:?} names no host"),
+        HttpUrlError::Credentials => {
             "the address carries credentials, which a pipeline file must not hold (every reader sees it); \
              put Prometheus behind a proxy on the server's network instead"
-                .to_string(),
-        );
-    }
+                .to_string()
+        }
+    })?;
     if url.query().is_some() || url.fragment().is_some() {
         return Err(format!(
             "{shown:?} has a query or fragment; give the server's base address"

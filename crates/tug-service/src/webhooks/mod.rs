@@ -155,26 +155,22 @@ pub fn shown_url(url: &str, kind: WebhookKind) -> String {
 
 /// Checks a webhook URL: http or https, a host, no credentials.
 fn check_url(text: &str) -> Result<url::Url> {
-    let invalid = |why: &str| Error::Invalid(format!("url: {why}"));
-    if text.len() > MAX_URL {
-        return Err(invalid(&format!("it is longer than {MAX_URL} bytes")));
-    }
-    let u = url::Url::parse(text.trim()).map_err(|e| invalid(&format!("it is not a URL ({e})")))?;
-    if !matches!(u.scheme(), "http" | "https") {
-        return Err(invalid(&format!(
-            "the scheme {} is not supported; use http:// or https://",
-            u.scheme()
-        )));
-    }
-    if u.host_str().is_none_or(str::is_empty) {
-        return Err(invalid("it names no host"));
-    }
-    if !u.username().is_empty() || u.password().is_some() {
-        return Err(invalid(
-            "it carries credentials (user:password@); remove them: requests are signed with the webhook's secret",
-        ));
-    }
-    Ok(u)
+    use tug_core::http_url::{http_url, HttpUrlError};
+    let invalid = |why: String| Error::Invalid(format!("url: {why}"));
+    http_url(text.trim(), MAX_URL).map_err(|e| {
+        invalid(match e {
+            HttpUrlError::TooLong(max) => format!("it is longer than {max} bytes"),
+            HttpUrlError::NotAUrl(e) => format!("it is not a URL ({e})"),
+            HttpUrlError::Scheme(scheme) => {
+                format!("the scheme {scheme} is not supported; use http:// or https://")
+            }
+            HttpUrlError::NoHost => "it names no host".into(),
+            HttpUrlError::Credentials => {
+                "it carries credentials (user:password@); remove them: requests are signed with the webhook's secret"
+                    .into()
+            }
+        })
+    })
 }
 
 /// A new secret: `whsec_` and the base64 of 32 random bytes.
