@@ -123,6 +123,16 @@ impl Db {
         Ok(row.is_some())
     }
 
+    /// The names of the consumers whose name starts with `prefix` (a
+    /// family's owned consumers).
+    pub async fn consumer_names(&self, prefix: &str) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT name FROM consumers WHERE substr(name, 1, length($1)) = $1 ORDER BY name")
+            .bind(prefix)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| Ok(r.try_get("name")?)).collect()
+    }
+
     /// Every consumer, by name.
     pub async fn consumers(&self) -> Result<Vec<ConsumerRow>> {
         let rows = sqlx::query("SELECT name, cursor, holder, lease_until, epoch FROM consumers ORDER BY name")

@@ -115,16 +115,11 @@ impl ConsumerFamily for GitWriters {
         "git"
     }
 
+    /// The repositories' writers are the owned consumers a pipeline's
+    /// revision created (see `apply_pipeline`): one indexed read, not a
+    /// parse of every pipeline at each rescan.
     async fn names(&self, tugboat: &Tugboat) -> Result<Vec<String>> {
-        let mut names: Vec<String> = Vec::new();
-        for row in tugboat.db.current_pipelines().await? {
-            if let Ok(p) = Pipeline::parse(&row.spec) {
-                names.extend(repositories(&p).iter().map(|u| consumer_name(u)));
-            }
-        }
-        names.sort();
-        names.dedup();
-        Ok(names)
+        Ok(tugboat.db.consumer_names(CONSUMER_PREFIX).await?)
     }
 
     fn make(&self, tugboat: &Tugboat, name: &str) -> Box<dyn Consumer> {
@@ -822,14 +817,22 @@ pub struct Delivery {
 }
 
 impl Tugboat {
-    /// Those of `urls` that no current pipeline names (the applying
-    /// service's included): repositories Tugboat starts writing into.
-    pub(crate) async fn repositories_new_to_all(&self, urls: &[String]) -> Result<Vec<String>> {
+    /// Those of `urls` that no current pipeline of another service than
+    /// `service` names: repositories the applying service was the last to
+    /// write into.
+    pub(crate) async fn repositories_named_by_none_but(
+        &self,
+        service: &ServiceName,
+        urls: &[String],
+    ) -> Result<Vec<String>> {
         if urls.is_empty() {
             return Ok(Vec::new());
         }
         let mut named = std::collections::HashSet::new();
         for row in self.db.current_pipelines().await? {
+            if &row.service == service {
+                continue;
+            }
             if let Ok(p) = Pipeline::parse(&row.spec) {
                 named.extend(repositories(&p));
             }

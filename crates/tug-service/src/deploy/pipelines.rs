@@ -57,18 +57,23 @@ impl Tugboat {
             )
             .await?;
         // A repository the pipeline writes into gets its writer, fed from
-        // this revision on (never the deployments before it).
+        // this revision on (never the deployments before it); one that no
+        // pipeline names any more loses it, so a writer runs exactly while
+        // some pipeline names its repository, and a repository named again
+        // later starts at that revision.
         let repositories = crate::gitops::repositories(&pipeline);
-        let fresh = self.repositories_new_to_all(&repositories).await?;
+        let before = current
+            .as_ref()
+            .and_then(|r| Pipeline::parse(&r.spec).ok())
+            .map(|p| crate::gitops::repositories(&p))
+            .unwrap_or_default();
+        let dropped: Vec<String> = before.into_iter().filter(|u| !repositories.contains(u)).collect();
+        let unnamed = self.repositories_named_by_none_but(service, &dropped).await?;
+        for url in &unnamed {
+            tx.delete_consumer(&crate::gitops::consumer_name(url)).await?;
+        }
         for url in &repositories {
-            let name = crate::gitops::consumer_name(url);
-            if fresh.contains(url) {
-                // A writer left from a time some pipeline named the
-                // repository before starts again at the head, so the
-                // deployments in between are not written now.
-                tx.delete_consumer(&name).await?;
-            }
-            tx.create_consumer(&name).await?;
+            tx.create_consumer(&crate::gitops::consumer_name(url)).await?;
         }
         let event = self.event(
             Some(service),
@@ -76,7 +81,7 @@ impl Tugboat {
             Change::PipelineApplied { revision },
         );
         self.commit(tx, &[event]).await?;
-        if !repositories.is_empty() {
+        if !repositories.is_empty() || !unnamed.is_empty() {
             self.consumers_changed();
         }
         // An environment may have just gained its auto-release.

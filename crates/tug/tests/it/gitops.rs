@@ -888,3 +888,41 @@ async fn an_embargoed_builds_deliveries_are_as_hidden_as_the_build() {
     let table = server.tug_as(&viewer, w, &["status", "api"]).ok().to_string();
     assert!(!table.contains("(gitops)"), "{table}");
 }
+
+/// A writer runs while some pipeline names its repository: dropped by the
+/// last pipeline naming it, the repository gets no commit for the
+/// deployments meanwhile; named again, it is written from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repository_dropped_and_named_again_is_written_from_then_on() {
+    let server = git_server(Backend::Embedded, "");
+    let w = tempfile::tempdir().unwrap();
+    let w = w.path();
+    let config = bare(w, "config.git");
+    server.tug(w, &["service", "create", "api"]).ok();
+    let with = format!(
+        "service = \"api\"\n[[environments]]\nname = \"dev\"\ngitops = {{ repo = \"{}\", path = \"dev\", layout = \"manifests\" }}\n",
+        file_url(&config)
+    );
+    let without = "service = \"api\"\n[[environments]]\nname = \"dev\"\n";
+    write_files(w, &[("m/deploy.yaml", DEPLOY.as_bytes())]);
+    let builds: Vec<String> = ["1.0.0", "1.0.1", "1.0.2"]
+        .iter()
+        .map(|v| build_of(&server, w, "api", v, &"a".repeat(40), "m", None))
+        .collect();
+    apply(&server, w, &with).ok();
+    server
+        .tug(w, &["release", "api", "--build", &builds[0], "--env", "dev"])
+        .ok();
+    landed(&config, "main", "api/dev/1", 30);
+    apply(&server, w, without).ok();
+    server
+        .tug(w, &["release", "api", "--build", &builds[1], "--env", "dev"])
+        .ok();
+    apply(&server, w, &with).ok();
+    server
+        .tug(w, &["release", "api", "--build", &builds[2], "--env", "dev"])
+        .ok();
+    landed(&config, "main", "api/dev/3", 30);
+    let keys: Vec<String> = commits(&config, "main").into_iter().map(|c| c.2).collect();
+    assert_eq!(keys, ["api/dev/3", "api/dev/1"]);
+}
