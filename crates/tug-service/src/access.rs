@@ -194,6 +194,57 @@ pub(crate) fn facts_of(b: &BuildRecord) -> BuildAccessRow {
 }
 
 impl Tugboat {
+    /// The one rule for callers without a token (the release catalog,
+    /// stable download links, anonymous registry and APT pulls): only an
+    /// environment marked `public = true` exists for them. Any other
+    /// environment, an unknown one, and a service without a pipeline are
+    /// all "not found", worded alike, so an anonymous caller learns
+    /// nothing of what is not published. Which builds of a public
+    /// environment it may see is [`Tugboat::publicly_visible`].
+    pub async fn public_environment(&self, service: &ServiceName, env: &EnvName) -> Result<tug_core::Environment> {
+        let not_found = || Error::EnvironmentNotFound {
+            service: service.clone(),
+            environment: env.clone(),
+            known: "the public ones".into(),
+        };
+        match self.environment_of(service, env).await {
+            Ok(environment) if environment.public => Ok(environment),
+            Ok(_) | Err(Error::EnvironmentNotFound { .. } | Error::ServiceNotFound(_) | Error::NoPipeline(_)) => {
+                Err(not_found())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The public environments of `service` (none when it has no
+    /// pipeline), in pipeline order.
+    pub async fn public_environments(&self, service: &ServiceName) -> Result<Vec<tug_core::Environment>> {
+        match self.pipeline_of(service).await {
+            Ok(view) => Ok(view
+                .pipeline
+                .environments
+                .iter()
+                .filter(|e| e.public)
+                .cloned()
+                .collect()),
+            Err(Error::ServiceNotFound(_) | Error::NoPipeline(_)) => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether a caller without a token may see `build` at all: never an
+    /// embargoed one, even in a public environment.
+    pub fn publicly_visible(build: &BuildRecord) -> bool {
+        let facts = facts_of(build);
+        tug_core::access::public_sight(&BuildAccess {
+            service: &facts.service,
+            embargoed: facts.embargoed,
+            created_by_token: None,
+            private_deployments: &[],
+        })
+        .is_full()
+    }
+
     /// 403 unless the caller's role may do `action` and its scope covers
     /// `service`.
     pub(crate) fn require_in(&self, who: &Principal, action: Action, service: &ServiceName) -> Result<()> {

@@ -141,6 +141,10 @@ pub struct Environment {
     pub verify: Option<super::verify::Verify>,
     /// The GitOps repository every deployment here is written into.
     pub gitops: Option<super::gitops::GitOps>,
+    /// Public environments are published without a token: the release
+    /// catalog, stable download links, anonymous registry pulls and APT
+    /// repositories. Never private at the same time.
+    pub public: bool,
 }
 
 /// Builds of this environment may be at most `max_major_skew` major
@@ -171,6 +175,7 @@ impl Environment {
             compatible_with: None,
             verify: None,
             gitops: None,
+            public: false,
         }
     }
 

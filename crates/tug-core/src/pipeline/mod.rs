@@ -206,6 +206,15 @@ mod tests {
     }
 
     #[test]
+    fn public_environments_are_never_private() {
+        let p = Pipeline::parse("service = \"api\"\n[[environments]]\nname = \"stable\"\npublic = true\n").unwrap();
+        assert!(p.environment(&env("stable")).unwrap().public);
+        let err = parse_err("service = \"api\"\n[[environments]]\nname = \"stable\"\npublic = true\nprivate = true\n");
+        assert_eq!(err, PipelineError::PublicAndPrivate("stable".into()));
+        assert!(err.to_string().contains("both public and private"), "{err}");
+    }
+
+    #[test]
     fn invalid_names() {
         let err = parse_err("service = \"Tele port\"\n[[environments]]\nname = \"a\"\n");
         assert!(matches!(err, PipelineError::Service(_)), "{err}");

@@ -211,6 +211,7 @@ pub static POLICIES: &[&dyn Policy] = &[
     &ApprovalTimeoutPolicy,
     &FreezePolicy,
     &PrivatePolicy,
+    &PublicPolicy,
     &SoakHealthyPolicy,
     &RolloutPolicy,
     &MaintenancePolicy,
@@ -804,6 +805,47 @@ impl Policy for PrivatePolicy {
 
     fn delete(&self, spec: &mut EnvironmentSpec) -> bool {
         std::mem::take(&mut spec.private)
+    }
+}
+
+struct PublicPolicy;
+
+impl Policy for PublicPolicy {
+    fn about(&self) -> About {
+        About {
+            name: "public",
+            key: "public",
+            value_name: "true|false",
+            help: "Publish the environment without a token (release catalog, download links, registry and APT pulls), or not",
+            kind: ValueKind::Bool,
+            companions: &[],
+            multi: false,
+        }
+    }
+
+    fn read(&self, spec: &EnvironmentSpec, env: &mut Environment) -> Result<(), PipelineError> {
+        if spec.public && env.private {
+            return Err(PipelineError::PublicAndPrivate(spec.name.clone()));
+        }
+        env.public = spec.public;
+        Ok(())
+    }
+
+    fn write(&self, env: &Environment, spec: &mut EnvironmentSpec) {
+        spec.public = env.public;
+    }
+
+    fn list(&self, env: &Environment) -> Vec<String> {
+        listed(Some(YES).filter(|_| env.public), str::to_string)
+    }
+
+    fn apply(&self, spec: &mut EnvironmentSpec, value: &str, _: &FlagValues) -> Result<(), ApplyError> {
+        spec.public = parsed(self.name(), value)?;
+        Ok(())
+    }
+
+    fn delete(&self, spec: &mut EnvironmentSpec) -> bool {
+        std::mem::take(&mut spec.public)
     }
 }
 
@@ -1412,6 +1454,7 @@ mod tests {
             &["Sat 00:00 - Mon 06:00 Europe/Berlin"],
         ),
         ("private", &[("private", "true")], &["true"]),
+        ("public", &[("public", "true")], &["true"]),
         ("soak-healthy", &[("soak-healthy", "90%")], &["90%"]),
         (
             "rollout",
@@ -1498,10 +1541,13 @@ mod tests {
         for (_, given, _) in EXAMPLES {
             apply_flags(&mut spec.environments[1], &flags(given)).unwrap();
         }
+        // An environment cannot be both public and private: this one is
+        // public, every other key is set.
+        spec.environments[1].private = false;
         let table = toml::Table::try_from(&spec.environments[1]).unwrap();
         let keys: Vec<&str> = table.keys().map(String::as_str).collect();
         let want: Vec<&str> = std::iter::once("name")
-            .chain(POLICIES.iter().map(|p| p.key()))
+            .chain(POLICIES.iter().map(|p| p.key()).filter(|k| *k != "private"))
             .collect();
         assert_eq!(keys, want, "every field is a policy's key, in the order of POLICIES");
         // And the canonical file writes each, in that order, and reads back.

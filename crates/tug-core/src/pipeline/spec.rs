@@ -45,6 +45,10 @@ pub struct EnvironmentSpec {
     pub freeze: Vec<WindowSpec>,
     #[serde(default, skip_serializing_if = "is_false")]
     pub private: bool,
+    /// Published without a token (release catalog, download links,
+    /// registry and APT pulls).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub public: bool,
     /// The share of the upstream's agents that must report healthy on the
     /// build for soak time to count: `"90%"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -79,6 +79,8 @@ pub enum PipelineError {
     EnvironmentName(NameError),
     #[error("the pipeline has no environment: add at least one [[environments]] table with a name")]
     NoEnvironments,
+    #[error("environment {0} is both public and private: a private environment receives embargoed builds, which are never published; set one of them")]
+    PublicAndPrivate(String),
     #[error("environment {env} is defined more than once: environment names must be unique within a pipeline")]
     DuplicateEnvironment { env: EnvName },
     #[error("environment {env}: upstream {upstream:?} is not a valid environment name: use 1 to 63 lowercase letters, digits, '-' or '_'")]
