@@ -44,6 +44,7 @@ const EXAMPLES: &[(&str, &[&str], &[&str])] = &[
         &["Sat 00:00 - Mon 06:00 Europe/Berlin"],
     ),
     ("private", &["--private", "true"], &["true"]),
+    ("public", &["--public", "true"], &["true"]),
     ("soak-healthy", &["--soak-healthy", "90%"], &["90%"]),
     (
         "rollout",
