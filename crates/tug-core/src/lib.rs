@@ -16,6 +16,7 @@ pub mod graph;
 pub mod http_url;
 pub mod manifest;
 pub mod names;
+pub mod oci;
 pub mod pipeline;
 pub mod pipeline_changes;
 pub mod policy;

@@ -133,9 +133,9 @@ pub struct BuildAccessRow {
     pub created_by_token: Option<String>,
 }
 
-const ACCESS_COLUMNS: &str = "b.id, b.service, b.embargoed, b.created_by_token";
+pub(crate) const ACCESS_COLUMNS: &str = "b.id, b.service, b.embargoed, b.created_by_token";
 
-fn access_from_row(r: &AnyRow) -> Result<BuildAccessRow> {
+pub(crate) fn access_from_row(r: &AnyRow) -> Result<BuildAccessRow> {
     Ok(BuildAccessRow {
         id: parse(&r.try_get::<String, _>("id")?, BuildId::parse)?,
         service: parse(&r.try_get::<String, _>("service")?, ServiceName::parse)?,
@@ -146,7 +146,7 @@ fn access_from_row(r: &AnyRow) -> Result<BuildAccessRow> {
 
 /// Parses the text column `column` of every row with the type's own
 /// validation.
-fn parse_column<T, C: FromIterator<T>, E: std::fmt::Display>(
+pub(crate) fn parse_column<T, C: FromIterator<T>, E: std::fmt::Display>(
     rows: &[AnyRow],
     column: &str,
     f: impl Fn(&str) -> Result<T, E>,
@@ -245,10 +245,13 @@ impl Db {
             .collect()
     }
 
-    /// The access facts of every build with an artifact stored as `digest`.
+    /// The access facts of every build with an artifact stored as `digest`,
+    /// or with an OCI image whose manifest refers to it.
     pub async fn blob_builds(&self, digest: &Digest) -> Result<Vec<BuildAccessRow>> {
         let rows = sqlx::query(&format!(
-            "SELECT DISTINCT {ACCESS_COLUMNS} FROM artifacts a JOIN builds b ON b.id = a.build_id WHERE a.digest = $1"
+            "SELECT DISTINCT {ACCESS_COLUMNS} FROM artifacts a JOIN builds b ON b.id = a.build_id WHERE a.digest = $1 \
+             UNION SELECT DISTINCT {ACCESS_COLUMNS} FROM oci_manifest_refs r JOIN artifacts a ON a.digest = r.manifest \
+             JOIN builds b ON b.id = a.build_id WHERE r.digest = $1"
         ))
         .bind(digest.to_string())
         .fetch_all(&self.pool)
@@ -352,6 +355,21 @@ impl Db {
     pub async fn add_artifacts(&self, id: &BuildId, specs: &[ArtifactSpec], now: DateTime<Utc>) -> Result<u64> {
         let mut tx = self.pool.begin().await?;
         lock_draft(&mut tx, id, now).await?;
+        let added = insert_artifacts(&mut tx, id, specs, now).await?;
+        tx.commit().await?;
+        Ok(added)
+    }
+}
+
+/// Adds artifacts to a draft whose lock the transaction holds (see
+/// [`Db::add_artifacts`]).
+pub(crate) async fn insert_artifacts(
+    tx: &mut sqlx::AnyConnection,
+    id: &BuildId,
+    specs: &[ArtifactSpec],
+    now: DateTime<Utc>,
+) -> Result<u64> {
+    {
         let existing: BTreeMap<ArtifactName, ArtifactSpec> = {
             let rows = sqlx::query(&format!("SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE build_id = $1"))
                 .bind(id.as_str())
@@ -404,7 +422,6 @@ impl Db {
             }
             q.execute(&mut *tx).await?;
         }
-        tx.commit().await?;
         Ok(fresh.len() as u64)
     }
 }
@@ -412,7 +429,7 @@ impl Db {
 /// Takes the build's row lock if it is a draft (the first statement of the
 /// transaction is a write, so SQLite takes its write lock at once instead of
 /// failing to upgrade a read lock later).
-async fn lock_draft(tx: &mut sqlx::AnyConnection, id: &BuildId, now: DateTime<Utc>) -> Result<()> {
+pub(crate) async fn lock_draft(tx: &mut sqlx::AnyConnection, id: &BuildId, now: DateTime<Utc>) -> Result<()> {
     let done = sqlx::query("UPDATE builds SET revision = revision + 1, updated_at = $1 WHERE id = $2 AND state = $3")
         .bind(now.timestamp_millis())
         .bind(id.as_str())
@@ -582,7 +599,9 @@ impl Db {
     pub async fn digests_kept_after_abandoning(&self, draft_cutoff: DateTime<Utc>) -> Result<HashSet<Digest>> {
         let rows = sqlx::query(
             "SELECT DISTINCT a.digest FROM artifacts a JOIN builds b ON b.id = a.build_id \
-             WHERE NOT (b.state = $2 AND b.updated_at < $1)",
+             WHERE NOT (b.state = $2 AND b.updated_at < $1) \
+             UNION SELECT DISTINCT r.digest FROM oci_manifest_refs r JOIN artifacts a ON a.digest = r.manifest \
+             JOIN builds b ON b.id = a.build_id WHERE NOT (b.state = $2 AND b.updated_at < $1)",
         )
         .bind(draft_cutoff.timestamp_millis())
         .bind(BuildState::Draft.as_str())
@@ -634,10 +653,14 @@ impl Db {
     /// Whether any build refers to `digest` now (checked again by gc right
     /// before it deletes a blob).
     pub async fn is_referenced(&self, digest: &Digest) -> Result<bool> {
-        let row = sqlx::query("SELECT 1 AS one FROM artifacts WHERE digest = $1 LIMIT 1")
-            .bind(digest.to_string())
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(
+            "SELECT 1 AS one FROM artifacts WHERE digest = $1 \
+             UNION SELECT 1 AS one FROM oci_manifest_refs r JOIN artifacts a ON a.digest = r.manifest \
+             WHERE r.digest = $1",
+        )
+        .bind(digest.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(row.is_some())
     }
 

@@ -32,6 +32,7 @@ mod deployments;
 mod events;
 mod gitops;
 mod observed;
+mod oci;
 mod rollouts;
 mod tokens;
 mod verify;
@@ -45,6 +46,7 @@ pub use deployments::{CreatedRequest, DeploymentRow, EnvState, NewDeployment, Pi
 pub use events::{Chaining, EventRow, Head, NewEvent, Tx};
 pub use gitops::{GitDeliveryOutcome, GitDeliveryRow, NewGitDelivery};
 pub use observed::{AgentTally, RolloutTally};
+pub use oci::{BuildImage, ManifestPlacement, OciManifestRow};
 pub use rollouts::{RolloutCounts, RolloutLock, RolloutRow, SoakClock};
 pub use tokens::{NewToken, Revocation, TokenRow};
 pub use verify::{GateRow, GateSample};

@@ -200,6 +200,9 @@ impl From<Error> for ApiError {
             e @ Error::RangeNotSatisfiable { .. } => {
                 refine(S::RANGE_NOT_SATISFIABLE, "range_not_satisfiable", e.to_string())
             }
+            // Registry errors are answered by the registry's routes in the
+            // specification's form; elsewhere they keep their message.
+            Error::Oci(e) => plain("registry_error", e.message),
             Error::Unavailable(cause) => {
                 tracing::error!(error = %cause, source = ?std::error::Error::source(&cause), "request failed: unavailable");
                 plain("unavailable", UNAVAILABLE_MESSAGE.into())

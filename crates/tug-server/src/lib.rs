@@ -217,6 +217,7 @@ pub fn router(state: AppState) -> Router {
         )
         .layer(DefaultBodyLimit::max(state.max_json_body))
         .merge(blobs)
+        .merge(routes::oci::router())
         .fallback(routes::not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.tugboat.clone(),
@@ -285,6 +286,8 @@ fn settings(config: &Config) -> Settings {
             backoff_max: Duration::from_secs(config.webhook_backoff_max_secs),
             lease: Duration::from_secs(config.consumer_lease_secs),
         },
+        upload_dir: config.data_dir.join("uploads"),
+        ..Settings::default()
     }
 }
 

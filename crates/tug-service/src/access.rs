@@ -235,7 +235,11 @@ impl Tugboat {
     /// Whether a caller without a token may see `build` at all: never an
     /// embargoed one, even in a public environment.
     pub fn publicly_visible(build: &BuildRecord) -> bool {
-        let facts = facts_of(build);
+        Self::publicly_visible_facts(&facts_of(build))
+    }
+
+    /// [`Tugboat::publicly_visible`] from the access facts of a build.
+    pub(crate) fn publicly_visible_facts(facts: &BuildAccessRow) -> bool {
         tug_core::access::public_sight(&BuildAccess {
             service: &facts.service,
             embargoed: facts.embargoed,

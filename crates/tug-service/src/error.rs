@@ -153,6 +153,10 @@ pub enum Error {
     WebhookNotFound(String),
     #[error("no delivery has the id {0}")]
     DeliveryNotFound(String),
+    /// A registry request the OCI Distribution Specification names an
+    /// error code for.
+    #[error(transparent)]
+    Oci(tug_core::oci::OciError),
     #[error("unavailable: {0}")]
     Unavailable(Cause),
     #[error(transparent)]
@@ -208,6 +212,12 @@ impl Error {
             | Error::TooLarge { .. }
             | Error::UploadInterrupted { .. }
             | Error::RangeNotSatisfiable { .. } => K::Invalid,
+            Error::Oci(e) => match e.code.status() {
+                401 => K::Unauthenticated,
+                403 => K::Forbidden,
+                404 => K::NotFound,
+                _ => K::Invalid,
+            },
             Error::Unavailable(_) => K::Unavailable,
             Error::Internal(_) => K::Internal,
         }

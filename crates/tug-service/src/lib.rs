@@ -38,6 +38,7 @@ mod gitops;
 mod grants;
 mod maintenance;
 mod metrics;
+pub mod oci;
 mod reconcile;
 mod rollouts;
 mod services;
@@ -85,6 +86,10 @@ pub struct Settings {
     pub approval_timeout: Duration,
     /// How webhooks are sent and retried.
     pub webhooks: WebhookSettings,
+    /// Where the registry stages the chunks of blob upload sessions.
+    pub upload_dir: std::path::PathBuf,
+    /// Upload sessions older than this are removed by gc.
+    pub upload_max_age: Duration,
 }
 
 impl Default for Settings {
@@ -96,6 +101,8 @@ impl Default for Settings {
             server_rules: Vec::new(),
             approval_timeout: Duration::from_secs(24 * 3600),
             webhooks: WebhookSettings::default(),
+            upload_dir: std::env::temp_dir().join("tug-uploads"),
+            upload_max_age: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -239,6 +246,9 @@ pub struct Tugboat {
     prometheus: reqwest::Client,
     /// The HTTP client webhooks are sent with.
     sender: webhooks::SharedSender,
+    /// The running hash of each registry upload session this server
+    /// received chunks of.
+    uploads: Arc<std::sync::Mutex<HashMap<String, Hasher>>>,
 }
 
 /// How many builds an ambiguous prefix names at most in its error.
@@ -271,6 +281,7 @@ impl Tugboat {
             metrics: Arc::default(),
             prometheus: verify::client(),
             sender: Arc::default(),
+            uploads: Arc::default(),
         }
     }
 

@@ -111,7 +111,17 @@ impl Tugboat {
             ..GcReport::default()
         };
         report.abandoned_drafts.sort();
-        let referenced = self.db.digests_kept_after_abandoning(draft_cutoff).await?;
+        let mut referenced = self.db.digests_kept_after_abandoning(draft_cutoff).await?;
+        // The registry's manifests that are tagged, images of kept builds,
+        // recent, or referrers of those, with everything they refer to;
+        // the others are forgotten, and their blobs collected below.
+        let oci_kept = self.db.oci_kept(draft_cutoff, blob_cutoff).await?;
+        if !options.dry_run {
+            self.db.forget_oci_manifests(&oci_kept, blob_cutoff).await?;
+            let upload_cutoff = gc_cutoff(now, None, "", self.settings.upload_max_age, "the server's upload age")?;
+            self.forget_stale_uploads(upload_cutoff).await?;
+        }
+        referenced.extend(oci_kept);
         let claimed = self.db.claimed_since(blob_cutoff).await?;
         for blob in self.store.list().await? {
             let young = blob.modified > blob_cutoff;

@@ -89,6 +89,16 @@ pub trait BlobStore: Send + Sync + 'static {
     /// succeeds. Returns the blob's size.
     async fn put(&self, digest: &Digest, body: ByteStream, limit: u64) -> Result<u64>;
 
+    /// Stores the file at `path` as the blob `digest`: the caller hashed
+    /// the file's bytes as it wrote them and found `digest`. A store that
+    /// can take the file over without copying it (the filesystem store,
+    /// when the file is on its disk) does so, and the file is gone
+    /// afterwards; any other store reads it (hashing it again as any put
+    /// does) and leaves it for the caller to remove.
+    async fn put_verified_file(&self, digest: &Digest, path: &std::path::Path, limit: u64) -> Result<u64> {
+        self.put(digest, file_stream(path).await?, limit).await
+    }
+
     /// Opens a blob for reading from byte `start` (0 for all of it) up to
     /// `end` (exclusive; `None` for the end of the blob).
     async fn get(&self, digest: &Digest, start: u64, end: Option<u64>) -> Result<Option<Blob>>;
@@ -109,6 +119,22 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Removes what interrupted writes left behind (called at start).
     /// Returns how many leftovers were removed.
     async fn clean_temporary(&self) -> Result<u64>;
+}
+
+/// The bytes of a file as a stream of 1 MiB chunks.
+async fn file_stream(path: &std::path::Path) -> Result<ByteStream> {
+    use tokio::io::AsyncReadExt;
+    let file = tokio::fs::File::open(path).await?;
+    let chunks = futures::stream::try_unfold(file, |mut file| async move {
+        let mut buf = bytes::BytesMut::with_capacity(1 << 20);
+        while buf.len() < (1 << 20) {
+            if file.read_buf(&mut buf).await? == 0 {
+                break;
+            }
+        }
+        Ok::<_, std::io::Error>((!buf.is_empty()).then(|| (buf.freeze(), file)))
+    });
+    Ok(Box::pin(chunks))
 }
 
 /// Opens the store a `--blob-store` address names: a filesystem path (or

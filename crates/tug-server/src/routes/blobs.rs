@@ -96,13 +96,13 @@ pub async fn head(
 /// A parsed `Range: bytes=…` header (a single range; anything else is
 /// ignored and the whole blob served, as HTTP allows).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ByteRange {
+pub(crate) enum ByteRange {
     From(u64),
     Span(u64, u64),
     Suffix(u64),
 }
 
-fn parse_range(value: &str) -> Option<ByteRange> {
+pub(crate) fn parse_range(value: &str) -> Option<ByteRange> {
     let spec = value.trim().strip_prefix("bytes=")?;
     if spec.contains(',') {
         return None;

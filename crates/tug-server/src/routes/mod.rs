@@ -9,6 +9,7 @@ pub mod builds;
 pub mod deploy;
 pub mod events;
 pub mod metrics;
+pub mod oci;
 pub mod services;
 pub mod tokens;
 pub mod webhooks;
