@@ -105,9 +105,9 @@ impl Tugboat {
         Ok(mac.finalize().into_bytes().to_vec())
     }
 
-    /// Exchanges credentials for a registry token granting, of the
-    /// `scopes` asked (`repository:<name>:<actions>`), what the token's
-    /// role and scope allow. Without credentials the token is anonymous
+    /// Exchanges credentials for a registry token granting, on each
+    /// repository of the `scopes` asked (`repository:<name>:<actions>`),
+    /// what the token's role and scope allow there. Without credentials the token is anonymous
     /// (pulls of public environments only).
     pub async fn registry_token(&self, credentials: &Credentials, scopes: &[String]) -> Result<RegistryToken> {
         let who = match credentials {
@@ -116,10 +116,13 @@ impl Tugboat {
         };
         let mut acc = Vec::new();
         for s in scopes.iter().flat_map(|s| s.split(' ')).filter(|s| !s.is_empty()) {
-            let Some((repo, actions)) = tug_core::oci::parse_scope(s).map_err(Error::Oci)? else {
+            let Some((repo, _asked)) = tug_core::oci::parse_scope(s).map_err(Error::Oci)? else {
                 continue;
             };
-            let allowed: Vec<RepoAction> = actions
+            // Every action the role allows on the repository, not only those
+            // asked: clients keep one token per repository and push with the
+            // token a pull obtained (oras-py does).
+            let allowed: Vec<RepoAction> = [RepoAction::Pull, RepoAction::Push, RepoAction::Delete]
                 .into_iter()
                 .filter(|a| match &who {
                     None => *a == RepoAction::Pull,

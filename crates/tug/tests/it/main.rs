@@ -25,6 +25,7 @@ mod gitops;
 mod grants;
 mod maintenance;
 mod metrics;
+mod oci;
 mod policies;
 mod prometheus;
 mod readme;
