@@ -308,7 +308,7 @@ async fn dispatch(
     let scope_name = name.chars().take(255).collect::<String>();
     let scope = format!("repository:{scope_name}:{}", if writes { "pull,push" } else { "pull" });
     let fail = |e: Error| Reply::from_service(e, Some(&scope), &realm);
-    let repo = Repository::parse(name).map_err(|e| Reply::new(e))?;
+    let repo = Repository::parse(name).map_err(Reply::new)?;
     let visitor = state
         .tugboat
         .registry_visitor(&credentials(&headers))

@@ -980,15 +980,7 @@ async fn registry_refuses_bad_input_and_stores_nothing(backend: Backend) {
     )
     .await;
     assert_eq!(res.status(), StatusCode::OK, "gc keeps the sealed build's layers");
-    let res = call(
-        &server,
-        t,
-        Method::GET,
-        &format!("/v2/api/server/manifests/3.0.0"),
-        &[],
-        vec![],
-    )
-    .await;
+    let res = call(&server, t, Method::GET, "/v2/api/server/manifests/3.0.0", &[], vec![]).await;
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(res.headers()["docker-content-digest"], good_digest.as_str());
     assert_eq!(res.headers()["content-type"], MANIFEST_TYPE.1);
