@@ -382,6 +382,61 @@ async fn every_route_refuses_the_roles_that_may_not_use_it() {
             }
         }
     }
+    // The registry answers role refusals in the OCI specification's form
+    // (403 DENIED); a Tugboat token is accepted there as a bearer token.
+    let registry: Vec<(&str, Method, String)> = vec![
+        ("ACDPV", Method::GET, "/v2/".into()),
+        ("ACDPV", Method::GET, "/v2/web/app/tags/list".into()),
+        ("ACDPV", Method::GET, "/v2/web/app/manifests/dev".into()),
+        ("ACDPV", Method::HEAD, format!("/v2/web/app/blobs/{blob}")),
+        ("ACDPV", Method::GET, format!("/v2/web/app/referrers/{blob}")),
+        ("AC", Method::POST, "/v2/web/app/blobs/uploads/".into()),
+        ("AC", Method::PUT, "/v2/web/app/manifests/x".into()),
+        ("AC", Method::DELETE, "/v2/web/app/manifests/x".into()),
+        (
+            "AC",
+            Method::GET,
+            "/v2/web/app/blobs/uploads/01a22d6a-2761-7750-94cf-762c877ab9da".into(),
+        ),
+    ];
+    for (allowed, method, path) in &registry {
+        for (role, secret) in &roles {
+            let (status, text) = crate::access::call(&server, secret, method.clone(), path, None).await;
+            if allowed.contains(*role) || path == "/v2/" {
+                assert!(
+                    status != 401 && status != 403,
+                    "{role} {method} {path}: {status} {text}"
+                );
+            } else {
+                assert_eq!(status, 403, "{role} {method} {path}: {text}");
+                if *method != Method::HEAD {
+                    assert!(text.contains("DENIED"), "{role} {method} {path}: {text}");
+                }
+            }
+        }
+        // Without credentials: a challenge, except for the token endpoint.
+        let res = reqwest::Client::new()
+            .request(method.clone(), format!("{}{path}", server.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 401, "anonymous {method} {path}");
+        assert!(
+            res.headers().contains_key("www-authenticate"),
+            "anonymous {method} {path}"
+        );
+    }
+    let anonymous = reqwest::get(format!(
+        "{}/v2/token?service=tugboat&scope=repository:web/app:pull",
+        server.url
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        anonymous.status(),
+        200,
+        "an anonymous registry token (public pulls only)"
+    );
     // The public endpoints need no token.
     for what in ["version", "critical"] {
         let url = format!("{}/v1/webapi/automaticupgrades/channel/web/dev/{what}", server.url);
