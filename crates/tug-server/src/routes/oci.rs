@@ -80,7 +80,12 @@ impl Reply {
                 ErrorKind::Unauthenticated => (OciCode::Unauthorized, e.to_string()),
                 ErrorKind::Forbidden | ErrorKind::Conflict | ErrorKind::Policy => (OciCode::Denied, e.to_string()),
                 ErrorKind::NotFound => (OciCode::NameUnknown, e.to_string()),
-                ErrorKind::Invalid => (OciCode::Unsupported, e.to_string()),
+                // No code of the specification fits every other invalid
+                // request; UNSUPPORTED with 400 says the request itself is
+                // at fault.
+                ErrorKind::Invalid => {
+                    return Reply::of(OciCode::Unsupported, e.to_string()).status(StatusCode::BAD_REQUEST)
+                }
                 ErrorKind::Unavailable | ErrorKind::Internal => {
                     return Reply {
                         status: StatusCode::INTERNAL_SERVER_ERROR,

@@ -987,3 +987,92 @@ async fn registry_refuses_bad_input_and_stores_nothing(backend: Backend) {
     assert_eq!(res.bytes().await.unwrap().as_ref(), good.as_slice(), "the exact bytes");
 }
 on_both_backends!(registry_refuses_bad_input_and_stores_nothing);
+
+/// A multi-platform image: its child manifests pushed by digest, then the
+/// index to a draft build's tag. skopeo copies all of it out, before and
+/// after a gc, and an index naming a manifest never pushed is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_is_a_builds_image_with_its_children() {
+    let server = TestServer::start().await;
+    let w = tempfile::tempdir().unwrap();
+    let w = w.path();
+    server.tug(w, &["service", "create", "api"]).ok();
+    let ci = token(&server, w, "ci", "ci", Some("api"));
+    let t = Some(ci.as_str());
+    let repo = "api/server";
+    let layer = vec![3u8; 4000];
+    let layer_digest = upload(&server, &ci, repo, &layer).await;
+    let mut children = Vec::new();
+    for arch in ["amd64", "arm64"] {
+        let config = format!(r#"{{"os":"linux","architecture":"{arch}"}}"#).into_bytes();
+        let config_digest = upload(&server, &ci, repo, &config).await;
+        let manifest = image_manifest(&config_digest, config.len(), &[(&layer_digest, layer.len())]);
+        let digest = crate::support::digest_of(&manifest).to_string();
+        let res = call(
+            &server,
+            t,
+            Method::PUT,
+            &format!("/v2/{repo}/manifests/{digest}"),
+            &[MANIFEST_TYPE],
+            manifest.clone(),
+        )
+        .await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+        children.push(serde_json::json!({
+            "mediaType": MANIFEST_TYPE.1, "digest": digest, "size": manifest.len(),
+            "platform": {"os": "linux", "architecture": arch},
+        }));
+    }
+    let index_type = ("content-type", "application/vnd.oci.image.index.v1+json");
+    let index = |children: &[Value]| {
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2, "mediaType": index_type.1, "manifests": children,
+        }))
+        .unwrap()
+    };
+    let build = draft(&server, w, "1.0.0");
+    let mut dangling = children.clone();
+    dangling.push(serde_json::json!({
+        "mediaType": MANIFEST_TYPE.1, "digest": crate::support::digest_of(b"x").to_string(), "size": 1,
+    }));
+    let res = call(
+        &server,
+        t,
+        Method::PUT,
+        &format!("/v2/{repo}/manifests/build-{build}"),
+        &[index_type],
+        index(&dangling),
+    )
+    .await;
+    assert_eq!(code(res).await, "MANIFEST_BLOB_UNKNOWN");
+    let res = call(
+        &server,
+        t,
+        Method::PUT,
+        &format!("/v2/{repo}/manifests/build-{build}"),
+        &[index_type],
+        index(&children),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let shown = server.tug(w, &["build", "show", &build, "--output", "json"]).json();
+    assert_eq!(shown["artifacts"][0]["kind"], "oci");
+    assert!(shown["artifacts"][0]["platform"].is_null(), "{shown}");
+    server.tug(w, &["build", "seal", &build]).ok();
+    server.tug(w, &["gc", "--grace", "0"]).ok();
+    let host = host(&server);
+    skopeo_ok(
+        w,
+        &[
+            "copy",
+            "--all",
+            "--src-tls-verify=false",
+            "--src-creds",
+            &format!("x:{ci}"),
+            &format!("docker://{host}/{repo}:1.0.0"),
+            "oci:all:x",
+        ],
+    );
+    let copied = std::fs::read_dir(w.join("all/blobs/sha256")).unwrap().count();
+    assert_eq!(copied, 6, "the index, two manifests, two configs and the layer");
+}
