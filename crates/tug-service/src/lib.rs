@@ -249,6 +249,9 @@ pub struct Tugboat {
     /// The running hash of each registry upload session this server
     /// received chunks of.
     uploads: Arc<std::sync::Mutex<HashMap<String, Hasher>>>,
+    /// The registry's token signing key, once read from the database (it
+    /// never changes).
+    registry_key: Arc<tokio::sync::OnceCell<Vec<u8>>>,
 }
 
 /// How many builds an ambiguous prefix names at most in its error.
@@ -282,6 +285,7 @@ impl Tugboat {
             prometheus: verify::client(),
             sender: Arc::default(),
             uploads: Arc::default(),
+            registry_key: Arc::default(),
         }
     }
 

@@ -82,7 +82,11 @@ impl Builder {
             .unwrap_or_else(|e| panic!("cannot open {database_url}: {e}"));
         let store = tug_store::open(&dir.path().join("blobs").display().to_string(), None).expect("a blob store");
         let clock = TestClock::at(self.now);
-        let tugboat = Tugboat::new(db, store, self.settings).with_clock(clock.source());
+        let settings = Settings {
+            upload_dir: dir.path().join("uploads"),
+            ..self.settings
+        };
+        let tugboat = Tugboat::new(db, store, settings).with_clock(clock.source());
         let admin = tugboat
             .bootstrap_admin()
             .await
@@ -137,6 +141,16 @@ impl TestApp {
 
     pub async fn start(dialect: Dialect) -> TestApp {
         TestApp::builder(dialect).start().await
+    }
+
+    /// The server's base URL (`http://127.0.0.1:PORT`).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The admin token's secret.
+    pub fn admin_secret(&self) -> &str {
+        &self.admin
     }
 
     /// A client with the admin token.

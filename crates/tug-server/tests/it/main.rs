@@ -5,5 +5,6 @@
 mod app;
 mod approvals;
 mod consumer_family;
+mod registry;
 mod soak;
 mod windows;

@@ -92,11 +92,16 @@ fn refused(v: &Visitor, what: &str) -> Error {
 impl Tugboat {
     /// The registry's signing key: created by the first server that needs
     /// it, kept in the database so every server signs and checks alike.
-    async fn registry_key(&self) -> Result<Vec<u8>> {
-        let mut fresh = [0u8; 32];
-        rand::thread_rng().fill_bytes(&mut fresh);
-        let secret = self.db.oci_key(KEY_NAME, &hex::encode(fresh), self.now()).await?;
-        hex::decode(secret).map_err(Error::corrupt)
+    async fn registry_key(&self) -> Result<&[u8]> {
+        let key = self
+            .registry_key
+            .get_or_try_init(|| async {
+                let fresh: [u8; 32] = rand::random();
+                let secret = self.db.oci_key(KEY_NAME, &hex::encode(fresh), self.now()).await?;
+                hex::decode(secret).map_err(Error::corrupt)
+            })
+            .await?;
+        Ok(key)
     }
 
     fn mac(key: &[u8], payload: &[u8]) -> Result<Vec<u8>> {
@@ -142,7 +147,7 @@ impl Tugboat {
         };
         let payload = serde_json::to_vec(&claims).map_err(Error::internal)?;
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        let sig = Self::mac(&self.registry_key().await?, &payload)?;
+        let sig = Self::mac(self.registry_key().await?, &payload)?;
         Ok(RegistryToken {
             token: format!("{}.{}", b64.encode(&payload), b64.encode(sig)),
             expires_in: ttl,
@@ -175,7 +180,7 @@ impl Tugboat {
                 let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
                 let payload = b64.decode(payload).map_err(|_| invalid())?;
                 let sig = b64.decode(sig).map_err(|_| invalid())?;
-                let mut mac = HmacSha256::new_from_slice(&self.registry_key().await?).map_err(Error::internal)?;
+                let mut mac = HmacSha256::new_from_slice(self.registry_key().await?).map_err(Error::internal)?;
                 mac.update(&payload);
                 mac.verify_slice(&sig).map_err(|_| invalid())?;
                 let claims: Claims = serde_json::from_slice(&payload).map_err(|_| invalid())?;
