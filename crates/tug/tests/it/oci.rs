@@ -833,6 +833,61 @@ async fn registry_refuses_bad_input_and_stores_nothing(backend: Backend) {
     assert_eq!(res.headers()["content-range"], "bytes */6");
     assert_eq!(code(res).await, "RANGE_INVALID");
 
+    // Cross-repository mounts: a blob the caller may read elsewhere is
+    // mounted (201, nothing copied); one from a repository it may not
+    // read is not (202, a new session to upload it into).
+    let res = call(
+        &server,
+        t,
+        Method::POST,
+        &format!("/v2/api/other/blobs/uploads/?mount={whole}&from=api/server"),
+        &[],
+        vec![],
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    assert_eq!(
+        res.headers()["location"],
+        format!("/v2/api/other/blobs/{whole}").as_str()
+    );
+    let secret = b"web's own layer".to_vec();
+    let web_blob = upload(&server, &web, "web/app", &secret).await;
+    let res = call(
+        &server,
+        t,
+        Method::POST,
+        &format!("/v2/api/other/blobs/uploads/?mount={web_blob}&from=web/app"),
+        &[],
+        vec![],
+    )
+    .await;
+    assert_eq!(
+        res.status(),
+        StatusCode::ACCEPTED,
+        "no mount from a service out of the token's scope"
+    );
+    assert!(res.headers()["location"]
+        .to_str()
+        .unwrap()
+        .starts_with("/v2/api/other/blobs/uploads/"));
+
+    // The OAuth2 form of the token endpoint.
+    let res = reqwest::Client::new()
+        .post(format!("{}/v2/token", server.url))
+        .form(&[
+            ("grant_type", "password"),
+            ("username", "ci"),
+            ("password", ci.as_str()),
+            ("service", "tugboat"),
+            ("scope", "repository:api/server:pull"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let body: Value = res.json().await.unwrap();
+    assert!(body["access_token"].as_str().is_some_and(|t| !t.is_empty()));
+
     // Pushing into a sealed build, or to an environment's tag, is denied.
     let sealed = draft(&server, w, "3.0.0");
     let res = call(
@@ -985,6 +1040,82 @@ async fn registry_refuses_bad_input_and_stores_nothing(backend: Backend) {
     assert_eq!(res.headers()["docker-content-digest"], good_digest.as_str());
     assert_eq!(res.headers()["content-type"], MANIFEST_TYPE.1);
     assert_eq!(res.bytes().await.unwrap().as_ref(), good.as_slice(), "the exact bytes");
+    let res = call(&server, t, Method::HEAD, "/v2/api/server/manifests/3.0.0", &[], vec![]).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["docker-content-digest"], good_digest.as_str());
+    assert_eq!(res.headers()["content-length"], good.len().to_string().as_str());
+}
+
+/// A manifest pushed to a draft build's tag while the build is sealed:
+/// either the push lands first and the sealed build has the image, or the
+/// seal does and the push is denied. Never an image added after the seal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_push_racing_a_seal_lands_before_it_or_not_at_all() {
+    let server = TestServer::start().await;
+    let w = tempfile::tempdir().unwrap();
+    let w = w.path();
+    server.tug(w, &["service", "create", "api"]).ok();
+    let ci = token(&server, w, "ci", "ci", Some("api"));
+    let config = br#"{"os":"linux","architecture":"amd64"}"#;
+    let config_digest = upload(&server, &ci, "api/one", config).await;
+    let manifest = image_manifest(&config_digest, config.len(), &[]);
+    let (mut landed, mut denied) = (0, 0);
+    for round in 0..8 {
+        let build = draft(&server, w, &format!("1.0.{round}"));
+        let res = call(
+            &server,
+            Some(&ci),
+            Method::PUT,
+            &format!("/v2/api/one/manifests/build-{build}"),
+            &[MANIFEST_TYPE],
+            manifest.clone(),
+        )
+        .await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let path = format!("/v2/api/two/manifests/build-{build}");
+        let push = call(
+            &server,
+            Some(&ci),
+            Method::PUT,
+            &path,
+            &[MANIFEST_TYPE],
+            manifest.clone(),
+        );
+        let seal = server.http(Method::POST, &format!("/v1/builds/{build}/seal")).send();
+        let (push, seal) = tokio::join!(push, seal);
+        assert!(seal.unwrap().status().is_success());
+        let status = push.status();
+        let shown = server.tug(w, &["build", "show", &build, "--output", "json"]).json();
+        let names: Vec<&str> = shown["artifacts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["name"].as_str().unwrap())
+            .collect();
+        let manifest_text = server
+            .http(Method::GET, &format!("/v1/builds/{build}/manifest"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if status == StatusCode::CREATED {
+            landed += 1;
+            assert_eq!(names, ["one", "two"]);
+            assert!(
+                manifest_text.contains("\"two\""),
+                "the sealed manifest has the image: {manifest_text}"
+            );
+        } else {
+            denied += 1;
+            assert_eq!(status, StatusCode::FORBIDDEN);
+            assert_eq!(code(push).await, "DENIED");
+            assert_eq!(names, ["one"]);
+            assert!(!manifest_text.contains("\"two\""), "{manifest_text}");
+        }
+    }
+    assert_eq!(landed + denied, 8);
 }
 on_both_backends!(registry_refuses_bad_input_and_stores_nothing);
 
