@@ -355,7 +355,27 @@ pub struct ParsedManifest {
     pub annotations: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
+/// The manifest annotation that names what an image was derived from, as
+/// `tug push --derived-from` does for files: artifact names of the same
+/// build or digests, separated by commas.
+pub const DERIVED_FROM: &str = "dev.tugboat.derived-from";
+
 impl ParsedManifest {
+    /// What the manifest's [`DERIVED_FROM`] annotation names.
+    pub fn derived_from(&self) -> Result<Vec<crate::DerivedFrom>, OciError> {
+        let Some(value) = self.annotations.as_ref().and_then(|a| a.get(DERIVED_FROM)) else {
+            return Ok(Vec::new());
+        };
+        let text = value
+            .as_str()
+            .ok_or_else(|| invalid(format!("the annotation {DERIVED_FROM} must be a string")))?;
+        text.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| crate::DerivedFrom::parse(s).map_err(|e| invalid(format!("the annotation {DERIVED_FROM}: {e}"))))
+            .collect()
+    }
+
     /// Every digest the manifest names directly: its config, layers or
     /// children, and its subject is not one of them (a referrer may point
     /// at a manifest pushed later).
@@ -554,6 +574,33 @@ mod tests {
             d(3)
         );
         let m = parse_manifest(image.as_bytes(), Some(OCI_MANIFEST)).unwrap();
+        assert_eq!(m.derived_from().unwrap(), Vec::new());
+        let annotated = image.replacen(
+            "\"schemaVersion\":2,",
+            &format!(
+                "\"schemaVersion\":2,\"annotations\":{{\"{DERIVED_FROM}\":\"app.tar, {}\"}},",
+                d(5)
+            ),
+            1,
+        );
+        let from = parse_manifest(annotated.as_bytes(), None)
+            .unwrap()
+            .derived_from()
+            .unwrap();
+        assert_eq!(from.len(), 2, "{from:?}");
+        let bad = image.replacen(
+            "\"schemaVersion\":2,",
+            &format!("\"schemaVersion\":2,\"annotations\":{{\"{DERIVED_FROM}\":\"../x\"}},"),
+            1,
+        );
+        assert_eq!(
+            parse_manifest(bad.as_bytes(), None)
+                .unwrap()
+                .derived_from()
+                .unwrap_err()
+                .code,
+            OciCode::ManifestInvalid
+        );
         assert_eq!(m.kind, ManifestKind::Image);
         assert_eq!(m.artifact_type.as_deref(), Some("application/vnd.example+json"));
         assert_eq!(m.subject.map(|s| s.to_string()), Some(d(3)));

@@ -417,7 +417,7 @@ impl Tugboat {
                     platform,
                     size,
                     digest: *digest,
-                    derived_from: Vec::new(),
+                    derived_from: parsed.derived_from().map_err(Error::Oci)?,
                     executable: false,
                 },
             });

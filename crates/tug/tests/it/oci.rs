@@ -1155,9 +1155,12 @@ async fn an_index_is_a_builds_image_with_its_children() {
         }));
     }
     let index_type = ("content-type", "application/vnd.oci.image.index.v1+json");
+    // What the image was made from, as `tug push --derived-from` says it
+    // for files: an annotation of the index.
     let index = |children: &[Value]| {
         serde_json::to_vec(&serde_json::json!({
             "schemaVersion": 2, "mediaType": index_type.1, "manifests": children,
+            "annotations": {"dev.tugboat.derived-from": layer_digest},
         }))
         .unwrap()
     };
@@ -1189,6 +1192,11 @@ async fn an_index_is_a_builds_image_with_its_children() {
     let shown = server.tug(w, &["build", "show", &build, "--output", "json"]).json();
     assert_eq!(shown["artifacts"][0]["kind"], "oci");
     assert!(shown["artifacts"][0]["platform"].is_null(), "{shown}");
+    assert_eq!(
+        shown["artifacts"][0]["derived_from"],
+        serde_json::json!([layer_digest]),
+        "{shown}"
+    );
     server.tug(w, &["build", "seal", &build]).ok();
     server.tug(w, &["gc", "--grace", "0"]).ok();
     let host = host(&server);
