@@ -248,7 +248,11 @@ impl Tugboat {
             Visitor::Token { who, .. } => who,
         };
         if !self.db.oci_repository_has(repo.as_str(), digest).await? {
-            return Ok(who.role.allows(Action::WriteBuilds) && self.store.stat(digest).await?.is_some());
+            // Not (yet) in this repository: a blob being pushed, readable
+            // under the rule of `/v1/blobs` (a build the caller may see
+            // needs it, or none does and the caller may upload), so that a
+            // digest alone opens nothing of another service or embargo.
+            return Ok(self.may_read_blob(who, digest).await? && self.store.stat(digest).await?.is_some());
         }
         if who.reader().sees_everything() {
             return Ok(true);

@@ -348,7 +348,7 @@ async fn embargoed_images_and_other_services_are_hidden() {
     let ci = token(&server, w, "ci", "ci", Some("api"));
     let web = token(&server, w, "web", "viewer", Some("web"));
     let host = host(&server);
-    layout(w, "img", 1, "e");
+    let manifest_digest = layout(w, "img", 1, "e");
     let build = server
         .tug_as(
             &ci,
@@ -398,6 +398,25 @@ async fn embargoed_images_and_other_services_are_hidden() {
         &["inspect", "--tls-verify=false", "--creds", &format!("x:{web}"), &tagged],
     );
     assert!(!ok, "{err}");
+    // Nor through a repository of its own service, by the layer's digest.
+    let manifest: Value = serde_json::from_slice(
+        &std::fs::read(
+            w.join("img/blobs/sha256")
+                .join(manifest_digest.trim_start_matches("sha256:")),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let layer = manifest["layers"][0]["digest"].as_str().unwrap();
+    let web_ci = token(&server, w, "web-ci", "ci", Some("web"));
+    for (secret, path) in [
+        (&web_ci, format!("/v2/web/app/blobs/{layer}")),
+        (&viewer, format!("/v2/api/server/blobs/{layer}")),
+        (&viewer, format!("/v2/api/server/manifests/{manifest_digest}")),
+    ] {
+        let res = call(&server, Some(secret), Method::GET, &path, &[], vec![]).await;
+        assert_eq!(res.status(), StatusCode::NOT_FOUND, "{path}");
+    }
     skopeo_ok(
         w,
         &["inspect", "--tls-verify=false", "--creds", &format!("x:{ci}"), &tagged],
