@@ -302,12 +302,13 @@ async fn dispatch(
     req: Request,
 ) -> Answer {
     let (parts, body) = req.into_parts();
-    let (method, headers) = (parts.method, parts.headers);
+    let axum::http::request::Parts {
+        method, headers, uri, ..
+    } = parts;
     let realm = realm(&headers);
     let Some((name, target)) = target(&path) else {
-        return Err(
-            Reply::of(OciCode::Unsupported, format!("no registry route for /v2/{path}")).status(StatusCode::NOT_FOUND),
-        );
+        // Not a registry route at all: the answer of any unknown path.
+        return Ok(crate::routes::not_found(uri).await.into_response());
     };
     let writes = !matches!(method, Method::GET | Method::HEAD);
     let scope_name = name.chars().take(255).collect::<String>();
