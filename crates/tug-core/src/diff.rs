@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ArtifactName, ArtifactSpec, BuildSource, Digest};
+use crate::{ArtifactName, ArtifactSpec, BuildSource, Digest, ReferenceUri};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -25,6 +25,11 @@ pub struct ArtifactChange {
     pub new_digest: Option<Digest>,
     pub old_size: Option<u64>,
     pub new_size: Option<u64>,
+    /// Where a `reference` artifact pointed and points (omitted for files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_uri: Option<ReferenceUri>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_uri: Option<ReferenceUri>,
 }
 
 /// The differing artifacts by name, and how many are the same.
@@ -39,7 +44,7 @@ pub fn artifacts(old: &[ArtifactSpec], new: &[ArtifactSpec]) -> (Vec<ArtifactCha
     for name in names {
         let (o, n) = (old.get(name), new.get(name));
         let change = match (o, n) {
-            (Some(o), Some(n)) if o.digest == n.digest => {
+            (Some(o), Some(n)) if o.digest == n.digest && o.uri == n.uri => {
                 same += 1;
                 continue;
             }
@@ -55,6 +60,8 @@ pub fn artifacts(old: &[ArtifactSpec], new: &[ArtifactSpec]) -> (Vec<ArtifactCha
             new_digest: n.map(|a| a.digest),
             old_size: o.map(|a| a.size),
             new_size: n.map(|a| a.size),
+            old_uri: o.and_then(|a| a.uri.clone()),
+            new_uri: n.and_then(|a| a.uri.clone()),
         });
     }
     (changes, same)
@@ -105,6 +112,7 @@ mod tests {
             digest: Digest::of(body.as_bytes()),
             derived_from: vec![],
             executable: false,
+            uri: None,
         }
     }
 
@@ -126,6 +134,24 @@ mod tests {
         assert_eq!(changes[0].old_size, Some(1));
         assert_eq!(changes[0].new_size, Some(2));
         assert_eq!(changes[1].new_digest, None);
+    }
+
+    #[test]
+    fn a_reference_that_moves_is_changed_even_with_the_same_digest() {
+        let reference = |uri: &str| ArtifactSpec {
+            kind: ArtifactKind::Reference,
+            size: 0,
+            uri: Some(ReferenceUri::parse(uri).unwrap()),
+            ..spec("ami", "image")
+        };
+        let (changes, same) = artifacts(
+            &[reference("aws:ec2:eu-west-1:ami-1")],
+            &[reference("aws:ec2:eu-west-1:ami-2")],
+        );
+        assert_eq!(same, 0);
+        assert_eq!(changes[0].change, Change::Changed);
+        assert_eq!(changes[0].old_uri.as_ref().unwrap().as_str(), "aws:ec2:eu-west-1:ami-1");
+        assert_eq!(changes[0].new_uri.as_ref().unwrap().as_str(), "aws:ec2:eu-west-1:ami-2");
     }
 
     #[test]
