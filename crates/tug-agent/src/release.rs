@@ -346,7 +346,6 @@ mod tests {
             size: bytes.len() as u64,
             url: format!("/v1/blobs/{digest}"),
             executable: false,
-            uri: None,
         }
     }
 

@@ -515,7 +515,6 @@ mod tests {
             size: 0,
             url: String::new(),
             executable: false,
-            uri: None,
         };
         assert_eq!(format(&a("x.tar", ArtifactKind::Tarball)), Some(Compression::None));
         assert_eq!(format(&a("x.TGZ", ArtifactKind::Tarball)), Some(Compression::Gzip));

@@ -81,11 +81,8 @@ pub struct SourceRange {
 
 pub fn source_range(old: &BuildSource, new: &BuildSource) -> SourceRange {
     let repo = new.repo.clone().or_else(|| old.repo.clone());
-    let compare_url = match (&repo, &old.commit, &new.commit) {
-        (Some(r), Some(a), Some(b)) if r.starts_with("https://") && a != b && old.repo == new.repo => Some(format!(
-            "{}/compare/{a}...{b}",
-            r.trim_end_matches(".git").trim_end_matches('/')
-        )),
+    let compare_url = match (repo.as_deref().and_then(web_base), &old.commit, &new.commit) {
+        (Some(base), Some(a), Some(b)) if a != b && old.repo == new.repo => Some(format!("{base}/compare/{a}...{b}")),
         _ => None,
     };
     SourceRange {
@@ -96,6 +93,20 @@ pub fn source_range(old: &BuildSource, new: &BuildSource) -> SourceRange {
         new_branch: new.branch.clone(),
         compare_url,
     }
+}
+
+/// The page of one commit, `<repo>/commit/<commit>`, for a repository
+/// hosted at an https address (where forges show commits there).
+pub fn commit_url(source: &BuildSource) -> Option<String> {
+    let base = web_base(source.repo.as_deref()?)?;
+    Some(format!("{base}/commit/{}", source.commit.as_deref()?))
+}
+
+/// An https repository address without its `.git` and trailing slash: the
+/// base its compare and commit pages hang from.
+fn web_base(repo: &str) -> Option<&str> {
+    repo.starts_with("https://")
+        .then(|| repo.trim_end_matches(".git").trim_end_matches('/'))
 }
 
 #[cfg(test)]
@@ -175,5 +186,7 @@ mod tests {
             ..new.clone()
         };
         assert_eq!(source_range(&ssh, &ssh).compare_url, None);
+        assert_eq!(commit_url(&new).as_deref(), Some("https://github.com/x/api/commit/bbb"));
+        assert_eq!(commit_url(&ssh), None);
     }
 }

@@ -81,9 +81,9 @@ macro_rules! build_columns {
 const COLUMNS: &str = build_columns!("b.manifest");
 
 /// The same for lists, without the manifest text.
-const LIST_COLUMNS: &str = build_columns!("CAST(NULL AS TEXT) AS manifest");
+pub(crate) const LIST_COLUMNS: &str = build_columns!("CAST(NULL AS TEXT) AS manifest");
 
-fn build_from_row(r: &AnyRow) -> Result<BuildRow> {
+pub(crate) fn build_from_row(r: &AnyRow) -> Result<BuildRow> {
     let expected: Vec<String> =
         serde_json::from_str(&r.try_get::<String, _>("expected")?).map_err(|e| Error::Corrupt(e.to_string()))?;
     let state: String = r.try_get("state")?;
@@ -135,9 +135,9 @@ pub struct BuildAccessRow {
     pub created_by_token: Option<String>,
 }
 
-const ACCESS_COLUMNS: &str = "b.id, b.service, b.embargoed, b.created_by_token";
+pub(crate) const ACCESS_COLUMNS: &str = "b.id, b.service, b.embargoed, b.created_by_token";
 
-fn access_from_row(r: &AnyRow) -> Result<BuildAccessRow> {
+pub(crate) fn access_from_row(r: &AnyRow) -> Result<BuildAccessRow> {
     Ok(BuildAccessRow {
         id: parse(&r.try_get::<String, _>("id")?, BuildId::parse)?,
         service: parse(&r.try_get::<String, _>("service")?, ServiceName::parse)?,
@@ -159,7 +159,7 @@ fn parse_column<T, C: FromIterator<T>, E: std::fmt::Display>(
 }
 
 /// Rows per multi-row INSERT: well under both dialects' parameter limits.
-const INSERT_CHUNK: usize = 100;
+pub(crate) const INSERT_CHUNK: usize = 100;
 
 impl Db {
     pub async fn build(&self, id: &BuildId) -> Result<Option<BuildRow>> {

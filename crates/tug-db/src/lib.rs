@@ -26,6 +26,7 @@ use tug_core::{
 
 mod agents;
 mod builds;
+mod catalog;
 mod channels;
 mod consumers;
 mod deployments;
@@ -39,6 +40,7 @@ mod webhooks;
 
 pub use agents::{AgentRow, ExitRow};
 pub use builds::{BuildAccessRow, BuildFilter, BuildRow, NewBuild};
+pub use catalog::{PublishedRow, CHANGELOG_ROWS};
 pub use channels::ChannelStampRow;
 pub use consumers::{ConsumerLease, ConsumerRow};
 pub use deployments::{CreatedRequest, DeploymentRow, EnvState, NewDeployment, PipelineRow, RequestRow};
