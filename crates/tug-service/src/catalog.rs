@@ -108,6 +108,38 @@ impl Cursor {
     }
 }
 
+/// The most catalog answers kept; past it the cache starts again empty
+/// (its keys come from anonymous requests, so it must stay bounded).
+const MAX_CACHED: usize = 1024;
+
+/// A catalog question: service, environment, page size and cursor.
+type Question = (ServiceName, Option<EnvName>, u32, Option<String>);
+
+/// Catalog answers with the stamp ([`tug_db::Db::catalog_stamp`]) each was
+/// computed at: an answer is served again while its service's stamp
+/// stands, so a burst of readers costs one small query each instead of
+/// the catalog's queries, and any change shows at once.
+#[derive(Default)]
+pub(crate) struct Answers(std::sync::Mutex<HashMap<Question, Stamped>>);
+
+/// An answer and the stamp it was computed at.
+type Stamped = ([i64; 6], Arc<Catalog>);
+
+impl Answers {
+    fn get(&self, q: &Question, stamp: &[i64; 6]) -> Option<Arc<Catalog>> {
+        let answers = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        answers.get(q).filter(|(s, _)| s == stamp).map(|(_, c)| c.clone())
+    }
+
+    fn put(&self, q: Question, stamp: [i64; 6], catalog: Arc<Catalog>) {
+        let mut answers = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if answers.len() >= MAX_CACHED && !answers.contains_key(&q) {
+            answers.clear();
+        }
+        answers.insert(q, (stamp, catalog));
+    }
+}
+
 impl Tugboat {
     /// One page of `service`'s published versions (in `env` only, when
     /// given), newest first. Anyone may ask: there is no caller.
@@ -117,14 +149,33 @@ impl Tugboat {
         env: Option<&EnvName>,
         limit: Option<u32>,
         cursor: Option<&str>,
-    ) -> Result<Catalog> {
+    ) -> Result<Arc<Catalog>> {
         let limit = limit.unwrap_or(DEFAULT_CATALOG_PAGE);
         if !(1..=MAX_CATALOG_PAGE).contains(&limit) {
             return Err(Error::Invalid(format!(
                 "limit must be between 1 and {MAX_CATALOG_PAGE}; page with cursor for more"
             )));
         }
-        let cursor = cursor.map(Cursor::parse).transpose()?;
+        let parsed = cursor.map(Cursor::parse).transpose()?;
+        // The stamp is read before the answer is computed: a change made
+        // meanwhile moves the stamp past the one stored with the answer.
+        let stamp = self.db.catalog_stamp(service).await?;
+        let question = (service.clone(), env.cloned(), limit, cursor.map(str::to_string));
+        if let Some(hit) = self.catalogs.get(&question, &stamp) {
+            return Ok(hit);
+        }
+        let catalog = Arc::new(self.compute_catalog(service, env, limit, parsed).await?);
+        self.catalogs.put(question, stamp, catalog.clone());
+        Ok(catalog)
+    }
+
+    async fn compute_catalog(
+        &self,
+        service: &ServiceName,
+        env: Option<&EnvName>,
+        limit: u32,
+        cursor: Option<Cursor>,
+    ) -> Result<Catalog> {
         let published = self.published_publicly(service, env).await?;
         let order: HashMap<&EnvName, usize> = published
             .environments

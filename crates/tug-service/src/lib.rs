@@ -245,6 +245,8 @@ pub struct Tugboat {
     prometheus: reqwest::Client,
     /// The HTTP client webhooks are sent with.
     sender: webhooks::SharedSender,
+    /// Release catalog answers, each with the stamp it was computed at.
+    catalogs: Arc<catalog::Answers>,
 }
 
 /// How many builds an ambiguous prefix names at most in its error.
@@ -277,6 +279,7 @@ impl Tugboat {
             metrics: Arc::default(),
             prometheus: verify::client(),
             sender: Arc::default(),
+            catalogs: Arc::default(),
         }
     }
 

@@ -12,6 +12,8 @@
 //! show the same to everyone. What is public is decided in
 //! `tug_service::access`; these handlers only translate.
 
+use std::sync::Arc;
+
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -45,7 +47,11 @@ fn service(text: &str) -> Result<ServiceName, ApiError> {
 }
 
 /// The catalog a query asks for.
-pub(crate) async fn catalog_of(state: &AppState, service_text: &str, q: &CatalogQuery) -> Result<Catalog, ApiError> {
+pub(crate) async fn catalog_of(
+    state: &AppState,
+    service_text: &str,
+    q: &CatalogQuery,
+) -> Result<Arc<Catalog>, ApiError> {
     let service = service(service_text)?;
     let env = super::env_param(q.env.as_deref())?;
     Ok(state
@@ -60,7 +66,7 @@ async fn releases(
     Query(q): Query<CatalogQuery>,
 ) -> Result<Response, ApiError> {
     let catalog = catalog_of(&state, &service, &q).await?;
-    let mut res = axum::Json(catalog).into_response();
+    let mut res = axum::Json(&*catalog).into_response();
     res.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static(SHORT));
     Ok(res)

@@ -157,7 +157,7 @@ fn version(service: &str, v: &PublishedVersion) -> Markup {
                     @for b in &v.changelog.builds {
                         li {
                             (b.version) " "
-                            @if let Some(commit) = &b.commit { code { (link(b.commit_url.as_deref(), &commit[..commit.len().min(12)])) } " " }
+                            @if let Some(commit) = &b.commit { code { (link(b.commit_url.as_deref(), commit.get(..12).unwrap_or(commit))) } " " }
                             @if let Some(m) = &b.message { (m.lines().next().unwrap_or("")) }
                             @if let Some(a) = &b.author { " (" (a) ")" }
                         }
