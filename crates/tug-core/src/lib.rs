@@ -40,6 +40,6 @@ pub use pipeline::{
     PipelineSpec, Rollout, ServerRule, Share, Strategy, TimeWindow,
 };
 pub use policy::{evaluate, BuildFacts, DeployKind, GateFact, Proposal, Verdict, Violation};
-pub use reference::{ReferenceError, ReferenceUri};
+pub use reference::ReferenceUri;
 pub use role::{Action, Role};
 pub use versioning::{bump, next_cloud_version, Part, VersionError};

@@ -13,58 +13,36 @@
 //! - a registry form, `host[:port]/path[:tag|@digest]`, whose host has a
 //!   dot or a port or is `localhost` (`registry.example.com/app@sha256:…`).
 
-use std::fmt;
-
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use crate::names::{shown, string_newtype, NameError};
 
 /// The longest reference, in bytes.
 pub const MAX_REFERENCE_URI: usize = 2048;
 
-/// Why a reference is refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("reference uri {shown:?} is invalid: {why}")]
-pub struct ReferenceError {
-    shown: String,
-    why: &'static str,
-}
-
 /// A checked reference address.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ReferenceUri(String);
-
-impl ReferenceUri {
-    pub fn parse(s: &str) -> Result<ReferenceUri, ReferenceError> {
-        let refuse = |why| ReferenceError {
-            shown: s.chars().take(80).collect(),
-            why,
-        };
-        if s.is_empty() {
-            return Err(refuse("it is empty"));
-        }
-        if s.len() > MAX_REFERENCE_URI {
-            return Err(refuse("it is longer than 2048 bytes"));
-        }
+string_newtype!(ReferenceUri, |s| {
+    let why = if s.is_empty() {
+        Some("it is empty")
+    } else if s.len() > MAX_REFERENCE_URI {
+        Some("it is longer than 2048 bytes")
+    } else if !s.bytes().all(|b| b.is_ascii_graphic()) {
         // Only printable ASCII: no whitespace, no control characters, and
         // no look-alike letters from other scripts in an address people
         // copy from a downloads page.
-        if !s.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(refuse(
-                "it contains whitespace, a control character or a non-ASCII character",
-            ));
-        }
-        if has_scheme(s) || is_registry_form(s) {
-            Ok(ReferenceUri(s.to_string()))
-        } else {
-            Err(refuse(
-                "write it as scheme:rest (aws:ec2:us-east-1:ami-0abc, https://…) or host/path (registry.example.com/app@sha256:…)",
-            ))
-        }
+        Some("it contains whitespace, a control character or a non-ASCII character")
+    } else if !(has_scheme(s) || is_registry_form(s)) {
+        Some("write it as scheme:rest (aws:ec2:us-east-1:ami-0abc, https://…) or host/path (registry.example.com/app@sha256:…)")
+    } else {
+        None
+    };
+    match why {
+        None => Ok(()),
+        Some(why) => Err(NameError::Reference { uri: shown(s), why }),
     }
+});
 
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
+impl ReferenceUri {
     /// Whether it is an `https` address a browser may follow.
     pub fn is_https(&self) -> bool {
         self.0.starts_with("https://")
@@ -96,25 +74,6 @@ fn is_registry_form(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'));
     let path_ok = !path.is_empty() && path.split('/').all(|seg| !seg.is_empty() && seg != "..");
     host_ok && path_ok
-}
-
-impl fmt::Display for ReferenceUri {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl Serialize for ReferenceUri {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for ReferenceUri {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        ReferenceUri::parse(&s).map_err(serde::de::Error::custom)
-    }
 }
 
 #[cfg(test)]

@@ -86,16 +86,7 @@ pub async fn push(client: &Client, out: Output, a: PushArgs) -> anyhow::Result<E
     let report = client.push(&build, items, a.concurrency, hooks).await;
     bar.finish_and_clear();
     let report = report.with_context(|| format!("push into build {build} failed"))?;
-    let sealed = if a.seal {
-        Some(
-            client
-                .seal(&build)
-                .await
-                .with_context(|| format!("cannot seal build {build}"))?,
-        )
-    } else {
-        None
-    };
+    let sealed = seal_if(client, &build, a.seal).await?;
     let result = PushOutput { build, report, sealed };
     print(out, &result, |r| {
         let p = &r.report;
@@ -295,16 +286,7 @@ async fn push_reference(client: &Client, out: Output, a: PushArgs) -> anyhow::Re
         .register_artifacts(&build, vec![spec])
         .await
         .with_context(|| format!("cannot register reference {name} in build {build}"))?;
-    let sealed = if a.seal {
-        Some(
-            client
-                .seal(&build)
-                .await
-                .with_context(|| format!("cannot seal build {build}"))?,
-        )
-    } else {
-        None
-    };
+    let sealed = seal_if(client, &build, a.seal).await?;
     let result = serde_json::json!({
         "build": build,
         "reference": name,
@@ -320,4 +302,16 @@ async fn push_reference(client: &Client, out: Output, a: PushArgs) -> anyhow::Re
         s
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Seals `build` when `--seal` was given.
+async fn seal_if(client: &Client, build: &str, seal: bool) -> anyhow::Result<Option<Build>> {
+    if !seal {
+        return Ok(None);
+    }
+    let sealed = client
+        .seal(build)
+        .await
+        .with_context(|| format!("cannot seal build {build}"))?;
+    Ok(Some(sealed))
 }
