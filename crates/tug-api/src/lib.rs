@@ -17,12 +17,24 @@
 //! - `GET|POST /v1/webhooks`, `DELETE /v1/webhooks/{id}`,
 //!   `GET /v1/webhooks/{id}/deliveries`,
 //!   `POST /v1/webhooks/deliveries/{delivery}/redeliver`
+//!
+//! Public routes (no token; only what public environments published):
+//! - `GET /v1/releases/{service}[?env=E&limit=N&cursor=C]` ([`Catalog`])
+//! - `GET|HEAD /dl/{service}/{version}/{artifact}`,
+//!   `GET|HEAD /dl/{service}/{env}/latest/{artifact}`
+//! - `GET /releases/{service}` (the same catalog as an HTML page)
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+mod catalog;
 mod event;
 mod webhook;
+
+pub use catalog::{
+    Catalog, CatalogQuery, Changelog, ChangelogEntry, CurrentRelease, PublicEnvironment, PublishedVersion,
+    ReleaseArtifact, ReleaseEnvironment, ReleaseSource,
+};
 
 pub use event::{
     Actor, Approval, AuditBreak, AuditExportQuery, AuditRecord, AuditVerification, Change, Deployed, DeploymentKind,

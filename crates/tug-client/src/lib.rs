@@ -621,6 +621,7 @@ impl Client {
             digest: *digest,
             derived_from: Vec::new(),
             executable: false,
+            uri: None,
         };
         let dir = dest
             .parent()
@@ -849,6 +850,7 @@ impl Client {
                 digest,
                 derived_from: item.derived_from,
                 executable: item.executable,
+                uri: None,
             })
             .collect();
         for chunk in specs.chunks(REGISTER_BATCH) {
@@ -875,9 +877,22 @@ impl Client {
                 });
             }
         }
+        if let Some(r) = artifacts.iter().find(|a| !a.has_blob() && only.contains(&a.name)) {
+            return Err(Error::Api {
+                status: 400,
+                code: "not_a_file".into(),
+                message: format!(
+                    "artifact {} of build {} is a reference to {}, not a file: there is nothing to download",
+                    r.name,
+                    build.id,
+                    r.uri.as_ref().map_or("-", |u| u.as_str())
+                ),
+            });
+        }
+        // References name something outside the store: nothing to fetch.
         let chosen: Vec<ArtifactSpec> = artifacts
             .into_iter()
-            .filter(|a| only.is_empty() || only.contains(&a.name))
+            .filter(|a| a.has_blob() && (only.is_empty() || only.contains(&a.name)))
             .collect();
         if let Some(total) = &hooks.total {
             total(chosen.iter().map(|a| a.size).sum());

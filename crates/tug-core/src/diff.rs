@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ArtifactName, ArtifactSpec, BuildSource, Digest};
+use crate::{ArtifactName, ArtifactSpec, BuildSource, Digest, ReferenceUri};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -25,6 +25,11 @@ pub struct ArtifactChange {
     pub new_digest: Option<Digest>,
     pub old_size: Option<u64>,
     pub new_size: Option<u64>,
+    /// Where a `reference` artifact pointed and points (omitted for files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_uri: Option<ReferenceUri>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_uri: Option<ReferenceUri>,
 }
 
 /// The differing artifacts by name, and how many are the same.
@@ -39,7 +44,7 @@ pub fn artifacts(old: &[ArtifactSpec], new: &[ArtifactSpec]) -> (Vec<ArtifactCha
     for name in names {
         let (o, n) = (old.get(name), new.get(name));
         let change = match (o, n) {
-            (Some(o), Some(n)) if o.digest == n.digest => {
+            (Some(o), Some(n)) if o.digest == n.digest && o.uri == n.uri => {
                 same += 1;
                 continue;
             }
@@ -55,6 +60,8 @@ pub fn artifacts(old: &[ArtifactSpec], new: &[ArtifactSpec]) -> (Vec<ArtifactCha
             new_digest: n.map(|a| a.digest),
             old_size: o.map(|a| a.size),
             new_size: n.map(|a| a.size),
+            old_uri: o.and_then(|a| a.uri.clone()),
+            new_uri: n.and_then(|a| a.uri.clone()),
         });
     }
     (changes, same)
@@ -74,11 +81,8 @@ pub struct SourceRange {
 
 pub fn source_range(old: &BuildSource, new: &BuildSource) -> SourceRange {
     let repo = new.repo.clone().or_else(|| old.repo.clone());
-    let compare_url = match (&repo, &old.commit, &new.commit) {
-        (Some(r), Some(a), Some(b)) if r.starts_with("https://") && a != b && old.repo == new.repo => Some(format!(
-            "{}/compare/{a}...{b}",
-            r.trim_end_matches(".git").trim_end_matches('/')
-        )),
+    let compare_url = match (repo.as_deref().and_then(web_base), &old.commit, &new.commit) {
+        (Some(base), Some(a), Some(b)) if a != b && old.repo == new.repo => Some(format!("{base}/compare/{a}...{b}")),
         _ => None,
     };
     SourceRange {
@@ -89,6 +93,20 @@ pub fn source_range(old: &BuildSource, new: &BuildSource) -> SourceRange {
         new_branch: new.branch.clone(),
         compare_url,
     }
+}
+
+/// The page of one commit, `<repo>/commit/<commit>`, for a repository
+/// hosted at an https address (where forges show commits there).
+pub fn commit_url(source: &BuildSource) -> Option<String> {
+    let base = web_base(source.repo.as_deref()?)?;
+    Some(format!("{base}/commit/{}", source.commit.as_deref()?))
+}
+
+/// An https repository address without its `.git` and trailing slash: the
+/// base its compare and commit pages hang from.
+fn web_base(repo: &str) -> Option<&str> {
+    repo.starts_with("https://")
+        .then(|| repo.trim_end_matches(".git").trim_end_matches('/'))
 }
 
 #[cfg(test)]
@@ -105,6 +123,7 @@ mod tests {
             digest: Digest::of(body.as_bytes()),
             derived_from: vec![],
             executable: false,
+            uri: None,
         }
     }
 
@@ -129,6 +148,24 @@ mod tests {
     }
 
     #[test]
+    fn a_reference_that_moves_is_changed_even_with_the_same_digest() {
+        let reference = |uri: &str| ArtifactSpec {
+            kind: ArtifactKind::Reference,
+            size: 0,
+            uri: Some(ReferenceUri::parse(uri).unwrap()),
+            ..spec("ami", "image")
+        };
+        let (changes, same) = artifacts(
+            &[reference("aws:ec2:eu-west-1:ami-1")],
+            &[reference("aws:ec2:eu-west-1:ami-2")],
+        );
+        assert_eq!(same, 0);
+        assert_eq!(changes[0].change, Change::Changed);
+        assert_eq!(changes[0].old_uri.as_ref().unwrap().as_str(), "aws:ec2:eu-west-1:ami-1");
+        assert_eq!(changes[0].new_uri.as_ref().unwrap().as_str(), "aws:ec2:eu-west-1:ami-2");
+    }
+
+    #[test]
     fn compare_links_for_one_https_repository() {
         let old = BuildSource {
             repo: Some("https://github.com/x/api.git".into()),
@@ -149,5 +186,7 @@ mod tests {
             ..new.clone()
         };
         assert_eq!(source_range(&ssh, &ssh).compare_url, None);
+        assert_eq!(commit_url(&new).as_deref(), Some("https://github.com/x/api/commit/bbb"));
+        assert_eq!(commit_url(&ssh), None);
     }
 }

@@ -141,6 +141,7 @@ mod tests {
             digest: Digest::of(name.as_bytes()),
             derived_from: from.iter().map(|f| DerivedFrom::parse(f).unwrap()).collect(),
             executable: false,
+            uri: None,
         }
     }
 

@@ -21,6 +21,7 @@ pub mod pipeline;
 pub mod pipeline_changes;
 pub mod policy;
 pub mod records;
+pub mod reference;
 pub mod role;
 pub mod short_id;
 pub mod states;
@@ -40,5 +41,6 @@ pub use pipeline::{
     PipelineSpec, Rollout, ServerRule, Share, Strategy, TimeWindow,
 };
 pub use policy::{evaluate, BuildFacts, DeployKind, GateFact, Proposal, Verdict, Violation};
+pub use reference::ReferenceUri;
 pub use role::{Action, Role};
 pub use versioning::{bump, next_cloud_version, Part, VersionError};

@@ -11,7 +11,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ArtifactName, BuildId, Digest, Platform, ServiceName, Version};
+use crate::{ArtifactName, BuildId, Digest, Platform, ReferenceUri, ServiceName, Version};
 
 /// The manifest format; bumped only with a migration of stored manifests.
 pub const MANIFEST_SCHEMA: u32 = 1;
@@ -28,10 +28,14 @@ pub enum ArtifactKind {
     Manifest,
     #[default]
     Other,
+    /// Not a file: an address outside the store (a machine image, an image
+    /// in another registry) with the digest CI gave for it. It has no blob
+    /// and is never downloaded.
+    Reference,
 }
 
 impl ArtifactKind {
-    pub const ALL: [ArtifactKind; 8] = [
+    pub const ALL: [ArtifactKind; 9] = [
         ArtifactKind::Binary,
         ArtifactKind::Tarball,
         ArtifactKind::Deb,
@@ -40,6 +44,7 @@ impl ArtifactKind {
         ArtifactKind::Helm,
         ArtifactKind::Manifest,
         ArtifactKind::Other,
+        ArtifactKind::Reference,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -52,6 +57,7 @@ impl ArtifactKind {
             ArtifactKind::Helm => "helm",
             ArtifactKind::Manifest => "manifest",
             ArtifactKind::Other => "other",
+            ArtifactKind::Reference => "reference",
         }
     }
 
@@ -196,6 +202,38 @@ pub struct ArtifactSpec {
     /// (0755 rather than 0644). Omitted when false.
     #[serde(default, skip_serializing_if = "is_false")]
     pub executable: bool,
+    /// Where a `reference` artifact points (and only such an artifact has
+    /// one). Omitted when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<ReferenceUri>,
+}
+
+impl ArtifactSpec {
+    /// Whether the artifact is a file with a blob in the store (everything
+    /// but a `reference`): what downloads, agents, gc and fsck deal with.
+    pub fn has_blob(&self) -> bool {
+        self.kind != ArtifactKind::Reference
+    }
+
+    /// Checks that a `reference` carries a uri and no file, and that
+    /// nothing else carries a uri; the error names the field.
+    pub fn check_reference(&self) -> Result<(), String> {
+        match (self.kind == ArtifactKind::Reference, &self.uri) {
+            (true, None) => Err(format!(
+                "artifacts[{}].uri is missing: a reference artifact needs the address it points to",
+                self.name
+            )),
+            (true, Some(_)) if self.size != 0 => Err(format!(
+                "artifacts[{}].size is {}: a reference artifact has no file, so its size is 0",
+                self.name, self.size
+            )),
+            (false, Some(_)) => Err(format!(
+                "artifacts[{}].uri is set but its kind is {}: only a reference artifact has a uri",
+                self.name, self.kind
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Keeps `executable: false` out of JSON, so artifacts and manifests
@@ -263,6 +301,10 @@ pub struct ManifestArtifact {
     pub name: ArtifactName,
     pub platform: Option<Platform>,
     pub size: u64,
+    /// Where a `reference` artifact points; omitted for files, so manifests
+    /// of builds without references keep their bytes and digests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<ReferenceUri>,
 }
 
 /// The immutable description of a sealed build. Field order is alphabetical
@@ -357,6 +399,7 @@ impl BuildManifest {
                 name: a.name.clone(),
                 platform: a.platform.clone(),
                 size: a.size,
+                uri: a.uri.clone(),
             });
         }
         Ok(BuildManifest {
@@ -395,6 +438,7 @@ mod tests {
             digest: Digest::of(body),
             derived_from: from.iter().map(|f| DerivedFrom::parse(f).unwrap()).collect(),
             executable: false,
+            uri: None,
         }
     }
 
@@ -461,6 +505,54 @@ mod tests {
         assert_ne!(exec.digest(), plain.digest());
         let back: BuildManifest = serde_json::from_str(&text).unwrap();
         assert_eq!(back, exec);
+    }
+
+    /// A manifest written before references existed reads and hashes the
+    /// same (no `uri` appears for files); a reference carries its uri after
+    /// `size`, in the field's alphabetical place.
+    #[test]
+    fn uri_is_in_the_manifest_only_for_references() {
+        let plain = seal(&[spec("a.bin", b"a", &[])], &[]).unwrap();
+        let text = String::from_utf8(plain.canonical_bytes()).unwrap();
+        assert!(!text.contains("uri"), "{text}");
+        let old: BuildManifest = serde_json::from_str(&text).unwrap();
+        assert_eq!(old.digest(), plain.digest());
+        assert_eq!(old.canonical_bytes(), text.as_bytes());
+
+        let mut ami = spec("ami", b"", &[]);
+        ami.kind = ArtifactKind::Reference;
+        ami.uri = Some(ReferenceUri::parse("aws:ec2:us-east-1:ami-0abc").unwrap());
+        ami.digest = Digest::of(b"image");
+        let with = seal(&[spec("a.bin", b"a", &[]), ami], &[]).unwrap();
+        let text = String::from_utf8(with.canonical_bytes()).unwrap();
+        assert!(
+            text.contains(r#""kind":"reference","name":"ami","platform":"linux/amd64","size":0,"uri":"aws:ec2:us-east-1:ami-0abc"}"#),
+            "{text}"
+        );
+        let back: BuildManifest = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, with);
+    }
+
+    #[test]
+    fn references_need_a_uri_and_no_file() {
+        let mut r = spec("ami", b"", &[]);
+        r.kind = ArtifactKind::Reference;
+        assert!(r
+            .check_reference()
+            .unwrap_err()
+            .contains("artifacts[ami].uri is missing"));
+        r.uri = Some(ReferenceUri::parse("aws:ec2:x").unwrap());
+        assert!(r.check_reference().is_ok());
+        assert!(!r.has_blob());
+        r.size = 3;
+        assert!(r.check_reference().unwrap_err().contains("artifacts[ami].size is 3"));
+        let mut f = spec("a.bin", b"a", &[]);
+        assert!(f.check_reference().is_ok());
+        f.uri = r.uri.clone();
+        assert!(f
+            .check_reference()
+            .unwrap_err()
+            .contains("only a reference artifact has a uri"));
     }
 
     #[test]

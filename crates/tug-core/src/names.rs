@@ -18,6 +18,8 @@ pub enum NameError {
     Token(String),
     #[error("artifact name {name:?} is invalid: {why}")]
     Artifact { name: String, why: &'static str },
+    #[error("reference uri {uri:?} is invalid: {why}")]
+    Reference { uri: String, why: &'static str },
     #[error("platform {0:?} is invalid: write it as os/arch or os/arch/variant, e.g. linux/amd64")]
     Platform(String),
     #[error("build id {0:?} is invalid: a build id looks like 0190c3f2-6a2b-7d4e-9f10-2b3c4d5e6f70")]

@@ -145,6 +145,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     digest,
                     derived_from: Vec::new(),
                     executable: false,
+                    uri: None,
                 })
             })
             .collect::<Result<_, tug_core::NameError>>()?;

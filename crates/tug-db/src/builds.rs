@@ -12,7 +12,9 @@ use tug_core::{
     Version,
 };
 
-use crate::{artifact_from_row, millis, opt_millis, opt_parse, parse, Db, Error, Result, Tx, ARTIFACT_COLUMNS};
+use crate::{
+    artifact_from_row, millis, opt_millis, opt_parse, parse, Db, Error, Result, Tx, ARTIFACT_COLUMNS, HAS_BLOB,
+};
 pub use tug_core::records::{BuildFilter, BuildRecord as BuildRow};
 
 /// A draft to create.
@@ -79,9 +81,9 @@ macro_rules! build_columns {
 const COLUMNS: &str = build_columns!("b.manifest");
 
 /// The same for lists, without the manifest text.
-const LIST_COLUMNS: &str = build_columns!("CAST(NULL AS TEXT) AS manifest");
+pub(crate) const LIST_COLUMNS: &str = build_columns!("CAST(NULL AS TEXT) AS manifest");
 
-fn build_from_row(r: &AnyRow) -> Result<BuildRow> {
+pub(crate) fn build_from_row(r: &AnyRow) -> Result<BuildRow> {
     let expected: Vec<String> =
         serde_json::from_str(&r.try_get::<String, _>("expected")?).map_err(|e| Error::Corrupt(e.to_string()))?;
     let state: String = r.try_get("state")?;
@@ -157,7 +159,7 @@ pub(crate) fn parse_column<T, C: FromIterator<T>, E: std::fmt::Display>(
 }
 
 /// Rows per multi-row INSERT: well under both dialects' parameter limits.
-const INSERT_CHUNK: usize = 100;
+pub(crate) const INSERT_CHUNK: usize = 100;
 
 impl Db {
     pub async fn build(&self, id: &BuildId) -> Result<Option<BuildRow>> {
@@ -249,7 +251,8 @@ impl Db {
     /// or with an OCI image whose manifest refers to it.
     pub async fn blob_builds(&self, digest: &Digest) -> Result<Vec<BuildAccessRow>> {
         let rows = sqlx::query(&format!(
-            "SELECT DISTINCT {ACCESS_COLUMNS} FROM artifacts a JOIN builds b ON b.id = a.build_id WHERE a.digest = $1 \
+            "SELECT DISTINCT {ACCESS_COLUMNS} FROM artifacts a JOIN builds b ON b.id = a.build_id \
+             WHERE a.digest = $1 AND a.{HAS_BLOB} \
              UNION SELECT DISTINCT {ACCESS_COLUMNS} FROM oci_manifest_refs r JOIN artifacts a ON a.digest = r.manifest \
              JOIN builds b ON b.id = a.build_id WHERE r.digest = $1"
         ))
@@ -396,14 +399,14 @@ pub(crate) async fn insert_artifacts(
         }
         for chunk in fresh.chunks(INSERT_CHUNK) {
             let mut sql = String::from(
-                "INSERT INTO artifacts (build_id, name, kind, platform, size, digest, derived_from, created_at, executable) \
+                "INSERT INTO artifacts (build_id, name, kind, platform, size, digest, derived_from, created_at, executable, uri) \
                  VALUES ",
             );
             for i in 0..chunk.len() {
                 if i > 0 {
                     sql.push_str(", ");
                 }
-                let row: Vec<String> = (1..=9).map(|n| format!("${}", i * 9 + n)).collect();
+                let row: Vec<String> = (1..=10).map(|n| format!("${}", i * 10 + n)).collect();
                 sql.push_str(&format!("({})", row.join(", ")));
             }
             let mut q = sqlx::query(&sql);
@@ -418,7 +421,8 @@ pub(crate) async fn insert_artifacts(
                     .bind(s.digest.to_string())
                     .bind(serde_json::to_string(&derived).map_err(|e| Error::Corrupt(e.to_string()))?)
                     .bind(now.timestamp_millis())
-                    .bind(i64::from(s.executable));
+                    .bind(i64::from(s.executable))
+                    .bind(s.uri.as_ref().map(|u| u.to_string()));
             }
             q.execute(&mut *tx).await?;
         }
@@ -597,12 +601,12 @@ impl Db {
     /// `draft_cutoff` are abandoned: the same set whether they already were
     /// (a gc) or not (a dry run, which must report what the gc would do).
     pub async fn digests_kept_after_abandoning(&self, draft_cutoff: DateTime<Utc>) -> Result<HashSet<Digest>> {
-        let rows = sqlx::query(
+        let rows = sqlx::query(&format!(
             "SELECT DISTINCT a.digest FROM artifacts a JOIN builds b ON b.id = a.build_id \
-             WHERE NOT (b.state = $2 AND b.updated_at < $1) \
+             WHERE NOT (b.state = $2 AND b.updated_at < $1) AND a.{HAS_BLOB} \
              UNION SELECT DISTINCT r.digest FROM oci_manifest_refs r JOIN artifacts a ON a.digest = r.manifest \
-             JOIN builds b ON b.id = a.build_id WHERE NOT (b.state = $2 AND b.updated_at < $1)",
-        )
+             JOIN builds b ON b.id = a.build_id WHERE NOT (b.state = $2 AND b.updated_at < $1)"
+        ))
         .bind(draft_cutoff.timestamp_millis())
         .bind(BuildState::Draft.as_str())
         .fetch_all(&self.pool)
@@ -618,7 +622,7 @@ impl Db {
             let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
             let sql = format!(
                 "SELECT a.digest, a.name, b.id, b.service, b.version, b.state FROM artifacts a \
-                 JOIN builds b ON b.id = a.build_id WHERE a.digest IN ({})",
+                 JOIN builds b ON b.id = a.build_id WHERE a.{HAS_BLOB} AND a.digest IN ({})",
                 placeholders.join(", ")
             );
             let mut q = sqlx::query(&sql);
@@ -644,7 +648,7 @@ impl Db {
 
     /// Every digest some draft or sealed build refers to.
     pub async fn referenced_digests(&self) -> Result<HashSet<Digest>> {
-        let rows = sqlx::query("SELECT DISTINCT digest FROM artifacts")
+        let rows = sqlx::query(&format!("SELECT DISTINCT digest FROM artifacts WHERE {HAS_BLOB}"))
             .fetch_all(&self.pool)
             .await?;
         parse_column(&rows, "digest", Digest::parse)
@@ -653,11 +657,11 @@ impl Db {
     /// Whether any build refers to `digest` now (checked again by gc right
     /// before it deletes a blob).
     pub async fn is_referenced(&self, digest: &Digest) -> Result<bool> {
-        let row = sqlx::query(
-            "SELECT 1 AS one FROM artifacts WHERE digest = $1 \
+        let row = sqlx::query(&format!(
+            "SELECT 1 AS one FROM artifacts WHERE digest = $1 AND {HAS_BLOB} \
              UNION SELECT 1 AS one FROM oci_manifest_refs r JOIN artifacts a ON a.digest = r.manifest \
-             WHERE r.digest = $1",
-        )
+             WHERE r.digest = $1"
+        ))
         .bind(digest.to_string())
         .fetch_optional(&self.pool)
         .await?;

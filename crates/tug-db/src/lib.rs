@@ -20,12 +20,13 @@ use chrono::{DateTime, TimeZone, Utc};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 use tug_core::{
-    ArtifactKind, ArtifactName, ArtifactSpec, BuildId, BuildState, DerivedFrom, Digest, Platform, ServiceName,
-    TokenName,
+    ArtifactKind, ArtifactName, ArtifactSpec, BuildId, BuildState, DerivedFrom, Digest, Platform, ReferenceUri,
+    ServiceName, TokenName,
 };
 
 mod agents;
 mod builds;
+mod catalog;
 mod channels;
 mod consumers;
 mod deployments;
@@ -40,6 +41,7 @@ mod webhooks;
 
 pub use agents::{AgentRow, ExitRow};
 pub use builds::{BuildAccessRow, BuildFilter, BuildRow, NewBuild};
+pub use catalog::{PublishedRow, CHANGELOG_ROWS};
 pub use channels::ChannelStampRow;
 pub use consumers::{ConsumerLease, ConsumerRow};
 pub use deployments::{CreatedRequest, DeploymentRow, EnvState, NewDeployment, PipelineRow, RequestRow};
@@ -275,7 +277,12 @@ pub(crate) fn opt_parse<T, E: std::fmt::Display>(
 }
 
 /// The columns `artifact_from_row` reads.
-pub(crate) const ARTIFACT_COLUMNS: &str = "name, kind, platform, size, digest, derived_from, executable";
+pub(crate) const ARTIFACT_COLUMNS: &str = "name, kind, platform, size, digest, derived_from, executable, uri";
+
+/// The condition (on the `artifacts` table) of an artifact with a blob in
+/// the store: every artifact but a `reference`, whose digest names
+/// something elsewhere. gc, fsck and blob reads look only at these.
+pub(crate) const HAS_BLOB: &str = "uri IS NULL";
 
 pub(crate) fn artifact_from_row(r: &AnyRow) -> Result<ArtifactSpec> {
     let derived: Vec<String> =
@@ -291,6 +298,7 @@ pub(crate) fn artifact_from_row(r: &AnyRow) -> Result<ArtifactSpec> {
             .map(|d| parse(d, DerivedFrom::parse))
             .collect::<Result<_>>()?,
         executable: r.try_get::<i64, _>("executable")? != 0,
+        uri: opt_parse(r.try_get("uri")?, ReferenceUri::parse)?,
     })
 }
 

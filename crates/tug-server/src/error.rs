@@ -124,6 +124,7 @@ impl From<Error> for ApiError {
                 },
             ),
             Error::HiddenBuild(message) => plain("build_not_found", message),
+            Error::NotPublished(message) => plain("not_published", message),
             e @ Error::WebhookNotFound(_) => plain("webhook_not_found", format!("{e}; see tug webhook list")),
             e @ Error::DeliveryNotFound(_) => plain(
                 "delivery_not_found",

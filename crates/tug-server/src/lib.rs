@@ -218,6 +218,7 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(state.max_json_body))
         .merge(blobs)
         .merge(routes::oci::router())
+        .merge(routes::catalog::router())
         .fallback(routes::not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.tugboat.clone(),

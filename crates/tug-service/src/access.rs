@@ -140,6 +140,18 @@ pub struct AgentView {
     pub embargoed: bool,
 }
 
+/// What a service published in its public environments, already cut to
+/// what a caller without a token may see (see
+/// [`Tugboat::published_publicly`]).
+pub(crate) struct Published {
+    /// In pipeline order.
+    pub(crate) environments: Vec<tug_core::Environment>,
+    /// (build, environment) pairs of publicly visible builds.
+    pub(crate) rows: Vec<tug_db::PublishedRow>,
+    /// The publicly visible build each environment runs now.
+    pub(crate) current: HashMap<EnvName, BuildId>,
+}
+
 /// The sight of each build one answer names, gathered in one query.
 pub(crate) struct Sights(pub(crate) HashMap<BuildId, Sight>);
 
@@ -247,6 +259,49 @@ impl Tugboat {
             private_deployments: &[],
         })
         .is_full()
+    }
+
+    /// What `service` published, as a caller without a token sees it: the
+    /// public environments (or the one asked for, which must be public),
+    /// every (build, environment) pair of a deployment into them whose
+    /// build is publicly visible, and per environment the build it runs
+    /// now when that build is publicly visible (an environment running a
+    /// hidden build shows no current build, and the build is not listed).
+    /// A service that publishes nothing is "not found", worded alike
+    /// whether it exists or not.
+    pub(crate) async fn published_publicly(&self, service: &ServiceName, env: Option<&EnvName>) -> Result<Published> {
+        let environments = match env {
+            Some(e) => vec![self.public_environment(service, e).await?],
+            None => self.public_environments(service).await?,
+        };
+        if environments.is_empty() {
+            return Err(Error::NotPublished(format!(
+                "service {service} publishes no releases (it has no public environment)"
+            )));
+        }
+        let names: Vec<EnvName> = environments.iter().map(|e| e.name.clone()).collect();
+        let rows = self.db.published(service, &names).await?;
+        let mut current: HashMap<EnvName, (i64, BuildId, bool)> = HashMap::new();
+        for r in &rows {
+            let visible = Tugboat::publicly_visible_facts(&r.build);
+            let newer = current.get(&r.environment).is_none_or(|(seq, _, _)| r.last_seq > *seq);
+            if newer {
+                current.insert(r.environment.clone(), (r.last_seq, r.build.id.clone(), visible));
+            }
+        }
+        let current = current
+            .into_iter()
+            .filter_map(|(env, (_, id, visible))| visible.then_some((env, id)))
+            .collect();
+        let rows = rows
+            .into_iter()
+            .filter(|r| Tugboat::publicly_visible_facts(&r.build))
+            .collect();
+        Ok(Published {
+            environments,
+            rows,
+            current,
+        })
     }
 
     /// 403 unless the caller's role may do `action` and its scope covers

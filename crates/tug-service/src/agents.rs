@@ -21,7 +21,8 @@ pub struct ChannelView {
     /// when what the channel names changes, so it makes the ETag.
     pub seq: i64,
     pub build: Option<BuildRecord>,
-    /// The build's artifacts for the platform, and those without one.
+    /// The build's artifacts for the platform, and those without one;
+    /// never a `reference`, which has no blob.
     pub artifacts: Vec<ArtifactSpec>,
     /// What decides which agent may take the build now.
     pub pacing: crate::Pacing,
@@ -125,7 +126,9 @@ impl Tugboat {
                 .artifacts(&b.id)
                 .await?
                 .into_iter()
-                .filter(|a| a.platform.as_ref().is_none_or(|p| p == platform))
+                // A reference names something outside the store: an agent
+                // has nothing to download for it.
+                .filter(|a| a.has_blob() && a.platform.as_ref().is_none_or(|p| p == platform))
                 .collect(),
             None => Vec::new(),
         };

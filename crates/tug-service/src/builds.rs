@@ -207,9 +207,15 @@ impl Tugboat {
                 dup.name
             )));
         }
+        // A reference carries its address and no file; a file carries no
+        // address.
+        for spec in &specs {
+            spec.check_reference().map_err(Error::Invalid)?;
+        }
         // Every blob must be stored, with the size the artifact claims.
-        let stats = self.stat_all(specs.iter().map(|s| s.digest).collect()).await;
-        for (spec, (_, stat)) in specs.iter().zip(stats) {
+        let files: Vec<&ArtifactSpec> = specs.iter().filter(|s| s.has_blob()).collect();
+        let stats = self.stat_all(files.iter().map(|s| s.digest).collect()).await;
+        for (spec, (_, stat)) in files.into_iter().zip(stats) {
             match stat? {
                 None => {
                     return Err(Error::BlobMissing {

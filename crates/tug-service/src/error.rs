@@ -95,6 +95,11 @@ pub enum Error {
     /// environment runs an embargoed build); the message says where.
     #[error("{0}")]
     HiddenBuild(String),
+    /// Nothing public answers a link of the release catalog (an unknown
+    /// version, one never published, an artifact it lacks); the message
+    /// says what to look for, and is worded alike whatever the reason.
+    #[error("{0}")]
+    NotPublished(String),
     #[error("build {0} is not sealed")]
     NotSealed(BuildId),
     #[error("blob {0} is not stored")]
@@ -187,6 +192,7 @@ impl Error {
             | Error::ServiceNotFound(_)
             | Error::BuildNotFound(_)
             | Error::HiddenBuild(_)
+            | Error::NotPublished(_)
             | Error::BlobNotFound(_)
             | Error::NoPipeline(_)
             | Error::EnvironmentNotFound { .. }

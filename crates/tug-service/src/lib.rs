@@ -21,13 +21,14 @@ use tug_core::{
     Digest, Draft, EnvName, Hasher, Role, ServiceName, TokenName, Version,
 };
 use tug_db::{Db, NewBuild, NewToken, Revocation};
-use tug_store::{Blob, BlobInfo, BlobStore, ByteStream};
+use tug_store::{BlobInfo, BlobStore, ByteStream};
 
 mod access;
 mod agents;
 mod audit;
 mod blobs;
 mod builds;
+mod catalog;
 mod consumers;
 mod deploy;
 mod error;
@@ -50,6 +51,7 @@ mod webhooks;
 pub use access::{AgentView, DeploymentView, Shown};
 pub use agents::{AgentCounts, ChannelStamp, ChannelStamps, ChannelView, STALE_AFTER};
 pub use audit::{ExportPage, Since};
+pub use catalog::{download_path, DEFAULT_CATALOG_PAGE, MAX_CATALOG_PAGE};
 pub use consumers::{Consumer, ConsumerError, ConsumerFamily, LeaseOptions};
 pub use deploy::{
     Answer, BuildSelector, Decision, DeployOptions, Diff, EnvStatus, Outcome, PipelineRevision, PipelineView,
@@ -65,6 +67,10 @@ pub use reconcile::SWEEP_EVERY;
 pub use rollouts::{Grant, Pacing, RolloutStatus};
 pub use verify::GateView;
 pub use webhooks::{delivery_id, shown_url, slack, CreatedWebhook, NewWebhook, WebhookFamily, WebhookSettings};
+
+/// A blob's bytes as the store hands them out (for transports that
+/// stream them).
+pub use tug_store::Blob;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -252,6 +258,8 @@ pub struct Tugboat {
     /// The registry's token signing key, once read from the database (it
     /// never changes).
     registry_key: Arc<tokio::sync::OnceCell<Vec<u8>>>,
+    /// Release catalog answers, each with the stamp it was computed at.
+    catalogs: Arc<catalog::Answers>,
 }
 
 /// How many builds an ambiguous prefix names at most in its error.
@@ -286,6 +294,7 @@ impl Tugboat {
             sender: Arc::default(),
             uploads: Arc::default(),
             registry_key: Arc::default(),
+            catalogs: Arc::default(),
         }
     }
 

@@ -428,8 +428,16 @@ pub enum BuildCommand {
 pub struct PushArgs {
     /// The draft build, then files or directories. With --service, all
     /// arguments are files and a new build is created first.
-    #[arg(required = true, value_name = "BUILD|PATH")]
+    #[arg(required_unless_present = "reference", value_name = "BUILD|PATH")]
     pub args: Vec<String>,
+    /// Register an artifact that is not a file: NAME=URI, an address
+    /// outside the store (aws:ec2:us-east-1:ami-0abc…,
+    /// registry.example.com/app@sha256:…). Needs --digest; give no files.
+    #[arg(long, value_name = "NAME=URI", requires = "digest")]
+    pub reference: Option<String>,
+    /// The digest CI computed for the --reference (sha256:…).
+    #[arg(long, value_name = "DIGEST", requires = "reference")]
+    pub digest: Option<String>,
     #[command(flatten)]
     pub meta: BuildMeta,
     /// Seal the build after the push.

@@ -130,6 +130,7 @@ impl Server {
                 digest,
                 derived_from: Vec::new(),
                 executable: false,
+                uri: None,
             });
             self.admin.put_blob_bytes(&digest, bytes).await?;
         }

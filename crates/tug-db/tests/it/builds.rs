@@ -46,6 +46,7 @@ pub(crate) fn spec(name: &str, body: &str, from: &[&str]) -> ArtifactSpec {
         digest: Digest::of(body.as_bytes()),
         derived_from: from.iter().map(|f| DerivedFrom::parse(f).unwrap()).collect(),
         executable: false,
+        uri: None,
     }
 }
 

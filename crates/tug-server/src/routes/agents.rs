@@ -444,18 +444,8 @@ pub async fn list(
     query: Result<Query<AgentsQuery>, QueryRejection>,
 ) -> Result<axum::Json<Vec<Agent>>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
-    let service = q
-        .service
-        .as_deref()
-        .map(ServiceName::parse)
-        .transpose()
-        .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))?;
-    let env = q
-        .env
-        .as_deref()
-        .map(EnvName::parse)
-        .transpose()
-        .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))?;
+    let service = super::service_param(q.service.as_deref())?;
+    let env = super::env_param(q.env.as_deref())?;
     let rows = state.tugboat.agents(&who, service.as_ref(), env.as_ref()).await?;
     // Short ids are unique among every agent and build, not only among
     // those this list shows.

@@ -7,6 +7,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::TryStreamExt;
 use tug_api::{BlobStored, MissingBlobs, MissingBlobsResponse};
+use tug_core::Digest;
 
 use crate::error::ApiError;
 use crate::extract::{digest, Caller, Json};
@@ -84,7 +85,7 @@ pub async fn head(
             let h = res.headers_mut();
             h.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
             h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-            if let Ok(v) = HeaderValue::from_str(&format!("\"{digest}\"")) {
+            if let Some(v) = etag(&digest) {
                 h.insert(header::ETAG, v);
             }
             Ok(res)
@@ -127,6 +128,32 @@ pub async fn get(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let digest = digest(&segment)?;
+    let tugboat = &state.tugboat;
+    ranged(
+        &headers,
+        &digest,
+        async || {
+            tugboat
+                .stat_blob(&who, &digest)
+                .await?
+                .ok_or(tug_service::Error::BlobNotFound(digest))
+        },
+        async |start, end| tugboat.get_blob(&who, &digest, start, end).await,
+    )
+    .await
+}
+
+/// A blob's bytes as a response, honouring a `Range` header: 206 with
+/// `Content-Range` for a range, 416 past the end, 200 otherwise, each with
+/// `Content-Length`, `Accept-Ranges` and an `ETag` of the digest. `size`
+/// is asked only for a suffix range (`bytes=-N`); `open` reads the bytes
+/// from `start` up to `end`.
+pub(crate) async fn ranged(
+    headers: &HeaderMap,
+    digest: &Digest,
+    size: impl AsyncFnOnce() -> Result<u64, tug_service::Error>,
+    open: impl AsyncFnOnce(u64, Option<u64>) -> Result<tug_service::Blob, tug_service::Error>,
+) -> Result<Response, ApiError> {
     let range = headers
         .get(header::RANGE)
         .and_then(|v| v.to_str().ok())
@@ -135,16 +162,9 @@ pub async fn get(
         None => (0, None),
         Some(ByteRange::From(s)) => (s, None),
         Some(ByteRange::Span(s, e)) => (s, Some(e.saturating_add(1))),
-        Some(ByteRange::Suffix(n)) => {
-            let size = state
-                .tugboat
-                .stat_blob(&who, &digest)
-                .await?
-                .ok_or(tug_service::Error::BlobNotFound(digest))?;
-            (size.saturating_sub(n), None)
-        }
+        Some(ByteRange::Suffix(n)) => (size().await?.saturating_sub(n), None),
     };
-    let blob = match state.tugboat.get_blob(&who, &digest, start, end).await {
+    let blob = match open(start, end).await {
         // The store refuses a start past the end; the answer names the
         // size all the same, so a client can resume correctly.
         Err(tug_service::Error::RangeNotSatisfiable { start, size }) => return Ok(unsatisfiable(start, size)),
@@ -168,7 +188,7 @@ pub async fn get(
     );
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(end.saturating_sub(start)));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    if let Ok(v) = HeaderValue::from_str(&format!("\"{digest}\"")) {
+    if let Some(v) = etag(digest) {
         h.insert(header::ETAG, v);
     }
     if partial {
@@ -177,6 +197,11 @@ pub async fn get(
         }
     }
     Ok(res)
+}
+
+/// The `ETag` of a blob: its digest, quoted.
+pub(crate) fn etag(digest: &Digest) -> Option<HeaderValue> {
+    HeaderValue::from_str(&format!("\"{digest}\"")).ok()
 }
 
 /// 416 with `Content-Range: bytes */SIZE`, as RFC 9110 asks, so that the

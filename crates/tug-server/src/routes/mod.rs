@@ -6,6 +6,7 @@ pub mod agents;
 pub mod audit;
 pub mod blobs;
 pub mod builds;
+pub mod catalog;
 pub mod deploy;
 pub mod events;
 pub mod metrics;
@@ -25,8 +26,16 @@ pub async fn health() -> &'static str {
 
 /// A `service` query parameter, checked.
 pub(crate) fn service_param(service: Option<&str>) -> Result<Option<tug_core::ServiceName>, ApiError> {
-    service
-        .map(tug_core::ServiceName::parse)
+    name_param(service, tug_core::ServiceName::parse)
+}
+
+/// An `env` query parameter, checked.
+pub(crate) fn env_param(env: Option<&str>) -> Result<Option<tug_core::EnvName>, ApiError> {
+    name_param(env, tug_core::EnvName::parse)
+}
+
+fn name_param<T>(text: Option<&str>, parse: fn(&str) -> Result<T, tug_core::NameError>) -> Result<Option<T>, ApiError> {
+    text.map(parse)
         .transpose()
         .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))
 }

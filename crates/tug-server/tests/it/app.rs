@@ -219,6 +219,7 @@ impl TestApp {
             digest,
             derived_from: vec![],
             executable: false,
+            uri: None,
         };
         client
             .register_artifacts(build.id.as_str(), vec![spec])

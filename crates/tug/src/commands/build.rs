@@ -229,6 +229,12 @@ fn show(b: &Build) -> String {
         ]);
     }
     s.push_str(&format!("\n{}\n{t}", plural(artifacts.len() as u64, "artifact")));
+    // A reference's address is too long for the table: each gets a line.
+    for a in &artifacts {
+        if let Some(uri) = &a.uri {
+            s.push_str(&format!("\n{} -> {uri}", a.name));
+        }
+    }
     s
 }
 

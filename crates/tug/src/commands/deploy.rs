@@ -745,7 +745,14 @@ pub async fn diff(client: &Client, out: Output, service: &str, from: &str, to: &
                 size,
             ]);
         }
-        s.push_str(&format!("{t}\n{} changed, {} the same.", d.changes.len(), d.unchanged));
+        s.push_str(&format!("{t}\n"));
+        for c in &d.changes {
+            if c.old_uri.is_some() || c.new_uri.is_some() {
+                let shown = |u: &Option<tug_core::ReferenceUri>| u.as_ref().map_or("-".into(), |u| u.to_string());
+                s.push_str(&format!("{}: {} -> {}\n", c.name, shown(&c.old_uri), shown(&c.new_uri)));
+            }
+        }
+        s.push_str(&format!("{} changed, {} the same.", d.changes.len(), d.unchanged));
         s
     })?;
     Ok(ExitCode::SUCCESS)

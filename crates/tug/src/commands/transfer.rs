@@ -46,6 +46,9 @@ struct PushOutput {
 }
 
 pub async fn push(client: &Client, out: Output, a: PushArgs) -> anyhow::Result<ExitCode> {
+    if a.reference.is_some() {
+        return push_reference(client, out, a).await;
+    }
     let (build, paths): (String, &[String]) = if a.meta.service.is_some() {
         // One-shot: create the build from the flags; every argument is a file.
         let b = super::build::create(client, &a.meta).await?;
@@ -83,16 +86,7 @@ pub async fn push(client: &Client, out: Output, a: PushArgs) -> anyhow::Result<E
     let report = client.push(&build, items, a.concurrency, hooks).await;
     bar.finish_and_clear();
     let report = report.with_context(|| format!("push into build {build} failed"))?;
-    let sealed = if a.seal {
-        Some(
-            client
-                .seal(&build)
-                .await
-                .with_context(|| format!("cannot seal build {build}"))?,
-        )
-    } else {
-        None
-    };
+    let sealed = seal_if(client, &build, a.seal).await?;
     let result = PushOutput { build, report, sealed };
     print(out, &result, |r| {
         let p = &r.report;
@@ -251,4 +245,73 @@ pub async fn pull(client: &Client, out: Output, a: PullArgs) -> anyhow::Result<E
         )
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `tug push --reference NAME=URI --digest sha256:…`: registers an artifact
+/// that is not a file (nothing is uploaded).
+async fn push_reference(client: &Client, out: Output, a: PushArgs) -> anyhow::Result<ExitCode> {
+    let build = if a.meta.service.is_some() {
+        if !a.args.is_empty() {
+            bail!("--reference registers no file: give no files with it");
+        }
+        super::build::create(client, &a.meta).await?.id.to_string()
+    } else {
+        match &a.args[..] {
+            [build] => build.clone(),
+            [] => bail!("give the draft build to register the reference in (or --service to create one)"),
+            _ => bail!("--reference registers no file: give only the build, no files"),
+        }
+    };
+    let (Some(reference), Some(digest)) = (&a.reference, &a.digest) else {
+        bail!("--reference needs --digest sha256:…, the digest CI computed for it");
+    };
+    let Some((name, uri)) = reference.split_once('=') else {
+        bail!("--reference {reference:?} is not NAME=URI, e.g. ami=aws:ec2:us-east-1:ami-0abc");
+    };
+    let spec = tug_core::ArtifactSpec {
+        name: tug_core::ArtifactName::parse(name)?,
+        kind: ArtifactKind::Reference,
+        platform: a.platform.as_deref().map(Platform::parse).transpose()?,
+        size: 0,
+        digest: tug_core::Digest::parse(digest).map_err(|e| anyhow::anyhow!("--digest: {e}"))?,
+        derived_from: a
+            .derived_from
+            .iter()
+            .map(|d| DerivedFrom::parse(d))
+            .collect::<Result<Vec<_>, _>>()?,
+        executable: false,
+        uri: Some(tug_core::ReferenceUri::parse(uri)?),
+    };
+    let registered = client
+        .register_artifacts(&build, vec![spec])
+        .await
+        .with_context(|| format!("cannot register reference {name} in build {build}"))?;
+    let sealed = seal_if(client, &build, a.seal).await?;
+    let result = serde_json::json!({
+        "build": build,
+        "reference": name,
+        "uri": uri,
+        "registered": registered.added,
+        "sealed": sealed.as_ref().map(|b| b.id.to_string()),
+    });
+    print(out, &result, |_| {
+        let mut s = format!("Registered reference {name} -> {uri} in build {build}.");
+        if let Some(b) = &sealed {
+            s.push_str(&format!("\nBuild {} sealed.", b.id));
+        }
+        s
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Seals `build` when `--seal` was given.
+async fn seal_if(client: &Client, build: &str, seal: bool) -> anyhow::Result<Option<Build>> {
+    if !seal {
+        return Ok(None);
+    }
+    let sealed = client
+        .seal(build)
+        .await
+        .with_context(|| format!("cannot seal build {build}"))?;
+    Ok(Some(sealed))
 }

@@ -57,6 +57,7 @@ pub(crate) async fn sealed(
             digest,
             derived_from: vec![],
             executable: false,
+            uri: None,
         });
     }
     client.register_artifacts(b.id.as_str(), specs).await.unwrap();

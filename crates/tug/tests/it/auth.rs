@@ -175,7 +175,7 @@ async fn every_route_refuses_the_roles_that_may_not_use_it() {
     server.tug(w, &["service", "create", "web"]).ok();
     std::fs::write(
         w.join("p.toml"),
-        "service = \"web\"\n\n[[environments]]\nname = \"dev\"\n\n[[environments]]\nname = \"prod\"\nupstream = \"dev\"\n",
+        "service = \"web\"\n\n[[environments]]\nname = \"dev\"\npublic = true\n\n[[environments]]\nname = \"prod\"\nupstream = \"dev\"\n",
     )
     .unwrap();
     server.tug(w, &["pipeline", "apply", "-f", "p.toml"]).ok();
@@ -441,6 +441,29 @@ async fn every_route_refuses_the_roles_that_may_not_use_it() {
     for what in ["version", "critical"] {
         let url = format!("{}/v1/webapi/automaticupgrades/channel/web/dev/{what}", server.url);
         assert_eq!(reqwest::get(url).await.unwrap().status(), 200);
+    }
+    // The release catalog answers without a token, and the same (status
+    // and body) with any token: a token shows nothing more there.
+    for (method, path) in [
+        (Method::GET, "/v1/releases/web"),
+        (Method::GET, "/releases/web"),
+        (Method::GET, "/dl/web/1.0.0/app"),
+        (Method::HEAD, "/dl/web/1.0.0/app"),
+        (Method::GET, "/dl/web/dev/latest/app"),
+        (Method::HEAD, "/dl/web/dev/latest/app"),
+    ] {
+        let res = reqwest::Client::new()
+            .request(method.clone(), format!("{}{path}", server.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "anonymous {method} {path}");
+        let anonymous = res.bytes().await.unwrap();
+        for (role, secret) in &roles {
+            let (status, text) = crate::access::call(&server, secret, method.clone(), path, None).await;
+            assert_eq!(status, 200, "{role} {method} {path}: {text}");
+            assert_eq!(text.as_bytes(), &anonymous[..], "{role} {method} {path}");
+        }
     }
 }
 

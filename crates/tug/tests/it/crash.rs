@@ -78,6 +78,7 @@ async fn kill_9_during_an_upload_leaves_nothing_visible() {
                 digest,
                 derived_from: vec![],
                 executable: false,
+                uri: None,
             }],
         )
         .await

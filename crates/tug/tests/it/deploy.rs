@@ -390,6 +390,7 @@ pub async fn filled_draft(
         digest,
         derived_from: vec![],
         executable: false,
+        uri: None,
     };
     client.register_artifacts(b.id.as_str(), vec![spec]).await.unwrap();
     b

@@ -11,6 +11,7 @@ mod agent_reports;
 mod agents;
 mod auth;
 mod bad_input;
+mod catalog;
 mod cli;
 mod concurrency;
 mod config;
