@@ -419,6 +419,7 @@ impl Tugboat {
                     digest: *digest,
                     derived_from: parsed.derived_from().map_err(Error::Oci)?,
                     executable: false,
+                    uri: None,
                 },
             });
         }
