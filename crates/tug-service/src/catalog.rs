@@ -123,15 +123,15 @@ type Question = (ServiceName, Option<EnvName>, u32, Option<String>);
 pub(crate) struct Answers(std::sync::Mutex<HashMap<Question, Stamped>>);
 
 /// An answer and the stamp it was computed at.
-type Stamped = ([i64; 6], Arc<Catalog>);
+type Stamped = (i64, Arc<Catalog>);
 
 impl Answers {
-    fn get(&self, q: &Question, stamp: &[i64; 6]) -> Option<Arc<Catalog>> {
+    fn get(&self, q: &Question, stamp: &i64) -> Option<Arc<Catalog>> {
         let answers = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         answers.get(q).filter(|(s, _)| s == stamp).map(|(_, c)| c.clone())
     }
 
-    fn put(&self, q: Question, stamp: [i64; 6], catalog: Arc<Catalog>) {
+    fn put(&self, q: Question, stamp: i64, catalog: Arc<Catalog>) {
         let mut answers = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if answers.len() >= MAX_CACHED && !answers.contains_key(&q) {
             answers.clear();
