@@ -89,17 +89,21 @@ impl Tugboat {
             .get(digest, start, end)
             .await?
             .ok_or(Error::BlobNotFound(*digest))?;
-        // Counted as the body is sent, so a download cut short counts what
-        // went out.
+        Ok(self.counted(blob))
+    }
+
+    /// `blob` with its bytes counted as they are sent, so a download cut
+    /// short counts what went out.
+    pub(crate) fn counted(&self, blob: Blob) -> Blob {
         let sent = self.metrics.bytes_out();
         let body = blob.body.inspect(move |chunk| {
             if let Ok(bytes) = chunk {
                 sent.inc_by(bytes.len() as u64);
             }
         });
-        Ok(Blob {
+        Blob {
             body: Box::pin(body),
             ..blob
-        })
+        }
     }
 }

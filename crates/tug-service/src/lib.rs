@@ -21,10 +21,11 @@ use tug_core::{
     Digest, Draft, EnvName, Hasher, Role, ServiceName, TokenName, Version,
 };
 use tug_db::{Db, NewBuild, NewToken, Revocation};
-use tug_store::{Blob, BlobInfo, BlobStore, ByteStream};
+use tug_store::{BlobInfo, BlobStore, ByteStream};
 
 mod access;
 mod agents;
+mod apt;
 mod audit;
 mod blobs;
 mod builds;
@@ -48,6 +49,7 @@ mod webhooks;
 
 pub use access::{AgentView, DeploymentView, Shown};
 pub use agents::{AgentCounts, ChannelStamp, ChannelStamps, ChannelView, STALE_AFTER};
+pub use apt::{AptIndexes, AptKey, AptSettings, Generation, PoolFile, GENERATIONS};
 pub use audit::{ExportPage, Since};
 pub use consumers::{Consumer, ConsumerError, ConsumerFamily, LeaseOptions};
 pub use deploy::{
@@ -62,6 +64,8 @@ pub use grants::Place;
 pub use metrics::{Metrics, METRICS_CONTENT_TYPE};
 pub use reconcile::SWEEP_EVERY;
 pub use rollouts::{Grant, Pacing, RolloutStatus};
+/// A blob's bytes as read from the store, named for the server's answers.
+pub use tug_store::Blob;
 pub use verify::GateView;
 pub use webhooks::{delivery_id, shown_url, slack, CreatedWebhook, NewWebhook, WebhookFamily, WebhookSettings};
 
@@ -85,6 +89,8 @@ pub struct Settings {
     pub approval_timeout: Duration,
     /// How webhooks are sent and retried.
     pub webhooks: WebhookSettings,
+    /// The APT repositories' signing key and retention.
+    pub apt: AptSettings,
 }
 
 impl Default for Settings {
@@ -96,6 +102,7 @@ impl Default for Settings {
             server_rules: Vec::new(),
             approval_timeout: Duration::from_secs(24 * 3600),
             webhooks: WebhookSettings::default(),
+            apt: AptSettings::default(),
         }
     }
 }
@@ -239,6 +246,8 @@ pub struct Tugboat {
     prometheus: reqwest::Client,
     /// The HTTP client webhooks are sent with.
     sender: webhooks::SharedSender,
+    /// The APT repositories' signing key, read or created on first use.
+    apt_key: Arc<tokio::sync::OnceCell<Arc<AptKey>>>,
 }
 
 /// How many builds an ambiguous prefix names at most in its error.
@@ -271,6 +280,7 @@ impl Tugboat {
             metrics: Arc::default(),
             prometheus: verify::client(),
             sender: Arc::default(),
+            apt_key: Arc::default(),
         }
     }
 

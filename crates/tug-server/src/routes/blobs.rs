@@ -127,6 +127,34 @@ pub async fn get(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let digest = digest(&segment)?;
+    let size = async {
+        state
+            .tugboat
+            .stat_blob(&who, &digest)
+            .await?
+            .ok_or(tug_service::Error::BlobNotFound(digest))
+    };
+    ranged(&headers, digest, size, |start, end| {
+        state.tugboat.get_blob(&who, &digest, start, end)
+    })
+    .await
+}
+
+/// Answers a GET of the blob `digest` with the range `headers` ask for (a
+/// single range, else the whole blob): 206 with `Content-Range`, or 416
+/// past the end. `size` is awaited only for a suffix range; `fetch` reads
+/// the bytes from `start` to `end`.
+pub(crate) async fn ranged<S, F, Fut>(
+    headers: &HeaderMap,
+    digest: tug_core::Digest,
+    size: S,
+    fetch: F,
+) -> Result<Response, ApiError>
+where
+    S: std::future::Future<Output = Result<u64, tug_service::Error>>,
+    F: FnOnce(u64, Option<u64>) -> Fut,
+    Fut: std::future::Future<Output = Result<tug_service::Blob, tug_service::Error>>,
+{
     let range = headers
         .get(header::RANGE)
         .and_then(|v| v.to_str().ok())
@@ -135,16 +163,9 @@ pub async fn get(
         None => (0, None),
         Some(ByteRange::From(s)) => (s, None),
         Some(ByteRange::Span(s, e)) => (s, Some(e.saturating_add(1))),
-        Some(ByteRange::Suffix(n)) => {
-            let size = state
-                .tugboat
-                .stat_blob(&who, &digest)
-                .await?
-                .ok_or(tug_service::Error::BlobNotFound(digest))?;
-            (size.saturating_sub(n), None)
-        }
+        Some(ByteRange::Suffix(n)) => (size.await?.saturating_sub(n), None),
     };
-    let blob = match state.tugboat.get_blob(&who, &digest, start, end).await {
+    let blob = match fetch(start, end).await {
         // The store refuses a start past the end; the answer names the
         // size all the same, so a client can resume correctly.
         Err(tug_service::Error::RangeNotSatisfiable { start, size }) => return Ok(unsatisfiable(start, size)),
