@@ -386,7 +386,14 @@ pub fn release_file(info: &ReleaseInfo<'_>, files: &[IndexFile]) -> String {
     let _ = writeln!(out, "Suite: {}", info.suite);
     let _ = writeln!(out, "Codename: {}", info.suite);
     let _ = writeln!(out, "Date: {}", info.date.format("%a, %d %b %Y %H:%M:%S UTC"));
-    let _ = writeln!(out, "Architectures: {}", info.architectures.join(" "));
+    // No line may end in whitespace: the cleartext signature of InRelease
+    // is made over lines without it, so gpgv would find it bad.
+    out.push_str("Architectures:");
+    for a in info.architectures {
+        out.push(' ');
+        out.push_str(a);
+    }
+    out.push('\n');
     let _ = writeln!(out, "Components: main");
     let _ = writeln!(out, "Description: {}", info.description);
     let _ = writeln!(out, "Acquire-By-Hash: yes");
@@ -504,9 +511,9 @@ mod tests {
 
     #[test]
     fn indexes_are_sorted_per_architecture_with_all_in_each() {
-        let amd = Paragraph::parse("Package: b\nVersion: 1\nArchitecture: amd64\nSHA256: ff\n").unwrap();
-        let arm = Paragraph::parse("Package: b\nVersion: 1\nArchitecture: arm64\n").unwrap();
-        let all = Paragraph::parse("Package: a\nVersion: 2\nArchitecture: all\n").unwrap();
+        let amd = Paragraph::parse("Package: beta\nVersion: 1\nArchitecture: amd64\nSHA256: ff\n").unwrap();
+        let arm = Paragraph::parse("Package: beta\nVersion: 1\nArchitecture: arm64\n").unwrap();
+        let all = Paragraph::parse("Package: alpha\nVersion: 2\nArchitecture: all\n").unwrap();
         let e = |control, filename| IndexEntry {
             control,
             filename,
@@ -522,8 +529,8 @@ mod tests {
         let index = packages_index(&entries, "amd64");
         assert_eq!(
             index,
-            "Package: a\nVersion: 2\nArchitecture: all\nFilename: pool/1/a.deb\nSize: 3\nSHA256: ab\n\n\
-             Package: b\nVersion: 1\nArchitecture: amd64\nFilename: pool/1/b.deb\nSize: 3\nSHA256: ab\n"
+            "Package: alpha\nVersion: 2\nArchitecture: all\nFilename: pool/1/a.deb\nSize: 3\nSHA256: ab\n\n\
+             Package: beta\nVersion: 1\nArchitecture: amd64\nFilename: pool/1/b.deb\nSize: 3\nSHA256: ab\n"
         );
         assert_eq!(architectures([&amd, &arm, &all]), ["amd64", "arm64"]);
         assert_eq!(architectures([&all]), ["all"]);
@@ -552,5 +559,17 @@ mod tests {
         );
         assert!(text.contains("Suite: production\nCodename: production\nDate: Fri, 02 Jan 2026 03:04:05 UTC\n"));
         assert!(text.contains("Acquire-By-Hash: yes\nSHA256:\n ab 12 main/binary-amd64/Packages\n"));
+        let empty = release_file(
+            &ReleaseInfo {
+                architectures: &[],
+                origin: "Tugboat",
+                label: "api",
+                suite: "production",
+                date,
+                description: "api production",
+            },
+            &[],
+        );
+        assert!(empty.lines().all(|l| l == l.trim_end()), "{empty:?}");
     }
 }

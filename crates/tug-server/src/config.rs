@@ -645,6 +645,8 @@ mod tests {
             ("approval_timeout_secs = 8639999913600", "approval_timeout_secs"),
             ("approval_timeout_secs = 0", "approval_timeout_secs"),
             ("gc_grace_secs = 9000000000000", "gc_grace_secs"),
+            ("apt_keep = 0", "apt_keep"),
+            ("apt_keep = 101", "apt_keep"),
             ("draft_max_age_secs = 9223372036854775807", "draft_max_age_secs"),
             ("max_json_body = 0", "max_json_body"),
             ("consumer_lease_secs = 0", "consumer_lease_secs"),

@@ -17,6 +17,10 @@ public = true
 
 [[environments]]
 name = "internal"
+
+[[environments]]
+name = "beta"
+public = true
 "#;
 
 /// Builds `<pkg>_<version>_<arch>.deb` in `dir` with `dpkg-deb`; it
@@ -374,7 +378,7 @@ async fn apt_get_refuses_a_tampered_release_or_package() {
     let server = TestServer::start().await;
     let w = tempfile::tempdir().unwrap();
     let w = w.path();
-    let v1 = released(&server, w);
+    released(&server, w);
     let (_, key) = get(&format!("{}/apt/api/key.gpg", server.url)).await;
 
     // A changed InRelease: its signature no longer verifies.
@@ -402,6 +406,10 @@ async fn apt_get_refuses_a_tampered_release_or_package() {
             .success()
     };
     assert!(gpgv(&in_release));
+    // A suite with nothing in it is signed as well.
+    let (status, empty) = get(&format!("{}/apt/api/dists/beta/InRelease", server.url)).await;
+    assert_eq!(status, 200);
+    assert!(gpgv(&empty), "{}", String::from_utf8_lossy(&empty));
     let mut changed = in_release.clone();
     let at = String::from_utf8_lossy(&changed).find("Suite: stable").unwrap() + "Suite: s".len();
     changed[at] = b'T';

@@ -359,6 +359,21 @@ async fn every_route_refuses_the_roles_that_may_not_use_it() {
         ),
         ("A", Method::DELETE, "/v1/webhooks/nobody".into(), None),
         ("A", Method::GET, "/v1/webhooks/nobody/deliveries".into(), None),
+        ("ACDPGVM", Method::GET, "/apt/web/key.asc".into(), None),
+        ("ACDPGVM", Method::GET, "/apt/web/key.gpg".into(), None),
+        ("ACDPGV", Method::GET, "/apt/web/dists/dev/InRelease".into(), None),
+        (
+            "ACDPGV",
+            Method::GET,
+            "/apt/web/dists/dev/main/binary-amd64/Packages".into(),
+            None,
+        ),
+        (
+            "ACDPGV",
+            Method::GET,
+            format!("/apt/web/pool/dev/{build}/app.deb"),
+            None,
+        ),
         (
             "A",
             Method::POST,
@@ -386,6 +401,16 @@ async fn every_route_refuses_the_roles_that_may_not_use_it() {
     for what in ["version", "critical"] {
         let url = format!("{}/v1/webapi/automaticupgrades/channel/web/dev/{what}", server.url);
         assert_eq!(reqwest::get(url).await.unwrap().status(), 200);
+    }
+    // Without a token, APT serves the key and public environments only
+    // (dev is not public).
+    for (path, status) in [
+        ("/apt/web/key.asc", 200),
+        ("/apt/web/dists/dev/InRelease", 404),
+        ("/apt/web/dists/prod/Release", 404),
+    ] {
+        let url = format!("{}{path}", server.url);
+        assert_eq!(reqwest::get(url).await.unwrap().status(), status, "{path}");
     }
 }
 
