@@ -339,19 +339,16 @@ pub fn packages_index(entries: &[IndexEntry<'_>], arch: &str) -> String {
 
 /// The architectures a repository's `Release` names: those of its
 /// packages, without `all` (whose packages are listed in each), or `all`
-/// alone when every package is `all`.
+/// alone when every package is `all` or there are none (apt refuses a
+/// suite that lists no index at all).
 pub fn architectures<'a>(entries: impl IntoIterator<Item = &'a Paragraph>) -> Vec<String> {
-    let mut all = false;
-    let mut set = BTreeSet::new();
-    for p in entries {
-        match p.architecture() {
-            "all" => all = true,
-            a => {
-                set.insert(a.to_string());
-            }
-        }
-    }
-    if set.is_empty() && all {
+    let mut set: BTreeSet<String> = entries
+        .into_iter()
+        .map(Paragraph::architecture)
+        .filter(|a| *a != "all")
+        .map(str::to_string)
+        .collect();
+    if set.is_empty() {
         set.insert("all".to_string());
     }
     set.into_iter().collect()
@@ -534,6 +531,7 @@ mod tests {
         );
         assert_eq!(architectures([&amd, &arm, &all]), ["amd64", "arm64"]);
         assert_eq!(architectures([&all]), ["all"]);
+        assert_eq!(architectures([]), ["all"]);
     }
 
     #[test]

@@ -537,3 +537,73 @@ async fn bad_packages_and_paths_get_clear_errors() {
     };
     assert_eq!(got, 401);
 }
+
+/// An embargoed build's packages never reach a caller who may not see it:
+/// an environment made public while it runs one serves an empty (signed)
+/// suite without a token, and the build's packages to a token that sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embargoed_build_is_never_in_a_public_suite() {
+    let server = TestServer::start().await;
+    let w = tempfile::tempdir().unwrap();
+    let w = w.path();
+    let v1 = released(&server, w);
+    // Embargoed builds go to private environments only.
+    apply(&server, w, &PIPELINE.replace("name = \"internal\"", "name = \"internal\"\nprivate = true"));
+    let dir = w.join("fix");
+    std::fs::create_dir_all(&dir).unwrap();
+    let fix = deb(&dir, "hello", "1.0.1", "amd64");
+    let out = server
+        .tug(
+            w,
+            &[
+                "push",
+                "--service",
+                "api",
+                "--version",
+                "1.0.1",
+                "--embargo",
+                "--seal",
+                "--output",
+                "json",
+                fix.to_str().unwrap(),
+            ],
+        )
+        .json();
+    let fix_build = out["build"].as_str().unwrap().to_string();
+    server
+        .tug(w, &["release", "api", "--env", "internal", "--build", &v1])
+        .ok();
+    server
+        .tug(w, &["release", "api", "--env", "internal", "--build", &fix_build])
+        .ok();
+    apply(
+        &server,
+        w,
+        &PIPELINE.replace("name = \"internal\"", "name = \"internal\"\npublic = true"),
+    );
+
+    let base = format!("{}/apt/api/dists/internal", server.url);
+    let (status, release) = get(&format!("{base}/Release")).await;
+    assert_eq!(status, 200);
+    let release = String::from_utf8(release).unwrap();
+    assert!(release.contains("Date: Thu, 01 Jan 1970"), "{release}");
+    assert!(!release.contains("binary-amd64"), "{release}");
+    let (status, _) = get(&format!("{base}/main/binary-amd64/Packages")).await;
+    assert_eq!(status, 404);
+    let (_, key) = get(&format!("{}/apt/api/key.gpg", server.url)).await;
+    let anonymous = Apt::new(&server.url, "internal", &key, None);
+    anonymous.update();
+    let (_, listed) = anonymous.run("apt-cache", &["madison", "hello"]);
+    assert!(!listed.contains("1.0."), "{listed}");
+
+    // The admin sees the build and the one before it.
+    let admin = format!(
+        "machine {}/apt/api login apt password {}\n",
+        server.url, server.admin_token
+    );
+    let member = Apt::new(&server.url, "internal", &key, Some(&admin));
+    member.update();
+    assert_eq!(member.fetch("hello"), "1.0.1");
+    let pool = format!("{}/apt/api/pool/internal/{fix_build}/hello_1.0.1_amd64.deb", server.url);
+    assert_eq!(get(&pool).await.0, 404, "not without a token");
+}
