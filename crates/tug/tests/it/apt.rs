@@ -548,7 +548,11 @@ async fn an_embargoed_build_is_never_in_a_public_suite() {
     let w = w.path();
     let v1 = released(&server, w);
     // Embargoed builds go to private environments only.
-    apply(&server, w, &PIPELINE.replace("name = \"internal\"", "name = \"internal\"\nprivate = true"));
+    apply(
+        &server,
+        w,
+        &PIPELINE.replace("name = \"internal\"", "name = \"internal\"\nprivate = true"),
+    );
     let dir = w.join("fix");
     std::fs::create_dir_all(&dir).unwrap();
     let fix = deb(&dir, "hello", "1.0.1", "amd64");
