@@ -9,6 +9,7 @@
 pub mod access;
 pub mod audit;
 pub mod build_ref;
+pub mod deb;
 pub mod diff;
 pub mod digest;
 pub mod grant;

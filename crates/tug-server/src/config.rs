@@ -23,6 +23,9 @@ pub struct Config {
     pub max_json_body: usize,
     pub draft_max_age_secs: u64,
     pub gc_grace_secs: u64,
+    /// How many builds an environment ran (the current one included) its
+    /// APT suite lists, so an older version can be pinned.
+    pub apt_keep: u64,
     /// Server-wide branch restrictions (`production=^master$`) that no
     /// service's pipeline can override.
     pub server_rules: Vec<tug_core::ServerRule>,
@@ -147,6 +150,7 @@ impl Default for Config {
             max_json_body: 16 << 20,
             draft_max_age_secs: 7 * 24 * 3600,
             gc_grace_secs: 3600,
+            apt_keep: 3,
             server_rules: Vec::new(),
             approval_timeout_secs: 24 * 3600,
             header_read_timeout_secs: 10,
@@ -174,6 +178,7 @@ impl std::fmt::Debug for Config {
             .field("max_json_body", &self.max_json_body)
             .field("draft_max_age_secs", &self.draft_max_age_secs)
             .field("gc_grace_secs", &self.gc_grace_secs)
+            .field("apt_keep", &self.apt_keep)
             .field("server_rules", &self.server_rules)
             .field("approval_timeout_secs", &self.approval_timeout_secs)
             .field("header_read_timeout_secs", &self.header_read_timeout_secs)
@@ -215,6 +220,7 @@ pub struct Layer {
     pub max_json_body: Option<usize>,
     pub draft_max_age_secs: Option<u64>,
     pub gc_grace_secs: Option<u64>,
+    pub apt_keep: Option<u64>,
     pub server_rules: Option<Vec<tug_core::ServerRule>>,
     pub approval_timeout_secs: Option<u64>,
     pub header_read_timeout_secs: Option<u64>,
@@ -307,6 +313,7 @@ impl Layer {
             max_json_body: num(env, "TUG_MAX_JSON_BODY")?,
             draft_max_age_secs: num(env, "TUG_DRAFT_MAX_AGE_SECS")?,
             gc_grace_secs: num(env, "TUG_GC_GRACE_SECS")?,
+            apt_keep: num(env, "TUG_APT_KEEP")?,
             approval_timeout_secs: num(env, "TUG_APPROVAL_TIMEOUT_SECS")?,
             header_read_timeout_secs: num(env, "TUG_HEADER_READ_TIMEOUT_SECS")?,
             event_sink: env.get("TUG_EVENT_SINK").map(PathBuf::from),
@@ -369,6 +376,9 @@ impl Config {
         if let Some(v) = l.gc_grace_secs {
             self.gc_grace_secs = v;
         }
+        if let Some(v) = l.apt_keep {
+            self.apt_keep = v;
+        }
         if let Some(v) = l.server_rules {
             self.server_rules = v;
         }
@@ -417,7 +427,7 @@ impl Config {
     /// sizes, which must never overflow.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let secs = |max: u64| format!("0 to {max} seconds");
-        let checks: [(&'static str, &'static str, u64, u64, u64, String); 12] = [
+        let checks: [(&'static str, &'static str, u64, u64, u64, String); 13] = [
             (
                 "max_blob_size",
                 "TUG_MAX_BLOB_SIZE",
@@ -449,6 +459,14 @@ impl Config {
                 0,
                 MAX_AGE_SECS,
                 secs(MAX_AGE_SECS),
+            ),
+            (
+                "apt_keep",
+                "TUG_APT_KEEP",
+                self.apt_keep,
+                1,
+                100,
+                "1 to 100 builds".to_string(),
             ),
             (
                 "approval_timeout_secs",
@@ -627,6 +645,8 @@ mod tests {
             ("approval_timeout_secs = 8639999913600", "approval_timeout_secs"),
             ("approval_timeout_secs = 0", "approval_timeout_secs"),
             ("gc_grace_secs = 9000000000000", "gc_grace_secs"),
+            ("apt_keep = 0", "apt_keep"),
+            ("apt_keep = 101", "apt_keep"),
             ("draft_max_age_secs = 9223372036854775807", "draft_max_age_secs"),
             ("max_json_body = 0", "max_json_body"),
             ("consumer_lease_secs = 0", "consumer_lease_secs"),

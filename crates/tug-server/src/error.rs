@@ -140,6 +140,12 @@ impl From<Error> for ApiError {
                 "blob_missing",
                 format!("artifact {name}: blob {digest} is not stored; upload it (PUT /v1/blobs/{digest}, as tug push does) before registering the artifact"),
             ),
+            e @ Error::NotDebianPackage { .. } => refine(
+                S::UNPROCESSABLE_ENTITY,
+                "not_a_debian_package",
+                format!("{e}; push a package built by dpkg-deb, or give the artifact another --kind"),
+            ),
+            e @ Error::PackageNotFound(_) => plain("package_not_found", format!("{e}; run apt-get update")),
             e @ Error::SizeMismatch { .. } => refine(
                 S::UNPROCESSABLE_ENTITY,
                 "size_mismatch",

@@ -53,6 +53,8 @@ pub struct AppState {
     /// long-poll of a channel at once, and one of them reads the database
     /// while the others wait for its answer.
     pub channel_flights: Flights,
+    /// The signed indexes of recent APT suite generations.
+    pub apt: routes::apt::Cache,
 }
 
 impl AppState {
@@ -70,6 +72,7 @@ impl AppState {
             public_answers: Default::default(),
             channel_answers: Default::default(),
             channel_flights: Default::default(),
+            apt: Default::default(),
         }
     }
 }
@@ -219,6 +222,7 @@ pub fn router(state: AppState) -> Router {
         .merge(blobs)
         .merge(routes::oci::router())
         .merge(routes::catalog::router())
+        .merge(routes::apt::router())
         .fallback(routes::not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.tugboat.clone(),
@@ -288,6 +292,11 @@ fn settings(config: &Config) -> Settings {
             lease: Duration::from_secs(config.consumer_lease_secs),
         },
         upload_dir: config.data_dir.join("uploads"),
+        apt: tug_service::AptSettings {
+            key_file: Some(config.data_dir.join("apt").join("signing-key.asc")),
+            // Checked to be 1 to 100 when the configuration is read.
+            keep: usize::try_from(config.apt_keep).unwrap_or(1),
+        },
         ..Settings::default()
     }
 }

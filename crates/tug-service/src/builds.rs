@@ -233,6 +233,9 @@ impl Tugboat {
                 Some(_) => {}
             }
         }
+        // Packages are read (and refused when they are not packages) before
+        // the artifacts are added, so the indexes never lack a package.
+        self.read_debs(&specs).await?;
         Ok(self.db.add_artifacts(&build.id, &specs, self.now()).await?)
     }
 

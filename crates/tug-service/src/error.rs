@@ -152,6 +152,10 @@ pub enum Error {
     TooLarge { limit: u64 },
     #[error("the upload was cut short after {received} bytes: {source}; nothing was stored")]
     UploadInterrupted { received: u64, source: std::io::Error },
+    #[error("artifact {name} is not a Debian package: {why}")]
+    NotDebianPackage { name: ArtifactName, why: String },
+    #[error("no package {0} in this repository")]
+    PackageNotFound(String),
     #[error("range starts at {start}, past the end of the {size}-byte blob")]
     RangeNotSatisfiable { start: u64, size: u64 },
     #[error("no webhook has the id {0}")]
@@ -197,6 +201,7 @@ impl Error {
             | Error::NoPipeline(_)
             | Error::EnvironmentNotFound { .. }
             | Error::WebhookNotFound(_)
+            | Error::PackageNotFound(_)
             | Error::DeliveryNotFound(_) => K::NotFound,
             Error::TokenAlreadyRevoked { .. }
             | Error::TokenNameTaken(_)
@@ -217,6 +222,7 @@ impl Error {
             | Error::DigestMismatch { .. }
             | Error::TooLarge { .. }
             | Error::UploadInterrupted { .. }
+            | Error::NotDebianPackage { .. }
             | Error::RangeNotSatisfiable { .. } => K::Invalid,
             Error::Oci(e) => match e.code.status() {
                 401 => K::Unauthenticated,

@@ -25,6 +25,7 @@ use tug_store::{BlobInfo, BlobStore, ByteStream};
 
 mod access;
 mod agents;
+mod apt;
 mod audit;
 mod blobs;
 mod builds;
@@ -50,6 +51,7 @@ mod webhooks;
 
 pub use access::{AgentView, DeploymentView, Shown};
 pub use agents::{AgentCounts, ChannelStamp, ChannelStamps, ChannelView, STALE_AFTER};
+pub use apt::{AptIndexes, AptKey, AptSettings, Generation, PoolFile, GENERATIONS};
 pub use audit::{ExportPage, Since};
 pub use catalog::{download_path, DEFAULT_CATALOG_PAGE, MAX_CATALOG_PAGE};
 pub use consumers::{Consumer, ConsumerError, ConsumerFamily, LeaseOptions};
@@ -65,12 +67,13 @@ pub use grants::Place;
 pub use metrics::{Metrics, METRICS_CONTENT_TYPE};
 pub use reconcile::SWEEP_EVERY;
 pub use rollouts::{Grant, Pacing, RolloutStatus};
+/// A blob's bytes as read from the store, named for the server's answers.
+pub use tug_store::Blob;
 pub use verify::GateView;
 pub use webhooks::{delivery_id, shown_url, slack, CreatedWebhook, NewWebhook, WebhookFamily, WebhookSettings};
 
 /// A blob's bytes as the store hands them out (for transports that
 /// stream them).
-pub use tug_store::Blob;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -96,6 +99,8 @@ pub struct Settings {
     pub upload_dir: std::path::PathBuf,
     /// Upload sessions older than this are removed by gc.
     pub upload_max_age: Duration,
+    /// The APT repositories' signing key and retention.
+    pub apt: AptSettings,
 }
 
 impl Default for Settings {
@@ -109,6 +114,7 @@ impl Default for Settings {
             webhooks: WebhookSettings::default(),
             upload_dir: std::env::temp_dir().join("tug-uploads"),
             upload_max_age: Duration::from_secs(24 * 3600),
+            apt: AptSettings::default(),
         }
     }
 }
@@ -260,6 +266,8 @@ pub struct Tugboat {
     registry_key: Arc<tokio::sync::OnceCell<Vec<u8>>>,
     /// Release catalog answers, each with the stamp it was computed at.
     catalogs: Arc<catalog::Answers>,
+    /// The APT repositories' signing key, read or created on first use.
+    apt_key: Arc<tokio::sync::OnceCell<Arc<AptKey>>>,
 }
 
 /// How many builds an ambiguous prefix names at most in its error.
@@ -295,6 +303,7 @@ impl Tugboat {
             uploads: Arc::default(),
             registry_key: Arc::default(),
             catalogs: Arc::default(),
+            apt_key: Arc::default(),
         }
     }
 

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod agents;
+pub mod apt;
 pub mod audit;
 pub mod blobs;
 pub mod builds;

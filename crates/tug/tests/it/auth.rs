@@ -359,6 +359,21 @@ async fn every_route_refuses_the_roles_that_may_not_use_it() {
         ),
         ("A", Method::DELETE, "/v1/webhooks/nobody".into(), None),
         ("A", Method::GET, "/v1/webhooks/nobody/deliveries".into(), None),
+        ("ACDPGVM", Method::GET, "/apt/web/key.asc".into(), None),
+        ("ACDPGVM", Method::GET, "/apt/web/key.gpg".into(), None),
+        ("ACDPGV", Method::GET, "/apt/web/dists/dev/InRelease".into(), None),
+        (
+            "ACDPGV",
+            Method::GET,
+            "/apt/web/dists/dev/main/binary-amd64/Packages".into(),
+            None,
+        ),
+        (
+            "ACDPGV",
+            Method::GET,
+            format!("/apt/web/pool/dev/{build}/app.deb"),
+            None,
+        ),
         (
             "A",
             Method::POST,
@@ -464,6 +479,16 @@ async fn every_route_refuses_the_roles_that_may_not_use_it() {
             assert_eq!(status, 200, "{role} {method} {path}: {text}");
             assert_eq!(text.as_bytes(), &anonymous[..], "{role} {method} {path}");
         }
+    }
+    // Without a token, APT serves the key and public environments only
+    // (dev is public, prod is not).
+    for (path, status) in [
+        ("/apt/web/key.asc", 200),
+        ("/apt/web/dists/dev/InRelease", 200),
+        ("/apt/web/dists/prod/Release", 404),
+    ] {
+        let url = format!("{}{path}", server.url);
+        assert_eq!(reqwest::get(url).await.unwrap().status(), status, "{path}");
     }
 }
 

@@ -1151,7 +1151,8 @@ async fn teleport_cloud_train() {
             ("linux-amd64/teleport.tar.gz", vec![]),
             (
                 "teleport_amd64.deb",
-                vec!["--derived-from", "linux-amd64/teleport.tar.gz"],
+                // A stand-in, not a Debian package: pushed as a plain file.
+                vec!["--kind", "other", "--derived-from", "linux-amd64/teleport.tar.gz"],
             ),
             ("teleport.oci", vec!["--derived-from", "teleport_amd64.deb"]),
         ]

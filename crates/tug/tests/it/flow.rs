@@ -70,6 +70,9 @@ pub async fn push_seal_show_pull(server: &TestServer) {
                 "push",
                 &id,
                 "pkg/teleport_amd64.deb",
+                // A stand-in, not a Debian package: pushed as a plain file.
+                "--kind",
+                "other",
                 "--platform",
                 "linux/amd64",
                 "--derived-from",

@@ -9,6 +9,7 @@ mod support;
 mod access;
 mod agent_reports;
 mod agents;
+mod apt;
 mod auth;
 mod bad_input;
 mod catalog;
