@@ -72,9 +72,6 @@ pub use tug_store::Blob;
 pub use verify::GateView;
 pub use webhooks::{delivery_id, shown_url, slack, CreatedWebhook, NewWebhook, WebhookFamily, WebhookSettings};
 
-/// A blob's bytes as the store hands them out (for transports that
-/// stream them).
-
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Limits and ages the use cases enforce.
