@@ -151,7 +151,14 @@ impl AptKey {
             .to_armored_string(pgp::composed::ArmorOptions::default())
             .map_err(key_error)?;
         let dir = path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).map_err(|e| key_error(format!("{}: {e}", dir.display())))?;
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| key_error(format!("{}: {e}", dir.display())))?;
+        }
         let tmp = dir.join(format!(".signing-key.{}.tmp", uuid::Uuid::now_v7()));
         {
             use std::os::unix::fs::OpenOptionsExt;

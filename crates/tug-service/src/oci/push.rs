@@ -62,10 +62,19 @@ impl Tugboat {
         self.oci_allow(v, repo, RepoAction::Push)?;
         self.oci_service_exists(repo).await?;
         let id = uuid::Uuid::now_v7().to_string();
-        tokio::fs::create_dir_all(&self.settings.upload_dir)
+        // Private like the store's own uploads, whatever the umask: a
+        // session file becomes a blob by a rename.
+        tokio::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.settings.upload_dir)
             .await
             .map_err(Error::internal)?;
-        tokio::fs::File::create(self.upload_path(&id))
+        tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(self.upload_path(&id))
             .await
             .map_err(Error::internal)?;
         self.db.insert_oci_upload(&id, repo.as_str(), self.now()).await?;
