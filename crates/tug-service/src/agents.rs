@@ -3,12 +3,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use tug_core::access::BuildAccess;
 use tug_core::records::{AgentRecord, BuildRecord};
 use tug_core::states::AgentState;
 use tug_core::{Action, ArtifactSpec, BuildId, EnvName, Environment, Platform, ServiceName};
 
-use crate::access::{facts_of, AgentView, Sights};
+use crate::access::{AgentView, Sights};
 use crate::{Error, Principal, Result, Tugboat};
 
 /// An environment's channel for one platform, whole: what it shows a
@@ -184,16 +183,7 @@ impl Tugboat {
                 known: "the public ones".into(),
             });
         }
-        Ok(channel.build.filter(|b| {
-            let facts = facts_of(b);
-            tug_core::access::public_sight(&BuildAccess {
-                service: &facts.service,
-                embargoed: facts.embargoed,
-                created_by_token: None,
-                private_deployments: &[],
-            })
-            .is_full()
-        }))
+        Ok(channel.build.filter(Tugboat::publicly_visible))
     }
 
     /// Stores an agent's report. The environment must exist in the

@@ -575,11 +575,8 @@ impl Tugboat {
 
     /// The bytes of a package found by [`Tugboat::apt_pool_file`].
     pub async fn apt_pool_read(&self, file: &PoolFile, start: u64, end: Option<u64>) -> Result<Blob> {
-        let blob = self
-            .store
-            .get(&file.digest, start, end)
+        self.read_counted(&file.digest, start, end)
             .await?
-            .ok_or(Error::BlobNotFound(file.digest))?;
-        Ok(self.counted(blob))
+            .ok_or(Error::BlobNotFound(file.digest))
     }
 }

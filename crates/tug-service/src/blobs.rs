@@ -84,17 +84,22 @@ impl Tugboat {
         if !self.may_read_blob(who, digest).await? {
             return Err(Error::BlobNotFound(*digest));
         }
-        let blob = self
-            .store
-            .get(digest, start, end)
+        self.read_counted(digest, start, end)
             .await?
-            .ok_or(Error::BlobNotFound(*digest))?;
-        Ok(self.counted(blob))
+            .ok_or(Error::BlobNotFound(*digest))
+    }
+
+    /// The bytes of a blob from `start` up to `end`, counted in the
+    /// metrics as they are sent; `None` when it is not stored. Only for
+    /// use cases that have already decided the caller may read it (every
+    /// reader of blobs ends here, so each download is counted alike).
+    pub(crate) async fn read_counted(&self, digest: &Digest, start: u64, end: Option<u64>) -> Result<Option<Blob>> {
+        Ok(self.store.get(digest, start, end).await?.map(|b| self.counted(b)))
     }
 
     /// `blob` with its bytes counted in the metrics as the body is sent,
     /// so a download cut short counts what went out.
-    pub(crate) fn counted(&self, blob: Blob) -> Blob {
+    fn counted(&self, blob: Blob) -> Blob {
         let sent = self.metrics.bytes_out();
         let body = blob.body.inspect(move |chunk| {
             if let Ok(bytes) = chunk {

@@ -433,12 +433,9 @@ impl Tugboat {
     /// The bytes of a published file (from [`Tugboat::published_artifact`]
     /// or [`Tugboat::latest_artifact`], which decided it may be read).
     pub async fn published_blob(&self, artifact: &ArtifactSpec, start: u64, end: Option<u64>) -> Result<Blob> {
-        let blob = self
-            .store
-            .get(&artifact.digest, start, end)
+        self.read_counted(&artifact.digest, start, end)
             .await?
-            .ok_or(Error::BlobNotFound(artifact.digest))?;
-        Ok(self.counted(blob))
+            .ok_or(Error::BlobNotFound(artifact.digest))
     }
 }
 

@@ -89,17 +89,7 @@ impl Tugboat {
         if !self.oci_may_read(v, repo, digest).await? {
             return Err(unknown());
         }
-        let blob = self.store.get(digest, start, end).await?.ok_or_else(unknown)?;
-        let sent = self.metrics.bytes_out();
-        let body = blob.body.inspect(move |chunk| {
-            if let Ok(bytes) = chunk {
-                sent.inc_by(bytes.len() as u64);
-            }
-        });
-        Ok(Blob {
-            body: Box::pin(body),
-            ..blob
-        })
+        self.read_counted(digest, start, end).await?.ok_or_else(unknown)
     }
 
     /// The tags the visitor may see, sorted, `n` at most after `last`:
