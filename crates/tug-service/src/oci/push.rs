@@ -45,8 +45,9 @@ impl Tugboat {
         self.settings.upload_dir.join(id)
     }
 
-    /// The session `id` of the repository, or `BLOB_UPLOAD_UNKNOWN`.
-    async fn open_session(&self, repo: &Repository, id: &str) -> Result<PathBuf> {
+    /// Where the session `id` of the repository stages its bytes, or
+    /// `BLOB_UPLOAD_UNKNOWN`.
+    async fn session_of(&self, repo: &Repository, id: &str) -> Result<PathBuf> {
         let unknown = || oci(OciCode::BlobUploadUnknown, format!("{repo} has no upload session {id}"));
         if uuid::Uuid::parse_str(id).is_err() {
             return Err(unknown());
@@ -54,6 +55,24 @@ impl Tugboat {
         match self.db.oci_upload(id).await? {
             Some(r) if r == repo.as_str() => Ok(self.upload_path(id)),
             _ => Err(unknown()),
+        }
+    }
+
+    /// The file of the session `id` of the repository and how many bytes
+    /// it holds, or `BLOB_UPLOAD_UNKNOWN` (also when the session's bytes
+    /// are staged on another server, which is not an internal error).
+    async fn open_session(&self, repo: &Repository, id: &str) -> Result<(PathBuf, u64)> {
+        let path = self.session_of(repo, id).await?;
+        match tokio::fs::metadata(&path).await {
+            Ok(m) => Ok((path, m.len())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(oci(
+                OciCode::BlobUploadUnknown,
+                format!(
+                    "upload session {id} of {repo} is staged on another server: \
+                     the requests of one chunked upload must reach the same server"
+                ),
+            )),
+            Err(e) => Err(Error::internal(e)),
         }
     }
 
@@ -140,8 +159,7 @@ impl Tugboat {
     /// How many bytes a session holds.
     pub async fn oci_upload_status(&self, v: &Visitor, repo: &Repository, id: &str) -> Result<u64> {
         self.oci_allow(v, repo, RepoAction::Push)?;
-        let path = self.open_session(repo, id).await?;
-        Ok(tokio::fs::metadata(&path).await.map_err(Error::internal)?.len())
+        Ok(self.open_session(repo, id).await?.1)
     }
 
     /// Appends a chunk to a session. `start` is where the client says the
@@ -156,8 +174,7 @@ impl Tugboat {
         body: ByteStream,
     ) -> Result<ChunkOutcome> {
         self.oci_allow(v, repo, RepoAction::Push)?;
-        let path = self.open_session(repo, id).await?;
-        let held = tokio::fs::metadata(&path).await.map_err(Error::internal)?.len();
+        let (path, held) = self.open_session(repo, id).await?;
         if start.is_some_and(|s| s != held) {
             return Ok(ChunkOutcome::OutOfOrder(held));
         }
@@ -213,8 +230,7 @@ impl Tugboat {
         body: ByteStream,
     ) -> Result<()> {
         self.oci_allow(v, repo, RepoAction::Push)?;
-        let path = self.open_session(repo, id).await?;
-        let held = tokio::fs::metadata(&path).await.map_err(Error::internal)?.len();
+        let (path, held) = self.open_session(repo, id).await?;
         let appended = self.append(id, &path, held, body).await;
         let result = match appended {
             Ok(_) => self.commit_upload(id, &path, digest).await,
@@ -261,7 +277,7 @@ impl Tugboat {
     /// Cancels a session.
     pub async fn oci_cancel_upload(&self, v: &Visitor, repo: &Repository, id: &str) -> Result<()> {
         self.oci_allow(v, repo, RepoAction::Push)?;
-        let path = self.open_session(repo, id).await?;
+        let path = self.session_of(repo, id).await?;
         self.end_session(id, &path).await
     }
 

@@ -1234,3 +1234,54 @@ async fn an_index_is_a_builds_image_with_its_children() {
     let copied = std::fs::read_dir(w.join("all/blobs/sha256")).unwrap().count();
     assert_eq!(copied, 6, "the index, two manifests, two configs and the layer");
 }
+
+/// A chunked upload's bytes are staged on the server that started it: a
+/// chunk sent to another server of the same database is told the session
+/// is unknown there (not an internal error), the first server goes on with
+/// it, and any server may cancel it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_sent_to_another_server_is_refused_as_an_unknown_session() {
+    let first = TestServer::start_with(Backend::postgres_s3().await, &[]).await;
+    let second = first.sibling().await;
+    let w = tempfile::tempdir().unwrap();
+    std::fs::write(w.path().join("pipeline.toml"), PIPELINE).unwrap();
+    first.tug(w.path(), &["service", "create", "api"]).ok();
+    first.tug(w.path(), &["pipeline", "apply", "-f", "pipeline.toml"]).ok();
+    let ci = token(&first, w.path(), "ci", "ci", None);
+
+    let res = call(
+        &first,
+        Some(&ci),
+        Method::POST,
+        "/v2/api/app/blobs/uploads/",
+        &[],
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let session = res.headers()["location"].to_str().unwrap().to_string();
+    let range = [("content-range", "0-4"), ("content-type", "application/octet-stream")];
+
+    let res = call(&second, Some(&ci), Method::PATCH, &session, &range, b"hello".to_vec()).await;
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["errors"][0]["code"], "BLOB_UPLOAD_UNKNOWN", "{body}");
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("another server"),
+        "{body}"
+    );
+    let res = call(&second, Some(&ci), Method::GET, &session, &[], Vec::new()).await;
+    assert_eq!(code(res).await, "BLOB_UPLOAD_UNKNOWN");
+
+    let res = call(&first, Some(&ci), Method::PATCH, &session, &range, b"hello".to_vec()).await;
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    assert_eq!(res.headers()["range"], "0-4");
+
+    let res = call(&second, Some(&ci), Method::DELETE, &session, &[], Vec::new()).await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let res = call(&first, Some(&ci), Method::GET, &session, &[], Vec::new()).await;
+    assert_eq!(code(res).await, "BLOB_UPLOAD_UNKNOWN");
+}
